@@ -1,0 +1,41 @@
+# Two set-up commands: `make run` (demo end to end through the real Airflow DAG) and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export AIRFLOW_HOME := $(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PYTHONPATH := $(CURDIR)
+DEMO_ENTITIES ?= 20000
+DEMO_SEED ?= 7
+SOURCES ?= $(CURDIR)/data/sources
+LAKE ?= $(CURDIR)/data/lake
+
+.PHONY: venv run test lint airflow-ui bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/python -m pipelines.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+airflow-ui: venv
+	CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) $(BIN)/airflow standalone
+
+bench: venv
+	$(BIN)/python bench/bench_pipeline.py --entities $${ENTITIES:-100000}
+
+clean:
+	rm -rf $(LAKE) logs airflow.db

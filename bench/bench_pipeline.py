@@ -1,0 +1,103 @@
+"""Benchmark: generate N firms, then run every pipeline stage in its own process (as Airflow does),
+printing wall time, records per second and peak memory (RSS) per stage.
+
+    .venv/bin/python bench/bench_pipeline.py --entities 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_RUNNER = """
+import json, resource, sys, time
+from pipelines import stages
+name, args = sys.argv[1], json.loads(sys.argv[2])
+start = time.perf_counter()
+result = getattr(stages, name)(*args) if name != "generate" else None
+if name == "generate":
+    from pathlib import Path
+    from datetime import date
+    from pipelines.generate import generate
+    result = generate(Path(args[0]), entities=args[1], seed=args[2], end_date=date.fromisoformat(args[3]))
+print(json.dumps({"seconds": time.perf_counter() - start,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "result": result}, default=str))
+"""
+
+
+def run_stage(name: str, *args: object) -> dict:
+    out = subprocess.run([sys.executable, "-c", STAGE_RUNNER, name, json.dumps(args)], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"stage {name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entities", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--date", default="2026-11-23")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data and lake")
+    args = parser.parse_args()
+
+    sources = args.workdir / f"sources-{args.entities}"
+    lake = args.workdir / f"lake-{args.entities}"
+    shutil.rmtree(lake, ignore_errors=True)
+    rows: list[tuple[str, float, int, float]] = []
+
+    gen = run_stage("generate", str(sources), args.entities, args.seed, args.date)
+    records = sum(gen["result"]["rows"].values()) if isinstance(gen["result"].get("rows"), dict) else 0
+    rows.append(("generate", gen["seconds"], records, gen["peak_mb"]))
+
+    from pipelines.sources import source_names
+
+    total_start = time.perf_counter()
+    for stage in ("extract_source", "standardise_source", "validate_source"):
+        for source in source_names():
+            call = (source, str(sources), str(lake), args.date) if stage == "extract_source" else (
+                source, str(lake), args.date)
+            res = run_stage(stage, *call)
+            n = res["result"].get("rows", res["result"].get("extracted", 0))
+            rows.append((f"{stage.split('_')[0]} {source}", res["seconds"], n, res["peak_mb"]))
+    for stage, call in (
+        ("resolve_entities", (str(lake), args.date)),
+        ("build_profiles", (str(lake), args.date)),
+        ("validate_profiles", (str(lake), args.date)),
+        ("publish", (str(lake), args.date, "bench")),
+    ):
+        res = run_stage(stage, *call)
+        n = res["result"].get("records") or res["result"].get("profiles") or res["result"].get("rows") or 0
+        rows.append((stage, res["seconds"], int(n), res["peak_mb"]))
+    pipeline_seconds = time.perf_counter() - total_start
+
+    import polars as pl
+
+    from entity_resolution.evaluate import evaluate
+
+    scores = evaluate(pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet"),
+                      pl.read_parquet(sources / "truth" / "records.parquet"))
+
+    print(f"\nbenchmark: {args.entities:,} firms, {records:,} source records, 2 cores\n")
+    print(f"{'stage':<28}{'seconds':>9}{'records':>12}{'records/s':>12}{'peak MB':>10}")
+    for name, seconds, n, peak in rows:
+        rate = n / seconds if seconds and n else 0
+        print(f"{name:<28}{seconds:>9.1f}{n:>12,}{rate:>12,.0f}{peak:>10,.0f}")
+    print(f"\npipeline end to end (extract..publish, incl. process start-up): {pipeline_seconds:.1f} s;"
+          f" peak stage memory {max(r[3] for r in rows[1:]):,.0f} MB")
+    print("linkage vs truth:", json.dumps(scores.as_dict()))
+    if not args.keep:
+        shutil.rmtree(lake, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

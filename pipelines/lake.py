@@ -1,0 +1,98 @@
+"""Where each stage reads and writes in the lake, and atomic writes for everything others read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCES = REPO_ROOT / "data" / "sources"
+DEFAULT_LAKE = REPO_ROOT / "data" / "lake"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """The lake's layout for one business date."""
+
+    root: Path
+    business_date: str
+
+    def raw(self, source: str) -> Path:
+        return self.root / "raw" / self.business_date / f"{source}.parquet"
+
+    def staged(self, source: str) -> Path:
+        return self.root / "staged" / self.business_date / f"{source}.parquet"
+
+    def accepted(self, source: str) -> Path:
+        return self.root / "accepted" / self.business_date / f"{source}.parquet"
+
+    def quarantine(self, source: str) -> Path:
+        return self.root / "quarantine" / source / f"{self.business_date}.parquet"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work" / self.business_date
+
+    @property
+    def published(self) -> Path:
+        return self.root / "published"
+
+    @property
+    def current(self) -> Path:
+        return self.published / "current"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / self.business_date
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(frame: pl.DataFrame | pl.LazyFrame, target: Path, **options: Any) -> int:
+    """Write a frame (a lazy one streams) atomically; return its row count."""
+    with atomic_path(target) as tmp:
+        if isinstance(frame, pl.LazyFrame):
+            frame.sink_parquet(tmp, **options)
+        else:
+            frame.write_parquet(tmp, **options)
+    return pl.scan_parquet(target).select(pl.len()).collect().item()
+
+
+def write_json(payload: Any, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str), "utf-8")
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a fully written directory into place (old content removed after the swap)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,88 @@
+"""The canonical record schema every source is standardised to.
+
+One schema for all six sources keeps validation, resolution and profile building generic: the
+identity part (who the record is about) is the same everywhere, and the fact part uses a small
+set of typed slots whose meaning depends on ``record_type`` (see ``RECORD_TYPES``).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+SOURCES: tuple[str, ...] = (
+    "lending",
+    "tax",
+    "contract",
+    "product_quality",
+    "social_insurance",
+    "violations",
+)
+
+#: record_type -> (source, what the fact slots mean)
+RECORD_TYPES: dict[str, tuple[str, str]] = {
+    "loan": ("lending", "amount=loan amount, balance, overdue_days, overdue_amount, status=five-class, category=loan type, end_date=due date"),
+    "tax_rating": ("tax", "status=rating A/B/M/C/D, score=rating score, period=rating year"),
+    "tax_arrears": ("tax", "balance=arrears balance, category=tax type"),
+    "tax_major_violation": ("tax", "category=case nature, detail=facts, event_date=listing date"),
+    "dishonest_debtor": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=court"),
+    "enforcement": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=court"),
+    "contract_default": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=reporter"),
+    "spot_check": ("product_quality", "status=合格/不合格/拒检, category=plan level, detail=failed items, flag=recalled"),
+    "si_contribution": ("social_insurance", "headcount=insured (pension), amount=amount due, balance=arrears, overdue_days=months in arrears, period=YYYYMM"),
+    "penalty": ("violations", "category=penalty category, amount=fine in 元, end_date=publicity end, detail=violation type"),
+    "abnormal_operation": ("violations", "event_date=listing date, end_date=publicity end"),
+    "serious_dishonesty": ("violations", "event_date=listing date, end_date=publicity end"),
+}
+
+CANONICAL_SCHEMA: dict[str, pl.DataType] = {
+    # provenance
+    "source": pl.String(),
+    "source_record_id": pl.String(),
+    "record_type": pl.String(),
+    "updated_at": pl.Datetime("us"),
+    # identity, as the department holds it and as repaired
+    "subject_name": pl.String(),
+    "code_raw": pl.String(),
+    "uscc": pl.String(),  # valid (possibly repaired) USCC, else null
+    "org_code": pl.String(),  # valid organization code (from the USCC or given), else null
+    "reg_no": pl.String(),  # valid 15-digit registration number, else null
+    "code_status": pl.String(),  # see identifiers.CODE_STATUSES
+    "legal_rep": pl.String(),
+    # facts
+    "event_date": pl.Date(),
+    "end_date": pl.Date(),
+    "period": pl.String(),
+    "status": pl.String(),
+    "category": pl.String(),
+    "detail": pl.String(),
+    "amount": pl.Float64(),
+    "balance": pl.Float64(),
+    "overdue_amount": pl.Float64(),
+    "overdue_days": pl.Int64(),
+    "headcount": pl.Int64(),
+    "score": pl.Float64(),
+    "flag": pl.Boolean(),
+    # fields whose source value could not be read as the canonical type ("amount='12,3x'; ...")
+    "parse_errors": pl.String(),
+}
+
+CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_SCHEMA)
+
+LINK_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "source_record_id": pl.String(),
+    "entity_id": pl.String(),
+    "match_confidence": pl.Float64(),
+    "match_method": pl.String(),
+}
+
+
+def conform(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Add missing canonical columns as nulls, cast and order them."""
+    present = set(frame.collect_schema().names())
+    return frame.select(
+        [
+            (pl.col(name) if name in present else pl.lit(None)).cast(dtype).alias(name)
+            for name, dtype in CANONICAL_SCHEMA.items()
+        ]
+    )
