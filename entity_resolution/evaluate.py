@@ -14,6 +14,7 @@ import polars as pl
 @dataclass(frozen=True)
 class Scores:
     records: int
+    truth_records_without_link: int
     true_firms: int
     predicted_entities: int
     pairwise_precision: float
@@ -37,10 +38,9 @@ def _f1(p: float, r: float) -> float:
 
 
 def evaluate(links: pl.DataFrame, truth: pl.DataFrame, key: tuple[str, ...] = ("source", "source_record_id")) -> Scores:
-    """Compare ``links`` (key + entity_id) with ``truth`` (key + entity_key)."""
+    """Compare ``links`` (key + entity_id) with ``truth`` (key + entity_key) on the records both hold
+    (a quarantined record has no link; it is counted, not scored)."""
     joined = truth.select(*key, "entity_key").join(links.select(*key, "entity_id"), on=list(key), how="inner")
-    if joined.height != truth.height:
-        raise ValueError(f"{truth.height - joined.height} truth records have no link")
     both = joined.group_by("entity_id", "entity_key").len()
     predicted = joined.group_by("entity_id").len()
     actual = joined.group_by("entity_key").len()
@@ -60,6 +60,7 @@ def evaluate(links: pl.DataFrame, truth: pl.DataFrame, key: tuple[str, ...] = ("
     exact = per_firm.filter(pl.col("n") == 1).join(pure, on="entity_id").height
     return Scores(
         records=n,
+        truth_records_without_link=truth.height - n,
         true_firms=actual.height,
         predicted_entities=predicted.height,
         pairwise_precision=round(precision, 6),

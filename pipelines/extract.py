@@ -68,7 +68,7 @@ def _extract_sql(source: SourceConfig, sources_dir: Path, target: Path, cutoff: 
                 query, connection=engine, iter_batches=True, batch_size=BATCH_ROWS, schema_overrides=schema
             )
             for batch in batches:
-                writer.write_table(batch.select(schema).cast(schema).to_arrow().cast(arrow_schema))
+                writer.write_table(batch.select(list(schema)).cast(schema).to_arrow().cast(arrow_schema))
                 rows += batch.height
         return rows
     finally:

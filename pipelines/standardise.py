@@ -112,15 +112,11 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
                 .otherwise(None)
             )
     frame = raw.select(**values, _errors=pl.concat_str(errors, separator="; ", ignore_nulls=True))
-    codes = classify_codes(pl.col("code_raw").cast(pl.String))
+    frame = classify_codes(frame.drop("uscc", "org_code", "reg_no", "code_status", strict=False), "code_raw")
     frame = frame.with_columns(
         pl.lit(source.name).alias("source"),
         pl.col("source_record_id").cast(pl.String),
         pl.col("subject_name").cast(pl.String).str.strip_chars(),
-        codes.struct.field("uscc").alias("uscc"),
-        codes.struct.field("org_code").alias("org_code"),
-        codes.struct.field("reg_no").alias("reg_no"),
-        codes.struct.field("code_status").alias("code_status"),
         pl.when(pl.col("_errors") != "").then(pl.col("_errors")).otherwise(None).alias("parse_errors"),
     )
     if "reg_no_extra" in values:

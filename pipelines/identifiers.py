@@ -1,0 +1,221 @@
+"""Chinese enterprise identifiers: USCC (GB 32100), organization code (GB 11714), old registration no.
+
+python-stdnum validates the USCC; this module adds what it lacks: the organization code and the
+15-digit registration number checks, decoding a USCC, repairing formatting damage, and Polars
+expressions that do the same on millions of rows without a Python loop.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import polars as pl
+from stdnum.cn import uscc as stdnum_uscc
+
+USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+USCC_WEIGHTS = tuple(pow(3, i, 31) for i in range(17))
+ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
+CODE_STATUSES = ("valid", "repaired", "org_code", "reg_no", "invalid", "missing")
+AUTHORITIES = {"1": "机构编制", "5": "民政", "9": "工商", "N": "农业", "Y": "其他"}
+MARKET_ENTITY_TYPES = {"1": "enterprise", "2": "individual business", "3": "farmers' cooperative"}
+_ORG_VALUES = {c: i for i, c in enumerate("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+
+
+# ---------------------------------------------------------------- scalar checks
+def uscc_check_char(first17: str) -> str:
+    return stdnum_uscc.calc_check_digit(first17)
+
+
+def org_code_check_char(body8: str) -> str:
+    total = sum(_ORG_VALUES[c] * w for c, w in zip(body8, ORG_WEIGHTS, strict=True))
+    check = 11 - total % 11
+    return {10: "X", 11: "0"}.get(check, str(check))
+
+
+def reg_no_check_digit(first14: str) -> str:
+    """ISO 7064 MOD 11,10."""
+    p = 10
+    for digit in first14:
+        s = (p + int(digit)) % 10 or 10
+        p = (2 * s) % 11
+    return str((11 - p) % 10)
+
+
+def is_valid_uscc(code: str | None) -> bool:
+    return bool(code) and len(code) == 18 and stdnum_uscc.is_valid(code) and is_valid_org_code(code[8:17])
+
+
+def is_valid_org_code(code: str | None) -> bool:
+    if not code:
+        return False
+    code = code.replace("-", "")
+    if len(code) != 9 or any(c not in _ORG_VALUES for c in code[:8]):
+        return False
+    return org_code_check_char(code[:8]) == code[8]
+
+
+def is_valid_reg_no(code: str | None) -> bool:
+    return bool(code) and len(code) == 15 and code.isdigit() and reg_no_check_digit(code[:14]) == code[14]
+
+
+def org_code_from_uscc(code: str) -> str:
+    return code[8:17]
+
+
+@dataclass(frozen=True)
+class UsccInfo:
+    code: str
+    authority: str
+    authority_label: str
+    entity_type: str
+    entity_type_label: str | None
+    division: str
+    org_code: str
+
+
+def parse_uscc(code: str) -> UsccInfo:
+    """Decode a valid USCC; raises ValueError naming the problem otherwise."""
+    if not is_valid_uscc(code):
+        raise ValueError(f"not a valid USCC: {code!r}")
+    label = MARKET_ENTITY_TYPES.get(code[1]) if code[0] == "9" else None
+    return UsccInfo(code, code[0], AUTHORITIES.get(code[0], "其他"), code[1], label, code[2:8], code[8:17])
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    uscc: str | None
+    org_code: str | None
+    reg_no: str | None
+    status: str
+
+
+def _clean(raw: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", raw).split()).upper()
+
+
+def repair_code(raw: str | None) -> CodeResult:
+    """Classify a code as a department wrote it, repairing only unambiguous formatting damage.
+
+    Case, spaces, full-width characters, hyphens in organization codes, and O/I typed for 0/1 in a
+    USCC (O and I never occur in one) are repaired. A single mistyped character is not: for every
+    position exactly one substitute makes the check pass, so about 17 candidates always exist.
+    """
+    if raw is None or not raw.strip():
+        return CodeResult(None, None, None, "missing")
+    code = _clean(raw)
+    if len(code) == 18:
+        fixed = code.replace("O", "0").replace("I", "1")
+        if is_valid_uscc(fixed):
+            return CodeResult(fixed, fixed[8:17], None, "valid" if fixed == raw else "repaired")
+    org = code.replace("-", "")
+    if len(org) == 9 and is_valid_org_code(org):
+        return CodeResult(None, org, None, "org_code")
+    if is_valid_reg_no(code):
+        return CodeResult(None, None, code, "reg_no")
+    return CodeResult(None, None, None, "invalid")
+
+
+# ---------------------------------------------------------------- vectorised (Polars) checks
+def _char_values(expr: pl.Expr, length: int, alphabet: dict[str, int]) -> list[pl.Expr]:
+    return [
+        expr.str.slice(i, 1).replace_strict(alphabet, default=None, return_dtype=pl.Int64) for i in range(length)
+    ]
+
+
+def uscc_check_expr(first17: pl.Expr) -> pl.Expr:
+    """The USCC check character for 17-character strings; null when a character is not allowed."""
+    values = {c: i for i, c in enumerate(USCC_ALPHABET)}
+    parts = _char_values(first17, 17, values)
+    total = pl.sum_horizontal([v * w for v, w in zip(parts, USCC_WEIGHTS, strict=True)])
+    any_bad = pl.any_horizontal([v.is_null() for v in parts]) | (first17.str.len_chars() != 17)
+    index = (31 - total % 31) % 31
+    checks = {i: c for i, c in enumerate(USCC_ALPHABET)}
+    return pl.when(any_bad).then(None).otherwise(index.replace_strict(checks, return_dtype=pl.String))
+
+
+def org_code_check_expr(body8: pl.Expr) -> pl.Expr:
+    """The organization-code check character ('0'-'9' or 'X') for 8-character bodies."""
+    parts = _char_values(body8, 8, _ORG_VALUES)
+    total = pl.sum_horizontal([v * w for v, w in zip(parts, ORG_WEIGHTS, strict=True)])
+    any_bad = pl.any_horizontal([v.is_null() for v in parts]) | (body8.str.len_chars() != 8)
+    check = 11 - total % 11
+    text = pl.when(check == 10).then(pl.lit("X")).when(check == 11).then(pl.lit("0")).otherwise(check.cast(pl.String))
+    return pl.when(any_bad).then(None).otherwise(text)
+
+
+def reg_no_check_expr(first14: pl.Expr) -> pl.Expr:
+    """The ISO 7064 MOD 11,10 check digit for 14-digit strings."""
+    p = pl.lit(10, dtype=pl.Int64)
+    digits = [first14.str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(14)]
+    for d in digits:
+        # (p + d) mod 10 with 0 read as 10, written so that p appears once (p is never 0, so p + d >= 1):
+        # referencing p twice per step would double the expression tree 14 times.
+        s = (p + d - 1) % 10 + 1
+        p = (2 * s) % 11
+    bad = pl.any_horizontal([d.is_null() for d in digits]) | (first14.str.len_chars() != 14)
+    return pl.when(bad).then(None).otherwise(((11 - p) % 10).cast(pl.String))
+
+
+def _fullwidth_to_ascii(expr: pl.Expr) -> pl.Expr:
+    full = [chr(c) for c in range(0xFF01, 0xFF5F)] + ["\u3000"]
+    half = [chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)] + [" "]
+    return expr.str.replace_many(full, half)
+
+
+def classify_codes(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
+    """Vectorised ``repair_code``: adds uscc, org_code, reg_no and code_status for ``column``.
+
+    Each distinct code is classified once (a firm's code recurs across its records), then joined back.
+    """
+    codes = frame.select(pl.col(column).cast(pl.String).alias("_code")).unique()
+    classified = _classify_unique(codes, "_code")
+    return frame.with_columns(pl.col(column).cast(pl.String)).join(
+        classified, left_on=column, right_on="_code", how="left", nulls_equal=True, maintain_order="left"
+    )
+
+
+def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
+    """Built in steps of named columns: one nested expression re-using the cleaned code in every
+    check makes Polars' planner slow down badly."""
+    raw = pl.col(column)
+    steps = frame.with_columns(
+        _cleaned=_fullwidth_to_ascii(raw).str.replace_all(r"\s", "").str.to_uppercase(),
+        _missing=raw.is_null() | (raw.str.strip_chars() == ""),
+    ).with_columns(
+        _fixed=pl.col("_cleaned").str.replace_all("O", "0").str.replace_all("I", "1"),
+        _org=pl.col("_cleaned").str.replace_all("-", ""),
+    ).with_columns(
+        _uscc_check=uscc_check_expr(pl.col("_fixed").str.slice(0, 17)),
+        _embedded_check=org_code_check_expr(pl.col("_fixed").str.slice(8, 8)),
+        _org_check=org_code_check_expr(pl.col("_org").str.slice(0, 8)),
+        _reg_check=reg_no_check_expr(pl.col("_cleaned").str.slice(0, 14)),
+    ).with_columns(
+        _uscc_ok=(
+            (pl.col("_fixed").str.len_chars() == 18)
+            & (pl.col("_uscc_check") == pl.col("_fixed").str.slice(17, 1))
+            & (pl.col("_embedded_check") == pl.col("_fixed").str.slice(16, 1))
+            & ~pl.col("_missing")
+        ).fill_null(False),
+        _org_ok=(
+            (pl.col("_org").str.len_chars() == 9) & (pl.col("_org_check") == pl.col("_org").str.slice(8, 1))
+            & ~pl.col("_missing")
+        ).fill_null(False),
+        _reg_ok=(
+            pl.col("_cleaned").str.contains(r"^\d{15}$") & (pl.col("_reg_check") == pl.col("_cleaned").str.slice(14, 1))
+            & ~pl.col("_missing")
+        ).fill_null(False),
+    )
+    return steps.with_columns(
+        uscc=pl.when(pl.col("_uscc_ok")).then(pl.col("_fixed")),
+        org_code=pl.when(pl.col("_uscc_ok")).then(pl.col("_fixed").str.slice(8, 9))
+        .when(pl.col("_org_ok")).then(pl.col("_org")),
+        reg_no=pl.when(~pl.col("_uscc_ok") & ~pl.col("_org_ok") & pl.col("_reg_ok")).then(pl.col("_cleaned")),
+        code_status=pl.when(pl.col("_missing")).then(pl.lit("missing"))
+        .when(pl.col("_uscc_ok") & (pl.col("_fixed") == raw)).then(pl.lit("valid"))
+        .when(pl.col("_uscc_ok")).then(pl.lit("repaired"))
+        .when(pl.col("_org_ok")).then(pl.lit("org_code"))
+        .when(pl.col("_reg_ok")).then(pl.lit("reg_no"))
+        .otherwise(pl.lit("invalid")),
+    ).drop("_cleaned", "_missing", "_fixed", "_org", "_uscc_check", "_embedded_check", "_org_check",
+           "_reg_check", "_uscc_ok", "_org_ok", "_reg_ok")

@@ -1,0 +1,129 @@
+"""The pipeline's stages on small generated sources, in-process (the DAG calls the same functions)."""
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from entity_resolution.evaluate import evaluate
+from pipelines import stages
+from pipelines.cli import main as credit
+from pipelines.errors import SourceFormatError, SourceUnavailableError
+from pipelines.schema import CANONICAL_COLUMNS
+
+BUSINESS_DATE = "2026-11-23"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipelines.generate import generate
+
+    out = tmp_path_factory.mktemp("sources")
+    generate(out, entities=1500, seed=5, days=3, end_date=date(2026, 11, 23))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lake(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("lake")
+    stages.run_all(str(sources), str(lake), BUSINESS_DATE, run_id="test-run")
+    return lake
+
+
+def test_every_source_is_extracted_standardised_and_balanced(lake: Path) -> None:
+    summary = json.loads((lake / "reports" / BUSINESS_DATE / "summary.json").read_text("utf-8"))
+    assert set(summary["sources"]) == {"lending", "tax", "contract", "product_quality", "social_insurance",
+                                       "violations"}
+    for name, counts in summary["sources"].items():
+        assert counts["extracted"] > 0, name
+        assert counts["extracted"] == counts["accepted"] + counts["quarantined"], name
+        staged = pl.read_parquet(lake / "staged" / BUSINESS_DATE / f"{name}.parquet")
+        assert tuple(staged.columns) == CANONICAL_COLUMNS
+        assert staged["source"].unique().to_list() == [name]
+
+
+def test_profiles_match_the_truth(lake: Path, sources: Path) -> None:
+    links = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
+    truth = pl.read_parquet(sources / "truth" / "records.parquet")
+    scores = evaluate(links, truth)
+    assert scores.firms_with_exactly_one_profile >= 0.95, scores
+    assert scores.pairwise_precision >= 0.98, scores
+    profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
+    assert profiles["entity_id"].is_unique().all()
+    assert profiles["record_count"].sum() == links.height
+    assert set(profiles["grade"].unique()) <= {"A", "B", "C", "D"}
+
+
+def test_no_entity_holds_two_valid_usccs(lake: Path) -> None:
+    links = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
+    accepted = pl.concat(
+        [pl.read_parquet(p) for p in (lake / "accepted" / BUSINESS_DATE).glob("*.parquet")], how="vertical_relaxed"
+    )
+    per_entity = (
+        accepted.join(links, on=["source", "source_record_id"]).filter(pl.col("uscc").is_not_null())
+        .group_by("entity_id").agg(pl.col("uscc").n_unique())
+    )
+    assert per_entity["uscc"].max() == 1
+
+
+def test_rerunning_a_date_gives_identical_profiles(lake: Path, sources: Path, tmp_path: Path) -> None:
+    again = tmp_path / "lake"
+    stages.run_all(str(sources), str(again), BUSINESS_DATE, run_id="another-run")
+    for name in ("profiles", "links", "entities"):
+        first = pl.read_parquet(lake / "published" / "current" / name / "*.parquet")
+        second = pl.read_parquet(again / "published" / "current" / name / "*.parquet")
+        assert first.equals(second), name
+
+
+def test_earlier_business_date_sees_fewer_records(sources: Path, tmp_path: Path) -> None:
+    full = stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)["rows"]
+    earlier = stages.extract_source("lending", str(sources), str(tmp_path), "2026-11-21")["rows"]
+    assert 0 < earlier < full
+
+
+def test_missing_source_names_the_source(sources: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "sources"
+    shutil.copytree(sources, broken)
+    (broken / "contract" / "enforcement.csv").unlink()
+    with pytest.raises(SourceUnavailableError, match="contract"):
+        stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+    (broken / "lending" / "lending.db").unlink()
+    with pytest.raises(SourceUnavailableError, match="lending"):
+        stages.extract_source("lending", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+
+
+def test_wrong_encoding_names_source_and_line(sources: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "sources"
+    shutil.copytree(sources, broken)
+    path = broken / "contract" / "enforcement.csv"
+    path.write_bytes(path.read_bytes() + "记录编号\n".encode("utf-8") * 3)
+    with pytest.raises(SourceFormatError, match=r"contract.*not valid gbk \(line"):
+        stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+
+
+def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("generate", "run", "evaluate"):
+        with pytest.raises(SystemExit):
+            credit([command, "--help"])
+        text = capsys.readouterr().out
+        assert "--" in text and "help" in text
+    with pytest.raises(SystemExit):
+        credit(["generate", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--entities", "--seed", "--out", "--days", "--end-date", "--lending-url"):
+        assert option in text
+
+
+def test_cli_run_and_evaluate(sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lake = tmp_path / "lake"
+    assert credit(["run", "--sources", str(sources), "--lake", str(lake), "--date", BUSINESS_DATE, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "published/current/profiles" in out
+    assert credit(["evaluate", "--links", str(lake / "published" / "current" / "links" / "part-00000.parquet"),
+                   "--truth", str(sources / "truth" / "records.parquet")]) == 0
+    assert '"pairwise_f1"' in capsys.readouterr().out
+    assert credit(["run", "--sources", str(tmp_path / "nowhere"), "--lake", str(lake), "-q"]) == 1
+    assert "lending" in capsys.readouterr().err
