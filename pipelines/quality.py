@@ -1,0 +1,215 @@
+"""Validation with Great Expectations suites kept as JSON in expectations/.
+
+The suites are the single source of truth for what a good row is. Row-level failures send the row
+to quarantine with a readable reason (the expectation's ``meta.reason`` plus the offending value);
+failures GX cannot pin on rows (a missing column, say) fail the whole batch with DataQualityError.
+Polars does the data work; pandas appears only at the GX boundary, with just the needed columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipelines.errors import PipelineError
+from pipelines.lake import REPO_ROOT, write_parquet
+from pipelines.schema import CANONICAL_COLUMNS
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+log = logging.getLogger(__name__)
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+ROW_ID = "_row"
+
+
+class DataQualityError(PipelineError):
+    """A batch-level data-quality failure: not worth retrying, a person must look."""
+
+
+@dataclass
+class SuiteOutcome:
+    success: bool
+    row_failures: pl.DataFrame  # ROW_ID, expectation, reason
+    batch_failures: list[str] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+
+def _quiet_progress_bars() -> None:
+    """GX draws a tqdm bar per validation; nightly logs should not fill up with them."""
+    try:
+        from great_expectations.render.renderer_configuration import tqdm as _  # noqa: F401
+    except ImportError:
+        pass
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@cache
+def _context() -> Any:
+    import great_expectations as gx
+
+    _quiet_progress_bars()
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    return context
+
+
+@cache
+def _batch_definition() -> Any:
+    source = _context().data_sources.add_pandas("credit")
+    return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
+
+
+@cache
+def _suite_json(name: str, expectations_dir: Path) -> str:
+    path = expectations_dir / f"{name}.json"
+    if not path.exists():
+        raise DataQualityError(f"expectation suite '{name}' not found at {path}")
+    return path.read_text("utf-8")
+
+
+def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
+    """Load a suite from its JSON file (registered once in the process's GX context)."""
+    import great_expectations as gx
+
+    context = _context()
+    try:
+        return context.suites.get(name)
+    except Exception:  # noqa: BLE001 - GX raises its own not-found error types
+        pass
+    spec = json.loads(_suite_json(name, expectations_dir))
+    suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
+    return context.suites.add(suite)
+
+
+def _columns_needed(suite: Any) -> set[str]:
+    needed: set[str] = set()
+    for expectation in suite.expectations:
+        config = expectation.configuration.kwargs
+        for key in ("column", "column_A", "column_B"):
+            if config.get(key):
+                needed.add(config[key])
+        needed.update(config.get("column_list") or [])
+        condition = config.get("row_condition")
+        if condition:
+            text = condition if isinstance(condition, str) else json.dumps(condition)
+            needed.update(c for c in CANONICAL_COLUMNS if c in text)
+    return needed
+
+
+def _reason(expectation: Any, value: Any) -> str:
+    config = expectation.configuration
+    reason = (config.meta or {}).get("reason") or config.type.replace("_", " ")
+    column = config.kwargs.get("column")
+    shown = "null" if value is None else str(value)[:60]
+    return f"{reason} ({column}={shown})" if column else reason
+
+
+def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID) -> SuiteOutcome:
+    """Validate ``frame`` with a suite; row failures carry ``id_column`` values."""
+    suite = load_suite(suite_name)
+    needed = _columns_needed(suite)
+    table_level = any(e.configuration.type.startswith("expect_table_") for e in suite.expectations)
+    columns = list(frame.columns) if table_level else [c for c in frame.columns if c in needed]
+    pandas_frame = frame.select(list(dict.fromkeys([id_column, *columns]))).to_pandas()
+    result = _batch_definition().get_batch(batch_parameters={"dataframe": pandas_frame}).validate(
+        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]}
+    )
+    by_type = {e.configuration.type + json.dumps(e.configuration.kwargs, sort_keys=True, default=str): e
+               for e in suite.expectations}
+    ids: list[Any] = []
+    names: list[str] = []
+    reasons: list[str] = []
+    batch: list[str] = []
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+        expectation = by_type.get(config.type + json.dumps(kwargs, sort_keys=True, default=str))
+        label = f"{config.type}({kwargs.get('column', '')})"
+        unexpected = (item.result or {}).get("unexpected_index_list")
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            batch.append(f"{label}: {item.exception_info.get('exception_message')}")
+        elif unexpected:
+            column = kwargs.get("column")
+            for entry in unexpected:
+                ids.append(entry[id_column])
+                names.append(label)
+                reasons.append(_reason(expectation, entry.get(column)) if expectation else label)
+        else:
+            observed = (item.result or {}).get("observed_value")
+            reason = ((config.meta or {}).get("reason") or label)
+            batch.append(f"{label}: {reason}; observed {observed}")
+    failures = pl.DataFrame(
+        {id_column: ids, "expectation": names, "reason": reasons},
+        schema={id_column: frame.schema[id_column], "expectation": pl.String, "reason": pl.String},
+    )
+    stats = dict(result.statistics) if hasattr(result, "statistics") else {}
+    return SuiteOutcome(success=bool(result.success), row_failures=failures, batch_failures=batch,
+                        statistics=stats)
+
+
+def validate_source(source: str, staged_path: Path, accepted_path: Path, quarantine_path: Path) -> dict[str, Any]:
+    """Split one source's standardised rows into accepted and quarantined (with reasons)."""
+    staged = pl.read_parquet(staged_path)
+    missing = [c for c in CANONICAL_COLUMNS if c not in staged.columns]
+    if missing:
+        raise DataQualityError(f"source '{source}': standardised data lacks canonical columns {missing}")
+    frame = staged.with_row_index(ROW_ID)
+    outcome = run_suite(frame, f"{source}.standardised")
+    if outcome.batch_failures:
+        raise DataQualityError(f"source '{source}' failed batch-level expectations: "
+                               + "; ".join(outcome.batch_failures))
+    failures = outcome.row_failures
+    # A duplicated record id: the latest version is kept, the others are quarantined.
+    duplicate = pl.col("expectation").str.starts_with("expect_column_values_to_be_unique(source_record_id)")
+    dup_rows = failures.filter(duplicate)[ROW_ID]
+    if dup_rows.len():
+        keep = (
+            frame.filter(pl.col(ROW_ID).is_in(dup_rows.implode()))
+            .sort(["updated_at", ROW_ID], descending=[True, False], nulls_last=True)
+            .unique("source_record_id", keep="first")[ROW_ID]
+        )
+        failures = failures.filter(~(duplicate & pl.col(ROW_ID).is_in(keep.implode())))
+    per_row = failures.group_by(ROW_ID).agg(
+        pl.col("expectation").unique().sort().alias("failed_expectations"),
+        pl.col("reason").unique().sort().str.join("; ").alias("reason"),
+    )
+    quarantined = frame.join(per_row, on=ROW_ID, how="inner").sort(ROW_ID).drop(ROW_ID)
+    accepted = frame.join(per_row, on=ROW_ID, how="anti").sort(ROW_ID).drop(ROW_ID)
+    write_parquet(accepted, accepted_path)
+    write_parquet(quarantined, quarantine_path)
+    if quarantined.height:
+        top = quarantined["reason"].value_counts(sort=True).head(3)
+        log.warning("source %s: %d of %d rows quarantined; top reasons: %s", source, quarantined.height,
+                    staged.height, top.rows())
+    return {
+        "source": source,
+        "extracted": staged.height,
+        "accepted": accepted.height,
+        "quarantined": quarantined.height,
+        "accepted_path": str(accepted_path),
+        "quarantine_path": str(quarantine_path),
+    }
+
+
+def validate_profiles(profiles_path: Path) -> dict[str, Any]:
+    """Fail the run on any broken profile, naming the expectations and up to 10 firms."""
+    profiles = pl.read_parquet(profiles_path)
+    frame = profiles.with_row_index(ROW_ID)
+    outcome = run_suite(frame, "profiles")
+    if outcome.batch_failures or outcome.row_failures.height:
+        bad = outcome.row_failures.join(frame.select(ROW_ID, "entity_id"), on=ROW_ID, how="left")
+        examples = bad["entity_id"].unique(maintain_order=True).head(10).to_list()
+        reasons = bad["reason"].unique(maintain_order=True).head(5).to_list() + outcome.batch_failures
+        raise DataQualityError(
+            f"profiles failed validation ({bad.height} row failures): {'; '.join(map(str, reasons))}; "
+            f"entity ids: {examples}"
+        )
+    return {"profiles": profiles.height, "validated": True}
