@@ -1,0 +1,157 @@
+"""credit_nightly: pull the six departmental sources, check them, resolve firms, publish profiles.
+
+Thin on purpose: every task calls one plain function in ``pipelines.stages`` (imported inside the
+task so that parsing this file stays cheap) and passes only paths and counts through XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import (
+    Asset,
+    CronTriggerTimetable,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    TaskGroup,
+    dag,
+    task,
+)
+from airflow.sdk.exceptions import AirflowFailException
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEZONE = "Asia/Shanghai"
+# The source list comes from the declarative registry (a small TOML read, no database access).
+SOURCES = tuple(tomllib.loads((REPO / "config" / "sources.toml").read_text("utf-8"))["sources"])
+PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")
+
+# A source that is down may come back: retry. One that delivers unreadable data will not: fail.
+EXTRACT_RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(exception="pipelines.errors.SourceFormatError", action=RetryAction.FAIL,
+                  reason="the source delivered data that cannot be read; retrying will not help"),
+        RetryRule(exception="pipelines.errors.SourceUnavailableError", action=RetryAction.RETRY),
+    ]
+)
+log = logging.getLogger(__name__)
+
+
+def notify_failure(context: Any) -> None:
+    """Failure callback: one clear line naming the task, the run and the error."""
+    ti = context.get("task_instance") or context.get("ti")
+    log.error(
+        "credit_nightly failed: task %s (run %s): %s",
+        getattr(ti, "task_id", "?"), context.get("run_id"), context.get("exception"),
+    )
+
+
+def _fail_on_quality(call: Any, *args: Any) -> Any:
+    """Data-quality failures are not retried: a person has to look at the data."""
+    from pipelines.quality import DataQualityError
+
+    try:
+        return call(*args)
+    except DataQualityError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+@dag(
+    dag_id="credit_nightly",
+    schedule=CronTriggerTimetable("0 2 * * *", timezone=TIMEZONE),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["credit", "nightly"],
+    doc_md=__doc__,
+    default_args={"on_failure_callback": notify_failure, "retries": 0},
+    params={
+        "sources_dir": Param(os.environ.get("CREDIT_SOURCES", str(REPO / "data" / "sources")), type="string",
+                             description="folder of the file-drop sources and default SQLite databases"),
+        "lake_dir": Param(os.environ.get("CREDIT_LAKE", str(REPO / "data" / "lake")), type="string",
+                          description="lake folder: raw, staged, accepted, quarantine, published"),
+        "business_date": Param(None, type=["null", "string"], format="date",
+                               description="business date to process; default: the day before the run"),
+    },
+)
+def credit_nightly() -> None:
+    @task
+    def plan(**context: Any) -> dict[str, str]:
+        """Fix the business date once: the run at 02:00 on day X processes day X - 1 (Asia/Shanghai)."""
+        import pendulum
+
+        params = context["params"]
+        business_date = params.get("business_date")
+        if not business_date:
+            run_time = context.get("logical_date") or context["dag_run"].run_after
+            business_date = pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
+        return {"business_date": business_date, "sources_dir": params["sources_dir"],
+                "lake_dir": params["lake_dir"]}
+
+    @task(retries=3, retry_delay=timedelta(seconds=10), retry_exponential_backoff=2.0,
+          max_retry_delay=timedelta(minutes=5), retry_policy=EXTRACT_RETRY_POLICY)
+    def extract(run: dict[str, str], source: str) -> dict[str, Any]:
+        from pipelines.stages import extract_source
+
+        return extract_source(source, run["sources_dir"], run["lake_dir"], run["business_date"])
+
+    @task
+    def standardise(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.stages import standardise_source
+
+        return standardise_source(source, run["lake_dir"], run["business_date"])
+
+    @task(retries=0)
+    def validate(run: dict[str, str], source: str, staged: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.stages import validate_source
+
+        return _fail_on_quality(validate_source, source, run["lake_dir"], run["business_date"])
+
+    @task
+    def resolve_entities(run: dict[str, str], validated: list[dict[str, Any]]) -> dict[str, Any]:
+        from pipelines.stages import resolve_entities as resolve
+
+        return resolve(run["lake_dir"], run["business_date"])
+
+    @task
+    def build_profiles(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.stages import build_profiles as build
+
+        return build(run["lake_dir"], run["business_date"])
+
+    @task(retries=0)
+    def validate_profiles(run: dict[str, str], built: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.stages import validate_profiles as check
+
+        return _fail_on_quality(check, run["lake_dir"], run["business_date"])
+
+    @task(outlets=[PROFILES_ASSET])
+    def publish(run: dict[str, str], checked: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """Switch `current` to the new version and tell downstream DAGs which version it is."""
+        from pipelines.stages import publish as publish_version
+
+        result = publish_version(run["lake_dir"], run["business_date"], context["run_id"])
+        context["outlet_events"][PROFILES_ASSET].extra = {
+            "version": result["version"], "business_date": run["business_date"], "profiles": result["profiles"],
+            "path": result["path"],
+        }
+        return result
+
+    run = plan()
+    validated = []
+    for source in SOURCES:
+        with TaskGroup(group_id=source, tooltip=f"extract, standardise and validate {source}"):
+            extracted = extract(run, source)
+            staged = standardise(run, source, extracted)
+            validated.append(validate(run, source, staged))
+    resolved = resolve_entities(run, validated)
+    publish(run, validate_profiles(run, build_profiles(run, resolved)))
+
+
+credit_nightly()
