@@ -71,6 +71,7 @@ def _tag(frame: pl.DataFrame, method: str) -> pl.DataFrame:
 def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Link records (IDENTITY_COLUMNS) to firms; return (links, entities)."""
     settings = settings or ResolutionSettings()
+    records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
     names = normalise_names(records["subject_name"]).drop("name")
     recs = pl.concat([records.select(IDENTITY_COLUMNS), names], how="horizontal").with_row_index("_row")
 
@@ -179,7 +180,7 @@ def _near_code_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resoluti
     probes = rest.with_columns(code=cleaned).filter(pl.col("code").str.len_chars() == 18)
     if probes.height == 0:
         return _tag(rest.clear().with_columns(entity_id=pl.lit("")), "code_near+name")
-    targets = known.select("entity_id", "core").unique("entity_id")
+    targets = known.select("entity_id", "core").unique(maintain_order=True)
     pairs = pl.concat(
         [
             probes.with_columns(block=pl.col("code").str.slice(0, 9)).join(
@@ -190,16 +191,21 @@ def _near_code_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resoluti
             ),
         ],
         how="vertical_relaxed",
-    ).unique(["_row", "entity_id"])
+    ).unique(["_row", "entity_id", "core_right"])
     if pairs.height == 0:
         return _tag(rest.clear().with_columns(entity_id=pl.lit("")), "code_near+name")
     edits = process.cpdist(pairs["code"].to_list(), pairs["entity_id"].to_list(), scorer=distance.Levenshtein.distance,
                            workers=-1)
     name_score = process.cpdist(pairs["core"].fill_null("").to_list(), pairs["core_right"].fill_null("").to_list(),
                                 scorer=fuzz.ratio, workers=-1)
-    pairs = pairs.with_columns(edits=pl.Series(edits), name_score=pl.Series(name_score)).filter(
-        (pl.col("edits") <= settings.code_near_max_edits) & (pl.col("name_score") >= settings.code_near_min_name_score)
+    # an entity seen under several names: its best-matching name counts
+    best = (
+        pairs.select("_row", "entity_id").with_columns(edits=pl.Series(edits), name_score=pl.Series(name_score))
+        .group_by("_row", "entity_id").agg(pl.col("edits").min(), pl.col("name_score").max())
+        .filter((pl.col("edits") <= settings.code_near_max_edits)
+                & (pl.col("name_score") >= settings.code_near_min_name_score))
     )
+    pairs = probes.join(best.select("_row", "entity_id"), on="_row")
     unique_hits = pairs.filter(pl.col("entity_id").n_unique().over("_row") == 1).unique("_row")
     return _tag(unique_hits, "code_near+name")
 
@@ -219,14 +225,17 @@ def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resolut
             probes.with_columns(block=block).join(small.select("block"), on="block")
             .join(target_blocks, on="block", suffix="_t")
         )
-    pairs = pl.concat(blocks, how="vertical_relaxed").unique(["_row", "entity_id"])
+    pairs = pl.concat(blocks, how="vertical_relaxed").unique(["_row", "entity_id", "core_t"])
     pairs = pairs.filter(pl.col("is_branch") == pl.col("is_branch_t"))
     if pairs.height == 0:
         return empty
     scores = process.cpdist(pairs["core"].to_list(), pairs["core_t"].to_list(), scorer=fuzz.ratio, workers=-1)
     pairs = pairs.with_columns(score=pl.Series(scores, dtype=pl.Float64))
     pairs = pairs.with_columns(_fits(pairs["region_codes"], pairs["division"])).filter("fits")
-    ranked = pairs.sort(["_row", "score"], descending=[False, True]).group_by("_row", maintain_order=True).agg(
+    # one score per candidate firm (its best-matching name), then the best two firms per record
+    pairs = pairs.group_by("_row", "entity_id").agg(pl.col("score").max())
+    ranked = pairs.sort(["_row", "score", "entity_id"], descending=[False, True, False]).group_by(
+        "_row", maintain_order=True).agg(
         pl.col("entity_id").first(), pl.col("score").first().alias("best"),
         pl.col("score").get(1, null_on_oob=True).alias("second"),
     )

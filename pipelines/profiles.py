@@ -112,7 +112,11 @@ def build_profiles(
     records: pl.LazyFrame, links: pl.LazyFrame, entities: pl.LazyFrame, as_of: date,
     stale_sources: frozenset[str] = frozenset(), grading: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """Aggregate linked records into one row per firm (sorted by entity_id)."""
+    """Aggregate linked records into one row per firm (sorted by entity_id).
+
+    Money sums are rounded to the cent: float addition in a parallel group-by is not associative,
+    and the same inputs must give the same published bytes.
+    """
     grading = grading or load_grading()
     recs = records.join(
         links.select("source", "source_record_id", "entity_id", "match_confidence"),
@@ -142,19 +146,19 @@ def build_profiles(
         pl.col("source").n_unique().alias("source_count"),
         # lending
         loans.sum().cast(pl.Int64).alias("lending_loans"),
-        pl.col("amount").filter(loans).sum().alias("lending_amount"),
-        pl.col("balance").filter(loans).sum().alias("lending_balance"),
-        pl.col("overdue_amount").filter(loans).sum().alias("lending_overdue_principal"),
+        pl.col("amount").filter(loans).sum().round(2).alias("lending_amount"),
+        pl.col("balance").filter(loans).sum().round(2).alias("lending_balance"),
+        pl.col("overdue_amount").filter(loans).sum().round(2).alias("lending_overdue_principal"),
         class_rank.filter(loans).max().alias("_worst_class"),
         # tax
         pl.col("status").filter(ratings).sort_by(pl.col("period").filter(ratings)).last().alias("tax_latest_rating"),
         pl.col("period").filter(ratings).max().alias("tax_latest_rating_year"),
-        pl.col("balance").filter(rtype == "tax_arrears").sum().alias("tax_arrears_balance"),
+        pl.col("balance").filter(rtype == "tax_arrears").sum().round(2).alias("tax_arrears_balance"),
         on_list(rtype == "tax_major_violation").alias("tax_major_violation"),
         # contract performance
         contract.sum().cast(pl.Int64).alias("contract_cases"),
         on_list((rtype == "dishonest_debtor") & (pl.col("status") != "已履行"), 1825).alias("contract_dishonest"),
-        pl.col("amount").filter(contract & (pl.col("status") != "已履行")).sum().alias("contract_unperformed_amount"),
+        pl.col("amount").filter(contract & (pl.col("status") != "已履行")).sum().round(2).alias("contract_unperformed_amount"),
         # product quality
         checks.sum().cast(pl.Int64).alias("quality_checks_36m"),
         (checks & pl.col("status").is_in(["不合格", "拒检"])).sum().cast(pl.Int64).alias("quality_failures_36m"),
@@ -162,18 +166,18 @@ def build_profiles(
         # social insurance (latest period)
         pl.col("headcount").filter(si & (pl.col("period") == latest_si_period)).sum().alias("si_headcount"),
         pl.col("overdue_days").filter(si & (pl.col("period") == latest_si_period)).max().alias("si_arrears_months"),
-        pl.col("balance").filter(si & (pl.col("period") == latest_si_period)).sum().alias("si_arrears_amount"),
+        pl.col("balance").filter(si & (pl.col("period") == latest_si_period)).sum().round(2).alias("si_arrears_amount"),
         # violations
         penalties_12m.sum().cast(pl.Int64).alias("violations_penalties_12m"),
-        pl.col("amount").filter(penalties_12m).sum().alias("violations_fines_12m"),
+        pl.col("amount").filter(penalties_12m).sum().round(2).alias("violations_fines_12m"),
         ((rtype == "penalty") & serious & (pl.col("end_date") >= day)).sum().cast(pl.Int64)
         .alias("violations_serious_in_force"),
         on_list(rtype == "abnormal_operation").alias("on_abnormal_list"),
         on_list(rtype == "serious_dishonesty").alias("on_serious_dishonesty_list"),
         # data quality parts
-        pl.col("code_raw").is_not_null().mean().alias("_completeness"),
-        pl.col("code_status").is_in(["valid", "repaired", "org_code", "reg_no"]).mean().alias("_validity"),
-        pl.col("match_confidence").mean().alias("_consistency"),
+        pl.col("code_raw").is_not_null().mean().round(6).alias("_completeness"),
+        pl.col("code_status").is_in(["valid", "repaired", "org_code", "reg_no"]).mean().round(6).alias("_validity"),
+        pl.col("match_confidence").mean().round(6).alias("_consistency"),
         pl.col("match_confidence").min().alias("min_match_confidence"),
     )
     provenance = (

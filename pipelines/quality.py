@@ -40,21 +40,12 @@ class SuiteOutcome:
     statistics: dict[str, Any] = field(default_factory=dict)
 
 
-def _quiet_progress_bars() -> None:
-    """GX draws a tqdm bar per validation; nightly logs should not fill up with them."""
-    try:
-        from great_expectations.render.renderer_configuration import tqdm as _  # noqa: F401
-    except ImportError:
-        pass
-    os.environ.setdefault("TQDM_DISABLE", "1")
-
-
 @cache
 def _context() -> Any:
     import great_expectations as gx
 
-    _quiet_progress_bars()
     context = gx.get_context(mode="ephemeral")
+    # GX draws a progress bar per validation; nightly logs should not fill up with them
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     return context
 

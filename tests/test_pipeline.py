@@ -99,7 +99,7 @@ def test_wrong_encoding_names_source_and_line(sources: Path, tmp_path: Path) -> 
     broken = tmp_path / "sources"
     shutil.copytree(sources, broken)
     path = broken / "contract" / "enforcement.csv"
-    path.write_bytes(path.read_bytes() + "记录编号\n".encode("utf-8") * 3)
+    path.write_bytes(path.read_bytes() + "café\n".encode("latin-1"))  # 0xE9 then a newline: not GBK
     with pytest.raises(SourceFormatError, match=r"contract.*not valid gbk \(line"):
         stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
 

@@ -1,0 +1,24 @@
+"""Shared test set-up: Airflow points at this repository, with examples off and a migrated SQLite DB."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Before anything imports airflow: AIRFLOW_HOME is the repository (airflow.cfg, dags/ and airflow.db).
+os.environ["AIRFLOW_HOME"] = str(REPO)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """The metadata database `dag.test()` records runs in (created or upgraded once per session)."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, cwd=REPO)
+    return REPO / "airflow.db"
