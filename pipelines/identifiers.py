@@ -43,7 +43,14 @@ def reg_no_check_digit(first14: str) -> str:
 
 
 def is_valid_uscc(code: str | None) -> bool:
-    return bool(code) and len(code) == 18 and stdnum_uscc.is_valid(code) and is_valid_org_code(code[8:17])
+    """GB 32100 form and check character, and a valid embedded organization code.
+
+    stdnum insists on digits in positions 1-8, but the standard allows letters for the
+    registration authority and entity type (N 农业, Y other), so the form is checked here.
+    """
+    if not code or len(code) != 18 or any(c not in USCC_ALPHABET for c in code) or not code[2:8].isdigit():
+        return False
+    return stdnum_uscc.calc_check_digit(code[:17]) == code[17] and is_valid_org_code(code[8:17])
 
 
 def is_valid_org_code(code: str | None) -> bool:
@@ -193,6 +200,7 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
     ).with_columns(
         _uscc_ok=(
             (pl.col("_fixed").str.len_chars() == 18)
+            & pl.col("_fixed").str.slice(2, 6).str.contains(r"^\d{6}$")
             & (pl.col("_uscc_check") == pl.col("_fixed").str.slice(17, 1))
             & (pl.col("_embedded_check") == pl.col("_fixed").str.slice(16, 1))
             & ~pl.col("_missing")
