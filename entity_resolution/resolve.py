@@ -23,6 +23,8 @@ IDENTITY_COLUMNS = (
     "source", "source_record_id", "subject_name", "code_raw", "uscc", "org_code", "reg_no", "code_status",
     "updated_at",
 )
+# Records with the same name and code get the same decision: resolve each distinct signature once.
+SIGNATURE = ("subject_name", "code_raw", "uscc", "org_code", "reg_no", "code_status")
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,13 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     """Link records (IDENTITY_COLUMNS) to firms; return (links, entities)."""
     settings = settings or ResolutionSettings()
     records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
-    names = normalise_names(records["subject_name"]).drop("name")
-    recs = pl.concat([records.select(IDENTITY_COLUMNS), names], how="horizontal").with_row_index("_row")
+    signatures = (
+        records.group_by(SIGNATURE)
+        .agg(pl.len().alias("n"), pl.col("updated_at").max())
+        .sort(SIGNATURE, nulls_last=True)
+    )
+    names = normalise_names(signatures["subject_name"]).drop("name")
+    recs = pl.concat([signatures, names], how="horizontal").with_row_index("_row")
 
     # 1. Valid USCCs are the firm.
     anchored = recs.filter(pl.col("uscc").is_not_null()).with_columns(entity_id=pl.col("uscc"))
@@ -133,10 +140,14 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     missing = linked.filter(pl.col("entity_id").is_null()).height
     if missing:
         raise AssertionError(f"entity resolution lost {missing} records")
-    link_table = linked.select(
+    per_record = records.select("source", "source_record_id", *SIGNATURE).join(
+        linked.select(*SIGNATURE, "entity_id", "match_confidence", "match_method"),
+        on=list(SIGNATURE), how="left", nulls_equal=True,
+    )
+    link_table = per_record.select(
         "source", "source_record_id", "entity_id", "match_confidence", "match_method"
     ).sort("source", "source_record_id")
-    return link_table, _entities(linked)
+    return link_table, _entities(linked, per_record)
 
 
 _LINK_COLUMNS = ("_row", "entity_id", "match_method", "match_confidence")
@@ -147,7 +158,7 @@ def _known_names(coded: pl.DataFrame) -> pl.DataFrame:
     return (
         coded.filter(pl.col("name_key").is_not_null())
         .group_by("entity_id", "name_key")
-        .agg(pl.len().alias("seen"), pl.col("is_branch").first(), pl.col("core").first())
+        .agg(pl.col("n").sum().alias("seen"), pl.col("is_branch").first(), pl.col("core").first())
         .with_columns(division=pl.col("entity_id").str.slice(2, 6))
     )
 
@@ -211,14 +222,16 @@ def _near_code_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resoluti
 
 
 def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: ResolutionSettings) -> pl.DataFrame:
-    """Fuzzy core-name match, blocked on the first and on the last two characters of the core."""
+    """Fuzzy core-name match within blocks: (first character + last four) and (second and third
+    characters + last four), so a typo in the trade name still meets its firm in one block."""
     probes = rest.filter(pl.col("core").str.len_chars() >= 3)
     empty = _tag(rest.clear().with_columns(entity_id=pl.lit("")), "name_fuzzy")
     if probes.height == 0:
         return empty
     targets = known.unique(["entity_id", "core"]).select("entity_id", "core", "is_branch", "division")
     blocks = []
-    for block in (pl.col("core").str.slice(0, 1), pl.col("core").str.slice(-2, 2)):
+    tail = pl.col("core").str.slice(-4, 4)
+    for block in (pl.col("core").str.slice(0, 1) + "|" + tail, pl.col("core").str.slice(1, 2) + "|" + tail):
         target_blocks = targets.with_columns(block=block)
         small = target_blocks.group_by("block").len().filter(pl.col("len") <= settings.max_block_size)
         blocks.append(
@@ -249,13 +262,13 @@ def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resolut
     )
 
 
-def _entities(linked: pl.DataFrame) -> pl.DataFrame:
+def _entities(linked: pl.DataFrame, per_record: pl.DataFrame) -> pl.DataFrame:
     """One row per firm: its codes and its most used full name (latest wins ties)."""
     valid_named = linked.filter(pl.col("subject_name").is_not_null())
     name_rank = (
         valid_named.group_by("entity_id", "subject_name")
         .agg(
-            pl.len().alias("n"), pl.col("updated_at").max().alias("last"), pl.col("core").first(),
+            pl.col("n").sum().alias("n"), pl.col("updated_at").max().alias("last"), pl.col("core").first(),
             # prefer a full legal name seen on a record with a valid code
             (pl.col("code_status").is_in(["valid", "repaired"]).any().cast(pl.Int8)
              + pl.col("legal_form").is_not_null().any().cast(pl.Int8)).alias("pref"),
@@ -276,9 +289,12 @@ def _entities(linked: pl.DataFrame) -> pl.DataFrame:
         pl.col("uscc").drop_nulls().first(),
         pl.col("org_code").drop_nulls().mode().sort().first(),
         pl.col("reg_no").drop_nulls().mode().sort().first(),
-        pl.len().alias("record_count"),
-        pl.col("source").n_unique().alias("source_count"),
         pl.col("match_confidence").min().alias("min_match_confidence"),
+    ).join(
+        per_record.group_by("entity_id").agg(
+            pl.len().alias("record_count"), pl.col("source").n_unique().alias("source_count")
+        ),
+        on="entity_id",
     )
     return (
         codes.join(primary.drop("primary_core"), on="entity_id", how="left")

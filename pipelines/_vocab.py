@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-# (division code, province short, prefecture short, county short)
+# (division code, province short, prefecture short, county short). The system serves one city
+# (宁波): most firms are registered in its districts; the rest come from elsewhere in China.
+HOME_CITY = "宁波"
+HOME_SHARE = 0.8
 DIVISIONS: tuple[tuple[str, str, str, str], ...] = (
     ("330203", "浙江", "宁波", "海曙"),
     ("330205", "浙江", "宁波", "江北"),
+    ("330206", "浙江", "宁波", "北仑"),
+    ("330211", "浙江", "宁波", "镇海"),
     ("330212", "浙江", "宁波", "鄞州"),
+    ("330213", "浙江", "宁波", "奉化"),
+    ("330225", "浙江", "宁波", "象山"),
+    ("330226", "浙江", "宁波", "宁海"),
+    ("330281", "浙江", "宁波", "余姚"),
+    ("330282", "浙江", "宁波", "慈溪"),
     ("330106", "浙江", "杭州", "西湖"),
     ("330108", "浙江", "杭州", "滨江"),
     ("110108", "北京", "北京", "海淀"),

@@ -86,10 +86,12 @@ def _traditional(values: list[str]) -> dict[str, str]:
 def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
     rng = draw("firms")
     base = int(n * 1.25) + 50
-    division_idx = rng.integers(0, len(V.DIVISIONS), base)
+    home = np.asarray([d[2] == V.HOME_CITY for d in V.DIVISIONS])
+    weights = np.where(home, V.HOME_SHARE / home.sum(), (1 - V.HOME_SHARE) / (~home).sum())
+    division_idx = rng.choice(len(V.DIVISIONS), size=base, p=weights)
     industry_idx = rng.integers(0, len(V.INDUSTRIES), base)
     chars = np.asarray(list(V.TRADE_CHARS), dtype=object)
-    three = rng.random(base) < 0.15
+    three = rng.random(base) < 0.65  # two-character trade names run out within one city
     trade = chars[rng.integers(0, len(chars), base)] + chars[rng.integers(0, len(chars), base)]
     trade = np.where(three, trade + chars[rng.integers(0, len(chars), base)], trade)
     frame = pl.DataFrame({
