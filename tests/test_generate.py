@@ -1,0 +1,156 @@
+"""The synthetic departmental systems: layout, encodings, realism rules, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from datetime import date, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from pipelines.generate import generate, write_sql_table
+from pipelines.identifiers import is_valid_uscc, repair_code
+
+END = date(2026, 11, 23)
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+SPEC_COLUMNS = {
+    "lending": ["loan_id", "borrower_code", "borrower_name", "borrower_type", "lender", "contract_no", "loan_type",
+                "guarantee_type", "amount", "balance", "start_date", "due_date", "five_class", "overdue_days",
+                "overdue_principal", "updated_at"],
+    "contract": ["记录编号", "案号", "执行法院", "立案日期", "被执行人名称", "统一社会信用代码", "法定代表人",
+                 "执行依据确定的义务", "履行情况", "未履行金额", "发布日期", "记录类型", "更新时间"],
+    "violations": ["行政处罚决定书文号", "数据类别", "行政相对人类别", "行政相对人名称", "统一社会信用代码", "法定代表人",
+                   "违法行为类型", "违法事实", "处罚依据", "处罚类别", "罚款金额（万元）", "处罚决定日期", "公示截止期",
+                   "处罚机关", "处罚机关统一社会信用代码", "更新时间"],
+}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("gen")
+    generate(target, entities=3000, seed=3, days=5, end_date=END)
+    return target
+
+
+def table(path: Path, name: str) -> pl.DataFrame:
+    with sqlite3.connect(path) as connection:
+        return pl.read_database(f"SELECT * FROM {name} ORDER BY 1", connection, infer_schema_length=None)
+
+
+def test_layout_and_encodings(out: Path) -> None:
+    for relative in ("lending/lending.db", "social_insurance/social_insurance.db", "tax/tax.db",
+                     "contract/enforcement.csv", "product_quality/spot_checks.jsonl", "violations/penalties.csv",
+                     "truth/firms.parquet", "truth/records.parquet", "manifest.json"):
+        assert (out / relative).is_file(), relative
+    contract = (out / "contract" / "enforcement.csv").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        contract.decode("utf-8")
+    assert contract.decode("gbk").splitlines()[0].split(",") == SPEC_COLUMNS["contract"]
+    penalties = (out / "violations" / "penalties.csv").read_bytes()
+    assert penalties.startswith(b"\xef\xbb\xbf")
+    assert penalties.decode("utf-8-sig").splitlines()[0].split(",") == SPEC_COLUMNS["violations"]
+    assert table(out / "lending" / "lending.db", "loans").columns == SPEC_COLUMNS["lending"]
+    first = json.loads((out / "product_quality" / "spot_checks.jsonl").read_text("utf-8").splitlines()[0])
+    assert {"report_no", "enterprise_name", "enterprise_code", "result", "failed_items", "recalled"} <= set(first)
+
+
+def test_universe_codes_and_names(out: Path) -> None:
+    firms = pl.read_parquet(out / "truth" / "firms.parquet")
+    assert 2800 <= firms.height <= 3000
+    assert firms["uscc"].is_unique().all() and firms["name"].is_unique().all()
+    assert all(is_valid_uscc(code) for code in firms["uscc"])
+    assert firms.filter(pl.col("reg_no").is_not_null()).height > firms.height * 0.3
+    # hard negatives: branches, one-character siblings, namesakes in another city
+    branches = firms.filter(pl.col("branch_of").is_not_null())
+    assert branches.height > 0 and branches["name"].str.ends_with("分公司").all()
+    per_core = firms.filter(pl.col("branch_of").is_null()).group_by("trade_name", "industry").agg(
+        pl.col("city").n_unique())
+    assert per_core.filter(pl.col("city") > 1).height > 0
+    assert firms.filter(pl.col("former_name").is_not_null()).height > 0
+
+
+def test_identifier_mix(out: Path) -> None:
+    codes = table(out / "lending" / "lending.db", "loans")["borrower_code"].to_list()
+    statuses = pl.Series([repair_code(c).status for c in codes]).value_counts(normalize=True)
+    share = dict(zip(statuses[:, 0], statuses[:, 1], strict=True))
+    assert 0.7 < share["valid"] < 0.86
+    assert 0.03 < share.get("org_code", 0) < 0.08
+    assert 0.01 < share.get("reg_no", 0) < 0.07
+    assert 0.03 < share.get("invalid", 0) + share.get("repaired", 0) < 0.1
+    assert 0.04 < share.get("missing", 0) < 0.11
+
+
+def test_domain_rules(out: Path) -> None:
+    loans = table(out / "lending" / "lending.db", "loans")
+    rank = {"正常": 0, "关注": 1, "次级": 2, "可疑": 3, "损失": 4}
+    for days, minimum in ((1, 1), (91, 2), (271, 3), (361, 4)):
+        worst = loans.filter(pl.col("overdue_days") >= days)["five_class"].replace_strict(rank).min()
+        assert worst is None or worst >= minimum
+    assert (loans["balance"] <= loans["amount"]).all()
+    contributions = table(out / "social_insurance" / "social_insurance.db", "contributions")
+    assert ((contributions["amount_due"] - contributions["amount_paid"] - contributions["arrears_principal"]).abs()
+            < 0.02).all()
+    checks = pl.read_ndjson(out / "product_quality" / "spot_checks.jsonl")
+    fail_rate = (checks["result"] != "合格").mean()
+    assert 0.04 < fail_rate < 0.25
+
+
+def test_truth_covers_every_record(out: Path) -> None:
+    truth = pl.read_parquet(out / "truth" / "records.parquet")
+    manifest = json.loads((out / "manifest.json").read_text("utf-8"))
+    assert truth.height == manifest["records"] == sum(manifest["rows"].values())
+    assert truth.select("source", "source_record_id").is_unique().all()
+    loans = table(out / "lending" / "lending.db", "loans")
+    assert set(loans["loan_id"]) == set(truth.filter(pl.col("source") == "lending")["source_record_id"])
+
+
+def test_days_spread_updates_and_never_pass_the_end_date(out: Path) -> None:
+    stamps = table(out / "tax" / "tax.db", "tax_records")["updated_at"].str.to_datetime("%Y-%m-%d %H:%M:%S")
+    days = stamps.dt.date().unique()
+    assert days.len() == 5
+    assert stamps.max() < datetime(2026, 11, 24)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".csv", ".jsonl", ".parquet"):
+            digests[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.suffix == ".db":
+            with sqlite3.connect(path) as connection:
+                rows = connection.execute("SELECT * FROM sqlite_master WHERE type = 'table'").fetchall()
+                for (_, name, *_rest) in rows:
+                    content = connection.execute(f"SELECT * FROM {name} ORDER BY 1").fetchall()
+                    digests[f"{path.name}:{name}"] = hashlib.sha256(repr(content).encode()).hexdigest()
+    return digests
+
+
+def test_same_seed_same_data(tmp_path: Path) -> None:
+    generate(tmp_path / "a", entities=400, seed=9, days=2, end_date=END)
+    generate(tmp_path / "b", entities=400, seed=9, days=2, end_date=END)
+    generate(tmp_path / "c", entities=400, seed=10, days=2, end_date=END)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.mark.postgres
+def test_sql_sources_can_live_in_postgresql(tmp_path: Path) -> None:
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
+    frame = pl.DataFrame({"loan_id": ["L1", "L2"], "borrower_name": ["宁波华兴电子科技有限公司", None],
+                          "amount": [1.5, 2.0], "overdue_days": [0, 30]})
+    write_sql_table(frame, PG_URL, "credit_test_loans", "loan_id")
+    with engine.connect() as connection:
+        back = pl.read_database("SELECT * FROM credit_test_loans ORDER BY loan_id", connection)
+        connection.execute(sa.text("DROP TABLE credit_test_loans"))
+        connection.commit()
+    engine.dispose()
+    assert back.equals(frame)

@@ -1,0 +1,98 @@
+"""Validation: suites from expectations/, bad rows quarantined with reasons, good rows kept."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.quality import DataQualityError, load_suite, validate_profiles, validate_source
+from pipelines.schema import SOURCES, conform
+
+REPO = Path(__file__).resolve().parent.parent
+USCC = "91330203MA2A1B2C3X"
+
+
+def loans(rows: list[dict]) -> pl.DataFrame:
+    base = dict(source="lending", record_type="loan", subject_name="宁波华兴电子科技有限公司", code_raw=USCC,
+                code_status="invalid", updated_at=datetime(2026, 11, 20, 9), status="正常", amount=100.0,
+                balance=50.0, overdue_amount=0.0, overdue_days=0, event_date=date(2026, 1, 1))
+    return conform(pl.DataFrame([{**base, **row} for row in rows]).lazy()).collect()
+
+
+@pytest.mark.parametrize("name", [f"{s}.standardised" for s in SOURCES] + ["profiles"])
+def test_every_suite_loads_from_json(name: str) -> None:
+    suite = load_suite(name)
+    assert suite.name == name and len(suite.expectations) >= 5
+    spec = json.loads((REPO / "expectations" / f"{name}.json").read_text("utf-8"))
+    assert len(spec["expectations"]) == len(suite.expectations)
+
+
+def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
+    frame = loans([
+        {"source_record_id": "good-1"},
+        {"source_record_id": "good-2", "status": "关注", "overdue_days": 10},
+        {"source_record_id": "negative", "amount": -5.0},
+        {"source_record_id": "bad-class", "status": "优秀"},
+        {"source_record_id": "no-name", "subject_name": None},
+        {"source_record_id": "bad-uscc", "uscc": "NOT-A-CODE", "code_status": "valid"},
+        {"source_record_id": "unreadable", "parse_errors": "amount=12,3x"},
+        {"source_record_id": "dup", "updated_at": datetime(2026, 11, 19)},
+        {"source_record_id": "dup", "updated_at": datetime(2026, 11, 21)},
+    ])
+    staged = tmp_path / "staged.parquet"
+    frame.write_parquet(staged)
+    result = validate_source("lending", staged, tmp_path / "accepted.parquet", tmp_path / "q.parquet")
+    assert result["extracted"] == 9 == result["accepted"] + result["quarantined"]
+    accepted = pl.read_parquet(tmp_path / "accepted.parquet")
+    quarantined = pl.read_parquet(tmp_path / "q.parquet")
+    assert sorted(accepted["source_record_id"]) == ["dup", "good-1", "good-2"]
+    assert accepted.filter(pl.col("source_record_id") == "dup")["updated_at"].item() == datetime(2026, 11, 21)
+    reasons = dict(zip(quarantined["source_record_id"], quarantined["reason"], strict=True))
+    assert "loan amount is negative (amount=-5.0)" in reasons["negative"]
+    assert "five-class" in reasons["bad-class"] and "优秀" in reasons["bad-class"]
+    assert "enterprise name is missing" in reasons["no-name"]
+    assert "USCC" in reasons["bad-uscc"]
+    assert "could not be read" in reasons["unreadable"] and "12,3x" in reasons["unreadable"]
+    assert "duplicate record id" in reasons["dup"]
+    assert quarantined["failed_expectations"].list.len().min() >= 1
+    assert set(accepted.columns) == set(frame.columns)
+
+
+def test_row_condition_only_checks_its_rows(tmp_path: Path) -> None:
+    base = dict(source="tax", subject_name="甲", code_status="missing", updated_at=datetime(2026, 11, 20))
+    frame = conform(pl.DataFrame([
+        {**base, "source_record_id": "r1", "record_type": "tax_rating", "status": "A"},
+        {**base, "source_record_id": "r2", "record_type": "tax_rating", "status": "E"},
+        {**base, "source_record_id": "r3", "record_type": "tax_arrears", "status": None, "balance": 10.0},
+    ]).lazy()).collect()
+    frame.write_parquet(tmp_path / "s.parquet")
+    result = validate_source("tax", tmp_path / "s.parquet", tmp_path / "a.parquet", tmp_path / "q.parquet")
+    assert (result["accepted"], result["quarantined"]) == (2, 1)
+    assert pl.read_parquet(tmp_path / "q.parquet")["source_record_id"].to_list() == ["r2"]
+
+
+def test_missing_canonical_column_fails_the_batch(tmp_path: Path) -> None:
+    loans([{"source_record_id": "x"}]).drop("subject_name").write_parquet(tmp_path / "s.parquet")
+    with pytest.raises(DataQualityError, match="lending.*subject_name"):
+        validate_source("lending", tmp_path / "s.parquet", tmp_path / "a.parquet", tmp_path / "q.parquet")
+    assert not (tmp_path / "a.parquet").exists()
+
+
+def profiles(rows: list[dict]) -> pl.DataFrame:
+    base = dict(uscc=None, name="甲", score=950, grade="A", record_count=3, quality_score=0.9,
+                lending_balance=0.0, lending_worst_class=None, tax_latest_rating="A")
+    return pl.DataFrame([{**base, **row} for row in rows])
+
+
+def test_profile_suite_names_the_broken_firms(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    profiles([{"entity_id": "E1"}, {"entity_id": "E2", "uscc": USCC}]).write_parquet(path)
+    assert validate_profiles(path)["profiles"] == 2
+    profiles([{"entity_id": "E1"}, {"entity_id": "E2", "grade": "Z"}, {"entity_id": "E3", "score": 1200}]
+             ).write_parquet(path)
+    with pytest.raises(DataQualityError, match=r"E2.*E3|E3.*E2"):
+        validate_profiles(path)
