@@ -101,13 +101,16 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
         lead=pl.when(pl.col("rest").str.len_chars() >= 3).then(pl.col("lead")).otherwise(pl.lit("")),
     ).with_columns(rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()))
     frame = _strip_county(frame, tops, counties)
-    hints = pl.concat_list(pl.col("lead_tokens"), pl.col("bracketed"))
-    frame = frame.with_columns(region_tokens=hints.list.unique().list.sort())
-    token_codes = pl.concat([tops, counties]).group_by("token").agg(pl.col("codes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort())
+    token_codes = pl.concat([tops, counties]).explode("codes").unique()
+    # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
+    tokens = pl.concat([
+        frame.select("name", pl.col("lead_tokens").alias("token")).explode("token"),
+        frame.select("name", pl.col("bracketed").alias("token")).explode("token"),
+    ]).drop_nulls("token")
     exploded = (
-        frame.select("name", "region_tokens").explode("region_tokens")
-        .join(token_codes, left_on="region_tokens", right_on="token", how="inner")
-        .group_by("name").agg(pl.col("codes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().alias("region_codes"))
+        tokens.join(token_codes, on="token", how="inner")
+        .unique(["name", "codes"])
+        .group_by("name").agg(pl.col("codes").sort().alias("region_codes"))
     )
     frame = frame.join(exploded, on="name", how="left").with_columns(
         core=pl.col("rest"),

@@ -12,12 +12,16 @@ Every link says how it was made (``match_method``) and how sure it is (``match_c
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from dataclasses import dataclass
 
 import polars as pl
 from rapidfuzz import distance, fuzz, process
 
 from entity_resolution.names import normalise_names
+
+log = logging.getLogger(__name__)
 
 IDENTITY_COLUMNS = (
     "source", "source_record_id", "subject_name", "code_raw", "uscc", "org_code", "reg_no", "code_status",
@@ -75,12 +79,22 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     settings = settings or ResolutionSettings()
     records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
     signatures = (
-        records.group_by(SIGNATURE)
-        .agg(pl.len().alias("n"), pl.col("updated_at").max())
+        records.with_row_index("_rec").group_by(SIGNATURE)
+        .agg(pl.len().alias("n"), pl.col("updated_at").max(), pl.col("_rec").alias("_members"))
         .sort(SIGNATURE, nulls_last=True)
     )
+    clock = time.perf_counter()
+
+    def phase(label: str, count: int) -> None:
+        nonlocal clock
+        log.info("resolve: %s: %d (%.1f s)", label, count, time.perf_counter() - clock)
+        clock = time.perf_counter()
+
+    phase("distinct name/code signatures", signatures.height)
     names = normalise_names(signatures["subject_name"]).drop("name")
-    recs = pl.concat([signatures, names], how="horizontal").with_row_index("_row")
+    members = signatures.select("_members").with_row_index("_row")
+    recs = pl.concat([signatures.drop("_members"), names], how="horizontal").with_row_index("_row")
+    del signatures, names
 
     # 1. Valid USCCs are the firm.
     anchored = recs.filter(pl.col("uscc").is_not_null()).with_columns(entity_id=pl.col("uscc"))
@@ -104,22 +118,29 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     rest = rest.join(by_reg.select("_row"), on="_row", how="anti")
 
     # The known firms and the name keys they were seen under.
-    coded = pl.concat(links, how="diagonal_relaxed")
+    phase("linked by codes", sum(f.height for f in links))
+    coded = pl.concat([f.select(*_LINK_COLUMNS, "name_key", "is_branch", "core", "n") for f in links],
+                      how="vertical_relaxed")
     known = _known_names(coded)
+    del coded
+    links = [f.select(_LINK_COLUMNS) for f in links]
 
     # 3. A code one or two typos away from a known USCC, confirmed by the name.
     near = _near_code_links(rest, known, settings)
-    links.append(near)
+    links.append(near.select(_LINK_COLUMNS))
+    phase("linked by near-miss code", near.height)
     rest = rest.join(near.select("_row"), on="_row", how="anti")
 
     # 4. Exact normalised name, disambiguated by region and branch.
     exact = _exact_name_links(rest, known)
-    links.append(exact)
+    links.append(exact.select(_LINK_COLUMNS))
+    phase("linked by exact name", exact.height)
     rest = rest.join(exact.select("_row"), on="_row", how="anti")
 
     # 5. Fuzzy name within blocks, only when one candidate clearly wins.
     fuzzy = _fuzzy_name_links(rest, known, settings)
-    links.append(fuzzy)
+    links.append(fuzzy.select(_LINK_COLUMNS))
+    phase("linked by fuzzy name", fuzzy.height)
     rest = rest.join(fuzzy.select("_row"), on="_row", how="anti")
 
     # 6. Left-overs form firms of their own: by code if they have one, else by name and region.
@@ -136,13 +157,17 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
                       "name_only_cluster"))
 
     linked = pl.concat([f.select(_LINK_COLUMNS) for f in links if f.height], how="vertical_relaxed")
-    linked = recs.join(linked, on="_row", how="left")
+    linked = recs.drop("branch", "region_codes", "name_key").join(linked, on="_row", how="left")
     missing = linked.filter(pl.col("entity_id").is_null()).height
     if missing:
         raise AssertionError(f"entity resolution lost {missing} records")
-    per_record = records.select("source", "source_record_id", *SIGNATURE).join(
-        linked.select(*SIGNATURE, "entity_id", "match_confidence", "match_method"),
-        on=list(SIGNATURE), how="left", nulls_equal=True,
+    # back from signatures to records through the member lists (an integer gather, no string join)
+    decided = (
+        members.join(linked.select("_row", "entity_id", "match_confidence", "match_method"), on="_row")
+        .explode("_members").sort("_members")
+    )
+    per_record = pl.concat(
+        [records.select("source", "source_record_id"), decided.drop("_row", "_members")], how="horizontal"
     )
     link_table = per_record.select(
         "source", "source_record_id", "entity_id", "match_confidence", "match_method"
@@ -192,14 +217,19 @@ def _near_code_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resoluti
     if probes.height == 0:
         return _tag(rest.clear().with_columns(entity_id=pl.lit("")), "code_near+name")
     targets = known.select("entity_id", "core").unique(maintain_order=True)
+    # One wrong character leaves two of the code's three six-character parts intact: block on each pair.
+    parts = {
+        "p12": lambda c: c.str.slice(0, 12),
+        "p13": lambda c: c.str.slice(0, 6) + c.str.slice(12, 6),
+        "p23": lambda c: c.str.slice(6, 12),
+    }
+    probe_cols = probes.select("_row", "code", "core")
     pairs = pl.concat(
         [
-            probes.with_columns(block=pl.col("code").str.slice(0, 9)).join(
-                targets.with_columns(block=pl.col("entity_id").str.slice(0, 9)), on="block"
-            ),
-            probes.with_columns(block=pl.col("code").str.slice(9, 9)).join(
-                targets.with_columns(block=pl.col("entity_id").str.slice(9, 9)), on="block"
-            ),
+            probe_cols.with_columns(block=key(pl.col("code"))).join(
+                targets.with_columns(block=key(pl.col("entity_id"))), on="block"
+            )
+            for key in parts.values()
         ],
         how="vertical_relaxed",
     ).unique(["_row", "entity_id", "core_right"])
@@ -228,18 +258,28 @@ def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resolut
     empty = _tag(rest.clear().with_columns(entity_id=pl.lit("")), "name_fuzzy")
     if probes.height == 0:
         return empty
-    targets = known.unique(["entity_id", "core"]).select("entity_id", "core", "is_branch", "division")
+    # each firm's most used name (ties: the smallest) stands for it: typo variants seen on its own
+    # records would otherwise multiply the pairs
+    targets = (
+        known.sort(["entity_id", "seen", "core"], descending=[False, True, False])
+        .unique("entity_id", keep="first", maintain_order=True)
+        .select("entity_id", "core", "is_branch", "division")
+    )
     blocks = []
     tail = pl.col("core").str.slice(-4, 4)
     for block in (pl.col("core").str.slice(0, 1) + "|" + tail, pl.col("core").str.slice(1, 2) + "|" + tail):
         target_blocks = targets.with_columns(block=block)
         small = target_blocks.group_by("block").len().filter(pl.col("len") <= settings.max_block_size)
         blocks.append(
-            probes.with_columns(block=block).join(small.select("block"), on="block")
+            probes.select("_row", "core", "is_branch", "region_codes").with_columns(block=block)
+            .join(small.select("block"), on="block")
             .join(target_blocks, on="block", suffix="_t")
         )
     pairs = pl.concat(blocks, how="vertical_relaxed").unique(["_row", "entity_id", "core_t"])
-    pairs = pairs.filter(pl.col("is_branch") == pl.col("is_branch_t"))
+    pairs = pairs.filter(
+        (pl.col("is_branch") == pl.col("is_branch_t"))
+        & ((pl.col("core").str.len_chars() - pl.col("core_t").str.len_chars()).abs() <= 2)
+    )
     if pairs.height == 0:
         return empty
     scores = process.cpdist(pairs["core"].to_list(), pairs["core_t"].to_list(), scorer=fuzz.ratio, workers=-1)

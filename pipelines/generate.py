@@ -52,6 +52,7 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -64,6 +64,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp makes owner-only files; readers are other users
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
