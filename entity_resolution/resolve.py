@@ -91,6 +91,8 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
         clock = time.perf_counter()
 
     phase("distinct name/code signatures", signatures.height)
+    keys = records.select("source", "source_record_id")
+    del records  # the signatures hold everything else; frees memory when the caller passed its only reference
     names = normalise_names(signatures["subject_name"]).drop("name")
     members = signatures.select("_members").with_row_index("_row")
     recs = pl.concat([signatures.drop("_members"), names], how="horizontal").with_row_index("_row")
@@ -167,7 +169,7 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
         .explode("_members").sort("_members")
     )
     per_record = pl.concat(
-        [records.select("source", "source_record_id"), decided.drop("_row", "_members")], how="horizontal"
+        [keys, decided.drop("_row", "_members")], how="horizontal"
     )
     link_table = per_record.select(
         "source", "source_record_id", "entity_id", "match_confidence", "match_method"

@@ -71,8 +71,8 @@ def resolve_entities(lake_dir: str, business_date: str) -> dict[str, Any]:
     from entity_resolution.resolve import IDENTITY_COLUMNS, resolve
 
     lake = _lake(lake_dir, business_date)
-    records = _accepted(lake).select(IDENTITY_COLUMNS).collect()
-    links, entities = resolve(records)
+    # no local reference to the records: resolve() drops them once it has the distinct signatures
+    links, entities = resolve(_accepted(lake).select(IDENTITY_COLUMNS).collect())
     write_parquet(links, lake.work / "links.parquet")
     write_parquet(entities, lake.work / "entities.parquet")
     methods = dict(links.group_by("match_method").len().sort("match_method").iter_rows())
