@@ -73,8 +73,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from entity_resolution.evaluate import evaluate
 
-    truth = pl.read_parquet(args.truth)
-    links = pl.read_parquet(args.links)
+    def read(path: str) -> pl.DataFrame:
+        folder = Path(path)
+        return pl.read_parquet(folder / "*.parquet" if folder.is_dir() else folder)
+
+    truth = read(args.truth)
+    links = read(args.links)
     if "record_id" in links.columns and "source_record_id" not in truth.columns:
         key: tuple[str, ...] = ("record_id",)
     else:
@@ -131,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score links against the generator's truth (pairwise and B-cubed)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ev.add_argument("--links", required=True, help="Parquet with source, source_record_id, entity_id")
+    ev.add_argument("--links", required=True,
+                    help="Parquet file or folder with source, source_record_id, entity_id "
+                    "(e.g. LAKE/published/current/links)")
     ev.add_argument("--truth", required=True, help="Parquet with source, source_record_id, entity_key")
     ev.set_defaults(func=cmd_evaluate)
     return parser

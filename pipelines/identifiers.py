@@ -11,6 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 
 import polars as pl
+from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -121,6 +122,19 @@ def repair_code(raw: str | None) -> CodeResult:
     if is_valid_reg_no(code):
         return CodeResult(None, None, code, "reg_no")
     return CodeResult(None, None, None, "invalid")
+
+
+def is_valid_resident_id(number: str | None) -> bool:
+    """A natural person's resident ID number (GB 11643), via stdnum.cn.ric."""
+    return bool(number) and stdnum_ric.is_valid(number)
+
+
+def mask_resident_id(number: str | None) -> str | None:
+    """Show only the first six digits (the division), as the penalty-publicity rules require."""
+    if not number:
+        return number
+    compact = "".join(stdnum_ric.compact(number).split())
+    return compact[:6] + "*" * (len(compact) - 6)
 
 
 # ---------------------------------------------------------------- vectorised (Polars) checks

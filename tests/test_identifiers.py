@@ -13,7 +13,9 @@ from pipelines.identifiers import (
     classify_codes,
     is_valid_org_code,
     is_valid_reg_no,
+    is_valid_resident_id,
     is_valid_uscc,
+    mask_resident_id,
     org_code_check_char,
     org_code_check_expr,
     org_code_from_uscc,
@@ -150,3 +152,10 @@ def test_check_expressions_match_scalar_functions(bodies: list[str], regs: list[
 def test_check_expression_rejects_characters_outside_the_alphabet() -> None:
     out = pl.DataFrame({"c": ["9111000060003734I", "911100006000373"]}).select(uscc_check_expr(pl.col("c")))
     assert out.to_series().to_list() == [None, None]
+
+
+def test_resident_id_numbers_are_checked_and_masked() -> None:
+    assert is_valid_resident_id("11010519491231002X")
+    assert not is_valid_resident_id("110105194912310021")
+    assert mask_resident_id("330222199001011234") == "330222************"
+    assert mask_resident_id(None) is None

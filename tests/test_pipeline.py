@@ -122,7 +122,7 @@ def test_cli_run_and_evaluate(sources: Path, tmp_path: Path, capsys: pytest.Capt
     assert credit(["run", "--sources", str(sources), "--lake", str(lake), "--date", BUSINESS_DATE, "-q"]) == 0
     out = capsys.readouterr().out
     assert "published/current/profiles" in out
-    assert credit(["evaluate", "--links", str(lake / "published" / "current" / "links" / "part-00000.parquet"),
+    assert credit(["evaluate", "--links", str(lake / "published" / "current" / "links"),
                    "--truth", str(sources / "truth" / "records.parquet")]) == 0
     assert '"pairwise_f1"' in capsys.readouterr().out
     assert credit(["run", "--sources", str(tmp_path / "nowhere"), "--lake", str(lake), "-q"]) == 1
