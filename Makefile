@@ -31,8 +31,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH
 airflow-ui: venv
-	CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) $(BIN)/airflow standalone
+	PATH="$(CURDIR)/$(BIN):$$PATH" CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) $(BIN)/airflow standalone
 
 bench: venv
 	$(BIN)/python bench/bench_pipeline.py --entities $${ENTITIES:-100000}
