@@ -344,8 +344,3 @@ def _entities(linked: pl.DataFrame, per_record: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col("former_names").fill_null(pl.lit([], dtype=pl.List(pl.String))))
         .sort("entity_id")
     )
-
-
-def digest(frame: pl.DataFrame) -> str:
-    """Content hash of a frame, for manifests and determinism checks."""
-    return hashlib.sha256(frame.hash_rows(seed=0).sort().to_numpy().tobytes()).hexdigest()

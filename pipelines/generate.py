@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ def _add_renames(firms: pl.DataFrame, draw: _Draw, end: date, days: int) -> pl.D
 
 
 # --------------------------------------------------------------------------- records
-def _records(firms: pl.DataFrame, rng: np.random.Generator, counts: np.ndarray) -> pl.DataFrame:
+def _records(firms: pl.DataFrame, counts: np.ndarray) -> pl.DataFrame:
     """One row per record: the firm's attributes repeated ``counts`` times."""
     idx = np.repeat(np.arange(firms.height), counts)
     return firms[idx]
@@ -368,7 +368,7 @@ def gen_lending(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: di
     rng = draw("lending")
     borrows = rng.random(firms.height) < np.where(firms["kind"].to_numpy() == 1, 0.25, 0.62)
     counts = np.where(borrows, rng.integers(1, 6, firms.height), 0)
-    recs = _records(firms, rng, counts)
+    recs = _records(firms, counts)
     n = recs.height
     frisk = np.repeat(risk, counts)
     start = _dates_before(rng, n, end, 1800, 20)
@@ -407,7 +407,7 @@ def gen_social_insurance(firms: pl.DataFrame, draw: _Draw, end: date, days: int,
     rng = draw("social_insurance")
     insured = rng.random(firms.height) < 0.7
     counts = np.where(insured, 6, 0)
-    recs = _records(firms, rng, counts)
+    recs = _records(firms, counts)
     n = recs.height
     month_back = np.tile(np.arange(6), int(insured.sum()))
     year, month = end.year, end.month
@@ -450,7 +450,7 @@ def gen_tax(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[s
     major_counts = np.where(rng.random(h) < risk * 0.02, 1, 0)
     parts = []
     for kind, counts in (("rating", rating_counts), ("arrears", arrears_counts), ("major_violation", major_counts)):
-        recs = _records(firms, rng, counts).with_columns(record_kind=pl.lit(kind))
+        recs = _records(firms, counts).with_columns(record_kind=pl.lit(kind))
         if kind == "rating":
             recs = recs.with_columns(rating_year=pl.Series(np.tile(np.arange(end.year - 3, end.year),
                                                                    int(rated.sum()))))
@@ -489,7 +489,7 @@ def gen_contract(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: d
     rng = draw("contract")
     h = firms.height
     counts = np.where(rng.random(h) < 0.02 + risk * 0.25, rng.integers(1, 4, h), 0)
-    recs = _records(firms, rng, counts)
+    recs = _records(firms, counts)
     n = recs.height
     kind = rng.choice(3, size=n, p=(0.3, 0.55, 0.15))
     record_type = np.asarray(["失信被执行人", "被执行人", "合同违约"], dtype=object)[kind]
@@ -528,7 +528,7 @@ def gen_product_quality(firms: pl.DataFrame, draw: _Draw, end: date, days: int, 
     h = firms.height
     manufacturer = firms["manufacturer"].fill_null(False).to_numpy() & (firms["kind"].to_numpy() == 0)
     counts = np.where(manufacturer & (rng.random(h) < 0.45), rng.integers(1, 5, h), 0)
-    recs = _records(firms, rng, counts)
+    recs = _records(firms, counts)
     n = recs.height
     frisk = np.repeat(risk, counts)
     r = rng.random(n)
@@ -565,7 +565,7 @@ def gen_violations(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad:
     parts = []
     for label, counts in (("行政处罚", penalty_counts), ("经营异常名录", abnormal_counts),
                           ("严重违法失信名单", serious_counts)):
-        parts.append(_records(firms, rng, counts).with_columns(数据类别=pl.lit(label)))
+        parts.append(_records(firms, counts).with_columns(数据类别=pl.lit(label)))
     recs = pl.concat(parts, how="vertical_relaxed")
     n = recs.height
     is_penalty = (recs["数据类别"] == "行政处罚").to_numpy()
@@ -748,4 +748,4 @@ def generate(
     return manifest
 
 
-__all__ = ["generate", "build_firms", "write_sql_table", "datetime"]
+__all__ = ["generate", "build_firms", "write_sql_table"]
