@@ -49,6 +49,13 @@ def publish_version(
         raise PublishError(f"version for {business_date} lacks datasets {missing}; nothing published")
     version = version_name(business_date, run_id)
     published_root.mkdir(parents=True, exist_ok=True)
+    # A version directory is never rewritten in place (`current` may point at it): a re-publish of
+    # the same run gets the next free suffix.
+    suffix = 1
+    while (published_root / (version if suffix == 1 else f"{version}-{suffix}")).exists():
+        suffix += 1
+    if suffix > 1:
+        version = f"{version}-{suffix}"
     staging = published_root / f".staging-{version}"
     if staging.exists():
         shutil.rmtree(staging)
@@ -68,8 +75,6 @@ def publish_version(
     }
     write_json(manifest, staging / "manifest.json")
     final = published_root / version
-    if final.exists():
-        shutil.rmtree(final)
     os.replace(staging, final)
     verify_version(final)
     _switch_current(published_root, version)

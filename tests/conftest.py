@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI machines vary in speed: property tests check behaviour, not time.
+settings.register_profile("ci", deadline=None)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 # Before anything imports airflow: AIRFLOW_HOME is the repository (airflow.cfg, dags/ and airflow.db).

@@ -61,3 +61,12 @@ def test_same_run_republished_gives_identical_files(tmp_path: Path) -> None:
         left = (Path(a["path"]) / name / "part-00000.parquet").read_bytes()
         right = (Path(b["path"]) / name / "part-00000.parquet").read_bytes()
         assert left == right
+
+
+def test_republishing_a_run_never_rewrites_the_current_version(tmp_path: Path) -> None:
+    first = publish_version(tmp_path, "2026-11-23", "run-1", frames(3), {})
+    before = (Path(first["path"]) / "profiles" / "part-00000.parquet").read_bytes()
+    again = publish_version(tmp_path, "2026-11-23", "run-1", frames(3), {})
+    assert again["version"] == first["version"] + "-2"
+    assert current_version(tmp_path) == again["version"]
+    assert (Path(first["path"]) / "profiles" / "part-00000.parquet").read_bytes() == before
