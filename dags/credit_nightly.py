@@ -6,7 +6,6 @@ task so that parsing this file stays cheap) and passes only paths and counts thr
 
 from __future__ import annotations
 
-import logging
 import os
 import tomllib
 from datetime import datetime, timedelta
@@ -40,16 +39,21 @@ EXTRACT_RETRY_POLICY = ExceptionRetryPolicy(
         RetryRule(exception="pipelines.errors.SourceUnavailableError", action=RetryAction.RETRY),
     ]
 )
-log = logging.getLogger(__name__)
 
 
 def notify_failure(context: Any) -> None:
-    """Failure callback: one clear line naming the task, the run and the error."""
+    """Failure callback: an alert naming the task, the run and the error (webhook from
+    CREDIT_ALERT_WEBHOOK if set, always logged)."""
+    from pipelines.notify import send_alert
+
     ti = context.get("task_instance") or context.get("ti")
-    log.error(
-        "credit_nightly failed: task %s (run %s): %s",
-        getattr(ti, "task_id", "?"), context.get("run_id"), context.get("exception"),
-    )
+    send_alert({
+        "dag_id": "credit_nightly",
+        "task_id": getattr(ti, "task_id", None),
+        "run_id": context.get("run_id"),
+        "try_number": getattr(ti, "try_number", None),
+        "error": str(context.get("exception")),
+    })
 
 
 def _fail_on_quality(call: Any, *args: Any) -> Any:
