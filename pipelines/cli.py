@@ -88,6 +88,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export import export_profiles, select_profiles
+
+    version_dir = Path(args.lake) / "published" / (args.version or "current")
+    if not (version_dir / "profiles").is_dir():
+        raise FileNotFoundError(f"no published profiles at {version_dir}")
+    frame = select_profiles(version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division)
+    rows = export_profiles(frame, Path(args.out))
+    print(f"exported {rows:,} profiles from {version_dir.resolve().name} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="credit",
@@ -140,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. LAKE/published/current/links)")
     ev.add_argument("--truth", required=True, help="Parquet with source, source_record_id, entity_key")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export", help="write a slice of the published profiles to CSV or Excel",
+        description="Filters combine with AND; repeat an option to allow several values (OR).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
+    ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
+    ex.add_argument("--grade", action="append", choices=["A", "B", "C", "D"], help="keep these grades")
+    ex.add_argument("--list", action="append",
+                    choices=["serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation"],
+                    help="keep firms on this list")
+    ex.add_argument("--division", action="append",
+                    help="keep firms whose division code starts with this (e.g. 3302 for 宁波)")
+    ex.add_argument("--version", default=None, help="a published version instead of current")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

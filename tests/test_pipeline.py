@@ -127,3 +127,19 @@ def test_cli_run_and_evaluate(sources: Path, tmp_path: Path, capsys: pytest.Capt
     assert '"pairwise_f1"' in capsys.readouterr().out
     assert credit(["run", "--sources", str(tmp_path / "nowhere"), "--lake", str(lake), "-q"]) == 1
     assert "lending" in capsys.readouterr().err
+
+
+def test_cli_export_slices_to_csv_and_excel(lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
+    expected = profiles.filter((pl.col("grade") == "D") & pl.col("division").str.starts_with("3302"))
+    target = tmp_path / "d.csv"
+    assert credit(["export", "--lake", str(lake), "--out", str(target), "--grade", "D", "--division", "3302"]) == 0
+    exported = pl.read_csv(target, infer_schema=False)
+    assert exported.height == expected.height > 0
+    assert sorted(exported["entity_id"]) == sorted(expected["entity_id"])
+    assert exported["grade_reasons"].str.contains("record").any()  # lists are readable text
+    xlsx = tmp_path / "lists.xlsx"
+    assert credit(["export", "--lake", str(lake), "--out", str(xlsx), "--list", "dishonest_debtor"]) == 0
+    assert xlsx.read_bytes()[:2] == b"PK"  # an Office Open XML workbook
+    assert credit(["export", "--lake", str(lake), "--out", str(tmp_path / "x.txt")]) == 1
+    assert ".csv or .xlsx" in capsys.readouterr().err

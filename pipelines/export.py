@@ -1,0 +1,62 @@
+"""`credit export`: a slice of the published profiles as CSV or Excel, for people who want a file.
+
+List columns (reasons, former names, lists) are joined into readable text; nested provenance is
+written as JSON text, so every cell opens in a spreadsheet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.lake import atomic_path
+
+LIST_NAMES = ("serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation")
+
+
+def select_profiles(
+    profiles_dir: Path, grades: list[str] | None = None, lists: list[str] | None = None,
+    divisions: list[str] | None = None,
+) -> pl.DataFrame:
+    """Profiles filtered by grade, list membership (any of) and division prefix (any of)."""
+    frame = pl.scan_parquet(profiles_dir / "*.parquet")
+    if grades:
+        frame = frame.filter(pl.col("grade").is_in(grades))
+    if lists:
+        unknown = sorted(set(lists) - set(LIST_NAMES))
+        if unknown:
+            raise ValueError(f"unknown list(s) {unknown}; known: {', '.join(LIST_NAMES)}")
+        frame = frame.filter(pl.col("lists").list.eval(pl.element().is_in(lists)).list.any())
+    if divisions:
+        frame = frame.filter(pl.any_horizontal([pl.col("division").str.starts_with(d) for d in divisions]))
+    return frame.sort("entity_id").collect()
+
+
+def flatten(frame: pl.DataFrame) -> pl.DataFrame:
+    """Lists become '; '-joined text and structs JSON text, so CSV and Excel can hold them."""
+    columns = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.List) and dtype.inner == pl.String:
+            columns.append(pl.col(name).list.join("; "))
+        elif isinstance(dtype, pl.List | pl.Struct):
+            # JSON of the value itself: encode {"name": value} and keep the value part
+            encoded = pl.struct(pl.col(name)).struct.json_encode()
+            columns.append(encoded.str.replace(r'^\{"[^"]*":(.*)\}$', "$1").alias(name))
+        else:
+            columns.append(pl.col(name))
+    return frame.select(columns)
+
+
+def export_profiles(frame: pl.DataFrame, target: Path) -> int:
+    """Write ``frame`` to ``target`` (.csv, UTF-8 with BOM for Excel, or .xlsx) atomically."""
+    flat = flatten(frame)
+    suffix = target.suffix.lower()
+    if suffix not in (".csv", ".xlsx"):
+        raise ValueError(f"export target must end in .csv or .xlsx, not {target.name!r}")
+    with atomic_path(target) as tmp:
+        if suffix == ".csv":
+            flat.write_csv(tmp, include_bom=True)
+        else:
+            flat.write_excel(tmp, worksheet="profiles", autofit=True)
+    return flat.height
