@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tomllib
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipelines.errors import PublishError
-from pipelines.lake import write_json
+from pipelines.lake import REPO_ROOT, write_json
 
+log = logging.getLogger(__name__)
 PROFILE_ROW_GROUP = 50_000
 DATASETS = ("profiles", "links", "entities")
+PUBLISHING_CONFIG = REPO_ROOT / "config" / "publishing.toml"
+CHANGES_SCHEMA = {"entity_id": pl.String, "change": pl.String, "detail": pl.String, "related_entity_id": pl.String}
 
 
 def file_sha256(path: Path) -> str:
@@ -47,6 +53,8 @@ def publish_version(
     missing = [name for name in DATASETS if name not in frames]
     if missing:
         raise PublishError(f"version for {business_date} lacks datasets {missing}; nothing published")
+    previous = published_root / "current"
+    frames = {**frames, "changes": compute_changes(previous if previous.exists() else None, frames)}
     version = version_name(business_date, run_id)
     published_root.mkdir(parents=True, exist_ok=True)
     # A version directory is never rewritten in place (`current` may point at it): a re-publish of
@@ -56,11 +64,14 @@ def publish_version(
         suffix += 1
     if suffix > 1:
         version = f"{version}-{suffix}"
+    # leftovers of a publisher that was killed (one publisher runs at a time: max_active_runs=1)
+    for stale in published_root.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in published_root.glob(".current-*.tmp"):
+        stale.unlink(missing_ok=True)
     staging = published_root / f".staging-{version}"
-    if staging.exists():
-        shutil.rmtree(staging)
     files: dict[str, dict[str, Any]] = {}
-    for name in DATASETS:
+    for name in (*DATASETS, "changes"):
         target = staging / name / "part-00000.parquet"
         target.parent.mkdir(parents=True)
         frames[name].write_parquet(target, compression="zstd", row_group_size=PROFILE_ROW_GROUP, statistics=True)
@@ -70,7 +81,8 @@ def publish_version(
         "business_date": business_date,
         "run_id": run_id,
         "files": files,
-        "counts": {name: frames[name].height for name in DATASETS},
+        "counts": {name: frames[name].height for name in (*DATASETS, "changes")},
+        "previous_version": current_version(published_root),
         **metadata,
     }
     write_json(manifest, staging / "manifest.json")
@@ -78,7 +90,78 @@ def publish_version(
     os.replace(staging, final)
     verify_version(final)
     _switch_current(published_root, version)
-    return {"version": version, "path": str(final), "profiles": frames["profiles"].height}
+    pruned = prune_versions(published_root, business_date)
+    return {"version": version, "path": str(final), "profiles": frames["profiles"].height,
+            "changes": frames["changes"].height, "pruned": pruned}
+
+
+def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Per firm, what changed since the previous version: grade, firms and records that came or went,
+    and records that moved between firms (merges and splits, old id -> new id)."""
+    if previous is None:
+        return pl.DataFrame(schema=CHANGES_SCHEMA)
+    old_profiles = pl.read_parquet(previous / "profiles" / "*.parquet", columns=["entity_id", "grade", "score"])
+    old_links = pl.read_parquet(previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"])
+    new_profiles = frames["profiles"].select("entity_id", "grade", "score")
+    new_links = frames["links"].select("source", "source_record_id", "entity_id")
+    both = old_profiles.join(new_profiles, on="entity_id", how="full", coalesce=True, suffix="_new")
+    grade = both.filter(pl.col("grade").is_not_null() & pl.col("grade_new").is_not_null()
+                        & (pl.col("grade") != pl.col("grade_new"))).select(
+        "entity_id", pl.lit("grade_changed").alias("change"),
+        pl.format("{} -> {} (score {} -> {})", "grade", "grade_new", "score", "score_new").alias("detail"))
+    new_firms = both.filter(pl.col("grade").is_null()).select(
+        "entity_id", pl.lit("new_firm").alias("change"), pl.format("grade {}", "grade_new").alias("detail"))
+    gone_firms = both.filter(pl.col("grade_new").is_null()).select(
+        "entity_id", pl.lit("firm_gone").alias("change"), pl.format("was grade {}", "grade").alias("detail"))
+    record = pl.col("source") + ":" + pl.col("source_record_id")
+    joined = old_links.join(new_links, on=["source", "source_record_id"], how="full", coalesce=True,
+                            suffix="_new")
+    new_records = joined.filter(pl.col("entity_id").is_null()).select(
+        pl.col("entity_id_new").alias("entity_id"), pl.lit("new_record").alias("change"), record.alias("detail"))
+    gone_records = joined.filter(pl.col("entity_id_new").is_null()).select(
+        "entity_id", pl.lit("record_gone").alias("change"), record.alias("detail"))
+    moved = joined.filter(pl.col("entity_id").is_not_null() & pl.col("entity_id_new").is_not_null()
+                          & (pl.col("entity_id") != pl.col("entity_id_new")))
+    pairs = moved.group_by("entity_id", "entity_id_new").agg(pl.len().alias("records"))
+    fan_in = pairs.group_by("entity_id_new").agg(pl.col("entity_id").n_unique().alias("olds"))
+    fan_out = pairs.group_by("entity_id").agg(pl.col("entity_id_new").n_unique().alias("news"))
+    remapped = pairs.join(fan_in, on="entity_id_new").join(fan_out, on="entity_id").select(
+        pl.col("entity_id_new").alias("entity_id"),
+        pl.when(pl.col("olds") > 1).then(pl.lit("merged_from")).when(pl.col("news") > 1)
+        .then(pl.lit("split_from")).otherwise(pl.lit("renumbered_from")).alias("change"),
+        pl.format("{} record(s)", "records").alias("detail"),
+        pl.col("entity_id").alias("related_entity_id"),
+    )
+    parts = [f.with_columns(related_entity_id=pl.lit(None, dtype=pl.String)) for f in
+             (grade, new_firms, gone_firms, new_records, gone_records)] + [remapped]
+    return (pl.concat([p.select(list(CHANGES_SCHEMA)).cast(CHANGES_SCHEMA) for p in parts])
+            .sort("entity_id", "change", "detail", "related_entity_id", nulls_last=True))
+
+
+def retention_days(config: Path = PUBLISHING_CONFIG) -> int:
+    return int(tomllib.loads(config.read_text("utf-8")).get("retention_days", 30))
+
+
+def prune_versions(published_root: Path, newest_business_date: str, keep_days: int | None = None) -> list[str]:
+    """Remove versions whose business date is more than ``keep_days`` before the newest one;
+    never the version ``current`` points at."""
+    keep_days = retention_days() if keep_days is None else keep_days
+    cutoff = date.fromisoformat(newest_business_date) - timedelta(days=keep_days)
+    current = current_version(published_root)
+    pruned = []
+    for entry in sorted(published_root.iterdir()):
+        if entry.name.startswith(".") or entry.name in ("current", current) or not entry.is_dir():
+            continue
+        try:
+            version_date = date.fromisoformat(entry.name[:10])
+        except ValueError:
+            continue
+        if version_date < cutoff:
+            shutil.rmtree(entry)
+            pruned.append(entry.name)
+    if pruned:
+        log.info("pruned %d published versions older than %s: %s", len(pruned), cutoff, pruned)
+    return pruned
 
 
 def verify_version(version_dir: Path) -> dict[str, Any]:

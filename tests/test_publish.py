@@ -1,5 +1,6 @@
 """Publishing: complete versions only, atomic switch of `current`, manifests that are checked."""
 
+import json
 import os
 from pathlib import Path
 
@@ -7,13 +8,13 @@ import polars as pl
 import pytest
 
 from pipelines.errors import PublishError
-from pipelines.publish import current_version, publish_version, verify_version
+from pipelines.publish import current_version, prune_versions, publish_version, verify_version
 
 
 def frames(n: int) -> dict[str, pl.DataFrame]:
     ids = [f"E{i:03d}" for i in range(n)]
     return {
-        "profiles": pl.DataFrame({"entity_id": ids, "grade": ["A"] * n}),
+        "profiles": pl.DataFrame({"entity_id": ids, "grade": ["A"] * n, "score": [950] * n}),
         "links": pl.DataFrame({"source": ["lending"] * n, "source_record_id": ids, "entity_id": ids}),
         "entities": pl.DataFrame({"entity_id": ids}),
     }
@@ -70,3 +71,43 @@ def test_republishing_a_run_never_rewrites_the_current_version(tmp_path: Path) -
     assert again["version"] == first["version"] + "-2"
     assert current_version(tmp_path) == again["version"]
     assert (Path(first["path"]) / "profiles" / "part-00000.parquet").read_bytes() == before
+
+
+def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None:
+    before = {
+        "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "X"], "grade": ["A", "B", "A", "A"],
+                                  "score": [950, 800, 990, 900]}),
+        "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "3", "4", "5"],
+                               "entity_id": ["A", "B", "C", "X", "X"]}),
+        "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "X"]}),
+    }
+    after = {
+        "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "D"], "grade": ["A", "D", "A", "A"],
+                                  "score": [950, 500, 990, 1000]}),
+        "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "4", "5", "6"],
+                               "entity_id": ["A", "B", "C", "C", "D"]}),
+        "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "D"]}),
+    }
+    publish_version(tmp_path, "2026-11-22", "run-1", before, {})
+    result = publish_version(tmp_path, "2026-11-23", "run-2", after, {})
+    changes = pl.read_parquet(Path(result["path"]) / "changes" / "*.parquet")
+    rows = {(r["entity_id"], r["change"], r["detail"], r["related_entity_id"]) for r in changes.iter_rows(named=True)}
+    assert ("B", "grade_changed", "B -> D (score 800 -> 500)", None) in rows
+    assert ("D", "new_firm", "grade A", None) in rows
+    assert ("X", "firm_gone", "was grade A", None) in rows
+    assert ("D", "new_record", "lending:6", None) in rows
+    assert ("C", "record_gone", "lending:3", None) in rows
+    assert ("C", "renumbered_from", "2 record(s)", "X") in rows  # X's records now belong to C
+    manifest = json.loads((Path(result["path"]) / "manifest.json").read_text("utf-8"))
+    assert manifest["previous_version"].startswith("2026-11-22_") and manifest["counts"]["changes"] == len(rows)
+
+
+def test_old_versions_are_pruned_but_never_current(tmp_path: Path) -> None:
+    old = publish_version(tmp_path, "2026-09-01", "run-0", frames(2), {})
+    mid = publish_version(tmp_path, "2026-11-01", "run-1", frames(2), {})
+    new = publish_version(tmp_path, "2026-11-23", "run-2", frames(2), {})
+    assert mid["pruned"] == [old["version"]]  # retention_days = 30 in config/publishing.toml
+    assert new["pruned"] == []
+    assert (tmp_path / mid["version"]).is_dir() and not (tmp_path / old["version"]).exists()
+    assert prune_versions(tmp_path, "2027-06-01", keep_days=1) == [mid["version"]]
+    assert current_version(tmp_path) == new["version"] and (tmp_path / new["version"]).is_dir()
