@@ -19,6 +19,7 @@ from pipelines.lake import REPO_ROOT
 
 DEFAULT_GRADING = REPO_ROOT / "config" / "grading.toml"
 FIVE_CLASS = ("正常", "关注", "次级", "可疑", "损失")
+CONTENT_KEY = ("source", "record_type", "event_date", "period", "status", "category", "amount", "balance")
 ENTITY_TYPES = {
     "91": "enterprise",
     "92": "individual business",
@@ -121,6 +122,9 @@ def build_profiles(
     recs = records.join(
         links.select("source", "source_record_id", "entity_id", "match_confidence"),
         on=["source", "source_record_id"], how="inner",
+    ).with_columns(
+        # the same fact reported twice under different record ids (double reporting)
+        _duplicate=pl.len().over("entity_id", *CONTENT_KEY) > 1,
     )
     day = pl.lit(as_of)
     rtype = pl.col("record_type")
@@ -178,6 +182,7 @@ def build_profiles(
         pl.col("code_raw").is_not_null().mean().round(6).alias("_completeness"),
         pl.col("code_status").is_in(["valid", "repaired", "org_code", "reg_no"]).mean().round(6).alias("_validity"),
         pl.col("match_confidence").mean().round(6).alias("_consistency"),
+        (~pl.col("_duplicate")).mean().round(6).alias("_uniqueness"),
         pl.col("match_confidence").min().alias("min_match_confidence"),
     )
     provenance = (
@@ -220,11 +225,13 @@ def build_profiles(
             pl.when(pl.col("tax_major_violation")).then(pl.lit(["major_tax_violation"])).otherwise(pl.lit([])),
             pl.when(pl.col("on_abnormal_list")).then(pl.lit(["abnormal_operation"])).otherwise(pl.lit([])),
         ).cast(pl.List(pl.String)),
-        quality_score=pl.mean_horizontal("_completeness", "_validity", "_consistency", "timeliness").round(4),
+        quality_score=pl.mean_horizontal(
+            "_completeness", "_validity", "_consistency", "timeliness", "_uniqueness").round(4),
         quality_completeness=pl.col("_completeness").round(4),
         quality_validity=pl.col("_validity").round(4),
         quality_consistency=pl.col("_consistency").round(4),
         quality_timeliness=pl.col("timeliness").round(4),
+        quality_uniqueness=pl.col("_uniqueness").round(4),
         as_of=day,
     )
     return profile.select(PROFILE_COLUMNS).sort("entity_id").collect()
@@ -242,5 +249,6 @@ PROFILE_COLUMNS = (
     "on_abnormal_list", "on_serious_dishonesty_list", "lists",
     "score", "grade", "grade_reasons", "veto_reasons",
     "quality_score", "quality_completeness", "quality_validity", "quality_consistency", "quality_timeliness",
+    "quality_uniqueness",
     "provenance", "as_of",
 )

@@ -100,7 +100,11 @@ def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> p
     and records that moved between firms (merges and splits, old id -> new id)."""
     if previous is None:
         return pl.DataFrame(schema=CHANGES_SCHEMA)
-    old_profiles = pl.read_parquet(previous / "profiles" / "*.parquet", columns=["entity_id", "grade", "score"])
+    reason_columns = [c for c in ("grade_reasons", "veto_reasons") if c in frames["profiles"].columns]
+    old_profiles = pl.read_parquet(previous / "profiles" / "*.parquet")
+    reason_columns = [c for c in reason_columns if c in old_profiles.columns]
+    reasons = _reason_changes(old_profiles, frames["profiles"], reason_columns)
+    old_profiles = old_profiles.select("entity_id", "grade", "score")
     old_links = pl.read_parquet(previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"])
     new_profiles = frames["profiles"].select("entity_id", "grade", "score")
     new_links = frames["links"].select("source", "source_record_id", "entity_id")
@@ -133,9 +137,29 @@ def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> p
         pl.col("entity_id").alias("related_entity_id"),
     )
     parts = [f.with_columns(related_entity_id=pl.lit(None, dtype=pl.String)) for f in
-             (grade, new_firms, gone_firms, new_records, gone_records)] + [remapped]
+             (grade, new_firms, gone_firms, new_records, gone_records, reasons)] + [remapped]
     return (pl.concat([p.select(list(CHANGES_SCHEMA)).cast(CHANGES_SCHEMA) for p in parts])
             .sort("entity_id", "change", "detail", "related_entity_id", nulls_last=True))
+
+
+def _reason_changes(old: pl.DataFrame, new: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Deductions and vetoes that came into force or expired (each names its record)."""
+    if not columns:
+        return pl.DataFrame(schema={"entity_id": pl.String, "change": pl.String, "detail": pl.String})
+
+    def exploded(frame: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat([frame.select("entity_id", pl.col(c).alias("detail")).explode("detail") for c in columns]
+                         ).drop_nulls("detail")
+
+    before, after = exploded(old), exploded(new)
+    # firms in both versions (a firm that came or went is reported as such, not reason by reason)
+    common = old.select("entity_id").join(new.select("entity_id"), on="entity_id")
+    added = after.join(before, on=["entity_id", "detail"], how="anti").join(common, on="entity_id")
+    expired = before.join(after, on=["entity_id", "detail"], how="anti").join(common, on="entity_id")
+    return pl.concat([
+        added.select("entity_id", pl.lit("reason_added").alias("change"), "detail"),
+        expired.select("entity_id", pl.lit("reason_expired").alias("change"), "detail"),
+    ])
 
 
 def retention_days(config: Path = PUBLISHING_CONFIG) -> int:

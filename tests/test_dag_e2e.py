@@ -52,6 +52,15 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(airflow_db: Path, s
     assert scores.firms_with_exactly_one_profile >= 0.95, scores
     summary = (lake / "reports" / "2026-11-23" / "summary.json").read_text("utf-8")
     assert '"extracted"' in summary and '"quarantined"' in summary
+    # downstream DAGs learn the published version from the asset event
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
+        extras = [event.extra for event in events]
+    assert [extra["version"] for extra in extras] == [current.resolve().name]
+    assert extras[0]["business_date"] == "2026-11-23" and extras[0]["profiles"] == profiles.height
 
 
 def test_missing_source_fails_its_task_and_publishes_nothing(

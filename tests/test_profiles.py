@@ -69,6 +69,17 @@ def test_profile_summaries_and_grades() -> None:
     assert b["record_count"] == 3 and b["source_count"] == 3
     assert {p["source"] for p in b["provenance"]} == {"contract", "violations", "product_quality"}
     assert 0 <= b["quality_score"] <= 1
+    assert a["quality_uniqueness"] == 1.0 and b["quality_uniqueness"] == 1.0
+
+
+def test_double_reported_facts_lower_uniqueness() -> None:
+    doubled = pl.concat([records(), records().filter(pl.col("source_record_id") == "L1")
+                         .with_columns(source_record_id=pl.lit("L1-again"))])
+    more_links = pl.concat([links(), pl.LazyFrame({"source": ["lending"], "source_record_id": ["L1-again"],
+                                                   "entity_id": ["A"], "match_confidence": [1.0]})])
+    a = build_profiles(doubled, more_links, entities(), AS_OF).filter(pl.col("entity_id") == "A").row(0, named=True)
+    assert a["quality_uniqueness"] == 0.6  # 2 of 5 records report the same loan
+    assert a["quality_score"] < 1
 
 
 def test_rules_are_read_from_the_declarative_file() -> None:

@@ -76,14 +76,16 @@ def test_republishing_a_run_never_rewrites_the_current_version(tmp_path: Path) -
 def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None:
     before = {
         "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "X"], "grade": ["A", "B", "A", "A"],
-                                  "score": [950, 800, 990, 900]}),
+                                  "score": [950, 800, 990, 900],
+                                  "grade_reasons": [["tax C (tax:T1)"], ["loan (lending:2)"], [], []]}),
         "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "3", "4", "5"],
                                "entity_id": ["A", "B", "C", "X", "X"]}),
         "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "X"]}),
     }
     after = {
         "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "D"], "grade": ["A", "D", "A", "A"],
-                                  "score": [950, 500, 990, 1000]}),
+                                  "score": [950, 500, 990, 1000],
+                                  "grade_reasons": [[], ["loan (lending:2)", "penalty (violations:9)"], [], []]}),
         "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "4", "5", "6"],
                                "entity_id": ["A", "B", "C", "C", "D"]}),
         "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "D"]}),
@@ -98,6 +100,8 @@ def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None
     assert ("D", "new_record", "lending:6", None) in rows
     assert ("C", "record_gone", "lending:3", None) in rows
     assert ("C", "renumbered_from", "2 record(s)", "X") in rows  # X's records now belong to C
+    assert ("A", "reason_expired", "tax C (tax:T1)", None) in rows
+    assert ("B", "reason_added", "penalty (violations:9)", None) in rows
     manifest = json.loads((Path(result["path"]) / "manifest.json").read_text("utf-8"))
     assert manifest["previous_version"].startswith("2026-11-22_") and manifest["counts"]["changes"] == len(rows)
 
