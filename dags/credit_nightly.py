@@ -28,7 +28,8 @@ from airflow.sdk.exceptions import AirflowFailException
 REPO = Path(__file__).resolve().parent.parent
 TIMEZONE = "Asia/Shanghai"
 # The source list comes from the declarative registry (a small TOML read, no database access).
-SOURCES = tuple(tomllib.loads((REPO / "config" / "sources.toml").read_text("utf-8"))["sources"])
+SOURCES_CONFIG = Path(os.environ.get("CREDIT_SOURCES_CONFIG") or REPO / "config" / "sources.toml")
+SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
 PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")
 
 # A source that is down may come back: retry. One that delivers unreadable data will not: fail.

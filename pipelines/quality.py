@@ -24,7 +24,9 @@ from pipelines.schema import CANONICAL_COLUMNS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
+# CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then the repository's).
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+EXTRA_EXPECTATIONS_DIR = os.environ.get("CREDIT_EXPECTATIONS_DIR")
 ROW_ID = "_row"
 
 
@@ -58,10 +60,12 @@ def _batch_definition() -> Any:
 
 @cache
 def _suite_json(name: str, expectations_dir: Path) -> str:
-    path = expectations_dir / f"{name}.json"
-    if not path.exists():
-        raise DataQualityError(f"expectation suite '{name}' not found at {path}")
-    return path.read_text("utf-8")
+    folders = [Path(EXTRA_EXPECTATIONS_DIR)] if EXTRA_EXPECTATIONS_DIR else []
+    for folder in [*folders, expectations_dir]:
+        path = folder / f"{name}.json"
+        if path.exists():
+            return path.read_text("utf-8")
+    raise DataQualityError(f"expectation suite '{name}' not found in {[str(f) for f in [*folders, expectations_dir]]}")
 
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
@@ -153,7 +157,10 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
     if missing:
         raise DataQualityError(f"source '{source}': standardised data lacks canonical columns {missing}")
     frame = staged.with_row_index(ROW_ID)
-    outcome = run_suite(frame, f"{source}.standardised")
+    from pipelines.sources import load_sources
+
+    configured = load_sources().get(source)
+    outcome = run_suite(frame, configured.suite if configured else f"{source}.standardised")
     if outcome.batch_failures:
         raise DataQualityError(f"source '{source}' failed batch-level expectations: "
                                + "; ".join(outcome.batch_failures))

@@ -11,7 +11,8 @@ from typing import Any
 
 from pipelines.lake import REPO_ROOT
 
-DEFAULT_CONFIG = REPO_ROOT / "config" / "sources.toml"
+# CREDIT_SOURCES_CONFIG points a deployment at its own registry (an added source needs no code).
+DEFAULT_CONFIG = Path(os.environ.get("CREDIT_SOURCES_CONFIG") or REPO_ROOT / "config" / "sources.toml")
 
 
 @dataclass(frozen=True)
