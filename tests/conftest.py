@@ -25,5 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def airflow_db() -> Path:
     """The metadata database `dag.test()` records runs in (created or upgraded once per session)."""
     airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, cwd=REPO)
+    done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        pytest.fail(f"airflow db migrate failed:\n{done.stderr[-3000:]}")
     return REPO / "airflow.db"
