@@ -29,3 +29,22 @@ def airflow_db() -> Path:
     if done.returncode:
         pytest.fail(f"airflow db migrate failed:\n{done.stderr[-3000:]}")
     return REPO / "airflow.db"
+
+
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A reachable PostgreSQL server, or a skip that says why (CI always has one)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL

@@ -16,7 +16,6 @@ from pipelines.generate import generate, write_sql_table
 from pipelines.identifiers import is_valid_uscc, repair_code
 
 END = date(2026, 11, 23)
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 SPEC_COLUMNS = {
     "lending": ["loan_id", "borrower_code", "borrower_name", "borrower_type", "lender", "contract_no", "loan_type",
                 "guarantee_type", "amount", "balance", "start_date", "due_date", "five_class", "overdue_days",
@@ -138,16 +137,11 @@ def test_same_seed_same_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_sql_sources_can_live_in_postgresql(tmp_path: Path) -> None:
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
+def test_sql_sources_can_live_in_postgresql(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url)
     frame = pl.DataFrame({"loan_id": ["L1", "L2"], "borrower_name": ["宁波华兴电子科技有限公司", None],
                           "amount": [1.5, 2.0], "overdue_days": [0, 30]})
-    write_sql_table(frame, PG_URL, "credit_test_loans", "loan_id")
+    write_sql_table(frame, postgres_url, "credit_test_loans", "loan_id")
     with engine.connect() as connection:
         back = pl.read_database("SELECT * FROM credit_test_loans ORDER BY loan_id", connection)
         connection.execute(sa.text("DROP TABLE credit_test_loans"))

@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from pipelines import stages
 from pipelines.generate import write_sql_table
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 BUSINESS_DATE = "2026-11-23"
 
 
@@ -24,19 +23,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sql-sources")
     generate(out, entities=800, seed=21, days=2, end_date=date(2026, 11, 23))
     return out
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
-    finally:
-        engine.dispose()
-    return PG_URL
 
 
 @pytest.mark.postgres
