@@ -107,14 +107,22 @@ def credit_nightly() -> None:
     @task(retries=3, retry_delay=timedelta(seconds=10), retry_exponential_backoff=2.0,
           max_retry_delay=timedelta(minutes=5), retry_policy=EXTRACT_RETRY_POLICY)
     def extract(run: dict[str, str], source: str) -> dict[str, Any]:
-        """Copy the source's records changed up to the business date into `LAKE/raw` (retried while
-        the source is unavailable, failed at once when its data is unreadable)."""
+        """Copy the source's records changed since the last published run into `LAKE/raw` (retried
+        while the source is unavailable; unreadable deliveries are judged by `check`)."""
         from pipelines.stages import extract_source
 
         return extract_source(source, run["sources_dir"], run["lake_dir"], run["business_date"])
 
+    @task(retries=0)
+    def check(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
+        """Batch checks (raw suite, volume against the last run, staleness). A failing batch is held
+        back: a critical source fails here, any other falls back to its last good snapshot."""
+        from pipelines.stages import check_source
+
+        return _fail_on_quality(check_source, source, run["lake_dir"], run["business_date"])
+
     @task
-    def standardise(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
+    def standardise(run: dict[str, str], source: str, checked: dict[str, Any]) -> dict[str, Any]:
         """Map the raw records to the canonical schema (`LAKE/staged`)."""
         from pipelines.stages import standardise_source
 
@@ -164,9 +172,9 @@ def credit_nightly() -> None:
     run = plan()
     validated = []
     for source in SOURCES:
-        with TaskGroup(group_id=source, tooltip=f"extract, standardise and validate {source}"):
+        with TaskGroup(group_id=source, tooltip=f"extract, check, standardise and validate {source}"):
             extracted = extract(run, source)
-            staged = standardise(run, source, extracted)
+            staged = standardise(run, source, check(run, source, extracted))
             validated.append(validate(run, source, staged))
     resolved = resolve_entities(run, validated)
     publish(run, validate_profiles(run, build_profiles(run, resolved)))

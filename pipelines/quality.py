@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import polars as pl
 
 from pipelines.errors import PipelineError
 from pipelines.lake import REPO_ROOT, write_parquet
-from pipelines.schema import CANONICAL_COLUMNS
+from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
@@ -42,20 +43,56 @@ class SuiteOutcome:
     statistics: dict[str, Any] = field(default_factory=dict)
 
 
+#: where GX keeps validation results and builds Data Docs (None: in memory, no docs)
+_docs_root: Path | None = None
+
+
+def use_data_docs(root: Path | None) -> None:
+    """Validate through a file-backed GX project under ``root``: every validation result is kept and
+    rendered into Data Docs (``data_docs_index(root)``). Each process (Airflow task) sets it."""
+    global _docs_root
+    _docs_root = root
+
+
+def data_docs_index(root: Path) -> Path:
+    return root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
 @cache
-def _context() -> Any:
+def _context(root: Path | None = None) -> Any:
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
+    context = gx.get_context(mode="file", project_root_dir=str(root)) if root else gx.get_context(mode="ephemeral")
     # GX draws a progress bar per validation; nightly logs should not fill up with them
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     return context
 
 
 @cache
-def _batch_definition() -> Any:
-    source = _context().data_sources.add_pandas("credit")
+def _batch_definition(root: Path | None = None) -> Any:
+    source = _context(root).data_sources.add_or_update_pandas("credit")
     return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
+
+
+def _validate(suite: Any, frame: Any, result_format: dict[str, Any], parameters: dict[str, Any]) -> Any:
+    """One GX validation; with Data Docs on, through a checkpoint that stores the result and
+    updates the docs site."""
+    root = _docs_root
+    batch_definition = _batch_definition(root)
+    if root is None:
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(suite, result_format=result_format, expectation_parameters=parameters)
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _context(root)
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite))
+    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+        name=suite.name, validation_definitions=[definition], result_format=result_format,
+        actions=[UpdateDataDocsAction(name="data_docs")]))
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
+    return next(iter(outcome.run_results.values()))
 
 
 @cache
@@ -70,16 +107,18 @@ def _suite_json(name: str, expectations_dir: Path) -> str:
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
     """Load a suite from its JSON file (registered once in the process's GX context)."""
+
+    return _load_suite(name, expectations_dir, _docs_root)
+
+
+@cache
+def _load_suite(name: str, expectations_dir: Path, root: Path | None) -> Any:
     import great_expectations as gx
 
-    context = _context()
-    try:
-        return context.suites.get(name)
-    except Exception:  # noqa: BLE001 - GX raises its own not-found error types
-        pass
     spec = json.loads(_suite_json(name, expectations_dir))
     suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
-    return context.suites.add(suite)
+    # the JSON file is the truth: a stored copy from an earlier run is replaced
+    return _context(root).suites.add_or_update(suite)
 
 
 def _columns_needed(suite: Any) -> set[str]:
@@ -97,26 +136,25 @@ def _columns_needed(suite: Any) -> set[str]:
     return needed
 
 
-def _reason(expectation: Any, value: Any) -> str:
-    config = expectation.configuration
+def _reason(config: Any, value: Any) -> str:
     reason = (config.meta or {}).get("reason") or config.type.replace("_", " ")
     column = config.kwargs.get("column")
     shown = "null" if value is None else str(value)[:60]
     return f"{reason} ({column}={shown})" if column else reason
 
 
-def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID) -> SuiteOutcome:
-    """Validate ``frame`` with a suite; row failures carry ``id_column`` values."""
+def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID,
+              parameters: dict[str, Any] | None = None) -> SuiteOutcome:
+    """Validate ``frame`` with a suite; row failures carry ``id_column`` values. ``parameters``
+    fill the suite's ``{"$PARAMETER": name}`` values (e.g. the business date's end)."""
     suite = load_suite(suite_name)
     needed = _columns_needed(suite)
     table_level = any(e.configuration.type.startswith("expect_table_") for e in suite.expectations)
     columns = list(frame.columns) if table_level else [c for c in frame.columns if c in needed]
     pandas_frame = frame.select(list(dict.fromkeys([id_column, *columns]))).to_pandas()
-    result = _batch_definition().get_batch(batch_parameters={"dataframe": pandas_frame}).validate(
-        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]}
-    )
-    by_type = {e.configuration.type + json.dumps(e.configuration.kwargs, sort_keys=True, default=str): e
-               for e in suite.expectations}
+    result = _validate(suite, pandas_frame,
+                       {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
+                       parameters or {})
     ids: list[Any] = []
     names: list[str] = []
     reasons: list[str] = []
@@ -126,7 +164,6 @@ def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID) -> 
             continue
         config = item.expectation_config
         kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
-        expectation = by_type.get(config.type + json.dumps(kwargs, sort_keys=True, default=str))
         label = f"{config.type}({kwargs.get('column', '')})"
         unexpected = (item.result or {}).get("unexpected_index_list")
         if item.exception_info and item.exception_info.get("raised_exception"):
@@ -136,7 +173,7 @@ def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID) -> 
             for entry in unexpected:
                 ids.append(entry[id_column])
                 names.append(label)
-                reasons.append(_reason(expectation, entry.get(column)) if expectation else label)
+                reasons.append(_reason(config, entry.get(column)))
         else:
             observed = (item.result or {}).get("observed_value")
             reason = ((config.meta or {}).get("reason") or label)
@@ -150,8 +187,43 @@ def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID) -> 
                         statistics=stats)
 
 
-def validate_source(source: str, staged_path: Path, accepted_path: Path, quarantine_path: Path) -> dict[str, Any]:
-    """Split one source's standardised rows into accepted and quarantined (with reasons)."""
+#: quarantine = the canonical columns (null where the row never got that far) plus where and why
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    **{name: dtype for name, dtype in CANONICAL_SCHEMA.items()},
+    "stage": pl.String(),  # extract (unreadable line), batch (source held back) or validate
+    "line": pl.Int64(),  # the file line, for rows that never became records
+    "original": pl.String(),  # the row as the source delivered it (JSON object or raw line text)
+    "failed_expectations": pl.List(pl.String()),
+    "reason": pl.String(),
+}
+
+
+def conform_quarantine(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([
+        (pl.col(n) if n in frame.columns else pl.lit(None)).cast(t).alias(n) for n, t in QUARANTINE_SCHEMA.items()
+    ])
+
+
+def original_values(raw: pl.DataFrame) -> pl.Series:
+    """Each raw row as one JSON object, exactly as the source delivered it."""
+    if not raw.width:
+        return pl.Series("original", [None] * raw.height, dtype=pl.String)
+    return raw.select(pl.struct(pl.all()).struct.json_encode().alias("original")).to_series()
+
+
+def rejects_to_quarantine(source: str, rejects: pl.DataFrame, stage: str = "extract") -> pl.DataFrame:
+    """Unreadable lines (``line``, ``original``, ``reason``) in the quarantine layout."""
+    return conform_quarantine(rejects.with_columns(
+        pl.lit(source).alias("source"), pl.lit(stage).alias("stage"),
+        pl.concat_list(pl.lit(f"{stage}:readable")).alias("failed_expectations"),
+    ))
+
+
+def validate_source(source: str, staged_path: Path, accepted_path: Path, quarantine_path: Path,
+                    raw_path: Path | None = None, rejects: pl.DataFrame | None = None,
+                    parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Split one source's standardised rows into accepted and quarantined (with reasons and the
+    row's original values from ``raw_path``); ``rejects`` (unreadable lines) join the quarantine."""
     staged = pl.read_parquet(staged_path)
     missing = [c for c in CANONICAL_COLUMNS if c not in staged.columns]
     if missing:
@@ -160,7 +232,11 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
     from pipelines.sources import load_sources
 
     configured = load_sources().get(source)
-    outcome = run_suite(frame, configured.suite if configured else f"{source}.standardised")
+    if parameters is None:  # ad-hoc validation: nothing may lie after today
+        tomorrow = datetime.combine(date.today() + timedelta(days=1), datetime.min.time())
+        parameters = {"business_day_end": tomorrow}
+    outcome = run_suite(frame, configured.suite if configured else f"{source}.standardised",
+                        parameters=parameters)
     if outcome.batch_failures:
         raise DataQualityError(f"source '{source}' failed batch-level expectations: "
                                + "; ".join(outcome.batch_failures))
@@ -179,17 +255,24 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
         pl.col("expectation").unique().sort().alias("failed_expectations"),
         pl.col("reason").unique().sort().str.join("; ").alias("reason"),
     )
-    quarantined = frame.join(per_row, on=ROW_ID, how="inner").sort(ROW_ID).drop(ROW_ID)
+    quarantined = frame.join(per_row, on=ROW_ID, how="inner").sort(ROW_ID)
     accepted = frame.join(per_row, on=ROW_ID, how="anti").sort(ROW_ID).drop(ROW_ID)
+    if raw_path is not None and quarantined.height:
+        raw = pl.scan_parquet(raw_path).with_row_index(ROW_ID).join(
+            quarantined.lazy().select(ROW_ID), on=ROW_ID, how="semi").sort(ROW_ID).collect()
+        quarantined = quarantined.with_columns(original_values(raw.drop(ROW_ID)))
+    quarantined = conform_quarantine(quarantined.drop(ROW_ID).with_columns(pl.lit("validate").alias("stage")))
+    if rejects is not None and rejects.height:
+        quarantined = pl.concat([rejects_to_quarantine(source, rejects), quarantined])
     write_parquet(accepted, accepted_path)
     write_parquet(quarantined, quarantine_path)
     if quarantined.height:
         top = quarantined["reason"].value_counts(sort=True).head(3)
         log.warning("source %s: %d of %d rows quarantined; top reasons: %s", source, quarantined.height,
-                    staged.height, top.rows())
+                    quarantined.height + accepted.height, top.rows())
     return {
         "source": source,
-        "extracted": staged.height,
+        "extracted": staged.height + (rejects.height if rejects is not None else 0),
         "accepted": accepted.height,
         "quarantined": quarantined.height,
         "accepted_path": str(accepted_path),

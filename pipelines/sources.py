@@ -30,12 +30,19 @@ class SourceConfig:
     path: str | None = None
     format: str | None = None
     encoding: str = "utf-8"
+    conn_id: str | None = None
+    raw_suite: str | None = None
+    max_age_days: int = 7
+    max_volume_drop: float = 0.5
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved_url(self, sources_dir: Path) -> str:
-        """The SQLAlchemy URL: the environment override if set, else the configured one."""
+        """The SQLAlchemy URL: the environment override, else the Airflow connection, else the
+        configured URL (credentials live in the environment or Airflow, never in the registry)."""
         if self.url_env and os.environ.get(self.url_env):
             return os.environ[self.url_env]
+        if self.conn_id:
+            return connection_url(self.conn_id)
         if not self.url:
             raise ValueError(f"source '{self.name}' has kind 'sql' but no url")
         return self.url.replace("{sources_dir}", str(sources_dir))
@@ -44,6 +51,26 @@ class SourceConfig:
         if not self.path:
             raise ValueError(f"source '{self.name}' has kind 'file' but no path")
         return sources_dir / self.path
+
+
+_AIRFLOW_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql", "sqlite": "sqlite"}
+
+
+def connection_url(conn_id: str) -> str:
+    """An Airflow connection as a SQLAlchemy URL: ``AIRFLOW_CONN_<ID>`` from the environment (URI
+    form), else Airflow's own lookup (secrets backends, the metadata database) at run time."""
+    uri = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if not uri:
+        try:
+            from airflow.sdk import Connection
+        except ImportError as exc:  # pragma: no cover - Airflow is a dependency
+            raise ValueError(f"connection '{conn_id}' is not set (AIRFLOW_CONN_{conn_id.upper()})") from exc
+        try:
+            uri = Connection.get(conn_id).get_uri()
+        except Exception as exc:  # noqa: BLE001 - Airflow raises several lookup errors
+            raise ValueError(f"Airflow connection '{conn_id}' cannot be read: {exc}") from exc
+    scheme, sep, rest = uri.partition("://")
+    return f"{_AIRFLOW_SCHEMES.get(scheme, scheme)}{sep}{rest}"
 
 
 @cache

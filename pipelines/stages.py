@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,32 +32,159 @@ def cutoff_for(business_date: str) -> datetime:
     return datetime.combine(date.fromisoformat(business_date) + timedelta(days=1), datetime.min.time())
 
 
+def suite_parameters(business_date: str) -> dict[str, Any]:
+    """Values the suites refer to as ``{"$PARAMETER": ...}``: nothing may happen after the business date."""
+    return {"business_day_end": cutoff_for(business_date), "business_period": business_date[:7].replace("-", "")}
+
+
+def _data_docs(lake: Lake) -> None:
+    """Keep this run's GX validation results and Data Docs under LAKE/reports/<date>/gx."""
+    from pipelines import quality
+
+    quality.use_data_docs(lake.reports / "gx")
+
+
+def _report(lake: Lake, kind: str, source: str) -> Path:
+    return lake.reports / kind / f"{source}.json"
+
+
+def _read_report(lake: Lake, kind: str, source: str) -> dict[str, Any]:
+    path = _report(lake, kind, source)
+    if not path.exists():
+        raise FileNotFoundError(f"source '{source}': no {kind} report for {lake.business_date} at {path}; "
+                                f"run the earlier stages first")
+    return json.loads(path.read_text("utf-8"))
+
+
+def rejects_path(lake: Lake, source: str) -> Path:
+    return lake.raw(source).with_name(f"{source}.rejects.parquet")
+
+
 def extract_source(source: str, sources_dir: str, lake_dir: str, business_date: str) -> dict[str, Any]:
-    from pipelines.extract import extract
+    """Pull what changed since the last published run (everything on the first run) into raw.
+
+    An unreachable source raises SourceUnavailableError (worth retrying); a delivery that cannot be
+    read as a whole is recorded as the batch's problem for the check stage to judge."""
+    from pipelines.errors import SourceFormatError
+    from pipelines.extract import REJECT_SCHEMA, extract
+    from pipelines.lake import write_parquet as write
+    from pipelines.state import previous
 
     lake = _lake(lake_dir, business_date)
     config = load_sources()[source]
-    rows = extract(config, Path(sources_dir), lake.raw(source), cutoff_for(business_date))
-    log.info("extracted %s rows from %s", rows, source)
-    return {"source": source, "rows": rows, "path": str(lake.raw(source))}
+    base = previous(lake.root, source, business_date)
+    since = base.since() if base else None
+    try:
+        result = extract(config, Path(sources_dir), lake.raw(source), cutoff_for(business_date), since,
+                         rejects_path(lake, source)).as_dict()
+    except SourceFormatError as exc:
+        log.error("%s", exc)
+        if config.kind == "file" and config.file_path(Path(sources_dir)).exists():
+            # the unreadable delivery itself is the evidence: keep a copy beside the quarantine
+            kept = lake.quarantine(source).with_suffix(".delivery") / config.file_path(Path(sources_dir)).name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(config.file_path(Path(sources_dir)), kept)
+        write(pl.DataFrame(schema=REJECT_SCHEMA), rejects_path(lake, source))
+        write(pl.DataFrame(), lake.raw(source))
+        result = {"rows": 0, "source_rows": 0, "newest": None, "columns": [], "rejects": 0,
+                  "since": None if since is None else str(since), "problem": str(exc)}
+    result.update(source=source, path=str(lake.raw(source)),
+                  base_date=base.business_date if base else None, mode="incremental" if base else "full")
+    write_json(result, _report(lake, "extract", source))
+    log.info("extracted %s rows from %s (%s since %s; source holds %s)", result["rows"], source,
+             result["mode"], result["since"], result["source_rows"])
+    return {k: result[k] for k in ("source", "rows", "source_rows", "rejects", "mode", "path")}
+
+
+def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
+    """Batch checks (raw suite, volume, staleness). A critical source's failure stops the run."""
+    from pipelines.batch import check_batch
+    from pipelines.quality import DataQualityError
+    from pipelines.state import previous
+
+    lake = _lake(lake_dir, business_date)
+    _data_docs(lake)
+    config = load_sources()[source]
+    extracted = _read_report(lake, "extract", source)
+    problems = check_batch(config, lake.raw(source), extracted, previous(lake.root, source, business_date),
+                           business_date)
+    result = {"source": source, "ok": not problems, "problems": problems, "critical": config.critical}
+    write_json(result, _report(lake, "batch", source))
+    if problems:
+        message = f"source '{source}' batch held back: " + "; ".join(problems)
+        if config.critical:
+            raise DataQualityError(message + " (the source is critical: the run stops)")
+        log.warning("%s; its last good snapshot will be used and its profiles marked stale", message)
+    return result
 
 
 def standardise_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
     from pipelines.standardise import standardise
 
     lake = _lake(lake_dir, business_date)
+    if not _read_report(lake, "batch", source)["ok"]:
+        return {"source": source, "rows": 0, "skipped": "batch held back", "path": None}
     rows = standardise(load_sources()[source], lake.raw(source), lake.staged(source))
     return {"source": source, "rows": rows, "path": str(lake.staged(source))}
 
 
+def _merge_snapshot(base: Path | None, delta: Path, target: Path) -> int:
+    """The source's full accepted state: the last snapshot with this run's accepted rows upserted
+    (a record's newest accepted version wins; a record whose new version was quarantined keeps its
+    last good version)."""
+    changed = pl.scan_parquet(delta)
+    if base is None:
+        return write_parquet(changed.sort("source_record_id"), target)
+    kept = pl.scan_parquet(base).join(changed.select("source_record_id"), on="source_record_id", how="anti")
+    return write_parquet(pl.concat([kept, changed]).sort("source_record_id"), target)
+
+
 def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
+    """Promote a batch: GX row checks on the changes, quarantine with reasons, upsert into the
+    snapshot. A batch the check stage held back is quarantined whole and the last good snapshot
+    is carried forward (stale)."""
     from pipelines import quality
+    from pipelines.state import previous
 
     lake = _lake(lake_dir, business_date)
-    result = quality.validate_source(source, lake.staged(source), lake.accepted(source), lake.quarantine(source))
+    _data_docs(lake)
+    extracted = _read_report(lake, "extract", source)
+    batch = _read_report(lake, "batch", source)
+    base = previous(lake.root, source, business_date)
+    rejects = pl.read_parquet(rejects_path(lake, source))
+    if batch["ok"]:
+        delta_path = lake.work / "accepted_changes" / f"{source}.parquet"
+        result = quality.validate_source(source, lake.staged(source), delta_path, lake.quarantine(source),
+                                         raw_path=lake.raw(source), rejects=rejects,
+                                         parameters=suite_parameters(business_date))
+        snapshot = _merge_snapshot(base.snapshot if base else None, delta_path, lake.accepted(source))
+        state = {"newest": extracted["newest"], "source_rows": extracted["source_rows"], "stale": False}
+    else:
+        if base is None:
+            raise quality.DataQualityError(
+                f"source '{source}' batch held back ({'; '.join(batch['problems'])}) and no earlier good "
+                f"snapshot exists to fall back on; nothing can be published")
+        reason = "batch held back: " + "; ".join(batch["problems"])
+        held = pl.read_parquet(lake.raw(source)) if lake.raw(source).exists() else pl.DataFrame()
+        quarantined = pl.concat([
+            quality.rejects_to_quarantine(source, rejects, stage="extract"),
+            quality.conform_quarantine(pl.DataFrame({"original": quality.original_values(held)}).with_columns(
+                pl.lit(source).alias("source"), pl.lit("batch").alias("stage"), pl.lit(reason).alias("reason"),
+                pl.concat_list(pl.lit("batch:promotable")).alias("failed_expectations"))),
+        ])
+        write_parquet(quarantined, lake.quarantine(source))
+        snapshot = write_parquet(pl.scan_parquet(base.snapshot), lake.accepted(source))
+        result = {"source": source, "extracted": held.height + rejects.height, "accepted": 0,
+                  "quarantined": quarantined.height}
+        state = {"newest": base.newest, "source_rows": base.source_rows, "stale": True}
+        log.warning("source %s: %s; using the snapshot of %s (%d records)", source, reason, base.business_date,
+                    snapshot)
     counts = {k: result[k] for k in ("source", "extracted", "accepted", "quarantined")}
-    write_json(counts, lake.reports / "validation" / f"{source}.json")
-    return {**counts, "accepted_path": str(lake.accepted(source)), "quarantine_path": str(lake.quarantine(source))}
+    report = {**counts, **state, "snapshot_records": snapshot, "snapshot": str(lake.accepted(source)),
+              "base_date": base.business_date if base else None, "problems": batch["problems"]}
+    write_json(report, _report(lake, "validation", source))
+    return {**counts, "snapshot_records": snapshot, "stale": state["stale"],
+            "accepted_path": str(lake.accepted(source)), "quarantine_path": str(lake.quarantine(source))}
 
 
 def _accepted(lake: Lake) -> pl.LazyFrame:
@@ -84,11 +212,13 @@ def build_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     from pipelines.profiles import build_profiles as build
 
     lake = _lake(lake_dir, business_date)
+    stale = frozenset(name for name in load_sources() if _read_report(lake, "validation", name).get("stale"))
     profiles = build(
         _accepted(lake),
         pl.scan_parquet(lake.work / "links.parquet"),
         pl.scan_parquet(lake.work / "entities.parquet"),
         as_of=date.fromisoformat(business_date),
+        stale_sources=stale,
     )
     write_parquet(profiles, lake.work / "profiles.parquet")
     grades = dict(profiles.group_by("grade").len().sort("grade").iter_rows())
@@ -99,16 +229,63 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     from pipelines import quality
 
     lake = _lake(lake_dir, business_date)
+    _data_docs(lake)
     return quality.validate_profiles(lake.work / "profiles.parquet")
 
 
+#: profile column -> (which accepted records, which value; None counts them): the totals that the
+#: published profiles must reconcile with, to the cent
+RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
+    "record_count": (None, None),
+    "lending_loans": (("loan",), None),
+    "lending_amount": (("loan",), "amount"),
+    "lending_balance": (("loan",), "balance"),
+    "tax_arrears_balance": (("tax_arrears",), "balance"),
+    "contract_cases": (("dishonest_debtor", "enforcement", "contract_default"), None),
+}
+
+
+def reconcile(lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame,
+              validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The books: per source extracted = accepted + quarantined, one link per snapshot record, and
+    the profiles' totals equal to the accepted records' (money to the cent, counts exactly)."""
+    problems = []
+    for name, counts in validation.items():
+        if counts["extracted"] != counts["accepted"] + counts["quarantined"]:
+            problems.append(f"source '{name}': extracted {counts['extracted']} != accepted {counts['accepted']} "
+                            f"+ quarantined {counts['quarantined']}")
+    snapshot_records = sum(v["snapshot_records"] for v in validation.values())
+    if links.height != snapshot_records:
+        problems.append(f"{snapshot_records} accepted records but {links.height} links")
+    wanted = []
+    for column, (types, value) in RECONCILED_TOTALS.items():
+        if types is None:
+            wanted.append(pl.len().alias(column))
+            continue
+        rows = pl.col("record_type").is_in(list(types))
+        wanted.append((pl.col(value).fill_null(0).filter(rows).sum() if value else rows.sum()).alias(column))
+    expected = _accepted(lake).select(wanted).collect().row(0, named=True)
+    totals: dict[str, Any] = {}
+    for column, (_, value) in RECONCILED_TOTALS.items():
+        published = profiles[column].fill_null(0).sum()
+        totals[column] = {"records": round(float(expected[column] or 0), 2), "profiles": round(float(published), 2)}
+        tolerance = 0.005 * profiles.height if value else 0  # each profile rounds its sums to the cent
+        if abs(float(expected[column] or 0) - float(published)) > tolerance:
+            problems.append(f"{column}: accepted records hold {expected[column]:,} but profiles {published:,}")
+    return {"balanced": not problems, "problems": problems, "totals": totals,
+            "snapshot_records": snapshot_records, "links": links.height, "profiles": profiles.height}
+
+
 def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
+    from pipelines import quality
     from pipelines.publish import publish_version
+    from pipelines.report import build_run_report
+    from pipelines.state import record
 
     lake = _lake(lake_dir, business_date)
     validation = {}
     for name in load_sources():
-        report = lake.reports / "validation" / f"{name}.json"
+        report = _report(lake, "validation", name)
         if not report.exists():
             raise PublishError(f"no validation report for source '{name}' on {business_date}; nothing published")
         validation[name] = json.loads(report.read_text("utf-8"))
@@ -117,22 +294,30 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         "links": pl.read_parquet(lake.work / "links.parquet"),
         "entities": pl.read_parquet(lake.work / "entities.parquet"),
     }
-    accepted = sum(v["accepted"] for v in validation.values())
-    if frames["links"].height != accepted:
-        raise PublishError(
-            f"books do not balance: {accepted} accepted records but {frames['links'].height} links; nothing published"
-        )
+    books = reconcile(lake, frames["profiles"], frames["links"], validation)
+    if not books["balanced"]:
+        write_json({"business_date": business_date, "run_id": run_id, "published": False, "books": books,
+                    "sources": validation}, lake.reports / "summary.json")
+        log.error("run report: %s", build_run_report(lake.root, business_date).resolve().as_uri())
+        raise PublishError("books do not balance: " + "; ".join(books["problems"]) + "; nothing published")
     as_of = (
         _accepted(lake).group_by("source").agg(pl.col("updated_at").max()).collect()
     )
+    newest = dict(as_of.iter_rows())
     sources = {
-        row["source"]: {**validation[row["source"]], "as_of": str(row["updated_at"])}
-        for row in as_of.iter_rows(named=True)
+        name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
+        for name, counts in validation.items()
     }
     result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources})
-    write_json({"business_date": business_date, "run_id": run_id, "sources": sources, **result},
-               lake.reports / "summary.json")
-    return result
+    # Only now, with the version live, do the watermarks advance.
+    record(lake.root, business_date, validation)
+    write_json({"business_date": business_date, "run_id": run_id, "published": True, "books": books,
+                "sources": sources, **result}, lake.reports / "summary.json")
+    report = build_run_report(lake.root, business_date)
+    docs = quality.data_docs_index(lake.reports / "gx")
+    log.info("run report: %s", report.resolve().as_uri())
+    log.info("Great Expectations Data Docs: %s", docs.resolve().as_uri())
+    return {**result, "report": str(report), "data_docs": str(docs)}
 
 
 def run_all(sources_dir: str, lake_dir: str, business_date: str, run_id: str | None = None,
@@ -144,6 +329,8 @@ def run_all(sources_dir: str, lake_dir: str, business_date: str, run_id: str | N
     steps: list[tuple[str, Any]] = []
     for name in names:
         steps.append((f"extract {name}", lambda n=name: extract_source(n, sources_dir, lake_dir, business_date)))
+    for name in names:
+        steps.append((f"check {name}", lambda n=name: check_source(n, lake_dir, business_date)))
     for name in names:
         steps.append((f"standardise {name}", lambda n=name: standardise_source(n, lake_dir, business_date)))
     for name in names:

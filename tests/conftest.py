@@ -34,6 +34,14 @@ def airflow_db() -> Path:
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose server is missing, with the reason; in CI (CREDIT_REQUIRE_SERVICES=1, set by
+    .ci/run after installing the servers) a missing server is a failure instead."""
+    if os.environ.get("CREDIT_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"required service missing in CI: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def postgres_url() -> str:
     """A reachable PostgreSQL server, or a skip that says why (CI always has one)."""
@@ -44,7 +52,7 @@ def postgres_url() -> str:
         with engine.connect():
             pass
     except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
+        skip_or_fail(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
     finally:
         engine.dispose()
     return POSTGRES_URL

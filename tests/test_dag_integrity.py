@@ -66,6 +66,7 @@ def test_retries_only_where_a_retry_can_help(dag) -> None:
         assert extract.max_retry_delay == timedelta(minutes=5)
         assert extract.retry_policy is not None
         assert dag.get_task(f"{source}.validate").retries == 0
+        assert dag.get_task(f"{source}.check").retries == 0
     assert dag.get_task("validate_profiles").retries == 0
     assert all(task.on_failure_callback for task in dag.tasks)
 
@@ -75,7 +76,8 @@ def test_tasks_present_and_ordered(dag) -> None:
         return dag.get_task(task_id).get_flat_relative_ids(upstream=False)
 
     for source in SOURCES:
-        assert f"{source}.standardise" in dag.get_task(f"{source}.extract").downstream_task_ids
+        assert f"{source}.check" in dag.get_task(f"{source}.extract").downstream_task_ids
+        assert f"{source}.standardise" in dag.get_task(f"{source}.check").downstream_task_ids
         assert f"{source}.validate" in dag.get_task(f"{source}.standardise").downstream_task_ids
         assert "resolve_entities" in dag.get_task(f"{source}.validate").downstream_task_ids
         # a source's failure stops its own chain only: no other source's tasks wait on it

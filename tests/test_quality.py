@@ -63,7 +63,7 @@ def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
 
 
 def test_row_condition_only_checks_its_rows(tmp_path: Path) -> None:
-    base = dict(source="tax", subject_name="甲", code_status="missing", updated_at=datetime(2026, 11, 20))
+    base = dict(source="tax", subject_name="甲公司", code_status="missing", updated_at=datetime(2026, 11, 20))
     frame = conform(pl.DataFrame([
         {**base, "source_record_id": "r1", "record_type": "tax_rating", "status": "A"},
         {**base, "source_record_id": "r2", "record_type": "tax_rating", "status": "E"},

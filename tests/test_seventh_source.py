@@ -64,6 +64,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         if expectation["kwargs"].get("column") == "record_type":
             expectation["kwargs"]["value_set"] = ["contract_default"]
     (suites / "utilities.standardised.json").write_text(json.dumps(suite, ensure_ascii=False), "utf-8")
+    raw_suite = {"name": "utilities.raw", "expectations": [
+        {"type": "expect_table_columns_to_match_set", "meta": {"reason": "schema drift"},
+         "kwargs": {"column_set": ["bill_id", "customer_name", "customer_code", "overdue_amount"],
+                    "exact_match": False}},
+        {"type": "expect_column_values_to_match_regex", "meta": {"reason": "type drift: amounts"},
+         "kwargs": {"column": "overdue_amount", "regex": "^[0-9.]+$", "mostly": 0.9}},
+    ]}
+    (suites / "utilities.raw.json").write_text(json.dumps(raw_suite), "utf-8")
     env = {**os.environ, "CREDIT_SOURCES_CONFIG": str(config), "CREDIT_EXPECTATIONS_DIR": str(suites),
            "AIRFLOW_HOME": str(REPO), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     return {"root": root, "sources": sources, "lake": root / "lake", "firms": firms, "env": env}  # type: ignore[dict-item]
@@ -97,4 +105,4 @@ def test_seventh_source_gets_its_own_task_group(deployment) -> None:
         "dag = bag.dags['credit_nightly']; print(sorted(t for t in dag.task_ids if t.startswith('utilities.')))",
         deployment["env"],
     )
-    assert "['utilities.extract', 'utilities.standardise', 'utilities.validate']" in out
+    assert "['utilities.check', 'utilities.extract', 'utilities.standardise', 'utilities.validate']" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -11,7 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines import stages
+from pipelines.extract import extract
 from pipelines.generate import write_sql_table
+from pipelines.sources import load_sources
+from pipelines.stages import cutoff_for
 
 BUSINESS_DATE = "2026-11-23"
 
@@ -36,11 +40,22 @@ def test_postgresql_source_extracts_like_sqlite(sources: Path, postgres_url: str
         monkeypatch.setenv("CREDIT_LENDING_URL", postgres_url)  # the registry's url_env override
         pg_rows = stages.extract_source("lending", str(sources), str(tmp_path / "b"), BUSINESS_DATE)
         assert pg_rows["rows"] == sqlite_rows["rows"] > 0
-        from_sqlite = pl.read_parquet(sqlite_rows["path"])
-        from_postgres = pl.read_parquet(pg_rows["path"])
-        assert from_postgres.equals(from_sqlite)
+        # raw keeps each backend's own types (SQLite's are text); the canonical rows are identical
+        for lake in ("a", "b"):
+            stages.check_source("lending", str(tmp_path / lake), BUSINESS_DATE)
+            stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
+        staged = [pl.read_parquet(tmp_path / lake / "staged" / BUSINESS_DATE / "lending.parquet")
+                  for lake in ("a", "b")]
+        assert staged[0].equals(staged[1])
         earlier = stages.extract_source("lending", str(sources), str(tmp_path / "c"), "2026-11-22")["rows"]
         assert 0 < earlier < pg_rows["rows"]  # the watermark filter runs in PostgreSQL too
+        # an Airflow connection (here from the environment, as AIRFLOW_CONN_<ID>) instead of a URL
+        monkeypatch.delenv("CREDIT_LENDING_URL")
+        monkeypatch.setenv("AIRFLOW_CONN_CREDIT_LENDING", postgres_url.replace("postgresql+psycopg2", "postgres"))
+        config = dataclasses.replace(load_sources()["lending"], url=None, conn_id="credit_lending")
+        assert config.resolved_url(sources).startswith("postgresql+psycopg2://postgres@127.0.0.1")
+        via_connection = extract(config, sources, tmp_path / "d.parquet", cutoff_for(BUSINESS_DATE))
+        assert via_connection.rows == pg_rows["rows"]
     finally:
         engine = sa.create_engine(postgres_url)
         with engine.begin() as connection:
