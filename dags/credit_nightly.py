@@ -38,8 +38,11 @@ PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/p
 # A source that is down may come back: retry. One that delivers unreadable data will not: fail.
 EXTRACT_RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
-        RetryRule(exception="pipelines.errors.SourceFormatError", action=RetryAction.FAIL,
-                  reason="the source delivered data that cannot be read; retrying will not help"),
+        RetryRule(
+            exception="pipelines.errors.SourceFormatError",
+            action=RetryAction.FAIL,
+            reason="the source delivered data that cannot be read; retrying will not help",
+        ),
         RetryRule(exception="pipelines.errors.SourceUnavailableError", action=RetryAction.RETRY),
     ]
 )
@@ -52,15 +55,22 @@ def notify_failure(context: Any) -> None:
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
-    log.error("credit_nightly: task %s failed in run %s: %s: %s", task_id, context.get("run_id"),
-              type(error).__name__, error)
-    send_alert({
-        "dag_id": "credit_nightly",
-        "task_id": task_id,
-        "run_id": context.get("run_id"),
-        "try_number": getattr(ti, "try_number", None),
-        "error": str(error),
-    })
+    log.error(
+        "credit_nightly: task %s failed in run %s: %s: %s",
+        task_id,
+        context.get("run_id"),
+        type(error).__name__,
+        error,
+    )
+    send_alert(
+        {
+            "dag_id": "credit_nightly",
+            "task_id": task_id,
+            "run_id": context.get("run_id"),
+            "try_number": getattr(ti, "try_number", None),
+            "error": str(error),
+        }
+    )
 
 
 def _fail_on_quality(call: Any, *args: Any) -> Any:
@@ -83,12 +93,22 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     doc_md=__doc__,
     default_args={"on_failure_callback": notify_failure, "retries": 0},
     params={
-        "sources_dir": Param(os.environ.get("CREDIT_SOURCES") or str(REPO / "data" / "sources"), type="string",
-                             description="folder of the file-drop sources and default SQLite databases"),
-        "lake_dir": Param(os.environ.get("CREDIT_LAKE") or str(REPO / "data" / "lake"), type="string",
-                          description="lake folder: raw, staged, accepted, quarantine, published"),
-        "business_date": Param(None, type=["null", "string"], format="date",
-                               description="business date to process; default: the day before the run"),
+        "sources_dir": Param(
+            os.environ.get("CREDIT_SOURCES") or str(REPO / "data" / "sources"),
+            type="string",
+            description="folder of the file-drop sources and default SQLite databases",
+        ),
+        "lake_dir": Param(
+            os.environ.get("CREDIT_LAKE") or str(REPO / "data" / "lake"),
+            type="string",
+            description="lake folder: raw, staged, accepted, quarantine, published",
+        ),
+        "business_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="business date to process; default: the day before the run",
+        ),
     },
 )
 def credit_nightly() -> None:
@@ -100,12 +120,22 @@ def credit_nightly() -> None:
         business_date = params.get("business_date")
         if not business_date:
             run_time = context.get("logical_date") or context["dag_run"].run_after
-            business_date = pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
-        return {"business_date": business_date, "sources_dir": params["sources_dir"],
-                "lake_dir": params["lake_dir"]}
+            business_date = (
+                pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
+            )
+        return {
+            "business_date": business_date,
+            "sources_dir": params["sources_dir"],
+            "lake_dir": params["lake_dir"],
+        }
 
-    @task(retries=3, retry_delay=timedelta(seconds=10), retry_exponential_backoff=2.0,
-          max_retry_delay=timedelta(minutes=5), retry_policy=EXTRACT_RETRY_POLICY)
+    @task(
+        retries=3,
+        retry_delay=timedelta(seconds=10),
+        retry_exponential_backoff=2.0,
+        max_retry_delay=timedelta(minutes=5),
+        retry_policy=EXTRACT_RETRY_POLICY,
+    )
     def extract(run: dict[str, str], source: str) -> dict[str, Any]:
         """Copy the source's records changed since the last published run into `LAKE/raw` (retried
         while the source is unavailable; unreadable deliveries are judged by `check`)."""
@@ -144,6 +174,13 @@ def credit_nightly() -> None:
         return resolve(run["lake_dir"], run["business_date"])
 
     @task
+    def explain_links(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
+        """Per link, the name and code as recorded and the match grade (code, name, legal rep)."""
+        from pipelines.stages import explain_links as explain
+
+        return explain(run["lake_dir"], run["business_date"])
+
+    @task
     def build_profiles(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
         """One credit profile per firm (`LAKE/work/<date>/profiles`)."""
         from pipelines.stages import build_profiles as build
@@ -164,7 +201,9 @@ def credit_nightly() -> None:
 
         result = publish_version(run["lake_dir"], run["business_date"], context["run_id"])
         context["outlet_events"][PROFILES_ASSET].extra = {
-            "version": result["version"], "business_date": run["business_date"], "profiles": result["profiles"],
+            "version": result["version"],
+            "business_date": run["business_date"],
+            "profiles": result["profiles"],
             "path": result["path"],
         }
         return result
@@ -177,7 +216,7 @@ def credit_nightly() -> None:
             staged = standardise(run, source, check(run, source, extracted))
             validated.append(validate(run, source, staged))
     resolved = resolve_entities(run, validated)
-    publish(run, validate_profiles(run, build_profiles(run, resolved)))
+    publish(run, validate_profiles(run, build_profiles(run, explain_links(run, resolved))))
 
 
 credit_nightly()

@@ -37,7 +37,9 @@ def _f1(p: float, r: float) -> float:
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
-def evaluate(links: pl.DataFrame, truth: pl.DataFrame, key: tuple[str, ...] = ("source", "source_record_id")) -> Scores:
+def evaluate(
+    links: pl.DataFrame, truth: pl.DataFrame, key: tuple[str, ...] = ("source", "source_record_id")
+) -> Scores:
     """Compare ``links`` (key + entity_id) with ``truth`` (key + entity_key) on the records both hold
     (a quarantined record has no link; it is counted, not scored)."""
     joined = truth.select(*key, "entity_key").join(links.select(*key, "entity_id"), on=list(key), how="inner")
@@ -50,13 +52,17 @@ def evaluate(links: pl.DataFrame, truth: pl.DataFrame, key: tuple[str, ...] = ("
     precision = 1.0 if pp == 0 else tp / pp
     recall = 1.0 if ap == 0 else tp / ap
     # B-cubed: per record, overlap of its predicted and true clusters.
-    sized = both.join(predicted.rename({"len": "p"}), on="entity_id").join(actual.rename({"len": "a"}), on="entity_key")
+    sized = both.join(predicted.rename({"len": "p"}), on="entity_id").join(
+        actual.rename({"len": "a"}), on="entity_key"
+    )
     n = joined.height
     b_precision = sized.select((pl.col("len") ** 2 / pl.col("p")).sum()).item() / n
     b_recall = sized.select((pl.col("len") ** 2 / pl.col("a")).sum()).item() / n
     # A firm "gets exactly one profile" when all its records share one entity that holds no other firm.
     pure = both.group_by("entity_id").len().filter(pl.col("len") == 1).select("entity_id")
-    per_firm = both.group_by("entity_key").agg(pl.col("entity_id").n_unique().alias("n"), pl.col("entity_id").first())
+    per_firm = both.group_by("entity_key").agg(
+        pl.col("entity_id").n_unique().alias("n"), pl.col("entity_id").first()
+    )
     exact = per_firm.filter(pl.col("n") == 1).join(pure, on="entity_id").height
     return Scores(
         records=n,

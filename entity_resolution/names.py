@@ -70,11 +70,16 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
     tops, counties, pattern = _region_tables()
     unique = pl.DataFrame({"name": names.unique().drop_nulls()})
     text = to_simplified(unique["name"].str.normalize("NFKC"))
-    frame = unique.with_columns(text=text.str.replace_all(_PUNCTUATION, "").str.replace_all("[［【〔]", "(")
-                                .str.replace_all("[］】〕]", ")"))
+    frame = unique.with_columns(
+        text=text.str.replace_all(_PUNCTUATION, "")
+        .str.replace_all("[［【〔]", "(")
+        .str.replace_all("[］】〕]", ")")
+    )
     # Bracketed parts: a region written in brackets is a hint, not part of the name.
     frame = frame.with_columns(
-        bracketed=pl.col("text").str.extract_all(r"\(([^)]*)\)").list.eval(pl.element().str.strip_chars("()")),
+        bracketed=pl.col("text")
+        .str.extract_all(r"\(([^)]*)\)")
+        .list.eval(pl.element().str.strip_chars("()")),
         text=pl.col("text").str.replace_all(r"\([^)]*\)", ""),
     )
     branch_re = "(" + "|".join(BRANCH_SUFFIXES) + ")$"
@@ -94,27 +99,35 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
     )
     # Leading region tokens: provinces and prefectures, then a county of the same prefecture.
     frame = frame.with_columns(lead=pl.col("body").str.extract(pattern, 1).fill_null(""))
-    frame = frame.with_columns(
-        rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()),
-    ).with_columns(
-        # keep at least a two-character trade name and something after it
-        lead=pl.when(pl.col("rest").str.len_chars() >= 3).then(pl.col("lead")).otherwise(pl.lit("")),
-    ).with_columns(rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()))
+    frame = (
+        frame.with_columns(
+            rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()),
+        )
+        .with_columns(
+            # keep at least a two-character trade name and something after it
+            lead=pl.when(pl.col("rest").str.len_chars() >= 3).then(pl.col("lead")).otherwise(pl.lit("")),
+        )
+        .with_columns(rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()))
+    )
     frame = _strip_county(frame, tops, counties)
     token_codes = pl.concat([tops, counties]).explode("codes").unique()
     # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
-    tokens = pl.concat([
-        frame.select("name", pl.col("lead_tokens").alias("token")).explode("token"),
-        frame.select("name", pl.col("bracketed").alias("token")).explode("token"),
-    ]).drop_nulls("token")
+    tokens = pl.concat(
+        [
+            frame.select("name", pl.col("lead_tokens").alias("token")).explode("token"),
+            frame.select("name", pl.col("bracketed").alias("token")).explode("token"),
+        ]
+    ).drop_nulls("token")
     exploded = (
         tokens.join(token_codes, on="token", how="inner")
         .unique(["name", "codes"])
-        .group_by("name").agg(pl.col("codes").sort().alias("region_codes"))
+        .group_by("name")
+        .agg(pl.col("codes").sort().alias("region_codes"))
     )
     frame = frame.join(exploded, on="name", how="left").with_columns(
         core=pl.col("rest"),
-        name_key=pl.col("rest") + pl.when(pl.col("is_branch")).then("#" + pl.col("branch")).otherwise(pl.lit("")),
+        name_key=pl.col("rest")
+        + pl.when(pl.col("is_branch")).then("#" + pl.col("branch")).otherwise(pl.lit("")),
     )
     out = frame.select("name", "core", "branch", "is_branch", "name_key", "legal_form", "region_codes")
     return pl.DataFrame({"name": names}).join(out, on="name", how="left", maintain_order="left")
@@ -123,22 +136,29 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
 def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFrame) -> pl.DataFrame:
     """Remove a county name right after the leading region when it lies in that region (宁波海曙)."""
     lead_codes = (
-        frame.select("name", "lead").filter(pl.col("lead") != "")
+        frame.select("name", "lead")
+        .filter(pl.col("lead") != "")
         .with_columns(lead_tokens=pl.col("lead").str.extract_all(_region_tables()[2][4:-3]))
     )
     candidates = []
     for length in (2, 3, 4, 5):
         candidates.append(
-            frame.select("name", "rest").with_columns(token=pl.col("rest").str.slice(0, length), length=pl.lit(length))
+            frame.select("name", "rest").with_columns(
+                token=pl.col("rest").str.slice(0, length), length=pl.lit(length)
+            )
         )
     found = (
         pl.concat(candidates)
         .join(counties, on="token", how="inner")
-        .join(lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="name")
-        .explode("codes").explode("codes_right")
+        .join(
+            lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="name"
+        )
+        .explode("codes")
+        .explode("codes_right")
         .filter(pl.col("codes").str.starts_with(pl.col("codes_right")))
         .filter(pl.col("rest").str.len_chars() - pl.col("length") >= 3)
-        .group_by("name").agg(pl.col("length").max(), pl.col("token").sort_by("length").last())
+        .group_by("name")
+        .agg(pl.col("length").max(), pl.col("token").sort_by("length").last())
     )
     frame = frame.join(lead_codes.select("name", "lead_tokens"), on="name", how="left").join(
         found, on="name", how="left"
@@ -147,7 +167,8 @@ def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFram
         rest=pl.col("rest").str.slice(pl.col("length").fill_null(0)),
         lead_tokens=pl.concat_list(
             pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-            pl.when(pl.col("token").is_not_null()).then(pl.concat_list(pl.col("token")))
+            pl.when(pl.col("token").is_not_null())
+            .then(pl.concat_list(pl.col("token")))
             .otherwise(pl.lit([], dtype=pl.List(pl.String))),
         ),
     ).drop("length", "token")

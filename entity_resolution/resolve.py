@@ -24,7 +24,14 @@ from entity_resolution.names import normalise_names
 log = logging.getLogger(__name__)
 
 IDENTITY_COLUMNS = (
-    "source", "source_record_id", "subject_name", "code_raw", "uscc", "org_code", "reg_no", "code_status",
+    "source",
+    "source_record_id",
+    "subject_name",
+    "code_raw",
+    "uscc",
+    "org_code",
+    "reg_no",
+    "code_status",
     "updated_at",
 )
 # Records with the same name and code get the same decision: resolve each distinct signature once.
@@ -60,10 +67,16 @@ def _stable_id(prefix: str, value: pl.Expr) -> pl.Expr:
     """A deterministic id for a firm without a valid USCC: a SHA-1 of its key, stable across versions
     of the libraries (Polars' own hash is not), computed once per distinct key."""
     return value.map_batches(
-        lambda keys: keys.unique().to_frame("k").with_columns(
-            h=pl.col("k").map_elements(lambda k: prefix + hashlib.sha1(k.encode()).hexdigest()[:16],
-                                       return_dtype=pl.String)
-        ).pipe(lambda t: keys.to_frame("k").join(t, on="k", how="left", maintain_order="left")["h"]),
+        lambda keys: (
+            keys.unique()
+            .to_frame("k")
+            .with_columns(
+                h=pl.col("k").map_elements(
+                    lambda k: prefix + hashlib.sha1(k.encode()).hexdigest()[:16], return_dtype=pl.String
+                )
+            )
+            .pipe(lambda t: keys.to_frame("k").join(t, on="k", how="left", maintain_order="left")["h"])
+        ),
         return_dtype=pl.String,
     )
 
@@ -74,12 +87,15 @@ def _tag(frame: pl.DataFrame, method: str) -> pl.DataFrame:
     )
 
 
-def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def resolve(
+    records: pl.DataFrame, settings: ResolutionSettings | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Link records (IDENTITY_COLUMNS) to firms; return (links, entities)."""
     settings = settings or ResolutionSettings()
     records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
     signatures = (
-        records.with_row_index("_rec").group_by(SIGNATURE)
+        records.with_row_index("_rec")
+        .group_by(SIGNATURE)
         .agg(pl.len().alias("n"), pl.col("updated_at").max(), pl.col("_rec").alias("_members"))
         .sort(SIGNATURE, nulls_last=True)
     )
@@ -109,20 +125,28 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     # 2. Organization codes are embedded in USCCs; old registration numbers are cross-walked.
     org_index = anchored.select("org_code", "uscc").unique()
     reg_index = (
-        anchored.filter(pl.col("reg_no").is_not_null()).select("reg_no", "uscc").unique()
+        anchored.filter(pl.col("reg_no").is_not_null())
+        .select("reg_no", "uscc")
+        .unique()
         .filter(pl.col("reg_no").count().over("reg_no") == 1)
     )
-    by_org = rest.filter(pl.col("org_code").is_not_null()).join(org_index, on="org_code", how="inner", suffix="_x")
+    by_org = rest.filter(pl.col("org_code").is_not_null()).join(
+        org_index, on="org_code", how="inner", suffix="_x"
+    )
     links.append(_tag(by_org.with_columns(entity_id=pl.col("uscc_x")).drop("uscc_x"), "org_code"))
     rest = rest.join(by_org.select("_row"), on="_row", how="anti")
-    by_reg = rest.filter(pl.col("reg_no").is_not_null()).join(reg_index, on="reg_no", how="inner", suffix="_x")
+    by_reg = rest.filter(pl.col("reg_no").is_not_null()).join(
+        reg_index, on="reg_no", how="inner", suffix="_x"
+    )
     links.append(_tag(by_reg.with_columns(entity_id=pl.col("uscc_x")).drop("uscc_x"), "reg_no"))
     rest = rest.join(by_reg.select("_row"), on="_row", how="anti")
 
     # The known firms and the name keys they were seen under.
     phase("linked by codes", sum(f.height for f in links))
-    coded = pl.concat([f.select(*_LINK_COLUMNS, "name_key", "is_branch", "core", "n") for f in links],
-                      how="vertical_relaxed")
+    coded = pl.concat(
+        [f.select(*_LINK_COLUMNS, "name_key", "is_branch", "core", "n") for f in links],
+        how="vertical_relaxed",
+    )
     known = _known_names(coded)
     del coded
     links = [f.select(_LINK_COLUMNS) for f in links]
@@ -153,10 +177,15 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
         pl.lit("N") + pl.col("name_key").fill_null(pl.col("subject_name")) + "|" + region,
     )
     leftover = rest.with_columns(entity_id=_stable_id("X", cluster_key))
-    links.append(_tag(leftover.filter(pl.col("org_code").is_not_null() | pl.col("reg_no").is_not_null()),
-                      "code_only_cluster"))
-    links.append(_tag(leftover.filter(pl.col("org_code").is_null() & pl.col("reg_no").is_null()),
-                      "name_only_cluster"))
+    links.append(
+        _tag(
+            leftover.filter(pl.col("org_code").is_not_null() | pl.col("reg_no").is_not_null()),
+            "code_only_cluster",
+        )
+    )
+    links.append(
+        _tag(leftover.filter(pl.col("org_code").is_null() & pl.col("reg_no").is_null()), "name_only_cluster")
+    )
 
     linked = pl.concat([f.select(_LINK_COLUMNS) for f in links if f.height], how="vertical_relaxed")
     linked = recs.drop("branch", "region_codes", "name_key").join(linked, on="_row", how="left")
@@ -166,11 +195,10 @@ def resolve(records: pl.DataFrame, settings: ResolutionSettings | None = None) -
     # back from signatures to records through the member lists (an integer gather, no string join)
     decided = (
         members.join(linked.select("_row", "entity_id", "match_confidence", "match_method"), on="_row")
-        .explode("_members").sort("_members")
+        .explode("_members")
+        .sort("_members")
     )
-    per_record = pl.concat(
-        [keys, decided.drop("_row", "_members")], how="horizontal"
-    )
+    per_record = pl.concat([keys, decided.drop("_row", "_members")], how="horizontal")
     link_table = per_record.select(
         "source", "source_record_id", "entity_id", "match_confidence", "match_method"
     ).sort("source", "source_record_id")
@@ -194,21 +222,31 @@ def _exact_name_links(rest: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
     candidates = rest.filter(pl.col("name_key").is_not_null()).join(
         known.select("entity_id", "name_key", "division"), on="name_key", how="inner"
     )
-    candidates = candidates.with_columns(_fits(candidates["region_codes"], candidates["division"])).filter("fits")
+    candidates = candidates.with_columns(_fits(candidates["region_codes"], candidates["division"])).filter(
+        "fits"
+    )
     counts = candidates.group_by("_row").agg(pl.col("entity_id").n_unique().alias("n"))
     chosen = candidates.join(counts.filter(pl.col("n") == 1), on="_row").unique("_row", keep="first")
     with_region = chosen.filter(pl.col("region_codes").list.len() > 0)
     without = chosen.filter(pl.col("region_codes").is_null() | (pl.col("region_codes").list.len() == 0))
-    return pl.concat([_tag(with_region, "name_exact+region"), _tag(without, "name_exact")], how="vertical_relaxed")
+    return pl.concat(
+        [_tag(with_region, "name_exact+region"), _tag(without, "name_exact")], how="vertical_relaxed"
+    )
 
 
 def _fits(codes: pl.Series, divisions: pl.Series) -> pl.Series:
     """True where the name names no region or one that contains the firm's division (vectorised)."""
     frame = pl.DataFrame({"codes": codes, "division": divisions}).with_row_index("i")
     exploded = frame.explode("codes")
-    ok = exploded.group_by("i").agg(
-        (pl.col("codes").is_null() | pl.col("division").str.starts_with(pl.col("codes").fill_null(""))).any()
-    ).sort("i")
+    ok = (
+        exploded.group_by("i")
+        .agg(
+            (
+                pl.col("codes").is_null() | pl.col("division").str.starts_with(pl.col("codes").fill_null(""))
+            ).any()
+        )
+        .sort("i")
+    )
     return ok["codes"].alias("fits")
 
 
@@ -237,16 +275,28 @@ def _near_code_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resoluti
     ).unique(["_row", "entity_id", "core_right"])
     if pairs.height == 0:
         return _tag(rest.clear().with_columns(entity_id=pl.lit("")), "code_near+name")
-    edits = process.cpdist(pairs["code"].to_list(), pairs["entity_id"].to_list(), scorer=distance.Levenshtein.distance,
-                           workers=-1)
-    name_score = process.cpdist(pairs["core"].fill_null("").to_list(), pairs["core_right"].fill_null("").to_list(),
-                                scorer=fuzz.ratio, workers=-1)
+    edits = process.cpdist(
+        pairs["code"].to_list(),
+        pairs["entity_id"].to_list(),
+        scorer=distance.Levenshtein.distance,
+        workers=-1,
+    )
+    name_score = process.cpdist(
+        pairs["core"].fill_null("").to_list(),
+        pairs["core_right"].fill_null("").to_list(),
+        scorer=fuzz.ratio,
+        workers=-1,
+    )
     # an entity seen under several names: its best-matching name counts
     best = (
-        pairs.select("_row", "entity_id").with_columns(edits=pl.Series(edits), name_score=pl.Series(name_score))
-        .group_by("_row", "entity_id").agg(pl.col("edits").min(), pl.col("name_score").max())
-        .filter((pl.col("edits") <= settings.code_near_max_edits)
-                & (pl.col("name_score") >= settings.code_near_min_name_score))
+        pairs.select("_row", "entity_id")
+        .with_columns(edits=pl.Series(edits), name_score=pl.Series(name_score))
+        .group_by("_row", "entity_id")
+        .agg(pl.col("edits").min(), pl.col("name_score").max())
+        .filter(
+            (pl.col("edits") <= settings.code_near_max_edits)
+            & (pl.col("name_score") >= settings.code_near_min_name_score)
+        )
     )
     pairs = probes.join(best.select("_row", "entity_id"), on="_row")
     unique_hits = pairs.filter(pl.col("entity_id").n_unique().over("_row") == 1).unique("_row")
@@ -273,7 +323,8 @@ def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resolut
         target_blocks = targets.with_columns(block=block)
         small = target_blocks.group_by("block").len().filter(pl.col("len") <= settings.max_block_size)
         blocks.append(
-            probes.select("_row", "core", "is_branch", "region_codes").with_columns(block=block)
+            probes.select("_row", "core", "is_branch", "region_codes")
+            .with_columns(block=block)
             .join(small.select("block"), on="block")
             .join(target_blocks, on="block", suffix="_t")
         )
@@ -289,10 +340,14 @@ def _fuzzy_name_links(rest: pl.DataFrame, known: pl.DataFrame, settings: Resolut
     pairs = pairs.with_columns(_fits(pairs["region_codes"], pairs["division"])).filter("fits")
     # one score per candidate firm (its best-matching name), then the best two firms per record
     pairs = pairs.group_by("_row", "entity_id").agg(pl.col("score").max())
-    ranked = pairs.sort(["_row", "score", "entity_id"], descending=[False, True, False]).group_by(
-        "_row", maintain_order=True).agg(
-        pl.col("entity_id").first(), pl.col("score").first().alias("best"),
-        pl.col("score").get(1, null_on_oob=True).alias("second"),
+    ranked = (
+        pairs.sort(["_row", "score", "entity_id"], descending=[False, True, False])
+        .group_by("_row", maintain_order=True)
+        .agg(
+            pl.col("entity_id").first(),
+            pl.col("score").first().alias("best"),
+            pl.col("score").get(1, null_on_oob=True).alias("second"),
+        )
     )
     winners = ranked.filter(
         (pl.col("best") >= settings.fuzzy_min_score)
@@ -310,10 +365,14 @@ def _entities(linked: pl.DataFrame, per_record: pl.DataFrame) -> pl.DataFrame:
     name_rank = (
         valid_named.group_by("entity_id", "subject_name")
         .agg(
-            pl.col("n").sum().alias("n"), pl.col("updated_at").max().alias("last"), pl.col("core").first(),
+            pl.col("n").sum().alias("n"),
+            pl.col("updated_at").max().alias("last"),
+            pl.col("core").first(),
             # prefer a full legal name seen on a record with a valid code
-            (pl.col("code_status").is_in(["valid", "repaired"]).any().cast(pl.Int8)
-             + pl.col("legal_form").is_not_null().any().cast(pl.Int8)).alias("pref"),
+            (
+                pl.col("code_status").is_in(["valid", "repaired"]).any().cast(pl.Int8)
+                + pl.col("legal_form").is_not_null().any().cast(pl.Int8)
+            ).alias("pref"),
         )
         .sort(["entity_id", "pref", "n", "last", "subject_name"], descending=[False, True, True, True, False])
     )
@@ -324,19 +383,26 @@ def _entities(linked: pl.DataFrame, per_record: pl.DataFrame) -> pl.DataFrame:
     # Former names: genuinely different names (another core), not spelling variants.
     former = (
         name_rank.join(primary, on="entity_id")
-        .filter(pl.col("core").is_not_null() & (pl.col("core") != pl.col("primary_core")) & (pl.col("n") >= 2))
-        .group_by("entity_id").agg(pl.col("subject_name").sort().head(3).alias("former_names"))
+        .filter(
+            pl.col("core").is_not_null() & (pl.col("core") != pl.col("primary_core")) & (pl.col("n") >= 2)
+        )
+        .group_by("entity_id")
+        .agg(pl.col("subject_name").sort().head(3).alias("former_names"))
     )
-    codes = linked.group_by("entity_id").agg(
-        pl.col("uscc").drop_nulls().first(),
-        pl.col("org_code").drop_nulls().mode().sort().first(),
-        pl.col("reg_no").drop_nulls().mode().sort().first(),
-        pl.col("match_confidence").min().alias("min_match_confidence"),
-    ).join(
-        per_record.group_by("entity_id").agg(
-            pl.len().alias("record_count"), pl.col("source").n_unique().alias("source_count")
-        ),
-        on="entity_id",
+    codes = (
+        linked.group_by("entity_id")
+        .agg(
+            pl.col("uscc").drop_nulls().first(),
+            pl.col("org_code").drop_nulls().mode().sort().first(),
+            pl.col("reg_no").drop_nulls().mode().sort().first(),
+            pl.col("match_confidence").min().alias("min_match_confidence"),
+        )
+        .join(
+            per_record.group_by("entity_id").agg(
+                pl.len().alias("record_count"), pl.col("source").n_unique().alias("source_count")
+            ),
+            on="entity_id",
+        )
     )
     return (
         codes.join(primary.drop("primary_core"), on="entity_id", how="left")

@@ -25,11 +25,16 @@ RAW_SAMPLE_ROWS = 20_000
 
 def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
     """Raw values as the source wrote them, as text (the raw suite checks their shape)."""
-    return frame.select([
-        (pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",") if isinstance(dtype, pl.List)
-         else pl.col(name).cast(pl.String)).alias(name)
-        for name, dtype in frame.schema.items()
-    ])
+    return frame.select(
+        [
+            (
+                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",")
+                if isinstance(dtype, pl.List)
+                else pl.col(name).cast(pl.String)
+            ).alias(name)
+            for name, dtype in frame.schema.items()
+        ]
+    )
 
 
 def raw_suite_problems(source: SourceConfig, raw_path: Path) -> list[str]:
@@ -46,8 +51,13 @@ def raw_suite_problems(source: SourceConfig, raw_path: Path) -> list[str]:
     return problems
 
 
-def check_batch(source: SourceConfig, raw_path: Path, extracted: dict[str, Any], base: Watermark | None,
-                business_date: str) -> list[str]:
+def check_batch(
+    source: SourceConfig,
+    raw_path: Path,
+    extracted: dict[str, Any],
+    base: Watermark | None,
+    business_date: str,
+) -> list[str]:
     """Every reason to hold this batch back (empty: promote it)."""
     if extracted.get("problem"):
         return [str(extracted["problem"])]
@@ -56,8 +66,10 @@ def check_batch(source: SourceConfig, raw_path: Path, extracted: dict[str, Any],
     missing = sorted(_mapped_columns(source) - columns) if columns else []
     if missing:
         added = sorted(columns - _mapped_columns(source))
-        problems.append(f"schema drift: columns {missing} are missing or renamed (unmapped columns now "
-                        f"delivered: {added})")
+        problems.append(
+            f"schema drift: columns {missing} are missing or renamed (unmapped columns now "
+            f"delivered: {added})"
+        )
     elif extracted.get("rows", 0):
         problems += raw_suite_problems(source, raw_path)
     rows = int(extracted.get("source_rows", 0))
@@ -69,8 +81,10 @@ def check_batch(source: SourceConfig, raw_path: Path, extracted: dict[str, Any],
     newest = extracted.get("newest")
     limit = date.fromisoformat(business_date) - timedelta(days=source.max_age_days)
     if rows and newest and datetime.fromisoformat(str(newest)).date() < limit:
-        problems.append(f"stale data: the newest record changed on {str(newest)[:10]}, more than "
-                        f"{source.max_age_days} days before {business_date}")
+        problems.append(
+            f"stale data: the newest record changed on {str(newest)[:10]}, more than "
+            f"{source.max_age_days} days before {business_date}"
+        )
     if not rows:
         problems.append("the source holds no rows before the cutoff")
     return problems

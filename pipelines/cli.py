@@ -41,14 +41,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     urls = {
         name: url
-        for name, url in (("lending", args.lending_url), ("social_insurance", args.social_insurance_url),
-                          ("tax", args.tax_url))
+        for name, url in (
+            ("lending", args.lending_url),
+            ("social_insurance", args.social_insurance_url),
+            ("tax", args.tax_url),
+        )
         if url
     }
     manifest = generate(
-        Path(args.out), entities=args.entities, seed=args.seed, days=args.days,
+        Path(args.out),
+        entities=args.entities,
+        seed=args.seed,
+        days=args.days,
         end_date=date.fromisoformat(args.end_date) if args.end_date else None,
-        db_urls=urls or None, progress=not args.quiet,
+        db_urls=urls or None,
+        progress=not args.quiet,
     )
     print(json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
     return 0
@@ -61,9 +68,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     business_date = args.date or default_business_date(sources)
     results = run_all(str(sources), args.lake, business_date, run_id=args.run_id, progress=not args.quiet)
     published = results["publish"]
-    print(json.dumps({"business_date": business_date, **published,
-                      "resolution": results["resolve entities"], "grades": results["build profiles"]["grades"]},
-                     ensure_ascii=False, indent=2))
+    print(
+        json.dumps(
+            {
+                "business_date": business_date,
+                **published,
+                "resolution": results["resolve entities"],
+                "grades": results["build profiles"]["grades"],
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     print(f"profiles: {Path(args.lake) / 'published' / 'current' / 'profiles'}")
     return 0
 
@@ -94,7 +110,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     version_dir = Path(args.lake) / "published" / (args.version or "current")
     if not (version_dir / "profiles").is_dir():
         raise FileNotFoundError(f"no published profiles at {version_dir}")
-    frame = select_profiles(version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division)
+    frame = select_profiles(
+        version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division
+    )
     rows = export_profiles(frame, Path(args.out))
     print(f"exported {rows:,} profiles from {version_dir.resolve().name} to {args.out}")
     return 0
@@ -111,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
-        "generate", help="write six realistic departmental source systems and their truth",
+        "generate",
+        help="write six realistic departmental source systems and their truth",
         description="Write lending and social-insurance databases (SQLAlchemy; SQLite files by default), a tax "
         "database, GBK court CSV, product-quality JSON Lines and 双公示 penalty CSV, plus DIR/truth/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -119,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--entities", type=_positive, default=20_000, help="number of firms in the universe")
     gen.add_argument("--seed", type=int, default=7, help="random seed; same seed and settings, same data")
     gen.add_argument("--out", default=str(DEFAULT_SOURCES), help="folder to write the source systems into")
-    gen.add_argument("--days", type=_positive, default=1,
-                     help="spread updated_at over this many days ending at --end-date (new firms, renames, "
-                     "changed balances appear day by day for incremental runs)")
+    gen.add_argument(
+        "--days",
+        type=_positive,
+        default=1,
+        help="spread updated_at over this many days ending at --end-date (new firms, renames, "
+        "changed balances appear day by day for incremental runs)",
+    )
     gen.add_argument("--end-date", type=_date, default=None, help="last day of data (default: yesterday)")
     gen.add_argument("--lending-url", help="SQLAlchemy URL for the lending database instead of a SQLite file")
     gen.add_argument("--social-insurance-url", help="SQLAlchemy URL for the social-insurance database")
@@ -130,51 +153,73 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     run = sub.add_parser(
-        "run", help="run the whole pipeline in-process (the same stages as the Airflow DAG)",
+        "run",
+        help="run the whole pipeline in-process (the same stages as the Airflow DAG)",
         description="Extract, standardise, validate, resolve, build profiles, validate and publish one business "
         "date. Profiles appear in LAKE/published/current/profiles/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("--sources", default=str(DEFAULT_SOURCES), help="folder of the source systems")
     run.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder (raw, staged, published, ...)")
-    run.add_argument("--date", type=_date, default=None,
-                     help="business date to process (default: the generated data's end date, else yesterday)")
+    run.add_argument(
+        "--date",
+        type=_date,
+        default=None,
+        help="business date to process (default: the generated data's end date, else yesterday)",
+    )
     run.add_argument("--run-id", default=None, help="run identifier recorded in the manifest")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser(
-        "evaluate", help="score links against the generator's truth (pairwise and B-cubed)",
+        "evaluate",
+        help="score links against the generator's truth (pairwise and B-cubed)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ev.add_argument("--links", required=True,
-                    help="Parquet file or folder with source, source_record_id, entity_id "
-                    "(e.g. LAKE/published/current/links)")
+    ev.add_argument(
+        "--links",
+        required=True,
+        help="Parquet file or folder with source, source_record_id, entity_id "
+        "(e.g. LAKE/published/current/links)",
+    )
     ev.add_argument("--truth", required=True, help="Parquet with source, source_record_id, entity_key")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
-        "export", help="write a slice of the published profiles to CSV or Excel",
+        "export",
+        help="write a slice of the published profiles to CSV or Excel",
         description="Filters combine with AND; repeat an option to allow several values (OR).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
     ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
     ex.add_argument("--grade", action="append", choices=["A", "B", "C", "D"], help="keep these grades")
-    ex.add_argument("--list", action="append",
-                    choices=["serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation"],
-                    help="keep firms on this list")
-    ex.add_argument("--division", action="append",
-                    help="keep firms whose division code starts with this (e.g. 3302 for 宁波)")
+    ex.add_argument(
+        "--list",
+        action="append",
+        choices=["serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation"],
+        help="keep firms on this list",
+    )
+    ex.add_argument(
+        "--division",
+        action="append",
+        help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
+    )
     ex.add_argument("--version", default=None, help="a published version instead of current")
     ex.set_defaults(func=cmd_export)
+
+    from serving.cli import register as register_service_commands
+
+    register_service_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - one clear line for people, the trace with -v

@@ -52,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== credit_nightly finished ==")
     print(f"business date   {business_date}   version {summary['version']}")
     for name, counts in summary["sources"].items():
-        print(f"  {name:<17} extracted {counts['extracted']:>9,}  accepted {counts['accepted']:>9,}"
-              f"  quarantined {counts['quarantined']:>7,}")
-    print(f"profiles        {summary['profiles']:,}  grades " +
-          ", ".join(f"{g}={n:,}" for g, n in grades.iter_rows()))
+        print(
+            f"  {name:<17} extracted {counts['extracted']:>9,}  accepted {counts['accepted']:>9,}"
+            f"  quarantined {counts['quarantined']:>7,}"
+        )
+    print(
+        f"profiles        {summary['profiles']:,}  grades "
+        + ", ".join(f"{g}={n:,}" for g, n in grades.iter_rows())
+    )
     print(f"published at    {current}/profiles/  (links in {current}/links/)")
     return 0
 

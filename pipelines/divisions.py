@@ -57,7 +57,9 @@ def divisions() -> dict[str, Division]:
         prefecture = names.get(code[:4] + "00", "") if code[4:] != "00" else name
         if code[2:] == "0000":
             prefecture = ""
-        table[code] = Division(code, names.get(code[:2] + "0000", ""), prefecture, name if code[4:] != "00" else "")
+        table[code] = Division(
+            code, names.get(code[:2] + "0000", ""), prefecture, name if code[4:] != "00" else ""
+        )
     return table
 
 

@@ -16,7 +16,9 @@ LIST_NAMES = ("serious_dishonesty", "dishonest_debtor", "major_tax_violation", "
 
 
 def select_profiles(
-    profiles_dir: Path, grades: list[str] | None = None, lists: list[str] | None = None,
+    profiles_dir: Path,
+    grades: list[str] | None = None,
+    lists: list[str] | None = None,
     divisions: list[str] | None = None,
 ) -> pl.DataFrame:
     """Profiles filtered by grade, list membership (any of) and division prefix (any of)."""

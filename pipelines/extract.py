@@ -53,8 +53,14 @@ class Extracted:
         return asdict(self)
 
 
-def extract(source: SourceConfig, sources_dir: Path, target: Path, cutoff: datetime,
-            since: datetime | None = None, rejects_target: Path | None = None) -> Extracted:
+def extract(
+    source: SourceConfig,
+    sources_dir: Path,
+    target: Path,
+    cutoff: datetime,
+    since: datetime | None = None,
+    rejects_target: Path | None = None,
+) -> Extracted:
     """Copy the rows changed in ``[since, cutoff)`` to ``target`` (all rows before ``cutoff`` when
     ``since`` is None); unreadable lines go to ``rejects_target``."""
     rejects_target = rejects_target or target.with_name(f"{target.stem}.rejects.parquet")
@@ -78,8 +84,9 @@ def _polars_type(column_type: sa.types.TypeEngine) -> pl.DataType:
     return pl.String()
 
 
-def _extract_sql(source: SourceConfig, sources_dir: Path, target: Path, cutoff: datetime,
-                 since: datetime | None) -> Extracted:
+def _extract_sql(
+    source: SourceConfig, sources_dir: Path, target: Path, cutoff: datetime, since: datetime | None
+) -> Extracted:
     url = make_url(source.resolved_url(sources_dir))
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         raise SourceUnavailableError(source.name, f"database file {url.database} does not exist")
@@ -124,8 +131,13 @@ def _extract_sql(source: SourceConfig, sources_dir: Path, target: Path, cutoff: 
             for batch in batches:
                 writer.write_table(batch.select(list(schema)).cast(schema).to_arrow().cast(arrow_schema))
                 rows += batch.height
-        return Extracted(rows=rows, source_rows=int(total), newest=None if newest is None else str(newest)[:19],
-                         columns=columns, since=None if since is None else since.strftime(_STAMP))
+        return Extracted(
+            rows=rows,
+            source_rows=int(total),
+            newest=None if newest is None else str(newest)[:19],
+            columns=columns,
+            since=None if since is None else since.strftime(_STAMP),
+        )
     finally:
         engine.dispose()
 
@@ -151,11 +163,15 @@ def _decode(source: SourceConfig, path: Path) -> tuple[pl.Series, pl.DataFrame]:
     bad = frame.filter(pl.col("text").str.contains("\ufffd", literal=True))
     if bad.height > MAX_REJECT_SHARE * max(frame.height - 1, 1):
         raise SourceFormatError(
-            source.name, f"{path.name} is not valid {source.encoding}: {bad.height:,} of {frame.height:,} lines "
-            f"hold bytes that are not {source.encoding} (first at line {bad['line'][0]})"
+            source.name,
+            f"{path.name} is not valid {source.encoding}: {bad.height:,} of {frame.height:,} lines "
+            f"hold bytes that are not {source.encoding} (first at line {bad['line'][0]})",
         )
-    rejects = bad.select("line", pl.col("text").alias("original"),
-                         pl.lit(f"line holds bytes that are not valid {source.encoding}").alias("reason"))
+    rejects = bad.select(
+        "line",
+        pl.col("text").alias("original"),
+        pl.lit(f"line holds bytes that are not valid {source.encoding}").alias("reason"),
+    )
     return frame.filter(~pl.col("text").str.contains("\ufffd", literal=True)), rejects
 
 
@@ -170,13 +186,16 @@ def _csv_rows(source: SourceConfig, path: Path, lines: pl.DataFrame) -> tuple[pl
         quotes=pl.col("text").str.count_matches('"', literal=True),
         fields=unquoted.str.count_matches(",", literal=True) + 1,
     ).with_columns(
-        reason=pl.when(pl.col("quotes") % 2 == 1).then(pl.lit("unterminated quoted field (line truncated?)"))
-        .when(pl.col("text").str.strip_chars() == "").then(pl.lit("empty line"))
+        reason=pl.when(pl.col("quotes") % 2 == 1)
+        .then(pl.lit("unterminated quoted field (line truncated?)"))
+        .when(pl.col("text").str.strip_chars() == "")
+        .then(pl.lit("empty line"))
         .when(pl.col("fields") != len(names))
         .then(pl.format("{} fields where the header has {}", pl.col("fields"), pl.lit(len(names))))
     )
     rejects = checked.filter(pl.col("reason").is_not_null()).select(
-        "line", pl.col("text").alias("original"), "reason")
+        "line", pl.col("text").alias("original"), "reason"
+    )
     good = checked.filter(pl.col("reason").is_null())
     if good.is_empty():
         return pl.DataFrame(schema={n: pl.String for n in names}), rejects
@@ -209,14 +228,25 @@ def _jsonl_rows(source: SourceConfig, path: Path, lines: pl.DataFrame) -> tuple[
         frame = pl.read_ndjson(io.StringIO("\n".join(kept["text"].to_list())), infer_schema_length=None)
     except (pl.exceptions.PolarsError, RuntimeError):
         # values of mixed types across lines: read every field as text, standardisation casts
-        rows = [{k: None if v is None else (v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
-                 for k, v in json.loads(t).items()} for t in kept["text"].to_list()]
+        rows = [
+            {
+                k: None if v is None else (v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+                for k, v in json.loads(t).items()
+            }
+            for t in kept["text"].to_list()
+        ]
         frame = pl.DataFrame(rows, infer_schema_length=None)
     return frame.with_columns(kept["line"].alias("_line")), rejects
 
 
-def _extract_file(source: SourceConfig, sources_dir: Path, target: Path, cutoff: datetime,
-                  since: datetime | None, rejects_target: Path) -> Extracted:
+def _extract_file(
+    source: SourceConfig,
+    sources_dir: Path,
+    target: Path,
+    cutoff: datetime,
+    since: datetime | None,
+    rejects_target: Path,
+) -> Extracted:
     path = source.file_path(sources_dir)
     lines, rejects = _decode(source, path)
     if source.format == "csv":
@@ -228,9 +258,12 @@ def _extract_file(source: SourceConfig, sources_dir: Path, target: Path, cutoff:
     rejects = pl.concat([rejects, bad]).sort("line")
     body_lines = lines.height - (1 if source.format == "csv" else 0) + rejects.height - bad.height
     if rejects.height > MAX_REJECT_SHARE * max(body_lines, 1):
-        raise SourceFormatError(source.name, f"{path.name} cannot be read as {source.format}: {rejects.height:,} "
-                                f"of {body_lines:,} lines are broken (line {rejects['line'][0]}: "
-                                f"{rejects['reason'][0]})")
+        raise SourceFormatError(
+            source.name,
+            f"{path.name} cannot be read as {source.format}: {rejects.height:,} "
+            f"of {body_lines:,} lines are broken (line {rejects['line'][0]}: "
+            f"{rejects['reason'][0]})",
+        )
     for column in (source.id_column, source.watermark):
         if column not in frame.columns:
             raise SourceFormatError(source.name, f"{path.name} lacks the column '{column}'")
@@ -242,9 +275,19 @@ def _extract_file(source: SourceConfig, sources_dir: Path, target: Path, cutoff:
     _write(delta.sort(source.id_column, "_line").drop("_line"), target)
     _write(rejects, rejects_target)
     if rejects.height:
-        log.warning("source %s: %d unreadable lines in %s (first: line %d, %s)", source.name, rejects.height,
-                    path.name, rejects["line"][0], rejects["reason"][0])
-    return Extracted(rows=delta.height, source_rows=before.height, rejects=rejects.height,
-                     newest=None if newest is None else newest.strftime(_STAMP),
-                     columns=[c for c in frame.columns if c != "_line"],
-                     since=None if since is None else since.strftime(_STAMP))
+        log.warning(
+            "source %s: %d unreadable lines in %s (first: line %d, %s)",
+            source.name,
+            rejects.height,
+            path.name,
+            rejects["line"][0],
+            rejects["reason"][0],
+        )
+    return Extracted(
+        rows=delta.height,
+        source_rows=before.height,
+        rejects=rejects.height,
+        newest=None if newest is None else newest.strftime(_STAMP),
+        columns=[c for c in frame.columns if c != "_line"],
+        since=None if since is None else since.strftime(_STAMP),
+    )

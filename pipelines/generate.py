@@ -72,9 +72,11 @@ def _base31(values: np.ndarray, width: int) -> pl.Series:
     """Integers -> fixed-width strings over the USCC alphabet (vectorised digit by digit)."""
     alphabet = np.asarray(list(USCC_ALPHABET), dtype=object)
     digits = [alphabet[(values // 31**i) % 31] for i in reversed(range(width))]
-    return pl.DataFrame({str(i): d.astype(str) for i, d in enumerate(digits)}).select(
-        pl.concat_str(pl.all())
-    ).to_series()
+    return (
+        pl.DataFrame({str(i): d.astype(str) for i, d in enumerate(digits)})
+        .select(pl.concat_str(pl.all()))
+        .to_series()
+    )
 
 
 def _traditional(values: list[str]) -> dict[str, str]:
@@ -95,16 +97,25 @@ def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
     three = rng.random(base) < 0.65  # two-character trade names run out within one city
     trade = chars[rng.integers(0, len(chars), base)] + chars[rng.integers(0, len(chars), base)]
     trade = np.where(three, trade + chars[rng.integers(0, len(chars), base)], trade)
-    frame = pl.DataFrame({
-        "division_idx": division_idx, "industry_idx": industry_idx, "trade_name": trade.astype(str),
-    }).with_columns(
-        city=pl.col("division_idx").replace_strict(dict(enumerate(d[2] for d in V.DIVISIONS))),
-        valid=pl.col("trade_name").str.slice(0, 1) != pl.col("trade_name").str.slice(1, 1),
-    ).filter("valid")
+    frame = (
+        pl.DataFrame(
+            {
+                "division_idx": division_idx,
+                "industry_idx": industry_idx,
+                "trade_name": trade.astype(str),
+            }
+        )
+        .with_columns(
+            city=pl.col("division_idx").replace_strict(dict(enumerate(d[2] for d in V.DIVISIONS))),
+            valid=pl.col("trade_name").str.slice(0, 1) != pl.col("trade_name").str.slice(1, 1),
+        )
+        .filter("valid")
+    )
     # one trade name per industry per city: the registry refuses duplicates there
     # the hard negatives added below (3 x 2 %) make up the rest of the n firms
     frame = frame.unique(["city", "trade_name", "industry_idx"], keep="first", maintain_order=True).head(
-        n - 3 * max(1, int(n * 0.02)))
+        n - 3 * max(1, int(n * 0.02))
+    )
     n = frame.height
     rng2 = draw("firm-attributes")
     kind = rng2.choice(3, size=n, p=(0.94, 0.05, 0.01))  # enterprise, individual business, cooperative
@@ -116,8 +127,9 @@ def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
     divisions = pl.DataFrame(
         [dict(zip(("division", "province", "city", "county"), d, strict=True)) for d in V.DIVISIONS]
     ).with_row_index("division_idx")
-    industries = pl.DataFrame({"industry": [i[0] for i in V.INDUSTRIES],
-                               "manufacturer": [i[1] for i in V.INDUSTRIES]}).with_row_index("industry_idx")
+    industries = pl.DataFrame(
+        {"industry": [i[0] for i in V.INDUSTRIES], "manufacturer": [i[1] for i in V.INDUSTRIES]}
+    ).with_row_index("industry_idx")
     frame = (
         frame.with_columns(pl.col("division_idx").cast(pl.UInt32), pl.col("industry_idx").cast(pl.UInt32))
         .drop("city", "valid")
@@ -129,36 +141,53 @@ def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
             legal_form=pl.Series(_pick(rng2, V.LEGAL_FORMS, n, V.LEGAL_FORM_WEIGHTS).astype(str)),
             region_style=pl.Series(rng2.choice(3, size=n, p=(0.55, 0.3, 0.15))),
             surname=pl.Series(_pick(rng2, list(V.SURNAMES), n).astype(str)),
-            given=pl.Series((_pick(rng2, list(V.GIVEN), n) + np.where(rng2.random(n) < 0.6, _pick(
-                rng2, list(V.GIVEN), n), "")).astype(str)),
+            given=pl.Series(
+                (
+                    _pick(rng2, list(V.GIVEN), n)
+                    + np.where(rng2.random(n) < 0.6, _pick(rng2, list(V.GIVEN), n), "")
+                ).astype(str)
+            ),
             shop=pl.Series(_pick(rng2, V.SHOP_TYPES, n).astype(str)),
             coop=pl.Series(_pick(rng2, V.COOP_WORDS, n).astype(str)),
             road=pl.Series(_pick(rng2, V.ROADS, n).astype(str)),
             number=pl.Series(rng2.integers(1, 999, n)),
             phone=pl.Series(rng2.integers(3, 10, n) * 10**9 + rng2.integers(0, 10**9, n)),
         )
-        .with_columns(founded=pl.from_epoch((pl.col("founded") - date(1970, 1, 1).toordinal()) * 86400, "s")
-                      .dt.date())
+        .with_columns(
+            founded=pl.from_epoch((pl.col("founded") - date(1970, 1, 1).toordinal()) * 86400, "s").dt.date()
+        )
     )
     region = (
-        pl.when(pl.col("region_style") == 0).then(pl.col("city"))
-        .when(pl.col("region_style") == 1).then(pl.col("city") + pl.col("county"))
+        pl.when(pl.col("region_style") == 0)
+        .then(pl.col("city"))
+        .when(pl.col("region_style") == 1)
+        .then(pl.col("city") + pl.col("county"))
         .otherwise(pl.col("province") + pl.col("city"))
     )
     frame = frame.with_columns(
         region=region,
         legal_rep=pl.col("surname") + pl.col("given"),
-        name=pl.when(pl.col("kind") == 1).then(pl.col("county") + "区" + pl.col("surname") + pl.col("given")
-                                              + pl.col("shop"))
-        .when(pl.col("kind") == 2).then(region + pl.col("trade_name") + pl.col("coop") + "专业合作社")
+        name=pl.when(pl.col("kind") == 1)
+        .then(pl.col("county") + "区" + pl.col("surname") + pl.col("given") + pl.col("shop"))
+        .when(pl.col("kind") == 2)
+        .then(region + pl.col("trade_name") + pl.col("coop") + "专业合作社")
         .otherwise(region + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form")),
-        address=pl.col("province") + "省" + pl.col("city") + "市" + pl.col("county") + "区" + pl.col("road")
-        + pl.col("number").cast(pl.String) + "号",
+        address=pl.col("province")
+        + "省"
+        + pl.col("city")
+        + "市"
+        + pl.col("county")
+        + "区"
+        + pl.col("road")
+        + pl.col("number").cast(pl.String)
+        + "号",
         phone=pl.lit("1") + pl.col("phone").cast(pl.String).str.zfill(10),
         legal_form=pl.when(pl.col("kind") == 0).then(pl.col("legal_form")),
     ).drop("surname", "given", "shop", "coop", "road", "number", "region_style")
-    frame = frame.with_columns(entity_key=pl.format("F{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(8)),
-                               branch_of=pl.lit(None, dtype=pl.String))
+    frame = frame.with_columns(
+        entity_key=pl.format("F{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(8)),
+        branch_of=pl.lit(None, dtype=pl.String),
+    )
     frame = _add_hard_negatives(frame, draw)
     frame = _add_codes(frame, draw, end)
     return _add_renames(frame, draw, end, days)
@@ -188,12 +217,19 @@ def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw) -> pl.DataFrame:
     divisions = pl.DataFrame(
         [dict(zip(("division", "province", "city", "county"), d, strict=True)) for d in V.DIVISIONS]
     )
-    moved = other_src.drop("division", "province", "city", "county").with_columns(
-        _d=pl.Series(other_div).cast(pl.UInt32)
-    ).join(divisions.with_row_index("_d"), on="_d", how="left", maintain_order="left").drop("_d")
-    moved = moved.with_columns(region=pl.col("city")).with_columns(
-        name=pl.col("region") + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form")
-    ).select(firms.columns)
+    moved = (
+        other_src.drop("division", "province", "city", "county")
+        .with_columns(_d=pl.Series(other_div).cast(pl.UInt32))
+        .join(divisions.with_row_index("_d"), on="_d", how="left", maintain_order="left")
+        .drop("_d")
+    )
+    moved = (
+        moved.with_columns(region=pl.col("city"))
+        .with_columns(
+            name=pl.col("region") + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form")
+        )
+        .select(firms.columns)
+    )
     extra = pl.concat([branches, siblings.select(firms.columns), moved], how="vertical_relaxed")
     extra = extra.with_columns(
         entity_key=pl.format("F{}", (pl.int_range(pl.len()) + n).cast(pl.String).str.zfill(8)),
@@ -201,7 +237,9 @@ def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw) -> pl.DataFrame:
     combined = pl.concat([firms, extra], how="vertical_relaxed")
     # the registry never holds two identical names (nor one trade name twice per city and industry)
     combined = combined.unique("name", keep="first", maintain_order=True)
-    core_key = pl.when(pl.col("branch_of").is_null()).then(pl.col("city") + pl.col("trade_name") + pl.col("industry"))
+    core_key = pl.when(pl.col("branch_of").is_null()).then(
+        pl.col("city") + pl.col("trade_name") + pl.col("industry")
+    )
     return combined.filter(core_key.is_null() | core_key.is_first_distinct())
 
 
@@ -216,17 +254,26 @@ def _add_codes(firms: pl.DataFrame, draw: _Draw, end: date) -> pl.DataFrame:
     body = pl.Series(np.where(new_style, body_new.to_numpy(), body_old.to_numpy()).astype(str))
     type_char = firms["kind"].replace_strict({0: "1", 1: "2", 2: "3"}, return_dtype=pl.String)
     seq = rng.choice(10**7, size=n, replace=False)
-    codes = pl.DataFrame({"body": body, "type": type_char, "division": firms["division"],
-                          "seq": pl.Series(seq).cast(pl.String).str.zfill(7),
-                          "dom": pl.Series(rng.integers(0, 4, n)).cast(pl.String)})
+    codes = pl.DataFrame(
+        {
+            "body": body,
+            "type": type_char,
+            "division": firms["division"],
+            "seq": pl.Series(seq).cast(pl.String).str.zfill(7),
+            "dom": pl.Series(rng.integers(0, 4, n)).cast(pl.String),
+        }
+    )
     codes = codes.with_columns(org_code=pl.col("body") + org_code_check_expr(pl.col("body")))
     codes = codes.with_columns(first17=pl.lit("9") + pl.col("type") + pl.col("division") + pl.col("org_code"))
-    codes = codes.with_columns(uscc=pl.col("first17") + uscc_check_expr(pl.col("first17")),
-                               reg14=pl.col("division") + pl.col("dom") + pl.col("seq"))
+    codes = codes.with_columns(
+        uscc=pl.col("first17") + uscc_check_expr(pl.col("first17")),
+        reg14=pl.col("division") + pl.col("dom") + pl.col("seq"),
+    )
     codes = codes.with_columns(reg_no=pl.col("reg14") + reg_no_check_expr(pl.col("reg14")))
     has_reg = ~new_style & (rng.random(n) < 0.85)
     return firms.with_columns(
-        uscc=codes["uscc"], org_code=codes["org_code"],
+        uscc=codes["uscc"],
+        org_code=codes["org_code"],
         reg_no=_masked(has_reg, codes["reg_no"]),
     )
 
@@ -234,7 +281,9 @@ def _add_codes(firms: pl.DataFrame, draw: _Draw, end: date) -> pl.DataFrame:
 def _add_renames(firms: pl.DataFrame, draw: _Draw, end: date, days: int) -> pl.DataFrame:
     rng = draw("renames")
     n = firms.height
-    renamed = (rng.random(n) < 0.03) & (firms["kind"] == 0).to_numpy() & firms["branch_of"].is_null().to_numpy()
+    renamed = (
+        (rng.random(n) < 0.03) & (firms["kind"] == 0).to_numpy() & firms["branch_of"].is_null().to_numpy()
+    )
     chars = np.asarray(list(V.TRADE_CHARS), dtype=object)
     old_trade = (_pick(rng, chars, n) + _pick(rng, chars, n)).astype(str)
     back = rng.integers(30, 1000, n)
@@ -258,7 +307,9 @@ def _records(firms: pl.DataFrame, counts: np.ndarray) -> pl.DataFrame:
     return firms[idx]
 
 
-def _updated_at(rng: np.random.Generator, n: int, end: date, days: int, earliest: pl.Series | None) -> pl.Series:
+def _updated_at(
+    rng: np.random.Generator, n: int, end: date, days: int, earliest: pl.Series | None
+) -> pl.Series:
     offset_days = rng.integers(0, days, n)
     seconds = rng.integers(6 * 3600, 22 * 3600, n)
     day = np.asarray(end.toordinal() - offset_days, dtype=np.int64)
@@ -269,9 +320,13 @@ def _updated_at(rng: np.random.Generator, n: int, end: date, days: int, earliest
     return pl.from_epoch(pl.Series(stamp), "s").dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _dates_before(rng: np.random.Generator, n: int, end: date, max_days_back: int, min_days_back: int = 0) -> pl.Series:
+def _dates_before(
+    rng: np.random.Generator, n: int, end: date, max_days_back: int, min_days_back: int = 0
+) -> pl.Series:
     back = rng.integers(min_days_back, max_days_back, n)
-    return pl.from_epoch(pl.Series((end.toordinal() - back - date(1970, 1, 1).toordinal()) * 86400), "s").dt.date()
+    return pl.from_epoch(
+        pl.Series((end.toordinal() - back - date(1970, 1, 1).toordinal()) * 86400), "s"
+    ).dt.date()
 
 
 def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], when: pl.Series) -> pl.Series:
@@ -286,9 +341,24 @@ def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], w
     )
     chars = np.asarray(list(V.TRADE_CHARS), dtype=object)
     typo_char = pl.Series(_pick(rng, chars, n).astype(str))
-    frame = recs.select("name", "former_name", "renamed_on", "region", "trade_name", "industry", "legal_form",
-                        "city", "kind", "branch_of").with_columns(
-        r=pl.Series(r), lb=pl.Series(lb), rb=pl.Series(rb), other_form=other_form, typo=typo_char, when=when,
+    frame = recs.select(
+        "name",
+        "former_name",
+        "renamed_on",
+        "region",
+        "trade_name",
+        "industry",
+        "legal_form",
+        "city",
+        "kind",
+        "branch_of",
+    ).with_columns(
+        r=pl.Series(r),
+        lb=pl.Series(lb),
+        rb=pl.Series(rb),
+        other_form=other_form,
+        typo=typo_char,
+        when=when,
     )
     plain = (pl.col("kind") != 0) | pl.col("branch_of").is_not_null()
     core = pl.col("trade_name") + pl.col("industry")
@@ -299,20 +369,35 @@ def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], w
     variant = (
         pl.when(pl.col("former_name").is_not_null() & (pl.col("when") < pl.col("renamed_on")))
         .then(pl.col("former_name"))
-        .when(plain & (pl.col("r") < 0.93)).then(pl.col("name"))
-        .when(plain).then(t("name"))
-        .when(pl.col("r") < 0.45).then(pl.col("name"))
-        .when(pl.col("r") < 0.55).then(core + pl.col("legal_form"))
-        .when(pl.col("r") < 0.63).then(core + pl.col("lb") + pl.col("city") + pl.col("rb") + pl.col("legal_form"))
-        .when(pl.col("r") < 0.71).then(pl.col("region") + core + pl.col("other_form").fill_null(pl.col("legal_form")))
-        .when(pl.col("r") < 0.75).then(pl.col("region") + " " + core + " " + pl.col("legal_form"))
-        .when(pl.col("r") < 0.77).then(
-            pl.col("name").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())) + "　")
-        .when(pl.col("r") < 0.83).then(t("region") + t("trade_name") + t("industry") + t("legal_form"))
-        .when(pl.col("r") < 0.90).then(core)
-        .when(pl.col("r") < 0.93).then(
-            pl.col("region") + pl.col("trade_name").str.slice(0, 1) + pl.col("typo")
-            + pl.col("trade_name").str.slice(2) + pl.col("industry") + pl.col("legal_form"))
+        .when(plain & (pl.col("r") < 0.93))
+        .then(pl.col("name"))
+        .when(plain)
+        .then(t("name"))
+        .when(pl.col("r") < 0.45)
+        .then(pl.col("name"))
+        .when(pl.col("r") < 0.55)
+        .then(core + pl.col("legal_form"))
+        .when(pl.col("r") < 0.63)
+        .then(core + pl.col("lb") + pl.col("city") + pl.col("rb") + pl.col("legal_form"))
+        .when(pl.col("r") < 0.71)
+        .then(pl.col("region") + core + pl.col("other_form").fill_null(pl.col("legal_form")))
+        .when(pl.col("r") < 0.75)
+        .then(pl.col("region") + " " + core + " " + pl.col("legal_form"))
+        .when(pl.col("r") < 0.77)
+        .then(pl.col("name").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())) + "　")
+        .when(pl.col("r") < 0.83)
+        .then(t("region") + t("trade_name") + t("industry") + t("legal_form"))
+        .when(pl.col("r") < 0.90)
+        .then(core)
+        .when(pl.col("r") < 0.93)
+        .then(
+            pl.col("region")
+            + pl.col("trade_name").str.slice(0, 1)
+            + pl.col("typo")
+            + pl.col("trade_name").str.slice(2)
+            + pl.col("industry")
+            + pl.col("legal_form")
+        )
         .otherwise(pl.col("name"))
     )
     return frame.select(variant).to_series()
@@ -327,28 +412,50 @@ def _codes(recs: pl.DataFrame, rng: np.random.Generator) -> pl.Series:
     alphabet = np.asarray(list(USCC_ALPHABET), dtype=object)
     shift = rng.integers(1, 31, n)
     frame = recs.select("uscc", "org_code", "reg_no").with_columns(
-        r=pl.Series(r), sub=pl.Series(sub), pos=pl.Series(pos), shift=pl.Series(shift),
+        r=pl.Series(r),
+        sub=pl.Series(sub),
+        pos=pl.Series(pos),
+        shift=pl.Series(shift),
         dash=pl.Series(rng.random(n) < 0.5),
     )
     # one mistyped character: the character at pos moved along the alphabet (always fails the check)
     values = {c: i for i, c in enumerate(USCC_ALPHABET)}
     at = pl.col("uscc").str.slice(pl.col("pos"), 1).replace_strict(values, return_dtype=pl.Int64)
-    wrong = ((at + pl.col("shift")) % 31).replace_strict(dict(enumerate(alphabet.tolist())), return_dtype=pl.String)
-    mistyped = pl.col("uscc").str.slice(0, pl.col("pos")) + wrong + pl.col("uscc").str.slice(pl.col("pos") + 1)
+    wrong = ((at + pl.col("shift")) % 31).replace_strict(
+        dict(enumerate(alphabet.tolist())), return_dtype=pl.String
+    )
+    mistyped = (
+        pl.col("uscc").str.slice(0, pl.col("pos")) + wrong + pl.col("uscc").str.slice(pl.col("pos") + 1)
+    )
     corrupted = (
-        pl.when(pl.col("sub") == 0).then(pl.col("uscc").str.to_lowercase())
-        .when(pl.col("sub") == 1).then(pl.col("uscc").str.slice(0, 6) + " " + pl.col("uscc").str.slice(6, 6) + " "
-                                       + pl.col("uscc").str.slice(12))
-        .when(pl.col("sub") == 2).then(pl.col("uscc").str.replace_all("0", "O"))
-        .when(pl.col("sub") == 3).then(pl.col("uscc").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())))
+        pl.when(pl.col("sub") == 0)
+        .then(pl.col("uscc").str.to_lowercase())
+        .when(pl.col("sub") == 1)
+        .then(
+            pl.col("uscc").str.slice(0, 6)
+            + " "
+            + pl.col("uscc").str.slice(6, 6)
+            + " "
+            + pl.col("uscc").str.slice(12)
+        )
+        .when(pl.col("sub") == 2)
+        .then(pl.col("uscc").str.replace_all("0", "O"))
+        .when(pl.col("sub") == 3)
+        .then(pl.col("uscc").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())))
         .otherwise(mistyped)
     )
-    org = pl.when(pl.col("dash")).then(pl.col("org_code").str.slice(0, 8) + "-" + pl.col("org_code").str.slice(8))
+    org = pl.when(pl.col("dash")).then(
+        pl.col("org_code").str.slice(0, 8) + "-" + pl.col("org_code").str.slice(8)
+    )
     code = (
-        pl.when(pl.col("r") < 0.78).then(pl.col("uscc"))
-        .when(pl.col("r") < 0.83).then(org.otherwise(pl.col("org_code")))
-        .when(pl.col("r") < 0.87).then(pl.col("reg_no").fill_null(pl.col("uscc")))
-        .when(pl.col("r") < 0.93).then(corrupted)
+        pl.when(pl.col("r") < 0.78)
+        .then(pl.col("uscc"))
+        .when(pl.col("r") < 0.83)
+        .then(org.otherwise(pl.col("org_code")))
+        .when(pl.col("r") < 0.87)
+        .then(pl.col("reg_no").fill_null(pl.col("uscc")))
+        .when(pl.col("r") < 0.93)
+        .then(corrupted)
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     return frame.select(code).to_series()
@@ -363,8 +470,9 @@ def _firm_weights(firms: pl.DataFrame, rng: np.random.Generator) -> np.ndarray:
     return rng.beta(0.6, 6.0, firms.height)
 
 
-def gen_lending(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-                risk: np.ndarray) -> pl.DataFrame:
+def gen_lending(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("lending")
     borrows = rng.random(firms.height) < np.where(firms["kind"].to_numpy() == 1, 0.25, 0.62)
     counts = np.where(borrows, rng.integers(1, 6, firms.height), 0)
@@ -377,33 +485,39 @@ def gen_lending(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: di
     overdue_days = np.where(rng.random(n) < frisk * 1.5, rng.choice([15, 45, 100, 200, 300, 400], size=n), 0)
     five = np.select(
         [overdue_days > 360, overdue_days > 270, overdue_days > 90, overdue_days > 0, rng.random(n) < 0.03],
-        ["损失", "可疑", "次级", "关注", "关注"], default="正常",
+        ["损失", "可疑", "次级", "关注", "关注"],
+        default="正常",
     )
     balance = np.round(amount * rng.uniform(0.05, 1.0, n), 2)
     overdue_principal = np.where(overdue_days > 0, np.round(balance * rng.uniform(0.1, 1.0, n), 2), 0.0)
     updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame({
-        "loan_id": _ids("L", n),
-        "borrower_code": _codes(recs, rng),
-        "borrower_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "borrower_type": np.where(recs["kind"].to_numpy() == 1, "individual_business", "enterprise"),
-        "lender": _pick(rng, V.LENDERS, n).astype(str) + recs["city"].to_numpy().astype(str) + "分行",
-        "contract_no": _ids("HT", n, 10),
-        "loan_type": _pick(rng, V.LOAN_TYPES, n).astype(str),
-        "guarantee_type": _pick(rng, V.GUARANTEE_TYPES, n).astype(str),
-        "amount": amount,
-        "balance": balance,
-        "start_date": start.dt.strftime("%Y-%m-%d"),
-        "due_date": (start + pl.Series(term).cast(pl.Duration("ms")) * 86_400_000).dt.strftime("%Y-%m-%d"),
-        "five_class": five,
-        "overdue_days": overdue_days.astype(np.int64),
-        "overdue_principal": overdue_principal,
-        "updated_at": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    return pl.DataFrame(
+        {
+            "loan_id": _ids("L", n),
+            "borrower_code": _codes(recs, rng),
+            "borrower_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "borrower_type": np.where(recs["kind"].to_numpy() == 1, "individual_business", "enterprise"),
+            "lender": _pick(rng, V.LENDERS, n).astype(str) + recs["city"].to_numpy().astype(str) + "分行",
+            "contract_no": _ids("HT", n, 10),
+            "loan_type": _pick(rng, V.LOAN_TYPES, n).astype(str),
+            "guarantee_type": _pick(rng, V.GUARANTEE_TYPES, n).astype(str),
+            "amount": amount,
+            "balance": balance,
+            "start_date": start.dt.strftime("%Y-%m-%d"),
+            "due_date": (start + pl.Series(term).cast(pl.Duration("ms")) * 86_400_000).dt.strftime(
+                "%Y-%m-%d"
+            ),
+            "five_class": five,
+            "overdue_days": overdue_days.astype(np.int64),
+            "overdue_principal": overdue_principal,
+            "updated_at": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
 
 
-def gen_social_insurance(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-                         risk: np.ndarray) -> pl.DataFrame:
+def gen_social_insurance(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("social_insurance")
     insured = rng.random(firms.height) < 0.7
     counts = np.where(insured, 6, 0)
@@ -422,26 +536,29 @@ def gen_social_insurance(firms: pl.DataFrame, draw: _Draw, end: date, days: int,
     arrears = np.round(due - paid, 2)
     arrears_months = np.where(arrears > 0, 3 - month_back, 0)
     updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame({
-        "record_id": _ids("S", n),
-        "unit_code": _codes(recs, rng),
-        "unit_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "period": period,
-        "insured_pension": heads,
-        "insured_medical": heads,
-        "insured_unemployment": np.maximum(0, heads - rng.integers(0, 2, n)),
-        "insured_injury": heads,
-        "contribution_base": base,
-        "amount_due": due,
-        "amount_paid": paid,
-        "arrears_principal": arrears,
-        "arrears_months": arrears_months.astype(np.int64),
-        "updated_at": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    return pl.DataFrame(
+        {
+            "record_id": _ids("S", n),
+            "unit_code": _codes(recs, rng),
+            "unit_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "period": period,
+            "insured_pension": heads,
+            "insured_medical": heads,
+            "insured_unemployment": np.maximum(0, heads - rng.integers(0, 2, n)),
+            "insured_injury": heads,
+            "contribution_base": base,
+            "amount_due": due,
+            "amount_paid": paid,
+            "arrears_principal": arrears,
+            "arrears_months": arrears_months.astype(np.int64),
+            "updated_at": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
 
 
-def gen_tax(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-            risk: np.ndarray) -> pl.DataFrame:
+def gen_tax(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("tax")
     h = firms.height
     rated = rng.random(h) < 0.92
@@ -449,11 +566,16 @@ def gen_tax(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[s
     arrears_counts = np.where(rng.random(h) < risk * 0.35, rng.integers(1, 3, h), 0)
     major_counts = np.where(rng.random(h) < risk * 0.02, 1, 0)
     parts = []
-    for kind, counts in (("rating", rating_counts), ("arrears", arrears_counts), ("major_violation", major_counts)):
+    for kind, counts in (
+        ("rating", rating_counts),
+        ("arrears", arrears_counts),
+        ("major_violation", major_counts),
+    ):
         recs = _records(firms, counts).with_columns(record_kind=pl.lit(kind))
         if kind == "rating":
-            recs = recs.with_columns(rating_year=pl.Series(np.tile(np.arange(end.year - 3, end.year),
-                                                                   int(rated.sum()))))
+            recs = recs.with_columns(
+                rating_year=pl.Series(np.tile(np.arange(end.year - 3, end.year), int(rated.sum())))
+            )
         parts.append((recs, np.repeat(risk, counts)))
     recs = pl.concat([p[0] for p in parts], how="diagonal_relaxed")
     frisk = np.concatenate([p[1] for p in parts])
@@ -466,26 +588,29 @@ def gen_tax(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[s
     listed = _dates_before(rng, n, end, 1000).dt.strftime("%Y-%m-%d")
     is_rating, is_arrears, is_major = kind == "rating", kind == "arrears", kind == "major_violation"
     case = _pick(rng, V.TAX_CASES, n).astype(str)
-    return pl.DataFrame({
-        "record_id": _ids("T", n),
-        "taxpayer_id": _codes(recs, rng),
-        "old_reg_no": _masked(rng.random(n) < 0.7, recs["reg_no"]),
-        "taxpayer_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "record_kind": kind,
-        "rating_year": _masked(is_rating, recs["rating_year"].fill_null(0)).cast(pl.Int64),
-        "rating": _masked(is_rating, rating),
-        "rating_score": _masked(is_rating & (rating != "M"), score).cast(pl.Float64),
-        "tax_type": _masked(is_arrears, _pick(rng, V.TAX_TYPES, n).astype(str)),
-        "arrears_balance": _masked(is_arrears, np.round(rng.lognormal(10, 1.3, n), 2)).cast(pl.Float64),
-        "case_nature": _masked(is_major, case),
-        "case_facts": _masked(is_major, np.char.add(np.char.add("经查，该单位", case), "，涉案金额较大")),
-        "listed_date": _masked(is_major, listed),
-        "updated_at": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    return pl.DataFrame(
+        {
+            "record_id": _ids("T", n),
+            "taxpayer_id": _codes(recs, rng),
+            "old_reg_no": _masked(rng.random(n) < 0.7, recs["reg_no"]),
+            "taxpayer_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "record_kind": kind,
+            "rating_year": _masked(is_rating, recs["rating_year"].fill_null(0)).cast(pl.Int64),
+            "rating": _masked(is_rating, rating),
+            "rating_score": _masked(is_rating & (rating != "M"), score).cast(pl.Float64),
+            "tax_type": _masked(is_arrears, _pick(rng, V.TAX_TYPES, n).astype(str)),
+            "arrears_balance": _masked(is_arrears, np.round(rng.lognormal(10, 1.3, n), 2)).cast(pl.Float64),
+            "case_nature": _masked(is_major, case),
+            "case_facts": _masked(is_major, np.char.add(np.char.add("经查，该单位", case), "，涉案金额较大")),
+            "listed_date": _masked(is_major, listed),
+            "updated_at": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
 
 
-def gen_contract(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-                 risk: np.ndarray) -> pl.DataFrame:
+def gen_contract(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("contract")
     h = firms.height
     counts = np.where(rng.random(h) < 0.02 + risk * 0.25, rng.integers(1, 4, h), 0)
@@ -493,37 +618,52 @@ def gen_contract(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: d
     n = recs.height
     kind = rng.choice(3, size=n, p=(0.3, 0.55, 0.15))
     record_type = np.asarray(["失信被执行人", "被执行人", "合同违约"], dtype=object)[kind]
-    performance = np.where(kind == 0, _pick(rng, ("全部未履行", "部分未履行"), n, (0.7, 0.3)),
-                           _pick(rng, ("全部未履行", "部分未履行", "已履行"), n, (0.4, 0.3, 0.3)))
+    performance = np.where(
+        kind == 0,
+        _pick(rng, ("全部未履行", "部分未履行"), n, (0.7, 0.3)),
+        _pick(rng, ("全部未履行", "部分未履行", "已履行"), n, (0.4, 0.3, 0.3)),
+    )
     filed = _dates_before(rng, n, end, 1500, 30)
     year = filed.dt.year().cast(pl.String)
     county_code = recs["division"].str.slice(0, 2) + recs["division"].str.slice(4, 2)
-    case_no = ("(" + year + ")" + recs["province"].str.slice(0, 1) + county_code + "执"
-               + pl.Series(np.where(rng.random(n) < 0.2, "恢", "")) + pl.Series(rng.integers(1, 3000, n)).cast(
-                   pl.String) + "号")
+    case_no = (
+        "("
+        + year
+        + ")"
+        + recs["province"].str.slice(0, 1)
+        + county_code
+        + "执"
+        + pl.Series(np.where(rng.random(n) < 0.2, "恢", ""))
+        + pl.Series(rng.integers(1, 3000, n)).cast(pl.String)
+        + "号"
+    )
     updated = _updated_at(rng, n, end, days, recs["founded"])
     amount = np.round(rng.lognormal(11, 1.4, n), 2)
-    unperformed = np.where(performance == "已履行", 0.0, np.where(performance == "部分未履行",
-                                                                   np.round(amount * 0.5, 2), amount))
-    return pl.DataFrame({
-        "记录编号": _ids("C", n),
-        "案号": case_no,
-        "执行法院": recs["city"] + recs["county"] + "区人民法院",
-        "立案日期": filed.dt.strftime("%Y-%m-%d"),
-        "被执行人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "统一社会信用代码": _codes(recs, rng),
-        "法定代表人": recs["legal_rep"],
-        "执行依据确定的义务": pl.Series(np.where(kind == 2, "支付合同欠款", "给付申请执行人款项")),
-        "履行情况": performance.astype(str),
-        "未履行金额": pl.Series(unperformed).round(2).cast(pl.String),
-        "发布日期": (filed + timedelta(days=30)).dt.strftime("%Y-%m-%d"),
-        "记录类型": record_type.astype(str),
-        "更新时间": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    unperformed = np.where(
+        performance == "已履行", 0.0, np.where(performance == "部分未履行", np.round(amount * 0.5, 2), amount)
+    )
+    return pl.DataFrame(
+        {
+            "记录编号": _ids("C", n),
+            "案号": case_no,
+            "执行法院": recs["city"] + recs["county"] + "区人民法院",
+            "立案日期": filed.dt.strftime("%Y-%m-%d"),
+            "被执行人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "统一社会信用代码": _codes(recs, rng),
+            "法定代表人": recs["legal_rep"],
+            "执行依据确定的义务": pl.Series(np.where(kind == 2, "支付合同欠款", "给付申请执行人款项")),
+            "履行情况": performance.astype(str),
+            "未履行金额": pl.Series(unperformed).round(2).cast(pl.String),
+            "发布日期": (filed + timedelta(days=30)).dt.strftime("%Y-%m-%d"),
+            "记录类型": record_type.astype(str),
+            "更新时间": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
 
 
-def gen_product_quality(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-                        risk: np.ndarray) -> pl.DataFrame:
+def gen_product_quality(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("product_quality")
     h = firms.height
     manufacturer = firms["manufacturer"].fill_null(False).to_numpy() & (firms["kind"].to_numpy() == 0)
@@ -534,37 +674,44 @@ def gen_product_quality(firms: pl.DataFrame, draw: _Draw, end: date, days: int, 
     r = rng.random(n)
     result = np.where(r < 0.015, "拒检", np.where(r < 0.06 + frisk * 0.5, "不合格", "合格"))
     items = rng.integers(0, len(V.FAILED_ITEMS), (n, 2))
-    failed = pl.Series([[V.FAILED_ITEMS[a]] if res == "不合格" else [] for a, res in zip(items[:, 0], result,
-                                                                                          strict=True)])
+    failed = pl.Series(
+        [[V.FAILED_ITEMS[a]] if res == "不合格" else [] for a, res in zip(items[:, 0], result, strict=True)]
+    )
     updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame({
-        "report_no": _ids("Q", n),
-        "plan_level": _pick(rng, V.PLAN_LEVELS, n, (0.2, 0.35, 0.3, 0.15)).astype(str),
-        "testing_body": _pick(rng, V.TESTING_BODIES, n).astype(str),
-        "enterprise_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "enterprise_code": _codes(recs, rng),
-        "product": _pick(rng, V.PRODUCTS, n).astype(str),
-        "model": pl.Series(rng.integers(100, 9999, n)).cast(pl.String).str.replace(r"^", "XH-"),
-        "batch": pl.Series(rng.integers(10**7, 10**8, n)).cast(pl.String),
-        "check_date": _dates_before(rng, n, end, 1400, 1).dt.strftime("%Y-%m-%d"),
-        "result": result.astype(str),
-        "failed_items": failed,
-        "rectified": pl.Series(np.where(result == "合格", True, rng.random(n) < 0.7)),
-        "recalled": pl.Series((result == "不合格") & (rng.random(n) < 0.1)),
-        "updated_at": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    return pl.DataFrame(
+        {
+            "report_no": _ids("Q", n),
+            "plan_level": _pick(rng, V.PLAN_LEVELS, n, (0.2, 0.35, 0.3, 0.15)).astype(str),
+            "testing_body": _pick(rng, V.TESTING_BODIES, n).astype(str),
+            "enterprise_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "enterprise_code": _codes(recs, rng),
+            "product": _pick(rng, V.PRODUCTS, n).astype(str),
+            "model": pl.Series(rng.integers(100, 9999, n)).cast(pl.String).str.replace(r"^", "XH-"),
+            "batch": pl.Series(rng.integers(10**7, 10**8, n)).cast(pl.String),
+            "check_date": _dates_before(rng, n, end, 1400, 1).dt.strftime("%Y-%m-%d"),
+            "result": result.astype(str),
+            "failed_items": failed,
+            "rectified": pl.Series(np.where(result == "合格", True, rng.random(n) < 0.7)),
+            "recalled": pl.Series((result == "不合格") & (rng.random(n) < 0.1)),
+            "updated_at": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
 
 
-def gen_violations(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str],
-                   risk: np.ndarray) -> pl.DataFrame:
+def gen_violations(
+    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+) -> pl.DataFrame:
     rng = draw("violations")
     h = firms.height
     penalty_counts = np.where(rng.random(h) < 0.05 + risk * 0.4, rng.integers(1, 3, h), 0)
     abnormal_counts = np.where(rng.random(h) < 0.01 + risk * 0.15, 1, 0)
     serious_counts = np.where(rng.random(h) < risk * 0.02, 1, 0)
     parts = []
-    for label, counts in (("行政处罚", penalty_counts), ("经营异常名录", abnormal_counts),
-                          ("严重违法失信名单", serious_counts)):
+    for label, counts in (
+        ("行政处罚", penalty_counts),
+        ("经营异常名录", abnormal_counts),
+        ("严重违法失信名单", serious_counts),
+    ):
         parts.append(_records(firms, counts).with_columns(数据类别=pl.lit(label)))
     recs = pl.concat(parts, how="vertical_relaxed")
     n = recs.height
@@ -576,28 +723,41 @@ def gen_violations(firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad:
     publicity = np.where(serious | ~is_penalty, rng.integers(183, 1095, n), rng.integers(90, 365, n))
     updated = _updated_at(rng, n, end, days, recs["founded"])
     year = decided.dt.year().cast(pl.String)
-    decision_no = (recs["city"].str.slice(0, 1) + "市监处罚〔" + year + "〕" + _ids("", n, 8) + "号")
+    decision_no = recs["city"].str.slice(0, 1) + "市监处罚〔" + year + "〕" + _ids("", n, 8) + "号"
     blank = pl.lit(None, dtype=pl.String)
-    frame = pl.DataFrame({
-        "行政处罚决定书文号": decision_no,
-        "数据类别": recs["数据类别"],
-        "行政相对人类别": pl.Series(np.where(recs["kind"].to_numpy() == 1, "个体工商户", "法人及非法人组织")),
-        "行政相对人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-        "统一社会信用代码": _codes(recs, rng),
-        "法定代表人": recs["legal_rep"],
-        "违法行为类型": _pick(rng, V.VIOLATION_TYPES, n).astype(str),
-        "违法事实": pl.Series(np.where(is_penalty, "经查，当事人存在违法行为，事实清楚，证据确凿", "通过登记的住所无法联系")),
-        "处罚依据": _pick(rng, V.LEGAL_BASES, n).astype(str),
-        "处罚类别": _masked(is_penalty, category),
-        "罚款金额（万元）": _masked(is_penalty & fined, np.round(rng.lognormal(0.5, 1.2, n), 2)).cast(pl.Float64).cast(pl.String),
-        "处罚决定日期": decided.dt.strftime("%Y-%m-%d"),
-        "公示截止期": (decided + pl.Series(publicity).cast(pl.Duration("ms")) * 86_400_000).dt.strftime("%Y-%m-%d"),
-        "处罚机关": recs["city"] + "市市场监督管理局",
-        "处罚机关统一社会信用代码": "11" + recs["division"] + "MB0000000X",
-        "更新时间": updated,
-    }).with_columns(entity_key=recs["entity_key"])
+    frame = pl.DataFrame(
+        {
+            "行政处罚决定书文号": decision_no,
+            "数据类别": recs["数据类别"],
+            "行政相对人类别": pl.Series(
+                np.where(recs["kind"].to_numpy() == 1, "个体工商户", "法人及非法人组织")
+            ),
+            "行政相对人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "统一社会信用代码": _codes(recs, rng),
+            "法定代表人": recs["legal_rep"],
+            "违法行为类型": _pick(rng, V.VIOLATION_TYPES, n).astype(str),
+            "违法事实": pl.Series(
+                np.where(is_penalty, "经查，当事人存在违法行为，事实清楚，证据确凿", "通过登记的住所无法联系")
+            ),
+            "处罚依据": _pick(rng, V.LEGAL_BASES, n).astype(str),
+            "处罚类别": _masked(is_penalty, category),
+            "罚款金额（万元）": _masked(is_penalty & fined, np.round(rng.lognormal(0.5, 1.2, n), 2))
+            .cast(pl.Float64)
+            .cast(pl.String),
+            "处罚决定日期": decided.dt.strftime("%Y-%m-%d"),
+            "公示截止期": (decided + pl.Series(publicity).cast(pl.Duration("ms")) * 86_400_000).dt.strftime(
+                "%Y-%m-%d"
+            ),
+            "处罚机关": recs["city"] + "市市场监督管理局",
+            "处罚机关统一社会信用代码": "11" + recs["division"] + "MB0000000X",
+            "更新时间": updated,
+        }
+    ).with_columns(entity_key=recs["entity_key"])
     frame = frame.with_columns(
-        pl.when(pl.col("数据类别") == "行政处罚").then(pl.col("违法行为类型")).otherwise(blank).alias("违法行为类型"),
+        pl.when(pl.col("数据类别") == "行政处罚")
+        .then(pl.col("违法行为类型"))
+        .otherwise(blank)
+        .alias("违法行为类型"),
     )
     # decision numbers are the record id: make them unique
     return frame.unique("行政处罚决定书文号", keep="first", maintain_order=True)
@@ -627,10 +787,14 @@ def write_sql_table(frame: pl.DataFrame, url: str, table_name: str, key: str) ->
     engine = sa.create_engine(url)
     try:
         metadata = sa.MetaData()
-        table = sa.Table(table_name, metadata, *[
-            sa.Column(name, _sql_type(dtype), primary_key=(name == key), nullable=(name != key))
-            for name, dtype in frame.schema.items()
-        ])
+        table = sa.Table(
+            table_name,
+            metadata,
+            *[
+                sa.Column(name, _sql_type(dtype), primary_key=(name == key), nullable=(name != key))
+                for name, dtype in frame.schema.items()
+            ],
+        )
         with engine.begin() as connection:
             table.drop(connection, checkfirst=True)
             table.create(connection)
@@ -642,7 +806,8 @@ def write_sql_table(frame: pl.DataFrame, url: str, table_name: str, key: str) ->
                 frame.write_csv(buffer, include_header=False, null_value="\\N", quote_style="necessary")
                 buffer.seek(0)
                 cursor.copy_expert(
-                    f"COPY {table_name} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
+                    f"COPY {table_name} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
+                    buffer,
                 )
             else:
                 placeholders = ", ".join(["?"] * frame.width)
@@ -686,8 +851,12 @@ def generate(
     steps = tqdm(total=2 + len(GENERATORS), desc="generate", unit="step", disable=not progress)
     firms = build_firms(entities, draw, end, days)
     risk = _firm_weights(firms, draw("risk"))
-    vocab = sorted({*V.TRADE_CHARS, *(i[0] for i in V.INDUSTRIES), *V.LEGAL_FORMS}
-                   | set(firms["region"].unique()) | set(firms["trade_name"].unique()) | set(firms["name"].unique()))
+    vocab = sorted(
+        {*V.TRADE_CHARS, *(i[0] for i in V.INDUSTRIES), *V.LEGAL_FORMS}
+        | set(firms["region"].unique())
+        | set(firms["trade_name"].unique())
+        | set(firms["name"].unique())
+    )
     trad = _traditional(vocab)
     steps.update()
     truth_parts = []
@@ -695,8 +864,9 @@ def generate(
     for source, (make, key) in GENERATORS.items():
         steps.set_postfix_str(source)
         frame = make(firms, draw, end, days, trad, risk)
-        truth_parts.append(frame.select(pl.lit(source).alias("source"), pl.col(key).alias("source_record_id"),
-                                        "entity_key"))
+        truth_parts.append(
+            frame.select(pl.lit(source).alias("source"), pl.col(key).alias("source_record_id"), "entity_key")
+        )
         frame = frame.drop("entity_key")
         rows[source] = frame.height
         if source in SQL_SOURCES:
@@ -722,13 +892,35 @@ def generate(
     truth_dir.mkdir(parents=True, exist_ok=True)
     truth = pl.concat(truth_parts).sort("source", "source_record_id")
     _atomic_write(truth_dir / "records.parquet", lambda p: truth.write_parquet(p))
-    firm_columns = ["entity_key", "uscc", "org_code", "reg_no", "name", "former_name", "renamed_on", "division",
-                    "city", "trade_name", "industry", "legal_form", "kind", "branch_of", "legal_rep", "address",
-                    "phone", "founded"]
-    universe = firms.select(firm_columns).with_columns(
-        entity_type=pl.col("kind").replace_strict({0: "enterprise", 1: "individual_business", 2: "cooperative"},
-                                                  return_dtype=pl.String)
-    ).drop("kind")
+    firm_columns = [
+        "entity_key",
+        "uscc",
+        "org_code",
+        "reg_no",
+        "name",
+        "former_name",
+        "renamed_on",
+        "division",
+        "city",
+        "trade_name",
+        "industry",
+        "legal_form",
+        "kind",
+        "branch_of",
+        "legal_rep",
+        "address",
+        "phone",
+        "founded",
+    ]
+    universe = (
+        firms.select(firm_columns)
+        .with_columns(
+            entity_type=pl.col("kind").replace_strict(
+                {0: "enterprise", 1: "individual_business", 2: "cooperative"}, return_dtype=pl.String
+            )
+        )
+        .drop("kind")
+    )
     _atomic_write(truth_dir / "firms.parquet", lambda p: universe.write_parquet(p))
     steps.update()
     steps.close()
@@ -740,11 +932,15 @@ def generate(
         "end_date": end.isoformat(),
         "rows": rows,
         "records": sum(rows.values()),
-        "db_urls": {k: sa.engine.make_url(v).render_as_string(hide_password=True) for k, v in db_urls.items()},
+        "db_urls": {
+            k: sa.engine.make_url(v).render_as_string(hide_password=True) for k, v in db_urls.items()
+        },
         "generated_by": "pipelines.generate",
     }
-    _atomic_write(out_dir / "manifest.json",
-                  lambda p: p.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True), "utf-8"))
+    _atomic_write(
+        out_dir / "manifest.json",
+        lambda p: p.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True), "utf-8"),
+    )
     return manifest
 
 

@@ -140,7 +140,8 @@ def mask_resident_id(number: str | None) -> str | None:
 # ---------------------------------------------------------------- vectorised (Polars) checks
 def _char_values(expr: pl.Expr, length: int, alphabet: dict[str, int]) -> list[pl.Expr]:
     return [
-        expr.str.slice(i, 1).replace_strict(alphabet, default=None, return_dtype=pl.Int64) for i in range(length)
+        expr.str.slice(i, 1).replace_strict(alphabet, default=None, return_dtype=pl.Int64)
+        for i in range(length)
     ]
 
 
@@ -161,7 +162,13 @@ def org_code_check_expr(body8: pl.Expr) -> pl.Expr:
     total = pl.sum_horizontal([v * w for v, w in zip(parts, ORG_WEIGHTS, strict=True)])
     any_bad = pl.any_horizontal([v.is_null() for v in parts]) | (body8.str.len_chars() != 8)
     check = 11 - total % 11
-    text = pl.when(check == 10).then(pl.lit("X")).when(check == 11).then(pl.lit("0")).otherwise(check.cast(pl.String))
+    text = (
+        pl.when(check == 10)
+        .then(pl.lit("X"))
+        .when(check == 11)
+        .then(pl.lit("0"))
+        .otherwise(check.cast(pl.String))
+    )
     return pl.when(any_bad).then(None).otherwise(text)
 
 
@@ -200,44 +207,69 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """Built in steps of named columns: one nested expression re-using the cleaned code in every
     check makes Polars' planner slow down badly."""
     raw = pl.col(column)
-    steps = frame.with_columns(
-        _cleaned=_fullwidth_to_ascii(raw).str.replace_all(r"\s", "").str.to_uppercase(),
-        _missing=raw.is_null() | (raw.str.strip_chars() == ""),
-    ).with_columns(
-        _fixed=pl.col("_cleaned").str.replace_all("O", "0").str.replace_all("I", "1"),
-        _org=pl.col("_cleaned").str.replace_all("-", ""),
-    ).with_columns(
-        _uscc_check=uscc_check_expr(pl.col("_fixed").str.slice(0, 17)),
-        _embedded_check=org_code_check_expr(pl.col("_fixed").str.slice(8, 8)),
-        _org_check=org_code_check_expr(pl.col("_org").str.slice(0, 8)),
-        _reg_check=reg_no_check_expr(pl.col("_cleaned").str.slice(0, 14)),
-    ).with_columns(
-        _uscc_ok=(
-            (pl.col("_fixed").str.len_chars() == 18)
-            & pl.col("_fixed").str.slice(2, 6).str.contains(r"^\d{6}$")
-            & (pl.col("_uscc_check") == pl.col("_fixed").str.slice(17, 1))
-            & (pl.col("_embedded_check") == pl.col("_fixed").str.slice(16, 1))
-            & ~pl.col("_missing")
-        ).fill_null(False),
-        _org_ok=(
-            (pl.col("_org").str.len_chars() == 9) & (pl.col("_org_check") == pl.col("_org").str.slice(8, 1))
-            & ~pl.col("_missing")
-        ).fill_null(False),
-        _reg_ok=(
-            pl.col("_cleaned").str.contains(r"^\d{15}$") & (pl.col("_reg_check") == pl.col("_cleaned").str.slice(14, 1))
-            & ~pl.col("_missing")
-        ).fill_null(False),
+    steps = (
+        frame.with_columns(
+            _cleaned=_fullwidth_to_ascii(raw).str.replace_all(r"\s", "").str.to_uppercase(),
+            _missing=raw.is_null() | (raw.str.strip_chars() == ""),
+        )
+        .with_columns(
+            _fixed=pl.col("_cleaned").str.replace_all("O", "0").str.replace_all("I", "1"),
+            _org=pl.col("_cleaned").str.replace_all("-", ""),
+        )
+        .with_columns(
+            _uscc_check=uscc_check_expr(pl.col("_fixed").str.slice(0, 17)),
+            _embedded_check=org_code_check_expr(pl.col("_fixed").str.slice(8, 8)),
+            _org_check=org_code_check_expr(pl.col("_org").str.slice(0, 8)),
+            _reg_check=reg_no_check_expr(pl.col("_cleaned").str.slice(0, 14)),
+        )
+        .with_columns(
+            _uscc_ok=(
+                (pl.col("_fixed").str.len_chars() == 18)
+                & pl.col("_fixed").str.slice(2, 6).str.contains(r"^\d{6}$")
+                & (pl.col("_uscc_check") == pl.col("_fixed").str.slice(17, 1))
+                & (pl.col("_embedded_check") == pl.col("_fixed").str.slice(16, 1))
+                & ~pl.col("_missing")
+            ).fill_null(False),
+            _org_ok=(
+                (pl.col("_org").str.len_chars() == 9)
+                & (pl.col("_org_check") == pl.col("_org").str.slice(8, 1))
+                & ~pl.col("_missing")
+            ).fill_null(False),
+            _reg_ok=(
+                pl.col("_cleaned").str.contains(r"^\d{15}$")
+                & (pl.col("_reg_check") == pl.col("_cleaned").str.slice(14, 1))
+                & ~pl.col("_missing")
+            ).fill_null(False),
+        )
     )
     return steps.with_columns(
         uscc=pl.when(pl.col("_uscc_ok")).then(pl.col("_fixed")),
-        org_code=pl.when(pl.col("_uscc_ok")).then(pl.col("_fixed").str.slice(8, 9))
-        .when(pl.col("_org_ok")).then(pl.col("_org")),
+        org_code=pl.when(pl.col("_uscc_ok"))
+        .then(pl.col("_fixed").str.slice(8, 9))
+        .when(pl.col("_org_ok"))
+        .then(pl.col("_org")),
         reg_no=pl.when(~pl.col("_uscc_ok") & ~pl.col("_org_ok") & pl.col("_reg_ok")).then(pl.col("_cleaned")),
-        code_status=pl.when(pl.col("_missing")).then(pl.lit("missing"))
-        .when(pl.col("_uscc_ok") & (pl.col("_fixed") == raw)).then(pl.lit("valid"))
-        .when(pl.col("_uscc_ok")).then(pl.lit("repaired"))
-        .when(pl.col("_org_ok")).then(pl.lit("org_code"))
-        .when(pl.col("_reg_ok")).then(pl.lit("reg_no"))
+        code_status=pl.when(pl.col("_missing"))
+        .then(pl.lit("missing"))
+        .when(pl.col("_uscc_ok") & (pl.col("_fixed") == raw))
+        .then(pl.lit("valid"))
+        .when(pl.col("_uscc_ok"))
+        .then(pl.lit("repaired"))
+        .when(pl.col("_org_ok"))
+        .then(pl.lit("org_code"))
+        .when(pl.col("_reg_ok"))
+        .then(pl.lit("reg_no"))
         .otherwise(pl.lit("invalid")),
-    ).drop("_cleaned", "_missing", "_fixed", "_org", "_uscc_check", "_embedded_check", "_org_check",
-           "_reg_check", "_uscc_ok", "_org_ok", "_reg_ok")
+    ).drop(
+        "_cleaned",
+        "_missing",
+        "_fixed",
+        "_org",
+        "_uscc_check",
+        "_embedded_check",
+        "_org_check",
+        "_reg_check",
+        "_uscc_ok",
+        "_org_ok",
+        "_reg_ok",
+    )

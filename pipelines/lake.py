@@ -83,7 +83,9 @@ def write_parquet(frame: pl.DataFrame | pl.LazyFrame, target: Path, **options: A
 
 def write_json(payload: Any, target: Path) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str), "utf-8")
+        tmp.write_text(
+            json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str), "utf-8"
+        )
 
 
 def replace_dir(staging: Path, target: Path) -> None:

@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 PROFILE_ROW_GROUP = 50_000
 DATASETS = ("profiles", "links", "entities")
 PUBLISHING_CONFIG = REPO_ROOT / "config" / "publishing.toml"
-CHANGES_SCHEMA = {"entity_id": pl.String, "change": pl.String, "detail": pl.String, "related_entity_id": pl.String}
+CHANGES_SCHEMA = {
+    "entity_id": pl.String,
+    "change": pl.String,
+    "detail": pl.String,
+    "related_entity_id": pl.String,
+}
 
 
 def file_sha256(path: Path) -> str:
@@ -74,7 +79,9 @@ def publish_version(
     for name in (*DATASETS, "changes"):
         target = staging / name / "part-00000.parquet"
         target.parent.mkdir(parents=True)
-        frames[name].write_parquet(target, compression="zstd", row_group_size=PROFILE_ROW_GROUP, statistics=True)
+        frames[name].write_parquet(
+            target, compression="zstd", row_group_size=PROFILE_ROW_GROUP, statistics=True
+        )
         files[f"{name}/{target.name}"] = {"rows": frames[name].height, "sha256": file_sha256(target)}
     manifest = {
         "version": version,
@@ -91,8 +98,13 @@ def publish_version(
     verify_version(final)
     _switch_current(published_root, version)
     pruned = prune_versions(published_root, business_date)
-    return {"version": version, "path": str(final), "profiles": frames["profiles"].height,
-            "changes": frames["changes"].height, "pruned": pruned}
+    return {
+        "version": version,
+        "path": str(final),
+        "profiles": frames["profiles"].height,
+        "changes": frames["changes"].height,
+        "pruned": pruned,
+    }
 
 
 def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -105,41 +117,69 @@ def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> p
     reason_columns = [c for c in reason_columns if c in old_profiles.columns]
     reasons = _reason_changes(old_profiles, frames["profiles"], reason_columns)
     old_profiles = old_profiles.select("entity_id", "grade", "score")
-    old_links = pl.read_parquet(previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"])
+    old_links = pl.read_parquet(
+        previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"]
+    )
     new_profiles = frames["profiles"].select("entity_id", "grade", "score")
     new_links = frames["links"].select("source", "source_record_id", "entity_id")
     both = old_profiles.join(new_profiles, on="entity_id", how="full", coalesce=True, suffix="_new")
-    grade = both.filter(pl.col("grade").is_not_null() & pl.col("grade_new").is_not_null()
-                        & (pl.col("grade") != pl.col("grade_new"))).select(
-        "entity_id", pl.lit("grade_changed").alias("change"),
-        pl.format("{} -> {} (score {} -> {})", "grade", "grade_new", "score", "score_new").alias("detail"))
+    grade = both.filter(
+        pl.col("grade").is_not_null()
+        & pl.col("grade_new").is_not_null()
+        & (pl.col("grade") != pl.col("grade_new"))
+    ).select(
+        "entity_id",
+        pl.lit("grade_changed").alias("change"),
+        pl.format("{} -> {} (score {} -> {})", "grade", "grade_new", "score", "score_new").alias("detail"),
+    )
     new_firms = both.filter(pl.col("grade").is_null()).select(
-        "entity_id", pl.lit("new_firm").alias("change"), pl.format("grade {}", "grade_new").alias("detail"))
+        "entity_id", pl.lit("new_firm").alias("change"), pl.format("grade {}", "grade_new").alias("detail")
+    )
     gone_firms = both.filter(pl.col("grade_new").is_null()).select(
-        "entity_id", pl.lit("firm_gone").alias("change"), pl.format("was grade {}", "grade").alias("detail"))
+        "entity_id", pl.lit("firm_gone").alias("change"), pl.format("was grade {}", "grade").alias("detail")
+    )
     record = pl.col("source") + ":" + pl.col("source_record_id")
-    joined = old_links.join(new_links, on=["source", "source_record_id"], how="full", coalesce=True,
-                            suffix="_new")
+    joined = old_links.join(
+        new_links, on=["source", "source_record_id"], how="full", coalesce=True, suffix="_new"
+    )
     new_records = joined.filter(pl.col("entity_id").is_null()).select(
-        pl.col("entity_id_new").alias("entity_id"), pl.lit("new_record").alias("change"), record.alias("detail"))
+        pl.col("entity_id_new").alias("entity_id"),
+        pl.lit("new_record").alias("change"),
+        record.alias("detail"),
+    )
     gone_records = joined.filter(pl.col("entity_id_new").is_null()).select(
-        "entity_id", pl.lit("record_gone").alias("change"), record.alias("detail"))
-    moved = joined.filter(pl.col("entity_id").is_not_null() & pl.col("entity_id_new").is_not_null()
-                          & (pl.col("entity_id") != pl.col("entity_id_new")))
+        "entity_id", pl.lit("record_gone").alias("change"), record.alias("detail")
+    )
+    moved = joined.filter(
+        pl.col("entity_id").is_not_null()
+        & pl.col("entity_id_new").is_not_null()
+        & (pl.col("entity_id") != pl.col("entity_id_new"))
+    )
     pairs = moved.group_by("entity_id", "entity_id_new").agg(pl.len().alias("records"))
     fan_in = pairs.group_by("entity_id_new").agg(pl.col("entity_id").n_unique().alias("olds"))
     fan_out = pairs.group_by("entity_id").agg(pl.col("entity_id_new").n_unique().alias("news"))
-    remapped = pairs.join(fan_in, on="entity_id_new").join(fan_out, on="entity_id").select(
-        pl.col("entity_id_new").alias("entity_id"),
-        pl.when(pl.col("olds") > 1).then(pl.lit("merged_from")).when(pl.col("news") > 1)
-        .then(pl.lit("split_from")).otherwise(pl.lit("renumbered_from")).alias("change"),
-        pl.format("{} record(s)", "records").alias("detail"),
-        pl.col("entity_id").alias("related_entity_id"),
+    remapped = (
+        pairs.join(fan_in, on="entity_id_new")
+        .join(fan_out, on="entity_id")
+        .select(
+            pl.col("entity_id_new").alias("entity_id"),
+            pl.when(pl.col("olds") > 1)
+            .then(pl.lit("merged_from"))
+            .when(pl.col("news") > 1)
+            .then(pl.lit("split_from"))
+            .otherwise(pl.lit("renumbered_from"))
+            .alias("change"),
+            pl.format("{} record(s)", "records").alias("detail"),
+            pl.col("entity_id").alias("related_entity_id"),
+        )
     )
-    parts = [f.with_columns(related_entity_id=pl.lit(None, dtype=pl.String)) for f in
-             (grade, new_firms, gone_firms, new_records, gone_records, reasons)] + [remapped]
-    return (pl.concat([p.select(list(CHANGES_SCHEMA)).cast(CHANGES_SCHEMA) for p in parts])
-            .sort("entity_id", "change", "detail", "related_entity_id", nulls_last=True))
+    parts = [
+        f.with_columns(related_entity_id=pl.lit(None, dtype=pl.String))
+        for f in (grade, new_firms, gone_firms, new_records, gone_records, reasons)
+    ] + [remapped]
+    return pl.concat([p.select(list(CHANGES_SCHEMA)).cast(CHANGES_SCHEMA) for p in parts]).sort(
+        "entity_id", "change", "detail", "related_entity_id", nulls_last=True
+    )
 
 
 def _reason_changes(old: pl.DataFrame, new: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -148,25 +188,30 @@ def _reason_changes(old: pl.DataFrame, new: pl.DataFrame, columns: list[str]) ->
         return pl.DataFrame(schema={"entity_id": pl.String, "change": pl.String, "detail": pl.String})
 
     def exploded(frame: pl.DataFrame) -> pl.DataFrame:
-        return pl.concat([frame.select("entity_id", pl.col(c).alias("detail")).explode("detail") for c in columns]
-                         ).drop_nulls("detail")
+        return pl.concat(
+            [frame.select("entity_id", pl.col(c).alias("detail")).explode("detail") for c in columns]
+        ).drop_nulls("detail")
 
     before, after = exploded(old), exploded(new)
     # firms in both versions (a firm that came or went is reported as such, not reason by reason)
     common = old.select("entity_id").join(new.select("entity_id"), on="entity_id")
     added = after.join(before, on=["entity_id", "detail"], how="anti").join(common, on="entity_id")
     expired = before.join(after, on=["entity_id", "detail"], how="anti").join(common, on="entity_id")
-    return pl.concat([
-        added.select("entity_id", pl.lit("reason_added").alias("change"), "detail"),
-        expired.select("entity_id", pl.lit("reason_expired").alias("change"), "detail"),
-    ])
+    return pl.concat(
+        [
+            added.select("entity_id", pl.lit("reason_added").alias("change"), "detail"),
+            expired.select("entity_id", pl.lit("reason_expired").alias("change"), "detail"),
+        ]
+    )
 
 
 def retention_days(config: Path = PUBLISHING_CONFIG) -> int:
     return int(tomllib.loads(config.read_text("utf-8")).get("retention_days", 30))
 
 
-def prune_versions(published_root: Path, newest_business_date: str, keep_days: int | None = None) -> list[str]:
+def prune_versions(
+    published_root: Path, newest_business_date: str, keep_days: int | None = None
+) -> list[str]:
     """Remove versions whose business date is more than ``keep_days`` before the newest one;
     never the version ``current`` points at."""
     keep_days = retention_days() if keep_days is None else keep_days
@@ -202,7 +247,9 @@ def verify_version(version_dir: Path) -> dict[str, Any]:
             raise PublishError(f"{version_dir.name}: {relative} does not match its manifest checksum")
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         if rows != expected["rows"]:
-            raise PublishError(f"{version_dir.name}: {relative} has {rows} rows, manifest says {expected['rows']}")
+            raise PublishError(
+                f"{version_dir.name}: {relative} has {rows} rows, manifest says {expected['rows']}"
+            )
     return manifest
 
 

@@ -62,7 +62,9 @@ def data_docs_index(root: Path) -> Path:
 def _context(root: Path | None = None) -> Any:
     import great_expectations as gx
 
-    context = gx.get_context(mode="file", project_root_dir=str(root)) if root else gx.get_context(mode="ephemeral")
+    context = (
+        gx.get_context(mode="file", project_root_dir=str(root)) if root else gx.get_context(mode="ephemeral")
+    )
     # GX draws a progress bar per validation; nightly logs should not fill up with them
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     return context
@@ -87,10 +89,16 @@ def _validate(suite: Any, frame: Any, result_format: dict[str, Any], parameters:
 
     context = _context(root)
     definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite))
-    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-        name=suite.name, validation_definitions=[definition], result_format=result_format,
-        actions=[UpdateDataDocsAction(name="data_docs")]))
+        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=suite.name,
+            validation_definitions=[definition],
+            result_format=result_format,
+            actions=[UpdateDataDocsAction(name="data_docs")],
+        )
+    )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
     return next(iter(outcome.run_results.values()))
 
@@ -102,7 +110,9 @@ def _suite_json(name: str, expectations_dir: Path) -> str:
         path = folder / f"{name}.json"
         if path.exists():
             return path.read_text("utf-8")
-    raise DataQualityError(f"expectation suite '{name}' not found in {[str(f) for f in [*folders, expectations_dir]]}")
+    raise DataQualityError(
+        f"expectation suite '{name}' not found in {[str(f) for f in [*folders, expectations_dir]]}"
+    )
 
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
@@ -143,18 +153,29 @@ def _reason(config: Any, value: Any) -> str:
     return f"{reason} ({column}={shown})" if column else reason
 
 
-def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID,
-              parameters: dict[str, Any] | None = None) -> SuiteOutcome:
+def run_suite(
+    frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID, parameters: dict[str, Any] | None = None
+) -> SuiteOutcome:
     """Validate ``frame`` with a suite; row failures carry ``id_column`` values. ``parameters``
     fill the suite's ``{"$PARAMETER": name}`` values (e.g. the business date's end)."""
     suite = load_suite(suite_name)
     needed = _columns_needed(suite)
     table_level = any(e.configuration.type.startswith("expect_table_") for e in suite.expectations)
-    columns = list(frame.columns) if table_level else [c for c in frame.columns if c in needed]
-    pandas_frame = frame.select(list(dict.fromkeys([id_column, *columns]))).to_pandas()
-    result = _validate(suite, pandas_frame,
-                       {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
-                       parameters or {})
+    columns = [c for c in frame.columns if c in needed]
+    # Table-level expectations (the column set) need every column's name but not its values; GX
+    # filters the whole frame per expectation, so unread columns travel as cheap all-null Int8s.
+    placeholders = [
+        pl.lit(None, dtype=pl.Int8).alias(c)
+        for c in frame.columns
+        if table_level and c not in needed and c != id_column
+    ]
+    pandas_frame = frame.select(*dict.fromkeys([id_column, *columns]), *placeholders).to_pandas()
+    result = _validate(
+        suite,
+        pandas_frame,
+        {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
+        parameters or {},
+    )
     ids: list[Any] = []
     names: list[str] = []
     reasons: list[str] = []
@@ -176,15 +197,16 @@ def run_suite(frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID,
                 reasons.append(_reason(config, entry.get(column)))
         else:
             observed = (item.result or {}).get("observed_value")
-            reason = ((config.meta or {}).get("reason") or label)
+            reason = (config.meta or {}).get("reason") or label
             batch.append(f"{label}: {reason}; observed {observed}")
     failures = pl.DataFrame(
         {id_column: ids, "expectation": names, "reason": reasons},
         schema={id_column: frame.schema[id_column], "expectation": pl.String, "reason": pl.String},
     )
     stats = dict(result.statistics) if hasattr(result, "statistics") else {}
-    return SuiteOutcome(success=bool(result.success), row_failures=failures, batch_failures=batch,
-                        statistics=stats)
+    return SuiteOutcome(
+        success=bool(result.success), row_failures=failures, batch_failures=batch, statistics=stats
+    )
 
 
 #: quarantine = the canonical columns (null where the row never got that far) plus where and why
@@ -199,9 +221,12 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 
 
 def conform_quarantine(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select([
-        (pl.col(n) if n in frame.columns else pl.lit(None)).cast(t).alias(n) for n, t in QUARANTINE_SCHEMA.items()
-    ])
+    return frame.select(
+        [
+            (pl.col(n) if n in frame.columns else pl.lit(None)).cast(t).alias(n)
+            for n, t in QUARANTINE_SCHEMA.items()
+        ]
+    )
 
 
 def original_values(raw: pl.DataFrame) -> pl.Series:
@@ -213,15 +238,24 @@ def original_values(raw: pl.DataFrame) -> pl.Series:
 
 def rejects_to_quarantine(source: str, rejects: pl.DataFrame, stage: str = "extract") -> pl.DataFrame:
     """Unreadable lines (``line``, ``original``, ``reason``) in the quarantine layout."""
-    return conform_quarantine(rejects.with_columns(
-        pl.lit(source).alias("source"), pl.lit(stage).alias("stage"),
-        pl.concat_list(pl.lit(f"{stage}:readable")).alias("failed_expectations"),
-    ))
+    return conform_quarantine(
+        rejects.with_columns(
+            pl.lit(source).alias("source"),
+            pl.lit(stage).alias("stage"),
+            pl.concat_list(pl.lit(f"{stage}:readable")).alias("failed_expectations"),
+        )
+    )
 
 
-def validate_source(source: str, staged_path: Path, accepted_path: Path, quarantine_path: Path,
-                    raw_path: Path | None = None, rejects: pl.DataFrame | None = None,
-                    parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_source(
+    source: str,
+    staged_path: Path,
+    accepted_path: Path,
+    quarantine_path: Path,
+    raw_path: Path | None = None,
+    rejects: pl.DataFrame | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Split one source's standardised rows into accepted and quarantined (with reasons and the
     row's original values from ``raw_path``); ``rejects`` (unreadable lines) join the quarantine."""
     staged = pl.read_parquet(staged_path)
@@ -235,11 +269,13 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
     if parameters is None:  # ad-hoc validation: nothing may lie after today
         tomorrow = datetime.combine(date.today() + timedelta(days=1), datetime.min.time())
         parameters = {"business_day_end": tomorrow}
-    outcome = run_suite(frame, configured.suite if configured else f"{source}.standardised",
-                        parameters=parameters)
+    outcome = run_suite(
+        frame, configured.suite if configured else f"{source}.standardised", parameters=parameters
+    )
     if outcome.batch_failures:
-        raise DataQualityError(f"source '{source}' failed batch-level expectations: "
-                               + "; ".join(outcome.batch_failures))
+        raise DataQualityError(
+            f"source '{source}' failed batch-level expectations: " + "; ".join(outcome.batch_failures)
+        )
     failures = outcome.row_failures
     # A duplicated record id: the latest version is kept, the others are quarantined.
     duplicate = pl.col("expectation").str.starts_with("expect_column_values_to_be_unique(source_record_id)")
@@ -256,10 +292,16 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
         pl.col("reason").unique().sort().str.join("; ").alias("reason"),
     )
     quarantined = frame.join(per_row, on=ROW_ID, how="inner").sort(ROW_ID)
-    accepted = frame.join(per_row, on=ROW_ID, how="anti").sort(ROW_ID).drop(ROW_ID)
+    # sorted by record id: the snapshot order, so a first run's changes are its snapshot as they are
+    accepted = frame.join(per_row, on=ROW_ID, how="anti").sort("source_record_id", ROW_ID).drop(ROW_ID)
     if raw_path is not None and quarantined.height:
-        raw = pl.scan_parquet(raw_path).with_row_index(ROW_ID).join(
-            quarantined.lazy().select(ROW_ID), on=ROW_ID, how="semi").sort(ROW_ID).collect()
+        raw = (
+            pl.scan_parquet(raw_path)
+            .with_row_index(ROW_ID)
+            .join(quarantined.lazy().select(ROW_ID), on=ROW_ID, how="semi")
+            .sort(ROW_ID)
+            .collect()
+        )
         quarantined = quarantined.with_columns(original_values(raw.drop(ROW_ID)))
     quarantined = conform_quarantine(quarantined.drop(ROW_ID).with_columns(pl.lit("validate").alias("stage")))
     if rejects is not None and rejects.height:
@@ -268,8 +310,13 @@ def validate_source(source: str, staged_path: Path, accepted_path: Path, quarant
     write_parquet(quarantined, quarantine_path)
     if quarantined.height:
         top = quarantined["reason"].value_counts(sort=True).head(3)
-        log.warning("source %s: %d of %d rows quarantined; top reasons: %s", source, quarantined.height,
-                    quarantined.height + accepted.height, top.rows())
+        log.warning(
+            "source %s: %d of %d rows quarantined; top reasons: %s",
+            source,
+            quarantined.height,
+            quarantined.height + accepted.height,
+            top.rows(),
+        )
     return {
         "source": source,
         "extracted": staged.height + (rejects.height if rejects is not None else 0),

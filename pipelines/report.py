@@ -36,8 +36,10 @@ def _bars(title: str, rows: list[tuple[str, float]], unit: str = "", colour: str
             f"{value:,.0f}{unit}</title></rect>"
             f"<text x='{336 + width:.1f}' y='{y + 15}' class='value'>{value:,.0f}{unit}</text>"
         )
-    return (f"<section><h2>{html.escape(title)}</h2><svg role='img' aria-label='{html.escape(title)}' "
-            f"width='860' height='{height}'>{''.join(bars)}</svg></section>")
+    return (
+        f"<section><h2>{html.escape(title)}</h2><svg role='img' aria-label='{html.escape(title)}' "
+        f"width='860' height='{height}'>{''.join(bars)}</svg></section>"
+    )
 
 
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
@@ -58,7 +60,11 @@ def _quarantine_reasons(lake: Lake, sources: list[str]) -> list[tuple[str, float
         pl.concat([pl.scan_parquet(p).select("source", "reason") for p in paths])
         # "loan amount is negative (amount=-5)" -> one bar per kind of problem, not per value
         .with_columns(pl.col("reason").str.split("; ").list.first().str.replace(r" \([^()]*\)$", ""))
-        .group_by("source", "reason").len().sort("len", descending=True).head(15).collect()
+        .group_by("source", "reason")
+        .len()
+        .sort("len", descending=True)
+        .head(15)
+        .collect()
     )
     return [(f"{s}: {r}", float(n)) for s, r, n in reasons.iter_rows()]
 
@@ -85,43 +91,84 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
     problems += [["books", p] for p in books.get("problems", [])]
     if problems:
         sections.append(_table("Held back or failed", ["where", "problem"], problems))
-    rows = [[name, r.get("extracted"), r.get("accepted"), r.get("quarantined"), r.get("snapshot_records"),
-             "stale (last good snapshot)" if r.get("stale") else "fresh", r.get("newest") or ""]
-            for name, r in reports.items()]
-    sections.append(_table("Sources", ["source", "extracted", "accepted", "quarantined", "snapshot",
-                                       "state", "newest change"], rows))
-    sections.append(_bars("Records accepted per source (snapshot)",
-                          [(n, float(r.get("snapshot_records") or 0)) for n, r in reports.items()]))
-    sections.append(_bars("Quarantine by reason (this run)", _quarantine_reasons(lake, sources), colour=_COLOURS[4]))
+    rows = [
+        [
+            name,
+            r.get("extracted"),
+            r.get("accepted"),
+            r.get("quarantined"),
+            r.get("snapshot_records"),
+            "stale (last good snapshot)" if r.get("stale") else "fresh",
+            r.get("newest") or "",
+        ]
+        for name, r in reports.items()
+    ]
+    sections.append(
+        _table(
+            "Sources",
+            ["source", "extracted", "accepted", "quarantined", "snapshot", "state", "newest change"],
+            rows,
+        )
+    )
+    sections.append(
+        _bars(
+            "Records accepted per source (snapshot)",
+            [(n, float(r.get("snapshot_records") or 0)) for n, r in reports.items()],
+        )
+    )
+    sections.append(
+        _bars("Quarantine by reason (this run)", _quarantine_reasons(lake, sources), colour=_COLOURS[4])
+    )
 
     links = lake.work / "links.parquet"
     if links.exists():
         methods = pl.scan_parquet(links).group_by("match_method").len().sort("len", descending=True).collect()
         total = methods["len"].sum() or 1
-        sections.append(_bars("How records were matched (% of records)",
-                              [(m, 100 * n / total) for m, n in methods.iter_rows()], unit=" %",
-                              colour=_COLOURS[1]))
+        sections.append(
+            _bars(
+                "How records were matched (% of records)",
+                [(m, 100 * n / total) for m, n in methods.iter_rows()],
+                unit=" %",
+                colour=_COLOURS[1],
+            )
+        )
     profiles = lake.work / "profiles.parquet"
     if profiles.exists():
         grades = pl.scan_parquet(profiles).group_by("grade").len().sort("grade").collect()
-        sections.append(_bars("Grade distribution", [(g, float(n)) for g, n in grades.iter_rows()],
-                              colour=_COLOURS[3]))
+        sections.append(
+            _bars("Grade distribution", [(g, float(n)) for g, n in grades.iter_rows()], colour=_COLOURS[3])
+        )
     changes_dir = Path(summary["path"]) / "changes" if summary.get("path") else None
     if changes_dir and changes_dir.exists():
-        changes = pl.scan_parquet(changes_dir / "*.parquet").group_by("change").len().sort(
-            "len", descending=True).collect()
+        changes = (
+            pl.scan_parquet(changes_dir / "*.parquet")
+            .group_by("change")
+            .len()
+            .sort("len", descending=True)
+            .collect()
+        )
         previous = _read_json(Path(summary["path"]) / "manifest.json").get("previous_version") or "none"
-        sections.append(_bars(f"Changes against the previous version ({previous})",
-                              [(c, float(n)) for c, n in changes.iter_rows()], colour=_COLOURS[2]))
+        sections.append(
+            _bars(
+                f"Changes against the previous version ({previous})",
+                [(c, float(n)) for c, n in changes.iter_rows()],
+                colour=_COLOURS[2],
+            )
+        )
     if books.get("totals"):
-        sections.append(_table("Reconciliation: accepted records against published profiles",
-                               ["total", "accepted records", "profiles"],
-                               [[k, f"{v['records']:,.2f}", f"{v['profiles']:,.2f}"]
-                                for k, v in books["totals"].items()]))
+        sections.append(
+            _table(
+                "Reconciliation: accepted records against published profiles",
+                ["total", "accepted records", "profiles"],
+                [[k, f"{v['records']:,.2f}", f"{v['profiles']:,.2f}"] for k, v in books["totals"].items()],
+            )
+        )
     docs = lake.reports / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     if docs.exists():
-        sections.append(f"<p><a href='{html.escape(docs.relative_to(lake.reports).as_posix())}'>"
-                        "Great Expectations Data Docs for this run</a> (every suite, every result)</p>")
+        sections.append(
+            f"<p><a href='{html.escape(docs.relative_to(lake.reports).as_posix())}'>"
+            "Great Expectations Data Docs for this run</a> (every suite, every result)</p>"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>credit run {business_date}</title>
 <style>
@@ -132,7 +179,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 svg text.label {{ font-size: 12px; }} svg text.value {{ font-size: 12px; fill: #333; }}
 </style></head>
 <body><h1>Nightly credit run, business date {business_date}</h1>
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """
     target = lake.reports / "report.html"

@@ -20,16 +20,37 @@ SOURCES: tuple[str, ...] = (
 
 #: record_type -> (source, what the fact slots mean)
 RECORD_TYPES: dict[str, tuple[str, str]] = {
-    "loan": ("lending", "amount=loan amount, balance, overdue_days, overdue_amount, status=five-class, category=loan type, end_date=due date"),
+    "loan": (
+        "lending",
+        "amount=loan amount, balance, overdue_days, overdue_amount, status=five-class, category=loan type, end_date=due date",
+    ),
     "tax_rating": ("tax", "status=rating A/B/M/C/D, score=rating score, period=rating year"),
     "tax_arrears": ("tax", "balance=arrears balance, category=tax type"),
     "tax_major_violation": ("tax", "category=case nature, detail=facts, event_date=listing date"),
-    "dishonest_debtor": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=court"),
-    "enforcement": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=court"),
-    "contract_default": ("contract", "amount=unperformed amount, status=performance, detail=case number, category=reporter"),
-    "spot_check": ("product_quality", "status=合格/不合格/拒检, category=plan level, detail=failed items, flag=recalled"),
-    "si_contribution": ("social_insurance", "headcount=insured (pension), amount=amount due, balance=arrears, overdue_days=months in arrears, period=YYYYMM"),
-    "penalty": ("violations", "category=penalty category, amount=fine in 元, end_date=publicity end, detail=violation type"),
+    "dishonest_debtor": (
+        "contract",
+        "amount=unperformed amount, status=performance, detail=case number, category=court",
+    ),
+    "enforcement": (
+        "contract",
+        "amount=unperformed amount, status=performance, detail=case number, category=court",
+    ),
+    "contract_default": (
+        "contract",
+        "amount=unperformed amount, status=performance, detail=case number, category=reporter",
+    ),
+    "spot_check": (
+        "product_quality",
+        "status=合格/不合格/拒检, category=plan level, detail=failed items, flag=recalled",
+    ),
+    "si_contribution": (
+        "social_insurance",
+        "headcount=insured (pension), amount=amount due, balance=arrears, overdue_days=months in arrears, period=YYYYMM",
+    ),
+    "penalty": (
+        "violations",
+        "category=penalty category, amount=fine in 元, end_date=publicity end, detail=violation type",
+    ),
     "abnormal_operation": ("violations", "event_date=listing date, end_date=publicity end"),
     "serious_dishonesty": ("violations", "event_date=listing date, end_date=publicity end"),
 }
@@ -74,6 +95,10 @@ LINK_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
     "match_confidence": pl.Float64(),
     "match_method": pl.String(),
+    # evidence (entity_resolution/evidence.py)
+    "recorded_name": pl.String(),
+    "recorded_code": pl.String(),
+    "match_grade": pl.String(),  # code, name, legal representative: A same, B similar, F different, Z missing
 }
 
 

@@ -53,7 +53,12 @@ class SourceConfig:
         return sources_dir / self.path
 
 
-_AIRFLOW_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql", "sqlite": "sqlite"}
+_AIRFLOW_SCHEMES = {
+    "postgres": "postgresql+psycopg2",
+    "postgresql": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+    "sqlite": "sqlite",
+}
 
 
 def connection_url(conn_id: str) -> str:

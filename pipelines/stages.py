@@ -34,7 +34,10 @@ def cutoff_for(business_date: str) -> datetime:
 
 def suite_parameters(business_date: str) -> dict[str, Any]:
     """Values the suites refer to as ``{"$PARAMETER": ...}``: nothing may happen after the business date."""
-    return {"business_day_end": cutoff_for(business_date), "business_period": business_date[:7].replace("-", "")}
+    return {
+        "business_day_end": cutoff_for(business_date),
+        "business_period": business_date[:7].replace("-", ""),
+    }
 
 
 def _data_docs(lake: Lake) -> None:
@@ -51,8 +54,10 @@ def _report(lake: Lake, kind: str, source: str) -> Path:
 def _read_report(lake: Lake, kind: str, source: str) -> dict[str, Any]:
     path = _report(lake, kind, source)
     if not path.exists():
-        raise FileNotFoundError(f"source '{source}': no {kind} report for {lake.business_date} at {path}; "
-                                f"run the earlier stages first")
+        raise FileNotFoundError(
+            f"source '{source}': no {kind} report for {lake.business_date} at {path}; "
+            f"run the earlier stages first"
+        )
     return json.loads(path.read_text("utf-8"))
 
 
@@ -75,8 +80,14 @@ def extract_source(source: str, sources_dir: str, lake_dir: str, business_date: 
     base = previous(lake.root, source, business_date)
     since = base.since() if base else None
     try:
-        result = extract(config, Path(sources_dir), lake.raw(source), cutoff_for(business_date), since,
-                         rejects_path(lake, source)).as_dict()
+        result = extract(
+            config,
+            Path(sources_dir),
+            lake.raw(source),
+            cutoff_for(business_date),
+            since,
+            rejects_path(lake, source),
+        ).as_dict()
     except SourceFormatError as exc:
         log.error("%s", exc)
         if config.kind == "file" and config.file_path(Path(sources_dir)).exists():
@@ -86,13 +97,30 @@ def extract_source(source: str, sources_dir: str, lake_dir: str, business_date: 
             shutil.copyfile(config.file_path(Path(sources_dir)), kept)
         write(pl.DataFrame(schema=REJECT_SCHEMA), rejects_path(lake, source))
         write(pl.DataFrame(), lake.raw(source))
-        result = {"rows": 0, "source_rows": 0, "newest": None, "columns": [], "rejects": 0,
-                  "since": None if since is None else str(since), "problem": str(exc)}
-    result.update(source=source, path=str(lake.raw(source)),
-                  base_date=base.business_date if base else None, mode="incremental" if base else "full")
+        result = {
+            "rows": 0,
+            "source_rows": 0,
+            "newest": None,
+            "columns": [],
+            "rejects": 0,
+            "since": None if since is None else str(since),
+            "problem": str(exc),
+        }
+    result.update(
+        source=source,
+        path=str(lake.raw(source)),
+        base_date=base.business_date if base else None,
+        mode="incremental" if base else "full",
+    )
     write_json(result, _report(lake, "extract", source))
-    log.info("extracted %s rows from %s (%s since %s; source holds %s)", result["rows"], source,
-             result["mode"], result["since"], result["source_rows"])
+    log.info(
+        "extracted %s rows from %s (%s since %s; source holds %s)",
+        result["rows"],
+        source,
+        result["mode"],
+        result["since"],
+        result["source_rows"],
+    )
     return {k: result[k] for k in ("source", "rows", "source_rows", "rejects", "mode", "path")}
 
 
@@ -106,8 +134,9 @@ def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, An
     _data_docs(lake)
     config = load_sources()[source]
     extracted = _read_report(lake, "extract", source)
-    problems = check_batch(config, lake.raw(source), extracted, previous(lake.root, source, business_date),
-                           business_date)
+    problems = check_batch(
+        config, lake.raw(source), extracted, previous(lake.root, source, business_date), business_date
+    )
     result = {"source": source, "ok": not problems, "problems": problems, "critical": config.critical}
     write_json(result, _report(lake, "batch", source))
     if problems:
@@ -128,15 +157,13 @@ def standardise_source(source: str, lake_dir: str, business_date: str) -> dict[s
     return {"source": source, "rows": rows, "path": str(lake.staged(source))}
 
 
-def _merge_snapshot(base: Path | None, delta: Path, target: Path) -> int:
+def _merge_snapshot(base: Path, delta: Path, target: Path) -> int:
     """The source's full accepted state: the last snapshot with this run's accepted rows upserted
     (a record's newest accepted version wins; a record whose new version was quarantined keeps its
     last good version)."""
     changed = pl.scan_parquet(delta)
-    if base is None:
-        return write_parquet(changed.sort("source_record_id"), target)
     kept = pl.scan_parquet(base).join(changed.select("source_record_id"), on="source_record_id", how="anti")
-    return write_parquet(pl.concat([kept, changed]).sort("source_record_id"), target)
+    return write_parquet(pl.concat([kept, changed]).sort("source_record_id", maintain_order=True), target)
 
 
 def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
@@ -153,38 +180,75 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     base = previous(lake.root, source, business_date)
     rejects = pl.read_parquet(rejects_path(lake, source))
     if batch["ok"]:
-        delta_path = lake.work / "accepted_changes" / f"{source}.parquet"
-        result = quality.validate_source(source, lake.staged(source), delta_path, lake.quarantine(source),
-                                         raw_path=lake.raw(source), rejects=rejects,
-                                         parameters=suite_parameters(business_date))
-        snapshot = _merge_snapshot(base.snapshot if base else None, delta_path, lake.accepted(source))
+        # with no earlier snapshot the accepted changes are the snapshot; otherwise they are upserted
+        delta_path = lake.work / "accepted_changes" / f"{source}.parquet" if base else lake.accepted(source)
+        result = quality.validate_source(
+            source,
+            lake.staged(source),
+            delta_path,
+            lake.quarantine(source),
+            raw_path=lake.raw(source),
+            rejects=rejects,
+            parameters=suite_parameters(business_date),
+        )
+        snapshot = (
+            _merge_snapshot(base.snapshot, delta_path, lake.accepted(source)) if base else result["accepted"]
+        )
         state = {"newest": extracted["newest"], "source_rows": extracted["source_rows"], "stale": False}
     else:
         if base is None:
             raise quality.DataQualityError(
                 f"source '{source}' batch held back ({'; '.join(batch['problems'])}) and no earlier good "
-                f"snapshot exists to fall back on; nothing can be published")
+                f"snapshot exists to fall back on; nothing can be published"
+            )
         reason = "batch held back: " + "; ".join(batch["problems"])
         held = pl.read_parquet(lake.raw(source)) if lake.raw(source).exists() else pl.DataFrame()
-        quarantined = pl.concat([
-            quality.rejects_to_quarantine(source, rejects, stage="extract"),
-            quality.conform_quarantine(pl.DataFrame({"original": quality.original_values(held)}).with_columns(
-                pl.lit(source).alias("source"), pl.lit("batch").alias("stage"), pl.lit(reason).alias("reason"),
-                pl.concat_list(pl.lit("batch:promotable")).alias("failed_expectations"))),
-        ])
+        quarantined = pl.concat(
+            [
+                quality.rejects_to_quarantine(source, rejects, stage="extract"),
+                quality.conform_quarantine(
+                    pl.DataFrame({"original": quality.original_values(held)}).with_columns(
+                        pl.lit(source).alias("source"),
+                        pl.lit("batch").alias("stage"),
+                        pl.lit(reason).alias("reason"),
+                        pl.concat_list(pl.lit("batch:promotable")).alias("failed_expectations"),
+                    )
+                ),
+            ]
+        )
         write_parquet(quarantined, lake.quarantine(source))
         snapshot = write_parquet(pl.scan_parquet(base.snapshot), lake.accepted(source))
-        result = {"source": source, "extracted": held.height + rejects.height, "accepted": 0,
-                  "quarantined": quarantined.height}
+        result = {
+            "source": source,
+            "extracted": held.height + rejects.height,
+            "accepted": 0,
+            "quarantined": quarantined.height,
+        }
         state = {"newest": base.newest, "source_rows": base.source_rows, "stale": True}
-        log.warning("source %s: %s; using the snapshot of %s (%d records)", source, reason, base.business_date,
-                    snapshot)
+        log.warning(
+            "source %s: %s; using the snapshot of %s (%d records)",
+            source,
+            reason,
+            base.business_date,
+            snapshot,
+        )
     counts = {k: result[k] for k in ("source", "extracted", "accepted", "quarantined")}
-    report = {**counts, **state, "snapshot_records": snapshot, "snapshot": str(lake.accepted(source)),
-              "base_date": base.business_date if base else None, "problems": batch["problems"]}
+    report = {
+        **counts,
+        **state,
+        "snapshot_records": snapshot,
+        "snapshot": str(lake.accepted(source)),
+        "base_date": base.business_date if base else None,
+        "problems": batch["problems"],
+    }
     write_json(report, _report(lake, "validation", source))
-    return {**counts, "snapshot_records": snapshot, "stale": state["stale"],
-            "accepted_path": str(lake.accepted(source)), "quarantine_path": str(lake.quarantine(source))}
+    return {
+        **counts,
+        "snapshot_records": snapshot,
+        "stale": state["stale"],
+        "accepted_path": str(lake.accepted(source)),
+        "quarantine_path": str(lake.quarantine(source)),
+    }
 
 
 def _accepted(lake: Lake) -> pl.LazyFrame:
@@ -204,8 +268,47 @@ def resolve_entities(lake_dir: str, business_date: str) -> dict[str, Any]:
     write_parquet(links, lake.work / "links.parquet")
     write_parquet(entities, lake.work / "entities.parquet")
     methods = dict(links.group_by("match_method").len().sort("match_method").iter_rows())
-    return {"records": links.height, "entities": entities.height, "methods": methods,
-            "links_path": str(lake.work / "links.parquet")}
+    return {
+        "records": links.height,
+        "entities": entities.height,
+        "methods": methods,
+        "links_path": str(lake.work / "links.parquet"),
+    }
+
+
+def explain_links(lake_dir: str, business_date: str) -> dict[str, Any]:
+    """Add the evidence a regulator sees per link: the name and code as recorded, and the match
+    grade (a stage of its own: it needs the records again, and resolution's memory is freed)."""
+    from entity_resolution.evidence import match_evidence
+
+    lake = _lake(lake_dir, business_date)
+    columns = [
+        "source",
+        "source_record_id",
+        "subject_name",
+        "code_raw",
+        "uscc",
+        "org_code",
+        "reg_no",
+        "code_status",
+        "legal_rep",
+    ]
+    links = match_evidence(
+        pl.scan_parquet(lake.work / "links.parquet").select(
+            "source", "source_record_id", "entity_id", "match_confidence", "match_method"
+        ),
+        _accepted(lake).select(columns),
+        pl.scan_parquet(lake.work / "entities.parquet"),
+    )
+    count = write_parquet(links, lake.work / "links.parquet", engine="streaming")
+    grades = (
+        pl.scan_parquet(lake.work / "links.parquet")
+        .group_by(pl.col("match_grade").str.slice(0, 1).alias("code"))
+        .len()
+        .sort("code")
+        .collect()
+    )
+    return {"links": count, "code_grades": dict(grades.iter_rows())}
 
 
 def build_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
@@ -245,15 +348,18 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
 }
 
 
-def reconcile(lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame,
-              validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def reconcile(
+    lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame, validation: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """The books: per source extracted = accepted + quarantined, one link per snapshot record, and
     the profiles' totals equal to the accepted records' (money to the cent, counts exactly)."""
     problems = []
     for name, counts in validation.items():
         if counts["extracted"] != counts["accepted"] + counts["quarantined"]:
-            problems.append(f"source '{name}': extracted {counts['extracted']} != accepted {counts['accepted']} "
-                            f"+ quarantined {counts['quarantined']}")
+            problems.append(
+                f"source '{name}': extracted {counts['extracted']} != accepted {counts['accepted']} "
+                f"+ quarantined {counts['quarantined']}"
+            )
     snapshot_records = sum(v["snapshot_records"] for v in validation.values())
     if links.height != snapshot_records:
         problems.append(f"{snapshot_records} accepted records but {links.height} links")
@@ -268,12 +374,23 @@ def reconcile(lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame,
     totals: dict[str, Any] = {}
     for column, (_, value) in RECONCILED_TOTALS.items():
         published = profiles[column].fill_null(0).sum()
-        totals[column] = {"records": round(float(expected[column] or 0), 2), "profiles": round(float(published), 2)}
+        totals[column] = {
+            "records": round(float(expected[column] or 0), 2),
+            "profiles": round(float(published), 2),
+        }
         tolerance = 0.005 * profiles.height if value else 0  # each profile rounds its sums to the cent
         if abs(float(expected[column] or 0) - float(published)) > tolerance:
-            problems.append(f"{column}: accepted records hold {expected[column]:,} but profiles {published:,}")
-    return {"balanced": not problems, "problems": problems, "totals": totals,
-            "snapshot_records": snapshot_records, "links": links.height, "profiles": profiles.height}
+            problems.append(
+                f"{column}: accepted records hold {expected[column]:,} but profiles {published:,}"
+            )
+    return {
+        "balanced": not problems,
+        "problems": problems,
+        "totals": totals,
+        "snapshot_records": snapshot_records,
+        "links": links.height,
+        "profiles": profiles.height,
+    }
 
 
 def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
@@ -287,7 +404,9 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     for name in load_sources():
         report = _report(lake, "validation", name)
         if not report.exists():
-            raise PublishError(f"no validation report for source '{name}' on {business_date}; nothing published")
+            raise PublishError(
+                f"no validation report for source '{name}' on {business_date}; nothing published"
+            )
         validation[name] = json.loads(report.read_text("utf-8"))
     frames = {
         "profiles": pl.read_parquet(lake.work / "profiles.parquet"),
@@ -296,13 +415,19 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     }
     books = reconcile(lake, frames["profiles"], frames["links"], validation)
     if not books["balanced"]:
-        write_json({"business_date": business_date, "run_id": run_id, "published": False, "books": books,
-                    "sources": validation}, lake.reports / "summary.json")
+        write_json(
+            {
+                "business_date": business_date,
+                "run_id": run_id,
+                "published": False,
+                "books": books,
+                "sources": validation,
+            },
+            lake.reports / "summary.json",
+        )
         log.error("run report: %s", build_run_report(lake.root, business_date).resolve().as_uri())
         raise PublishError("books do not balance: " + "; ".join(books["problems"]) + "; nothing published")
-    as_of = (
-        _accepted(lake).group_by("source").agg(pl.col("updated_at").max()).collect()
-    )
+    as_of = _accepted(lake).group_by("source").agg(pl.col("updated_at").max()).collect()
     newest = dict(as_of.iter_rows())
     sources = {
         name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
@@ -311,8 +436,17 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources})
     # Only now, with the version live, do the watermarks advance.
     record(lake.root, business_date, validation)
-    write_json({"business_date": business_date, "run_id": run_id, "published": True, "books": books,
-                "sources": sources, **result}, lake.reports / "summary.json")
+    write_json(
+        {
+            "business_date": business_date,
+            "run_id": run_id,
+            "published": True,
+            "books": books,
+            "sources": sources,
+            **result,
+        },
+        lake.reports / "summary.json",
+    )
     report = build_run_report(lake.root, business_date)
     docs = quality.data_docs_index(lake.reports / "gx")
     log.info("run report: %s", report.resolve().as_uri())
@@ -320,15 +454,18 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     return {**result, "report": str(report), "data_docs": str(docs)}
 
 
-def run_all(sources_dir: str, lake_dir: str, business_date: str, run_id: str | None = None,
-            progress: bool = False) -> dict[str, Any]:
+def run_all(
+    sources_dir: str, lake_dir: str, business_date: str, run_id: str | None = None, progress: bool = False
+) -> dict[str, Any]:
     """The whole pipeline in-process, with the same stage functions and order as the DAG."""
     from tqdm import tqdm
 
     names = list(load_sources())
     steps: list[tuple[str, Any]] = []
     for name in names:
-        steps.append((f"extract {name}", lambda n=name: extract_source(n, sources_dir, lake_dir, business_date)))
+        steps.append(
+            (f"extract {name}", lambda n=name: extract_source(n, sources_dir, lake_dir, business_date))
+        )
     for name in names:
         steps.append((f"check {name}", lambda n=name: check_source(n, lake_dir, business_date)))
     for name in names:
@@ -337,6 +474,7 @@ def run_all(sources_dir: str, lake_dir: str, business_date: str, run_id: str | N
         steps.append((f"validate {name}", lambda n=name: validate_source(n, lake_dir, business_date)))
     steps += [
         ("resolve entities", lambda: resolve_entities(lake_dir, business_date)),
+        ("explain links", lambda: explain_links(lake_dir, business_date)),
         ("build profiles", lambda: build_profiles(lake_dir, business_date)),
         ("validate profiles", lambda: validate_profiles(lake_dir, business_date)),
         ("publish", lambda: publish(lake_dir, business_date, run_id or f"cli__{business_date}")),

@@ -53,7 +53,9 @@ def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.E
 
 
 def _is_valid_reg_no(expr: pl.Expr) -> pl.Expr:
-    return expr.str.contains(r"^\d{15}$") & (reg_no_check_expr(expr.str.slice(0, 14)) == expr.str.slice(14, 1))
+    return expr.str.contains(r"^\d{15}$") & (
+        reg_no_check_expr(expr.str.slice(0, 14)) == expr.str.slice(14, 1)
+    )
 
 
 def _to_float(expr: pl.Expr) -> pl.Expr:
@@ -75,7 +77,9 @@ def _to_canonical(expr: pl.Expr, dtype: pl.DataType, source_dtype: pl.DataType |
         return _to_float(expr).cast(pl.Int64, strict=False)
     if dtype == pl.Boolean():
         lowered = text.str.to_lowercase()
-        return pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
+        return (
+            pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
+        )
     return text if dtype == pl.String() else expr.cast(dtype, strict=False)
 
 

@@ -49,8 +49,13 @@ def previous(lake_root: Path, source: str, business_date: str) -> Watermark | No
         entry = entries[day]
         snapshot = lake_root / entry["snapshot"]
         if snapshot.exists():
-            return Watermark(day, entry.get("newest"), int(entry.get("source_rows", 0)), snapshot,
-                             bool(entry.get("stale", False)))
+            return Watermark(
+                day,
+                entry.get("newest"),
+                int(entry.get("source_rows", 0)),
+                snapshot,
+                bool(entry.get("stale", False)),
+            )
     return None
 
 

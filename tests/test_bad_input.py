@@ -59,19 +59,26 @@ def _sql_row(db: Path, table: str, changes: dict[str, object], where: str = "1 =
         row = dict(con.execute(f"SELECT * FROM {table} WHERE {where} LIMIT 1").fetchone())
         row.update(changes)
         columns = ", ".join(row)
-        con.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        con.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
 
 
 def _csv_template(path: Path, encoding: str) -> dict[str, str]:
-    return pl.read_csv(path, encoding="utf8", infer_schema=False, n_rows=1).row(0, named=True) if encoding in (
-        "utf-8", "utf-8-sig") else pl.read_csv(path.read_bytes().decode(encoding).encode(), infer_schema=False,
-                                               n_rows=1).row(0, named=True)
+    return (
+        pl.read_csv(path, encoding="utf8", infer_schema=False, n_rows=1).row(0, named=True)
+        if encoding in ("utf-8", "utf-8-sig")
+        else pl.read_csv(path.read_bytes().decode(encoding).encode(), infer_schema=False, n_rows=1).row(
+            0, named=True
+        )
+    )
 
 
 def _csv_line(template: dict[str, str], changes: dict[str, str | None]) -> str:
     row = {**template, **changes}
-    return pl.DataFrame([row], schema={k: pl.String for k in row}).write_csv(include_header=False,
-                                                                              quote_style="necessary")
+    return pl.DataFrame([row], schema={k: pl.String for k in row}).write_csv(
+        include_header=False, quote_style="necessary"
+    )
 
 
 def _append(path: Path, text: str | bytes, encoding: str) -> None:
@@ -98,11 +105,21 @@ ROW_KINDS: list[tuple[str, str, str, str]] = [
     ("unknown performance status", "contract", "BAD-PERF", "performance status not recognised"),
     ("conflicting versions of one record", "violations", "BAD-VERSION", "duplicate record id"),
     ("fine without amount", "violations", "BAD-NOFINE", "without a fine amount"),
-    ("fine contradicting the penalty category", "violations", "BAD-WARNFINE", "contradicts the penalty category"),
+    (
+        "fine contradicting the penalty category",
+        "violations",
+        "BAD-WARNFINE",
+        "contradicts the penalty category",
+    ),
     ("unknown penalty category", "violations", "BAD-CATEGORY", "penalty category not recognised"),
     ("enormous field", "violations", "BAD-HUGE", "implausibly long"),
     ("unreadable date", "violations", "BAD-DATE", "value could not be read"),
-    ("invalid characters in a code", "product_quality", "BAD-CODE", "identifier holds characters no code has"),
+    (
+        "invalid characters in a code",
+        "product_quality",
+        "BAD-CODE",
+        "identifier holds characters no code has",
+    ),
     ("wrong type in JSON", "product_quality", "BAD-BOOL", "value could not be read"),
     ("unknown spot-check result", "product_quality", "BAD-RESULT", "spot-check result not recognised"),
 ]
@@ -117,8 +134,11 @@ LINE_KINDS: list[tuple[str, str, str]] = [
 
 
 def _inject_row_kinds(src: Path) -> None:
-    lending, tax, si = (src / "lending" / "lending.db", src / "tax" / "tax.db",
-                        src / "social_insurance" / "social_insurance.db")
+    lending, tax, si = (
+        src / "lending" / "lending.db",
+        src / "tax" / "tax.db",
+        src / "social_insurance" / "social_insurance.db",
+    )
     stamp = {"updated_at": STAMP}
     _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-NEG", "amount": -500.0})
     _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-TYPE", "amount": "12,3x"})
@@ -126,17 +146,31 @@ def _inject_row_kinds(src: Path) -> None:
     _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-CONSIST", "five_class": "正常", "overdue_days": 200})
     _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-FUTURE", "start_date": "2030-01-01"})
     _sql_row(tax, "tax_records", {**stamp, "record_id": "BAD-EMPTY", "taxpayer_name": "  "})
-    _sql_row(tax, "tax_records", {**stamp, "record_id": "BAD-SQL", "taxpayer_name": "华兴公司'; DROP TABLE tax_records;--"})
-    _sql_row(tax, "tax_records", {**stamp, "record_id": "BAD-SCORE", "rating_score": 250},
-             where="record_kind = 'rating'")
+    _sql_row(
+        tax,
+        "tax_records",
+        {**stamp, "record_id": "BAD-SQL", "taxpayer_name": "华兴公司'; DROP TABLE tax_records;--"},
+    )
+    _sql_row(
+        tax,
+        "tax_records",
+        {**stamp, "record_id": "BAD-SCORE", "rating_score": 250},
+        where="record_kind = 'rating'",
+    )
     _sql_row(si, "contributions", {"updated_at": None, "record_id": "BAD-NOSTAMP"})
     _sql_row(si, "contributions", {**stamp, "record_id": "BAD-HEAD", "insured_pension": -3})
 
     contract = src / "contract" / "enforcement.csv"
     template = _csv_template(contract, "gbk")
     lines = [
-        _csv_line(template, {"记录编号": "BAD-MARKUP", "更新时间": STAMP,
-                             "被执行人名称": "<script>alert(1)</script>宁波华兴有限公司"}),
+        _csv_line(
+            template,
+            {
+                "记录编号": "BAD-MARKUP",
+                "更新时间": STAMP,
+                "被执行人名称": "<script>alert(1)</script>宁波华兴有限公司",
+            },
+        ),
         _csv_line(template, {"记录编号": None, "更新时间": STAMP}),
         _csv_line(template, {"记录编号": "BAD-PERF", "更新时间": STAMP, "履行情况": "看心情"}),
     ]
@@ -149,19 +183,66 @@ def _inject_row_kinds(src: Path) -> None:
     violations = src / "violations" / "penalties.csv"
     template = _csv_template(violations, "utf-8-sig")
     lines = [
-        _csv_line(template, {"行政处罚决定书文号": "BAD-VERSION", "更新时间": "2026-11-23 08:00:00",
-                             "数据类别": "行政处罚", "处罚类别": "罚款", "罚款金额（万元）": "1"}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-VERSION", "更新时间": "2026-11-23 09:00:00",
-                             "数据类别": "行政处罚", "处罚类别": "罚款", "罚款金额（万元）": "2"}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-NOFINE", "更新时间": STAMP, "数据类别": "行政处罚",
-                             "处罚类别": "罚款", "罚款金额（万元）": None}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-WARNFINE", "更新时间": STAMP, "数据类别": "行政处罚",
-                             "处罚类别": "警告", "罚款金额（万元）": "3"}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-CATEGORY", "更新时间": STAMP, "数据类别": "行政处罚",
-                             "处罚类别": "打板子"}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-HUGE", "更新时间": STAMP,
-                             "行政相对人名称": "宁波" + "华" * 100_000 + "有限公司"}),
-        _csv_line(template, {"行政处罚决定书文号": "BAD-DATE", "更新时间": STAMP, "处罚决定日期": "2026-13-45"}),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-VERSION",
+                "更新时间": "2026-11-23 08:00:00",
+                "数据类别": "行政处罚",
+                "处罚类别": "罚款",
+                "罚款金额（万元）": "1",
+            },
+        ),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-VERSION",
+                "更新时间": "2026-11-23 09:00:00",
+                "数据类别": "行政处罚",
+                "处罚类别": "罚款",
+                "罚款金额（万元）": "2",
+            },
+        ),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-NOFINE",
+                "更新时间": STAMP,
+                "数据类别": "行政处罚",
+                "处罚类别": "罚款",
+                "罚款金额（万元）": None,
+            },
+        ),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-WARNFINE",
+                "更新时间": STAMP,
+                "数据类别": "行政处罚",
+                "处罚类别": "警告",
+                "罚款金额（万元）": "3",
+            },
+        ),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-CATEGORY",
+                "更新时间": STAMP,
+                "数据类别": "行政处罚",
+                "处罚类别": "打板子",
+            },
+        ),
+        _csv_line(
+            template,
+            {
+                "行政处罚决定书文号": "BAD-HUGE",
+                "更新时间": STAMP,
+                "行政相对人名称": "宁波" + "华" * 100_000 + "有限公司",
+            },
+        ),
+        _csv_line(
+            template, {"行政处罚决定书文号": "BAD-DATE", "更新时间": STAMP, "处罚决定日期": "2026-13-45"}
+        ),
     ]
     _append(violations, "".join(lines) + "BAD-SHORT,2026-11-23 12:00:00\n", "utf-8")
 
@@ -172,8 +253,12 @@ def _inject_row_kinds(src: Path) -> None:
         {**template, "report_no": "BAD-BOOL", "updated_at": STAMP, "recalled": "maybe"},
         {**template, "report_no": "BAD-RESULT", "updated_at": STAMP, "result": "还行"},
     ]
-    _append(quality, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            + '{"report_no": "BAD-JSON", "updated_at": \n', "utf-8")
+    _append(
+        quality,
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        + '{"report_no": "BAD-JSON", "updated_at": \n',
+        "utf-8",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -200,12 +285,14 @@ def test_the_catalogue_has_at_least_twenty_kinds() -> None:
 
 
 @pytest.mark.parametrize(("kind", "source", "record_id", "reason"), ROW_KINDS, ids=[k[0] for k in ROW_KINDS])
-def test_bad_rows_are_quarantined_with_their_reason(dirty_run: tuple[Path, dict], kind: str, source: str,
-                                                    record_id: str, reason: str) -> None:
+def test_bad_rows_are_quarantined_with_their_reason(
+    dirty_run: tuple[Path, dict], kind: str, source: str, record_id: str, reason: str
+) -> None:
     lake, _ = dirty_run
     quarantined = _quarantine(lake, source)
-    rows = quarantined.filter(pl.col("source_record_id").is_null() if not record_id
-                              else pl.col("source_record_id") == record_id)
+    rows = quarantined.filter(
+        pl.col("source_record_id").is_null() if not record_id else pl.col("source_record_id") == record_id
+    )
     assert rows.height >= 1, f"{kind}: no quarantined row in {source}"
     assert rows["reason"].str.contains(reason, literal=True).any(), (kind, rows["reason"].to_list())
     assert rows["original"].is_not_null().all(), "the original values are kept"
@@ -220,8 +307,9 @@ def test_bad_rows_are_quarantined_with_their_reason(dirty_run: tuple[Path, dict]
 
 
 @pytest.mark.parametrize(("kind", "source", "reason"), LINE_KINDS, ids=[k[0] for k in LINE_KINDS])
-def test_unreadable_lines_are_quarantined_with_line_number(dirty_run: tuple[Path, dict], kind: str, source: str,
-                                                           reason: str) -> None:
+def test_unreadable_lines_are_quarantined_with_line_number(
+    dirty_run: tuple[Path, dict], kind: str, source: str, reason: str
+) -> None:
     lake, _ = dirty_run
     lines = _quarantine(lake, source).filter(pl.col("stage") == "extract")
     hits = lines.filter(pl.col("reason").str.contains(reason, literal=True))
@@ -253,7 +341,9 @@ def test_hostile_text_is_stored_as_data_not_run(dirty_run: tuple[Path, dict], cl
 # ---------------------------------------------------------------- batch-level kinds
 def _rewrite_csv(path: Path, encoding: str, change) -> None:  # noqa: ANN001 - a small test helper
     text = path.read_bytes().decode(encoding)
-    path.write_bytes(change(text).encode(encoding.replace("-sig", "") if encoding != "utf-8-sig" else encoding))
+    path.write_bytes(
+        change(text).encode(encoding.replace("-sig", "") if encoding != "utf-8-sig" else encoding)
+    )
 
 
 def _wrong_encoding(src: Path) -> None:
@@ -266,8 +356,11 @@ def _empty_file(src: Path) -> None:
 
 
 def _renamed_column(src: Path) -> None:
-    _rewrite_csv(src / "violations" / "penalties.csv", "utf-8-sig",
-                 lambda t: t.replace("罚款金额（万元）", "罚款金额", 1))
+    _rewrite_csv(
+        src / "violations" / "penalties.csv",
+        "utf-8-sig",
+        lambda t: t.replace("罚款金额（万元）", "罚款金额", 1),
+    )
 
 
 def _volume_drop(src: Path) -> None:
@@ -278,8 +371,9 @@ def _volume_drop(src: Path) -> None:
 def _stale(src: Path) -> None:
     path = src / "violations" / "penalties.csv"
     frame = pl.read_csv(path, infer_schema=False)
-    path.write_bytes(frame.with_columns(pl.lit("2026-10-01 09:00:00").alias("更新时间"))
-                     .write_csv().encode("utf-8-sig"))
+    path.write_bytes(
+        frame.with_columns(pl.lit("2026-10-01 09:00:00").alias("更新时间")).write_csv().encode("utf-8-sig")
+    )
 
 
 def _mistyped_column(src: Path) -> None:
@@ -306,9 +400,15 @@ def _source_stages(src: Path, lake: Path, source: str) -> dict:
 
 
 @pytest.mark.parametrize(("kind", "source", "inject", "reason"), BATCH_KINDS, ids=[k[0] for k in BATCH_KINDS])
-def test_a_bad_batch_falls_back_to_the_last_good_snapshot(clean: Path, published_yesterday: Path,
-                                                          tmp_path: Path, kind: str, source: str, inject,  # noqa: ANN001
-                                                          reason: str) -> None:
+def test_a_bad_batch_falls_back_to_the_last_good_snapshot(
+    clean: Path,
+    published_yesterday: Path,
+    tmp_path: Path,
+    kind: str,
+    source: str,
+    inject,  # noqa: ANN001
+    reason: str,
+) -> None:
     src, lake = tmp_path / "sources", tmp_path / "lake"
     shutil.copytree(clean, src)
     shutil.copytree(published_yesterday, lake, symlinks=True)
@@ -325,21 +425,25 @@ def test_a_bad_batch_falls_back_to_the_last_good_snapshot(clean: Path, published
         assert held["reason"].str.contains(reason, literal=True).all() or held["stage"].eq("extract").any()
 
 
-def test_a_good_batch_with_an_extra_column_is_promoted(clean: Path, published_yesterday: Path,
-                                                       tmp_path: Path) -> None:
+def test_a_good_batch_with_an_extra_column_is_promoted(
+    clean: Path, published_yesterday: Path, tmp_path: Path
+) -> None:
     src, lake = tmp_path / "sources", tmp_path / "lake"
     shutil.copytree(clean, src)
     shutil.copytree(published_yesterday, lake, symlinks=True)
     path = src / "product_quality" / "spot_checks.jsonl"
-    rows = [json.loads(line) | {"inspector_note": "新增字段"} for line in path.read_text("utf-8").splitlines()]
+    rows = [
+        json.loads(line) | {"inspector_note": "新增字段"} for line in path.read_text("utf-8").splitlines()
+    ]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     result = _source_stages(src, lake, "product_quality")
     assert not result["stale"] and result["quarantined"] == 0
     assert result["snapshot_records"] == len(rows)
 
 
-def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(clean: Path, published_yesterday: Path,
-                                                                     tmp_path: Path) -> None:
+def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(
+    clean: Path, published_yesterday: Path, tmp_path: Path
+) -> None:
     src, lake = tmp_path / "sources", tmp_path / "lake"
     shutil.copytree(clean, src)
     shutil.copytree(published_yesterday, lake, symlinks=True)
@@ -357,8 +461,9 @@ def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(clean: Pat
     assert state["lending"][DAY]["newest"] > state["lending"][PREVIOUS_DAY]["newest"]
 
 
-def test_a_critical_source_with_a_bad_batch_stops_the_run(clean: Path, published_yesterday: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_critical_source_with_a_bad_batch_stops_the_run(
+    clean: Path, published_yesterday: Path, tmp_path: Path
+) -> None:
     src, lake = tmp_path / "sources", tmp_path / "lake"
     shutil.copytree(clean, src)
     shutil.copytree(published_yesterday, lake, symlinks=True)

@@ -35,8 +35,13 @@ def test_sigkill_during_publishing_never_exposes_a_partial_version(tmp_path: Pat
     rng = random.Random(20141770)
     seen_versions = set()
     for attempt in range(8):
-        process = subprocess.Popen([sys.executable, "-c", PUBLISH_FOREVER, str(tmp_path), str(attempt * 1000)],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", PUBLISH_FOREVER, str(tmp_path), str(attempt * 1000)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(rng.uniform(0.8, 3.0))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -50,8 +55,13 @@ def test_sigkill_during_publishing_never_exposes_a_partial_version(tmp_path: Pat
         seen_versions.add(version)
     assert len(seen_versions) >= 2, "the publisher never got far enough to switch versions"
     # the next publish clears what the killed ones left behind
-    finish = subprocess.run([sys.executable, "-c", PUBLISH_FOREVER.replace("start + 1000", "start + 1"),
-                             str(tmp_path), "9000"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finish = subprocess.run(
+        [sys.executable, "-c", PUBLISH_FOREVER.replace("start + 1000", "start + 1"), str(tmp_path), "9000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finish.returncode == 0, finish.stderr[-2000:]
     assert not list(tmp_path.glob(".staging-*")) and not list(tmp_path.glob(".current-*"))
     verify_version(tmp_path / current_version(tmp_path))

@@ -43,19 +43,39 @@ def states(run) -> dict[str, str]:
 
 def firms_with_exactly_one_profile(links: pl.DataFrame, truth: pl.DataFrame) -> float:
     """Share of true firms whose records all carry one entity_id that holds no record of another firm."""
-    joined = truth.join(links.select("source", "source_record_id", "entity_id"),
-                        on=["source", "source_record_id"], how="inner")
-    pure = joined.group_by("entity_id").agg(pl.col("entity_key").n_unique().alias("firms")).filter(
-        pl.col("firms") == 1)
-    whole = joined.group_by("entity_key").agg(pl.col("entity_id").n_unique().alias("ids"),
-                                              pl.col("entity_id").first()).filter(pl.col("ids") == 1)
+    joined = truth.join(
+        links.select("source", "source_record_id", "entity_id"),
+        on=["source", "source_record_id"],
+        how="inner",
+    )
+    pure = (
+        joined.group_by("entity_id")
+        .agg(pl.col("entity_key").n_unique().alias("firms"))
+        .filter(pl.col("firms") == 1)
+    )
+    whole = (
+        joined.group_by("entity_key")
+        .agg(pl.col("entity_id").n_unique().alias("ids"), pl.col("entity_id").first())
+        .filter(pl.col("ids") == 1)
+    )
     return whole.join(pure, on="entity_id").height / truth["entity_key"].n_unique()
 
 
-def test_nightly_run_publishes_profiles_that_match_the_truth(airflow_db: Path, sources: Path, tmp_path: Path) -> None:
+def test_nightly_run_publishes_profiles_that_match_the_truth(
+    airflow_db: Path,
+    sources: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
     lake = tmp_path / "lake"
-    run = load_dag().test(logical_date=RUN_AT, run_conf={
-        "sources_dir": str(sources), "lake_dir": str(lake), "business_date": BUSINESS_DATE})
+    run = load_dag().test(
+        logical_date=RUN_AT,
+        run_conf={"sources_dir": str(sources), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+    )
     assert state(run) == "success", states(run)
     assert set(states(run).values()) == {"success"}
     current = lake / "published" / "current"
@@ -63,7 +83,9 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(airflow_db: Path, s
     profiles = pl.read_parquet(current / "profiles" / "*.parquet")
     links = pl.read_parquet(current / "links" / "*.parquet")
     assert profiles.height > 0 and profiles["entity_id"].is_unique().all()
-    truth = pl.read_parquet(sources / "truth" / "records.parquet").select("source", "source_record_id", "entity_key")
+    truth = pl.read_parquet(sources / "truth" / "records.parquet").select(
+        "source", "source_record_id", "entity_key"
+    )
     share = firms_with_exactly_one_profile(links, truth)
     print(f"firms with exactly one profile: {share:.4f}")
     assert share >= 0.95
@@ -75,10 +97,18 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(airflow_db: Path, s
         extras = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id)]
     assert [extra["version"] for extra in extras] == [current.resolve().name]
     assert extras[0]["business_date"] == BUSINESS_DATE and extras[0]["profiles"] == profiles.height
+    # the publish task's log links the run report and the GX Data Docs
+    report = lake / "reports" / BUSINESS_DATE / "report.html"
+    output = "".join(capfd.readouterr()) + caplog.text
+    assert f"run report: {report.resolve().as_uri()}" in output
+    assert "Great Expectations Data Docs: file://" in output
 
 
 def test_missing_source_fails_its_task_and_publishes_nothing(
-    airflow_db: Path, sources: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    airflow_db: Path,
+    sources: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     broken = tmp_path / "sources"

@@ -82,7 +82,8 @@ def test_tasks_present_and_ordered(dag) -> None:
         assert "resolve_entities" in dag.get_task(f"{source}.validate").downstream_task_ids
         # a source's failure stops its own chain only: no other source's tasks wait on it
         assert not {t for t in downstream(f"{source}.extract") if "." in t and not t.startswith(f"{source}.")}
-    assert "build_profiles" in dag.get_task("resolve_entities").downstream_task_ids
+    assert "explain_links" in dag.get_task("resolve_entities").downstream_task_ids
+    assert "build_profiles" in dag.get_task("explain_links").downstream_task_ids
     assert "validate_profiles" in dag.get_task("build_profiles").downstream_task_ids
     assert dag.get_task("publish").upstream_task_ids == {"plan", "validate_profiles"}
     assert {"resolve_entities", "publish"} <= downstream("plan")
@@ -109,7 +110,10 @@ def test_business_date_is_the_previous_day_in_shanghai(dag, run_after, conf_date
     plan = dag.get_task("plan").python_callable
     params = {"sources_dir": "/s", "lake_dir": "/l", "business_date": conf_date}
     assert plan(params=params, logical_date=run_after) == {
-        "business_date": expected, "sources_dir": "/s", "lake_dir": "/l"}
+        "business_date": expected,
+        "sources_dir": "/s",
+        "lake_dir": "/l",
+    }
 
 
 def test_no_heavy_imports_at_the_top_of_the_dag_file() -> None:
@@ -154,7 +158,9 @@ PARSE_WITHOUT_DATABASE = textwrap.dedent(
 def test_parsing_touches_no_database_and_stays_cheap() -> None:
     out = subprocess.run(
         [sys.executable, "-c", PARSE_WITHOUT_DATABASE, str(DAGS), ",".join(sorted(HEAVY))],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "AIRFLOW_HOME": str(REPO), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -17,14 +17,57 @@ from pipelines.identifiers import is_valid_uscc, repair_code
 
 END = date(2026, 11, 23)
 SPEC_COLUMNS = {
-    "lending": ["loan_id", "borrower_code", "borrower_name", "borrower_type", "lender", "contract_no", "loan_type",
-                "guarantee_type", "amount", "balance", "start_date", "due_date", "five_class", "overdue_days",
-                "overdue_principal", "updated_at"],
-    "contract": ["记录编号", "案号", "执行法院", "立案日期", "被执行人名称", "统一社会信用代码", "法定代表人",
-                 "执行依据确定的义务", "履行情况", "未履行金额", "发布日期", "记录类型", "更新时间"],
-    "violations": ["行政处罚决定书文号", "数据类别", "行政相对人类别", "行政相对人名称", "统一社会信用代码", "法定代表人",
-                   "违法行为类型", "违法事实", "处罚依据", "处罚类别", "罚款金额（万元）", "处罚决定日期", "公示截止期",
-                   "处罚机关", "处罚机关统一社会信用代码", "更新时间"],
+    "lending": [
+        "loan_id",
+        "borrower_code",
+        "borrower_name",
+        "borrower_type",
+        "lender",
+        "contract_no",
+        "loan_type",
+        "guarantee_type",
+        "amount",
+        "balance",
+        "start_date",
+        "due_date",
+        "five_class",
+        "overdue_days",
+        "overdue_principal",
+        "updated_at",
+    ],
+    "contract": [
+        "记录编号",
+        "案号",
+        "执行法院",
+        "立案日期",
+        "被执行人名称",
+        "统一社会信用代码",
+        "法定代表人",
+        "执行依据确定的义务",
+        "履行情况",
+        "未履行金额",
+        "发布日期",
+        "记录类型",
+        "更新时间",
+    ],
+    "violations": [
+        "行政处罚决定书文号",
+        "数据类别",
+        "行政相对人类别",
+        "行政相对人名称",
+        "统一社会信用代码",
+        "法定代表人",
+        "违法行为类型",
+        "违法事实",
+        "处罚依据",
+        "处罚类别",
+        "罚款金额（万元）",
+        "处罚决定日期",
+        "公示截止期",
+        "处罚机关",
+        "处罚机关统一社会信用代码",
+        "更新时间",
+    ],
 }
 
 
@@ -41,9 +84,17 @@ def table(path: Path, name: str) -> pl.DataFrame:
 
 
 def test_layout_and_encodings(out: Path) -> None:
-    for relative in ("lending/lending.db", "social_insurance/social_insurance.db", "tax/tax.db",
-                     "contract/enforcement.csv", "product_quality/spot_checks.jsonl", "violations/penalties.csv",
-                     "truth/firms.parquet", "truth/records.parquet", "manifest.json"):
+    for relative in (
+        "lending/lending.db",
+        "social_insurance/social_insurance.db",
+        "tax/tax.db",
+        "contract/enforcement.csv",
+        "product_quality/spot_checks.jsonl",
+        "violations/penalties.csv",
+        "truth/firms.parquet",
+        "truth/records.parquet",
+        "manifest.json",
+    ):
         assert (out / relative).is_file(), relative
     contract = (out / "contract" / "enforcement.csv").read_bytes()
     with pytest.raises(UnicodeDecodeError):
@@ -54,7 +105,9 @@ def test_layout_and_encodings(out: Path) -> None:
     assert penalties.decode("utf-8-sig").splitlines()[0].split(",") == SPEC_COLUMNS["violations"]
     assert table(out / "lending" / "lending.db", "loans").columns == SPEC_COLUMNS["lending"]
     first = json.loads((out / "product_quality" / "spot_checks.jsonl").read_text("utf-8").splitlines()[0])
-    assert {"report_no", "enterprise_name", "enterprise_code", "result", "failed_items", "recalled"} <= set(first)
+    assert {"report_no", "enterprise_name", "enterprise_code", "result", "failed_items", "recalled"} <= set(
+        first
+    )
 
 
 def test_universe_codes_and_names(out: Path) -> None:
@@ -66,8 +119,11 @@ def test_universe_codes_and_names(out: Path) -> None:
     # hard negatives: branches, one-character siblings, namesakes in another city
     branches = firms.filter(pl.col("branch_of").is_not_null())
     assert branches.height > 0 and branches["name"].str.ends_with("分公司").all()
-    per_core = firms.filter(pl.col("branch_of").is_null()).group_by("trade_name", "industry").agg(
-        pl.col("city").n_unique())
+    per_core = (
+        firms.filter(pl.col("branch_of").is_null())
+        .group_by("trade_name", "industry")
+        .agg(pl.col("city").n_unique())
+    )
     assert per_core.filter(pl.col("city") > 1).height > 0
     assert firms.filter(pl.col("former_name").is_not_null()).height > 0
 
@@ -91,8 +147,12 @@ def test_domain_rules(out: Path) -> None:
         assert worst is None or worst >= minimum
     assert (loans["balance"] <= loans["amount"]).all()
     contributions = table(out / "social_insurance" / "social_insurance.db", "contributions")
-    assert ((contributions["amount_due"] - contributions["amount_paid"] - contributions["arrears_principal"]).abs()
-            < 0.02).all()
+    assert (
+        (
+            contributions["amount_due"] - contributions["amount_paid"] - contributions["arrears_principal"]
+        ).abs()
+        < 0.02
+    ).all()
     checks = pl.read_ndjson(out / "product_quality" / "spot_checks.jsonl")
     fail_rate = (checks["result"] != "合格").mean()
     assert 0.04 < fail_rate < 0.25
@@ -122,7 +182,7 @@ def _digest(folder: Path) -> dict[str, str]:
         elif path.suffix == ".db":
             with sqlite3.connect(path) as connection:
                 rows = connection.execute("SELECT * FROM sqlite_master WHERE type = 'table'").fetchall()
-                for (_, name, *_rest) in rows:
+                for _, name, *_rest in rows:
                     content = connection.execute(f"SELECT * FROM {name} ORDER BY 1").fetchall()
                     digests[f"{path.name}:{name}"] = hashlib.sha256(repr(content).encode()).hexdigest()
     return digests
@@ -139,8 +199,14 @@ def test_same_seed_same_data(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_sql_sources_can_live_in_postgresql(postgres_url: str) -> None:
     engine = sa.create_engine(postgres_url)
-    frame = pl.DataFrame({"loan_id": ["L1", "L2"], "borrower_name": ["宁波华兴电子科技有限公司", None],
-                          "amount": [1.5, 2.0], "overdue_days": [0, 30]})
+    frame = pl.DataFrame(
+        {
+            "loan_id": ["L1", "L2"],
+            "borrower_name": ["宁波华兴电子科技有限公司", None],
+            "amount": [1.5, 2.0],
+            "overdue_days": [0, 30],
+        }
+    )
     write_sql_table(frame, postgres_url, "credit_test_loans", "loan_id")
     with engine.connect() as connection:
         back = pl.read_database("SELECT * FROM credit_test_loans ORDER BY loan_id", connection)

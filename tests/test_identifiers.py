@@ -27,8 +27,15 @@ from pipelines.identifiers import (
     uscc_check_expr,
 )
 
-VALID_USCC = ["91110000600037341L", "91330282L07196379D", "91230500MA1B3N1N2M", "11420000MB15291767",
-              "9135052155323005XL", "91310115MA1K3BTP2B", "9144030071526726XG"]
+VALID_USCC = [
+    "91110000600037341L",
+    "91330282L07196379D",
+    "91230500MA1B3N1N2M",
+    "11420000MB15291767",
+    "9135052155323005XL",
+    "91310115MA1K3BTP2B",
+    "9144030071526726XG",
+]
 VALID_REG_NO = ["110108000000016", "330203000030639", "330200400065251"]
 ORG_CHARS = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # an org code inside a USCC uses the USCC alphabet
 
@@ -65,7 +72,9 @@ def test_org_code_with_hyphen() -> None:
 
 
 uscc_bodies = st.tuples(
-    st.sampled_from("159NY"), st.sampled_from("123"), st.text("0123456789", min_size=6, max_size=6),
+    st.sampled_from("159NY"),
+    st.sampled_from("123"),
+    st.text("0123456789", min_size=6, max_size=6),
     st.text(ORG_CHARS, min_size=8, max_size=8),
 ).map(lambda p: p[0] + p[1] + p[2] + p[3] + org_code_check_char(p[3]))
 
@@ -82,7 +91,7 @@ def test_generated_codes_validate_with_stdnum(first17: str) -> None:
 def test_any_single_substitution_fails_the_check(first17: str, position: int, shift: int) -> None:
     code = first17 + uscc_check_char(first17)
     wrong = USCC_ALPHABET[(USCC_ALPHABET.index(code[position]) + shift) % 31]
-    damaged = code[:position] + wrong + code[position + 1:]
+    damaged = code[:position] + wrong + code[position + 1 :]
     assert not is_valid_uscc(damaged)
     assert repair_code(damaged).status == "invalid"
 
@@ -112,8 +121,17 @@ def test_formatting_damage_is_repaired(first17: str, damage: str) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(uscc_bodies, st.sampled_from([*sorted(DAMAGE), "none", "mistype", "org", "reg"]),
-                          st.integers(0, 17)), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            uscc_bodies,
+            st.sampled_from([*sorted(DAMAGE), "none", "mistype", "org", "reg"]),
+            st.integers(0, 17),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_vectorised_classification_agrees_with_scalar(cases: list[tuple[str, str, int]]) -> None:
     raws: list[str | None] = [None, "", "garbage"]
     for first17, damage, position in cases:
@@ -122,7 +140,7 @@ def test_vectorised_classification_agrees_with_scalar(cases: list[tuple[str, str
             raws.append(DAMAGE[damage](code))
         elif damage == "mistype":
             wrong = USCC_ALPHABET[(USCC_ALPHABET.index(code[position]) + 1) % 31]
-            raws.append(code[:position] + wrong + code[position + 1:])
+            raws.append(code[:position] + wrong + code[position + 1 :])
         elif damage == "org":
             raws.append(code[8:16] + "-" + code[16])
         elif damage == "reg":
@@ -133,12 +151,18 @@ def test_vectorised_classification_agrees_with_scalar(cases: list[tuple[str, str
     for row in frame.iter_rows(named=True):
         expected = repair_code(row["raw"])
         assert (row["uscc"], row["org_code"], row["reg_no"], row["code_status"]) == (
-            expected.uscc, expected.org_code, expected.reg_no, expected.status), row["raw"]
+            expected.uscc,
+            expected.org_code,
+            expected.reg_no,
+            expected.status,
+        ), row["raw"]
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(uscc_bodies, min_size=1, max_size=20), st.lists(st.text("0123456789", min_size=14, max_size=14),
-                                                                min_size=1, max_size=20))
+@given(
+    st.lists(uscc_bodies, min_size=1, max_size=20),
+    st.lists(st.text("0123456789", min_size=14, max_size=14), min_size=1, max_size=20),
+)
 def test_check_expressions_match_scalar_functions(bodies: list[str], regs: list[str]) -> None:
     frame = pl.DataFrame({"first17": bodies})
     checks = frame.select(uscc_check_expr(pl.col("first17"))).to_series().to_list()

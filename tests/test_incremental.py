@@ -68,8 +68,9 @@ def test_rerunning_a_night_changes_nothing_and_duplicates_nothing(nightly: Path,
         assert ids.is_unique().all(), source
 
 
-def test_watermarks_advance_only_after_a_successful_publish(sources: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watermarks_advance_only_after_a_successful_publish(
+    sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = tmp_path / "lake"
     stages.run_all(str(sources), str(lake), DAYS[0], run_id="ok")
     state_file = lake / "state" / "watermarks.json"

@@ -45,7 +45,9 @@ def test_trade_name_that_is_a_county_name_is_not_stripped() -> None:
 
 
 def test_region_hints_are_division_prefixes() -> None:
-    frame = normalise_names(pl.Series(["宁波海曙华兴电子科技有限公司", "华兴电子科技（北京）有限公司", "华兴电子科技"]))
+    frame = normalise_names(
+        pl.Series(["宁波海曙华兴电子科技有限公司", "华兴电子科技（北京）有限公司", "华兴电子科技"])
+    )
     codes = frame["region_codes"].to_list()
     assert "3302" in codes[0] and "330203" in codes[0]
     assert any(c.startswith("11") for c in codes[1])

@@ -35,8 +35,14 @@ def lake(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_source_is_extracted_standardised_and_balanced(lake: Path) -> None:
     summary = json.loads((lake / "reports" / BUSINESS_DATE / "summary.json").read_text("utf-8"))
-    assert set(summary["sources"]) == {"lending", "tax", "contract", "product_quality", "social_insurance",
-                                       "violations"}
+    assert set(summary["sources"]) == {
+        "lending",
+        "tax",
+        "contract",
+        "product_quality",
+        "social_insurance",
+        "violations",
+    }
     for name, counts in summary["sources"].items():
         assert counts["extracted"] > 0, name
         assert counts["extracted"] == counts["accepted"] + counts["quarantined"], name
@@ -60,11 +66,14 @@ def test_profiles_match_the_truth(lake: Path, sources: Path) -> None:
 def test_no_entity_holds_two_valid_usccs(lake: Path) -> None:
     links = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
     accepted = pl.concat(
-        [pl.read_parquet(p) for p in (lake / "accepted" / BUSINESS_DATE).glob("*.parquet")], how="vertical_relaxed"
+        [pl.read_parquet(p) for p in (lake / "accepted" / BUSINESS_DATE).glob("*.parquet")],
+        how="vertical_relaxed",
     )
     per_entity = (
-        accepted.join(links, on=["source", "source_record_id"]).filter(pl.col("uscc").is_not_null())
-        .group_by("entity_id").agg(pl.col("uscc").n_unique())
+        accepted.join(links, on=["source", "source_record_id"])
+        .filter(pl.col("uscc").is_not_null())
+        .group_by("entity_id")
+        .agg(pl.col("uscc").n_unique())
     )
     assert per_entity["uscc"].max() == 1
 
@@ -113,18 +122,33 @@ def test_cli_run_and_evaluate(sources: Path, tmp_path: Path, capsys: pytest.Capt
     assert credit(["run", "--sources", str(sources), "--lake", str(lake), "--date", BUSINESS_DATE, "-q"]) == 0
     out = capsys.readouterr().out
     assert "published/current/profiles" in out
-    assert credit(["evaluate", "--links", str(lake / "published" / "current" / "links"),
-                   "--truth", str(sources / "truth" / "records.parquet")]) == 0
+    assert (
+        credit(
+            [
+                "evaluate",
+                "--links",
+                str(lake / "published" / "current" / "links"),
+                "--truth",
+                str(sources / "truth" / "records.parquet"),
+            ]
+        )
+        == 0
+    )
     assert '"pairwise_f1"' in capsys.readouterr().out
     assert credit(["run", "--sources", str(tmp_path / "nowhere"), "--lake", str(lake), "-q"]) == 1
     assert "lending" in capsys.readouterr().err
 
 
-def test_cli_export_slices_to_csv_and_excel(lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_slices_to_csv_and_excel(
+    lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
     expected = profiles.filter((pl.col("grade") == "D") & pl.col("division").str.starts_with("3302"))
     target = tmp_path / "d.csv"
-    assert credit(["export", "--lake", str(lake), "--out", str(target), "--grade", "D", "--division", "3302"]) == 0
+    assert (
+        credit(["export", "--lake", str(lake), "--out", str(target), "--grade", "D", "--division", "3302"])
+        == 0
+    )
     exported = pl.read_csv(target, infer_schema=False)
     assert exported.height == expected.height > 0
     assert sorted(exported["entity_id"]) == sorted(expected["entity_id"])
@@ -139,8 +163,14 @@ def test_cli_export_slices_to_csv_and_excel(lake: Path, tmp_path: Path, capsys: 
 def test_each_run_leaves_a_report_and_data_docs(lake: Path) -> None:
     reports = lake / "reports" / BUSINESS_DATE
     page = (reports / "report.html").read_text("utf-8")
-    for heading in ("Records accepted per source", "Quarantine by reason", "How records were matched",
-                    "Grade distribution", "Changes against the previous version", "Reconciliation"):
+    for heading in (
+        "Records accepted per source",
+        "Quarantine by reason",
+        "How records were matched",
+        "Grade distribution",
+        "Changes against the previous version",
+        "Reconciliation",
+    ):
         assert heading in page, heading
     assert page.count("<svg") >= 3 and "<script" not in page  # empty charts say "nothing to show"
     docs = reports / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"

@@ -75,25 +75,48 @@ def test_republishing_a_run_never_rewrites_the_current_version(tmp_path: Path) -
 
 def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None:
     before = {
-        "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "X"], "grade": ["A", "B", "A", "A"],
-                                  "score": [950, 800, 990, 900],
-                                  "grade_reasons": [["tax C (tax:T1)"], ["loan (lending:2)"], [], []]}),
-        "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "3", "4", "5"],
-                               "entity_id": ["A", "B", "C", "X", "X"]}),
+        "profiles": pl.DataFrame(
+            {
+                "entity_id": ["A", "B", "C", "X"],
+                "grade": ["A", "B", "A", "A"],
+                "score": [950, 800, 990, 900],
+                "grade_reasons": [["tax C (tax:T1)"], ["loan (lending:2)"], [], []],
+            }
+        ),
+        "links": pl.DataFrame(
+            {
+                "source": ["lending"] * 5,
+                "source_record_id": ["1", "2", "3", "4", "5"],
+                "entity_id": ["A", "B", "C", "X", "X"],
+            }
+        ),
         "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "X"]}),
     }
     after = {
-        "profiles": pl.DataFrame({"entity_id": ["A", "B", "C", "D"], "grade": ["A", "D", "A", "A"],
-                                  "score": [950, 500, 990, 1000],
-                                  "grade_reasons": [[], ["loan (lending:2)", "penalty (violations:9)"], [], []]}),
-        "links": pl.DataFrame({"source": ["lending"] * 5, "source_record_id": ["1", "2", "4", "5", "6"],
-                               "entity_id": ["A", "B", "C", "C", "D"]}),
+        "profiles": pl.DataFrame(
+            {
+                "entity_id": ["A", "B", "C", "D"],
+                "grade": ["A", "D", "A", "A"],
+                "score": [950, 500, 990, 1000],
+                "grade_reasons": [[], ["loan (lending:2)", "penalty (violations:9)"], [], []],
+            }
+        ),
+        "links": pl.DataFrame(
+            {
+                "source": ["lending"] * 5,
+                "source_record_id": ["1", "2", "4", "5", "6"],
+                "entity_id": ["A", "B", "C", "C", "D"],
+            }
+        ),
         "entities": pl.DataFrame({"entity_id": ["A", "B", "C", "D"]}),
     }
     publish_version(tmp_path, "2026-11-22", "run-1", before, {})
     result = publish_version(tmp_path, "2026-11-23", "run-2", after, {})
     changes = pl.read_parquet(Path(result["path"]) / "changes" / "*.parquet")
-    rows = {(r["entity_id"], r["change"], r["detail"], r["related_entity_id"]) for r in changes.iter_rows(named=True)}
+    rows = {
+        (r["entity_id"], r["change"], r["detail"], r["related_entity_id"])
+        for r in changes.iter_rows(named=True)
+    }
     assert ("B", "grade_changed", "B -> D (score 800 -> 500)", None) in rows
     assert ("D", "new_firm", "grade A", None) in rows
     assert ("X", "firm_gone", "was grade A", None) in rows
@@ -103,7 +126,9 @@ def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None
     assert ("A", "reason_expired", "tax C (tax:T1)", None) in rows
     assert ("B", "reason_added", "penalty (violations:9)", None) in rows
     manifest = json.loads((Path(result["path"]) / "manifest.json").read_text("utf-8"))
-    assert manifest["previous_version"].startswith("2026-11-22_") and manifest["counts"]["changes"] == len(rows)
+    assert manifest["previous_version"].startswith("2026-11-22_") and manifest["counts"]["changes"] == len(
+        rows
+    )
 
 
 def test_old_versions_are_pruned_but_never_current(tmp_path: Path) -> None:

@@ -17,9 +17,20 @@ USCC = "91330203MA2A1B2C3X"
 
 
 def loans(rows: list[dict]) -> pl.DataFrame:
-    base = dict(source="lending", record_type="loan", subject_name="宁波华兴电子科技有限公司", code_raw=USCC,
-                code_status="invalid", updated_at=datetime(2026, 11, 20, 9), status="正常", amount=100.0,
-                balance=50.0, overdue_amount=0.0, overdue_days=0, event_date=date(2026, 1, 1))
+    base = dict(
+        source="lending",
+        record_type="loan",
+        subject_name="宁波华兴电子科技有限公司",
+        code_raw=USCC,
+        code_status="invalid",
+        updated_at=datetime(2026, 11, 20, 9),
+        status="正常",
+        amount=100.0,
+        balance=50.0,
+        overdue_amount=0.0,
+        overdue_days=0,
+        event_date=date(2026, 1, 1),
+    )
     return conform(pl.DataFrame([{**base, **row} for row in rows]).lazy()).collect()
 
 
@@ -32,17 +43,19 @@ def test_every_suite_loads_from_json(name: str) -> None:
 
 
 def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
-    frame = loans([
-        {"source_record_id": "good-1"},
-        {"source_record_id": "good-2", "status": "关注", "overdue_days": 10},
-        {"source_record_id": "negative", "amount": -5.0},
-        {"source_record_id": "bad-class", "status": "优秀"},
-        {"source_record_id": "no-name", "subject_name": None},
-        {"source_record_id": "bad-uscc", "uscc": "NOT-A-CODE", "code_status": "valid"},
-        {"source_record_id": "unreadable", "parse_errors": "amount=12,3x"},
-        {"source_record_id": "dup", "updated_at": datetime(2026, 11, 19)},
-        {"source_record_id": "dup", "updated_at": datetime(2026, 11, 21)},
-    ])
+    frame = loans(
+        [
+            {"source_record_id": "good-1"},
+            {"source_record_id": "good-2", "status": "关注", "overdue_days": 10},
+            {"source_record_id": "negative", "amount": -5.0},
+            {"source_record_id": "bad-class", "status": "优秀"},
+            {"source_record_id": "no-name", "subject_name": None},
+            {"source_record_id": "bad-uscc", "uscc": "NOT-A-CODE", "code_status": "valid"},
+            {"source_record_id": "unreadable", "parse_errors": "amount=12,3x"},
+            {"source_record_id": "dup", "updated_at": datetime(2026, 11, 19)},
+            {"source_record_id": "dup", "updated_at": datetime(2026, 11, 21)},
+        ]
+    )
     staged = tmp_path / "staged.parquet"
     frame.write_parquet(staged)
     result = validate_source("lending", staged, tmp_path / "accepted.parquet", tmp_path / "q.parquet")
@@ -64,11 +77,21 @@ def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
 
 def test_row_condition_only_checks_its_rows(tmp_path: Path) -> None:
     base = dict(source="tax", subject_name="甲公司", code_status="missing", updated_at=datetime(2026, 11, 20))
-    frame = conform(pl.DataFrame([
-        {**base, "source_record_id": "r1", "record_type": "tax_rating", "status": "A"},
-        {**base, "source_record_id": "r2", "record_type": "tax_rating", "status": "E"},
-        {**base, "source_record_id": "r3", "record_type": "tax_arrears", "status": None, "balance": 10.0},
-    ]).lazy()).collect()
+    frame = conform(
+        pl.DataFrame(
+            [
+                {**base, "source_record_id": "r1", "record_type": "tax_rating", "status": "A"},
+                {**base, "source_record_id": "r2", "record_type": "tax_rating", "status": "E"},
+                {
+                    **base,
+                    "source_record_id": "r3",
+                    "record_type": "tax_arrears",
+                    "status": None,
+                    "balance": 10.0,
+                },
+            ]
+        ).lazy()
+    ).collect()
     frame.write_parquet(tmp_path / "s.parquet")
     result = validate_source("tax", tmp_path / "s.parquet", tmp_path / "a.parquet", tmp_path / "q.parquet")
     assert (result["accepted"], result["quarantined"]) == (2, 1)
@@ -83,8 +106,17 @@ def test_missing_canonical_column_fails_the_batch(tmp_path: Path) -> None:
 
 
 def profiles(rows: list[dict]) -> pl.DataFrame:
-    base = dict(uscc=None, name="甲", score=950, grade="A", record_count=3, quality_score=0.9,
-                lending_balance=0.0, lending_worst_class=None, tax_latest_rating="A")
+    base = dict(
+        uscc=None,
+        name="甲",
+        score=950,
+        grade="A",
+        record_count=3,
+        quality_score=0.9,
+        lending_balance=0.0,
+        lending_worst_class=None,
+        tax_latest_rating="A",
+    )
     return pl.DataFrame([{**base, **row} for row in rows])
 
 
@@ -92,7 +124,8 @@ def test_profile_suite_names_the_broken_firms(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     profiles([{"entity_id": "E1"}, {"entity_id": "E2", "uscc": USCC}]).write_parquet(path)
     assert validate_profiles(path)["profiles"] == 2
-    profiles([{"entity_id": "E1"}, {"entity_id": "E2", "grade": "Z"}, {"entity_id": "E3", "score": 1200}]
-             ).write_parquet(path)
+    profiles(
+        [{"entity_id": "E1"}, {"entity_id": "E2", "grade": "Z"}, {"entity_id": "E3", "score": 1200}]
+    ).write_parquet(path)
     with pytest.raises(DataQualityError, match=r"E2.*E3|E3.*E2"):
         validate_profiles(path)

@@ -30,8 +30,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.postgres
-def test_postgresql_source_extracts_like_sqlite(sources: Path, postgres_url: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgresql_source_extracts_like_sqlite(
+    sources: Path, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with sqlite3.connect(sources / "lending" / "lending.db") as connection:
         loans = pl.read_database("SELECT * FROM loans", connection, infer_schema_length=None)
     write_sql_table(loans, postgres_url, "loans", "loan_id")
@@ -44,14 +45,18 @@ def test_postgresql_source_extracts_like_sqlite(sources: Path, postgres_url: str
         for lake in ("a", "b"):
             stages.check_source("lending", str(tmp_path / lake), BUSINESS_DATE)
             stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
-        staged = [pl.read_parquet(tmp_path / lake / "staged" / BUSINESS_DATE / "lending.parquet")
-                  for lake in ("a", "b")]
+        staged = [
+            pl.read_parquet(tmp_path / lake / "staged" / BUSINESS_DATE / "lending.parquet")
+            for lake in ("a", "b")
+        ]
         assert staged[0].equals(staged[1])
         earlier = stages.extract_source("lending", str(sources), str(tmp_path / "c"), "2026-11-22")["rows"]
         assert 0 < earlier < pg_rows["rows"]  # the watermark filter runs in PostgreSQL too
         # an Airflow connection (here from the environment, as AIRFLOW_CONN_<ID>) instead of a URL
         monkeypatch.delenv("CREDIT_LENDING_URL")
-        monkeypatch.setenv("AIRFLOW_CONN_CREDIT_LENDING", postgres_url.replace("postgresql+psycopg2", "postgres"))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CREDIT_LENDING", postgres_url.replace("postgresql+psycopg2", "postgres")
+        )
         config = dataclasses.replace(load_sources()["lending"], url=None, conn_id="credit_lending")
         assert config.resolved_url(sources).startswith("postgresql+psycopg2://postgres@127.0.0.1")
         via_connection = extract(config, sources, tmp_path / "d.parquet", cutoff_for(BUSINESS_DATE))
@@ -63,7 +68,9 @@ def test_postgresql_source_extracts_like_sqlite(sources: Path, postgres_url: str
         engine.dispose()
 
 
-def test_unreachable_database_names_the_source(sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_database_names_the_source(
+    sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines.errors import SourceUnavailableError
 
     monkeypatch.setenv("CREDIT_LENDING_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/none")
