@@ -5,7 +5,9 @@ Starts `credit serve` over a published lake (1M profiles: point --lake at a lake
 
 1. latency: one client, sequential requests: lookups by code (USCC, organization code, old
    registration number, as typed) and name searches (the names as departments wrote them);
-2. load: 50 concurrent clients (asyncio + httpx) for 60 seconds, 80 % lookups and 20 % searches;
+2. load: 50 concurrent clients (asyncio + httpx) for 60 seconds, 80 % lookups and 20 % searches,
+   first paced (each client one request a second, like people at screens), then back to back
+   (saturation: the service's throughput, and that nothing fails);
 
 and prints p50/p95/p99 per kind, throughput, errors and the service's memory (peak RSS).
 
@@ -39,12 +41,16 @@ def percentile(values: list[float], share: float) -> float:
 
 def summary(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
-    return (f"{name:<22}{len(ms):>8,}{statistics.median(ms):>9.1f}{percentile(ms, 0.95):>9.1f}"
-            f"{percentile(ms, 0.99):>9.1f}  ms (n, p50, p95, p99)")
+    return (
+        f"{name:<22}{len(ms):>8,}{statistics.median(ms):>9.1f}{percentile(ms, 0.95):>9.1f}"
+        f"{percentile(ms, 0.99):>9.1f}  ms (n, p50, p95, p99)"
+    )
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
@@ -63,14 +69,30 @@ def workload(lake: Path, seed: int) -> tuple[list[str], list[str]]:
         elif uscc:
             codes.append(uscc.lower() if kind > 0.9 else uscc)
     names = (
-        pl.scan_parquet(current / "links" / "*.parquet").select("recorded_name").head(2_000_000)
-        .unique().collect().sample(5_000, seed=seed)["recorded_name"].drop_nulls().to_list()
+        pl.scan_parquet(current / "links" / "*.parquet")
+        .select("recorded_name")
+        .head(2_000_000)
+        .unique()
+        .collect()
+        .sample(5_000, seed=seed)["recorded_name"]
+        .drop_nulls()
+        .to_list()
     )
     return codes, names
 
 
-async def load(base: str, token: str, codes: list[str], names: list[str], clients: int, seconds: float,
-               seed: int) -> dict:
+async def load(
+    base: str,
+    token: str,
+    codes: list[str],
+    names: list[str],
+    clients: int,
+    seconds: float,
+    seed: int,
+    interval: float = 0.0,
+) -> dict:
+    """``clients`` concurrent clients for ``seconds``; each sends its next request as soon as the last
+    one is answered (interval 0: as hard as the service allows) or every ``interval`` seconds."""
     latencies: dict[str, list[float]] = {"lookup": [], "search": []}
     errors: list[str] = []
     deadline = time.perf_counter() + seconds
@@ -78,7 +100,11 @@ async def load(base: str, token: str, codes: list[str], names: list[str], client
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(seed + number)
+        next_at = time.perf_counter() + rng.random() * interval
         while time.perf_counter() < deadline:
+            if interval:
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                next_at += interval
             if rng.random() < 0.8:
                 kind, path, params = "lookup", f"/api/v1/profiles/{rng.choice(codes)}", None
             else:
@@ -92,8 +118,9 @@ async def load(base: str, token: str, codes: list[str], names: list[str], client
                 errors.append(f"{type(exc).__name__} {path}")
             latencies[kind].append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30,
-                                 limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30, limits=limits
+    ) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(n, http) for n in range(clients)))
         elapsed = time.perf_counter() - started
@@ -101,11 +128,21 @@ async def load(base: str, token: str, codes: list[str], names: list[str], client
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lake", type=Path, help="a lake with published/current (default: build one)")
-    parser.add_argument("--entities", type=int, default=1_000_000, help="firms to generate when --lake is not given")
+    parser.add_argument(
+        "--entities", type=int, default=1_000_000, help="firms to generate when --lake is not given"
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between one client's requests in the paced phase (a person at a screen)",
+    )
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
 
@@ -113,13 +150,57 @@ def main() -> int:
     if lake is None:
         workdir = ROOT / "bench" / "out"
         sources, lake = workdir / f"sources-{args.entities}", workdir / f"lake-{args.entities}"
-        subprocess.run([sys.executable, "-m", "pipelines.cli", "generate", "--entities", str(args.entities),
-                        "--out", str(sources), "-q"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--sources", str(sources), "--lake",
-                        str(lake), "-q"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    token = subprocess.run([sys.executable, "-m", "pipelines.cli", "token", "create", "--role", "regulator",
-                            "--name", "load generator", "--lake", str(lake)], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "generate",
+                "--entities",
+                str(args.entities),
+                "--out",
+                str(sources),
+                "-q",
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "run",
+                "--sources",
+                str(sources),
+                "--lake",
+                str(lake),
+                "-q",
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    token = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "token",
+            "create",
+            "--role",
+            "regulator",
+            "--name",
+            "load generator",
+            "--lake",
+            str(lake),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     config = ROOT / "bench" / "out" / "service-bench.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     # the benchmark measures the service, not the per-token limiter (one token for all clients)
@@ -129,8 +210,23 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--lake", str(lake), "--port",
-                               str(port), "--config", str(config), "--limit-concurrency", "1000"], cwd=ROOT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--lake",
+            str(lake),
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+            "--limit-concurrency",
+            "1000",
+        ],
+        cwd=ROOT,
+    )
     try:
         while True:
             try:
@@ -148,11 +244,17 @@ def main() -> int:
             for kind, items, count in (("lookup", codes, 3000), ("search", names, 1000)):
                 for item in items[:count]:
                     t0 = time.perf_counter()
-                    response = (http.get(f"/api/v1/profiles/{item}") if kind == "lookup"
-                                else http.get("/api/v1/search", params={"q": item, "limit": 10}))
+                    response = (
+                        http.get(f"/api/v1/profiles/{item}")
+                        if kind == "lookup"
+                        else http.get("/api/v1/search", params={"q": item, "limit": 10})
+                    )
                     sequential[kind].append(time.perf_counter() - t0)
                     assert response.status_code in (200, 404), response.text
-        result = asyncio.run(load(base, token, codes, names, args.clients, args.seconds, args.seed))
+        paced = asyncio.run(
+            load(base, token, codes, names, args.clients, args.seconds, args.seed, interval=args.interval)
+        )
+        result = asyncio.run(load(base, token, codes, names, args.clients, args.seconds, args.seed + 1))
         rss, peak = memory_mb(server.pid)
     finally:
         server.terminate()
@@ -164,13 +266,24 @@ def main() -> int:
     print("one client, sequential")
     print(summary("lookup by code", sequential["lookup"]))
     print(summary("name search", sequential["search"]))
-    print(f"\n{args.clients} concurrent clients for {result['elapsed']:.0f} s: {total:,} requests "
-          f"({total / result['elapsed']:,.0f}/s), errors: {len(result['errors'])}")
+    paced_total = sum(len(v) for v in paced["latencies"].values())
+    print(
+        f"\n{args.clients} concurrent clients, each sending a request every {args.interval} s, for "
+        f"{paced['elapsed']:.0f} s: {paced_total:,} requests ({paced_total / paced['elapsed']:,.0f}/s), "
+        f"errors: {len(paced['errors'])}"
+    )
+    print(summary("lookup by code", paced["latencies"]["lookup"]))
+    print(summary("name search", paced["latencies"]["search"]))
+    print(
+        f"\n{args.clients} concurrent clients, back to back (saturation), for {result['elapsed']:.0f} s: "
+        f"{total:,} requests ({total / result['elapsed']:,.0f}/s), errors: {len(result['errors'])}"
+    )
     print(summary("lookup by code", result["latencies"]["lookup"]))
     print(summary("name search", result["latencies"]["search"]))
-    if result["errors"]:
-        print("first errors:", result["errors"][:5])
-    return 0 if not result["errors"] else 1
+    errors = paced["errors"] + result["errors"]
+    if errors:
+        print("first errors:", errors[:5])
+    return 0 if not errors else 1
 
 
 if __name__ == "__main__":

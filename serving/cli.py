@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive=30,
         h11_max_incomplete_event_size=16 * 1024,
     )
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -35,6 +36,13 @@ def _cores(names: pl.Series) -> pl.DataFrame:
         .alias("core"),
         pl.col("name").fill_null("").str.normalize("NFKC").alias("full"),
     )
+
+
+@lru_cache(maxsize=20_000)
+def _query_core(text: str) -> str:
+    """The normalised core of a query (cached: people repeat searches, and the normaliser is tuned
+    for millions of names at once, not for one)."""
+    return _cores(pl.Series([text]))["core"][0] or text
 
 
 @dataclass
@@ -77,7 +85,7 @@ class NameIndex:
         text = unicodedata.normalize("NFKC", query).strip()
         if not text:
             return []
-        core = _cores(pl.Series([text]))["core"][0] or text
+        core = _query_core(text)
         grams = sorted(self._query_grams(core), key=lambda g: len(self.postings[g]))
         if not grams:
             return []

@@ -34,6 +34,25 @@ LISTS: dict[str, pl.Expr] = {
 }
 
 
+#: what a search hit or a list row shows (the full profile is one lookup away)
+SUMMARY_COLUMNS = (
+    "entity_id",
+    "name",
+    "uscc",
+    "org_code",
+    "reg_no",
+    "entity_type",
+    "division",
+    "division_name",
+    "industry",
+    "legal_rep",
+    "grade",
+    "score",
+    "lists",
+    "as_of",
+)
+
+
 class CodeError(ValueError):
     """A code that is not a USCC, organization code or registration number in any spelling."""
 
@@ -78,7 +97,8 @@ class VersionStore:
     def load(cls, lake: Path, version_dir: Path) -> VersionStore:
         started = time.perf_counter()
         manifest = json.loads((version_dir / "manifest.json").read_text("utf-8"))
-        profiles = pl.read_parquet(version_dir / "profiles" / "*.parquet")
+        # one chunk per column: gathering a few rows from many chunks costs milliseconds
+        profiles = pl.read_parquet(version_dir / "profiles" / "*.parquet").rechunk()
         by_code: dict[str, int] = {}
         rows = np.arange(profiles.height)
         for column in ("reg_no", "org_code", "uscc", "entity_id"):  # later columns win on a clash
@@ -116,12 +136,15 @@ class VersionStore:
         row = self.by_code.get(code)
         return None if row is None else self.profiles.row(row, named=True)
 
-    def rows(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
-        return self.profiles[list(map(int, rows))].to_dicts() if len(rows) else []
+    def rows(self, rows: list[int] | np.ndarray, summary: bool = False) -> list[dict[str, Any]]:
+        if not len(rows):
+            return []
+        picked = self.profiles[list(map(int, rows))]
+        return (picked.select(SUMMARY_COLUMNS) if summary else picked).to_dicts()
 
     def search(self, query: str, limit: int) -> list[dict[str, Any]]:
         hits = self.names.search(query, limit)
-        found = self.rows([row for row, _ in hits])
+        found = self.rows([row for row, _ in hits], summary=True)
         return [
             {**profile, "match_score": round(score, 1)}
             for profile, (_, score) in zip(found, hits, strict=True)
@@ -129,7 +152,7 @@ class VersionStore:
 
     def by_legal_rep(self, name: str, limit: int) -> list[dict[str, Any]]:
         rows = self.legal_reps.get(name.strip())
-        return self.rows(rows[:limit]) if rows is not None else []
+        return self.rows(rows[:limit], summary=True) if rows is not None else []
 
     def listing(
         self, name: str, division: str | None, industry: str | None, grade: str | None, offset: int, size: int
@@ -142,7 +165,7 @@ class VersionStore:
         if grade:
             condition &= pl.col("grade") == grade
         matched = self.profiles.filter(condition)
-        return matched.height, matched.slice(offset, size).to_dicts()
+        return matched.height, matched.slice(offset, size).select(SUMMARY_COLUMNS).to_dicts()
 
     def evidence(self, entity_id: str) -> list[dict[str, Any]]:
         links = pl.scan_parquet(self.path / "links" / "*.parquet").filter(pl.col("entity_id") == entity_id)
