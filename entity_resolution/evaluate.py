@@ -77,3 +77,55 @@ def evaluate(
         bcubed_f1=round(_f1(b_precision, b_recall), 6),
         firms_with_exactly_one_profile=round(exact / max(actual.height, 1), 6),
     )
+
+
+def _pairs_involving(count: pl.Expr, flagged: pl.Expr) -> pl.Expr:
+    """Pairs in a group of ``count`` records that involve at least one of its ``flagged`` records."""
+    return (count * (count - 1) / 2 - (count - flagged) * (count - flagged - 1) / 2).sum()
+
+
+def pairwise_involving(
+    links: pl.DataFrame, truth: pl.DataFrame, flagged: pl.Series, key: tuple[str, ...] = ("record_id",)
+) -> dict[str, float]:
+    """Pairwise precision, recall and F1 over the pairs that involve at least one flagged record
+    (e.g. the records without a valid code: the hard part of linkage)."""
+    joined = (
+        truth.select(*key, "entity_key")
+        .join(links.select(*key, "entity_id"), on=list(key), how="inner")
+        .with_columns(
+            pl.struct(key).is_in(flagged.implode())
+            if len(key) > 1
+            else pl.col(key[0]).is_in(flagged.implode()).alias("_flag")
+        )
+    )
+    if "_flag" not in joined.columns:
+        joined = joined.rename({joined.columns[-1]: "_flag"})
+
+    def count(by: list[str]) -> float:
+        groups = joined.group_by(by).agg(pl.len().alias("n"), pl.col("_flag").sum().alias("f"))
+        return groups.select(_pairs_involving(pl.col("n"), pl.col("f"))).item() or 0.0
+
+    tp, pp, ap = count(["entity_id", "entity_key"]), count(["entity_id"]), count(["entity_key"])
+    precision = 1.0 if pp == 0 else tp / pp
+    recall = 1.0 if ap == 0 else tp / ap
+    return {
+        "pairwise_precision": round(precision, 6),
+        "pairwise_recall": round(recall, 6),
+        "pairwise_f1": round(_f1(precision, recall), 6),
+        "true_pairs": int(ap),
+    }
+
+
+def entities_with_two_codes(
+    links: pl.DataFrame, codes: pl.DataFrame, key: tuple[str, ...] = ("record_id",)
+) -> int:
+    """How many entities hold records with two different valid USCCs (must be zero)."""
+    return (
+        links.select(*key, "entity_id")
+        .join(codes.select(*key, "uscc"), on=list(key))
+        .drop_nulls("uscc")
+        .group_by("entity_id")
+        .agg(pl.col("uscc").n_unique())
+        .filter(pl.col("uscc") > 1)
+        .height
+    )

@@ -208,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", default=None, help="a published version instead of current")
     ex.set_defaults(func=cmd_export)
 
+    from entity_resolution.cli import register as register_link_commands
     from serving.cli import register as register_service_commands
 
+    register_link_commands(sub)
     register_service_commands(sub)
     return parser
 

@@ -1,0 +1,144 @@
+"""Stable entity ids across runs: a persisted registry of who each record belonged to.
+
+A firm with a valid USCC is keyed by it. Any other entity keeps the id it had as long as it keeps
+most of its records; new entities get a new id. When two entities become one, the smaller one's
+id is recorded as ``merged`` into the survivor; when one falls apart, the pieces that lose the id
+are recorded as ``split`` from it; an entity that gains a USCC is ``renumbered``. So an id held by
+a regulator never dangles: ``resolve_id`` follows the history to the entity that holds it now.
+
+Files in the registry folder (Parquet, each written atomically):
+- ``members.parquet``: record_id, entity_id, first_seen, last_seen
+- ``history.parquet``: run, old_id, new_id, kind (merged | split | renumbered)
+- ``representatives.parquet``: per entity up to three of its records (the spec's input columns),
+  against which an incremental run links new records without re-linking everything
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.lake import write_parquet
+
+HISTORY_SCHEMA = {"run": pl.String, "old_id": pl.String, "new_id": pl.String, "kind": pl.String}
+MEMBER_SCHEMA = {
+    "record_id": pl.String,
+    "entity_id": pl.String,
+    "first_seen": pl.String,
+    "last_seen": pl.String,
+}
+REPRESENTATIVES = 3
+
+
+@dataclass
+class Registry:
+    folder: Path
+
+    @property
+    def members_path(self) -> Path:
+        return self.folder / "members.parquet"
+
+    @property
+    def history_path(self) -> Path:
+        return self.folder / "history.parquet"
+
+    @property
+    def representatives_path(self) -> Path:
+        return self.folder / "representatives.parquet"
+
+    def members(self) -> pl.DataFrame:
+        return (
+            pl.read_parquet(self.members_path)
+            if self.members_path.exists()
+            else pl.DataFrame(schema=MEMBER_SCHEMA)
+        )
+
+    def history(self) -> pl.DataFrame:
+        return (
+            pl.read_parquet(self.history_path)
+            if self.history_path.exists()
+            else pl.DataFrame(schema=HISTORY_SCHEMA)
+        )
+
+    def representatives(self) -> pl.DataFrame | None:
+        return pl.read_parquet(self.representatives_path) if self.representatives_path.exists() else None
+
+    def anchors(self) -> dict[str, str]:
+        """record id -> the entity id it held (to name the clusters of the next run)."""
+        members = self.members()
+        return dict(zip(members["record_id"].to_list(), members["entity_id"].to_list(), strict=True))
+
+    def resolve_id(self, entity_id: str) -> str:
+        """The id that holds an old id's firm today (following merges and renumbering)."""
+        moves = {
+            old: new
+            for old, new, kind in self.history().select("old_id", "new_id", "kind").iter_rows()
+            if kind in ("merged", "renumbered")
+        }
+        seen = set()
+        while entity_id in moves and entity_id not in seen:
+            seen.add(entity_id)
+            entity_id = moves[entity_id]
+        return entity_id
+
+    def update(
+        self,
+        links: pl.DataFrame,
+        records: pl.DataFrame,
+        run: str,
+        id_column: str = "record_id",
+        partial: bool = False,
+    ) -> pl.DataFrame:
+        """Record this run's links; return the changes (old id -> new id) it made.
+
+        ``links``: record_id, entity_id (ids already chosen with ``anchors()``); ``records``: the
+        input rows, for the representatives. ``partial``: the links cover only some records (an
+        incremental run); the others keep their entities.
+        """
+        previous = self.members()
+        now = links.select(pl.col(id_column).alias("record_id"), "entity_id")
+        moved = previous.join(now, on="record_id", suffix="_new").filter(
+            pl.col("entity_id") != pl.col("entity_id_new")
+        )
+        changes = []
+        if moved.height:
+            flows = moved.group_by("entity_id", "entity_id_new").len()
+            still = set(now["entity_id"].unique().to_list())
+            for old, new, _ in flows.sort("len", descending=True).iter_rows():
+                if old in still:
+                    kind = "split"  # the old id lives on elsewhere: these records left it
+                elif not old.startswith("X") or new.startswith("X"):
+                    kind = "merged"
+                else:
+                    kind = "renumbered"  # a code-less entity found its USCC
+                changes.append((run, old, new, kind))
+        change_frame = pl.DataFrame(changes, schema=HISTORY_SCHEMA, orient="row").unique(
+            ["old_id", "new_id"], keep="first", maintain_order=True
+        )
+        merged = now.join(
+            previous.select("record_id", "first_seen"), on="record_id", how="left"
+        ).with_columns(pl.col("first_seen").fill_null(run), pl.lit(run).alias("last_seen"))
+        if partial:
+            merged = pl.concat(
+                [previous.join(now, on="record_id", how="anti"), merged.select(list(MEMBER_SCHEMA))]
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(merged.select(list(MEMBER_SCHEMA)).sort("record_id"), self.members_path)
+        write_parquet(pl.concat([self.history(), change_frame]), self.history_path)
+        reps = (
+            records.rename({id_column: "record_id"})
+            .join(now, on="record_id")
+            .sort("entity_id", "record_id")
+            .group_by("entity_id", maintain_order=True)
+            .head(REPRESENTATIVES)
+        )
+        old_reps = self.representatives()
+        if partial and old_reps is not None:
+            reps = pl.concat(
+                [old_reps.join(reps.select("entity_id").unique(), on="entity_id", how="anti"), reps],
+                how="diagonal_relaxed",
+            )
+        write_parquet(reps, self.representatives_path)
+        return change_frame
