@@ -49,6 +49,7 @@ class Linkage:
     review: pl.DataFrame  # pairs between the review and link thresholds, with both records
     model: dict[str, Any]  # m, u, lambda per comparison level
     stats: dict[str, Any] = field(default_factory=dict)
+    assignments: pl.DataFrame | None = None  # record id -> signature, node (for blocking diagnostics)
 
 
 # ---------------------------------------------------------------------------------- normalise
@@ -556,8 +557,14 @@ def link(
         for j, c in enumerate(spec.comparisons)
     }
     log.info("linked %s", stats)
+    assignments = per_record.join(sig.select("sig", "node"), on="sig")
     return Linkage(
-        links=links, pairs=scored, review=review_pairs, model={"lambda": prior, **model}, stats=stats
+        links=links,
+        pairs=scored,
+        review=review_pairs,
+        model={"lambda": prior, **model},
+        stats=stats,
+        assignments=assignments,
     )
 
 

@@ -327,11 +327,36 @@ def validate_source(
     }
 
 
-def validate_profiles(profiles_path: Path) -> dict[str, Any]:
-    """Fail the run on any broken profile, naming the expectations and up to 10 firms."""
+def totals_parameters(totals: dict[str, float], tolerance: dict[str, float]) -> dict[str, float]:
+    """``<column>_min`` / ``<column>_max`` for the profiles suite's reconciliation expectations."""
+    out: dict[str, float] = {}
+    for column, value in totals.items():
+        out[f"{column}_min"] = float(value) - tolerance.get(column, 0.0)
+        out[f"{column}_max"] = float(value) + tolerance.get(column, 0.0)
+    return out
+
+
+def validate_profiles(profiles_path: Path, totals: dict[str, float] | None = None) -> dict[str, Any]:
+    """Fail the run on any broken profile, naming the expectations and up to 10 firms.
+
+    ``totals``: per profile column, what the accepted records add up to; the suite checks that the
+    profiles' sums reconcile with them (money to the cent per profile). Without them (a profile
+    table checked on its own) the sums are only checked to exist."""
     profiles = pl.read_parquet(profiles_path)
     frame = profiles.with_row_index(ROW_ID)
-    outcome = run_suite(frame, "profiles")
+    reconciled = (
+        "record_count",
+        "lending_loans",
+        "lending_amount",
+        "lending_balance",
+        "tax_arrears_balance",
+        "contract_cases",
+    )
+    own = {c: float(profiles[c].fill_null(0).sum()) if c in profiles.columns else 0.0 for c in reconciled}
+    totals = {**own, **(totals or {})}
+    money = 0.005 * max(profiles.height, 1)
+    tolerance = {c: money for c in ("lending_amount", "lending_balance", "tax_arrears_balance")}
+    outcome = run_suite(frame, "profiles", parameters=totals_parameters(totals, tolerance))
     if outcome.batch_failures or outcome.row_failures.height:
         bad = outcome.row_failures.join(frame.select(ROW_ID, "entity_id"), on=ROW_ID, how="left")
         examples = bad["entity_id"].unique(maintain_order=True).head(10).to_list()

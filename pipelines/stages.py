@@ -259,12 +259,46 @@ def _accepted(lake: Lake) -> pl.LazyFrame:
     return pl.concat([pl.scan_parquet(p) for p in paths], how="vertical_relaxed")
 
 
+def resolution_settings() -> dict[str, Any]:
+    """config/resolution.toml (CREDIT_RESOLUTION_CONFIG points a deployment at its own)."""
+    import os
+    import tomllib
+
+    from pipelines.lake import REPO_ROOT
+
+    path = Path(os.environ.get("CREDIT_RESOLUTION_CONFIG") or REPO_ROOT / "config" / "resolution.toml")
+    settings = tomllib.loads(path.read_text("utf-8"))
+    if settings.get("engine", "rules") not in ("rules", "fellegi_sunter"):
+        raise ValueError(f"{path}: engine must be 'rules' or 'fellegi_sunter'")
+    return settings
+
+
 def resolve_entities(lake_dir: str, business_date: str) -> dict[str, Any]:
     from entity_resolution.resolve import IDENTITY_COLUMNS, resolve
 
     lake = _lake(lake_dir, business_date)
-    # no local reference to the records: resolve() drops them once it has the distinct signatures
-    links, entities = resolve(_accepted(lake).select(IDENTITY_COLUMNS).collect())
+    settings = resolution_settings()
+    if settings.get("engine", "rules") == "fellegi_sunter":
+        from entity_resolution.pipeline import link_canonical
+
+        # the registry is updated aside and becomes the live one only when this run publishes
+        staged_registry = lake.work / "registry"
+        shutil.rmtree(staged_registry, ignore_errors=True)
+        if (lake.root / "registry").is_dir():
+            shutil.copytree(lake.root / "registry", staged_registry)
+        columns = [*IDENTITY_COLUMNS, "legal_rep"]
+        links, entities, stats = link_canonical(
+            _accepted(lake).select(columns).collect(),
+            settings.get("spec", "enterprise"),
+            registry_dir=staged_registry,
+            review_dir=lake.root / "review" / business_date,
+            decisions=lake.root / "review" / "decisions.csv",
+            run=business_date,
+        )
+        log.info("Fellegi-Sunter resolution: %s", stats)
+    else:
+        # no local reference to the records: resolve() drops them once it has the distinct signatures
+        links, entities = resolve(_accepted(lake).select(IDENTITY_COLUMNS).collect())
     write_parquet(links, lake.work / "links.parquet")
     write_parquet(entities, lake.work / "entities.parquet")
     methods = dict(links.group_by("match_method").len().sort("match_method").iter_rows())
@@ -333,7 +367,7 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
 
     lake = _lake(lake_dir, business_date)
     _data_docs(lake)
-    return quality.validate_profiles(lake.work / "profiles.parquet")
+    return quality.validate_profiles(lake.work / "profiles.parquet", accepted_totals(lake))
 
 
 #: profile column -> (which accepted records, which value; None counts them): the totals that the
@@ -346,6 +380,19 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
     "tax_arrears_balance": (("tax_arrears",), "balance"),
     "contract_cases": (("dishonest_debtor", "enforcement", "contract_default"), None),
 }
+
+
+def accepted_totals(lake: Lake) -> dict[str, float]:
+    """What the accepted records add up to, per reconciled profile column."""
+    wanted = []
+    for column, (types, value) in RECONCILED_TOTALS.items():
+        if types is None:
+            wanted.append(pl.len().cast(pl.Float64).alias(column))
+            continue
+        rows = pl.col("record_type").is_in(list(types))
+        total = pl.col(value).fill_null(0).filter(rows).sum() if value else rows.sum()
+        wanted.append(total.cast(pl.Float64).alias(column))
+    return {k: float(v or 0) for k, v in _accepted(lake).select(wanted).collect().row(0, named=True).items()}
 
 
 def reconcile(
@@ -363,14 +410,7 @@ def reconcile(
     snapshot_records = sum(v["snapshot_records"] for v in validation.values())
     if links.height != snapshot_records:
         problems.append(f"{snapshot_records} accepted records but {links.height} links")
-    wanted = []
-    for column, (types, value) in RECONCILED_TOTALS.items():
-        if types is None:
-            wanted.append(pl.len().alias(column))
-            continue
-        rows = pl.col("record_type").is_in(list(types))
-        wanted.append((pl.col(value).fill_null(0).filter(rows).sum() if value else rows.sum()).alias(column))
-    expected = _accepted(lake).select(wanted).collect().row(0, named=True)
+    expected = accepted_totals(lake)
     totals: dict[str, Any] = {}
     for column, (_, value) in RECONCILED_TOTALS.items():
         published = profiles[column].fill_null(0).sum()
@@ -434,8 +474,15 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         for name, counts in validation.items()
     }
     result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources})
-    # Only now, with the version live, do the watermarks advance.
+    # Only now, with the version live, do the watermarks (and the entity registry) advance.
     record(lake.root, business_date, validation)
+    if (lake.work / "registry").is_dir():
+        from pipelines.lake import replace_dir
+
+        staging = lake.root / ".registry.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(lake.work / "registry", staging)
+        replace_dir(staging, lake.root / "registry")
     write_json(
         {
             "business_date": business_date,

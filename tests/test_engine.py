@@ -300,3 +300,23 @@ def test_credit_link_then_evaluate(
     )
     same = sum(after[o] == e for o, e in copies.select("original", "entity_id").iter_rows())
     assert same >= 0.95 * copies.height  # the new copies found their firms
+
+
+def test_the_nightly_pipeline_can_resolve_with_the_engine_and_keep_ids(
+    generated: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "resolution.toml"
+    config.write_text('engine = "fellegi_sunter"\nspec = "enterprise"\n', "utf-8")
+    monkeypatch.setenv("CREDIT_RESOLUTION_CONFIG", str(config))
+    lake = tmp_path / "lake"
+    stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-1")
+    assert (lake / "registry" / "members.parquet").exists()
+    first = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
+    assert set(first["match_method"]) <= {"uscc", "code_crosswalk", "fellegi_sunter"}
+    truth = pl.read_parquet(generated["root"] / "sources" / "truth" / "records.parquet")
+    assert evaluate(first, truth).pairwise_f1 >= 0.99
+    stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # next night
+    second = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
+    kept = first.join(second, on=["source", "source_record_id"], suffix="_2")
+    assert (kept["entity_id"] == kept["entity_id_2"]).mean() == 1.0  # ids survive the night
+    assert (lake / "review" / "2026-11-23").is_dir()

@@ -1,0 +1,157 @@
+"""Benchmark: `entity_resolution.engine.link` on about a million enterprise records.
+
+Takes the accepted records of a lake built by `bench/bench_pipeline.py --keep` (every tenth true
+firm, all its records, so the truth stays whole), links them with the enterprise spec in a fresh
+process, and prints seconds per step, peak memory, candidate pairs, the share of true pairs the
+blocking keeps, and pairwise / B-cubed scores overall and over pairs involving a record without a
+valid code.
+
+    .venv/bin/python bench/bench_link.py --lake bench/out/lake-1060000 --sources bench/out/sources-1060000
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = """
+import json, resource, sys, time
+import polars as pl
+from entity_resolution.engine import link
+from entity_resolution.spec import load_spec
+records = pl.read_parquet(sys.argv[1])
+start = time.perf_counter()
+result = link(records, load_spec("enterprise"))
+seconds = time.perf_counter() - start
+result.links.write_parquet(sys.argv[2])
+result.pairs.select("l", "r").write_parquet(sys.argv[3])
+result.assignments.write_parquet(sys.argv[4])
+print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "stats": result.stats}))
+"""
+
+
+def build_input(lake: Path, sources: Path, share: int, out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    truth = pl.read_parquet(sources / "truth" / "records.parquet").select(
+        (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"), "entity_key"
+    )
+    keep = truth.filter(pl.col("entity_key").hash(seed=1) % share == 0)
+    files = sorted(glob.glob(str(lake / "accepted" / "*" / "*.parquet")))
+    accepted = (
+        pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
+        .select(
+            (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"),
+            pl.col("subject_name").alias("name"),
+            pl.col("code_raw").alias("uscc"),
+            pl.lit(None, pl.String).alias("org_code"),
+            "reg_no",
+            pl.lit(None, pl.String).alias("address"),
+            "legal_rep",
+            pl.lit(None, pl.String).alias("phone"),
+            pl.col("uscc").alias("_valid_uscc"),
+        )
+        .join(keep.lazy().select("record_id"), on="record_id")
+        .collect()
+    )
+    accepted.drop("_valid_uscc").write_parquet(out)
+    return accepted.select("record_id", pl.col("_valid_uscc").alias("uscc")), keep
+
+
+def blocking_recall(truth: pl.DataFrame, assignments: pl.DataFrame, pairs: pl.DataFrame) -> float:
+    """Share of true record pairs that blocking keeps: same signature, same exact-key node, or a
+    candidate pair between their signatures."""
+    per_sig = truth.join(assignments, on="record_id").group_by("entity_key", "sig", "node").len()
+    sig_pairs = per_sig.join(per_sig, on="entity_key", suffix="_r").filter(pl.col("sig") < pl.col("sig_r"))
+    candidates = pairs.select(
+        pl.col("l").cast(pl.UInt32), pl.col("r").cast(pl.UInt32), pl.lit(True).alias("c")
+    )
+    sig_pairs = sig_pairs.join(candidates, left_on=["sig", "sig_r"], right_on=["l", "r"], how="left")
+    weight = pl.col("len") * pl.col("len_r")
+    total = (
+        sig_pairs.select(weight.sum()).item()
+        + per_sig.select((pl.col("len") * (pl.col("len") - 1) / 2).sum()).item()
+    )
+    kept = (
+        sig_pairs.filter(pl.col("c").fill_null(False) | (pl.col("node") == pl.col("node_r")))
+        .select(weight.sum())
+        .item()
+        + per_sig.select((pl.col("len") * (pl.col("len") - 1) / 2).sum()).item()
+    )
+    return kept / total if total else 1.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lake", type=Path, default=ROOT / "bench" / "out" / "lake-1060000")
+    parser.add_argument("--sources", type=Path, default=ROOT / "bench" / "out" / "sources-1060000")
+    parser.add_argument("--share", type=int, default=10, help="keep every n-th true firm")
+    args = parser.parse_args()
+    work = ROOT / "bench" / "out" / "link"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet")
+    print(
+        f"input: {codes.height:,} records of {truth['entity_key'].n_unique():,} true firms "
+        f"({time.perf_counter() - started:.1f} s to prepare)"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUNNER,
+            str(work / "records.parquet"),
+            str(work / "links.parquet"),
+            str(work / "pairs.parquet"),
+            str(work / "assignments.parquet"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+
+    from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
+
+    links = pl.read_parquet(work / "links.parquet")
+    scores = evaluate(links, truth, key=("record_id",))
+    hard = pairwise_involving(links, truth, codes.filter(pl.col("uscc").is_null())["record_id"])
+    recall = blocking_recall(
+        truth, pl.read_parquet(work / "assignments.parquet"), pl.read_parquet(work / "pairs.parquet")
+    )
+    stats = run["stats"]
+    print(f"\nlink: {run['seconds']:.1f} s, peak memory {run['peak_mb']:,.0f} MB (2 cores)")
+    print("  steps (cumulative s):", json.dumps(stats["seconds"]))
+    print(
+        f"  signatures {stats['signatures']:,}; candidate pairs {stats['candidate_pairs']:,}; linked pairs "
+        f"{stats['linked_pairs']:,}; refused by constraints {stats['refused_by_constraints']:,}; review pairs "
+        f"{stats['review_pairs']:,}; entities {stats['entities']:,}"
+    )
+    print(f"  blocking keeps {recall:.4%} of true pairs")
+    print(
+        f"  all pairs: precision {scores.pairwise_precision:.4f} recall {scores.pairwise_recall:.4f} "
+        f"F1 {scores.pairwise_f1:.4f}; B-cubed F1 {scores.bcubed_f1:.4f}"
+    )
+    print(
+        f"  pairs involving a record without a valid code ({hard['true_pairs']:,} true pairs): precision "
+        f"{hard['pairwise_precision']:.4f} recall {hard['pairwise_recall']:.4f} F1 {hard['pairwise_f1']:.4f}"
+    )
+    print(f"  entities holding two different valid USCCs: {entities_with_two_codes(links, codes)}")
+    print(f"(this process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
