@@ -23,6 +23,10 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from entity_resolution.pipeline import enterprise_inputs  # noqa: E402
+
 RUNNER = """
 import json, resource, sys, time
 import polars as pl
@@ -48,17 +52,7 @@ def build_input(lake: Path, sources: Path, share: int, out: Path) -> tuple[pl.Da
     files = sorted(glob.glob(str(lake / "accepted" / "*" / "*.parquet")))
     accepted = (
         pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
-        .select(
-            (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"),
-            pl.col("subject_name").alias("name"),
-            pl.col("code_raw").alias("uscc"),
-            pl.lit(None, pl.String).alias("org_code"),
-            "reg_no",
-            pl.lit(None, pl.String).alias("address"),
-            "legal_rep",
-            pl.lit(None, pl.String).alias("phone"),
-            pl.col("uscc").alias("_valid_uscc"),
-        )
+        .select(*enterprise_inputs(), pl.col("uscc").alias("_valid_uscc"))
         .join(keep.lazy().select("record_id"), on="record_id")
         .collect()
     )

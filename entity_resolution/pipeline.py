@@ -18,6 +18,27 @@ from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import load_spec
 
 
+def record_id() -> pl.Expr:
+    """A canonical record's id for the engine: ``source:source_record_id``."""
+    return pl.col("source") + ":" + pl.col("source_record_id")
+
+
+def enterprise_inputs() -> list[pl.Expr]:
+    """The enterprise spec's input columns from canonical records (the department's code as written
+    goes to ``uscc``: the codes normaliser recognises organization codes and registration numbers
+    in any column; ``reg_no`` carries the tax bureau's old registration numbers)."""
+    return [
+        record_id().alias("record_id"),
+        pl.col("subject_name").alias("name"),
+        pl.col("code_raw").alias("uscc"),
+        pl.lit(None, pl.String).alias("org_code"),
+        "reg_no",
+        pl.lit(None, pl.String).alias("address"),
+        "legal_rep",
+        pl.lit(None, pl.String).alias("phone"),
+    ]
+
+
 def link_canonical(
     records: pl.DataFrame,
     spec_name: str = "enterprise",
@@ -29,17 +50,8 @@ def link_canonical(
     """(links, entities, stats) for canonical records (source, source_record_id, subject_name,
     code_raw, uscc, org_code, reg_no, code_status, legal_rep, updated_at)."""
     spec = load_spec(spec_name)
-    rid = pl.col("source") + ":" + pl.col("source_record_id")
-    inputs = records.select(
-        rid.alias("record_id"),
-        pl.col("subject_name").alias("name"),
-        pl.col("code_raw").alias("uscc"),
-        pl.lit(None, pl.String).alias("org_code"),
-        "reg_no",
-        pl.lit(None, pl.String).alias("address"),
-        "legal_rep",
-        pl.lit(None, pl.String).alias("phone"),
-    )
+    rid = record_id()
+    inputs = records.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     result = link(

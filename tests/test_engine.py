@@ -13,6 +13,7 @@ import pytest
 
 from entity_resolution.engine import link
 from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
+from entity_resolution.pipeline import enterprise_inputs, record_id
 from entity_resolution.registry import Registry
 from entity_resolution.review import read_decisions
 from entity_resolution.spec import load_spec
@@ -34,17 +35,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
         [pl.read_parquet(f) for f in sorted(glob.glob(str(root / "lake" / "accepted" / "*" / "*")))],
         how="vertical_relaxed",
     )
-    rid = pl.col("source") + ":" + pl.col("source_record_id")
-    records = accepted.select(
-        rid.alias("record_id"),
-        pl.col("subject_name").alias("name"),
-        pl.col("code_raw").alias("uscc"),
-        pl.lit(None, pl.String).alias("org_code"),
-        "reg_no",
-        pl.lit(None, pl.String).alias("address"),
-        "legal_rep",
-        pl.lit(None, pl.String).alias("phone"),
-    )
+    rid = record_id()
+    records = accepted.select(*enterprise_inputs())
     truth = pl.read_parquet(root / "sources" / "truth" / "records.parquet").select(
         (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"), "entity_key"
     )

@@ -90,3 +90,38 @@ def test_watermarks_advance_only_after_a_successful_publish(
     # the retried night pulled from the last *published* watermark, so nothing was skipped
     report = json.loads((lake / "reports" / DAYS[1] / "extract" / "lending.json").read_text("utf-8"))
     assert report["base_date"] == DAYS[0]
+
+
+@pytest.mark.parametrize("tamper", ["lost_row", "lost_link"])
+def test_a_run_whose_books_do_not_balance_does_not_publish(
+    nightly: Path, tmp_path: Path, tamper: str
+) -> None:
+    """A row that vanished between extraction and acceptance, or a record without its link, must stop
+    the publish: `current`, the watermarks and the published versions stay as they were."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    day = DAYS[-1]
+    if tamper == "lost_row":
+        report = lake / "reports" / day / "validation" / "lending.json"
+        counts = json.loads(report.read_text("utf-8"))
+        counts["extracted"] += 1
+        report.write_text(json.dumps(counts), "utf-8")
+        expected = "source 'lending': extracted"
+    else:
+        links = lake / "work" / day / "links.parquet"
+        pl.read_parquet(links).slice(1).write_parquet(links)
+        expected = "accepted records but"
+    current = (lake / "published" / "current").resolve()
+    versions = sorted(p.name for p in (lake / "published").iterdir())
+    watermarks = (lake / "state" / "watermarks.json").read_text("utf-8")
+
+    with pytest.raises(PublishError, match=f"books do not balance: .*{expected}.*nothing published"):
+        stages.publish(str(lake), day, "unbalanced")
+    assert (lake / "published" / "current").resolve() == current
+    assert sorted(p.name for p in (lake / "published").iterdir()) == versions
+    assert (lake / "state" / "watermarks.json").read_text("utf-8") == watermarks
+    summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
+    assert summary["published"] is False and not summary["books"]["balanced"]
+    assert any(expected in problem for problem in summary["books"]["problems"])
