@@ -8,11 +8,14 @@ Polars does the data work; pandas appears only at the GX boundary, with just the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,62 +48,95 @@ class SuiteOutcome:
 
 #: where GX keeps validation results and builds Data Docs (None: in memory, no docs)
 _docs_root: Path | None = None
+_docs_run_name: str | None = None
 
 
-def use_data_docs(root: Path | None) -> None:
+def use_data_docs(root: Path | None, run_name: str | None = None) -> None:
     """Validate through a file-backed GX project under ``root``: every validation result is kept and
-    rendered into Data Docs (``data_docs_index(root)``). Each process (Airflow task) sets it."""
-    global _docs_root
-    _docs_root = root
+    rendered into Data Docs (``data_docs_index(root)``) under ``run_name`` (the business date).
+    Each process (Airflow task) sets it."""
+    global _docs_root, _docs_run_name
+    _docs_root, _docs_run_name = root, run_name
 
 
 def data_docs_index(root: Path) -> Path:
     return root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
+@contextmanager
+def _project_lock(root: Path | None) -> Iterator[None]:
+    """Serialise what touches the shared files of a file-backed GX project.
+
+    The DAG validates sources side by side, each task in its own process, against one project per
+    run. GX rewrites ``great_expectations.yml`` in place when a data source is registered and reads
+    every stored suite and result when it builds the Data Docs index, so a reader can meet a
+    half-written file. Those steps take this lock; the validation itself runs outside it."""
+    if root is None:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".gx.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @cache
 def _context(root: Path | None = None) -> Any:
     import great_expectations as gx
 
-    context = (
-        gx.get_context(mode="file", project_root_dir=str(root)) if root else gx.get_context(mode="ephemeral")
-    )
-    # GX draws a progress bar per validation; nightly logs should not fill up with them
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    with _project_lock(root):
+        context = (
+            gx.get_context(mode="file", project_root_dir=str(root))
+            if root
+            else gx.get_context(mode="ephemeral")
+        )
+        # GX draws a progress bar per validation; nightly logs should not fill up with them
+        context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     return context
 
 
 @cache
 def _batch_definition(root: Path | None = None) -> Any:
-    source = _context(root).data_sources.add_or_update_pandas("credit")
-    return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
+    context = _context(root)
+    with _project_lock(root):
+        source = context.data_sources.add_or_update_pandas("credit")
+        return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
 
 
 def _validate(suite: Any, frame: Any, result_format: dict[str, Any], parameters: dict[str, Any]) -> Any:
-    """One GX validation; with Data Docs on, through a checkpoint that stores the result and
-    updates the docs site."""
+    """One GX validation; with Data Docs on, the result is stored and its page and the docs index
+    are rebuilt (under the project lock: other tasks of the run share the site)."""
     root = _docs_root
-    batch_definition = _batch_definition(root)
+    batch = _batch_definition(root).get_batch(batch_parameters={"dataframe": frame})
+    result = batch.validate(suite, result_format=result_format, expectation_parameters=parameters)
     if root is None:
-        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        return batch.validate(suite, result_format=result_format, expectation_parameters=parameters)
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
+        return result
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
 
+    run_id = RunIdentifier(run_name=_docs_run_name, run_time=datetime.now(UTC))
+    result.meta.update(
+        run_id=run_id, validation_time=run_id.run_time, batch_parameters={"dataframe": "<dataframe>"}
+    )
+    suite_id = ExpectationSuiteIdentifier(name=suite.name)
+    result_id = ValidationResultIdentifier(
+        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=batch.id
+    )
     context = _context(root)
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
-    )
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=suite.name,
-            validation_definitions=[definition],
-            result_format=result_format,
-            actions=[UpdateDataDocsAction(name="data_docs")],
+    with _project_lock(root):
+        context.validation_results_store.store_validation_results(
+            suite_validation_result=result,
+            suite_validation_result_identifier=result_id,
+            expectation_suite_identifier=suite_id,
         )
-    )
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
-    return next(iter(outcome.run_results.values()))
+        context.build_data_docs(resource_identifiers=[result_id])
+    return result
 
 
 @cache
@@ -127,8 +163,10 @@ def _load_suite(name: str, expectations_dir: Path, root: Path | None) -> Any:
 
     spec = json.loads(_suite_json(name, expectations_dir))
     suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
+    context = _context(root)
     # the JSON file is the truth: a stored copy from an earlier run is replaced
-    return _context(root).suites.add_or_update(suite)
+    with _project_lock(root):
+        return context.suites.add_or_update(suite)
 
 
 def _columns_needed(suite: Any) -> set[str]:

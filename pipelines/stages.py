@@ -44,7 +44,7 @@ def _data_docs(lake: Lake) -> None:
     """Keep this run's GX validation results and Data Docs under LAKE/reports/<date>/gx."""
     from pipelines import quality
 
-    quality.use_data_docs(lake.reports / "gx")
+    quality.use_data_docs(lake.reports / "gx", run_name=lake.business_date)
 
 
 def _report(lake: Lake, kind: str, source: str) -> Path:

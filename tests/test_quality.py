@@ -146,3 +146,47 @@ def test_profile_totals_must_reconcile_with_the_accepted_records(tmp_path: Path)
     assert validate_profiles(path, totals)["validated"]
     with pytest.raises(DataQualityError, match="does not reconcile with the accepted records"):
         validate_profiles(path, {**totals, "lending_balance": 150.5})
+
+
+PARALLEL_TASK = """
+import sys
+from pathlib import Path
+import pandas as pd
+from pipelines import quality
+
+root, name, starts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+frame = pd.DataFrame({"_row": range(20), "subject_name": ["华兴"] * 19 + [None]})
+for _ in range(starts):  # each pass is a task starting afresh, as Airflow runs them
+    quality._context.cache_clear()
+    quality._batch_definition.cache_clear()
+    quality._load_suite.cache_clear()
+    quality.use_data_docs(root, run_name="2026-11-23")
+    suite = quality.load_suite(name)
+    quality._validate(suite, frame, {"result_format": "SUMMARY"}, {"business_day_end": "2026-11-24"})
+"""
+
+
+def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
+    """The DAG validates sources side by side in separate processes against one GX project per run:
+    none may read another's half-written project files, and every result reaches the docs."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "gx"
+    suites = ["lending.raw", "tax.raw", "contract.raw", "violations.raw"]
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, "-c", PARALLEL_TASK, str(root), name, "6"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in suites
+    ]
+    outcomes = [(task.wait(timeout=600), task.stderr.read()[-2000:]) for task in tasks]
+    assert all(code == 0 for code, _ in outcomes), [err for code, err in outcomes if code]
+    site = root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    index = (site / "index.html").read_text("utf-8")
+    assert all(name in index for name in suites)
+    assert len(list((site / "validations").rglob("*.html"))) == 6 * len(suites)
