@@ -106,12 +106,81 @@ def _batch_definition(root: Path | None = None) -> Any:
         return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
 
 
-def _validate(suite: Any, frame: Any, result_format: dict[str, Any], parameters: dict[str, Any]) -> Any:
-    """One GX validation; with Data Docs on, the result is stored and its page and the docs index
-    are rebuilt (under the project lock: other tasks of the run share the site)."""
+#: expectations that read only the table's column names, not its values
+SCHEMA_EXPECTATIONS = frozenset(
+    {
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+        "expect_column_to_exist",
+    }
+)
+
+
+def _validate(
+    suite: Any,
+    frame: Any,
+    result_format: dict[str, Any],
+    parameters: dict[str, Any],
+    schema_frame: Any = None,
+) -> Any:
+    """One GX validation of ``suite``; with ``schema_frame`` (the table's columns, no rows) the
+    schema expectations are judged on it and the rest on ``frame`` (only the columns they read:
+    GX filters the whole frame for every column expectation), merged into one suite result.
+    With Data Docs on, the result is stored and its page and the docs index are rebuilt (under the
+    project lock: other tasks of the run share the site)."""
+    from great_expectations import __version__ as gx_version
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+    from great_expectations.execution_engine import pandas_execution_engine
+    from great_expectations.util import convert_to_json_serializable
+    from great_expectations.validator.v1_validator import Validator
+    from great_expectations.validator.validator import calc_validation_statistics
+
+    # GX fingerprints every pandas batch under 1 GB with an md5 over hash_pandas_object (4 s for
+    # 3M rows); it is batch metadata only, which GX already skips for larger frames.
+    pandas_execution_engine.HASH_THRESHOLD = 0
     root = _docs_root
-    batch = _batch_definition(root).get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(suite, result_format=result_format, expectation_parameters=parameters)
+    configs = suite.expectation_configurations
+    on_schema = [schema_frame is not None and c.type in SCHEMA_EXPECTATIONS for c in configs]
+
+    def judge(data: Any, chosen: list[Any]) -> tuple[Any, list[Any]]:
+        # one batch, as GX's ValidationDefinition makes it (Batch.validate would build a second)
+        validator = Validator(
+            batch_definition=_batch_definition(root),
+            batch_parameters={"dataframe": data},
+            result_format=result_format,
+        )
+        if not chosen:
+            return validator, []
+        return validator, validator._validate_expectation_configs(
+            expectation_configs=chosen, expectation_parameters=parameters
+        )
+
+    validator, main = judge(frame, [c for c, s in zip(configs, on_schema, strict=True) if not s])
+    _, schema = judge(schema_frame, [c for c, s in zip(configs, on_schema, strict=True) if s])
+    main_results, schema_results = iter(main), iter(schema)
+    results = [next(schema_results) if s else next(main_results) for s in on_schema]
+    statistics = calc_validation_statistics(results)
+    wrapped = validator._wrapped_validator
+    result = ExpectationSuiteValidationResult(
+        results=results,
+        success=statistics.success,
+        suite_name=suite.name,
+        statistics={
+            "evaluated_expectations": statistics.evaluated_expectations,
+            "successful_expectations": statistics.successful_expectations,
+            "unsuccessful_expectations": statistics.unsuccessful_expectations,
+            "success_percent": statistics.success_percent,
+        },
+        meta={  # as GX's Validator.validate_expectation_suite writes it
+            "great_expectations_version": gx_version,
+            "batch_spec": convert_to_json_serializable(wrapped.active_batch_spec),
+            "batch_markers": wrapped.active_batch_markers,
+            "active_batch_definition": convert_to_json_serializable(wrapped.active_batch_definition),
+        },
+        batch_id=validator.active_batch_id,
+    )
     if root is None:
         return result
     from great_expectations.core.run_identifier import RunIdentifier
@@ -126,7 +195,7 @@ def _validate(suite: Any, frame: Any, result_format: dict[str, Any], parameters:
     )
     suite_id = ExpectationSuiteIdentifier(name=suite.name)
     result_id = ValidationResultIdentifier(
-        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=batch.id
+        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=validator.active_batch_id
     )
     context = _context(root)
     with _project_lock(root):
@@ -198,21 +267,17 @@ def run_suite(
     fill the suite's ``{"$PARAMETER": name}`` values (e.g. the business date's end)."""
     suite = load_suite(suite_name)
     needed = _columns_needed(suite)
-    table_level = any(e.configuration.type.startswith("expect_table_") for e in suite.expectations)
     columns = [c for c in frame.columns if c in needed]
-    # Table-level expectations (the column set) need every column's name but not its values; GX
-    # filters the whole frame per expectation, so unread columns travel as cheap all-null Int8s.
-    placeholders = [
-        pl.lit(None, dtype=pl.Int8).alias(c)
-        for c in frame.columns
-        if table_level and c not in needed and c != id_column
-    ]
-    pandas_frame = frame.select(*dict.fromkeys([id_column, *columns]), *placeholders).to_pandas()
+    pandas_frame = frame.select(*dict.fromkeys([id_column, *columns])).to_pandas()
+    schema_frame = None
+    if any(e.configuration.type in SCHEMA_EXPECTATIONS for e in suite.expectations):
+        schema_frame = frame.head(0).to_pandas()
     result = _validate(
         suite,
         pandas_frame,
         {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
         parameters or {},
+        schema_frame=schema_frame,
     )
     ids: list[Any] = []
     names: list[str] = []
