@@ -56,6 +56,16 @@ def validate_in_parallel(sources: list[str], lake: Path, day: str, workers: int 
     return time.perf_counter() - start
 
 
+def machine_reference() -> float:
+    """Seconds for a fixed pure-Python loop (20M additions): this machine's speed at the time of
+    the run, printed beside the figures because a shared machine's speed varies, even within one run."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(20_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,6 +81,7 @@ def main() -> int:
     lake = args.workdir / f"lake-{args.entities}"
     shutil.rmtree(lake, ignore_errors=True)
     rows: list[tuple[str, float, int, float]] = []
+    reference_before = machine_reference()
 
     gen = run_stage("generate", str(sources), args.entities, args.seed, args.date)
     records = sum(gen["result"]["rows"].values()) if isinstance(gen["result"].get("rows"), dict) else 0
@@ -121,7 +132,11 @@ def main() -> int:
         pl.read_parquet(sources / "truth" / "records.parquet"),
     )
 
-    print(f"\nbenchmark: {args.entities:,} firms, {records:,} source records, 2 cores\n")
+    print(f"\nbenchmark: {args.entities:,} firms, {records:,} source records, 2 cores")
+    print(
+        f"machine reference (20M-addition Python loop): {reference_before:.2f} s before, "
+        f"{machine_reference():.2f} s after\n"
+    )
     print(f"{'stage':<28}{'seconds':>9}{'records':>12}{'records/s':>12}{'peak MB':>10}")
     for name, seconds, n, peak in rows:
         rate = n / seconds if seconds and n else 0
