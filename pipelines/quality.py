@@ -157,10 +157,26 @@ def _validate(
             expectation_configs=chosen, expectation_parameters=parameters
         )
 
-    validator, main = judge(frame, [c for c, s in zip(configs, on_schema, strict=True) if not s])
-    _, schema = judge(schema_frame, [c for c, s in zip(configs, on_schema, strict=True) if s])
-    main_results, schema_results = iter(main), iter(schema)
-    results = [next(schema_results) if s else next(main_results) for s in on_schema]
+    # GX filters its whole batch (every column) for each column expectation, so each group of
+    # expectations reading the same columns gets a batch of only those (plus the row ids)
+    ids = list(result_format.get("unexpected_index_column_names") or [])
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, (config, schema_only) in enumerate(zip(configs, on_schema, strict=True)):
+        if not schema_only:
+            read = _expectation_columns(config.kwargs)
+            key = tuple(c for c in frame.columns if c in read or c in ids)
+            groups.setdefault(key, []).append(index)
+    results: list[Any] = [None] * len(configs)
+    validator = None
+    for columns, indexes in groups.items():
+        validator, judged = judge(frame[list(columns)], [configs[i] for i in indexes])
+        for index, outcome in zip(indexes, judged, strict=True):
+            results[index] = outcome
+    schema_indexes = [i for i, schema_only in enumerate(on_schema) if schema_only]
+    schema_validator, judged = judge(schema_frame, [configs[i] for i in schema_indexes])
+    for index, outcome in zip(schema_indexes, judged, strict=True):
+        results[index] = outcome
+    validator = validator or schema_validator
     statistics = calc_validation_statistics(results)
     wrapped = validator._wrapped_validator
     result = ExpectationSuiteValidationResult(
@@ -238,19 +254,22 @@ def _load_suite(name: str, expectations_dir: Path, root: Path | None) -> Any:
         return context.suites.add_or_update(suite)
 
 
-def _columns_needed(suite: Any) -> set[str]:
+def _expectation_columns(kwargs: dict[str, Any]) -> set[str]:
+    """The columns one expectation reads, its row condition included."""
     needed: set[str] = set()
-    for expectation in suite.expectations:
-        config = expectation.configuration.kwargs
-        for key in ("column", "column_A", "column_B"):
-            if config.get(key):
-                needed.add(config[key])
-        needed.update(config.get("column_list") or [])
-        condition = config.get("row_condition")
-        if condition:
-            text = condition if isinstance(condition, str) else json.dumps(condition)
-            needed.update(c for c in CANONICAL_COLUMNS if c in text)
+    for key in ("column", "column_A", "column_B"):
+        if kwargs.get(key):
+            needed.add(kwargs[key])
+    needed.update(kwargs.get("column_list") or [])
+    condition = kwargs.get("row_condition")
+    if condition:
+        text = condition if isinstance(condition, str) else json.dumps(condition)
+        needed.update(c for c in CANONICAL_COLUMNS if c in text)
     return needed
+
+
+def _columns_needed(suite: Any) -> set[str]:
+    return set().union(*(_expectation_columns(e.configuration.kwargs) for e in suite.expectations))
 
 
 def _reason(config: Any, value: Any) -> str:
@@ -258,6 +277,23 @@ def _reason(config: Any, value: Any) -> str:
     column = config.kwargs.get("column")
     shown = "null" if value is None else str(value)[:60]
     return f"{reason} ({column}={shown})" if column else reason
+
+
+#: the dates pandas can hold as datetime64[ns]
+_NS_DATES = (date(1677, 9, 22), date(2262, 4, 11))
+
+
+def _to_pandas_for_gx(frame: pl.DataFrame) -> Any:
+    """``frame`` as pandas, Date columns as datetime64[ns] where they fit: GX compares only
+    nanosecond datetimes vectorised and any other date unit row by row in Python (9 s of a 30 s
+    validation of 1.9M loans)."""
+    casts = []
+    for name, dtype in frame.schema.items():
+        if dtype == pl.Date:
+            low, high = frame[name].min(), frame[name].max()
+            if low is None or (_NS_DATES[0] <= low and high <= _NS_DATES[1]):
+                casts.append(pl.col(name).cast(pl.Datetime("ns")))
+    return frame.with_columns(casts).to_pandas()
 
 
 def run_suite(
@@ -268,7 +304,8 @@ def run_suite(
     suite = load_suite(suite_name)
     needed = _columns_needed(suite)
     columns = [c for c in frame.columns if c in needed]
-    pandas_frame = frame.select(*dict.fromkeys([id_column, *columns])).to_pandas()
+    pandas_frame = _to_pandas_for_gx(frame.select(*dict.fromkeys([id_column, *columns])))
+    dates = {name for name, dtype in frame.schema.items() if dtype == pl.Date}
     schema_frame = None
     if any(e.configuration.type in SCHEMA_EXPECTATIONS for e in suite.expectations):
         schema_frame = frame.head(0).to_pandas()
@@ -297,7 +334,10 @@ def run_suite(
             for entry in unexpected:
                 ids.append(entry[id_column])
                 names.append(label)
-                reasons.append(_reason(config, entry.get(column)))
+                value = entry.get(column)
+                if column in dates and hasattr(value, "date"):
+                    value = value.date()  # a Date column GX saw as datetime64[ns]
+                reasons.append(_reason(config, value))
         else:
             observed = (item.result or {}).get("observed_value")
             reason = (config.meta or {}).get("reason") or label

@@ -94,7 +94,7 @@ ROW_KINDS: list[tuple[str, str, str, str]] = [
     ("text in a numeric column", "lending", "BAD-TYPE", "value could not be read"),
     ("unknown five-class value", "lending", "BAD-5CLASS", "five-class classification not recognised"),
     ("five-class inconsistent with overdue days", "lending", "BAD-CONSIST", "five-class inconsistent"),
-    ("date in the future", "lending", "BAD-FUTURE", "in the future"),
+    ("date in the future", "lending", "BAD-FUTURE", "in the future) (event_date=2030-01-01)"),
     ("empty name", "tax", "BAD-EMPTY", "name is empty"),
     ("SQL-like text in a name", "tax", "BAD-SQL", "SQL-like"),
     ("score out of range", "tax", "BAD-SCORE", "rating score outside 0-100"),
