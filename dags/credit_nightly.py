@@ -145,8 +145,9 @@ def credit_nightly() -> None:
 
     @task(retries=0)
     def check(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
-        """Batch checks (raw suite, volume against the last run, staleness). A failing batch is held
-        back: a critical source fails here, any other falls back to its last good snapshot."""
+        """Batch checks (readable, every mapped column there, volume against the last run,
+        staleness). A failing batch is held back: a critical source fails here, any other falls back
+        to its last good snapshot."""
         from pipelines.stages import check_source
 
         return _fail_on_quality(check_source, source, run["lake_dir"], run["business_date"])
@@ -160,8 +161,9 @@ def credit_nightly() -> None:
 
     @task(retries=0)
     def validate(run: dict[str, str], source: str, staged: dict[str, Any]) -> dict[str, Any]:
-        """Great Expectations checks: good rows to `LAKE/accepted`, bad rows to `LAKE/quarantine`; a
-        batch-level failure fails the task without retries."""
+        """Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as
+        `check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to
+        `LAKE/quarantine`; a batch-level failure fails the task without retries."""
         from pipelines.stages import validate_source
 
         return _fail_on_quality(validate_source, source, run["lake_dir"], run["business_date"])

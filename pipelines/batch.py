@@ -1,11 +1,14 @@
 """Batch-level checks: is this delivery of a source fit to replace the last good one?
 
-Row-level problems quarantine rows; these checks judge the batch as a whole, before anything is
-standardised: the file could be read at all, the raw suite (``expectations/<source>.raw.json``:
-schema and types, on a sample) passes, the volume did not drop by more than the source's
-``max_volume_drop`` against the last published run, and the newest record is not older than
-``max_age_days``. A batch that fails is held back: a critical source fails the run, any other falls
-back to its last good snapshot and the profiles it feeds are marked stale.
+Row-level problems quarantine rows; these checks judge the batch as a whole. Before anything is
+standardised (``check_batch``, no Great Expectations import): the file could be read at all, every
+mapped column is there, the volume did not drop by more than the source's ``max_volume_drop``
+against the last published run, and the newest record is not older than ``max_age_days``. Then, in
+the validate task, which imports Great Expectations anyway (~5 s a process), the raw suite
+(``expectations/<source>.raw.json``: schema and types, on a sample) must pass before the
+standardised suite runs (``raw_suite_problems``). A batch that fails either is held back: a
+critical source fails the run, any other falls back to its last good snapshot and the profiles it
+feeds are marked stale.
 """
 
 from __future__ import annotations
@@ -53,12 +56,11 @@ def raw_suite_problems(source: SourceConfig, raw_path: Path) -> list[str]:
 
 def check_batch(
     source: SourceConfig,
-    raw_path: Path,
     extracted: dict[str, Any],
     base: Watermark | None,
     business_date: str,
 ) -> list[str]:
-    """Every reason to hold this batch back (empty: promote it)."""
+    """Every reason, short of the raw suite, to hold this batch back (empty: standardise it)."""
     if extracted.get("problem"):
         return [str(extracted["problem"])]
     problems: list[str] = []
@@ -70,8 +72,6 @@ def check_batch(
             f"schema drift: columns {missing} are missing or renamed (unmapped columns now "
             f"delivered: {added})"
         )
-    elif extracted.get("rows", 0):
-        problems += raw_suite_problems(source, raw_path)
     rows = int(extracted.get("source_rows", 0))
     if base is not None and base.source_rows and rows < (1 - source.max_volume_drop) * base.source_rows:
         problems.append(

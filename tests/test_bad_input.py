@@ -474,6 +474,26 @@ def test_a_critical_source_with_a_bad_batch_stops_the_run(
         stages.check_source("lending", str(lake), DAY)
 
 
+def test_a_critical_source_failing_its_raw_suite_stops_the_run(
+    clean: Path, published_yesterday: Path, tmp_path: Path
+) -> None:
+    """Type drift is judged by the raw suite in the validate task: the batch is held back there,
+    its report says why, and a critical source stops the run instead of falling back."""
+    src, lake = tmp_path / "sources", tmp_path / "lake"
+    shutil.copytree(clean, src)
+    shutil.copytree(published_yesterday, lake, symlinks=True)
+    with sqlite3.connect(src / "lending" / "lending.db") as con:
+        con.execute("UPDATE loans SET amount = 'n/a'")
+    stages.extract_source("lending", str(src), str(lake), DAY)
+    assert stages.check_source("lending", str(lake), DAY)["ok"]  # columns, volume and age are fine
+    stages.standardise_source("lending", str(lake), DAY)
+    with pytest.raises(DataQualityError, match=r"source 'lending' batch held back: .*type drift.*critical"):
+        stages.validate_source("lending", str(lake), DAY)
+    batch = json.loads((lake / "reports" / DAY / "batch" / "lending.json").read_text("utf-8"))
+    assert not batch["ok"] and any("type drift" in p for p in batch["problems"])
+    assert not (lake / "accepted" / DAY / "lending.parquet").exists()
+
+
 def test_a_missing_table_names_the_source_and_table(clean: Path, tmp_path: Path) -> None:
     src = tmp_path / "sources"
     shutil.copytree(clean, src)
