@@ -17,7 +17,7 @@ import polars as pl
 
 from pipelines.errors import PublishError
 from pipelines.lake import Lake, write_json, write_parquet
-from pipelines.sources import load_sources
+from pipelines.sources import SourceConfig, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, An
     return _judge_batch(lake, config, problems)
 
 
-def _judge_batch(lake: Lake, config: Any, problems: list[str]) -> dict[str, Any]:
+def _judge_batch(lake: Lake, config: SourceConfig, problems: list[str]) -> dict[str, Any]:
     """Record the batch verdict; a held-back critical source stops the run."""
     from pipelines.quality import DataQualityError
 

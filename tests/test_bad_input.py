@@ -51,6 +51,15 @@ def published_yesterday(clean: Path, tmp_path_factory: pytest.TempPathFactory) -
     return lake
 
 
+@pytest.fixture
+def next_day(clean: Path, published_yesterday: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Copies of the clean sources and of yesterday's published lake, for one test to spoil."""
+    src, lake = tmp_path / "sources", tmp_path / "lake"
+    shutil.copytree(clean, src)
+    shutil.copytree(published_yesterday, lake, symlinks=True)
+    return src, lake
+
+
 # ---------------------------------------------------------------- injection helpers
 def _sql_row(db: Path, table: str, changes: dict[str, object], where: str = "1 = 1") -> None:
     """Insert a copy of an existing row with some values changed."""
@@ -401,17 +410,14 @@ def _source_stages(src: Path, lake: Path, source: str) -> dict:
 
 @pytest.mark.parametrize(("kind", "source", "inject", "reason"), BATCH_KINDS, ids=[k[0] for k in BATCH_KINDS])
 def test_a_bad_batch_falls_back_to_the_last_good_snapshot(
-    clean: Path,
+    next_day: tuple[Path, Path],
     published_yesterday: Path,
-    tmp_path: Path,
     kind: str,
     source: str,
     inject,  # noqa: ANN001
     reason: str,
 ) -> None:
-    src, lake = tmp_path / "sources", tmp_path / "lake"
-    shutil.copytree(clean, src)
-    shutil.copytree(published_yesterday, lake, symlinks=True)
+    src, lake = next_day
     inject(src)
     result = _source_stages(src, lake, source)
     batch = json.loads((lake / "reports" / DAY / "batch" / f"{source}.json").read_text("utf-8"))
@@ -426,11 +432,9 @@ def test_a_bad_batch_falls_back_to_the_last_good_snapshot(
 
 
 def test_a_good_batch_with_an_extra_column_is_promoted(
-    clean: Path, published_yesterday: Path, tmp_path: Path
+    next_day: tuple[Path, Path],
 ) -> None:
-    src, lake = tmp_path / "sources", tmp_path / "lake"
-    shutil.copytree(clean, src)
-    shutil.copytree(published_yesterday, lake, symlinks=True)
+    src, lake = next_day
     path = src / "product_quality" / "spot_checks.jsonl"
     rows = [
         json.loads(line) | {"inspector_note": "新增字段"} for line in path.read_text("utf-8").splitlines()
@@ -442,11 +446,9 @@ def test_a_good_batch_with_an_extra_column_is_promoted(
 
 
 def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(
-    clean: Path, published_yesterday: Path, tmp_path: Path
+    next_day: tuple[Path, Path],
 ) -> None:
-    src, lake = tmp_path / "sources", tmp_path / "lake"
-    shutil.copytree(clean, src)
-    shutil.copytree(published_yesterday, lake, symlinks=True)
+    src, lake = next_day
     _renamed_column(src)
     stages.run_all(str(src), str(lake), DAY, run_id="fallback")
     summary = json.loads((lake / "reports" / DAY / "summary.json").read_text("utf-8"))
@@ -462,11 +464,9 @@ def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(
 
 
 def test_a_critical_source_with_a_bad_batch_stops_the_run(
-    clean: Path, published_yesterday: Path, tmp_path: Path
+    next_day: tuple[Path, Path],
 ) -> None:
-    src, lake = tmp_path / "sources", tmp_path / "lake"
-    shutil.copytree(clean, src)
-    shutil.copytree(published_yesterday, lake, symlinks=True)
+    src, lake = next_day
     with sqlite3.connect(src / "lending" / "lending.db") as con:
         con.execute("ALTER TABLE loans RENAME COLUMN five_class TO risk_class")
     stages.extract_source("lending", str(src), str(lake), DAY)
@@ -475,13 +475,11 @@ def test_a_critical_source_with_a_bad_batch_stops_the_run(
 
 
 def test_a_critical_source_failing_its_raw_suite_stops_the_run(
-    clean: Path, published_yesterday: Path, tmp_path: Path
+    next_day: tuple[Path, Path],
 ) -> None:
     """Type drift is judged by the raw suite in the validate task: the batch is held back there,
     its report says why, and a critical source stops the run instead of falling back."""
-    src, lake = tmp_path / "sources", tmp_path / "lake"
-    shutil.copytree(clean, src)
-    shutil.copytree(published_yesterday, lake, symlinks=True)
+    src, lake = next_day
     with sqlite3.connect(src / "lending" / "lending.db") as con:
         con.execute("UPDATE loans SET amount = 'n/a'")
     stages.extract_source("lending", str(src), str(lake), DAY)
