@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from pipelines.errors import SourceFormatError, SourceUnavailableError
-from pipelines.lake import atomic_path
+from pipelines.lake import atomic_path, write_parquet
 from pipelines.sources import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,9 @@ def extract(
     rejects_target = rejects_target or target.with_name(f"{target.stem}.rejects.parquet")
     if source.kind == "sql":
         result = _extract_sql(source, sources_dir, target, cutoff, since)
-        _write(pl.DataFrame(schema=REJECT_SCHEMA), rejects_target)
+        write_parquet(pl.DataFrame(schema=REJECT_SCHEMA), rejects_target)
         return result
     return _extract_file(source, sources_dir, target, cutoff, since, rejects_target)
-
-
-def _write(frame: pl.DataFrame, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        frame.write_parquet(tmp, compression="zstd")
 
 
 def _polars_type(column_type: sa.types.TypeEngine) -> pl.DataType:
@@ -272,8 +267,8 @@ def _extract_file(
     before = frame.filter(stamp.is_null() | (stamp < cutoff))
     newest = before.select(stamp.max()).item()
     delta = before if since is None else before.filter(stamp.is_null() | (stamp >= since))
-    _write(delta.sort(source.id_column, "_line").drop("_line"), target)
-    _write(rejects, rejects_target)
+    write_parquet(delta.sort(source.id_column, "_line").drop("_line"), target)
+    write_parquet(rejects, rejects_target)
     if rejects.height:
         log.warning(
             "source %s: %d unreadable lines in %s (first: line %d, %s)",
