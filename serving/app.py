@@ -3,7 +3,7 @@
 (No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at run time.)
 
 Thin by design: the data work lives in ``serving.store`` (lookups, search, lists, history), the
-rules in ``serving.security`` (tokens, masking, audit, rate limits) and ``config/service.toml``.
+rules in ``serving.tokens``, ``serving.disclosure`` (masking), ``serving.audit`` and ``serving.limits`` and ``config/service.toml``.
 """
 
 import json
@@ -22,8 +22,11 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from pipelines.lake import REPO_ROOT
-from serving.security import AuditLog, Principal, RateLimiter, TokenBook, mask_for_public
+from serving.audit import AuditLog
+from serving.disclosure import mask_for_public
+from serving.limits import RateLimiter
 from serving.store import LISTS, CodeError, VersionStore
+from serving.tokens import Principal, TokenBook
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "config" / "service.toml"

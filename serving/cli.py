@@ -32,14 +32,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from serving.security import create_token
+    from serving.tokens import create_token
 
     print(create_token(Path(args.lake), args.role, args.name))
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from serving.security import service_dir, verify_audit
+    from serving.audit import verify_audit
+    from serving.tokens import service_dir
 
     intact, entries, problem = verify_audit(service_dir(Path(args.lake)) / "audit.jsonl")
     print(json.dumps({"intact": intact, "entries": entries, "problem": problem}))

@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 
 from pipelines import stages
-from serving.security import mask_for_public, verify_audit
+from serving.audit import verify_audit
+from serving.disclosure import mask_for_public
 from tests.service_support import DAYS, build_lake, credit, serving
 
 
