@@ -51,7 +51,9 @@ def ask(deployment: dict, path: str, role: str | None = "regulator", **params: o
 
 def entries(lake: Path) -> list[dict]:
     """The complete entries of the lake's log (a torn line is skipped)."""
-    out = []
+    out: list[dict] = []
+    if not audit_path(lake).exists():
+        return out
     for line in audit_path(lake).read_text("utf-8").splitlines():
         try:
             out.append(json.loads(line))
