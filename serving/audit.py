@@ -370,6 +370,8 @@ class AuditLog:
         if self.path.exists():
             with self._open() as fd:
                 tail = read_tail(fd, self.path)
+                if tail.junk_offset < tail.size:
+                    self._report_torn(fd, tail)
         if key is None:
             if tail.entry is not None or head is not None:
                 raise AuditDamaged(
