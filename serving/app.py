@@ -192,8 +192,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             log.error("audit trail: %s", exc)
             raise HTTPException(
                 503,
-                f"the audit trail cannot be written ({exc}); regulator queries are refused until the "
-                "operator repairs it (`credit audit verify`)",
+                f"the audit trail cannot be written ({str(exc).replace(str(lake), 'LAKE')}); regulator "
+                "queries are refused until the operator repairs it (`credit audit verify`)",
             ) from exc
 
     def record_refusal(request: Request, status: int, reason: str) -> None:

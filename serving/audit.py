@@ -32,10 +32,11 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -90,17 +91,7 @@ class AuditSettings:
         merged: dict[str, Any] = {}
         for section in sections:
             merged.update(section)
-        missing = [
-            key
-            for key in (
-                "key_file",
-                "anchor_url",
-                "tally_window_seconds",
-                "tally_callers_per_window",
-                "tallied_statuses",
-            )
-            if key not in merged
-        ]
+        missing = [f.name for f in fields(cls) if f.name not in merged]
         if missing:
             raise ValueError(f"service config: [audit] lacks {', '.join(missing)}")
         return cls(
@@ -217,7 +208,7 @@ def _engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+    return sa.create_engine(parsed)  # a stale pooled connection fails one anchor, logged; no ping per entry
 
 
 class AnchorStore:
@@ -600,26 +591,22 @@ class AuditReport:
 
 
 def verify_audit(path: Path, settings: AuditSettings) -> AuditReport:
-    """Walk the chain from the first line, check every keyed hash, and compare with the anchor store."""
+    """Walk the chain from the first line, check every keyed hash, and compare each entry with the
+    anchor store's record of it (both streamed in seq order, so a long trail needs little memory)."""
     report = AuditReport(str(path), make_url(settings.anchor_url).render_as_string(hide_password=True))
     try:
-        anchor = AnchorStore(settings.anchor_url, str(path.resolve()))
-        anchors = list(anchor.walk())
-    except AnchorUnavailable as exc:
-        report.problems.append(f"{exc}: cannot tell whether entries are missing")
-        anchors = []
-    try:
         key = load_key(settings.key_file, create=False)
-    except AuditDamaged as exc:
+        anchor = AnchorStore(settings.anchor_url, str(path.resolve()))
+        head = anchor.head()
+    except (AuditDamaged, AnchorUnavailable) as exc:
         report.problems.append(str(exc))
         return report
-    report.anchored = anchors[-1][0] if anchors else 0
-    by_seq = {seq: (digest, at) for seq, digest, at in anchors}
+    report.anchored, last_anchored_at = (head[0], head[2]) if head else (0, "")
     if not path.exists():
-        if anchors:
+        if head:
             report.problems.append(
                 f"{path} does not exist, but the anchor store holds entries 1..{report.anchored} "
-                f"(the last anchored {anchors[-1][2]}): all of them are missing"
+                f"(the last anchored {last_anchored_at}): all of them are missing"
             )
         return report
     if key is None and path.stat().st_size:
@@ -627,44 +614,15 @@ def verify_audit(path: Path, settings: AuditSettings) -> AuditReport:
             f"audit key {settings.key_file} is missing: the keyed hashes cannot be checked"
         )
         return report
-    previous, expected = GENESIS, 1
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.rstrip(b"\n")
-            entry = _parse_entry(line)
-            if entry is None:
-                report.notes.append(
-                    f"line {number} ({len(line)} bytes) is not a complete entry (a write torn by a crash?): "
-                    "skipped; the chain continues across it"
-                )
-                continue
-            seq = entry["seq"]
-            if seq != expected or entry.get("prev") != previous:
-                lost = _missing(expected, seq - 1) if seq > expected else "lines were reordered or repeated"
-                report.problems.append(
-                    f"line {number} holds entry {seq} where entry {expected} belongs: {lost}"
-                )
-                return report
-            if not hmac.compare_digest(entry_hash(key or b"", entry), entry["hash"]):
-                report.problems.append(
-                    f"line {number} (entry {seq}) does not match its keyed hash: altered, or rewritten without the key"
-                )
-                return report
-            anchored = by_seq.get(seq)
-            if anchored is not None and anchored[0] != entry["hash"]:
-                report.problems.append(
-                    f"line {number} (entry {seq}) is not the entry the anchor store recorded at {anchored[1]}: "
-                    "the log was rewritten from there on"
-                )
-                return report
-            previous, expected = entry["hash"], seq + 1
-            report.entries += 1
-    last = expected - 1
+    with closing(anchor.walk()) as anchors, open(path, "rb") as handle:
+        last = _walk_chain(handle, key or b"", anchors, report)
+    if report.problems:
+        return report
     if report.anchored > last:
         where = "the log is empty" if last == 0 else f"the log ends at entry {last}"
         report.problems.append(
             f"{_missing(last + 1, report.anchored)}: {where}, but the anchor store holds them "
-            f"(the last anchored {anchors[-1][2]})"
+            f"(the last anchored {last_anchored_at})"
         )
     elif last > report.anchored:
         report.notes.append(
@@ -672,3 +630,42 @@ def verify_audit(path: Path, settings: AuditSettings) -> AuditReport:
             "or the anchor store was unreachable): keyed, but their removal could go unnoticed"
         )
     return report
+
+
+def _walk_chain(
+    handle: BinaryIO, key: bytes, anchors: Iterator[tuple[int, str, str]], report: AuditReport
+) -> int:
+    """Checks each line against the chain, its keyed hash and its anchor; returns the last entry's seq
+    (the first problem ends the walk: everything after it is suspect anyway)."""
+    previous, expected = GENESIS, 1
+    pending = next(anchors, None)
+    for number, raw in enumerate(handle, start=1):
+        line = raw.rstrip(b"\n")
+        entry = _parse_entry(line)
+        if entry is None:
+            report.notes.append(
+                f"line {number} ({len(line)} bytes) is not a complete entry (a write torn by a crash?): "
+                "skipped; the chain continues across it"
+            )
+            continue
+        seq = entry["seq"]
+        if seq != expected or entry.get("prev") != previous:
+            lost = _missing(expected, seq - 1) if seq > expected else "lines were reordered or repeated"
+            report.problems.append(f"line {number} holds entry {seq} where entry {expected} belongs: {lost}")
+            return expected - 1
+        if not hmac.compare_digest(entry_hash(key, entry), entry["hash"]):
+            report.problems.append(
+                f"line {number} (entry {seq}) does not match its keyed hash: altered, or rewritten without the key"
+            )
+            return expected - 1
+        while pending is not None and pending[0] < seq:
+            pending = next(anchors, None)
+        if pending is not None and pending[0] == seq and pending[1] != entry["hash"]:
+            report.problems.append(
+                f"line {number} (entry {seq}) is not the entry the anchor store recorded at {pending[2]}: "
+                "the log was rewritten from there on"
+            )
+            return expected - 1
+        previous, expected = entry["hash"], seq + 1
+        report.entries += 1
+    return expected - 1
