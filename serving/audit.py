@@ -418,32 +418,46 @@ class AuditLog:
         Raises AuditDamaged when the file no longer agrees with the anchor store (lines lost) or
         its last entry was altered. An unreachable anchor store is logged and the entry kept: the
         next anchored entry vouches for it through the chain."""
-        with self._lock, self._open() as fd:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across processes
-            tail = read_tail(fd, self.path)
-            try:
-                head = self.anchor.head()
-            except AnchorUnavailable as exc:
-                log.error("%s; writing the entry unanchored", exc)
-                head = None
-            self._check_tail(tail, head)
-            if tail.junk_offset < tail.size:
-                self._report_torn(fd, tail)
-            torn_end = tail.size > 0 and os.pread(fd, 1, tail.size - 1) != b"\n"
-            entry = {
-                **fields,
-                "seq": tail.seq + 1,
-                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "prev": tail.hash,
-            }
-            entry["hash"] = entry_hash(self.key, entry)
-            line = json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n"
-            _write_all(fd, (("\n" if torn_end else "") + line).encode())
-            try:
-                self.anchor.add(entry["seq"], entry["hash"], entry["at"])
-            except AnchorUnavailable as exc:
-                log.error("%s; entry %d stays unanchored until the next one is anchored", exc, entry["seq"])
-            return entry
+        with self._lock:
+            for _ in range(5):  # the file may be replaced (restored) while we wait for the lock
+                with self._open() as fd:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across processes
+                    if self._is_current(fd):
+                        return self._append_locked(fd, fields)
+            raise AuditDamaged(f"{self.path}: replaced again and again while appending")
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == self.path.stat().st_ino
+        except FileNotFoundError:
+            return False
+
+    def _append_locked(self, fd: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """The read-tail, check, write, anchor sequence, under the exclusive lock."""
+        tail = read_tail(fd, self.path)
+        try:
+            head = self.anchor.head()
+        except AnchorUnavailable as exc:
+            log.error("%s; writing the entry unanchored", exc)
+            head = None
+        self._check_tail(tail, head)
+        if tail.junk_offset < tail.size:
+            self._report_torn(fd, tail)
+        torn_end = tail.size > 0 and os.pread(fd, 1, tail.size - 1) != b"\n"
+        entry = {
+            **fields,
+            "seq": tail.seq + 1,
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "prev": tail.hash,
+        }
+        entry["hash"] = entry_hash(self.key, entry)
+        line = json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n"
+        _write_all(fd, (("\n" if torn_end else "") + line).encode())
+        try:
+            self.anchor.add(entry["seq"], entry["hash"], entry["at"])
+        except AnchorUnavailable as exc:
+            log.error("%s; entry %d stays unanchored until the next one is anchored", exc, entry["seq"])
+        return entry
 
 
 class _Descriptor:

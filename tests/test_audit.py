@@ -12,6 +12,8 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -312,8 +314,15 @@ def _append_many(lake: str, count: int, writer: int) -> None:
         trail.append({"action": "test", "writer": writer, "number": number})
 
 
+@dataclass(frozen=True)
+class PostgresAnchor:
+    url: str  # as the INSERT-only role
+    schema: str
+    role: str
+
+
 @pytest.fixture
-def postgres_anchor(postgres_url: str) -> str:
+def postgres_anchor(postgres_url: str) -> Iterator[PostgresAnchor]:
     """An anchor store set up as in production: `credit audit anchor-sql` run by the DBA in its own
     schema, and a role that may only SELECT and INSERT; yields that role's URL."""
     suffix = secrets.token_hex(4)
@@ -327,7 +336,8 @@ def postgres_anchor(postgres_url: str) -> str:
         connection.exec_driver_sql(f"SET search_path = {schema}")
         connection.exec_driver_sql(credit("audit", "anchor-sql", "--role", role))
     try:
-        yield sa.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        url = sa.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        yield PostgresAnchor(url, schema, role)
     finally:
         with admin.begin() as connection:
             connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
@@ -340,7 +350,7 @@ def test_concurrent_writers_in_several_processes_keep_one_chain(
     store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     if store == "postgres":
-        monkeypatch.setenv(ANCHOR_ENV, request.getfixturevalue("postgres_anchor"))
+        monkeypatch.setenv(ANCHOR_ENV, request.getfixturevalue("postgres_anchor").url)
     lake, writers, each = tmp_path / "lake", 4, 60
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_append_many, args=(str(lake), each, w)) for w in range(writers)]
@@ -356,12 +366,12 @@ def test_concurrent_writers_in_several_processes_keep_one_chain(
 
 
 def test_the_postgres_anchor_role_can_only_add(
-    postgres_anchor: str, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_anchor: PostgresAnchor, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(ANCHOR_ENV, postgres_anchor)
+    monkeypatch.setenv(ANCHOR_ENV, postgres_anchor.url)
     lake = tmp_path / "lake"
     _append_many(str(lake), 3, 0)
-    role = sa.create_engine(postgres_anchor)
+    role = sa.create_engine(postgres_anchor.url)
     for statement in (
         "DELETE FROM audit_anchor",
         "UPDATE audit_anchor SET hash = 'x'",
@@ -371,10 +381,34 @@ def test_the_postgres_anchor_role_can_only_add(
             connection.exec_driver_sql(statement)
     role.dispose()
     owner = sa.create_engine(postgres_url)  # even the table's owner: the trigger refuses
-    schema = sa.make_url(postgres_anchor).username.replace("credit_audit_", "audit_test_")
+    schema = postgres_anchor.schema
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), owner.begin() as connection:
         connection.exec_driver_sql(f"DELETE FROM {schema}.audit_anchor")
     owner.dispose()
     audit_path(lake).write_bytes(b"".join(audit_path(lake).read_bytes().splitlines(keepends=True)[:1]))
     status, report = verify(lake)
     assert status == 2 and "entries 2..3 are missing" in report["problem"]
+
+
+def test_entries_written_while_the_anchor_store_refuses_are_noted_then_covered(
+    postgres_anchor: PostgresAnchor, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ANCHOR_ENV, postgres_anchor.url)
+    lake = tmp_path / "lake"
+    trail = AuditLog(lake, audit_settings(load_config()))
+    trail.append({"action": "test", "number": 0})
+    table, role = f"{postgres_anchor.schema}.audit_anchor", postgres_anchor.role
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as connection:  # the store stops taking anchors: queries go on, unanchored
+        connection.exec_driver_sql(f"REVOKE INSERT ON {table} FROM {role}")
+    trail.append({"action": "test", "number": 1})
+    trail.append({"action": "test", "number": 2})
+    status, report = verify(lake)
+    assert status == 0 and report["entries"] == 3 and report["anchored"] == 1
+    assert any("entries 2..3 are not anchored yet" in note for note in report["notes"]), report
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"GRANT INSERT ON {table} TO {role}")
+    admin.dispose()
+    trail.append({"action": "test", "number": 3})  # anchored again: it vouches for 2 and 3 through the chain
+    status, report = verify(lake)
+    assert status == 0 and report["anchored"] == 4 and report["notes"] == [], report
