@@ -192,7 +192,7 @@ def main() -> int:
             "--role",
             "regulator",
             "--name",
-            "load generator",
+            f"load generator {time.strftime('%Y%m%dT%H%M%S')}",  # names are unique: one per run
             "--lake",
             str(lake),
         ],

@@ -56,15 +56,16 @@ class Lake:
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
+def atomic_path(target: Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success, with
+    ``mode`` (0o600 for secrets: the file is never visible with a wider mode)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp makes owner-only files; readers are other users
+        os.chmod(tmp_path, mode)  # mkstemp makes owner-only files; readers are other users
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

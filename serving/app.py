@@ -12,21 +12,24 @@ import re
 import threading
 import tomllib
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from pipelines.lake import REPO_ROOT
-from serving.audit import AuditLog
+from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import mask_for_public
 from serving.limits import RateLimiter
 from serving.store import LISTS, CodeError, VersionStore
-from serving.tokens import Principal, TokenBook
+from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "config" / "service.toml"
@@ -90,14 +93,25 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return tomllib.loads((path or DEFAULT_CONFIG).read_text("utf-8"))
 
 
+def audit_settings(config: dict[str, Any]) -> AuditSettings:
+    """``[audit]`` of ``config`` over the defaults in config/service.toml, key by key."""
+    return AuditSettings.from_sections(load_config().get("audit", {}), config.get("audit", {}))
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = True) -> FastAPI:
     config = config or load_config()
     limits = config.get("limits", {})
     max_query = int(limits.get("max_query_chars", 100))
     max_page = int(limits.get("max_page_size", 200))
     current = Current(lake)
-    tokens = TokenBook(lake)
-    audit = AuditLog(lake)
+    tokens = TokenBook(lake)  # TokensDamaged / AuditDamaged here: `credit serve` refuses to start
+    settings = audit_settings(config)
+    audit = AuditLog(lake, settings)
+    refusals = RefusalTally(audit, settings.tally_window_seconds, settings.tally_callers_per_window)
     limiter = RateLimiter(
         float(config.get("rate_limit", {}).get("requests_per_second", 50)),
         int(config.get("rate_limit", {}).get("burst", 100)),
@@ -123,14 +137,27 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     def stop_watching() -> None:
         stop.set()
 
+    @app.on_event("shutdown")
+    def write_tallied_refusals() -> None:
+        refusals.close()
+
     def principal(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        who = tokens.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        if who is None:
+        try:
+            who = tokens.authenticate(token.strip() if scheme.lower() == "bearer" else "")
+        except TokensDamaged as exc:
+            log.error("%s", exc)
             raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
+                503,
+                f"service/{exc.path.name} is damaged ({exc.problem}); tokens cannot be checked until "
+                "the operator restores it",
+            ) from exc
+        except TokenRefused as refused:
+            request.state.principal = refused.principal  # known for an expired or revoked token
+            raise HTTPException(401, str(refused), headers={"WWW-Authenticate": "Bearer"}) from None
+        who = replace(who, client_address=client_address(request))
+        request.state.principal = who
         if not limiter.allow(who.token_hash):
             raise HTTPException(429, "rate limit exceeded; slow down", headers={"Retry-After": "1"})
         return who
@@ -140,9 +167,61 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     def view(who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return rows if who.regulator else [mask_for_public(r) for r in rows]
 
+    def served_version() -> str | None:
+        return current.store.version if current.store is not None else None
+
     def record(who: Principal, action: str, query: dict[str, Any], results: int, status: int = 200) -> None:
-        if who.regulator:
-            audit.append(who, action, query, results, status)
+        """A regulator's query goes into the audit trail before its answer goes out, or it gets 503."""
+        if not who.regulator:
+            return
+        try:
+            audit.append(
+                {
+                    "who": who.name,
+                    "role": who.role,
+                    "token": who.token_prefix,
+                    "address": who.client_address,
+                    "version": served_version(),
+                    "action": action,
+                    "query": query,
+                    "results": results,
+                    "status": status,
+                }
+            )
+        except (AuditDamaged, OSError) as exc:
+            log.error("audit trail: %s", exc)
+            raise HTTPException(
+                503,
+                f"the audit trail cannot be written ({str(exc).replace(str(lake), 'LAKE')}); regulator "
+                "queries are refused until the operator repairs it (`credit audit verify`)",
+            ) from exc
+
+    def record_refusal(request: Request, status: int, reason: str) -> None:
+        """Every 4xx of the API, tallied when it costs the caller nothing (``[audit] tallied_statuses``)."""
+        if not 400 <= status < 500 or not request.url.path.startswith("/api/"):
+            return
+        who: Principal | None = getattr(request.state, "principal", None)
+        route = request.scope.get("route")
+        asked = {**request.path_params, **request.query_params}
+        fields = {
+            "who": who.name if who else None,
+            "role": who.role if who else None,
+            "token": who.token_prefix if who else None,
+            "address": client_address(request),
+            "version": served_version(),
+            "action": "refused",
+            "route": getattr(route, "path", None) or request.url.path[:100],
+            "query": {str(k)[:40]: str(v)[:max_query] for k, v in list(asked.items())[:10]},
+            "status": status,
+            "reason": reason[:300],
+        }
+        try:
+            if status in settings.tallied_statuses:
+                refusals.note(fields)
+            else:
+                audit.append(fields)
+        except (AuditDamaged, OSError) as exc:  # the refusal still goes out; the operator is told
+            log.error("audit trail: could not record a refused request: %s", exc)
 
     def clean_text(value: str, what: str) -> str:
         text = unicodedata.normalize("NFKC", value).strip()
@@ -159,10 +238,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         try:
             found = store.find(code)
         except CodeError as exc:
-            record(who, action, {"code": code[:40]}, 0, 400)
             raise HTTPException(400, f"malformed code: {exc}") from exc
         if found is None:
-            record(who, action, {"code": code}, 0, 404)
             raise HTTPException(404, f"no firm with code {code} in version {store.version}")
         return store, found
 
@@ -174,6 +251,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     @app.get("/api/v1/version", summary="The version being served")
     def version(who: Who) -> dict[str, Any]:
         store = current.get()
+        record(who, "version", {}, 1)
         return reply(
             {
                 "version": store.version,
@@ -308,9 +386,16 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
 
     @app.exception_handler(HTTPException)
     def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        record_refusal(request, exc.status_code, str(exc.detail))
         return JSONResponse(
             {"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        record_refusal(request, 422, problems)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:

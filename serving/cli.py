@@ -1,4 +1,4 @@
-"""`credit serve`, `credit token create` and `credit audit verify`."""
+"""`credit serve`, `credit token create|list|revoke` and `credit audit verify|anchor-sql`."""
 
 from __future__ import annotations
 
@@ -32,19 +32,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from serving.tokens import create_token
+    from serving.tokens import create_token, parse_expiry
 
-    print(create_token(Path(args.lake), args.role, args.name))
+    expires = parse_expiry(args.expires) if args.expires else None
+    print(create_token(Path(args.lake), args.role, args.name, expires))
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from serving.tokens import list_tokens
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "name": entry.name,
+            "role": entry.role,
+            "created": entry.created.isoformat(timespec="seconds"),
+            "expires": entry.expires.isoformat(timespec="seconds") if entry.expires else None,
+            "state": entry.state(now),
+            "hash_prefix": entry.prefix,
+        }
+        for entry in list_tokens(Path(args.lake))
+    ]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return 0
+    columns = ["name", "role", "created", "expires", "state", "hash_prefix"]
+    cells = [columns] + [[str(row[c] or "-") for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from serving.tokens import revoke_token
+
+    entry = revoke_token(Path(args.lake), args.token)
+    print(
+        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC"
+    )
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from serving.audit import verify_audit
-    from serving.tokens import service_dir
+    from serving.app import audit_settings, load_config
+    from serving.audit import audit_path, verify_audit
 
-    intact, entries, problem = verify_audit(service_dir(Path(args.lake)) / "audit.jsonl")
-    print(json.dumps({"intact": intact, "entries": entries, "problem": problem}))
-    return 0 if intact else 2
+    settings = audit_settings(load_config(Path(args.config) if args.config else None))
+    report = verify_audit(audit_path(Path(args.lake)), settings)
+    print(json.dumps(report.as_json(), ensure_ascii=False))
+    return 0 if report.intact else 2
+
+
+def cmd_audit_anchor_sql(args: argparse.Namespace) -> int:
+    from serving.audit import anchor_sql
+
+    print(anchor_sql(args.role), end="")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,15 +122,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     create.add_argument("--role", required=True, choices=["regulator", "public"])
     create.add_argument("--name", required=True, help="who the token is for (recorded in the audit log)")
+    create.add_argument(
+        "--expires",
+        default=None,
+        help="when the token stops working: a number of days from now, or a date YYYY-MM-DD (00:00 UTC); "
+        "default never",
+    )
     create.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
     create.set_defaults(func=cmd_token_create)
+    listing = token_sub.add_parser(
+        "list",
+        help="every token: name, role, created, expires, state and hash prefix (never the token)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    listing.set_defaults(func=cmd_token_list)
+    revoke = token_sub.add_parser(
+        "revoke",
+        help="revoke a token at once in every running service (it stays listed, as revoked)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    revoke.add_argument("token", metavar="NAME|PREFIX", help="the token's name, or the start of its hash")
+    revoke.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    revoke.set_defaults(func=cmd_token_revoke)
 
     audit = sub.add_parser("audit", help="the query service's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
         "verify",
-        help="check the hash chain of LAKE/service/audit.jsonl",
+        help="check LAKE/service/audit.jsonl: its chain, each entry's keyed hash, and that it still holds "
+        "every entry the anchor store recorded (exit 2 and the problem when not)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     verify.add_argument("--lake", default=str(DEFAULT_LAKE))
+    verify.add_argument(
+        "--config", default=None, help="service settings whose [audit] names the key and anchor store"
+    )
     verify.set_defaults(func=cmd_audit_verify)
+    anchor = audit_sub.add_parser(
+        "anchor-sql",
+        help="print the PostgreSQL set-up of the anchor store (table, append-only trigger, INSERT-only grants)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    anchor.add_argument("--role", default="credit_audit", help="the role the service connects as")
+    anchor.set_defaults(func=cmd_audit_anchor_sql)

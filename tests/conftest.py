@@ -31,6 +31,15 @@ def airflow_db() -> Path:
     return REPO / "airflow.db"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_secrets_outside_the_lake(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The audit key and anchor store of every `credit` the tests start live in a session folder, not
+    in the home directory config/service.toml points at (the environment overrides it; CI may too)."""
+    folder = tmp_path_factory.mktemp("audit-secrets")
+    os.environ.setdefault("CREDIT_AUDIT_KEY_FILE", str(folder / "audit.key"))
+    os.environ.setdefault("CREDIT_AUDIT_ANCHOR_URL", f"sqlite:///{folder / 'audit-anchor.sqlite'}")
+
+
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 

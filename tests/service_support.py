@@ -34,22 +34,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def credit(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+def run_credit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `credit` command line, whatever its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def credit(*args: str) -> str:
+    done = run_credit(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 @contextmanager
-def serving(lake: Path, config: Path | None = None):
-    """Run `credit serve` until the block ends; yields its base URL."""
+def serving(lake: Path, config: Path | None = None, log: Path | None = None):
+    """Run `credit serve` until the block ends; yields its base URL. With ``log``, the service's
+    own log (stderr) goes to that file, for tests that check what it reports."""
     port = free_port()
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--lake", str(lake), "--port", str(port)]
     if config:
         command += ["--config", str(config)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -60,7 +71,8 @@ def serving(lake: Path, config: Path | None = None):
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"credit serve did not start: {process.stderr.read()[-3000:]}")
+                said = log.read_text() if log else process.stderr.read()
+                raise RuntimeError(f"credit serve did not start: {said[-3000:]}")
             time.sleep(0.2)
         yield base
     finally:
@@ -69,3 +81,5 @@ def serving(lake: Path, config: Path | None = None):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+        if log:
+            stderr.close()
