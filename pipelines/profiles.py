@@ -68,6 +68,13 @@ def _check_entry(entry: dict[str, Any], section: str, allowed: set[str], origin:
     days = entry.get("expires_after_days", 365)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (points, cap, days)):
         raise GradingError(f"{name}: points, max_points and expires_after_days must be whole numbers >= 0")
+    flags = [
+        key
+        for key in ("veto", "latest_only", "expires_at_end_date")
+        if not isinstance(entry.get(key, False), bool)
+    ]
+    if flags:
+        raise GradingError(f"{name}: {flags} must be true or false")
     if cap < points:
         raise GradingError(f"{name}: max_points {cap} is below points {points}")
     if section == "rules" and points == 0:
