@@ -170,11 +170,14 @@ _EMPTY = {
 }
 
 
-def _period_end() -> pl.Expr:
-    """The last day of a 'YYYY' or 'YYYYMM' period (a rating year, a contribution month), else null."""
+def _period_start() -> pl.Expr:
+    """The first day of a 'YYYY' or 'YYYYMM' period (a rating year, a contribution month), else null.
+
+    The start, not the end: this month's contribution record already exists and already counts.
+    """
     period = pl.col("period")
-    padded = pl.when(period.str.len_chars() == 4).then(period + "1231").otherwise(period + "01")
-    return padded.str.to_date("%Y%m%d", strict=False).dt.month_end()
+    padded = pl.when(period.str.len_chars() == 4).then(period + "0101").otherwise(period + "01")
+    return padded.str.to_date("%Y%m%d", strict=False)
 
 
 def _dated_text() -> pl.Expr:
@@ -183,9 +186,9 @@ def _dated_text() -> pl.Expr:
     return (
         pl.when(pl.col("event_date").is_not_null())
         .then(pl.col("event_date").dt.to_string("%Y-%m-%d"))
-        .when(_period_end().is_not_null() & (period.str.len_chars() == 4))
+        .when(_period_start().is_not_null() & (period.str.len_chars() == 4))
         .then(pl.lit("year ") + period)
-        .when(_period_end().is_not_null())
+        .when(_period_start().is_not_null())
         .then(pl.lit("period ") + period.str.slice(0, 4) + "-" + period.str.slice(4, 2))
         .otherwise(pl.lit("updated ") + pl.col("updated_at").dt.date().dt.to_string("%Y-%m-%d"))
     )
@@ -198,7 +201,7 @@ def with_record_dates(records: pl.LazyFrame) -> pl.LazyFrame:
     the latest is the one a rating rule deducts for, and no older one.
     """
     dated = records.with_columns(
-        _date=pl.coalesce(pl.col("event_date"), _period_end(), pl.col("updated_at").dt.date())
+        _date=pl.coalesce(pl.col("event_date"), _period_start(), pl.col("updated_at").dt.date())
     )
     newest = (
         pl.col("source_record_id")

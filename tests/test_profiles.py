@@ -251,7 +251,7 @@ def test_only_the_latest_tax_rating_counts_and_its_year_is_named() -> None:
     worse = _firm([ratings[1], {**ratings[0], "source_record_id": "T3", "period": "2025", "status": "C"}])
     (deduction,) = worse["deductions"]
     assert deduction["rule"] == "tax_rating_c" and deduction["records"] == ["tax:T3"]
-    assert "tax:T3 (year 2025, until 2027-12-31)" in deduction["reason"]
+    assert "tax:T3 (year 2025, until 2027-01-01)" in deduction["reason"]
     assert worse["tax_latest_rating"] == "C" and worse["score"] == 1000 - deduction["points"]
 
 
@@ -315,7 +315,7 @@ def test_every_deduction_is_listed_with_its_records_dates_and_end() -> None:
     assert points == sorted(points, reverse=True)
     si = next(d for d in firm["deductions"] if d["rule"] == "social_insurance_arrears")
     assert si["points"] == 60 and len(si["records"]) == 10  # capped, yet every record is named
-    assert "social_insurance:S10 (period 2026-10, until 2027-10-31)" in si["reason"]
+    assert "social_insurance:S10 (period 2026-10, until 2027-10-01)" in si["reason"]
     penalty = next(d for d in firm["deductions"] if d["rule"] == "penalty_serious")
     assert penalty["reason"].startswith("serious administrative penalty")
     assert "violations:V1 (2026-01-05, until 2027-01-05)" in penalty["reason"]
