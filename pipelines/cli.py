@@ -193,12 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
     ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
-    ex.add_argument("--grade", action="append", choices=["A", "B", "C", "D"], help="keep these grades")
+    from pipelines.profiles import list_labels, load_grading  # the grades and lists grading.toml defines
+
+    grades = [g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"])]
+    ex.add_argument("--grade", action="append", choices=grades, help="keep these grades")
     ex.add_argument(
         "--list",
         action="append",
-        choices=["serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation"],
-        help="keep firms on this list",
+        choices=list(list_labels()),
+        help="keep firms on this list: "
+        + "; ".join(f"{name} {zh} ({en})" for name, (zh, en) in list_labels().items()),
     )
     ex.add_argument(
         "--division",

@@ -11,8 +11,10 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.lake import atomic_path
+from pipelines.profiles import list_labels
 
-LIST_NAMES = ("serious_dishonesty", "dishonest_debtor", "major_tax_violation", "abnormal_operation")
+#: the lists a profile can be on, as config/grading.toml defines them
+LIST_NAMES = tuple(list_labels())
 
 
 def select_profiles(

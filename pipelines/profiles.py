@@ -17,6 +17,7 @@ import polars as pl
 
 from pipelines.divisions import divisions
 from pipelines.lake import REPO_ROOT
+from pipelines.schema import CANONICAL_SCHEMA
 
 DEFAULT_GRADING = REPO_ROOT / "config" / "grading.toml"
 DEFAULT_INDUSTRIES = REPO_ROOT / "config" / "industries.toml"
@@ -34,15 +35,96 @@ ENTITY_TYPES = {
 }
 
 
+#: what a [[lists]] or [[rules]] entry of config/grading.toml may hold (anything else is a typo)
+_COMMON_KEYS = {
+    "id",
+    "when",
+    "removed_when",
+    "latest_only",
+    "expires_after_days",
+    "expires_at_end_date",
+    "points",
+    "max_points",
+}
+_LIST_KEYS = _COMMON_KEYS | {"label", "label_en", "veto", "flag"}
+_RULE_KEYS = _COMMON_KEYS | {"reason", "count"}
+
+
+class GradingError(ValueError):
+    """config/grading.toml (or a grading given in code) that cannot grade: names file, entry, problem."""
+
+
+def _check_entry(entry: dict[str, Any], section: str, allowed: set[str], origin: str) -> None:
+    """One [[lists]] or [[rules]] entry: known keys, sound numbers, conditions that compile."""
+    name = f"{origin}: [[{section}]] '{entry.get('id', '?')}'"
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise GradingError(f"{name}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    required = ("id", "when", "label", "label_en") if section == "lists" else ("id", "when", "reason")
+    missing = [key for key in required if not entry.get(key)]
+    if missing:
+        raise GradingError(f"{name}: missing {missing}")
+    points, cap = entry.get("points", 0), entry.get("max_points", entry.get("points", 0))
+    days = entry.get("expires_after_days", 365)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (points, cap, days)):
+        raise GradingError(f"{name}: points, max_points and expires_after_days must be whole numbers >= 0")
+    flags = [
+        key
+        for key in ("veto", "latest_only", "expires_at_end_date")
+        if not isinstance(entry.get(key, False), bool)
+    ]
+    if flags:
+        raise GradingError(f"{name}: {flags} must be true or false")
+    if cap < points:
+        raise GradingError(f"{name}: max_points {cap} is below points {points}")
+    if section == "rules" and points == 0:
+        raise GradingError(f"{name}: a rule must deduct points (a list may veto instead)")
+    if section == "lists" and points == 0 and not entry.get("veto"):
+        raise GradingError(f"{name}: a list must either veto or deduct points")
+    column = entry.get("flag") or entry.get("count")
+    if column in BASE_COLUMNS:
+        raise GradingError(f"{name}: column {column!r} would overwrite the profile's own column")
+    empty = pl.DataFrame(schema=CANONICAL_SCHEMA)
+    for key in ("when", "removed_when"):
+        if key in entry:
+            try:
+                empty.filter(pl.sql_expr(entry[key]))
+            except Exception as exc:  # noqa: BLE001 - any parse or column error: say which entry
+                raise GradingError(f"{name}: bad condition {key} = {entry[key]!r}: {exc}") from exc
+
+
+def check_grading(grading: dict[str, Any], origin: str = "grading") -> dict[str, Any]:
+    """Refuse a grading whose entries are malformed, clash, or add columns the profile already has."""
+    grades = grading.get("grades") or []
+    if not grades or not all({"grade", "min_score"} <= set(g) for g in grades):
+        raise GradingError(f"{origin}: [[grades]] must list each grade with its min_score")
+    for section, allowed in (("lists", _LIST_KEYS), ("rules", _RULE_KEYS)):
+        for entry in grading.get(section, []):
+            _check_entry(entry, section, allowed, origin)
+    ids = [e["id"] for e in grading.get("lists", []) + grading.get("rules", [])]
+    derived = [e["flag"] for e in grading.get("lists", []) if "flag" in e]
+    derived += [e["count"] for e in grading.get("rules", []) if "count" in e]
+    for what, names in (("id", ids), ("flag/count column", derived)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise GradingError(f"{origin}: {what} used more than once: {twice}")
+    return grading
+
+
 @cache
 def load_grading(path: Path = DEFAULT_GRADING) -> dict[str, Any]:
-    rules = tomllib.loads(Path(path).read_text("utf-8"))
-    for rule in rules.get("rules", []) + rules.get("vetoes", []):
-        try:
-            pl.sql_expr(rule["when"])
-        except Exception as exc:  # noqa: BLE001 - report which rule is broken
-            raise ValueError(f"grading rule '{rule.get('id')}' in {path}: bad condition: {exc}") from exc
-    return rules
+    """The grading definition, checked once (every consumer derives from this one file)."""
+    try:
+        grading = tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise GradingError(f"{path}: cannot read the grading rules: {exc}") from exc
+    return check_grading(grading, str(path))
+
+
+def list_labels(grading: dict[str, Any] | None = None) -> dict[str, tuple[str, str]]:
+    """list id -> (Chinese label, English label), in the order grading.toml defines them."""
+    grading = grading or load_grading()
+    return {entry["id"]: (entry["label"], entry["label_en"]) for entry in grading.get("lists", [])}
 
 
 @cache
@@ -59,90 +141,232 @@ def industry_expr(name: pl.Expr, keywords: dict[str, str] | None = None) -> pl.E
     return name.str.extract(pattern, 1).replace_strict(keywords, default=None, return_dtype=pl.String)
 
 
-def _record_date() -> pl.Expr:
-    return pl.coalesce(pl.col("event_date"), pl.col("updated_at").dt.date())
+_DEDUCTION = pl.Struct(
+    {
+        "rule": pl.String,
+        "source": pl.String,
+        "points": pl.Int64,
+        "records": pl.List(pl.String),
+        "until": pl.Date,
+        "reason": pl.String,
+    }
+)
+_VETO = pl.Struct(
+    {
+        "list": pl.String,
+        "source": pl.String,
+        "records": pl.List(pl.String),
+        "until": pl.Date,
+        "reason": pl.String,
+    }
+)
+#: the grading columns a firm without any list, deduction or veto gets, and their empty values
+_EMPTY = {
+    "deductions": pl.lit([], dtype=pl.List(_DEDUCTION)),
+    "vetoes": pl.lit([], dtype=pl.List(_VETO)),
+    "grade_reasons": pl.lit([], dtype=pl.List(pl.String)),
+    "veto_reasons": pl.lit([], dtype=pl.List(pl.String)),
+    "lists": pl.lit([], dtype=pl.List(pl.String)),
+}
 
 
-def _hits(records: pl.LazyFrame, rules: list[dict[str, Any]], as_of: date, kind: str) -> pl.LazyFrame:
-    """Records that match each rule and are still in force on ``as_of``."""
+def _period_start() -> pl.Expr:
+    """The first day of a 'YYYY' or 'YYYYMM' period (a rating year, a contribution month), else null.
+
+    The start, not the end: this month's contribution record already exists and already counts.
+    """
+    period = pl.col("period")
+    padded = pl.when(period.str.len_chars() == 4).then(period + "0101").otherwise(period + "01")
+    return padded.str.to_date("%Y%m%d", strict=False)
+
+
+def _dated_text() -> pl.Expr:
+    """How a reason shows a record's date: the date, else its rating year or month, else its update."""
+    period = pl.col("period")
+    return (
+        pl.when(pl.col("event_date").is_not_null())
+        .then(pl.col("event_date").dt.to_string("%Y-%m-%d"))
+        .when(_period_start().is_not_null() & (period.str.len_chars() == 4))
+        .then(pl.lit("year ") + period)
+        .when(_period_start().is_not_null())
+        .then(pl.lit("period ") + period.str.slice(0, 4) + "-" + period.str.slice(4, 2))
+        .otherwise(pl.lit("updated ") + pl.col("updated_at").dt.date().dt.to_string("%Y-%m-%d"))
+    )
+
+
+def with_record_dates(records: pl.LazyFrame) -> pl.LazyFrame:
+    """Add each record's date (``_date``) and whether it is its firm's latest of its type (``_latest``).
+
+    Lists, deductions and panels all read these two columns, so a rating the tax panel shows as
+    the latest is the one a rating rule deducts for, and no older one.
+    """
+    dated = records.with_columns(
+        _date=pl.coalesce(pl.col("event_date"), _period_start(), pl.col("updated_at").dt.date())
+    )
+    newest = (
+        pl.col("source_record_id")
+        .sort_by("_date", "updated_at", "source_record_id")
+        .last()
+        .over("entity_id", "record_type")
+    )
+    return dated.with_columns(_latest=pl.col("source_record_id") == newest)
+
+
+def _entries(grading: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, entry) for every list, then every rule, in the file's order (the display order)."""
+    return [("list", e) for e in grading.get("lists", [])] + [("rule", e) for e in grading.get("rules", [])]
+
+
+def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
+    """Every (firm, list or rule, record) in force on ``as_of``: the one place this is decided.
+
+    ``records`` come from ``with_record_dates``. A record counts from its date until its own end
+    date (``expires_at_end_date``) or ``expires_after_days`` later, unless ``removed_when`` holds or
+    (``latest_only``) a newer record of its type replaced it.
+    """
     frames = []
-    for rule in rules:
-        expiry = _record_date() + pl.duration(days=int(rule.get("expires_after_days", 365)))
-        if rule.get("expires_at_end_date"):
-            expiry = pl.coalesce(pl.col("end_date"), expiry)
+    for order, (kind, entry) in enumerate(_entries(grading)):
+        until = pl.col("_date") + pl.duration(days=int(entry.get("expires_after_days", 365)))
+        if entry.get("expires_at_end_date"):
+            until = pl.coalesce(pl.col("end_date"), until)
+        condition = pl.sql_expr(entry["when"]) & (pl.col("_date") <= as_of) & (until >= as_of)
+        if entry.get("removed_when"):
+            condition &= ~pl.sql_expr(entry["removed_when"]).fill_null(False)
+        if entry.get("latest_only"):
+            condition &= pl.col("_latest")
+        label = f"on the {entry['label_en']} ({entry['label']})" if kind == "list" else entry["reason"]
+        points = int(entry.get("points", 0))
         frames.append(
-            records.filter(pl.sql_expr(rule["when"]))
-            .filter((expiry >= pl.lit(as_of)) & (_record_date() <= pl.lit(as_of)))
-            .select(
+            records.filter(condition).select(
                 "entity_id",
-                pl.lit(rule["id"]).alias("rule"),
-                pl.lit(float(rule.get("points", 0))).alias("points"),
-                pl.lit(float(rule.get("max_points", rule.get("points", 0)))).alias("max_points"),
-                pl.lit(rule["reason"]).alias("reason"),
+                pl.lit(entry["id"]).alias("id"),
+                pl.lit(order, dtype=pl.Int32).alias("order"),
+                pl.lit(kind == "list").alias("is_list"),
+                pl.lit(bool(entry.get("veto", False))).alias("veto"),
+                pl.lit(points, dtype=pl.Int64).alias("points"),
+                pl.lit(int(entry.get("max_points", points)), dtype=pl.Int64).alias("max_points"),
+                pl.lit(label).alias("label"),
+                "source",
                 (pl.col("source") + ":" + pl.col("source_record_id")).alias("record"),
-                pl.lit(kind).alias("kind"),
+                (pl.lit("listed " if kind == "list" else "") + _dated_text()).alias("dated"),
+                until.alias("until"),
             )
         )
-    if not frames:
-        return pl.LazyFrame(
-            schema={
-                "entity_id": pl.String,
-                "rule": pl.String,
-                "points": pl.Float64,
-                "max_points": pl.Float64,
-                "reason": pl.String,
-                "record": pl.String,
-                "kind": pl.String,
-            }
-        )
-    return pl.concat(frames)
+    schema = {
+        "entity_id": pl.String,
+        "id": pl.String,
+        "order": pl.Int32,
+        "is_list": pl.Boolean,
+        "veto": pl.Boolean,
+        "points": pl.Int64,
+        "max_points": pl.Int64,
+        "label": pl.String,
+        "source": pl.String,
+        "record": pl.String,
+        "dated": pl.String,
+        "until": pl.Date,
+    }
+    return pl.concat(frames) if frames else pl.LazyFrame(schema=schema)
 
 
 def grade(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
-    """Per firm: score, veto and explanation lists (each naming the record that caused it)."""
-    deductions = _hits(records, grading.get("rules", []), as_of, "deduction")
-    per_rule = deductions.group_by("entity_id", "rule").agg(
-        pl.col("points").sum().clip(upper_bound=pl.col("max_points").first()).alias("points"),
-        pl.col("reason").first(),
-        pl.col("record").sort().first().alias("record"),
-        pl.len().alias("records"),
-    )
-    scores = per_rule.group_by("entity_id").agg(
-        pl.col("points").sum().alias("deducted"),
-        (
-            pl.col("reason")
-            + " (-"
-            + pl.col("points").cast(pl.Int64).cast(pl.String)
-            + ", "
-            + pl.col("records").cast(pl.String)
-            + " record(s), e.g. "
-            + pl.col("record")
-            + ")"
+    """Per firm, everything the grade rests on, derived from ``memberships`` alone.
+
+    ``deductions`` and ``vetoes`` (structured, one entry per rule or list), their display texts
+    ``grade_reasons`` and ``veto_reasons`` (every one, each naming its records, their dates and
+    until when they count), ``lists``, the list flags and rule counts, and the score:
+    ``base_score - sum(deductions.points)``, floored at 0.
+    """
+    until_text = pl.col("until").dt.to_string("%Y-%m-%d")
+    per_entry = (
+        memberships(records, as_of, grading)
+        .group_by("entity_id", "id")
+        .agg(
+            pl.col("order", "is_list", "veto", "label", "max_points").first(),
+            pl.col("source").unique().sort().str.join(","),
+            pl.col("points").sum().alias("raw_points"),
+            pl.col("record").sort().alias("records"),
+            # a list's reason says until when once; a rule's records each count until their own day
+            pl.concat_str(
+                "record",
+                pl.lit(" ("),
+                "dated",
+                pl.when("is_list").then(pl.lit("")).otherwise(pl.lit(", until ") + until_text),
+                pl.lit(")"),
+            )
+            .sort_by("record")
+            .str.join("; ")
+            .alias("details"),
+            pl.col("until").max(),
+            pl.len().alias("in_force"),
         )
-        .sort_by([pl.col("points"), pl.col("rule")], descending=[True, False])
-        .head(5)
-        .alias("grade_reasons"),
+        .with_columns(points=pl.min_horizontal("raw_points", "max_points"))
+        .with_columns(
+            reason=pl.concat_str(
+                "label",
+                pl.when(pl.col("points") > 0)
+                .then(pl.lit(" (-") + pl.col("points").cast(pl.String) + ")")
+                .otherwise(pl.lit("")),
+                pl.when("is_list").then(pl.lit(" until ") + until_text).otherwise(pl.lit("")),
+                pl.lit(": "),
+                "details",
+            )
+        )
+        # within a firm: the largest deduction first, ties in the file's order
+        .sort("entity_id", "points", "order", descending=[False, True, False])
     )
-    vetoes = (
-        _hits(records, grading.get("vetoes", []), as_of, "veto")
-        .group_by("entity_id")
-        .agg((pl.col("reason") + " (" + pl.col("record") + ")").unique().sort().alias("veto_reasons"))
+    deducts, vetoes, listed = pl.col("points") > 0, pl.col("veto"), pl.col("is_list")
+    counts = [
+        pl.col("in_force").filter(pl.col("id") == entry["id"]).sum().alias(entry["count"])
+        for entry in grading.get("rules", [])
+        if "count" in entry
+    ]
+    per_firm = per_entry.group_by("entity_id").agg(
+        pl.struct(pl.col("id").alias("rule"), "source", "points", "records", "until", "reason")
+        .filter(deducts)
+        .alias("deductions"),
+        pl.struct(pl.col("id").alias("list"), "source", "records", "until", "reason")
+        .filter(vetoes)
+        .sort_by(pl.col("order").filter(vetoes))
+        .alias("vetoes"),
+        pl.col("reason").filter(deducts).alias("grade_reasons"),
+        pl.col("reason").filter(vetoes).sort_by(pl.col("order").filter(vetoes)).alias("veto_reasons"),
+        pl.col("id").filter(listed).sort_by(pl.col("order").filter(listed)).alias("lists"),
+        pl.col("points").filter(deducts).sum().alias("deducted"),
+        *counts,
     )
-    score = (pl.lit(float(grading.get("base_score", 1000))) - pl.col("deducted").fill_null(0.0)).clip(0, 1000)
+    base = int(grading.get("base_score", 1000))
+    flags = [
+        pl.col("lists").list.contains(entry["id"]).alias(entry["flag"])
+        for entry in grading.get("lists", [])
+        if "flag" in entry
+    ]
     return (
-        scores.join(vetoes, on="entity_id", how="full", coalesce=True)
-        .with_columns(score=score.round(0).cast(pl.Int64))
-        .select("entity_id", "score", "grade_reasons", "veto_reasons")
+        per_firm.with_columns(
+            score=(pl.lit(base) - pl.col("deducted")).clip(lower_bound=0).cast(pl.Int64),
+        )
+        .drop("deducted")
+        .with_columns(flags)
     )
 
 
 def _band(grading: dict[str, Any]) -> pl.Expr:
-    """Score -> grade letter by the configured minimum scores; any veto means D."""
+    """Score -> grade letter by the configured minimum scores; any veto means the lowest grade."""
     bands = sorted(grading["grades"], key=lambda g: -g["min_score"])
     band = pl.lit(bands[-1]["grade"])
     for entry in reversed(bands[:-1]):
         band = pl.when(pl.col("score") >= entry["min_score"]).then(pl.lit(entry["grade"])).otherwise(band)
-    return pl.when(pl.col("veto_reasons").list.len() > 0).then(pl.lit("D")).otherwise(band)
+    return pl.when(pl.col("vetoes").list.len() > 0).then(pl.lit(bands[-1]["grade"])).otherwise(band)
+
+
+def _fill_grading(grading: dict[str, Any]) -> list[pl.Expr]:
+    """A firm with no list, deduction or veto: empty lists, false flags, zero counts, the base score."""
+    return [
+        *(pl.col(name).fill_null(empty) for name, empty in _EMPTY.items()),
+        *(pl.col(e["flag"]).fill_null(False) for e in grading.get("lists", []) if "flag" in e),
+        *(pl.col(e["count"]).fill_null(0).cast(pl.Int64) for e in grading.get("rules", []) if "count" in e),
+        pl.col("score").fill_null(int(grading.get("base_score", 1000))),
+    ]
 
 
 def build_profiles(
@@ -158,7 +382,7 @@ def build_profiles(
     Money sums are rounded to the cent: float addition in a parallel group-by is not associative,
     and the same inputs must give the same published bytes.
     """
-    grading = grading or load_grading()
+    grading = check_grading(grading) if grading is not None else load_grading()
     recs = records.join(
         links.select("source", "source_record_id", "entity_id", "match_confidence"),
         on=["source", "source_record_id"],
@@ -167,9 +391,10 @@ def build_profiles(
         # the same fact reported twice under different record ids (double reporting)
         _duplicate=pl.len().over("entity_id", *CONTENT_KEY) > 1,
     )
+    recs = with_record_dates(recs)
     day = pl.lit(as_of)
     rtype = pl.col("record_type")
-    in_months = lambda months: _record_date() > pl.lit(as_of - timedelta(days=round(months * 30.44)))  # noqa: E731
+    in_months = lambda months: pl.col("_date") > pl.lit(as_of - timedelta(days=round(months * 30.44)))  # noqa: E731
     class_rank = pl.col("status").replace_strict(
         {c: i for i, c in enumerate(FIVE_CLASS)}, default=None, return_dtype=pl.Int8
     )
@@ -180,11 +405,7 @@ def build_profiles(
     si = rtype == "si_contribution"
     latest_si_period = pl.col("period").filter(si).max()
     penalties_12m = (rtype == "penalty") & in_months(12)
-    serious = pl.col("category").is_in(["吊销许可证件", "责令停产停业", "责令关闭"])
-
-    def on_list(kind: pl.Expr, days: int = 1095) -> pl.Expr:
-        end = pl.coalesce(pl.col("end_date"), _record_date() + pl.duration(days=days))
-        return (kind & (end >= day)).any()
+    latest_rating = ratings & pl.col("_latest")
 
     summary = recs.group_by("entity_id").agg(
         pl.len().alias("record_count"),
@@ -198,19 +419,12 @@ def build_profiles(
         pl.col("overdue_amount").filter(loans).sum().round(2).alias("lending_overdue_principal"),
         class_rank.filter(loans).max().alias("_worst_class"),
         # tax
-        pl.col("status")
-        .filter(ratings)
-        .sort_by(pl.col("period").filter(ratings))
-        .last()
-        .alias("tax_latest_rating"),
-        pl.col("period").filter(ratings).max().alias("tax_latest_rating_year"),
+        # the rating the tax-rating rules read (with_record_dates: the latest rating year)
+        pl.col("status").filter(latest_rating).first().alias("tax_latest_rating"),
+        pl.col("period").filter(latest_rating).first().alias("tax_latest_rating_year"),
         pl.col("balance").filter(rtype == "tax_arrears").sum().round(2).alias("tax_arrears_balance"),
-        on_list(rtype == "tax_major_violation").alias("tax_major_violation"),
         # contract performance
         contract.sum().cast(pl.Int64).alias("contract_cases"),
-        on_list((rtype == "dishonest_debtor") & (pl.col("status") != "已履行"), 1825).alias(
-            "contract_dishonest"
-        ),
         pl.col("amount")
         .filter(contract & (pl.col("status") != "已履行"))
         .sum()
@@ -240,12 +454,6 @@ def build_profiles(
         # violations
         penalties_12m.sum().cast(pl.Int64).alias("violations_penalties_12m"),
         pl.col("amount").filter(penalties_12m).sum().round(2).alias("violations_fines_12m"),
-        ((rtype == "penalty") & serious & (pl.col("end_date") >= day))
-        .sum()
-        .cast(pl.Int64)
-        .alias("violations_serious_in_force"),
-        on_list(rtype == "abnormal_operation").alias("on_abnormal_list"),
-        on_list(rtype == "serious_dishonesty").alias("on_serious_dishonesty_list"),
         # data quality parts
         pl.col("code_raw").is_not_null().mean().round(6).alias("_completeness"),
         pl.col("code_status")
@@ -275,6 +483,7 @@ def build_profiles(
         .join(provenance, on="entity_id", how="left")
         .join(grades, on="entity_id", how="left")
         .with_columns(
+            _fill_grading(grading),
             entity_type=pl.col("uscc").str.slice(0, 2).replace_strict(ENTITY_TYPES, default="other"),
             division=pl.col("uscc").str.slice(2, 6),
             industry=industry_expr(pl.col("name")),
@@ -284,25 +493,12 @@ def build_profiles(
             quality_fail_rate=pl.when(pl.col("quality_checks_36m") > 0).then(
                 pl.col("quality_failures_36m") / pl.col("quality_checks_36m")
             ),
-            score=pl.col("score").fill_null(int(grading.get("base_score", 1000))),
-            grade_reasons=pl.col("grade_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-            veto_reasons=pl.col("veto_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
             timeliness=pl.col("provenance").list.eval(pl.element().struct.field("stale").not_()).list.mean(),
         )
         .join(division_names, on="division", how="left")
     )
     profile = profile.with_columns(
         grade=_band(grading),
-        lists=pl.concat_list(
-            pl.when(pl.col("on_serious_dishonesty_list"))
-            .then(pl.lit(["serious_dishonesty"]))
-            .otherwise(pl.lit([])),
-            pl.when(pl.col("contract_dishonest")).then(pl.lit(["dishonest_debtor"])).otherwise(pl.lit([])),
-            pl.when(pl.col("tax_major_violation"))
-            .then(pl.lit(["major_tax_violation"]))
-            .otherwise(pl.lit([])),
-            pl.when(pl.col("on_abnormal_list")).then(pl.lit(["abnormal_operation"])).otherwise(pl.lit([])),
-        ).cast(pl.List(pl.String)),
         quality_score=pl.mean_horizontal(
             "_completeness", "_validity", "_consistency", "timeliness", "_uniqueness"
         ).round(4),
@@ -313,10 +509,11 @@ def build_profiles(
         quality_uniqueness=pl.col("_uniqueness").round(4),
         as_of=day,
     )
-    return profile.select(PROFILE_COLUMNS).sort("entity_id").collect()
+    return profile.select(profile_columns(grading)).sort("entity_id").collect()
 
 
-PROFILE_COLUMNS = (
+#: the profile's columns but for the list flags and rule counts config/grading.toml names
+BASE_COLUMNS = (
     "entity_id",
     "uscc",
     "org_code",
@@ -339,9 +536,7 @@ PROFILE_COLUMNS = (
     "tax_latest_rating",
     "tax_latest_rating_year",
     "tax_arrears_balance",
-    "tax_major_violation",
     "contract_cases",
-    "contract_dishonest",
     "contract_unperformed_amount",
     "quality_checks_36m",
     "quality_failures_36m",
@@ -352,14 +547,13 @@ PROFILE_COLUMNS = (
     "si_arrears_amount",
     "violations_penalties_12m",
     "violations_fines_12m",
-    "violations_serious_in_force",
-    "on_abnormal_list",
-    "on_serious_dishonesty_list",
     "lists",
     "score",
     "grade",
     "grade_reasons",
     "veto_reasons",
+    "deductions",
+    "vetoes",
     "quality_score",
     "quality_completeness",
     "quality_validity",
@@ -369,3 +563,14 @@ PROFILE_COLUMNS = (
     "provenance",
     "as_of",
 )
+
+
+def profile_columns(grading: dict[str, Any]) -> tuple[str, ...]:
+    """The profile's columns: the list flags and rule counts the grading names go before ``lists``."""
+    derived = [e["flag"] for e in grading.get("lists", []) if "flag" in e]
+    derived += [e["count"] for e in grading.get("rules", []) if "count" in e]
+    at = BASE_COLUMNS.index("lists")
+    return (*BASE_COLUMNS[:at], *derived, *BASE_COLUMNS[at:])
+
+
+PROFILE_COLUMNS = profile_columns(load_grading())

@@ -29,15 +29,15 @@ RECORD_TYPES: dict[str, tuple[str, str]] = {
     "tax_major_violation": ("tax", "category=case nature, detail=facts, event_date=listing date"),
     "dishonest_debtor": (
         "contract",
-        "amount=unperformed amount, status=performance, detail=case number, category=court",
+        "amount=unperformed amount, status=performance, detail=case number, category=court, event_date=publication date",
     ),
     "enforcement": (
         "contract",
-        "amount=unperformed amount, status=performance, detail=case number, category=court",
+        "amount=unperformed amount, status=performance, detail=case number, category=court, event_date=publication date",
     ),
     "contract_default": (
         "contract",
-        "amount=unperformed amount, status=performance, detail=case number, category=reporter",
+        "amount=unperformed amount, status=performance, detail=case number, category=reporter, event_date=publication date",
     ),
     "spot_check": (
         "product_quality",

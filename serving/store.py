@@ -19,18 +19,18 @@ import numpy as np
 import polars as pl
 
 from pipelines.identifiers import repair_code
+from pipelines.profiles import list_labels, load_grading
 from serving.search import NameIndex
 
 log = logging.getLogger(__name__)
 ENTITY_ID = re.compile(r"X[0-9a-f]{16}")
 VERSION_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_[0-9a-f]{10}(-\d+)?$")
-#: list name in the API -> the profile condition
+#: list name in the API -> the profile condition: every list config/grading.toml defines, and the
+#: firms in the lowest grade
+LOWEST_GRADE = min(load_grading()["grades"], key=lambda g: g["min_score"])["grade"]
 LISTS: dict[str, pl.Expr] = {
-    "serious_dishonesty": pl.col("lists").list.contains("serious_dishonesty"),
-    "dishonest_debtor": pl.col("lists").list.contains("dishonest_debtor"),
-    "major_tax_violation": pl.col("lists").list.contains("major_tax_violation"),
-    "abnormal_operation": pl.col("lists").list.contains("abnormal_operation"),
-    "grade_d": pl.col("grade") == "D",
+    **{name: pl.col("lists").list.contains(name) for name in list_labels()},
+    f"grade_{LOWEST_GRADE.lower()}": pl.col("grade") == LOWEST_GRADE,
 }
 
 

@@ -152,7 +152,8 @@ def test_cli_export_slices_to_csv_and_excel(
     exported = pl.read_csv(target, infer_schema=False)
     assert exported.height == expected.height > 0
     assert sorted(exported["entity_id"]) == sorted(expected["entity_id"])
-    assert exported["grade_reasons"].str.contains("record").any()  # lists are readable text
+    assert exported["grade_reasons"].str.contains(" until ").any()  # lists are readable text
+    assert exported["deductions"].str.starts_with('[{"rule":').any()  # nested columns are JSON text
     xlsx = tmp_path / "lists.xlsx"
     assert credit(["export", "--lake", str(lake), "--out", str(xlsx), "--list", "dishonest_debtor"]) == 0
     assert xlsx.read_bytes()[:2] == b"PK"  # an Office Open XML workbook

@@ -81,6 +81,31 @@ def test_search_then_profile_page_with_panels_grade_history_and_evidence(browser
     page.screenshot(path=str(site["lake"] / "firm-page.png"), full_page=True)
 
 
+def test_firm_page_names_every_reason_and_the_rating_year(browser, site: dict) -> None:  # noqa: ANN001
+    """Each veto and deduction with its records, dates and end; the tax rating with its year."""
+    firm = (
+        site["profiles"]
+        .filter(pl.col("tax_latest_rating").is_not_null())
+        .sort(
+            pl.col("vetoes").list.len() + pl.col("deductions").list.len(),
+            "entity_id",
+            descending=[True, False],
+        )
+        .row(0, named=True)
+    )
+    assert firm["vetoes"] or firm["deductions"]
+    page = browser.new_page()
+    sign_in(page, site["base"], site["regulator"], f"/firm/{firm['entity_id']}")
+    page.wait_for_selector("#reasons li")
+    assert page.locator("#reasons li").all_inner_texts() == firm["veto_reasons"] + firm["grade_reasons"]
+    for entry in firm["vetoes"] + firm["deductions"]:
+        shown = page.inner_text("#reasons")
+        assert all(record in shown for record in entry["records"])
+        assert f"until {entry['until']:%Y-%m-%d}" in shown
+    rating = page.inner_text("#panels .field-tax_latest_rating")
+    assert firm["tax_latest_rating"] in rating and firm["tax_latest_rating_year"] in rating
+
+
 def test_code_lookup_and_lists_from_the_search_page(browser, site: dict) -> None:  # noqa: ANN001
     firm = site["profiles"].filter(pl.col("org_code").is_not_null()).row(0, named=True)
     page = browser.new_page()

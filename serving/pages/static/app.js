@@ -96,7 +96,7 @@ function searchPage() {
 const PANELS = [
   ["身份 Identity", ["uscc", "org_code", "reg_no", "entity_type", "division_name", "industry", "legal_rep", "former_names"]],
   ["信贷 Lending", ["lending_loans", "lending_amount", "lending_balance", "lending_overdue_principal", "lending_worst_class"]],
-  ["税务 Tax", ["tax_latest_rating", "tax_latest_rating_year", "tax_arrears_balance", "tax_major_violation"]],
+  ["税务 Tax", ["tax_latest_rating", "tax_arrears_balance", "tax_major_violation"]],
   ["履约 Contract performance", ["contract_cases", "contract_dishonest", "contract_unperformed_amount"]],
   ["产品质量 Product quality", ["quality_checks_36m", "quality_failures_36m", "quality_fail_rate", "quality_recalls"]],
   ["社会保险 Social insurance", ["si_headcount", "si_arrears_months", "si_arrears_amount"]],
@@ -104,13 +104,21 @@ const PANELS = [
   ["名单与数据质量 Lists & data quality", ["lists", "quality_score", "record_count", "source_count", "as_of"]],
 ];
 
+// fields shown together with what qualifies them: a rating means nothing without its year
+const SHOWN_WITH = {
+  tax_latest_rating: (p) => p.tax_latest_rating && p.tax_latest_rating + "（" + p.tax_latest_rating_year + " 年度 rating year）",
+};
+
 function panel(title, profile, fields) {
   const box = el("section", null, "panel");
   box.append(el("h3", title));
   const list = el("dl");
   const shown = fields.filter((field) => field in profile);
   if (!shown.length) list.append(el("dt", "—"), el("dd", "不公开 not public"));
-  for (const field of shown) list.append(el("dt", field), el("dd", fmt(profile[field])));
+  for (const field of shown) {
+    const value = SHOWN_WITH[field] ? SHOWN_WITH[field](profile) : profile[field];
+    list.append(el("dt", field), el("dd", fmt(value), "field-" + field));
+  }
   box.append(list);
   return box;
 }
@@ -169,6 +177,7 @@ async function firmPage() {
     for (const [title, fields] of PANELS) $("panels").append(panel(title, profile, fields));
     const stale = (profile.provenance || []).filter((p) => p.stale).map((p) => p.source);
     if (stale.length) $("panels").append(el("p", "数据可能过期 stale sources: " + stale.join(", "), "stale"));
+    // every veto and every deduction, each naming its records, their dates and until when
     const reasons = [...(profile.veto_reasons || []), ...(profile.grade_reasons || [])];
     if (!reasons.length) $("reasons").append(el("li", "无扣分 no deductions"));
     reasons.forEach((reason) => $("reasons").append(el("li", reason)));
