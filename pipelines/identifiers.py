@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import date
 
 import polars as pl
 from stdnum.cn import ric as stdnum_ric
@@ -25,6 +26,8 @@ RESIDENT_ID_WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))
 #: the form of an 18-character resident ID: a province digit 1-8 (a USCC from the market regulator
 #: starts with 9), a plausible birth date, a sequence and any check character (typos included)
 RESIDENT_ID_FORM = r"^[1-8]\d{5}(18|19|20)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\d{3}[\dX]$"
+#: the old 15-digit form (before 1999): region, birth date as YYMMDD (19YY), sequence, no check digit
+OLD_RESIDENT_ID_FORM = r"^[1-8]\d{5}\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\d{3}$"
 AUTHORITIES = {"1": "机构编制", "5": "民政", "9": "工商", "N": "农业", "Y": "其他"}
 MARKET_ENTITY_TYPES = {"1": "enterprise", "2": "individual business", "3": "farmers' cooperative"}
 _ORG_VALUES = {c: i for i, c in enumerate("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
@@ -144,9 +147,25 @@ def looks_like_resident_id(code: str | None) -> bool:
     if not code:
         return False
     compact = _clean(code).replace("-", "")
-    if not re.fullmatch(RESIDENT_ID_FORM, compact):
+    if len(compact) != 18 or not is_id_number_form(compact):
         return False
     return is_valid_resident_id(compact) or not is_valid_uscc(compact)
+
+
+def is_id_number_form(compact: str) -> bool:
+    """An 18- or 15-digit resident ID number's form with a real birth date, whatever its check
+    character (what masking must catch: a mistyped ID is still a person's)."""
+    if re.fullmatch(RESIDENT_ID_FORM, compact):
+        born = compact[6:14]
+    elif re.fullmatch(OLD_RESIDENT_ID_FORM, compact):
+        born = "19" + compact[6:12]
+    else:
+        return False
+    try:
+        date(int(born[:4]), int(born[4:6]), int(born[6:]))
+    except ValueError:
+        return False
+    return True
 
 
 def mask_resident_id(number: str | None) -> str | None:

@@ -168,7 +168,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             raise HTTPException(400, f"malformed code: {exc}") from exc
         if found is None:
             record(who, action, {"code": code}, 0, 404)
-            raise HTTPException(404, f"no firm with code {code} in version {store.version}")
+            # the code is not echoed: a firm hidden from the caller answers exactly as one that does not exist
+            raise HTTPException(404, f"no firm with that code in version {store.version}")
         return store, disclosed(who).rows(found)[0]
 
     @app.get("/healthz", include_in_schema=False)
