@@ -185,7 +185,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
                 "version": store.version,
                 "business_date": store.manifest.get("business_date"),
                 "counts": store.manifest.get("counts"),
-                "profiles": store.profiles.height,
+                "profiles": store.visible_count(disclosed(who)),
             }
         )
 

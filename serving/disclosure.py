@@ -137,7 +137,12 @@ class View:
         """Profiles (any subset of columns with ``entity_type``) as this role sees them."""
         if "entity_type" not in frame.columns:
             raise PolicyError("the public view needs each profile's entity_type to decide what to show")
-        return self.restrict(frame.filter(self.visible()) if self.unseen_types else frame)
+        present = set(frame["entity_type"].unique().to_list())
+        if self.unseen_types & present:
+            frame = frame.filter(self.visible())
+        if not present & set(self.hidden):  # nothing to withhold: skip building the expressions (~2 ms)
+            return frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(WITHHELD))
+        return self.restrict(frame)
 
     def restrict(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Hidden-domain content withheld, score and grade recomputed, ``withheld`` added (no row removed)."""

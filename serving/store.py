@@ -148,6 +148,11 @@ class VersionStore:
         )
         return store
 
+    def visible_count(self, view: View) -> int:
+        """How many profiles ``view`` may see."""
+        gate = self.gates.get(view.role)
+        return self.profiles.height if gate is None else int(gate.visible.sum())
+
     # ------------------------------------------------------------------ lookups
     def find(self, raw_code: str, view: View) -> pl.DataFrame | None:
         """The profile (one row) a code names, if ``view`` may see it."""
