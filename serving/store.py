@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.identifiers import repair_code
-from serving.disclosure import View, load_policy
+from serving.disclosure import View, load_policy, mask_text
 from serving.search import NameIndex
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class VersionStore:
             manifest=manifest,
             profiles=profiles,
             by_code=by_code,
-            names=NameIndex.build(profiles["name"]),
+            names=NameIndex.build(_searchable(profiles["name"])),
             legal_reps=legal_reps,
             gates=_gates(profiles, load_policy().views.values() if views is None else views),
         )
@@ -226,6 +226,15 @@ class VersionStore:
         return (
             pl.concat(out, how="diagonal_relaxed") if out else pl.DataFrame(schema={"entity_type": pl.String})
         )
+
+
+def _searchable(names: pl.Series) -> pl.Series:
+    """Names as the search index holds them: an ID or phone number a department wrote into a name is
+    masked, so a search by the number cannot tell whose it is. Only names holding a run of digits go
+    through the masker (a handful per version)."""
+    suspect = names.str.contains(r"[0-9０-９]{3}").fill_null(False)
+    masked = names.filter(suspect).map_elements(mask_text, return_dtype=pl.String)
+    return names.clone().scatter(suspect.arg_true(), masked) if masked.len() else names
 
 
 def _gates(profiles: pl.DataFrame, views: Any) -> dict[str, Gate]:

@@ -27,7 +27,8 @@ from pipelines.identifiers import (
 )
 from pipelines.profiles import NATURAL_PERSON, load_grading
 from serving.disclosure import PolicyError, load_policy, mask_text
-from serving.store import LISTS
+from serving.search import NameIndex
+from serving.store import LISTS, _searchable
 from tests.service_support import build_lake, credit, serving
 
 # a valid resident ID number that also passes the USCC check (about 1 in 341 do)
@@ -97,6 +98,15 @@ def test_phone_numbers_are_masked_in_any_text(written: str) -> None:
 def test_masking_leaves_firm_codes_dates_and_amounts_alone() -> None:
     text = "91330203MA2A1B2C3X 2026-11-23 金额 1234567.89 (2022)豫0724执恢54号 L000000000012 330203000030639"
     assert mask_text(text) == text
+
+
+def test_a_number_written_into_a_name_cannot_be_searched_for() -> None:
+    """Name search would otherwise confirm whose phone a number is, even with the hit masked."""
+    names = pl.Series(["海曙区李四小吃店 13912345678", "宁波华兴电子科技有限公司"])
+    index = NameIndex.build(_searchable(names))
+    assert index.search("13912345678", 5) == []
+    assert [row for row, _ in index.search("李四小吃店", 5)] == [0]
+    assert names[0] == "海曙区李四小吃店 13912345678"  # the profile itself is not changed
 
 
 # ---------------------------------------------------------------- natural persons in the pipeline
