@@ -42,7 +42,7 @@ function hitItem(hit) {
   const li = el("li");
   const link = el("a", hit.name);
   link.href = "/firm/" + encodeURIComponent(hit.entity_id);
-  li.append(link, el("span", [hit.uscc || hit.entity_id, hit.division_name, "等级 " + hit.grade].filter(Boolean).join(" · "), "score-tag"));
+  li.append(link, el("span", [hit.uscc || hit.entity_id, hit.division_name, "等级 " + (hit.grade || "不公开 not public")].filter(Boolean).join(" · "), "score-tag"));
   if (hit.match_score !== undefined) li.append(el("span", "匹配度 " + hit.match_score, "score-tag"));
   return li;
 }
@@ -167,7 +167,7 @@ async function firmPage() {
     const profile = profileBody.profile;
     document.title = profile.name + " · 企业信用画像";
     $("name").textContent = profile.name;
-    $("grade").textContent = profile.grade;
+    $("grade").textContent = profile.grade || "—";
     $("grade").className = "grade grade-" + profile.grade;
     $("score").textContent = "信用分 score " + (profile.score === null || profile.score === undefined ? "不公开 not public" : profile.score + " / 1000");
     for (const [title, domain, fields] of PANELS) $("panels").append(panel(title, domain, profile, fields));
