@@ -15,6 +15,7 @@ withheld keys dropped and personal data masked in every text value (``mask_text`
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -317,8 +318,13 @@ class Policy:
         return " ".join(view.describe() for view in self.views.values())
 
 
+def load_policy(path: Path | None = None, grading: Path | None = None) -> Policy:
+    """The policy at ``path``, else ``CREDIT_DISCLOSURE_CONFIG``, else config/disclosure.toml."""
+    return _load_policy(Path(path or os.environ.get("CREDIT_DISCLOSURE_CONFIG") or DEFAULT_POLICY), grading)
+
+
 @cache
-def load_policy(path: Path = DEFAULT_POLICY, grading: Path | None = None) -> Policy:
+def _load_policy(path: Path, grading: Path | None) -> Policy:
     """Read and check the policy: every domain, field list, entity type and role it names must exist."""
     from serving.tokens import ROLES
 

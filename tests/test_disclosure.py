@@ -26,7 +26,7 @@ from pipelines.identifiers import (
     repair_code,
 )
 from pipelines.profiles import NATURAL_PERSON, load_grading
-from serving.disclosure import PolicyError, load_policy, mask_text
+from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
 from serving.store import LISTS, _searchable
 from tests.service_support import build_lake, credit, serving
@@ -263,6 +263,19 @@ def test_without_itemised_deductions_the_score_is_withheld_not_guessed() -> None
     assert firm["score"] == 850 and firm["grade"] == "B"
 
 
+def test_the_view_is_whatever_the_policy_says(tmp_path: Path) -> None:
+    """Hide tax from enterprises in a copy of the policy: fields, deductions, reasons, provenance and
+    the score follow, with no code change."""
+    text = Path(load_policy().path).read_text("utf-8")
+    text += '\n[roles.public.entity_types."enterprise"]\nhidden_domains = ["tax"]\n'
+    path = tmp_path / "disclosure.toml"
+    path.write_text(text, "utf-8")
+    firm = load_policy(path).view("public").rows(_profiles())[1]
+    assert firm["withheld"] == ["tax"] and "tax_latest_rating" not in firm
+    assert firm["deductions"] == [] and firm["grade_reasons"] == [] and firm["provenance"] == []
+    assert firm["score"] == 1000 and firm["grade"] == "A" and firm["lending_loans"] == 1
+
+
 def test_a_policy_naming_what_does_not_exist_is_refused(tmp_path: Path) -> None:
     good = Path(load_policy().path).read_text("utf-8")
     cases = {
@@ -275,13 +288,13 @@ def test_a_policy_naming_what_does_not_exist_is_refused(tmp_path: Path) -> None:
     for problem, text in cases.items():
         path = tmp_path / "disclosure.toml"
         path.write_text(text, "utf-8")
-        load_policy.cache_clear()
+        _load_policy.cache_clear()
         try:
             with pytest.raises(PolicyError, match=re.escape(problem)) as error:
                 load_policy(path)
             assert str(path) in str(error.value)
         finally:
-            load_policy.cache_clear()
+            _load_policy.cache_clear()
 
 
 # ---------------------------------------------------------------- every endpoint, as the public
