@@ -123,6 +123,7 @@ class View:
     hidden: dict[str, tuple[Domain, ...]]  # entity type -> its hidden domains
     across_domains: tuple[str, ...]
     grading: dict[str, Any] = field(repr=False)
+    firm_codes: frozenset[str] = frozenset()
 
     @property
     def restricts(self) -> bool:
@@ -257,8 +258,13 @@ class View:
             keep = dropped[withheld]
             keys = [*(fields or row.keys()), WITHHELD] if fields else row.keys()
             picked = {k: row[k] for k in dict.fromkeys(keys) if k in row and k not in keep}
-            out.append(mask_value(picked) if self.mask else picked)
+            out.append(self._masked(picked))
         return out
+
+    def _masked(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not self.mask:
+            return row
+        return {k: v if k in self.firm_codes else mask_value(v) for k, v in row.items()}
 
     def _withheld_keys(self, keys: Any, withheld: tuple[str, ...]) -> frozenset[str]:
         domains = [d for domains in self.hidden.values() for d in domains if d.name in withheld]
@@ -365,6 +371,7 @@ def _load_policy(path: Path, grading: Path | None) -> Policy:
             hidden=hidden,
             across_domains=across,
             grading=rules,
+            firm_codes=frozenset(raw.get("masking", {}).get("firm_code_fields", ())),
         )
     missing = [r for r in ROLES if r not in views]
     if missing:

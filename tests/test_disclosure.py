@@ -256,6 +256,20 @@ def test_public_view_recomputes_score_and_grade_without_the_hidden_domain() -> N
     assert len(regulator) == 3 and regulator[0]["score"] == 790 and regulator[0]["legal_rep"] == "张三"
 
 
+def test_a_firms_own_registration_number_is_not_mistaken_for_an_id() -> None:
+    """330203010203006 is a valid registration number that also has the form of an old ID."""
+    firm = (
+        _profiles()
+        .head(2)
+        .tail(1)
+        .with_columns(
+            reg_no=pl.lit("330203010203006"), name=pl.lit("宁波华兴电子科技有限公司 330203010203006")
+        )
+    )
+    shown = load_policy().view("public").rows(firm)[0]
+    assert shown["reg_no"] == "330203010203006" and shown["name"].endswith("330203*********")
+
+
 def test_without_itemised_deductions_the_score_is_withheld_not_guessed() -> None:
     public = load_policy().view("public")
     business, firm = public.rows(_profiles().drop("deductions", "vetoes"))
