@@ -144,16 +144,18 @@ class View:
             frame = frame.filter(self.visible())
         if not present & set(self.hidden):  # nothing to withhold: skip building the expressions (~2 ms)
             return frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(WITHHELD))
-        return self.restrict(frame)
+        return self.restrict(frame, present)
 
-    def restrict(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Hidden-domain content withheld, score and grade recomputed, ``withheld`` added (no row removed)."""
+    def restrict(self, frame: pl.DataFrame, types: set[str] | None = None) -> pl.DataFrame:
+        """Hidden-domain content withheld, score and grade recomputed, ``withheld`` added (no row
+        removed); ``types``, when given, are the only entity types the frame holds."""
         empty = pl.lit([], dtype=pl.List(pl.String))
-        if not self.hidden or "entity_type" not in frame.columns:
+        hidden = {t: d for t, d in self.hidden.items() if types is None or t in types}
+        if not hidden or "entity_type" not in frame.columns:
             return frame.with_columns(empty.alias(WITHHELD))
         columns = frame.columns
         withheld: pl.Expr = empty
-        for entity_type, domains in self.hidden.items():
+        for entity_type, domains in hidden.items():
             names = pl.lit([d.name for d in domains], dtype=pl.List(pl.String))
             withheld = pl.when(pl.col("entity_type") == entity_type).then(names).otherwise(withheld)
         frame = frame.with_columns(withheld.alias(WITHHELD))
@@ -162,7 +164,7 @@ class View:
         def per_type(column: str, keep: Any) -> pl.Expr:
             """``column`` with, for each entity type, only the elements ``keep(domains)`` accepts."""
             out = pl.col(column)
-            for entity_type, domains in self.hidden.items():
+            for entity_type, domains in hidden.items():
                 kept = pl.col(column).list.eval(pl.element().filter(keep(domains)))
                 out = pl.when(pl.col("entity_type") == entity_type).then(kept).otherwise(out)
             return out.alias(column)
@@ -186,7 +188,7 @@ class View:
                 filtered.append(per_type(column, by_reason))
         if "lists" in columns:
             filtered.append(per_type("lists", by_list))
-        all_hidden = {d.name: d for domains in self.hidden.values() for d in domains}
+        all_hidden = {d.name: d for domains in hidden.values() for d in domains}
         for column in columns:
             in_domains = [name for name, d in all_hidden.items() if d.matches(column)]
             if in_domains:

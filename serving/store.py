@@ -84,6 +84,8 @@ def normalise_code(raw: str) -> tuple[str, str]:
         return "org_code", result.org_code
     if result.reg_no:
         return "reg_no", result.reg_no
+    if result.status == "resident_id":
+        raise CodeError("that is a resident ID number (a natural person's), not a firm's code")
     cleaned = re.sub(r"[\s\-]", "", raw).upper()
     if re.fullmatch(r"[0-9A-Z]{18}|[0-9A-Z]{9}|[0-9]{15}", cleaned):
         raise CodeError(

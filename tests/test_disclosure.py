@@ -28,7 +28,7 @@ from pipelines.identifiers import (
 from pipelines.profiles import NATURAL_PERSON, load_grading
 from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
-from serving.store import LISTS, _searchable
+from serving.store import LISTS, CodeError, _searchable, normalise_code
 from tests.service_support import build_lake, credit, serving
 
 # a valid resident ID number that also passes the USCC check (about 1 in 341 do)
@@ -119,6 +119,8 @@ def test_a_resident_id_is_never_taken_for_a_firm_code() -> None:
     assert classified["code_status"].to_list() == ["resident_id"] * 3 + ["valid"]
     assert classified["uscc"].to_list() == [None, None, None, "91110000600037341L"]
     assert repair_code(ID_ALSO_USCC).status == "resident_id"
+    with pytest.raises(CodeError, match="resident ID number"):  # a lookup says so, not "bad check"
+        normalise_code(ID_ALSO_USCC)
 
 
 def test_resolution_keys_a_person_by_the_id_alone() -> None:
