@@ -83,6 +83,11 @@ def _stable_id(prefix: str, value: pl.Expr) -> pl.Expr:
     )
 
 
+def person_entity_id() -> pl.Expr:
+    """A natural person's entity id: a hash of the ID number as written, compacted (never the number)."""
+    return _stable_id("X", pl.lit("P") + compact_code_expr(pl.col("code_raw")))
+
+
 def _tag(frame: pl.DataFrame, method: str) -> pl.DataFrame:
     return frame.with_columns(
         match_method=pl.lit(method), match_confidence=pl.lit(CONFIDENCE[method], dtype=pl.Float64)
@@ -125,9 +130,7 @@ def resolve(
     rest = recs.filter(pl.col("uscc").is_null())
 
     # A natural person's ID number is the person: never a firm, never matched to one by name.
-    persons = rest.filter(pl.col("code_status") == "resident_id").with_columns(
-        entity_id=_stable_id("X", pl.lit("P") + compact_code_expr(pl.col("code_raw")))
-    )
+    persons = rest.filter(pl.col("code_status") == "resident_id").with_columns(entity_id=person_entity_id())
     rest = rest.filter(pl.col("code_status") != "resident_id")
 
     # 2. Organization codes are embedded in USCCs; old registration numbers are cross-walked.
