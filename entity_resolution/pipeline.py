@@ -13,7 +13,7 @@ import polars as pl
 from entity_resolution.engine import link
 from entity_resolution.names import normalise_names
 from entity_resolution.registry import Registry
-from entity_resolution.resolve import _entities
+from entity_resolution.resolve import CONFIDENCE, _entities, person_entity_id
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import load_spec
 
@@ -49,6 +49,9 @@ def link_canonical(
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """(links, entities, stats) for canonical records (source, source_record_id, subject_name,
     code_raw, uscc, org_code, reg_no, code_status, legal_rep, updated_at)."""
+    # a natural person's ID number is the person: never offered to the engine to match with a firm
+    persons = records.filter(pl.col("code_status") == "resident_id")
+    records = records.filter(pl.col("code_status") != "resident_id")
     spec = load_spec(spec_name)
     rid = record_id()
     inputs = records.select(*enterprise_inputs())
@@ -82,6 +85,15 @@ def link_canonical(
             .alias("match_method"),
         )
     )
+    person_links = persons.select(
+        "source",
+        "source_record_id",
+        person_entity_id().alias("entity_id"),
+        pl.lit(CONFIDENCE["resident_id"]).alias("match_confidence"),
+        pl.lit("resident_id").alias("match_method"),
+    )
+    links = pl.concat([links, person_links], how="vertical_relaxed")
+    records = pl.concat([records, persons])
     names = normalise_names(records["subject_name"])
     linked = (
         records.select(

@@ -20,6 +20,7 @@ import polars as pl
 from rapidfuzz import distance, fuzz, process
 
 from entity_resolution.names import normalise_names
+from pipelines.identifiers import compact_code_expr
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ResolutionSettings:
 CONFIDENCE = {
     "uscc": 1.0,
     "uscc_repaired": 0.98,
+    "resident_id": 1.0,
     "org_code": 0.97,
     "reg_no": 0.95,
     "code_near+name": 0.92,
@@ -79,6 +81,11 @@ def _stable_id(prefix: str, value: pl.Expr) -> pl.Expr:
         ),
         return_dtype=pl.String,
     )
+
+
+def person_entity_id() -> pl.Expr:
+    """A natural person's entity id: a hash of the ID number as written, compacted (never the number)."""
+    return _stable_id("X", pl.lit("P") + compact_code_expr(pl.col("code_raw")))
 
 
 def _tag(frame: pl.DataFrame, method: str) -> pl.DataFrame:
@@ -121,6 +128,10 @@ def resolve(
         _tag(anchored.filter(pl.col("code_status") != "valid"), "uscc_repaired"),
     ]
     rest = recs.filter(pl.col("uscc").is_null())
+
+    # A natural person's ID number is the person: never a firm, never matched to one by name.
+    persons = rest.filter(pl.col("code_status") == "resident_id").with_columns(entity_id=person_entity_id())
+    rest = rest.filter(pl.col("code_status") != "resident_id")
 
     # 2. Organization codes are embedded in USCCs; old registration numbers are cross-walked.
     org_index = anchored.select("org_code", "uscc").unique()
@@ -177,6 +188,7 @@ def resolve(
         pl.lit("N") + pl.col("name_key").fill_null(pl.col("subject_name")) + "|" + region,
     )
     leftover = rest.with_columns(entity_id=_stable_id("X", cluster_key))
+    links.append(_tag(persons, "resident_id"))
     links.append(
         _tag(
             leftover.filter(pl.col("org_code").is_not_null() | pl.col("reg_no").is_not_null()),
@@ -396,6 +408,8 @@ def _entities(linked: pl.DataFrame, per_record: pl.DataFrame) -> pl.DataFrame:
             pl.col("org_code").drop_nulls().mode().sort().first(),
             pl.col("reg_no").drop_nulls().mode().sort().first(),
             pl.col("match_confidence").min().alias("min_match_confidence"),
+            # identified by a resident ID number: a natural person (自然人), not a firm
+            (pl.col("code_status") == "resident_id").any().alias("natural_person"),
         )
         .join(
             per_record.group_by("entity_id").agg(

@@ -24,7 +24,13 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from pipelines import _vocab as V
-from pipelines.identifiers import USCC_ALPHABET, org_code_check_expr, reg_no_check_expr, uscc_check_expr
+from pipelines.identifiers import (
+    USCC_ALPHABET,
+    org_code_check_expr,
+    reg_no_check_expr,
+    resident_id_check_expr,
+    uscc_check_expr,
+)
 
 SQL_SOURCES = {
     "lending": ("lending/lending.db", "loans", "loan_id"),
@@ -32,6 +38,10 @@ SQL_SOURCES = {
     "tax": ("tax/tax.db", "tax_records", "record_id"),
 }
 FULL_WIDTH = {chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)}
+#: share of administrative penalties whose subject is a natural person (自然人), not a firm
+NATURAL_PERSON_SHARE = 0.03
+#: share of an individual business's penalty records whose name carries the owner's phone or ID
+LEAKED_CONTACT_SHARE = 0.15
 
 
 class _Draw:
@@ -759,8 +769,128 @@ def gen_violations(
         .otherwise(blank)
         .alias("违法行为类型"),
     )
+    frame = _leak_owner_contacts(frame, draw, firms)
+    frame = pl.concat([frame, _natural_person_penalties(frame, draw, end, days)], how="vertical")
     # decision numbers are the record id: make them unique
     return frame.unique("行政处罚决定书文号", keep="first", maintain_order=True)
+
+
+def _people(rng: np.random.Generator, n: int) -> pl.DataFrame:
+    """Natural persons: name, resident ID (GB 11643, valid check character), its old 15-digit form
+    and a mobile phone number."""
+    region = _pick(rng, [d[0] for d in V.DIVISIONS], n).astype(str)
+    born = pl.from_epoch(
+        pl.Series(
+            (date(1950, 1, 1).toordinal() + rng.integers(0, 50 * 365, n) - date(1970, 1, 1).toordinal())
+            * 86400
+        ),
+        "s",
+    ).dt.date()
+    seq = pl.Series(rng.integers(0, 1000, n)).cast(pl.String).str.zfill(3)
+    first17 = pl.Series(region) + born.dt.strftime("%Y%m%d") + seq
+    phone = (
+        pl.Series(rng.integers(3, 10, n) * 10**9 + rng.integers(0, 10**9, n)).cast(pl.String).str.zfill(10)
+    )
+    given = _pick(rng, list(V.GIVEN), n) + np.where(rng.random(n) < 0.6, _pick(rng, list(V.GIVEN), n), "")
+    return pl.select(
+        name=pl.Series((_pick(rng, list(V.SURNAMES), n) + given).astype(str)),
+        resident_id=first17 + resident_id_check_expr(first17),
+        old_id=pl.Series(region) + born.dt.strftime("%y%m%d") + seq,
+        phone="1" + phone,
+    )
+
+
+def _as_written(rng: np.random.Generator, people: pl.DataFrame) -> pl.DataFrame:
+    """How a department writes a person's ID and phone: spaced, hyphenated, lower-case x, a
+    mistyped check character; 138-0013-8000, +86 prefixes, spaces."""
+    n = people.height
+    pid, phone = pl.col("resident_id"), pl.col("phone")
+    wrong = ((pid.str.slice(17, 1).replace("X", "10").cast(pl.Int64) + 1) % 10).cast(pl.String)
+    return people.with_columns(r_id=pl.Series(rng.random(n)), r_phone=pl.Series(rng.random(n))).select(
+        "name",
+        "resident_id",
+        "old_id",
+        "phone",
+        id_written=pl.when(pl.col("r_id") < 0.55)
+        .then(pid)
+        .when(pl.col("r_id") < 0.7)
+        .then(pid.str.slice(0, 6) + " " + pid.str.slice(6, 8) + " " + pid.str.slice(14))
+        .when(pl.col("r_id") < 0.8)
+        .then(pid.str.slice(0, 6) + "-" + pid.str.slice(6, 8) + "-" + pid.str.slice(14))
+        .when(pl.col("r_id") < 0.9)
+        .then(pid.str.to_lowercase().str.slice(0, 17) + pid.str.slice(17).str.replace("X", "x"))
+        .otherwise(pid.str.slice(0, 17) + wrong),
+        phone_written=pl.when(pl.col("r_phone") < 0.3)
+        .then(phone.str.slice(0, 3) + "-" + phone.str.slice(3, 4) + "-" + phone.str.slice(7))
+        .when(pl.col("r_phone") < 0.55)
+        .then("+86" + phone)
+        .when(pl.col("r_phone") < 0.75)
+        .then(phone.str.slice(0, 3) + " " + phone.str.slice(3, 4) + " " + phone.str.slice(7))
+        .otherwise(phone),
+    )
+
+
+def _natural_person_penalties(frame: pl.DataFrame, draw: _Draw, end: date, days: int) -> pl.DataFrame:
+    """Penalties against natural persons (自然人) as a 双公示 file holds them: the person's name, the
+    ID number in the code column (departments reuse it), and personal data in the facts."""
+    rng = draw("violations-natural-persons")
+    penalties = frame.filter(pl.col("数据类别") == "行政处罚")
+    persons = max(1, int(penalties.height * NATURAL_PERSON_SHARE))
+    people = _as_written(rng, _people(rng, persons))
+    repeat = np.where(rng.random(persons) < 0.2, 2, 1)  # some people are penalised twice
+    rows = people[np.repeat(np.arange(persons), repeat)]
+    n = rows.height
+    template = penalties[rng.integers(0, penalties.height, n)]
+    updated = _updated_at(rng, n, end, days, None)
+    name_with_id = rng.random(n) < 0.1  # the ID typed into the name field as well
+    year = template["处罚决定日期"].str.slice(0, 4)
+    return template.with_columns(
+        行政处罚决定书文号=template["处罚机关"].str.slice(0, 1)
+        + "市监处罚〔"
+        + year
+        + "〕"
+        + _ids("P", n, 8)
+        + "号",
+        行政相对人类别=pl.lit("自然人"),
+        行政相对人名称=pl.when(pl.Series(name_with_id))
+        .then(rows["name"] + "（身份证号" + rows["id_written"] + "）")
+        .otherwise(rows["name"]),
+        统一社会信用代码=rows["id_written"],
+        法定代表人=pl.lit(None, dtype=pl.String),
+        违法事实="经查，当事人"
+        + rows["name"]
+        + "（身份证号"
+        + rows["id_written"]
+        + "，联系电话"
+        + rows["phone_written"]
+        + "）存在违法行为",
+        更新时间=updated,
+        entity_key="P" + pl.Series(np.repeat(np.arange(persons), repeat)).cast(pl.String).str.zfill(8),
+    )
+
+
+def _leak_owner_contacts(frame: pl.DataFrame, draw: _Draw, firms: pl.DataFrame) -> pl.DataFrame:
+    """Departments write an individual business owner's phone or ID into the subject's name."""
+    rng = draw("violations-leaked-contacts")
+    owners = frame.select("entity_key").join(
+        firms.select("entity_key", "kind", "legal_rep"), on="entity_key", how="left", maintain_order="left"
+    )
+    n = frame.height
+    people = _as_written(rng, _people(rng, n))
+    leak = (owners["kind"] == 1).to_numpy() & (rng.random(n) < LEAKED_CONTACT_SHARE)
+    kind = rng.random(n)
+    contact = (
+        pl.when(pl.Series(kind < 0.6))
+        .then("电话" + people["phone_written"])
+        .when(pl.Series(kind < 0.8))
+        .then("身份证" + people["id_written"])
+        .otherwise("身份证" + people["old_id"])
+    )
+    return frame.with_columns(
+        行政相对人名称=pl.when(pl.Series(leak))
+        .then(pl.col("行政相对人名称") + "（经营者" + owners["legal_rep"] + " " + contact + "）")
+        .otherwise(pl.col("行政相对人名称"))
+    )
 
 
 GENERATORS: dict[str, tuple[Callable[..., pl.DataFrame], str]] = {

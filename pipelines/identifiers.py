@@ -7,8 +7,10 @@ expressions that do the same on millions of rows without a Python loop.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import date
 
 import polars as pl
 from stdnum.cn import ric as stdnum_ric
@@ -17,7 +19,15 @@ from stdnum.cn import uscc as stdnum_uscc
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 USCC_WEIGHTS = tuple(pow(3, i, 31) for i in range(17))
 ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
-CODE_STATUSES = ("valid", "repaired", "org_code", "reg_no", "invalid", "missing")
+#: how a recorded code was read; "resident_id" is a natural person's ID number, never a firm code
+CODE_STATUSES = ("valid", "repaired", "org_code", "reg_no", "resident_id", "invalid", "missing")
+#: GB 11643 check weights for the 17 body digits (2^(17-i) mod 11)
+RESIDENT_ID_WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))
+#: the form of an 18-character resident ID: a province digit 1-8 (a USCC from the market regulator
+#: starts with 9), a plausible birth date, a sequence and any check character (typos included)
+RESIDENT_ID_FORM = r"^[1-8]\d{5}(18|19|20)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\d{3}[\dX]$"
+#: the old 15-digit form (before 1999): region, birth date as YYMMDD (19YY), sequence, no check digit
+OLD_RESIDENT_ID_FORM = r"^[1-8]\d{5}\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\d{3}$"
 AUTHORITIES = {"1": "机构编制", "5": "民政", "9": "工商", "N": "农业", "Y": "其他"}
 MARKET_ENTITY_TYPES = {"1": "enterprise", "2": "individual business", "3": "farmers' cooperative"}
 _ORG_VALUES = {c: i for i, c in enumerate("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
@@ -112,6 +122,8 @@ def repair_code(raw: str | None) -> CodeResult:
     if raw is None or not raw.strip():
         return CodeResult(None, None, None, "missing")
     code = _clean(raw)
+    if looks_like_resident_id(code):
+        return CodeResult(None, None, None, "resident_id")
     if len(code) == 18:
         fixed = code.replace("O", "0").replace("I", "1")
         if is_valid_uscc(fixed):
@@ -129,6 +141,33 @@ def is_valid_resident_id(number: str | None) -> bool:
     return bool(number) and stdnum_ric.is_valid(number)
 
 
+def looks_like_resident_id(code: str | None) -> bool:
+    """A natural person's ID number as written (check character not required: a mistyped ID is still
+    a person's); a code that is also a valid USCC only when its own check passes as an ID."""
+    if not code:
+        return False
+    compact = _clean(code).replace("-", "")
+    if len(compact) != 18 or not is_id_number_form(compact):
+        return False
+    return is_valid_resident_id(compact) or not is_valid_uscc(compact)
+
+
+def is_id_number_form(compact: str) -> bool:
+    """An 18- or 15-digit resident ID number's form with a real birth date, whatever its check
+    character (what masking must catch: a mistyped ID is still a person's)."""
+    if re.fullmatch(RESIDENT_ID_FORM, compact):
+        born = compact[6:14]
+    elif re.fullmatch(OLD_RESIDENT_ID_FORM, compact):
+        born = "19" + compact[6:12]
+    else:
+        return False
+    try:
+        date(int(born[:4]), int(born[4:6]), int(born[6:]))
+    except ValueError:
+        return False
+    return True
+
+
 def mask_resident_id(number: str | None) -> str | None:
     """Show only the first six digits (the division), as the penalty-publicity rules require."""
     if not number:
@@ -143,6 +182,24 @@ def _char_values(expr: pl.Expr, length: int, alphabet: dict[str, int]) -> list[p
         expr.str.slice(i, 1).replace_strict(alphabet, default=None, return_dtype=pl.Int64)
         for i in range(length)
     ]
+
+
+def resident_id_check_expr(first17: pl.Expr) -> pl.Expr:
+    """The GB 11643 check character ('0'-'9' or 'X') for 17-digit strings; null when not digits."""
+    digits = [first17.str.slice(i, 1).cast(pl.Int64, strict=False) for i in range(17)]
+    total = pl.sum_horizontal([d * w for d, w in zip(digits, RESIDENT_ID_WEIGHTS, strict=True)])
+    check = (12 - total % 11) % 11
+    text = pl.when(check == 10).then(pl.lit("X")).otherwise(check.cast(pl.String))
+    bad = pl.any_horizontal([d.is_null() for d in digits]) | (first17.str.len_chars() != 17)
+    return pl.when(bad).then(None).otherwise(text)
+
+
+def resident_id_expr(compact: pl.Expr) -> pl.Expr:
+    """The resident-ID form (``RESIDENT_ID_FORM`` and a real birth date) on codes already cleaned
+    (upper case, no spaces or hyphens); the check character is not required."""
+    born = compact.str.slice(6, 8).str.to_date("%Y%m%d", strict=False)
+    form = compact.str.contains(RESIDENT_ID_FORM) & born.is_not_null()
+    return form.fill_null(False)
 
 
 def uscc_check_expr(first17: pl.Expr) -> pl.Expr:
@@ -191,6 +248,11 @@ def _fullwidth_to_ascii(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_many(full, half)
 
 
+def compact_code_expr(raw: pl.Expr) -> pl.Expr:
+    """A code as written, without formatting: half width, no spaces or hyphens, upper case."""
+    return _fullwidth_to_ascii(raw).str.replace_all(r"[\s\-]", "").str.to_uppercase()
+
+
 def classify_codes(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """Vectorised ``repair_code``: adds uscc, org_code, reg_no and code_status for ``column``.
 
@@ -221,6 +283,8 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
             _embedded_check=org_code_check_expr(pl.col("_fixed").str.slice(8, 8)),
             _org_check=org_code_check_expr(pl.col("_org").str.slice(0, 8)),
             _reg_check=reg_no_check_expr(pl.col("_cleaned").str.slice(0, 14)),
+            _person_form=resident_id_expr(pl.col("_org")),
+            _person_check=resident_id_check_expr(pl.col("_org").str.slice(0, 17)),
         )
         .with_columns(
             _uscc_ok=(
@@ -241,6 +305,20 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
                 & ~pl.col("_missing")
             ).fill_null(False),
         )
+        .with_columns(
+            # a person's ID is never read as a firm code: it wins over a USCC whose check it also
+            # passes by chance (about 1 in 341), and a mistyped one is still a person's
+            _person=(
+                pl.col("_person_form")
+                & ((pl.col("_person_check") == pl.col("_org").str.slice(17, 1)) | ~pl.col("_uscc_ok"))
+                & ~pl.col("_missing")
+            ).fill_null(False)
+        )
+        .with_columns(
+            _uscc_ok=pl.col("_uscc_ok") & ~pl.col("_person"),
+            _org_ok=pl.col("_org_ok") & ~pl.col("_person"),
+            _reg_ok=pl.col("_reg_ok") & ~pl.col("_person"),
+        )
     )
     return steps.with_columns(
         uscc=pl.when(pl.col("_uscc_ok")).then(pl.col("_fixed")),
@@ -251,6 +329,8 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
         reg_no=pl.when(~pl.col("_uscc_ok") & ~pl.col("_org_ok") & pl.col("_reg_ok")).then(pl.col("_cleaned")),
         code_status=pl.when(pl.col("_missing"))
         .then(pl.lit("missing"))
+        .when(pl.col("_person"))
+        .then(pl.lit("resident_id"))
         .when(pl.col("_uscc_ok") & (pl.col("_fixed") == raw))
         .then(pl.lit("valid"))
         .when(pl.col("_uscc_ok"))
@@ -272,4 +352,7 @@ def _classify_unique(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
         "_uscc_ok",
         "_org_ok",
         "_reg_ok",
+        "_person_form",
+        "_person_check",
+        "_person",
     )

@@ -33,6 +33,14 @@ ENTITY_TYPES = {
     "53": "foundation",
     "Y1": "other",
 }
+#: the entity type of a subject identified by a resident ID number (自然人), never a firm
+NATURAL_PERSON = "natural person"
+
+
+def _natural_person(entities: pl.LazyFrame) -> pl.Expr:
+    """Resolution's flag for a subject identified by a resident ID (False for entity tables without it)."""
+    present = "natural_person" in entities.collect_schema().names()
+    return (pl.col("natural_person") if present else pl.lit(False)).alias("natural_person")
 
 
 #: what a [[lists]] or [[rules]] entry of config/grading.toml may hold (anything else is a typo)
@@ -478,13 +486,17 @@ def build_profiles(
         {"division": list(divisions()), "division_name": [d.label for d in divisions().values()]}
     ).lazy()
     profile = (
-        entities.select("entity_id", "uscc", "org_code", "reg_no", "name", "former_names")
+        entities.select(
+            "entity_id", "uscc", "org_code", "reg_no", "name", "former_names", _natural_person(entities)
+        )
         .join(summary, on="entity_id", how="inner")
         .join(provenance, on="entity_id", how="left")
         .join(grades, on="entity_id", how="left")
         .with_columns(
             _fill_grading(grading),
-            entity_type=pl.col("uscc").str.slice(0, 2).replace_strict(ENTITY_TYPES, default="other"),
+            entity_type=pl.when(pl.col("natural_person"))
+            .then(pl.lit(NATURAL_PERSON))
+            .otherwise(pl.col("uscc").str.slice(0, 2).replace_strict(ENTITY_TYPES, default="other")),
             division=pl.col("uscc").str.slice(2, 6),
             industry=industry_expr(pl.col("name")),
             lending_worst_class=pl.col("_worst_class").replace_strict(

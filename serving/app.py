@@ -26,9 +26,9 @@ from fastapi.staticfiles import StaticFiles
 
 from pipelines.lake import REPO_ROOT
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
-from serving.disclosure import mask_for_public
+from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter
-from serving.store import LISTS, CodeError, VersionStore
+from serving.store import HISTORY_COLUMNS, LISTS, SUMMARY_COLUMNS, CodeError, VersionStore
 from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,14 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         int(config.get("rate_limit", {}).get("burst", 100)),
     )
     stop = threading.Event()
+    policy = load_policy()
 
     app = FastAPI(
         title="Enterprise credit profiles",
         version="1",
         description="Queries over the published credit profiles. Send `Authorization: Bearer <token>` "
-        "(`credit token create`). Regulators see full profiles and every query they make is audited; the "
-        "public sees the masked view.",
+        "(`credit token create`). Regulators see full profiles and every query they make is audited. "
+        + policy.describe(),
     )
     app.state.current = current
 
@@ -164,8 +165,9 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
 
     Who = Annotated[Principal, Depends(principal)]
 
-    def view(who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return rows if who.regulator else [mask_for_public(r) for r in rows]
+    def disclosed(who: Principal) -> View:
+        """The caller's view (config/disclosure.toml): every response row passes through it."""
+        return policy.view(who.role)
 
     def served_version() -> str | None:
         return current.store.version if current.store is not None else None
@@ -234,14 +236,16 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         return text
 
     def firm(who: Principal, code: str, action: str) -> tuple[VersionStore, dict[str, Any]]:
+        """The profile a code names, as the caller may see it (one the caller may not see is not found)."""
         store = current.get()
         try:
-            found = store.find(code)
+            found = store.find(code, disclosed(who))
         except CodeError as exc:
             raise HTTPException(400, f"malformed code: {exc}") from exc
         if found is None:
-            raise HTTPException(404, f"no firm with code {code} in version {store.version}")
-        return store, found
+            # the code is not echoed: a firm hidden from the caller answers exactly as one that does not exist
+            raise HTTPException(404, f"no firm with that code in version {store.version}")
+        return store, disclosed(who).rows(found)[0]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> FastJSON:
@@ -257,7 +261,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
                 "version": store.version,
                 "business_date": store.manifest.get("business_date"),
                 "counts": store.manifest.get("counts"),
-                "profiles": store.profiles.height,
+                "profiles": store.visible_count(disclosed(who)),
             }
         )
 
@@ -268,7 +272,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     def profile(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
         store, found = firm(who, code, "profile")
         record(who, "profile", {"code": code}, 1)
-        return reply({"version": store.version, "profile": view(who, [found])[0]})
+        return reply({"version": store.version, "profile": found})
 
     @app.get(
         "/api/v1/profiles/{code}/evidence",
@@ -277,17 +281,18 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     def evidence(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
         store, found = firm(who, code, "evidence")
         links = store.evidence(found["entity_id"])
-        record(who, "evidence", {"code": code}, len(links))
-        return reply({"version": store.version, "entity_id": found["entity_id"], "records": view(who, links)})
+        record(who, "evidence", {"code": code}, links.height)
+        records = disclosed(who).records(links, found.get("entity_type"))
+        return reply({"version": store.version, "entity_id": found["entity_id"], "records": records})
 
     @app.get(
         "/api/v1/profiles/{code}/history", summary="The firm's grade, score and lists in every kept version"
     )
     def history(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
         store, found = firm(who, code, "history")
-        versions = store.history(found["entity_id"])
+        versions = disclosed(who).rows(store.history(found["entity_id"]), ("version", *HISTORY_COLUMNS))
         record(who, "history", {"code": code}, len(versions))
-        return reply({"entity_id": found["entity_id"], "versions": view(who, versions)})
+        return reply({"entity_id": found["entity_id"], "versions": versions})
 
     @app.get("/api/v1/search", summary="Fuzzy name search, ranked, with scores (0-100)")
     def search(
@@ -297,9 +302,11 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     ) -> dict[str, Any]:
         text = clean_text(q, "q")
         store = current.get()
-        hits = store.search(text, limit)
+        hits = disclosed(who).rows(
+            store.search(text, limit, disclosed(who)), (*SUMMARY_COLUMNS, "match_score")
+        )
         record(who, "search", {"q": text, "limit": limit}, len(hits))
-        return reply({"version": store.version, "query": text, "hits": view(who, hits)})
+        return reply({"version": store.version, "query": disclosed(who).text(text), "hits": hits})
 
     @app.get("/api/v1/search/legal-representative", summary="Firms by legal representative (regulators only)")
     def by_legal_rep(
@@ -309,7 +316,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             raise HTTPException(403, "search by legal representative is for regulators only")
         text = clean_text(name, "name")
         store = current.get()
-        hits = store.by_legal_rep(text, limit)
+        hits = disclosed(who).rows(store.by_legal_rep(text, limit), SUMMARY_COLUMNS)
         record(who, "search_legal_representative", {"name": text}, len(hits))
         return reply({"version": store.version, "hits": hits})
 
@@ -327,7 +334,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         if industry is not None:
             industry = clean_text(industry, "industry")
         store = current.get()
-        total, rows = store.listing(name, division, industry, grade, (page - 1) * size, size)
+        total, frame = store.listing(name, division, industry, grade, (page - 1) * size, size, disclosed(who))
+        rows = disclosed(who).rows(frame, SUMMARY_COLUMNS)
         record(
             who,
             "list",
@@ -348,7 +356,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
                 "total": total,
                 "page": page,
                 "size": size,
-                "firms": view(who, rows),
+                "firms": rows,
             }
         )
 
@@ -382,20 +390,24 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
                 }
             )
         record(who, "runs", {"limit": limit}, len(out))
-        return reply({"serving": current.get().version, "runs": out})
+        return reply({"serving": current.get().version, "runs": disclosed(who).value(out)})
 
     @app.exception_handler(HTTPException)
     def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         record_refusal(request, exc.status_code, str(exc.detail))
+        # an error echoes what was typed, which may be someone's ID or phone number: masked for everyone
         return JSONResponse(
-            {"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=exc.headers
+            {"error": mask_value(exc.detail), "status": exc.status_code},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
         record_refusal(request, 422, problems)
-        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        detail = mask_value(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:

@@ -80,8 +80,10 @@ class NameIndex:
         grams = [core[i : i + 2] for i in range(len(core) - 1)] or [core[:1]]
         return list(dict.fromkeys(g for g in grams if g in self.postings))
 
-    def search(self, query: str, limit: int = 10) -> list[tuple[int, float]]:
-        """(row, score) of the best matches, best first."""
+    def search(
+        self, query: str, limit: int = 10, allowed: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
+        """(row, score) of the best matches, best first; only rows ``allowed`` marks (when given)."""
         text = unicodedata.normalize("NFKC", query).strip()
         if not text:
             return []
@@ -95,6 +97,8 @@ class NameIndex:
         need = max(1, math.ceil(len(chosen) / 3))
         keep = counts >= need
         ids, counts = ids[keep], counts[keep]
+        if allowed is not None:  # rows the caller may not see are never candidates
+            ids, counts = ids[allowed[ids]], counts[allowed[ids]]
         if len(ids) > MAX_CANDIDATES:
             top = np.argpartition(-counts, MAX_CANDIDATES)[:MAX_CANDIDATES]
             ids = ids[top]

@@ -20,6 +20,7 @@ import polars as pl
 
 from pipelines.identifiers import repair_code
 from pipelines.profiles import list_labels, load_grading
+from serving.disclosure import View, load_policy, mask_text
 from serving.search import NameIndex
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,21 @@ SUMMARY_COLUMNS = (
     "lists",
     "as_of",
 )
+#: what the history shows of each kept version
+HISTORY_COLUMNS = ("score", "grade", "record_count", "lists", "grade_reasons", "as_of")
+#: what a view needs, beyond the columns it shows, to decide and recompute (read when present)
+VIEW_INPUTS = ("entity_type", "deductions", "vetoes", "veto_reasons", "provenance")
+#: what a role's lists and search filter on, as that role sees it
+GATED = ("grade", "score", "lists")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One role's visibility and grade, score and lists for every profile of a version, computed
+    once at load by the same ``View.restrict`` that shapes each response."""
+
+    visible: np.ndarray
+    columns: pl.DataFrame
 
 
 class CodeError(ValueError):
@@ -68,6 +84,8 @@ def normalise_code(raw: str) -> tuple[str, str]:
         return "org_code", result.org_code
     if result.reg_no:
         return "reg_no", result.reg_no
+    if result.status == "resident_id":
+        raise CodeError("that is a resident ID number (a natural person's), not a firm's code")
     cleaned = re.sub(r"[\s\-]", "", raw).upper()
     if re.fullmatch(r"[0-9A-Z]{18}|[0-9A-Z]{9}|[0-9]{15}", cleaned):
         raise CodeError(
@@ -91,10 +109,11 @@ class VersionStore:
     by_code: dict[str, int]
     names: NameIndex
     legal_reps: dict[str, np.ndarray]
+    gates: dict[str, Gate] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
-    def load(cls, lake: Path, version_dir: Path) -> VersionStore:
+    def load(cls, lake: Path, version_dir: Path, views: tuple[View, ...] | None = None) -> VersionStore:
         started = time.perf_counter()
         manifest = json.loads((version_dir / "manifest.json").read_text("utf-8"))
         # one chunk per column: gathering a few rows from many chunks costs milliseconds
@@ -119,8 +138,9 @@ class VersionStore:
             manifest=manifest,
             profiles=profiles,
             by_code=by_code,
-            names=NameIndex.build(profiles["name"]),
+            names=NameIndex.build(_searchable(profiles["name"])),
             legal_reps=legal_reps,
+            gates=_gates(profiles, load_policy().views.values() if views is None else views),
         )
         log.info(
             "loaded version %s: %d profiles in %.1f s",
@@ -130,33 +150,45 @@ class VersionStore:
         )
         return store
 
+    def visible_count(self, view: View) -> int:
+        """How many profiles ``view`` may see."""
+        gate = self.gates.get(view.role)
+        return self.profiles.height if gate is None else int(gate.visible.sum())
+
     # ------------------------------------------------------------------ lookups
-    def find(self, raw_code: str) -> dict[str, Any] | None:
+    def find(self, raw_code: str, view: View) -> pl.DataFrame | None:
+        """The profile (one row) a code names, if ``view`` may see it."""
         kind, code = normalise_code(raw_code)
         row = self.by_code.get(code)
-        return None if row is None else self.profiles.row(row, named=True)
+        gate = self.gates.get(view.role)
+        if row is None or (gate is not None and not gate.visible[row]):
+            return None
+        return self.profiles[row : row + 1]
 
-    def rows(self, rows: list[int] | np.ndarray, summary: bool = False) -> list[dict[str, Any]]:
-        if not len(rows):
-            return []
-        picked = self.profiles[list(map(int, rows))]
-        return (picked.select(SUMMARY_COLUMNS) if summary else picked).to_dicts()
+    def rows(self, rows: list[int] | np.ndarray) -> pl.DataFrame:
+        return self.profiles[list(map(int, rows))]
 
-    def search(self, query: str, limit: int) -> list[dict[str, Any]]:
-        hits = self.names.search(query, limit)
-        found = self.rows([row for row, _ in hits], summary=True)
-        return [
-            {**profile, "match_score": round(score, 1)}
-            for profile, (_, score) in zip(found, hits, strict=True)
-        ]
+    def search(self, query: str, limit: int, view: View) -> pl.DataFrame:
+        gate = self.gates.get(view.role)
+        hits = self.names.search(query, limit, allowed=None if gate is None else gate.visible)
+        found = self.rows([row for row, _ in hits])
+        return found.with_columns(pl.Series("match_score", [round(score, 1) for _, score in hits]))
 
-    def by_legal_rep(self, name: str, limit: int) -> list[dict[str, Any]]:
+    def by_legal_rep(self, name: str, limit: int) -> pl.DataFrame:
         rows = self.legal_reps.get(name.strip())
-        return self.rows(rows[:limit], summary=True) if rows is not None else []
+        return self.rows(rows[:limit] if rows is not None else [])
 
     def listing(
-        self, name: str, division: str | None, industry: str | None, grade: str | None, offset: int, size: int
-    ) -> tuple[int, list[dict[str, Any]]]:
+        self,
+        name: str,
+        division: str | None,
+        industry: str | None,
+        grade: str | None,
+        offset: int,
+        size: int,
+        view: View,
+    ) -> tuple[int, pl.DataFrame]:
+        """A page of a list as ``view`` sees it: its grade and list memberships, its firms only."""
         condition = LISTS[name]
         if division:
             condition &= pl.col("division").str.starts_with(division)
@@ -164,15 +196,20 @@ class VersionStore:
             condition &= pl.col("industry").str.contains(industry, literal=True)
         if grade:
             condition &= pl.col("grade") == grade
-        matched = self.profiles.filter(condition)
-        return matched.height, matched.slice(offset, size).select(SUMMARY_COLUMNS).to_dicts()
+        seen = self.profiles
+        gate = self.gates.get(view.role)
+        if gate is not None:  # the role's grade and lists in place of the published ones (no copy)
+            seen = seen.with_columns(gate.columns)
+            condition &= pl.lit(pl.Series(gate.visible))
+        matched = np.flatnonzero(seen.select(condition.fill_null(False)).to_series().to_numpy())
+        return len(matched), self.rows(matched[offset : offset + size])
 
-    def evidence(self, entity_id: str) -> list[dict[str, Any]]:
+    def evidence(self, entity_id: str) -> pl.DataFrame:
         links = pl.scan_parquet(self.path / "links" / "*.parquet").filter(pl.col("entity_id") == entity_id)
-        return links.sort("source", "source_record_id").collect().to_dicts()
+        return links.sort("source", "source_record_id").collect()
 
-    def history(self, entity_id: str) -> list[dict[str, Any]]:
-        """The firm in every published version still kept (oldest first)."""
+    def history(self, entity_id: str) -> pl.DataFrame:
+        """The firm in every published version still kept (oldest first), with what a view needs."""
         out = []
         for version_dir in sorted(
             p
@@ -180,14 +217,36 @@ class VersionStore:
             if VERSION_NAME.match(p.name) and (p / "profiles").is_dir()
         ):
             try:
-                row = (
-                    pl.scan_parquet(version_dir / "profiles" / "*.parquet")
-                    .filter(pl.col("entity_id") == entity_id)
-                    .select("score", "grade", "record_count", "lists", "grade_reasons", "as_of")
-                    .collect()
-                )
+                scan = pl.scan_parquet(version_dir / "profiles" / "*.parquet")
+                present = scan.collect_schema().names()
+                wanted = [c for c in (*HISTORY_COLUMNS, *VIEW_INPUTS) if c in present]
+                row = scan.filter(pl.col("entity_id") == entity_id).select(wanted).collect()
             except (OSError, pl.exceptions.PolarsError):  # pruned while we read: skip it
                 continue
             if row.height:
-                out.append({"version": version_dir.name, **row.row(0, named=True)})
-        return out
+                out.append(row.select(pl.lit(version_dir.name).alias("version"), pl.all()))
+        return (
+            pl.concat(out, how="diagonal_relaxed") if out else pl.DataFrame(schema={"entity_type": pl.String})
+        )
+
+
+def _searchable(names: pl.Series) -> pl.Series:
+    """Names as the search index holds them: an ID or phone number a department wrote into a name is
+    masked, so a search by the number cannot tell whose it is. Only names holding a run of digits go
+    through the masker (a handful per version)."""
+    suspect = names.str.contains(r"[0-9０-９]{3}").fill_null(False)
+    masked = names.filter(suspect).map_elements(mask_text, return_dtype=pl.String)
+    return names.clone().scatter(suspect.arg_true(), masked) if masked.len() else names
+
+
+def _gates(profiles: pl.DataFrame, views: Any) -> dict[str, Gate]:
+    """Per role that removes or recomputes anything: who it may see and the grade, score and lists it sees."""
+    gates = {}
+    inputs = profiles.select([c for c in (*GATED, *VIEW_INPUTS) if c in profiles.columns])
+    for view in views:
+        if not view.restricts:
+            continue
+        seen = view.restrict(inputs)
+        visible = inputs.select(view.visible()).to_series().to_numpy()
+        gates[view.role] = Gate(visible=visible, columns=seen.select([c for c in GATED if c in seen.columns]))
+    return gates

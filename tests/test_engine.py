@@ -304,8 +304,13 @@ def test_the_nightly_pipeline_can_resolve_with_the_engine_and_keep_ids(
     stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-1")
     assert (lake / "registry" / "members.parquet").exists()
     first = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
-    assert set(first["match_method"]) <= {"uscc", "code_crosswalk", "fellegi_sunter"}
+    assert set(first["match_method"]) <= {"uscc", "code_crosswalk", "fellegi_sunter", "resident_id"}
     truth = pl.read_parquet(generated["root"] / "sources" / "truth" / "records.parquet")
+    # natural persons (自然人) are keyed by their ID number, never offered to the engine
+    persons = truth.filter(pl.col("entity_key").str.starts_with("P")).join(
+        first, on=["source", "source_record_id"]
+    )
+    assert persons.height and set(persons["match_method"]) == {"resident_id"}
     assert evaluate(first, truth).pairwise_f1 >= 0.99
     stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # next night
     second = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")

@@ -14,7 +14,7 @@ import pytest
 from pipelines import stages
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
-from serving.disclosure import mask_for_public
+from serving.disclosure import mask_text
 from tests.service_support import DAYS, build_lake, credit, serving
 
 
@@ -186,10 +186,8 @@ def test_public_sees_the_masked_view(deployment: dict, profiles: pl.DataFrame) -
             "profile"
         ]
         assert not [k for k in shown if k.startswith("lending_")]
-    masked = mask_for_public(
-        {"detail": "法定代表人身份证 11010519491231002X 电话 13812345678", "legal_rep": "张三"}
-    )
-    assert masked == {"detail": "法定代表人身份证 110105************ 电话 138********"}
+    masked = mask_text("法定代表人身份证 11010519491231002X 电话 13812345678")
+    assert masked == "法定代表人身份证 110105************ 电话 138********"
 
 
 def test_regulator_queries_are_audited_in_a_chain_that_detects_edits(

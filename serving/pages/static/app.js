@@ -42,7 +42,7 @@ function hitItem(hit) {
   const li = el("li");
   const link = el("a", hit.name);
   link.href = "/firm/" + encodeURIComponent(hit.entity_id);
-  li.append(link, el("span", [hit.uscc || hit.entity_id, hit.division_name, "等级 " + hit.grade].filter(Boolean).join(" · "), "score-tag"));
+  li.append(link, el("span", [hit.uscc || hit.entity_id, hit.division_name, "等级 " + (hit.grade || "不公开 not public")].filter(Boolean).join(" · "), "score-tag"));
   if (hit.match_score !== undefined) li.append(el("span", "匹配度 " + hit.match_score, "score-tag"));
   return li;
 }
@@ -93,15 +93,16 @@ function searchPage() {
 }
 
 // ------------------------------------------------------------------ firm page
+// [title, domain (config/disclosure.toml; null for identity and summary), fields]
 const PANELS = [
-  ["身份 Identity", ["uscc", "org_code", "reg_no", "entity_type", "division_name", "industry", "legal_rep", "former_names"]],
-  ["信贷 Lending", ["lending_loans", "lending_amount", "lending_balance", "lending_overdue_principal", "lending_worst_class"]],
-  ["税务 Tax", ["tax_latest_rating", "tax_arrears_balance", "tax_major_violation"]],
-  ["履约 Contract performance", ["contract_cases", "contract_dishonest", "contract_unperformed_amount"]],
-  ["产品质量 Product quality", ["quality_checks_36m", "quality_failures_36m", "quality_fail_rate", "quality_recalls"]],
-  ["社会保险 Social insurance", ["si_headcount", "si_arrears_months", "si_arrears_amount"]],
-  ["违法违规 Violations", ["violations_penalties_12m", "violations_fines_12m", "violations_serious_in_force", "on_abnormal_list", "on_serious_dishonesty_list"]],
-  ["名单与数据质量 Lists & data quality", ["lists", "quality_score", "record_count", "source_count", "as_of"]],
+  ["身份 Identity", null, ["uscc", "org_code", "reg_no", "entity_type", "division_name", "industry", "legal_rep", "former_names"]],
+  ["信贷 Lending", "lending", ["lending_loans", "lending_amount", "lending_balance", "lending_overdue_principal", "lending_worst_class"]],
+  ["税务 Tax", "tax", ["tax_latest_rating", "tax_arrears_balance", "tax_major_violation"]],
+  ["履约 Contract performance", "contract", ["contract_cases", "contract_dishonest", "contract_unperformed_amount"]],
+  ["产品质量 Product quality", "product_quality", ["quality_checks_36m", "quality_failures_36m", "quality_fail_rate", "quality_recalls"]],
+  ["社会保险 Social insurance", "social_insurance", ["si_headcount", "si_arrears_months", "si_arrears_amount"]],
+  ["违法违规 Violations", "violations", ["violations_penalties_12m", "violations_fines_12m", "violations_serious_in_force", "on_abnormal_list", "on_serious_dishonesty_list"]],
+  ["名单与数据质量 Lists & data quality", null, ["lists", "quality_score", "record_count", "source_count", "as_of"]],
 ];
 
 // fields shown together with what qualifies them: a rating means nothing without its year
@@ -109,12 +110,15 @@ const SHOWN_WITH = {
   tax_latest_rating: (p) => p.tax_latest_rating && p.tax_latest_rating + "（" + p.tax_latest_rating_year + " 年度 rating year）",
 };
 
-function panel(title, profile, fields) {
+// The service says which domains it withheld from this visitor (profile.withheld): those panels
+// say so instead of showing fields, and the evidence table holds none of their records.
+function panel(title, domain, profile, fields) {
   const box = el("section", null, "panel");
   box.append(el("h3", title));
   const list = el("dl");
-  const shown = fields.filter((field) => field in profile);
-  if (!shown.length) list.append(el("dt", "—"), el("dd", "不公开 not public"));
+  const withheld = (profile.withheld || []).includes(domain);
+  const shown = withheld ? [] : fields.filter((field) => field in profile);
+  if (!shown.length) list.append(el("dt", "—"), el("dd", withheld ? "不公开 not public" : "无 none"));
   for (const field of shown) {
     const value = SHOWN_WITH[field] ? SHOWN_WITH[field](profile) : profile[field];
     list.append(el("dt", field), el("dd", fmt(value), "field-" + field));
@@ -171,17 +175,18 @@ async function firmPage() {
     const profile = profileBody.profile;
     document.title = profile.name + " · 企业信用画像";
     $("name").textContent = profile.name;
-    $("grade").textContent = profile.grade;
+    $("grade").textContent = profile.grade || "—";
     $("grade").className = "grade grade-" + profile.grade;
-    $("score").textContent = "信用分 score " + profile.score + " / 1000";
-    for (const [title, fields] of PANELS) $("panels").append(panel(title, profile, fields));
+    $("score").textContent = "信用分 score " + (profile.score === null || profile.score === undefined ? "不公开 not public" : profile.score + " / 1000");
+    for (const [title, domain, fields] of PANELS) $("panels").append(panel(title, domain, profile, fields));
     const stale = (profile.provenance || []).filter((p) => p.stale).map((p) => p.source);
     if (stale.length) $("panels").append(el("p", "数据可能过期 stale sources: " + stale.join(", "), "stale"));
     // every veto and every deduction, each naming its records, their dates and until when
     const reasons = [...(profile.veto_reasons || []), ...(profile.grade_reasons || [])];
     if (!reasons.length) $("reasons").append(el("li", "无扣分 no deductions"));
     reasons.forEach((reason) => $("reasons").append(el("li", reason)));
-    $("history").append(historyChart(history.versions));
+    const scored = history.versions.filter((v) => v.score !== null && v.score !== undefined);
+    $("history").append(scored.length ? historyChart(scored) : el("p", "不公开 not public"));
     const body = $("evidence").querySelector("tbody");
     for (const record of evidence.records) {
       const row = el("tr");
