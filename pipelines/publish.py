@@ -112,10 +112,8 @@ def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> p
     and records that moved between firms (merges and splits, old id -> new id)."""
     if previous is None:
         return pl.DataFrame(schema=CHANGES_SCHEMA)
-    reason_columns = [c for c in ("grade_reasons", "veto_reasons") if c in frames["profiles"].columns]
     old_profiles = pl.read_parquet(previous / "profiles" / "*.parquet")
-    reason_columns = [c for c in reason_columns if c in old_profiles.columns]
-    reasons = _reason_changes(old_profiles, frames["profiles"], reason_columns)
+    reasons = _reason_changes(old_profiles, frames["profiles"])
     old_profiles = old_profiles.select("entity_id", "grade", "score")
     old_links = pl.read_parquet(
         previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"]
@@ -182,15 +180,38 @@ def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> p
     )
 
 
-def _reason_changes(old: pl.DataFrame, new: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """Deductions and vetoes that came into force or expired (each names its record)."""
+#: the structured explanation columns of a profile and the key naming what each entry is for
+EXPLANATIONS = {"deductions": "rule", "vetoes": "list"}
+
+
+def _reason_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """Deductions and vetoes that came into force or expired, one change per (rule or list, record):
+    a new record under a rule already in force is one ``reason_added``, not the whole reason again."""
+    def itemised(frame: pl.DataFrame, column: str) -> bool:
+        dtype = frame.schema.get(column)
+        return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+
+    columns = [c for c in EXPLANATIONS if itemised(old, c) and itemised(new, c)]
     if not columns:
         return pl.DataFrame(schema={"entity_id": pl.String, "change": pl.String, "detail": pl.String})
 
     def exploded(frame: pl.DataFrame) -> pl.DataFrame:
         return pl.concat(
-            [frame.select("entity_id", pl.col(c).alias("detail")).explode("detail") for c in columns]
-        ).drop_nulls("detail")
+            [
+                frame.select("entity_id", pl.col(c).alias("entry"))
+                .explode("entry")
+                .drop_nulls("entry")
+                .select(
+                    "entity_id",
+                    pl.col("entry").struct.field(key).alias("what"),
+                    pl.col("entry").struct.field("records"),
+                )
+                .explode("records")
+                .select("entity_id", pl.format("{}: {}", "what", "records").alias("detail"))
+                for c, key in EXPLANATIONS.items()
+                if c in columns
+            ]
+        ).unique()
 
     before, after = exploded(old), exploded(new)
     # firms in both versions (a firm that came or went is reported as such, not reason by reason)

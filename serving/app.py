@@ -28,7 +28,15 @@ from pipelines.lake import REPO_ROOT
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter
-from serving.store import HISTORY_COLUMNS, LISTS, SUMMARY_COLUMNS, CodeError, VersionStore
+from serving.store import (
+    GRADES,
+    HISTORY_COLUMNS,
+    LIST_LABELS,
+    LISTS,
+    SUMMARY_COLUMNS,
+    CodeError,
+    VersionStore,
+)
 from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
@@ -320,13 +328,22 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         record(who, "search_legal_representative", {"name": text}, len(hits))
         return reply({"version": store.version, "hits": hits})
 
+    @app.get("/api/v1/lists", summary="The lists and grades one can filter by (from config/grading.toml)")
+    def list_catalogue(who: Who) -> dict[str, Any]:
+        return reply(
+            {
+                "lists": [{"name": n, "label": zh, "label_en": en} for n, (zh, en) in LIST_LABELS.items()],
+                "grades": list(GRADES),
+            }
+        )
+
     @app.get("/api/v1/lists/{name}", summary="A list of firms, filtered and paginated")
     def listing(
         who: Who,
         name: Annotated[str, PathParam(pattern="^(" + "|".join(LISTS) + ")$")],
         division: Annotated[str | None, Query(pattern=r"^\d{2,6}$")] = None,
         industry: Annotated[str | None, Query(max_length=40)] = None,
-        grade: Annotated[str | None, Query(pattern="^[ABCD]$")] = None,
+        grade: Annotated[str | None, Query(pattern="^(" + "|".join(GRADES) + ")$")] = None,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         size: Annotated[int, Query(ge=1)] = 50,
     ) -> dict[str, Any]:

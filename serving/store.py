@@ -28,10 +28,16 @@ ENTITY_ID = re.compile(r"X[0-9a-f]{16}")
 VERSION_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_[0-9a-f]{10}(-\d+)?$")
 #: list name in the API -> the profile condition: every list config/grading.toml defines, and the
 #: firms in the lowest grade
-LOWEST_GRADE = min(load_grading()["grades"], key=lambda g: g["min_score"])["grade"]
+GRADES = tuple(g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"]))
+LOWEST_GRADE = GRADES[-1]
 LISTS: dict[str, pl.Expr] = {
     **{name: pl.col("lists").list.contains(name) for name in list_labels()},
     f"grade_{LOWEST_GRADE.lower()}": pl.col("grade") == LOWEST_GRADE,
+}
+#: list name -> (Chinese label, English label), as the pages and the API offer them
+LIST_LABELS: dict[str, tuple[str, str]] = {
+    **list_labels(),
+    f"grade_{LOWEST_GRADE.lower()}": (f"{LOWEST_GRADE} 级", f"grade {LOWEST_GRADE}"),
 }
 
 

@@ -432,10 +432,13 @@ def test_public_profiles_of_individual_businesses_hide_lending_everywhere(deploy
             records = client.get(f"/api/v1/profiles/{firm['uscc']}/evidence").json()["records"]
             assert records and all(r["source"] != "lending" for r in records)
             assert len(records) == sum(p["records"] for p in profile["provenance"]) == profile["record_count"]
-            for version in client.get(f"/api/v1/profiles/{firm['uscc']}/history").json()["versions"]:
+            versions = client.get(f"/api/v1/profiles/{firm['uscc']}/history").json()["versions"]
+            for version in versions:
                 assert not [r for r in version["grade_reasons"] if "lending" in r or "loan" in r]
-                if "deductions" not in version:  # nothing to recompute from: withheld
+                if "deductions" not in profile:  # nothing to recompute from: withheld
                     assert version["score"] is None and version["grade"] is None
+            if "deductions" in profile:  # history shows the same recomputed score as the profile
+                assert (versions[-1]["score"], versions[-1]["grade"]) == (profile["score"], profile["grade"])
         for person in corpus["persons"].iter_rows(named=True):
             assert client.get(f"/api/v1/profiles/{person['entity_id']}").status_code == 404
             hits = client.get("/api/v1/search", params={"q": person["name"]}).json()["hits"]

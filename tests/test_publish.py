@@ -73,6 +73,20 @@ def test_republishing_a_run_never_rewrites_the_current_version(tmp_path: Path) -
     assert (Path(first["path"]) / "profiles" / "part-00000.parquet").read_bytes() == before
 
 
+def deduction(rule: str, *records: str) -> dict:
+    return {
+        "rule": rule,
+        "source": records[0].split(":")[0],
+        "points": 10,
+        "records": list(records),
+        "reason": rule,
+    }
+
+
+def veto(name: str, *records: str) -> dict:
+    return {"list": name, "source": records[0].split(":")[0], "records": list(records), "reason": name}
+
+
 def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None:
     before = {
         "profiles": pl.DataFrame(
@@ -80,7 +94,13 @@ def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None
                 "entity_id": ["A", "B", "C", "X"],
                 "grade": ["A", "B", "A", "A"],
                 "score": [950, 800, 990, 900],
-                "grade_reasons": [["tax C (tax:T1)"], ["loan (lending:2)"], [], []],
+                "deductions": [
+                    [deduction("tax_rating_c", "tax:T1")],
+                    [deduction("loan_special_mention", "lending:2")],
+                    [],
+                    [],
+                ],
+                "vetoes": [[], [], [], [veto("serious_dishonesty", "violations:7")]],
             }
         ),
         "links": pl.DataFrame(
@@ -98,7 +118,16 @@ def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None
                 "entity_id": ["A", "B", "C", "D"],
                 "grade": ["A", "D", "A", "A"],
                 "score": [950, 500, 990, 1000],
-                "grade_reasons": [[], ["loan (lending:2)", "penalty (violations:9)"], [], []],
+                "deductions": [
+                    [],
+                    [
+                        deduction("loan_special_mention", "lending:2", "lending:8"),
+                        deduction("penalty", "violations:9"),
+                    ],
+                    [],
+                    [],
+                ],
+                "vetoes": [[], [], [], [veto("serious_dishonesty", "violations:7")]],
             }
         ),
         "links": pl.DataFrame(
@@ -123,8 +152,11 @@ def test_changes_name_grade_moves_new_records_and_merges(tmp_path: Path) -> None
     assert ("D", "new_record", "lending:6", None) in rows
     assert ("C", "record_gone", "lending:3", None) in rows
     assert ("C", "renumbered_from", "2 record(s)", "X") in rows  # X's records now belong to C
-    assert ("A", "reason_expired", "tax C (tax:T1)", None) in rows
-    assert ("B", "reason_added", "penalty (violations:9)", None) in rows
+    assert ("A", "reason_expired", "tax_rating_c: tax:T1", None) in rows
+    assert ("B", "reason_added", "penalty: violations:9", None) in rows
+    # a second record under a rule already in force is one change, not the whole reason again
+    assert ("B", "reason_added", "loan_special_mention: lending:8", None) in rows
+    assert not any(r[1] == "reason_expired" and r[0] == "B" for r in rows)
     manifest = json.loads((Path(result["path"]) / "manifest.json").read_text("utf-8"))
     assert manifest["previous_version"].startswith("2026-11-22_") and manifest["counts"]["changes"] == len(
         rows

@@ -149,6 +149,18 @@ def test_lists_filter_and_paginate(deployment: dict, profiles: pl.DataFrame) -> 
     assert get(deployment, "/api/v1/lists/grade_d", size=10_000).json()["size"] == 200  # capped
 
 
+def test_the_list_catalogue_comes_from_the_grading_config(deployment: dict) -> None:
+    from pipelines.profiles import list_labels, load_grading
+
+    catalogue = get(deployment, "/api/v1/lists").json()
+    names = [entry["name"] for entry in catalogue["lists"]]
+    assert names[:-1] == list(list_labels()) and names[-1] == "grade_d"
+    assert catalogue["grades"] == [g["grade"] for g in load_grading()["grades"]]
+    for entry in catalogue["lists"][:-1]:
+        assert (entry["label"], entry["label_en"]) == list_labels()[entry["name"]]
+        assert get(deployment, f"/api/v1/lists/{entry['name']}", size=1).status_code == 200
+
+
 def test_evidence_and_history(deployment: dict, profiles: pl.DataFrame) -> None:
     firm = (
         profiles.filter(pl.col("uscc").is_not_null()).sort("record_count", descending=True).row(0, named=True)

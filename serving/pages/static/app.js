@@ -48,8 +48,20 @@ function hitItem(hit) {
 }
 
 // ------------------------------------------------------------------ search page
+// the list and grade pickers come from the service (config/grading.toml), never restated here
+async function fillPickers() {
+  const catalogue = await api("/api/v1/lists");
+  for (const entry of catalogue.lists) {
+    const option = el("option", entry.label + " " + entry.label_en);
+    option.value = entry.name;
+    $("list").append(option);
+  }
+  for (const grade of catalogue.grades) $("grade").append(el("option", grade));
+}
+
 function searchPage() {
   let page = 1;
+  fillPickers().catch((error) => { $("error").textContent = error.message; });
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const q = $("q").value.trim();
