@@ -106,7 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--config", default=None, help="service settings (default config/service.toml)")
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (stderr)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--limit-concurrency", type=int, default=200, help="requests in flight before the service answers 503"
@@ -120,7 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create a token and print it (only its hash is stored, in LAKE/service/tokens.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    create.add_argument("--role", required=True, choices=["regulator", "public"])
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=["regulator", "public"],
+        help="what the token may see (config/disclosure.toml defines each role's view)",
+    )
     create.add_argument("--name", required=True, help="who the token is for (recorded in the audit log)")
     create.add_argument(
         "--expires",
@@ -155,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every entry the anchor store recorded (exit 2 and the problem when not)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    verify.add_argument("--lake", default=str(DEFAULT_LAKE))
+    verify.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding service/audit.jsonl")
     verify.add_argument(
         "--config", default=None, help="service settings whose [audit] names the key and anchor store"
     )
