@@ -136,3 +136,36 @@ def test_readme_documents_each_exit_code(code: int) -> None:
     readme = (REPO / "README.md").read_text("utf-8")
     section = readme.split("Exit codes", 1)[1].split("\n## ", 1)[0]
     assert re.search(rf"^\| `{code}` \|", section, re.MULTILINE), f"README's exit codes lack {code}"
+
+
+def test_settings_are_found_in_one_place_with_their_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import settings
+
+    for path in sorted(settings.CONFIG_DIR.glob("*.toml")):
+        assert settings.config_path(path.name) == path
+        own = tmp_path / path.name
+        monkeypatch.setenv(settings.config_env(path.name), str(own))
+        assert settings.config_path(path.name) == own
+    # the names the README and existing deployments use
+    assert settings.config_env("sources.toml") == "CREDIT_SOURCES_CONFIG"
+    assert settings.config_env("disclosure.toml") == "CREDIT_DISCLOSURE_CONFIG"
+    assert settings.config_env("resolution.toml") == "CREDIT_RESOLUTION_CONFIG"
+    monkeypatch.setenv(settings.EXPECTATIONS_ENV, str(tmp_path))
+    assert settings.expectation_dirs() == [tmp_path, settings.EXPECTATIONS_DIR]
+    with pytest.raises(ValueError, match="unknown settings folder"):
+        settings.bundled_folder("data")
+
+
+def test_no_module_but_settings_builds_a_path_to_config_or_expectations() -> None:
+    joins = re.compile(r"""(/\s*|Path\(\s*)["'](config|expectations)["'/]""")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for folder in ("pipelines", "serving", "entity_resolution", "dags")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if path.name != "settings.py"
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1)
+        if joins.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert offenders == [], "ask pipelines.settings for settings paths"
