@@ -92,9 +92,14 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 def emit(args: argparse.Namespace, document: Any, text: str) -> None:
     """Print a command's result: ``document`` as JSON with --json, else ``text`` for people."""
     if getattr(args, "json", False):
-        print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+        print(json.dumps(document, ensure_ascii=False, indent=2, default=_json_value))
     else:
         print(text)
+
+
+def _json_value(value: Any) -> str:
+    """Dates and times in ISO 8601 (what scripts parse), anything else as its text (paths)."""
+    return value.isoformat() if isinstance(value, date) else str(value)
 
 
 def key_values(mapping: Mapping[str, Any]) -> str:

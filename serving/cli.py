@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.cli import add_json_option, emit
 from pipelines.lake import DEFAULT_LAKE
 
 
@@ -35,7 +36,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     from serving.tokens import create_token, parse_expiry
 
     expires = parse_expiry(args.expires) if args.expires else None
-    print(create_token(Path(args.lake), args.role, args.name, expires))
+    token = create_token(Path(args.lake), args.role, args.name, expires)
+    document = {"name": args.name, "role": args.role, "expires": expires, "token": token}
+    emit(args, document, token)
     return 0
 
 
@@ -71,8 +74,11 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     from serving.tokens import revoke_token
 
     entry = revoke_token(Path(args.lake), args.token)
-    print(
-        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC"
+    document = {"name": entry.name, "role": entry.role, "hash_prefix": entry.prefix, "revoked": entry.revoked}
+    emit(
+        args,
+        document,
+        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC",
     )
     return 0
 
@@ -139,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default never",
     )
     create.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(create)
     create.set_defaults(func=cmd_token_create)
     listing = token_sub.add_parser(
         "list",
@@ -155,6 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     revoke.add_argument("token", metavar="NAME|PREFIX", help="the token's name, or the start of its hash")
     revoke.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
     audit = sub.add_parser("audit", help="the query service's audit trail")

@@ -127,7 +127,15 @@ def test_failure_and_usage_exit_codes(tmp_path: Path) -> None:
 
 def test_json_flag_is_offered_by_each_command_that_prints_a_result() -> None:
     commands = dict(parsers(build_parser()))
-    for path in ("credit generate", "credit run", "credit evaluate", "credit export", "credit link"):
+    for path in (
+        "credit generate",
+        "credit run",
+        "credit evaluate",
+        "credit export",
+        "credit link",
+        "credit token create",
+        "credit token revoke",
+    ):
         assert any(a.help == JSON_HELP for a in commands[path]._actions), path
 
 
@@ -169,3 +177,28 @@ def test_no_module_but_settings_builds_a_path_to_config_or_expectations() -> Non
         if joins.search(line) and not line.lstrip().startswith("#")
     ]
     assert offenders == [], "ask pipelines.settings for settings paths"
+
+
+def test_token_commands_answer_in_json(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    created = credit(
+        "token",
+        "create",
+        "--role",
+        "public",
+        "--name",
+        "portal",
+        "--expires",
+        "30",
+        "--lake",
+        "lake",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert created.returncode == EXIT_OK, created.stderr
+    document = json.loads(created.stdout)
+    assert document["token"].startswith("cr_") and document["role"] == "public"
+    assert datetime.fromisoformat(document["expires"]) > datetime.fromisoformat("2026-01-01T00:00:00+00:00")
+    revoked = json.loads(credit("token", "revoke", "portal", "--lake", "lake", "--json", cwd=tmp_path).stdout)
+    assert revoked["name"] == "portal" and datetime.fromisoformat(revoked["revoked"])
