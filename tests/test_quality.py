@@ -9,8 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.quality import DataQualityError, load_suite, validate_profiles, validate_source
-from pipelines.schema import SOURCES, conform
+from pipelines.quality import (
+    DataQualityError,
+    load_suite,
+    range_expectations,
+    validate_profiles,
+    validate_source,
+)
+from pipelines.schema import NUMBER_RANGES, SOURCES, conform
 
 REPO = Path(__file__).resolve().parent.parent
 USCC = "91330203MA2A1B2C3X"
@@ -41,7 +47,7 @@ def test_every_suite_loads_from_json(name: str) -> None:
     suite = load_suite(name)
     assert suite.name == name and len(suite.expectations) >= 4
     spec = json.loads((REPO / "expectations" / f"{name}.json").read_text("utf-8"))
-    assert len(spec["expectations"]) == len(suite.expectations)
+    assert len(spec["expectations"]) + len(range_expectations(name)) == len(suite.expectations)
 
 
 def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
@@ -67,7 +73,7 @@ def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
     assert sorted(accepted["source_record_id"]) == ["dup", "good-1", "good-2"]
     assert accepted.filter(pl.col("source_record_id") == "dup")["updated_at"].item() == datetime(2026, 11, 21)
     reasons = dict(zip(quarantined["source_record_id"], quarantined["reason"], strict=True))
-    assert "loan amount is negative (amount=-5.0)" in reasons["negative"]
+    assert "amount outside its range [0, " in reasons["negative"] and "(amount=-5.0)" in reasons["negative"]
     assert "five-class" in reasons["bad-class"] and "优秀" in reasons["bad-class"]
     assert "enterprise name is missing" in reasons["no-name"]
     assert "USCC" in reasons["bad-uscc"]
