@@ -30,7 +30,9 @@ def _enlarge(path: Path, copies: int, encoding: str, header: bool) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sources", type=Path, required=True, help="a folder made by `credit generate`")
     parser.add_argument("--repeat", type=int, default=3, help="runs per source (the best is reported)")
     parser.add_argument("--copies", type=int, default=1, help="repeat each file's records this many times")
@@ -51,8 +53,12 @@ def main() -> int:
                 best = min(best, time.perf_counter() - start)
             records = result.rows + result.rejects
             total_rows, total_seconds = total_rows + records, total_seconds + best
-            print(f"{source.name:<16} {records:>10,} records {best:8.2f} s {records / best:>12,.0f} records/s")
-    print(f"{'file sources':<16} {total_rows:>10,} records {total_seconds:8.2f} s {total_rows / total_seconds:>12,.0f} records/s")
+            print(
+                f"{source.name:<16} {records:>10,} records {best:8.2f} s {records / best:>12,.0f} records/s"
+            )
+    print(
+        f"{'file sources':<16} {total_rows:>10,} records {total_seconds:8.2f} s {total_rows / total_seconds:>12,.0f} records/s"
+    )
     return 0
 
 

@@ -53,7 +53,8 @@ def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.E
     if "scale" in spec:
         expr = _to_float(expr) * float(spec["scale"])
     if "join" in spec:
-        expr = expr.list.join(spec["join"])
+        # a delivery whose lists are all empty has no element type: they are lists of text
+        expr = expr.cast(pl.List(pl.String)).list.join(spec["join"])
     if "format" in spec:
         expr = expr.cast(pl.String).str.strptime(CANONICAL_SCHEMA[target], spec["format"], strict=False)
     return expr

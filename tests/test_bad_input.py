@@ -171,7 +171,7 @@ LINE_KINDS: list[tuple[str, str, str, str]] = [
     ("truncated line with an unterminated quote", "contract", "BAD-TRUNC", "unterminated quoted field"),
     ("line with an extra field", "contract", "BAD-EXTRA", "fields where the header has 13"),
     ("line in the wrong encoding", "contract", "BAD-LATIN", "not valid gbk"),
-    ("broken JSON line", "product_quality", "\"BAD-JSON\"", "not a readable JSON object"),
+    ("broken JSON line", "product_quality", '"BAD-JSON"', "not a readable JSON object"),
     ("line with a missing field", "violations", "BAD-SHORT", "2 fields where the header has 16"),
     # what departments really send
     ("NUL bytes in a line", "contract", "BAD-NUL", "holds NUL bytes"),
@@ -367,7 +367,9 @@ def _inject_department_kinds(src: Path) -> None:
         _rfc_line(row, {**fine, "行政处罚决定书文号": "BAD-NEGFINE", "罚款金额（万元）": "-3"}),
         "\ufeff" + _rfc_line(row, {**fine, "行政处罚决定书文号": "RFC-BOM", "罚款金额（万元）": "1,234.5"}),
         _rfc_line(row, {"行政处罚决定书文号": "RFC-MULTILINE", "违法行为类型": "未按规定\n公示"}, end="\r\n"),
-        _rfc_line(row, {"行政处罚决定书文号": "BAD-STRAY", "法定代表人": "PLACEHOLDER"}).replace("PLACEHOLDER", 'x"y"z'),
+        _rfc_line(row, {"行政处罚决定书文号": "BAD-STRAY", "法定代表人": "PLACEHOLDER"}).replace(
+            "PLACEHOLDER", 'x"y"z'
+        ),
         header + "\n",
         'BAD-TRUNCEND,行政处罚,"法人及非法人',  # the delivery was cut off: no closing quote, no line end
     ]
