@@ -5,10 +5,15 @@ back. Extraction is incremental: only rows whose watermark is at or after ``sinc
 watermark of the last published run) and before the cutoff are copied; the source's total row
 count and newest watermark are measured too, for the batch checks (volume, staleness).
 
-A file line that cannot be read (bytes not in the declared encoding, an unterminated quote, the
-wrong number of fields, broken JSON) does not stop the source: it becomes a *reject* with its line
-number, raw text and reason, and ends up in quarantine. A file that is mostly unreadable, empty,
-or lacks its id/watermark columns is a batch problem (``SourceFormatError``).
+Files are read as their formats say: CSV per RFC 4180 (quoted fields holding commas, doubled
+quotes and line breaks; LF, CRLF and lone CR line ends, mixed; byte-order marks where files were
+joined), JSON Lines one object a line. A record that cannot be read (bytes not in the declared
+encoding, NUL bytes, a quote that never closes, malformed quoting, the wrong number of fields, the
+header again, an over-long field, broken JSON) does not stop the source: it becomes a *reject*
+with the number of the line it starts on (counted as an editor counts, so records spanning lines
+keep later numbers right), its raw text and reason, and ends up in quarantine. A file that is
+mostly unreadable, empty, names a column twice or lacks its id/watermark columns is a batch
+problem (``SourceFormatError``).
 """
 
 from __future__ import annotations
@@ -249,15 +254,17 @@ def _csv_group(lines: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([singles, spanning]).sort("line")
 
 
-def _csv_judge(records: pl.DataFrame, header: str, width: int, content: pl.Expr) -> pl.DataFrame:
-    """Each record's problem (``reason``, null when it is a good row of ``width`` fields) and
-    whether the problem is its structure (``structural``: it may have swallowed lines)."""
+def _csv_structure(records: pl.DataFrame, width: int) -> pl.DataFrame:
+    """Each record's structural problem (``structure``: a quote that never closes, malformed
+    quoting, not ``width`` fields; null when it is a well-formed row). The RFC grammar is only
+    matched on records holding a quote; the others need their commas counted."""
     text = pl.col("text")
-    quoted = records.filter(text.str.contains('"', literal=True)).with_columns(
+    has_quote = text.str.contains('"', literal=True)
+    quoted = records.filter(has_quote).with_columns(
         well_formed=text.str.contains(WELL_FORMED_RECORD),
         fields=text.str.replace_all(QUOTED_FIELD, "").str.count_matches(",", literal=True) + 1,
     )
-    plain = records.filter(~text.str.contains('"', literal=True)).with_columns(
+    plain = records.filter(~has_quote).with_columns(
         well_formed=pl.lit(True), fields=text.str.count_matches(",", literal=True) + 1
     )
     structure = (
@@ -268,15 +275,28 @@ def _csv_judge(records: pl.DataFrame, header: str, width: int, content: pl.Expr)
         .when(pl.col("fields") != width)
         .then(pl.format("{} fields where the header has {}", pl.col("fields"), pl.lit(width)))
     )
-    judged = pl.concat([quoted, plain]).sort("line")
-    return judged.with_columns(
-        reason=pl.coalesce(
-            content,
-            pl.when(text == header).then(pl.lit("the header line again (files joined together?)")),
-            structure,
-        ),
-        structural=(text != header) & structure.is_not_null(),
-    ).drop("well_formed", "fields")
+    return (
+        pl.concat([quoted, plain])
+        .sort("line")
+        .with_columns(structure=structure)
+        .drop("well_formed", "fields")
+    )
+
+
+def _csv_judge(records: pl.DataFrame, header: str, width: int, content: pl.Expr) -> pl.DataFrame:
+    """Each record's problem (``reason``; null when it is a good row of ``width`` fields)."""
+    text = pl.col("text")
+    return (
+        _csv_structure(records, width)
+        .with_columns(
+            reason=pl.coalesce(
+                content,
+                pl.when(text == header).then(pl.lit("the header line again (files joined together?)")),
+                pl.col("structure"),
+            )
+        )
+        .drop("structure")
+    )
 
 
 def _spanned(reason: pl.Expr) -> pl.Expr:
@@ -289,6 +309,34 @@ def _spanned(reason: pl.Expr) -> pl.Expr:
         )
         .otherwise(reason)
     )
+
+
+def _unclosed_quotes(body: pl.DataFrame, width: int) -> list[int]:
+    """The lines whose quote never closes: walking the lines with an odd number of quotes (where a
+    multi-line record may open or close), a record from one to the next that is not a well-formed
+    row of ``width`` fields means the first opened a quote by mistake (a truncated line, a stray
+    quote); it is set aside and the walk resumes on the next odd line. The walk visits only those
+    lines, and each stretch of lines is joined at most twice."""
+    odd = (
+        body.with_row_index("index")
+        .filter(pl.col("text").str.count_matches('"', literal=True) % 2 == 1)
+        .select("index", "line")
+        .rows()
+    )
+    unclosed: list[int] = []
+    position = 0
+    while position < len(odd):
+        (opening, line), closing = odd[position], odd[position + 1][0] if position + 1 < len(odd) else None
+        if closing is not None:
+            stretch = body.slice(opening, closing - opening + 1)
+            text = "".join(stretch["raw"].head(stretch.height - 1).to_list()) + stretch["text"][-1]
+            fields = re.sub(QUOTED_FIELD, "", text, flags=re.S).count(",") + 1
+            if re.fullmatch(WELL_FORMED_RECORD, text, flags=re.S) and fields == width:
+                position += 2
+                continue
+        unclosed.append(line)
+        position += 1
+    return unclosed
 
 
 def _csv_rows(
@@ -312,40 +360,24 @@ def _csv_rows(
     if repeated or "" in names:
         problem = f"columns named twice: {repeated}" if repeated else "a column without a name"
         raise SourceFormatError(source.name, f"{path.name}: the header (line {header_line}) has {problem}")
-    content = _content_problem(source, damaged)
-    judged: list[pl.DataFrame] = []
-    rejected: list[pl.DataFrame] = []
     body = lines.filter(pl.col("line") > header_line + records["span"][0] - 1)
-    budget = MAX_REJECT_SHARE * max(lines.height, 1)
-    while True:
-        verdict = _csv_judge(
-            _csv_group(body).filter((pl.col("text").str.strip_chars() != "") | (pl.col("span") > 1)),
-            header,
-            len(names),
-            content,
-        )
-        swallowing = verdict.filter(pl.col("structural") & (pl.col("span") > 1))
-        if swallowing.is_empty():
-            judged.append(verdict)
-            break
-        first = swallowing["line"][0]
-        judged.append(verdict.filter(pl.col("line") < first))
-        rejected.append(
-            body.filter(pl.col("line") == first).select(
-                "line",
-                pl.col("text").alias("original"),
-                pl.lit("unterminated quoted field (line truncated?): its quote does not close").alias(
-                    "reason"
-                ),
+    not_blank = (pl.col("text").str.strip_chars() != "") | (pl.col("span") > 1)
+    grouped = _csv_group(body).filter(not_blank)
+    spanning = _csv_structure(grouped.filter(pl.col("span") > 1), len(names))
+    unclosed: list[int] = []
+    if not spanning.filter(pl.col("structure").is_not_null() & (pl.col("text") != header)).is_empty():
+        unclosed = _unclosed_quotes(body, len(names))
+        if len(unclosed) > MAX_REJECT_SHARE * lines.height:
+            raise SourceFormatError(
+                source.name, f"{path.name} cannot be read as csv: {len(unclosed):,} quotes never close"
             )
-        )
-        body = body.filter(pl.col("line") > first)
-        if len(rejected) > budget:
-            break  # the file as a whole is broken: the reject share says so below
-    checked = pl.concat(judged)
+        grouped = _csv_group(body.filter(~pl.col("line").is_in(unclosed))).filter(not_blank)
+    checked = _csv_judge(grouped, header, len(names), _content_problem(source, damaged))
     rejects = pl.concat(
         [
-            *rejected,
+            lines.filter(pl.col("line").is_in(unclosed)).select(
+                "line", pl.col("text").alias("original"), pl.lit(UNCLOSED_QUOTE).alias("reason")
+            ),
             checked.filter(pl.col("reason").is_not_null()).select(
                 "line", pl.col("text").alias("original"), _spanned(pl.col("reason")).alias("reason")
             ),

@@ -272,3 +272,36 @@ def test_every_generated_record_is_published_or_quarantined_with_its_reason(
                 assert got[column] == want[column], (column, record)
 
     check()
+
+
+def test_a_quote_that_never_closes_costs_only_its_line(tmp_path: Path) -> None:
+    """Stray quotes and truncated lines among valid multi-line records: each broken line is
+    rejected alone with the number an editor shows, every other record is read."""
+    source = load_sources()["violations"]
+    header = source.id_column + "," + source.watermark + ",note"
+    lines, expected_bad = [header], []
+    for index in range(1_000):
+        next_line = 1 + sum(line.count("\n") + 1 for line in lines)  # records may span lines
+        if index % 100 == 7:
+            expected_bad.append(next_line)
+            lines.append(f'S{index},{STAMP},x"y')  # a stray quote
+        elif index % 100 == 50:
+            expected_bad.append(next_line)
+            lines.append(f'S{index},{STAMP},"cut off')  # a truncated line
+        elif index % 10 == 3:
+            lines.append(f'S{index},{STAMP},"two\r\nlines, ""quoted"""')
+        else:
+            lines.append(f"S{index},{STAMP},plain")
+    path = source.file_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes("\r\n".join(lines).encode("utf-8-sig"))
+    config = SourceConfig(**{**source.__dict__, "mapping": {}})
+    result = extract(config, tmp_path, tmp_path / "raw.parquet", CUTOFF)
+    rejects = pl.read_parquet(tmp_path / "raw.rejects.parquet")
+    assert rejects["line"].to_list() == expected_bad
+    assert rejects["reason"].str.contains("a quote that never closes", literal=True).all()
+    raw = pl.read_parquet(tmp_path / "raw.parquet")
+    assert result.rows == raw.height == 1_000 - len(expected_bad)
+    assert raw.filter(pl.col("note").str.starts_with("two"))["note"].unique().to_list() == [
+        'two\r\nlines, "quoted"'
+    ]
