@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 EXTRA_EXPECTATIONS_DIR = os.environ.get("CREDIT_EXPECTATIONS_DIR")
 ROW_ID = "_row"
+#: suite parameters every suite may use: the number grammar the raw suites check type drift with
+#: is the one standardisation reads numbers with
+DEFAULT_PARAMETERS: dict[str, Any] = {"number_text": NUMBER_TEXT}
 
 
 class DataQualityError(PipelineError):
@@ -154,7 +157,7 @@ def _validate(
         if not chosen:
             return validator, []
         return validator, validator._validate_expectation_configs(
-            expectation_configs=chosen, expectation_parameters=parameters
+            expectation_configs=chosen, expectation_parameters={**DEFAULT_PARAMETERS, **parameters}
         )
 
     # GX filters its whole batch (every column) for each column expectation, so each group of
@@ -240,11 +243,6 @@ def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
     """Load a suite from its JSON file (registered once in the process's GX context)."""
 
     return _load_suite(name, expectations_dir, _docs_root)
-
-
-#: suite parameters every suite may use: the number grammar the raw suites check type drift with
-#: is the one standardisation reads numbers with
-DEFAULT_PARAMETERS: dict[str, Any] = {"number_text": NUMBER_TEXT}
 
 
 def range_expectations(suite_name: str) -> list[dict[str, Any]]:
@@ -348,7 +346,7 @@ def run_suite(
         suite,
         pandas_frame,
         {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
-        {**DEFAULT_PARAMETERS, **(parameters or {})},
+        parameters or {},
         schema_frame=schema_frame,
     )
     ids: list[Any] = []
