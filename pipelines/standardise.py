@@ -31,7 +31,7 @@ _FALSE = ("false", "0", "no", "n", "否", "f")
 IDENTITY_EXTRAS = ("reg_no_extra",)
 
 
-def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.Expr:
+def _source_expr(spec: Any, columns: pl.Schema, source: str, target: str) -> pl.Expr:
     """One mapping entry of config/sources.toml as a Polars expression."""
 
     def col(name: str) -> pl.Expr:
@@ -53,8 +53,11 @@ def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.E
     if "scale" in spec:
         expr = _to_float(expr) * float(spec["scale"])
     if "join" in spec:
-        # a delivery whose lists are all empty has no element type: they are lists of text
-        expr = expr.cast(pl.List(pl.String)).list.join(spec["join"])
+        if isinstance(columns[spec["column"]], pl.List | pl.Null):
+            # a delivery whose lists are all empty has no element type: they are lists of text
+            expr = expr.cast(pl.List(pl.String)).list.join(spec["join"])
+        else:  # lists and text mixed across JSON lines arrive as text: kept as delivered
+            expr = expr.cast(pl.String)
     if "format" in spec:
         expr = expr.cast(pl.String).str.strptime(CANONICAL_SCHEMA[target], spec["format"], strict=False)
     return expr
@@ -131,11 +134,11 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
     errors: list[pl.Expr] = []
     for target, spec in mapping.items():
         if target in IDENTITY_EXTRAS:
-            values[target] = _source_expr(spec, columns, source.name, target).cast(pl.String)
+            values[target] = _source_expr(spec, raw_schema, source.name, target).cast(pl.String)
             continue
         if target not in CANONICAL_SCHEMA:
             raise ValueError(f"source '{source.name}': '{target}' is not a canonical column")
-        given = _source_expr(spec, columns, source.name, target)
+        given = _source_expr(spec, raw_schema, source.name, target)
         dtype = CANONICAL_SCHEMA[target]
         source_dtype = raw_schema.get(spec) if isinstance(spec, str) else None
         value = _to_canonical(given, dtype, source_dtype)

@@ -286,3 +286,24 @@ def test_standardise_reads_numbers_and_dates_as_departments_write_them() -> None
         "event_date=0001-01-01",
         "event_date=9999-12-31",
     ]
+
+
+@pytest.mark.parametrize(
+    ("failed_items", "detail"),
+    [
+        ([[], []], ["", ""]),  # every list empty: JSON gives them no element type
+        ([["标签", "净含量"], []], ["标签；净含量", ""]),
+        (['["标签"]', "无"], ['["标签"]', "无"]),  # lists and text mixed across lines: kept as delivered
+    ],
+)
+def test_standardise_joins_lists_whatever_their_delivery(failed_items: list, detail: list[str]) -> None:
+    from pipelines.sources import load_sources
+    from pipelines.standardise import standardise_frame
+
+    source = load_sources()["product_quality"]
+    mapped = [spec if isinstance(spec, str) else spec.get("column") for spec in source.mapping.values()]
+    columns = sorted({c for c in [source.id_column, source.watermark, *mapped] if c})
+    raw = pl.DataFrame({c: ["1", "2"] for c in columns}).with_columns(
+        pl.Series("failed_items", failed_items, strict=False)
+    )
+    assert standardise_frame(raw.lazy(), source).collect()["detail"].to_list() == detail
