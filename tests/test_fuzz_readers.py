@@ -226,7 +226,7 @@ def test_every_generated_record_is_published_or_quarantined_with_its_reason(
     header = _csv_text(list(rows[0])) if source.format == "csv" else None
     clean_by_id = {r["source_record_id"]: r for r in clean.to_dicts()}
 
-    @settings(max_examples=12, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=10, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
     @given(delivery(name, rows, header))
     def check(case: tuple[bytes, list[Record]]) -> None:
         data, records = case
