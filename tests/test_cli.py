@@ -202,3 +202,17 @@ def test_token_commands_answer_in_json(tmp_path: Path) -> None:
     assert datetime.fromisoformat(document["expires"]) > datetime.fromisoformat("2026-01-01T00:00:00+00:00")
     revoked = json.loads(credit("token", "revoke", "portal", "--lake", "lake", "--json", cwd=tmp_path).stdout)
     assert revoked["name"] == "portal" and datetime.fromisoformat(revoked["revoked"])
+
+
+def test_settings_import_only_the_standard_library() -> None:
+    """The DAG file asks pipelines.settings where the source registry is while Airflow parses it."""
+    import ast
+
+    tree = ast.parse((REPO / "pipelines" / "settings.py").read_text("utf-8"))
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).partition(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
