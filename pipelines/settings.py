@@ -45,11 +45,20 @@ def config_env(file_name: str) -> str:
 
 def config_path(file_name: str) -> Path:
     """``config/<file_name>``, or the file its environment variable names."""
-    override = os.environ.get(config_env(file_name))
-    return Path(override) if override else CONFIG_DIR / file_name
+    variable = config_env(file_name)
+    override = os.environ.get(variable)
+    if not override:
+        return CONFIG_DIR / file_name
+    if not Path(override).is_file():
+        raise FileNotFoundError(f"{variable}={override}: no such settings file")
+    return Path(override)
 
 
 def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:
     """Folders searched for a suite, in order: the deployment's own (CREDIT_EXPECTATIONS_DIR), then ours."""
     extra = os.environ.get(EXPECTATIONS_ENV)
-    return [Path(extra), bundled] if extra else [bundled]
+    if not extra:
+        return [bundled]
+    if not Path(extra).is_dir():
+        raise FileNotFoundError(f"{EXPECTATIONS_ENV}={extra}: no such folder of expectation suites")
+    return [Path(extra), bundled]

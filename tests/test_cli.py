@@ -155,11 +155,17 @@ def test_settings_are_found_in_one_place_with_their_overrides(
         assert settings.config_path(path.name) == path
         own = tmp_path / path.name
         monkeypatch.setenv(settings.config_env(path.name), str(own))
+        with pytest.raises(FileNotFoundError, match=settings.config_env(path.name)):
+            settings.config_path(path.name)  # a mistyped override is an error, not a silent default
+        own.write_text("", "utf-8")
         assert settings.config_path(path.name) == own
     # the names the README and existing deployments use
     assert settings.config_env("sources.toml") == "CREDIT_SOURCES_CONFIG"
     assert settings.config_env("disclosure.toml") == "CREDIT_DISCLOSURE_CONFIG"
     assert settings.config_env("resolution.toml") == "CREDIT_RESOLUTION_CONFIG"
+    monkeypatch.setenv(settings.EXPECTATIONS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=settings.EXPECTATIONS_ENV):
+        settings.expectation_dirs()
     monkeypatch.setenv(settings.EXPECTATIONS_ENV, str(tmp_path))
     assert settings.expectation_dirs() == [tmp_path, settings.EXPECTATIONS_DIR]
     with pytest.raises(ValueError, match="unknown settings folder"):
