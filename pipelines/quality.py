@@ -23,14 +23,12 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PipelineError
-from pipelines.lake import REPO_ROOT, write_parquet
+from pipelines.lake import write_parquet
 from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
+from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
-# CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then the repository's).
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
-EXTRA_EXPECTATIONS_DIR = os.environ.get("CREDIT_EXPECTATIONS_DIR")
 ROW_ID = "_row"
 #: suite parameters every suite may use: the number grammar the raw suites check type drift with
 #: is the one standardisation reads numbers with
@@ -229,14 +227,13 @@ def _validate(
 
 @cache
 def _suite_json(name: str, expectations_dir: Path) -> str:
-    folders = [Path(EXTRA_EXPECTATIONS_DIR)] if EXTRA_EXPECTATIONS_DIR else []
-    for folder in [*folders, expectations_dir]:
+    # CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then ours)
+    folders = expectation_dirs(expectations_dir)
+    for folder in folders:
         path = folder / f"{name}.json"
         if path.exists():
             return path.read_text("utf-8")
-    raise DataQualityError(
-        f"expectation suite '{name}' not found in {[str(f) for f in [*folders, expectations_dir]]}"
-    )
+    raise DataQualityError(f"expectation suite '{name}' not found in {[str(f) for f in folders]}")
 
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from pipelines.lake import REPO_ROOT
+from pipelines.settings import config_path
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter
@@ -40,7 +40,7 @@ from serving.store import (
 from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = REPO_ROOT / "config" / "service.toml"
+DEFAULT_CONFIG = config_path("service.toml")
 PAGES = Path(__file__).resolve().parent / "pages"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.cli import add_json_option, emit
 from pipelines.lake import DEFAULT_LAKE
 
 
@@ -35,7 +36,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     from serving.tokens import create_token, parse_expiry
 
     expires = parse_expiry(args.expires) if args.expires else None
-    print(create_token(Path(args.lake), args.role, args.name, expires))
+    token = create_token(Path(args.lake), args.role, args.name, expires)
+    document = {"name": args.name, "role": args.role, "expires": expires, "token": token}
+    emit(args, document, token)
     return 0
 
 
@@ -71,8 +74,11 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     from serving.tokens import revoke_token
 
     entry = revoke_token(Path(args.lake), args.token)
-    print(
-        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC"
+    document = {"name": entry.name, "role": entry.role, "hash_prefix": entry.prefix, "revoked": entry.revoked}
+    emit(
+        args,
+        document,
+        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC",
     )
     return 0
 
@@ -106,7 +112,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--config", default=None, help="service settings (default config/service.toml)")
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (stderr)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--limit-concurrency", type=int, default=200, help="requests in flight before the service answers 503"
@@ -120,7 +131,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create a token and print it (only its hash is stored, in LAKE/service/tokens.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    create.add_argument("--role", required=True, choices=["regulator", "public"])
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=["regulator", "public"],
+        help="what the token may see (config/disclosure.toml defines each role's view)",
+    )
     create.add_argument("--name", required=True, help="who the token is for (recorded in the audit log)")
     create.add_argument(
         "--expires",
@@ -129,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default never",
     )
     create.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(create)
     create.set_defaults(func=cmd_token_create)
     listing = token_sub.add_parser(
         "list",
@@ -145,6 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     revoke.add_argument("token", metavar="NAME|PREFIX", help="the token's name, or the start of its hash")
     revoke.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
     audit = sub.add_parser("audit", help="the query service's audit trail")
@@ -155,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every entry the anchor store recorded (exit 2 and the problem when not)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    verify.add_argument("--lake", default=str(DEFAULT_LAKE))
+    verify.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding service/audit.jsonl")
     verify.add_argument(
         "--config", default=None, help="service settings whose [audit] names the key and anchor store"
     )
