@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pipelines.lake import REPO_ROOT
 from serving.audit import AuditLog
 from serving.disclosure import mask_for_public
-from serving.limits import RateLimiter
+from serving.limits import RateLimiter, retry_after
 from serving.store import LISTS, CodeError, VersionStore
 from serving.tokens import Principal, TokenBook
 
@@ -98,10 +98,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     current = Current(lake)
     tokens = TokenBook(lake)
     audit = AuditLog(lake)
-    limiter = RateLimiter(
-        float(config.get("rate_limit", {}).get("requests_per_second", 50)),
-        int(config.get("rate_limit", {}).get("burst", 100)),
-    )
+    limiter = RateLimiter.from_config(config)
     stop = threading.Event()
 
     app = FastAPI(
@@ -128,11 +125,17 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         scheme, _, token = header.partition(" ")
         who = tokens.authenticate(token.strip()) if scheme.lower() == "bearer" else None
         if who is None:
+            if wait := limiter.address_wait(request.client.host if request.client else None):
+                raise HTTPException(
+                    429, "too many requests without a valid token", headers={"Retry-After": retry_after(wait)}
+                )
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
-        if not limiter.allow(who.token_hash):
-            raise HTTPException(429, "rate limit exceeded; slow down", headers={"Retry-After": "1"})
+        if wait := limiter.token_wait(who.token_hash):
+            raise HTTPException(
+                429, "rate limit exceeded; slow down", headers={"Retry-After": retry_after(wait)}
+            )
         return who
 
     Who = Annotated[Principal, Depends(principal)]

@@ -1,0 +1,139 @@
+"""Connection-level guards of ``credit serve``: the HTTP protocol every worker speaks.
+
+uvicorn alone lets one client starve everyone: it has no deadline for a request's headers, so
+half-sent requests (slowloris) stay open for ever and fill ``limit_concurrency`` (503 to all), and
+its default parser, httptools, has no header size limit (a 150 MB header is read to the end).
+``GuardedH11Protocol`` is uvicorn's h11 protocol (whose ``h11_max_incomplete_event_size`` bounds
+the request line and headers) with three more rules:
+
+- a client address may hold at most ``[limits] connections_per_client`` connections in one
+  worker process (so in all at most workers x that); more are closed at once;
+- a request's line and headers must arrive within ``[limits] header_timeout_seconds`` of the
+  connection opening or of the first byte of the request (else 408 and the connection closes);
+- a request whose body the application did not read closes its connection afterwards (a body
+  trickled behind a finished response would otherwise keep a connection for ever).
+
+Connections from ``[server] trusted_proxies`` are exempt from the per-address cap: there the
+proxy, which sees the clients, enforces it (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+from collections import Counter
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from serving.limits import client_key
+
+log = logging.getLogger(__name__)
+_TIMEOUT_REPLY = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class TrustedProxies:
+    """Addresses and networks (``10.0.0.0/8``) whose X-Forwarded-For is believed."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+    def __contains__(self, host: object) -> bool:
+        try:
+            address = ipaddress.ip_address(str(host))
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+class ConnectionRules:
+    """The guard's settings plus this worker's count of open connections per client address."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.per_client = int(config["limits"]["connections_per_client"])
+        self.header_timeout = float(config["limits"]["header_timeout_seconds"])
+        self.trusted = TrustedProxies(list(config["server"]["trusted_proxies"]))
+        self.open: Counter[str] = Counter()
+
+    def admit(self, host: str | None) -> str | None | bool:
+        """The key counted for a new connection (None: a trusted proxy, not counted), or False
+        when the address already holds its share."""
+        if host in self.trusted:
+            return None
+        key = client_key(host)
+        if self.open[key] >= self.per_client:
+            return False
+        self.open[key] += 1
+        return key
+
+    def release(self, key: str) -> None:
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
+@functools.cache
+def worker_rules() -> ConnectionRules:
+    """This worker's rules, built from the settings ``credit serve`` handed to its workers."""
+    from serving.server import worker_settings
+
+    return ConnectionRules(worker_settings()["config"])
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a per-address connection cap and a header deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = worker_rules()
+        self.counted_as: str | None = None
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        admitted = self.guard.admit(self.client[0] if self.client else None)
+        if admitted is False:
+            log.debug("refused a connection from %s: it holds its share of connections", self.client)
+            transport.abort()
+            return
+        self.counted_as = admitted or None
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        if self.counted_as is not None:
+            self.guard.release(self.counted_as)
+            self.counted_as = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_deadline()  # headers complete (or refused with 400)
+
+    def on_response_complete(self) -> None:
+        if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            self.transport.close()  # a body nobody will read: do not let it trickle in for ever
+            return
+        super().on_response_complete()
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self.header_deadline = self.loop.call_later(self.guard.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_deadline = None
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            log.debug("closed a connection from %s: no complete request headers in time", self.client)
+            self.transport.write(_TIMEOUT_REPLY)
+            self.transport.close()
