@@ -137,3 +137,51 @@ class GuardedH11Protocol(H11Protocol):
             log.debug("closed a connection from %s: no complete request headers in time", self.client)
             self.transport.write(_TIMEOUT_REPLY)
             self.transport.close()
+
+
+class InFlightCap:
+    """ASGI middleware: at most ``per_client`` requests of one client address in progress in this
+    worker; the excess is refused at once with 429 rather than queued ahead of everyone else.
+
+    This is what keeps a flood fair: the rate limit bounds how much a client gets over a second,
+    this bounds how much of the worker's thread pool it holds at any moment (so another client's
+    lookup waits behind at most ``per_client`` of its requests, not hundreds). It runs inside
+    uvicorn's proxy-headers middleware, so behind a trusted proxy the address is the real client's.
+    """
+
+    def __init__(self, app: Any, per_client: int) -> None:
+        self.app = app
+        self.per_client = per_client
+        self.busy: Counter[str] = Counter()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        key = client_key(scope["client"][0] if scope.get("client") else None)
+        if self.busy[key] >= self.per_client:
+            await _refuse(
+                send, 429, b'{"error":"too many requests in flight; wait for answers","status":429}'
+            )
+            return None
+        self.busy[key] += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.busy[key] -= 1
+            if self.busy[key] <= 0:
+                del self.busy[key]
+
+
+async def _refuse(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

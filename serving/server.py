@@ -50,9 +50,13 @@ def worker_settings() -> dict[str, Any]:
 def worker_app() -> Any:
     """The app factory uvicorn calls in each worker process."""
     from serving.app import create_app
+    from serving.guard import InFlightCap
 
     settings = worker_settings()
-    return create_app(Path(settings["lake"]), settings["config"])
+    config = settings["config"]
+    return InFlightCap(
+        create_app(Path(settings["lake"]), config), int(config["limits"]["requests_in_flight_per_client"])
+    )
 
 
 def serve(lake: Path, config: dict[str, Any], host: str, port: int, log_level: str, access_log: bool) -> None:
