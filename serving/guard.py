@@ -13,6 +13,8 @@ the request line and headers) with three more rules:
 - a request whose body the application did not read closes its connection afterwards (a body
   trickled behind a finished response would otherwise keep a connection for ever).
 
+``InFlightCap`` (ASGI middleware) bounds the API requests of one client in progress at once.
+
 Connections from ``[server] trusted_proxies`` are exempt from the per-address cap: there the
 proxy, which sees the clients, enforces it (docs/serving.md).
 """
@@ -140,8 +142,9 @@ class GuardedH11Protocol(H11Protocol):
 
 
 class InFlightCap:
-    """ASGI middleware: at most ``per_client`` requests of one client address in progress in this
-    worker; the excess is refused at once with 429 rather than queued ahead of everyone else.
+    """ASGI middleware: at most ``per_client`` API requests of one client address in progress in
+    this worker; the excess is refused at once with 429 rather than queued ahead of everyone else.
+    (Pages and static files are cheap and a browser fetches several at once: not counted.)
 
     This is what keeps a flood fair: the rate limit bounds how much a client gets over a second,
     this bounds how much of the worker's thread pool it holds at any moment (so another client's
@@ -155,7 +158,7 @@ class InFlightCap:
         self.busy: Counter[str] = Counter()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return await self.app(scope, receive, send)
         key = client_key(scope["client"][0] if scope.get("client") else None)
         if self.busy[key] >= self.per_client:
