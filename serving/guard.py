@@ -123,6 +123,12 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()  # a body nobody will read: do not let it trickle in for ever
             return
         super().on_response_complete()
+        if (
+            self.conn.their_state is h11.IDLE
+            and self.conn.trailing_data[0]
+            and not self.transport.is_closing()
+        ):
+            self._arm_header_deadline()  # part of the next request came in while this one was answered
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()

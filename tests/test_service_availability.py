@@ -281,3 +281,46 @@ def test_a_client_cannot_queue_a_crowd_of_requests_ahead_of_others(service: dict
     assert "in flight" in outcomes
     assert outcomes.count("200") <= 2 * IN_FLIGHT * 2  # two workers; a few finish before the rest arrive
     assert well_behaved_lookups(service, 5, "crowd") == [200] * 5
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` seconds (whatever it sends first)."""
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def test_a_kept_alive_connection_cannot_trickle_its_next_request(service: dict) -> None:
+    with socket.create_connection(("127.0.0.1", service["port"]), source_address=("127.0.0.11", 0)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and the rest never comes
+        assert _closed_by_server(sock, HEADER_TIMEOUT + 3)
+
+
+def test_an_unread_request_body_does_not_hold_the_connection(service: dict) -> None:
+    with socket.create_connection(("127.0.0.1", service["port"]), source_address=("127.0.0.12", 0)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nabc")
+        assert _closed_by_server(sock, HEADER_TIMEOUT + 3)
+
+
+def test_settings_come_from_the_repository_file_a_deployment_file_and_overrides(tmp_path: Path) -> None:
+    from serving.server import DEFAULT_CONFIG, load_settings
+
+    defaults = load_settings()
+    deployment = tmp_path / "service.toml"
+    deployment.write_text("[server]\nworkers = 4\n[limits]\nheader_timeout_seconds = 3\n", "utf-8")
+    settings = load_settings(deployment, {"server": {"workers": 6, "trusted_proxies": None}})
+    assert settings["server"]["workers"] == 6  # the command line wins
+    assert settings["limits"]["header_timeout_seconds"] == 3  # then the deployment's file
+    assert settings["limits"]["max_header_bytes"] == defaults["limits"]["max_header_bytes"]
+    assert settings["server"]["trusted_proxies"] == defaults["server"]["trusted_proxies"]  # unset: default
+    assert DEFAULT_CONFIG.name == "service.toml"
