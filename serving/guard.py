@@ -10,6 +10,8 @@ the request line and headers) with three more rules:
   worker process (so in all at most workers x that); more are closed at once;
 - a request's line and headers must arrive within ``[limits] header_timeout_seconds`` of the
   connection opening or of the first byte of the request (else 408 and the connection closes);
+- more than ``[limits] max_header_bytes`` of them gets 431 and the connection closes, before h11
+  parses them (h11's own limit, the same number, stays as the backstop);
 - a request whose body the application did not read closes its connection afterwards (a body
   trickled behind a finished response would otherwise keep a connection for ever).
 
@@ -35,6 +37,9 @@ from serving.limits import client_key
 
 log = logging.getLogger(__name__)
 _TIMEOUT_REPLY = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TOO_LARGE_REPLY = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
 
 
 class TrustedProxies:
@@ -93,6 +98,7 @@ class GuardedH11Protocol(H11Protocol):
         self.guard = worker_rules()
         self.counted_as: str | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
+        self.header_bytes = 0  # of the request being received
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -112,11 +118,19 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.header_deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE:
+            if self.header_deadline is None:
+                self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
+            self.header_bytes += len(data)
+            if self.header_bytes > self.config.h11_max_incomplete_event_size and b"\r\n\r\n" not in data:
+                # refused before h11 sees it: h11 would refuse too (400), with a warning logged per attack
+                log.debug("refused a request from %s: headers over %d bytes", self.client, self.header_bytes)
+                self._close_with(_TOO_LARGE_REPLY)
+                return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()  # headers complete (or refused with 400)
+            self.header_bytes = 0
 
     def on_response_complete(self) -> None:
         if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
@@ -143,8 +157,12 @@ class GuardedH11Protocol(H11Protocol):
         self.header_deadline = None
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             log.debug("closed a connection from %s: no complete request headers in time", self.client)
-            self.transport.write(_TIMEOUT_REPLY)
-            self.transport.close()
+            self._close_with(_TIMEOUT_REPLY)
+
+    def _close_with(self, reply: bytes) -> None:
+        self._disarm_header_deadline()
+        self.transport.write(reply)
+        self.transport.close()
 
 
 class InFlightCap:

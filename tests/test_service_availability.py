@@ -324,3 +324,11 @@ def test_settings_come_from_the_repository_file_a_deployment_file_and_overrides(
     assert settings["limits"]["max_header_bytes"] == defaults["limits"]["max_header_bytes"]
     assert settings["server"]["trusted_proxies"] == defaults["server"]["trusted_proxies"]  # unset: default
     assert DEFAULT_CONFIG.name == "service.toml"
+
+
+def test_headers_over_the_cap_are_refused_with_431(service: dict) -> None:
+    with socket.create_connection(("127.0.0.1", service["port"]), source_address=("127.0.0.13", 0)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+        assert _closed_by_server(sock, 3)
