@@ -167,6 +167,37 @@ def flood(base: str, token: str, rate: float, seconds: float, results: multiproc
     results.put(("flood", asyncio.run(_flood(base, token, rate, seconds))))
 
 
+def service_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``credit serve`` and its worker processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def worker_memory_mb(pid: int) -> list[float]:
+    """Resident memory of each process of ``credit serve`` (the supervisor first), in MB."""
+    sizes = []
+    for proc in [pid, *_descendants(pid)]:
+        status = Path(f"/proc/{proc}/status").read_text()
+        sizes.append(int(status.split("VmRSS:")[1].split()[0]) / 1024)
+    return sizes
+
+
 def report(name: str, result: dict) -> None:
     ms = [v * 1000 for v in result["latencies"]]
     print(
@@ -192,6 +223,11 @@ def main() -> int:
     parser.add_argument("--header-mb", type=int, default=150, help="size of the oversized header")
     parser.add_argument(
         "--flood-rate", type=float, default=200, help="the flooding token's requests a second"
+    )
+    parser.add_argument(
+        "--attacks",
+        default="slowloris,header,flood",
+        help="which attacks to run at once (comma-separated): slowloris, header, flood",
     )
     args = parser.parse_args()
 
@@ -234,28 +270,40 @@ def main() -> int:
         print(f"lake: {lake} ({profiles.height:,} profiles); credit serve with config/service.toml")
         print(f"load average before: {os.getloadavg()}")
         print(f"{'':<34}{'n':>7}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}   (ms)")
+        cpu = service_cpu_seconds(server.pid)
         report("well-behaved, alone", lookups(base, behaved_token, codes, args.rate, args.baseline_seconds))
+        print(
+            f"  service CPU: {(service_cpu_seconds(server.pid) - cpu) / args.baseline_seconds:.2f} s a second"
+        )
 
         results: multiprocessing.Queue = multiprocessing.Queue()
+        chosen = {
+            "slowloris": (slowloris, (port, args.slowloris, args.seconds, results)),
+            "header": (big_header, (port, args.header_mb, args.seconds, results)),
+            "flood": (flood, (base, flood_token, args.flood_rate, args.seconds, results)),
+        }
         attackers = [
-            multiprocessing.Process(target=slowloris, args=(port, args.slowloris, args.seconds, results)),
-            multiprocessing.Process(target=big_header, args=(port, args.header_mb, args.seconds, results)),
-            multiprocessing.Process(
-                target=flood, args=(base, flood_token, args.flood_rate, args.seconds, results)
-            ),
+            multiprocessing.Process(target=target, args=arguments)
+            for name, (target, arguments) in chosen.items()
+            if name in args.attacks.split(",")
         ]
         for attacker in attackers:
             attacker.start()
         time.sleep(2)  # the attacks in full swing
+        cpu, started = service_cpu_seconds(server.pid), time.monotonic()
         under_attack = lookups(base, behaved_token, codes, args.rate, args.seconds - 4)
+        cpu_rate = (service_cpu_seconds(server.pid) - cpu) / (time.monotonic() - started)
         load = os.getloadavg()
-        report("well-behaved, under all three", under_attack)
+        report(f"well-behaved, under {args.attacks}", under_attack)
+        print(f"  service CPU: {cpu_rate:.2f} s a second")
         for _ in attackers:
             name, outcome = results.get(timeout=args.seconds + 120)
             print(f"  {name}: {outcome}")
         for attacker in attackers:
             attacker.join()
         print(f"load average during the attack: {load}")
+        print("service memory (RSS, MB; supervisor, then workers and helpers):", end=" ")
+        print(", ".join(f"{mb:.0f}" for mb in worker_memory_mb(server.pid)))
         p95 = percentile(under_attack["latencies"], 0.95) * 1000
         verdict = "met" if p95 < 50 and not under_attack["errors"] else "NOT met"
         print(f"goal (p95 < 50 ms and no error under attack): {verdict} (p95 {p95:.1f} ms)")
