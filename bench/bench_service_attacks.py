@@ -5,7 +5,7 @@ limits) over a published lake, then, each attacker in its own process and from i
 address (Linux routes all of 127/8 to the loopback interface):
 
 - 127.0.0.2 slowloris: keeps up to --slowloris connections open, each with half a request whose
-  header grows by a byte a second (a closed one is opened again);
+  header grows by a byte a second (a dropped one is opened again --slowloris-reopen s later);
 - 127.0.0.3 oversized header: sends a request whose header is --header-mb MB, again and again;
 - 127.0.0.4 flood: one token, --flood-rate name searches a second, sent without waiting;
 
@@ -31,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import polars as pl
@@ -73,7 +74,7 @@ def lookups(base: str, token: str, codes: list[str], rate: float, seconds: float
     return {"latencies": latencies, "errors": dict(errors)}
 
 
-async def _slowloris(port: int, connections: int, seconds: float) -> dict:
+async def _slowloris(port: int, connections: int, seconds: float, reopen: float) -> dict:
     opened = refused = closed_by_server = 0
     deadline = time.monotonic() + seconds
 
@@ -96,14 +97,16 @@ async def _slowloris(port: int, connections: int, seconds: float) -> dict:
                 writer.close()
             except OSError:
                 refused += 1
-                await asyncio.sleep(0.2)
+            await asyncio.sleep(reopen)  # like slowloris tools, which re-open dropped sockets each round
 
     await asyncio.gather(*(hold() for _ in range(connections)))
     return {"opened": opened, "closed by the server": closed_by_server, "refused or reset": refused}
 
 
-def slowloris(port: int, connections: int, seconds: float, results: multiprocessing.Queue) -> None:
-    results.put(("slowloris", asyncio.run(_slowloris(port, connections, seconds))))
+def slowloris(
+    port: int, connections: int, seconds: float, reopen: float, results: multiprocessing.Queue
+) -> None:
+    results.put(("slowloris", asyncio.run(_slowloris(port, connections, seconds, reopen))))
 
 
 def big_header(port: int, megabytes: int, seconds: float, results: multiprocessing.Queue) -> None:
@@ -160,7 +163,8 @@ async def _flood(base: str, token: str, rate: float, seconds: float) -> dict:
             next_at += 1 / rate
             pending.append(asyncio.create_task(one()))
         await asyncio.gather(*pending)
-    return {"sent": len(pending), **dict(statuses)}
+    elapsed = time.monotonic() - deadline + seconds
+    return {"sent": len(pending), "seconds": round(elapsed, 1), **dict(statuses)}
 
 
 def flood(base: str, token: str, rate: float, seconds: float, results: multiprocessing.Queue) -> None:
@@ -198,6 +202,13 @@ def worker_memory_mb(pid: int) -> list[float]:
     return sizes
 
 
+def _niced(niceness: int, target: Any, arguments: tuple) -> None:
+    """Run an attacker at a lower CPU priority: on loopback the attackers share the service's cores,
+    which remote attackers would not (0 gives them the same priority as the service)."""
+    os.nice(niceness)
+    target(*arguments)
+
+
 def report(name: str, result: dict) -> None:
     ms = [v * 1000 for v in result["latencies"]]
     print(
@@ -223,6 +234,18 @@ def main() -> int:
     parser.add_argument("--header-mb", type=int, default=150, help="size of the oversized header")
     parser.add_argument(
         "--flood-rate", type=float, default=200, help="the flooding token's requests a second"
+    )
+    parser.add_argument(
+        "--slowloris-reopen",
+        type=float,
+        default=1.0,
+        help="seconds before re-opening a dropped slowloris socket",
+    )
+    parser.add_argument(
+        "--attackers-nice",
+        type=int,
+        default=10,
+        help="CPU niceness of the attacking processes (they stand for remote machines; 0: equal to the service)",
     )
     parser.add_argument(
         "--attacks",
@@ -278,12 +301,12 @@ def main() -> int:
 
         results: multiprocessing.Queue = multiprocessing.Queue()
         chosen = {
-            "slowloris": (slowloris, (port, args.slowloris, args.seconds, results)),
+            "slowloris": (slowloris, (port, args.slowloris, args.seconds, args.slowloris_reopen, results)),
             "header": (big_header, (port, args.header_mb, args.seconds, results)),
             "flood": (flood, (base, flood_token, args.flood_rate, args.seconds, results)),
         }
         attackers = [
-            multiprocessing.Process(target=target, args=arguments)
+            multiprocessing.Process(target=_niced, args=(args.attackers_nice, target, arguments))
             for name, (target, arguments) in chosen.items()
             if name in args.attacks.split(",")
         ]
@@ -301,7 +324,7 @@ def main() -> int:
             print(f"  {name}: {outcome}")
         for attacker in attackers:
             attacker.join()
-        print(f"load average during the attack: {load}")
+        print(f"load average during the attack: {load}; attackers at niceness {args.attackers_nice}")
         print("service memory (RSS, MB; supervisor, then workers and helpers):", end=" ")
         print(", ".join(f"{mb:.0f}" for mb in worker_memory_mb(server.pid)))
         p95 = percentile(under_attack["latencies"], 0.95) * 1000
