@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import tempfile
 import tomllib
 from pathlib import Path
@@ -59,6 +60,10 @@ def worker_app() -> Any:
     )
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(lake: Path, config: dict[str, Any], host: str, port: int, log_level: str, access_log: bool) -> None:
     """Run the service until it is stopped (SIGINT/SIGTERM); returns when all workers are down."""
     import uvicorn
@@ -66,6 +71,9 @@ def serve(lake: Path, config: dict[str, Any], host: str, port: int, log_level: s
     from serving.limits import BucketTable
 
     server, limits = config["server"], config["limits"]
+    # uvicorn shuts down gracefully on SIGTERM and then raises it again; without a handler that
+    # would end the process on the spot, leaving the state folder behind
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with tempfile.TemporaryDirectory(prefix="credit-serve-") as state:
         config["rate_limit"]["shared_table"] = str(
             BucketTable.create(Path(state) / "buckets", int(config["rate_limit"]["clients_tracked"]))

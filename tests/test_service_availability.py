@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ import httpx
 import pytest
 
 from serving.limits import BucketTable
-from tests.service_support import build_lake, credit, serving
+from tests.service_support import REPO, build_lake, credit, free_port, serving
 
 HEADER_TIMEOUT = 2.0
 ANONYMOUS_BURST = 5
@@ -53,7 +56,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = root / "service.toml"
     config.write_text(SETTINGS, "utf-8")
     with serving(lake, config) as base:
-        yield {"base": base, "tokens": tokens, "port": int(base.rsplit(":", 1)[1])}
+        yield {"base": base, "tokens": tokens, "port": int(base.rsplit(":", 1)[1]), "lake": lake}
 
 
 def client(
@@ -332,3 +335,29 @@ def test_headers_over_the_cap_are_refused_with_431(service: dict) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
         assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
         assert _closed_by_server(sock, 3)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopped_service_leaves_no_state_behind(service: dict, tmp_path: Path, workers: int) -> None:
+    lake = service["lake"]
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--lake", str(lake), "--port", str(port)]
+    process = subprocess.Popen([*command, "--workers", str(workers)], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(f"http://127.0.0.1:{port}") and time.monotonic() < deadline:
+            assert process.poll() is None
+            time.sleep(0.2)
+        assert any(tmp_path.glob("credit-serve-*"))  # the shared rate-limit table and settings
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert not any(tmp_path.glob("credit-serve-*"))
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return bool(httpx.get(base + "/healthz", timeout=2).json().get("ok"))
+    except httpx.HTTPError:
+        return False
