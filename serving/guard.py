@@ -191,12 +191,25 @@ class InFlightCap:
             )
             return None
         self.busy[key] += 1
+        answered = False
+
+        def release() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self.busy[key] -= 1
+                if self.busy[key] <= 0:
+                    del self.busy[key]
+
+        async def send_counted(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()  # answered: the client may send its next request before the app unwinds
+            await send(message)
+
         try:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send_counted)
         finally:
-            self.busy[key] -= 1
-            if self.busy[key] <= 0:
-                del self.busy[key]
+            release()
 
 
 async def _refuse(send: Any, status: int, body: bytes) -> None:
