@@ -65,16 +65,12 @@ class ConnectionRules:
         self.trusted = TrustedProxies(list(config["server"]["trusted_proxies"]))
         self.open: Counter[str] = Counter()
 
-    def admit(self, host: str | None) -> str | None | bool:
-        """The key counted for a new connection (None: a trusted proxy, not counted), or False
-        when the address already holds its share."""
-        if host in self.trusted:
-            return None
-        key = client_key(host)
+    def claim(self, key: str) -> bool:
+        """Count a new connection of client ``key``; False when it already holds its share."""
         if self.open[key] >= self.per_client:
             return False
         self.open[key] += 1
-        return key
+        return True
 
     def release(self, key: str) -> None:
         self.open[key] -= 1
@@ -99,15 +95,18 @@ class GuardedH11Protocol(H11Protocol):
         self.counted_as: str | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
         self.header_bytes = 0  # of the request being received
+        self.header_tail = b""  # its last bytes so far
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        admitted = self.guard.admit(self.client[0] if self.client else None)
-        if admitted is False:
-            log.debug("refused a connection from %s: it holds its share of connections", self.client)
-            transport.abort()
-            return
-        self.counted_as = admitted or None
+        host = self.client[0] if self.client else None
+        if host not in self.guard.trusted:  # a trusted proxy carries many clients: it caps them itself
+            key = client_key(host)
+            if not self.guard.claim(key):
+                log.debug("refused a connection from %s: it holds its share of connections", self.client)
+                transport.abort()
+                return
+            self.counted_as = key
         self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -122,7 +121,9 @@ class GuardedH11Protocol(H11Protocol):
             if self.header_deadline is None:
                 self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
             self.header_bytes += len(data)
-            if self.header_bytes > self.config.h11_max_incomplete_event_size and b"\r\n\r\n" not in data:
+            ended = b"\r\n\r\n" in self.header_tail + data  # (the end may straddle two reads)
+            self.header_tail = data[-3:]
+            if self.header_bytes > self.config.h11_max_incomplete_event_size and not ended:
                 # refused before h11 sees it: h11 would refuse too (400), with a warning logged per attack
                 log.debug("refused a request from %s: headers over %d bytes", self.client, self.header_bytes)
                 self._close_with(_TOO_LARGE_REPLY)
@@ -130,7 +131,7 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()  # headers complete (or refused with 400)
-            self.header_bytes = 0
+            self.header_bytes, self.header_tail = 0, b""
 
     def on_response_complete(self) -> None:
         if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
