@@ -11,24 +11,30 @@ from pipelines.lake import DEFAULT_LAKE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from serving.app import create_app, load_config
+    from serving.server import load_settings, preflight, serve
 
     lake = Path(args.lake)
     if not (lake / "published").is_dir():
         raise FileNotFoundError(f"no published versions under {lake}; run `credit run` first")
-    app = create_app(lake, load_config(Path(args.config) if args.config else None))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        limit_concurrency=args.limit_concurrency,
-        timeout_keep_alive=30,
-        h11_max_incomplete_event_size=16 * 1024,
-    )
+    overrides = {
+        "server": {
+            "workers": args.workers,
+            "trusted_proxies": args.trusted_proxy,
+            "limit_concurrency": args.limit_concurrency,
+        },
+        "limits": {
+            "max_header_bytes": args.max_header_bytes,
+            "header_timeout_seconds": args.header_timeout,
+            "connections_per_client": args.connections_per_client,
+        },
+        "rate_limit": {
+            "requests_per_second": args.requests_per_second,
+            "anonymous_requests_per_second": args.anonymous_requests_per_second,
+        },
+    }
+    config = load_settings(Path(args.config) if args.config else None, overrides)
+    preflight(lake, config)
+    serve(lake, config, args.host, args.port, args.log_level, args.access_log)
     return 0
 
 
@@ -119,8 +125,46 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the server's log level (stderr)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    # the defaults of these live in config/service.toml; an option given here overrides it
+    setting = "(default: %s in config/service.toml or --config)"
+    serve.add_argument("--workers", type=int, help="worker processes " + setting % "[server] workers")
     serve.add_argument(
-        "--limit-concurrency", type=int, default=200, help="requests in flight before the service answers 503"
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDRESS",
+        help="a reverse proxy address or network whose X-Forwarded-For is believed; repeat for several "
+        + setting % "[server] trusted_proxies",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help="connections + requests in flight per worker before 503 "
+        + setting % "[server] limit_concurrency",
+    )
+    serve.add_argument(
+        "--max-header-bytes", type=int, help="request line + headers " + setting % "[limits] max_header_bytes"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time for a request's headers to arrive " + setting % "[limits] header_timeout_seconds",
+    )
+    serve.add_argument(
+        "--connections-per-client",
+        type=int,
+        help="open connections per client address and worker " + setting % "[limits] connections_per_client",
+    )
+    serve.add_argument(
+        "--requests-per-second",
+        type=float,
+        help="rate per token " + setting % "[rate_limit] requests_per_second",
+    )
+    serve.add_argument(
+        "--anonymous-requests-per-second",
+        type=float,
+        help="rate per client address without a valid token "
+        + setting % "[rate_limit] anonymous_requests_per_second",
     )
     serve.set_defaults(func=cmd_serve)
 
