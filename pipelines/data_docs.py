@@ -82,11 +82,14 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _page(title: str, body: str, depth: int) -> str:
-    home = "../" * depth + "index.html"
+    home = (
+        f'<p class="muted"><a href="{"../" * depth}index.html">Data Docs: every night</a></p>'
+        if depth
+        else ""
+    )
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>"
-        f'<p class="muted"><a href="{home}">Data Docs: every night</a></p>'
+        f"<style>{_STYLE}</style></head><body>{home}"
         f"<h1>{html.escape(title)}</h1>{body}</body></html>\n"
     )
 
@@ -98,7 +101,8 @@ def _verdict(success: Any) -> str:
 def _columns(kwargs: dict[str, Any]) -> str:
     names = [kwargs[k] for k in ("column", "column_A", "column_B") if kwargs.get(k)]
     names += list(kwargs.get("column_list") or [])
-    return ", ".join(str(n) for n in names)
+    where = f" where {kwargs['row_condition']}" if kwargs.get("row_condition") else ""
+    return ", ".join(str(n) for n in names) + where
 
 
 def _found(outcome: dict[str, Any]) -> str:

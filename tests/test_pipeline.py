@@ -174,10 +174,11 @@ def test_each_run_leaves_a_report_and_data_docs(lake: Path) -> None:
     ):
         assert heading in page, heading
     assert page.count("<svg") >= 3 and "<script" not in page  # empty charts say "nothing to show"
-    docs = reports / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    assert "gx/gx/uncommitted/data_docs/local_site/index.html" in page
+    assert "run <b>test-run</b> success" in page and "<b>published</b>" in page
+    docs = lake / "reports" / "data-docs" / "index.html"
+    assert f"../data-docs/index.html#night-{BUSINESS_DATE}" in page
     index = docs.read_text("utf-8")
     for suite in ("lending.raw", "lending.standardised", "violations.standardised", "profiles"):
         assert suite in index, suite
-    validations = list((docs.parent / "validations").rglob("*.html"))
+    validations = list((docs.parent / BUSINESS_DATE).glob("*.html"))
     assert len(validations) >= 13  # six raw + six standardised suites + the profiles suite
