@@ -26,6 +26,7 @@ import polars as pl
 
 from pipelines.data_docs import build_site, site_index
 from pipelines.lake import Lake, atomic_path, write_json
+from pipelines.sources import load_sources
 
 RUN_RECORD = "run.json"
 FAILURES_DIR = "failures"
@@ -202,14 +203,20 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
     problems += [["books", p] for p in books.get("problems", [])]
     if problems:
         sections.append(_table("Held back or failed", ["where", "problem"], problems))
+    # every registered source gets its row, one whose chain stopped early too
+    reports = {name: reports.get(name, {}) for name in sorted(set(reports) | set(load_sources()))}
     rows = [
         [
             name,
-            r.get("extracted"),
-            r.get("accepted"),
-            r.get("quarantined"),
-            r.get("snapshot_records"),
-            "stale (last good snapshot)" if r.get("stale") else "fresh",
+            r.get("extracted", ""),
+            r.get("accepted", ""),
+            r.get("quarantined", ""),
+            r.get("snapshot_records", ""),
+            "not validated in this run"
+            if not r
+            else "stale (last good snapshot)"
+            if r.get("stale")
+            else "fresh",
             r.get("newest") or "",
         ]
         for name, r in reports.items()

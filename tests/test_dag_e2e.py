@@ -168,6 +168,7 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
         "<td>SourceUnavailableError: source &#x27;contract&#x27; is unavailable" in page
     )
     assert "<tr><td>contract.validate</td><td>upstream_failed</td></tr>" in page
+    assert "<tr><td>contract</td><td>None</td>" not in page and "not validated in this run" in page
     assert report_link(run).endswith(f"/reports/{BUSINESS_DATE}/report.html")
 
 
