@@ -21,18 +21,25 @@ from pipelines.dictionary import _COLUMN_KEYS, Column, DictionaryError, _checked
 from pipelines.lake import REPO_ROOT
 from pipelines.profiles import MONEY
 from pipelines.publish import row_group_rows
+from pipelines.settings import config_path
 
-PUBLISHED_COLUMNS = REPO_ROOT / "config" / "published_columns.toml"
-DATA_DICTIONARY = REPO_ROOT / "docs" / "data_dictionary.md"
+PUBLISHED_COLUMNS_FILE = "published_columns.toml"
+#: the generated data dictionary, relative to the checkout (and `credit dictionary`'s folder)
+DICTIONARY_FILE = Path("docs") / "data_dictionary.md"
+DATA_DICTIONARY = REPO_ROOT / DICTIONARY_FILE
 #: the published tables, in the order the data dictionary shows them
 TABLES = ("profiles", "links", "entities", "changes")
 #: the Parquet field-metadata keys a column's description is written under
 FIELD_KEYS = ("label", "label_en", "unit", "description")
 
 
+def _other_tables() -> dict[str, dict[str, Column]]:
+    """table -> column -> ``Column`` for links, entities and changes (config/published_columns.toml)."""
+    return _read_tables(config_path(PUBLISHED_COLUMNS_FILE))
+
+
 @cache
-def _other_tables(path: Path = PUBLISHED_COLUMNS) -> dict[str, dict[str, Column]]:
-    """table -> column -> ``Column`` for links, entities and changes."""
+def _read_tables(path: Path) -> dict[str, dict[str, Column]]:
     try:
         raw = tomllib.loads(Path(path).read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:

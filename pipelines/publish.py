@@ -20,11 +20,12 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PublishError
-from pipelines.lake import REPO_ROOT, write_json
+from pipelines.lake import write_json
+from pipelines.settings import config_path
 
 log = logging.getLogger(__name__)
 DATASETS = ("profiles", "links", "entities")
-PUBLISHING_CONFIG = REPO_ROOT / "config" / "publishing.toml"
+PUBLISHING_CONFIG = config_path("publishing.toml")
 CHANGES_SCHEMA = {
     "entity_id": pl.String,
     "change": pl.String,
@@ -109,7 +110,7 @@ def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_grou
     """One published file: each column's label, unit and description in its Parquet field metadata
     (config/profile_columns.toml, config/published_columns.toml), row groups of ``rows_per_group``
     rows with min/max statistics. Written into the staging directory (renamed whole later)."""
-    from pipelines.datadict import DATA_DICTIONARY, described_schema
+    from pipelines.datadict import DICTIONARY_FILE, described_schema
     from pipelines.dictionary import DictionaryError
 
     try:
@@ -122,7 +123,7 @@ def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_grou
         row_group_size=rows_per_group,
         statistics=True,
         arrow_schema=schema,
-        metadata={"table": table, "data_dictionary": str(DATA_DICTIONARY.relative_to(REPO_ROOT))},
+        metadata={"table": table, "data_dictionary": str(DICTIONARY_FILE)},
     )
 
 
