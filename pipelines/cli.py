@@ -241,12 +241,12 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
         fresh = render_markdown(published_schemas())
         if not target.exists() or target.read_text("utf-8") != fresh:
             print(f"{target} is stale: run `credit dictionary --out {target}`", file=sys.stderr)
-            return 2
+            return EXIT_FAILED
         print(f"{target} is up to date")
-        return 0
+        return EXIT_OK
     write_dictionary(target)
     print(f"wrote {target}")
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dictionary",
         help="generate the data dictionary of the published tables (Markdown)",
         description="From config/profile_columns.toml, config/published_columns.toml and the "
-        "published column types; --check exits 2 when the file differs from what would be generated.",
+        "published column types; --check fails (exit 1) when the file differs from what would be generated.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     dd.add_argument("--out", default=str(DICTIONARY_FILE), help="the Markdown file to write or check")
