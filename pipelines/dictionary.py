@@ -1,0 +1,127 @@
+"""The column dictionary: label, unit and description of each profile column, from one file.
+
+config/profile_columns.toml is the one place a profile column is described; the Parquet schema
+metadata, the firm page and the credit report read it through ``load_columns`` so that a label
+or unit is never restated. The list flag columns are derived from the lists of
+config/grading.toml (their label is the list's own), so a list added there is described at once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pipelines.lake import REPO_ROOT
+from pipelines.profiles import load_grading
+
+DEFAULT_COLUMNS = REPO_ROOT / "config" / "profile_columns.toml"
+_COLUMN_KEYS = {"label", "label_en", "unit", "ratio", "description", "domain"}
+_DOMAIN_KEYS = {"label", "label_en"}
+
+
+class DictionaryError(ValueError):
+    """config/profile_columns.toml that cannot describe the profile: names file, column, problem."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """What one profile column is, in the words a page or a report shows."""
+
+    name: str
+    label: str
+    label_en: str
+    description: str
+    unit: str | None = None
+    ratio: bool = False  # a share 0-1, shown as a percentage
+    domain: str | None = None  # a source domain of config/disclosure.toml
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DomainLabel:
+    """The title of a source domain's panel."""
+
+    name: str
+    label: str
+    label_en: str
+
+
+def _checked(table: dict[str, Any], allowed: set[str], required: tuple[str, ...], where: str) -> None:
+    """Known keys, required text present and non-empty, ``ratio`` a boolean."""
+    if not isinstance(table, dict):
+        raise DictionaryError(f"{where}: must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise DictionaryError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = [key for key in required if not (isinstance(table.get(key), str) and table[key].strip())]
+    if missing:
+        raise DictionaryError(f"{where}: missing or empty {missing}")
+    if not isinstance(table.get("ratio", False), bool):
+        raise DictionaryError(f"{where}: ratio must be true or false")
+
+
+def _flag_columns(grading: dict[str, Any]) -> dict[str, Column]:
+    """One true/false column per list of the grading that names a ``flag``."""
+    return {
+        entry["flag"]: Column(
+            name=entry["flag"],
+            label=f"列入{entry['label']}",
+            label_en=f"on the {entry['label_en']}",
+            description=(
+                f"True while one of the firm's records puts it on the {entry['label_en']} "
+                f"({entry['label']}; list {entry['id']} of config/grading.toml)."
+            ),
+        )
+        for entry in grading.get("lists", [])
+        if "flag" in entry
+    }
+
+
+@cache
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DictionaryError(f"{path}: cannot read the column dictionary: {exc}") from exc
+
+
+def load_columns(path: Path = DEFAULT_COLUMNS, grading: dict[str, Any] | None = None) -> dict[str, Column]:
+    """Column name -> ``Column``, in the file's order, then the list flags of the grading."""
+    raw = _read(Path(path))
+    flags = _flag_columns(grading if grading is not None else load_grading())
+    columns: dict[str, Column] = {}
+    for name, table in raw.get("columns", {}).items():
+        where = f"{path}: [columns.{name}]"
+        _checked(table, _COLUMN_KEYS, ("label", "label_en", "description"), where)
+        if name in flags:
+            raise DictionaryError(f"{where}: a list flag column is described by its list in grading.toml")
+        if table.get("ratio") and table.get("unit", "%") != "%":
+            raise DictionaryError(f"{where}: a ratio is shown in %, not {table['unit']!r}")
+        columns[name] = Column(name=name, **table)
+    domains = load_domains(path)
+    unknown = sorted({c.domain for c in columns.values() if c.domain and c.domain not in domains})
+    if unknown:
+        raise DictionaryError(f"{path}: domain(s) {unknown} have no [domains.X] label")
+    return {**columns, **flags}
+
+
+def load_domains(path: Path = DEFAULT_COLUMNS) -> dict[str, DomainLabel]:
+    """Source domain -> its panel title, in the file's order."""
+    out = {}
+    for name, table in _read(Path(path)).get("domains", {}).items():
+        _checked(table, _DOMAIN_KEYS, ("label", "label_en"), f"{path}: [domains.{name}]")
+        out[name] = DomainLabel(name=name, **table)
+    return out
+
+
+def coverage(columns: dict[str, Column], profile_columns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(profile columns the dictionary lacks, dictionary entries the profile does not have)."""
+    return (
+        [c for c in profile_columns if c not in columns],
+        [c for c in columns if c not in profile_columns],
+    )
