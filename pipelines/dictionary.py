@@ -14,12 +14,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from pipelines.lake import REPO_ROOT
 from pipelines.profiles import load_grading
+from pipelines.schema import CANONICAL_SCHEMA, RECORD_TYPES
 
 DEFAULT_COLUMNS = REPO_ROOT / "config" / "profile_columns.toml"
 _COLUMN_KEYS = {"label", "label_en", "unit", "ratio", "description", "domain"}
 _DOMAIN_KEYS = {"label", "label_en"}
+_RECORD_TYPE_KEYS = {"label", "label_en", "reference"}
+_EVIDENCE_KEYS = {"label", "label_en", "unit", "description"}
 
 
 class DictionaryError(ValueError):
@@ -125,3 +130,40 @@ def coverage(columns: dict[str, Column], profile_columns: tuple[str, ...]) -> tu
         [c for c in profile_columns if c not in columns],
         [c for c in columns if c not in profile_columns],
     )
+
+
+def load_record_types(path: Path = DEFAULT_COLUMNS) -> dict[str, dict[str, str]]:
+    """Record type -> {label, label_en, reference}: one entry per type of pipelines/schema.py."""
+    out = {}
+    for name, table in _read(Path(path)).get("record_types", {}).items():
+        where = f"{path}: [record_types.{name}]"
+        _checked(table, _RECORD_TYPE_KEYS, ("label", "label_en"), where)
+        if name not in RECORD_TYPES:
+            raise DictionaryError(f"{where}: not a record type of pipelines/schema.py")
+        if table.get("reference", "detail") not in CANONICAL_SCHEMA:
+            raise DictionaryError(f"{where}: reference {table['reference']!r} is not a canonical column")
+        out[name] = {"reference": "source_record_id", **table}
+    return out
+
+
+def load_evidence_fields(path: Path = DEFAULT_COLUMNS) -> dict[str, dict[str, str]]:
+    """Evidence field -> {label, label_en, unit?, description}, in the order the evidence shows them."""
+    out = {}
+    for name, table in _read(Path(path)).get("evidence", {}).items():
+        where = f"{path}: [evidence.{name}]"
+        _checked(table, _EVIDENCE_KEYS, ("label", "label_en", "description"), where)
+        if name not in CANONICAL_SCHEMA and name != "reference":
+            raise DictionaryError(f"{where}: not a canonical column (pipelines/schema.py) nor reference")
+        out[name] = dict(table)
+    return out
+
+
+def reference_expr(path: Path = DEFAULT_COLUMNS) -> pl.Expr:
+    """``reference``: each record's decision, case or report number (its type's ``reference``
+    column, else the source's own record id)."""
+    out = pl.col("source_record_id")
+    for name, entry in load_record_types(path).items():
+        if entry["reference"] != "source_record_id":
+            column = pl.col(entry["reference"]).cast(pl.String)
+            out = pl.when(pl.col("record_type") == name).then(column.fill_null(out)).otherwise(out)
+    return out.alias("reference")
