@@ -166,11 +166,18 @@ def test_without_a_token_the_page_asks_for_one(browser, site: dict) -> None:  # 
     page.goto(site["base"] + "/search")
     assert page.is_visible("#login") and not page.is_visible("#app")
     page.fill("#token", "cr_wrong")
-    page.click("#login button[type=submit]")
-    page.wait_for_selector("#app:not([hidden])")
-    page.fill("#q", "华兴")
-    page.click("#search-form button[type=submit]")
-    page.wait_for_selector("#login:not([hidden])")  # the 401 sends the visitor back to sign in
+    # the page's first call (the list pickers) gets a 401, which sends the visitor back to sign in
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/lists") and r.status == 401):
+        page.click("#login button[type=submit]")
+    page.wait_for_selector("#login:not([hidden])")
+    assert not page.is_visible("#app")
+    # a firm page likewise: its report is refused and no firm is shown
+    page.goto(site["base"] + "/firm/X0000000000000000")
+    page.fill("#token", "cr_wrong")
+    with page.expect_response(lambda r: "/report?format=html" in r.url and r.status == 401):
+        page.click("#login button[type=submit]")
+    page.wait_for_selector("#login:not([hidden])")
+    assert not page.is_visible("#app") and page.locator("#report .credit-report").count() == 0
 
 
 def test_public_page_of_an_individual_business_shows_no_loans(browser, site: dict) -> None:  # noqa: ANN001
