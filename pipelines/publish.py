@@ -187,6 +187,7 @@ EXPLANATIONS = {"deductions": "rule", "vetoes": "list"}
 def _reason_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     """Deductions and vetoes that came into force or expired, one change per (rule or list, record):
     a new record under a rule already in force is one ``reason_added``, not the whole reason again."""
+
     def itemised(frame: pl.DataFrame, column: str) -> bool:
         dtype = frame.schema.get(column)
         return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
