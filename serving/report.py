@@ -417,6 +417,24 @@ def timeline_svg(report: FirmReport) -> str:
     )
 
 
+#: what each timeline colour means
+_MARK_LABELS = {"veto": "否决 veto", "deducts": "扣分 deducts", "none": "其他记录 other records"}
+
+
+def _legend() -> str:
+    """The timeline's key, drawn with the colours the timeline uses."""
+    parts, x = [], 0
+    for kind, colour in _MARK.items():
+        parts.append(_tag("rect", "", x=x, y=3, width=6, height=12, fill=colour))
+        parts.append(_tag("text", escape(_MARK_LABELS[kind]), x=x + 10, y=14))
+        x += 130
+    parts.append(_tag("circle", "", cx=x + 6, cy=9, r=6, fill=_GRADE_COLOUR["A"]))
+    parts.append(_tag("text", "各版本等级 grade per version", x=x + 16, y=14))
+    return _tag(
+        "svg", "".join(parts), xmlns="http://www.w3.org/2000/svg", width=x + 200, height=18, class_="legend"
+    )
+
+
 def fragment(report: FirmReport) -> str:
     """The report's body: what the firm page shows and the PDF prints."""
     profile = report.profile
@@ -441,17 +459,17 @@ def fragment(report: FirmReport) -> str:
         ),
         _tag("h2", "时间线 Timeline"),
         _tag("div", timeline_svg(report), id="history"),
+        _legend(),
         _tag(
-            "p",
-            "■ 否决 veto　■ 扣分 deducts　■ 其他 other records　● 各版本等级 grade per version",
-            class_="hint",
-        ),
-        _tag("h2", "关联记录 Linked records (evidence)"),
-        _tag("div", _records_table(report.records, counted, with_match=True), id="evidence"),
-        _tag(
-            "p",
-            "匹配等级 match grade: 代码、名称、法定代表人 — A 相同 same, B 相似 similar, F 不同 different, Z 缺失 missing.",
-            class_="hint",
+            "div",
+            _tag("h2", "关联记录 Linked records (evidence)")
+            + _records_table(report.records, counted, with_match=True)
+            + _tag(
+                "p",
+                "匹配等级 match grade: 代码、名称、法定代表人 — A 相同 same, B 相似 similar, F 不同 different, Z 缺失 missing.",
+                class_="hint",
+            ),
+            id="evidence",
         ),
     ]
     return _tag("article", "".join(out), class_="credit-report")
@@ -464,7 +482,7 @@ def document(report: FirmReport) -> str:
     return (
         '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{css}</style></head><body>"
-        f'<header class="report-head">企业信用报告 Credit report · {escape(date.today().isoformat())}</header>'
+        f'<header class="report-head">企业信用报告 Credit report · {escape(report.version)}</header>'
         f"{fragment(report)}</body></html>"
     )
 
