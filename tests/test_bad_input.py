@@ -350,7 +350,7 @@ def _inject_department_kinds(src: Path) -> None:
     row = {**_csv_template(contract, "gbk"), "更新时间": STAMP}
     lines = [
         _rfc_line(row, {"记录编号": "BAD-DECCOMMA", "未履行金额": "1,5"}),
-        _rfc_line(row, {"记录编号": "BAD-YEAR1", "立案日期": "0001-01-01"}),
+        _rfc_line(row, {"记录编号": "BAD-YEAR1", "发布日期": "0001-01-01"}),
         _rfc_line(row, {"记录编号": "RFC-NEWLINE", "案号": '(2024)浙0203执1号,\r\n"补充" 第二行'}),
         _rfc_line(row, {"记录编号": "RFC-CR", "未履行金额": "1,234,567.5"}, end="\r"),
         _rfc_line(row, {"记录编号": "RFC-FULLWIDTH", "未履行金额": "１２３．５"}, end="\r\n"),

@@ -128,6 +128,9 @@ def profiles(rows: list[dict]) -> pl.DataFrame:
         lending_amount=0.0,
         tax_arrears_balance=0.0,
         contract_cases=0,
+        lists=[],
+        deductions=[],
+        vetoes=[],
     )
     return pl.DataFrame([{**base, **row} for row in rows])
 
