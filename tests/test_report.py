@@ -4,6 +4,7 @@ with poppler (pdftotext for its words, pdftoppm for how its first page looks).""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,8 +31,9 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("report")
     _, lake = build_lake(root, entities=400)
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
-    shots = root / "screenshots"
-    shots.mkdir()
+    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
+    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     print(f"\nreport screenshots under {shots}")
     return {"lake": lake, "profiles": profiles, "shots": shots}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,8 +35,9 @@ def browser():
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("pages")
     sources, lake = build_lake(root, entities=800)
-    shots = root / "screenshots"
-    shots.mkdir()
+    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
+    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     print(f"\npage screenshots under {shots}")
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)
