@@ -427,7 +427,7 @@ def _legend() -> str:
     for kind, colour in _MARK.items():
         parts.append(_tag("rect", "", x=x, y=3, width=6, height=12, fill=colour))
         parts.append(_tag("text", escape(_MARK_LABELS[kind]), x=x + 10, y=14))
-        x += 130
+        x += 170
     parts.append(_tag("circle", "", cx=x + 6, cy=9, r=6, fill=_GRADE_COLOUR["A"]))
     parts.append(_tag("text", "各版本等级 grade per version", x=x + 16, y=14))
     return _tag(
