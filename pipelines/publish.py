@@ -20,12 +20,13 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PublishError
-from pipelines.lake import REPO_ROOT, write_json
+from pipelines.lake import write_json
+from pipelines.settings import config_path
 
 log = logging.getLogger(__name__)
 PROFILE_ROW_GROUP = 50_000
 DATASETS = ("profiles", "links", "entities")
-PUBLISHING_CONFIG = REPO_ROOT / "config" / "publishing.toml"
+PUBLISHING_CONFIG = config_path("publishing.toml")
 CHANGES_SCHEMA = {
     "entity_id": pl.String,
     "change": pl.String,

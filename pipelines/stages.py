@@ -270,12 +270,11 @@ def _accepted(lake: Lake) -> pl.LazyFrame:
 
 def resolution_settings() -> dict[str, Any]:
     """config/resolution.toml (CREDIT_RESOLUTION_CONFIG points a deployment at its own)."""
-    import os
     import tomllib
 
-    from pipelines.lake import REPO_ROOT
+    from pipelines.settings import config_path
 
-    path = Path(os.environ.get("CREDIT_RESOLUTION_CONFIG") or REPO_ROOT / "config" / "resolution.toml")
+    path = config_path("resolution.toml")
     settings = tomllib.loads(path.read_text("utf-8"))
     if settings.get("engine", "rules") not in ("rules", "fellegi_sunter"):
         raise ValueError(f"{path}: engine must be 'rules' or 'fellegi_sunter'")
@@ -443,7 +442,7 @@ def reconcile(
 
 
 def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
-    from pipelines import quality
+    from pipelines.data_docs import build_site
     from pipelines.publish import publish_version
     from pipelines.report import build_run_report
     from pipelines.state import record
@@ -503,8 +502,8 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         },
         lake.reports / "summary.json",
     )
+    docs = build_site(lake.root / "reports")
     report = build_run_report(lake.root, business_date)
-    docs = quality.data_docs_index(lake.reports / "gx")
     log.info("run report: %s", report.resolve().as_uri())
     log.info("Great Expectations Data Docs: %s", docs.resolve().as_uri())
     return {**result, "report": str(report), "data_docs": str(docs)}
