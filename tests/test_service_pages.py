@@ -31,6 +31,15 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture(autouse=True)
+def close_pages(browser):  # noqa: ANN001 - Playwright browser
+    """Each test's pages closed after it: their kept-alive connections count against the service's
+    connections per client address ([limits] connections_per_client), as a real visitor's would."""
+    yield
+    for context in list(browser.contexts):
+        context.close()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("pages")
