@@ -14,12 +14,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import REPO_ROOT
-from pipelines.profiles import load_grading
+import polars as pl
 
-DEFAULT_COLUMNS = REPO_ROOT / "config" / "profile_columns.toml"
+from pipelines.profiles import load_grading
+from pipelines.schema import CANONICAL_SCHEMA, RECORD_TYPES
+from pipelines.settings import config_path
+
+#: the dictionary's file name under config/ (CREDIT_PROFILE_COLUMNS_CONFIG points elsewhere)
+COLUMNS_FILE = "profile_columns.toml"
 _COLUMN_KEYS = {"label", "label_en", "unit", "ratio", "description", "domain"}
 _DOMAIN_KEYS = {"label", "label_en"}
+_RECORD_TYPE_KEYS = {"label", "label_en", "reference"}
+_EVIDENCE_KEYS = {"label", "label_en", "unit", "description"}
 
 
 class DictionaryError(ValueError):
@@ -82,17 +88,23 @@ def _flag_columns(grading: dict[str, Any]) -> dict[str, Column]:
     }
 
 
+def _resolve(path: Path | None) -> Path:
+    """``path``, else config/profile_columns.toml (or the file CREDIT_PROFILE_COLUMNS_CONFIG names)."""
+    return Path(path) if path else config_path(COLUMNS_FILE)
+
+
 @cache
-def _read(path: Path) -> dict[str, Any]:
+def _parse(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise DictionaryError(f"{path}: cannot read the column dictionary: {exc}") from exc
 
 
-def load_columns(path: Path = DEFAULT_COLUMNS, grading: dict[str, Any] | None = None) -> dict[str, Column]:
+def load_columns(path: Path | None = None, grading: dict[str, Any] | None = None) -> dict[str, Column]:
     """Column name -> ``Column``, in the file's order, then the list flags of the grading."""
-    raw = _read(Path(path))
+    path = _resolve(path)
+    raw = _parse(path)
     flags = _flag_columns(grading if grading is not None else load_grading())
     columns: dict[str, Column] = {}
     for name, table in raw.get("columns", {}).items():
@@ -110,10 +122,11 @@ def load_columns(path: Path = DEFAULT_COLUMNS, grading: dict[str, Any] | None = 
     return {**columns, **flags}
 
 
-def load_domains(path: Path = DEFAULT_COLUMNS) -> dict[str, DomainLabel]:
+def load_domains(path: Path | None = None) -> dict[str, DomainLabel]:
     """Source domain -> its panel title, in the file's order."""
+    path = _resolve(path)
     out = {}
-    for name, table in _read(Path(path)).get("domains", {}).items():
+    for name, table in _parse(path).get("domains", {}).items():
         _checked(table, _DOMAIN_KEYS, ("label", "label_en"), f"{path}: [domains.{name}]")
         out[name] = DomainLabel(name=name, **table)
     return out
@@ -125,3 +138,43 @@ def coverage(columns: dict[str, Column], profile_columns: tuple[str, ...]) -> tu
         [c for c in profile_columns if c not in columns],
         [c for c in columns if c not in profile_columns],
     )
+
+
+def load_record_types(path: Path | None = None) -> dict[str, dict[str, str]]:
+    """Record type -> {label, label_en, reference}: one entry per type of pipelines/schema.py."""
+    path = _resolve(path)
+    out = {}
+    for name, table in _parse(path).get("record_types", {}).items():
+        where = f"{path}: [record_types.{name}]"
+        _checked(table, _RECORD_TYPE_KEYS, ("label", "label_en"), where)
+        if name not in RECORD_TYPES:
+            raise DictionaryError(f"{where}: not a record type of pipelines/schema.py")
+        if table.get("reference", "detail") not in CANONICAL_SCHEMA:
+            raise DictionaryError(f"{where}: reference {table['reference']!r} is not a canonical column")
+        out[name] = {"reference": "source_record_id", **table}
+    return out
+
+
+def load_evidence_fields(path: Path | None = None) -> dict[str, dict[str, str]]:
+    """Evidence field -> {label, label_en, unit?, description}, in the order the evidence shows them."""
+    path = _resolve(path)
+    out = {}
+    for name, table in _parse(path).get("evidence", {}).items():
+        where = f"{path}: [evidence.{name}]"
+        _checked(table, _EVIDENCE_KEYS, ("label", "label_en", "description"), where)
+        if name not in CANONICAL_SCHEMA and name != "reference":
+            raise DictionaryError(f"{where}: not a canonical column (pipelines/schema.py) nor reference")
+        out[name] = dict(table)
+    return out
+
+
+def reference_expr(path: Path | None = None) -> pl.Expr:
+    """``reference``: each record's decision, case or report number (its type's ``reference``
+    column, else the source's own record id)."""
+    path = _resolve(path)
+    out = pl.col("source_record_id")
+    for name, entry in load_record_types(path).items():
+        if entry["reference"] != "source_record_id":
+            column = pl.col(entry["reference"]).cast(pl.String)
+            out = pl.when(pl.col("record_type") == name).then(column.fill_null(out)).otherwise(out)
+    return out.alias("reference")

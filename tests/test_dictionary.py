@@ -3,10 +3,20 @@
 import tomllib
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from pipelines.dictionary import DictionaryError, coverage, load_columns, load_domains
+from pipelines.dictionary import (
+    DictionaryError,
+    coverage,
+    load_columns,
+    load_domains,
+    load_evidence_fields,
+    load_record_types,
+    reference_expr,
+)
 from pipelines.profiles import PROFILE_COLUMNS, load_grading
+from pipelines.schema import RECORD_TYPES
 from serving.disclosure import DEFAULT_POLICY, Domain
 
 
@@ -61,3 +71,25 @@ def test_a_broken_dictionary_names_its_problem(tmp_path: Path, text: str, proble
     with pytest.raises(DictionaryError, match="columns") as caught:
         load_columns(path)
     assert problem in str(caught.value)
+
+
+def test_every_record_type_is_named_and_evidence_fields_exist():
+    assert set(load_record_types()) == set(RECORD_TYPES)
+    fields = load_evidence_fields()
+    assert {"event_date", "authority", "reference", "amount", "status", "end_date"} <= set(fields)
+    assert fields["amount"]["unit"] == "元"
+
+
+def test_reference_is_the_case_number_for_court_records_and_the_record_id_otherwise():
+    frame = pl.DataFrame(
+        {
+            "record_type": ["dishonest_debtor", "penalty", "enforcement"],
+            "source_record_id": ["C1", "市监罚〔2026〕1号", "C3"],
+            "detail": ["(2022)豫0724执恢54号", "违法广告", None],
+        }
+    )
+    assert frame.select(reference_expr())["reference"].to_list() == [
+        "(2022)豫0724执恢54号",
+        "市监罚〔2026〕1号",
+        "C3",
+    ]
