@@ -233,6 +233,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dictionary(args: argparse.Namespace) -> int:
+    from pipelines.datadict import published_schemas, render_markdown, write_dictionary
+
+    target = Path(args.out)
+    if args.check:
+        fresh = render_markdown(published_schemas())
+        if not target.exists() or target.read_text("utf-8") != fresh:
+            print(f"{target} is stale: run `credit dictionary --out {target}`", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{target} is up to date")
+        return EXIT_OK
+    write_dictionary(target)
+    print(f"wrote {target}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CreditParser(
         prog="credit",
@@ -333,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", default=None, help="a published version instead of current")
     add_json_option(ex)
     ex.set_defaults(func=cmd_export)
+
+    from pipelines.datadict import DICTIONARY_FILE
+
+    dd = sub.add_parser(
+        "dictionary",
+        help="generate the data dictionary of the published tables (Markdown)",
+        description="From config/profile_columns.toml, config/published_columns.toml and the "
+        "published column types; --check fails (exit 1) when the file differs from what would be generated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dd.add_argument("--out", default=str(DICTIONARY_FILE), help="the Markdown file to write or check")
+    dd.add_argument("--check", action="store_true", help="only check that --out is up to date")
+    dd.set_defaults(func=cmd_dictionary)
 
     from entity_resolution.cli import register as register_link_commands
     from serving.cli import register as register_service_commands

@@ -52,6 +52,16 @@ def flatten(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(columns)
 
 
+def money_formats(frame: pl.DataFrame) -> dict[str, str]:
+    """Excel number formats for the decimal (money, 元) columns: thousands and every fen shown, so a
+    cell reads as its exact value; CSV writes the decimal's digits as they are ("1234.50")."""
+    return {
+        name: "#,##0." + "0" * dtype.scale
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, pl.Decimal) and dtype.scale
+    }
+
+
 def export_profiles(frame: pl.DataFrame, target: Path) -> int:
     """Write ``frame`` to ``target`` (.csv, UTF-8 with BOM for Excel, or .xlsx) atomically."""
     flat = flatten(frame)
@@ -62,5 +72,5 @@ def export_profiles(frame: pl.DataFrame, target: Path) -> int:
         if suffix == ".csv":
             flat.write_csv(tmp, include_bom=True)
         else:
-            flat.write_excel(tmp, worksheet="profiles", autofit=True)
+            flat.write_excel(tmp, worksheet="profiles", autofit=True, column_formats=money_formats(flat))
     return flat.height

@@ -377,6 +377,35 @@ def _fill_grading(grading: dict[str, Any]) -> list[pl.Expr]:
     ]
 
 
+#: money as published: 元 to the fen, exact (Parquet DECIMAL(18, 2), up to 10^16 元 per firm)
+MONEY = pl.Decimal(18, 2)
+#: a record's amount and a firm's running total before the published cast (room for any sum)
+_MONEY_WIDE = pl.Decimal(38, 2)
+
+
+def money(amount: pl.Expr) -> pl.Expr:
+    """A record's amount in 元 (a float, as standardised) as an exact decimal to the fen: its sums
+    are exact and the same bytes on every run, and the books add the accepted records the same way."""
+    return amount.cast(_MONEY_WIDE)
+
+
+def narrow_money(profiles: pl.DataFrame) -> pl.DataFrame:
+    """The summed money columns in the published ``MONEY`` type; a firm's total that does not fit
+    is an error naming the column and the firm (a source's amount in the wrong unit, say)."""
+    limit = 10 ** (MONEY.precision - MONEY.scale)
+    wide = [name for name, dtype in profiles.schema.items() if isinstance(dtype, pl.Decimal)]
+    for name in wide:
+        beyond = profiles.filter(pl.col(name).abs() >= limit)
+        if beyond.height:
+            firm = beyond.row(0, named=True)
+            raise ValueError(
+                f"profile column {name!r} of firm {firm['entity_id']} holds {firm[name]} 元, beyond "
+                f"the published decimal({MONEY.precision}, {MONEY.scale}); {beyond.height} firm(s) "
+                f"affected: check the unit of that source's amounts (config/sources.toml scale)"
+            )
+    return profiles.with_columns(pl.col(wide).cast(MONEY))
+
+
 def build_profiles(
     records: pl.LazyFrame,
     links: pl.LazyFrame,
@@ -387,8 +416,9 @@ def build_profiles(
 ) -> pl.DataFrame:
     """Aggregate linked records into one row per firm (sorted by entity_id).
 
-    Money sums are rounded to the cent: float addition in a parallel group-by is not associative,
-    and the same inputs must give the same published bytes.
+    Money is summed as decimals (``money``: each record to the fen, then exact addition), so the
+    published figures are exact, add up to the accepted records' totals and are the same bytes on
+    every run (float addition in a parallel group-by is not associative).
     """
     grading = check_grading(grading) if grading is not None else load_grading()
     recs = records.join(
@@ -422,21 +452,19 @@ def build_profiles(
         pl.col("legal_rep").drop_nulls().mode().sort().first().alias("legal_rep"),
         # lending
         loans.sum().cast(pl.Int64).alias("lending_loans"),
-        pl.col("amount").filter(loans).sum().round(2).alias("lending_amount"),
-        pl.col("balance").filter(loans).sum().round(2).alias("lending_balance"),
-        pl.col("overdue_amount").filter(loans).sum().round(2).alias("lending_overdue_principal"),
+        money(pl.col("amount").filter(loans)).sum().alias("lending_amount"),
+        money(pl.col("balance").filter(loans)).sum().alias("lending_balance"),
+        money(pl.col("overdue_amount").filter(loans)).sum().alias("lending_overdue_principal"),
         class_rank.filter(loans).max().alias("_worst_class"),
         # tax
         # the rating the tax-rating rules read (with_record_dates: the latest rating year)
         pl.col("status").filter(latest_rating).first().alias("tax_latest_rating"),
         pl.col("period").filter(latest_rating).first().alias("tax_latest_rating_year"),
-        pl.col("balance").filter(rtype == "tax_arrears").sum().round(2).alias("tax_arrears_balance"),
+        money(pl.col("balance").filter(rtype == "tax_arrears")).sum().alias("tax_arrears_balance"),
         # contract performance
         contract.sum().cast(pl.Int64).alias("contract_cases"),
-        pl.col("amount")
-        .filter(contract & (pl.col("status") != "已履行"))
+        money(pl.col("amount").filter(contract & (pl.col("status") != "已履行")))
         .sum()
-        .round(2)
         .alias("contract_unperformed_amount"),
         # product quality
         checks.sum().cast(pl.Int64).alias("quality_checks_36m"),
@@ -454,14 +482,12 @@ def build_profiles(
         .filter(si & (pl.col("period") == latest_si_period))
         .max()
         .alias("si_arrears_months"),
-        pl.col("balance")
-        .filter(si & (pl.col("period") == latest_si_period))
+        money(pl.col("balance").filter(si & (pl.col("period") == latest_si_period)))
         .sum()
-        .round(2)
         .alias("si_arrears_amount"),
         # violations
         penalties_12m.sum().cast(pl.Int64).alias("violations_penalties_12m"),
-        pl.col("amount").filter(penalties_12m).sum().round(2).alias("violations_fines_12m"),
+        money(pl.col("amount").filter(penalties_12m)).sum().alias("violations_fines_12m"),
         # data quality parts
         pl.col("code_raw").is_not_null().mean().round(6).alias("_completeness"),
         pl.col("code_status")
@@ -521,7 +547,7 @@ def build_profiles(
         quality_uniqueness=pl.col("_uniqueness").round(4),
         as_of=day,
     )
-    return profile.select(profile_columns(grading)).sort("entity_id").collect()
+    return narrow_money(profile.select(profile_columns(grading)).sort("entity_id").collect())
 
 
 #: the profile's columns but for the list flags and rule counts config/grading.toml names

@@ -24,7 +24,6 @@ from pipelines.lake import write_json
 from pipelines.settings import config_path
 
 log = logging.getLogger(__name__)
-PROFILE_ROW_GROUP = 50_000
 DATASETS = ("profiles", "links", "entities")
 PUBLISHING_CONFIG = config_path("publishing.toml")
 CHANGES_SCHEMA = {
@@ -77,12 +76,11 @@ def publish_version(
         stale.unlink(missing_ok=True)
     staging = published_root / f".staging-{version}"
     files: dict[str, dict[str, Any]] = {}
+    rows_per_group = row_group_rows()
     for name in (*DATASETS, "changes"):
         target = staging / name / "part-00000.parquet"
         target.parent.mkdir(parents=True)
-        frames[name].write_parquet(
-            target, compression="zstd", row_group_size=PROFILE_ROW_GROUP, statistics=True
-        )
+        write_described(frames[name], name, target, rows_per_group)
         files[f"{name}/{target.name}"] = {"rows": frames[name].height, "sha256": file_sha256(target)}
     manifest = {
         "version": version,
@@ -106,6 +104,27 @@ def publish_version(
         "changes": frames["changes"].height,
         "pruned": pruned,
     }
+
+
+def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_group: int) -> None:
+    """One published file: each column's label, unit and description in its Parquet field metadata
+    (config/profile_columns.toml, config/published_columns.toml), row groups of ``rows_per_group``
+    rows with min/max statistics. Written into the staging directory (renamed whole later)."""
+    from pipelines.datadict import DICTIONARY_FILE, described_schema
+    from pipelines.dictionary import DictionaryError
+
+    try:
+        schema = described_schema(frame, table)
+    except DictionaryError as exc:
+        raise PublishError(f"{exc}; nothing published") from exc
+    frame.write_parquet(
+        target,
+        compression="zstd",
+        row_group_size=rows_per_group,
+        statistics=True,
+        arrow_schema=schema,
+        metadata={"table": table, "data_dictionary": str(DICTIONARY_FILE)},
+    )
 
 
 def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -230,6 +249,14 @@ def _reason_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
 
 def retention_days(config: Path = PUBLISHING_CONFIG) -> int:
     return int(tomllib.loads(config.read_text("utf-8")).get("retention_days", 30))
+
+
+def row_group_rows(config: Path = PUBLISHING_CONFIG) -> int:
+    """Rows per row group of the published Parquet files (config/publishing.toml)."""
+    rows = tomllib.loads(config.read_text("utf-8")).get("row_group_rows", 100_000)
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise PublishError(f"{config}: row_group_rows must be a whole number of rows >= 1, not {rows!r}")
+    return rows
 
 
 def prune_versions(

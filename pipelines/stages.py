@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -390,24 +391,28 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
 }
 
 
-def accepted_totals(lake: Lake) -> dict[str, float]:
-    """What the accepted records add up to, per reconciled profile column."""
+def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
+    """What the accepted records add up to, per reconciled profile column: counts, and money summed
+    exactly as the profiles sum it (``pipelines.profiles.money``: each record to the fen)."""
+    from pipelines.profiles import money
+
     wanted = []
     for column, (types, value) in RECONCILED_TOTALS.items():
         if types is None:
-            wanted.append(pl.len().cast(pl.Float64).alias(column))
+            wanted.append(pl.len().alias(column))
             continue
         rows = pl.col("record_type").is_in(list(types))
-        total = pl.col(value).fill_null(0).filter(rows).sum() if value else rows.sum()
-        wanted.append(total.cast(pl.Float64).alias(column))
-    return {k: float(v or 0) for k, v in _accepted(lake).select(wanted).collect().row(0, named=True).items()}
+        total = money(pl.col(value).fill_null(0)).filter(rows).sum() if value else rows.sum()
+        wanted.append(total.alias(column))
+    totals = _accepted(lake).select(wanted).collect().row(0, named=True)
+    return {k: v if v is not None else 0 for k, v in totals.items()}
 
 
 def reconcile(
     lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame, validation: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """The books: per source extracted = accepted + quarantined, one link per snapshot record, and
-    the profiles' totals equal to the accepted records' (money to the cent, counts exactly)."""
+    the profiles' totals equal to the accepted records' (money exactly, as decimals; counts exactly)."""
     problems = []
     for name, counts in validation.items():
         if counts["extracted"] != counts["accepted"] + counts["quarantined"]:
@@ -420,14 +425,13 @@ def reconcile(
         problems.append(f"{snapshot_records} accepted records but {links.height} links")
     expected = accepted_totals(lake)
     totals: dict[str, Any] = {}
-    for column, (_, value) in RECONCILED_TOTALS.items():
+    for column in RECONCILED_TOTALS:
         published = profiles[column].fill_null(0).sum()
         totals[column] = {
-            "records": round(float(expected[column] or 0), 2),
+            "records": round(float(expected[column]), 2),
             "profiles": round(float(published), 2),
         }
-        tolerance = 0.005 * profiles.height if value else 0  # each profile rounds its sums to the cent
-        if abs(float(expected[column] or 0) - float(published)) > tolerance:
+        if expected[column] != published:
             problems.append(
                 f"{column}: accepted records hold {expected[column]:,} but profiles {published:,}"
             )

@@ -48,11 +48,16 @@ PAGES = Path(__file__).resolve().parent / "pages"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
 
 
+#: money (decimal in 元) as a JSON number with its exact digits, "lending_amount": 1234.50, never a
+#: string nor a rounded float: a client parses it as a number, or exactly with a decimal parser
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
 class FastJSON(JSONResponse):
     """JSON via msgspec: dates and nested lists without FastAPI's slow per-value encoder."""
 
     def render(self, content: Any) -> bytes:
-        return msgspec.json.encode(content)
+        return _ENCODER.encode(content)
 
 
 def reply(payload: dict[str, Any]) -> FastJSON:

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.profiles import MONEY
 from pipelines.quality import (
     DataQualityError,
     load_suite,
@@ -132,7 +133,9 @@ def profiles(rows: list[dict]) -> pl.DataFrame:
         deductions=[],
         vetoes=[],
     )
-    return pl.DataFrame([{**base, **row} for row in rows])
+    frame = pl.DataFrame([{**base, **row} for row in rows])
+    # money as published: decimal 元 (pipelines.profiles.MONEY)
+    return frame.with_columns(pl.col("lending_balance", "lending_amount", "tax_arrears_balance").cast(MONEY))
 
 
 def test_profile_suite_names_the_broken_firms(tmp_path: Path) -> None:
