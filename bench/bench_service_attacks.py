@@ -270,7 +270,8 @@ def main() -> int:
             text=True,
         ).stdout.strip()
 
-    behaved_token, flood_token = token("bench well-behaved"), token("bench flooder")
+    run = time.strftime("%Y%m%dT%H%M%S")  # token names are unique: one pair per run
+    behaved_token, flood_token = token(f"bench well-behaved {run}"), token(f"bench flooder {run}")
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet", columns=["uscc"])
     usccs = profiles["uscc"].drop_nulls()
     codes = usccs.sample(min(5000, usccs.len()), seed=3).to_list()
