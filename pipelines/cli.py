@@ -9,6 +9,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+from pipelines._vocab import FAULT_LEVELS
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 
@@ -17,6 +18,17 @@ def _date(text: str) -> str:
         return date.fromisoformat(text).isoformat()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _faults(text: str) -> str:
+    """``--faults``: checked here so a typo is a usage error, not a traceback."""
+    from pipelines.generate import fault_share
+
+    try:
+        fault_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive(text: str) -> int:
@@ -56,6 +68,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         end_date=date.fromisoformat(args.end_date) if args.end_date else None,
         db_urls=urls or None,
         progress=not args.quiet,
+        faults=args.faults,
     )
     print(json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
     return 0
@@ -149,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lending-url", help="SQLAlchemy URL for the lending database instead of a SQLite file")
     gen.add_argument("--social-insurance-url", help="SQLAlchemy URL for the social-insurance database")
     gen.add_argument("--tax-url", help="SQLAlchemy URL for the tax database")
+    gen.add_argument(
+        "--faults",
+        type=_faults,
+        default="default",
+        help="bad records departments send, as validation quarantines them: "
+        + ", ".join(
+            f"{name} ({share * 100:g}%% of each source's records)" for name, share in FAULT_LEVELS.items()
+        )
+        + ", or a share between 0 and 1; none for clean data",
+    )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     gen.set_defaults(func=cmd_generate)
 
