@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from pipelines.identifiers import (
     resident_id_check_expr,
     uscc_check_expr,
 )
+from pipelines.lake import REPO_ROOT
 
 SQL_SOURCES = {
     "lending": ("lending/lending.db", "loans", "loan_id"),
@@ -999,6 +1001,40 @@ def spoil(
     }
 
 
+#: the odd bad delivery (with faults on and data over two days or more): on the last day the court
+#: system's export writes the unit into part of the unperformed amounts ("12345.00元"). A nightly
+#: run of that day sees it in more of its batch than the raw suite's ``mostly`` tolerates and holds
+#: the batch back (type drift); a full run over every day sees it in few enough rows to quarantine
+#: them one by one ("value could not be read").
+BAD_DELIVERY = ("contract", "未履行金额", "更新时间")
+
+
+def _tolerated_share(source: str, column: str) -> float:
+    """The share of a batch's values the raw suite lets fail for ``column`` (1 - its ``mostly``)."""
+    suite = json.loads((REPO_ROOT / "expectations" / f"{source}.raw.json").read_text("utf-8"))
+    mostly = [
+        e["kwargs"]["mostly"]
+        for e in suite["expectations"]
+        if e["kwargs"].get("column") == column and "mostly" in e["kwargs"]
+    ]
+    return 1 - min(mostly)
+
+
+def bad_delivery(frame: pl.DataFrame, draw: _Draw, end: date) -> tuple[pl.DataFrame, int]:
+    """The last day's records of ``BAD_DELIVERY``'s source with its column spoiled in 1.5 times the
+    share the raw suite tolerates: held back by that night's run, yet (with two days or more of
+    data) under the tolerance of a full run. Returns the frame and the records spoiled."""
+    source, column, stamp = BAD_DELIVERY
+    last_day = np.flatnonzero(frame[stamp].str.starts_with(end.isoformat()).fill_null(False).to_numpy())
+    # an exact count, not a coin per row: small batches must land on the same side of the tolerance
+    count = min(last_day.size, math.ceil(1.5 * _tolerated_share(source, column) * last_day.size))
+    rows = draw(f"bad-delivery-{source}").choice(last_day, size=count, replace=False)
+    spoilt = np.zeros(frame.height, dtype=bool)
+    spoilt[rows] = True
+    unit = pl.when(pl.Series(spoilt)).then(pl.col(column) + "元").otherwise(pl.col(column))
+    return frame.with_columns(unit.alias(column)), count
+
+
 GENERATORS: dict[str, tuple[Callable[..., pl.DataFrame], str]] = {
     "lending": (gen_lending, "loan_id"),
     "tax": (gen_tax, "record_id"),
@@ -1081,7 +1117,8 @@ def generate(
     """Write the six source systems, the truth and a manifest into ``out_dir``; return the manifest.
 
     ``faults`` (a level of ``FAULT_LEVELS`` or a share) spoils that share of every source's records
-    the way departments do; the manifest counts them per source and kind. ``"none"`` is clean."""
+    the way departments do, and with ``days`` > 1 the last day's court delivery is a bad one
+    (``BAD_DELIVERY``); the manifest counts them per source and kind. ``"none"`` is clean."""
     if entities < 1 or days < 1:
         raise ValueError("entities and days must be at least 1")
     share = fault_share(faults)
@@ -1106,6 +1143,9 @@ def generate(
     for source, (make, key) in GENERATORS.items():
         steps.set_postfix_str(source)
         frame, spoiled[source] = spoil(make(firms, draw, end, days, trad, risk), source, share, draw, end)
+        if source == BAD_DELIVERY[0] and share > 0 and days > 1:
+            frame, late = bad_delivery(frame, draw, end)
+            spoiled[source][f"{BAD_DELIVERY[1]} written with its unit (the {end} delivery)"] = late
         truth_parts.append(
             frame.select(pl.lit(source).alias("source"), pl.col(key).alias("source_record_id"), "entity_key")
         )
