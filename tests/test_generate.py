@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -248,13 +248,26 @@ def test_a_bad_fault_level_is_a_usage_error(faults: str, tmp_path: Path) -> None
 
 
 def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_path: Path) -> None:
-    """`credit generate` (default faults) then `credit run`: every spoiled record is in quarantine,
-    with a reason, the books balance; the same data generated clean quarantines nothing."""
+    """`credit generate` (default faults, two days) then `credit run`: every spoiled record is in
+    quarantine with a reason and the books balance; run night by night, the last night's court
+    delivery is held back and carried forward; the same data generated clean quarantines nothing."""
     runs = {}
     for faults in ("default", "none"):
         sources, lake = tmp_path / faults / "sources", tmp_path / faults / "lake"
         level = [] if faults == "default" else ["--faults", faults]  # the default is the faulty one
-        credit("generate", "--out", str(sources), "--entities", "1200", "--seed", "5", "-q", *level)
+        credit(
+            "generate",
+            "--out",
+            str(sources),
+            "--entities",
+            "1200",
+            "--seed",
+            "5",
+            "--days",
+            "2",
+            "-q",
+            *level,
+        )
         credit("run", "--sources", str(sources), "--lake", str(lake), "-q")
         day = json.loads((sources / "manifest.json").read_text("utf-8"))["end_date"]
         summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
@@ -262,7 +275,9 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
         runs[faults] = (sources, lake, summary)
     sources, lake, summary = runs["default"]
     injected = _faults_of(sources)
+    assert any("written with its unit" in kind for kind in injected["contract"]), injected["contract"]
     for source, counts in summary["sources"].items():
+        assert not counts["stale"], source
         assert counts["quarantined"] == sum(injected[source].values()), (source, injected[source])
     quarantined = pl.concat(
         [pl.read_parquet(p).select("source", "reason") for p in (lake / "quarantine").glob("*/*.parquet")]
@@ -276,3 +291,12 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
     clean = runs["none"][2]
     assert sum(c["quarantined"] for c in clean["sources"].values()) == 0
     assert sum(pl.read_parquet(p).height for p in (runs["none"][1] / "quarantine").glob("*/*.parquet")) == 0
+
+    nightly = tmp_path / "nightly"
+    last = date.fromisoformat(summary["business_date"])
+    for night in (last - timedelta(days=1), last):
+        credit("run", "--sources", str(sources), "--lake", str(nightly), "--date", night.isoformat(), "-q")
+    second = json.loads((nightly / "reports" / last.isoformat() / "summary.json").read_text("utf-8"))
+    assert second["published"] and second["books"]["balanced"]
+    held = {name for name, counts in second["sources"].items() if counts["stale"]}
+    assert held == {"contract"} and any("type drift" in p for p in second["sources"]["contract"]["problems"])
