@@ -27,10 +27,12 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
+from pipelines.settings import config_path
+
 REPO = Path(__file__).resolve().parent.parent
 TIMEZONE = "Asia/Shanghai"
 # The source list comes from the declarative registry (a small TOML read, no database access).
-SOURCES_CONFIG = Path(os.environ.get("CREDIT_SOURCES_CONFIG") or REPO / "config" / "sources.toml")
+SOURCES_CONFIG = config_path("sources.toml")
 SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
 log = logging.getLogger(__name__)
 PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")

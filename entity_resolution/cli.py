@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import date
 from pathlib import Path
+
+from pipelines.cli import add_json_option, emit, key_values
 
 
 def read_inputs(paths: list[str]):  # noqa: ANN201 - a Polars frame
@@ -70,18 +71,13 @@ def cmd_link(args: argparse.Namespace) -> int:
         links = pl.concat([links, held], how="vertical_relaxed").sort(spec.id_column)
     write_parquet(links, Path(args.out))
     review_path = write_review(result.review, Path(args.review), run) if args.review else None
-    print(
-        json.dumps(
-            {
-                **result.stats,
-                "out": args.out,
-                "review": str(review_path) if review_path else None,
-                "registry_changes": changes.height if changes is not None else None,
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
+    summary = {
+        **result.stats,
+        "out": args.out,
+        "review": str(review_path) if review_path else None,
+        "registry_changes": changes.height if changes is not None else None,
+    }
+    emit(args, summary, key_values({key: value for key, value in summary.items() if value is not None}))
     return 0
 
 
@@ -107,4 +103,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--review", help="folder for the review queue (pairs between the thresholds)")
     parser.add_argument("--decisions", help="a steward's decision file (record_id_l, record_id_r, decision)")
     parser.add_argument("--run", help="run label for the registry history and review file (default: today)")
+    add_json_option(parser)
     parser.set_defaults(func=cmd_link)

@@ -1,16 +1,118 @@
-"""The ``credit`` command line: generate source systems, run the pipeline, evaluate linkage."""
+"""The ``credit`` command line: generate source systems, run the pipeline, evaluate linkage.
+
+Unix manners: results on stdout (``--json``: one JSON document and nothing else), progress bars,
+logs and error messages on stderr, and the exit codes in ``EXIT_CODES`` (shown by ``credit --help``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import textwrap
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from pipelines._vocab import FAULT_LEVELS
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
+
+#: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "the command failed; stderr says why in one line (-v for the trace): bad input, a missing file, "
+    "a run stopped by a data-quality failure",
+    2: "usage error (an unknown option, a bad or missing value); `credit audit verify`: the audit trail "
+    "is not intact",
+    130: "interrupted (Ctrl-C)",
+}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = EXIT_CODES
+JSON_HELP = "print the result as one JSON document on stdout (progress and messages go to stderr)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once, and only when it says something (not None, False or empty),
+    leaving help texts that already explain their default alone."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Wrap each line of a description or epilog on its own, keeping the lines (the exit codes)."""
+        lines = []
+        for line in text.splitlines():
+            hanging = " " * (len(line) - len(line.lstrip()) + (5 if line[:1] == " " else 0))
+            lines.append(
+                textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + hanging)
+            )
+        return "\n".join(lines)
+
+
+class CreditParser(argparse.ArgumentParser):
+    """Every ``credit`` (sub)command's parser: one help format everywhere, whichever formatter a
+    module that registers commands asks for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+
+def installed_version() -> str:
+    """This package's version from the installed distribution's metadata (pyproject.toml's, once built)."""
+    from importlib import metadata
+
+    package = (__package__ or __name__).partition(".")[0]  # "pipelines", also under `python -m`
+    for distribution in metadata.packages_distributions().get(package, []):
+        return f"{metadata.version(distribution)} ({distribution})"
+    return "unknown (not installed: run from a checkout without `pip install`)"
+
+
+class VersionAction(argparse.Action):
+    """``--version``, reading the metadata only when asked (it scans the installed distributions)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "print the installed version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {installed_version()}")  # on stdout, like argparse's own "version" action
+        parser.exit()
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--json`` flag of a command that prints a result."""
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    """Print a command's result: ``document`` as JSON with --json, else ``text`` for people."""
+    if getattr(args, "json", False):
+        print(json.dumps(document, ensure_ascii=False, indent=2, default=_json_value))
+    else:
+        print(text)
+
+
+def _json_value(value: Any) -> str:
+    """Dates and times in ISO 8601 (what scripts parse), anything else as its text (paths)."""
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def key_values(mapping: Mapping[str, Any]) -> str:
+    """Aligned ``key  value`` lines of a flat mapping, for people."""
+    width = max((len(key) for key in mapping), default=0)
+    return "\n".join(f"{key.ljust(width)}  {_number(value)}" for key, value in mapping.items())
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def _date(text: str) -> str:
@@ -70,8 +172,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         faults=args.faults,
     )
-    print(json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
-    return 0
+    rows = ", ".join(f"{source} {count:,}" for source, count in manifest["rows"].items())
+    emit(
+        args,
+        manifest,
+        f"generated {manifest['entities']:,} firms, {manifest['records']:,} records in {args.out} "
+        f"(end date {manifest['end_date']}): {rows}",
+    )
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,20 +189,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     business_date = args.date or default_business_date(sources)
     results = run_all(str(sources), args.lake, business_date, run_id=args.run_id, progress=not args.quiet)
     published = results["publish"]
-    print(
-        json.dumps(
-            {
-                "business_date": business_date,
-                **published,
-                "resolution": results["resolve entities"],
-                "grades": results["build profiles"]["grades"],
-            },
-            ensure_ascii=False,
-            indent=2,
-        )
+    grades = results["build profiles"]["grades"]
+    summary = {
+        "business_date": business_date,
+        **published,
+        "resolution": results["resolve entities"],
+        "grades": grades,
+    }
+    emit(
+        args,
+        summary,
+        f"published {published['version']}: {published['profiles']:,} profiles "
+        f"(grades {', '.join(f'{grade} {count:,}' for grade, count in grades.items())})\n"
+        f"profiles: {Path(args.lake) / 'published' / 'current' / 'profiles'}\n"
+        f"report:   {published['report']}",
     )
-    print(f"profiles: {Path(args.lake) / 'published' / 'current' / 'profiles'}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -112,9 +222,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         key: tuple[str, ...] = ("record_id",)
     else:
         key = ("source", "source_record_id")
-    scores = evaluate(links, truth, key=key)
-    print(json.dumps(scores.as_dict(), indent=2))
-    return 0
+    scores = evaluate(links, truth, key=key).as_dict()
+    emit(args, scores, key_values(scores))
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -127,26 +237,37 @@ def cmd_export(args: argparse.Namespace) -> int:
         version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division
     )
     rows = export_profiles(frame, Path(args.out))
-    print(f"exported {rows:,} profiles from {version_dir.resolve().name} to {args.out}")
-    return 0
+    version = version_dir.resolve().name
+    emit(
+        args,
+        {"profiles": rows, "version": version, "out": args.out},
+        f"exported {rows:,} profiles from {version} to {args.out}",
+    )
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CreditParser(
         prog="credit",
         description="Enterprise credit-information integration: six departmental sources in, "
-        "one credit profile per firm out (Parquet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "one credit profile per firm out (Parquet). Results go to stdout (--json: JSON only), "
+        "progress and messages to stderr.",
+        epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage's details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=VersionAction)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each stage's details, and show the trace of an error",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser(
         "generate",
         help="write six realistic departmental source systems and their truth",
         description="Write lending and social-insurance databases (SQLAlchemy; SQLite files by default), a tax "
         "database, GBK court CSV, product-quality JSON Lines and 双公示 penalty CSV, plus DIR/truth/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("--entities", type=_positive, default=20_000, help="number of firms in the universe")
     gen.add_argument("--seed", type=int, default=7, help="random seed; same seed and settings, same data")
@@ -173,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", or a share between 0 and 1; none for clean data",
     )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_json_option(gen)
     gen.set_defaults(func=cmd_generate)
 
     run = sub.add_parser(
@@ -180,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole pipeline in-process (the same stages as the Airflow DAG)",
         description="Extract, standardise, validate, resolve, build profiles, validate and publish one business "
         "date. Profiles appear in LAKE/published/current/profiles/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("--sources", default=str(DEFAULT_SOURCES), help="folder of the source systems")
     run.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder (raw, staged, published, ...)")
@@ -192,12 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--run-id", default=None, help="run identifier recorded in the manifest")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_json_option(run)
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser(
         "evaluate",
         help="score links against the generator's truth (pairwise and B-cubed)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ev.add_argument(
         "--links",
@@ -206,13 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. LAKE/published/current/links)",
     )
     ev.add_argument("--truth", required=True, help="Parquet with source, source_record_id, entity_key")
+    add_json_option(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
         "export",
         help="write a slice of the published profiles to CSV or Excel",
         description="Filters combine with AND; repeat an option to allow several values (OR).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
     ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
@@ -233,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
     )
     ex.add_argument("--version", default=None, help="a published version instead of current")
+    add_json_option(ex)
     ex.set_defaults(func=cmd_export)
 
     from entity_resolution.cli import register as register_link_commands
@@ -244,18 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (EXIT_CODES), argparse exits 2 itself on a usage error."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
+    logging.basicConfig(  # to stderr: stdout holds only the result
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"credit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`credit ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one clear line for people, the trace with -v
         if args.verbose:
             raise
         print(f"credit {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from typing import Any
 
 import polars as pl
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCES = REPO_ROOT / "data" / "sources"
-DEFAULT_LAKE = REPO_ROOT / "data" / "lake"
+from pipelines.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

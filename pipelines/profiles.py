@@ -16,11 +16,11 @@ from typing import Any
 import polars as pl
 
 from pipelines.divisions import divisions
-from pipelines.lake import REPO_ROOT
 from pipelines.schema import CANONICAL_SCHEMA
+from pipelines.settings import config_path
 
-DEFAULT_GRADING = REPO_ROOT / "config" / "grading.toml"
-DEFAULT_INDUSTRIES = REPO_ROOT / "config" / "industries.toml"
+DEFAULT_GRADING = config_path("grading.toml")
+DEFAULT_INDUSTRIES = config_path("industries.toml")
 FIVE_CLASS = ("正常", "关注", "次级", "可疑", "损失")
 CONTENT_KEY = ("source", "record_type", "event_date", "period", "status", "category", "amount", "balance")
 ENTITY_TYPES = {

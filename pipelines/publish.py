@@ -20,12 +20,13 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PublishError
-from pipelines.lake import REPO_ROOT, write_json
+from pipelines.lake import write_json
+from pipelines.settings import config_path
 
 log = logging.getLogger(__name__)
 PROFILE_ROW_GROUP = 50_000
 DATASETS = ("profiles", "links", "entities")
-PUBLISHING_CONFIG = REPO_ROOT / "config" / "publishing.toml"
+PUBLISHING_CONFIG = config_path("publishing.toml")
 CHANGES_SCHEMA = {
     "entity_id": pl.String,
     "change": pl.String,
@@ -187,6 +188,7 @@ EXPLANATIONS = {"deductions": "rule", "vetoes": "list"}
 def _reason_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     """Deductions and vetoes that came into force or expired, one change per (rule or list, record):
     a new record under a rule already in force is one ``reason_added``, not the whole reason again."""
+
     def itemised(frame: pl.DataFrame, column: str) -> bool:
         dtype = frame.schema.get(column)
         return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)

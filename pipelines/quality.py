@@ -23,15 +23,16 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PipelineError
-from pipelines.lake import REPO_ROOT, write_parquet
-from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA
+from pipelines.lake import write_parquet
+from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
+from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
-# CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then the repository's).
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
-EXTRA_EXPECTATIONS_DIR = os.environ.get("CREDIT_EXPECTATIONS_DIR")
 ROW_ID = "_row"
+#: suite parameters every suite may use: the number grammar the raw suites check type drift with
+#: is the one standardisation reads numbers with
+DEFAULT_PARAMETERS: dict[str, Any] = {"number_text": NUMBER_TEXT}
 
 
 class DataQualityError(PipelineError):
@@ -154,7 +155,7 @@ def _validate(
         if not chosen:
             return validator, []
         return validator, validator._validate_expectation_configs(
-            expectation_configs=chosen, expectation_parameters=parameters
+            expectation_configs=chosen, expectation_parameters={**DEFAULT_PARAMETERS, **parameters}
         )
 
     # GX filters its whole batch (every column) for each column expectation, so each group of
@@ -226,14 +227,13 @@ def _validate(
 
 @cache
 def _suite_json(name: str, expectations_dir: Path) -> str:
-    folders = [Path(EXTRA_EXPECTATIONS_DIR)] if EXTRA_EXPECTATIONS_DIR else []
-    for folder in [*folders, expectations_dir]:
+    # CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then ours)
+    folders = expectation_dirs(expectations_dir)
+    for folder in folders:
         path = folder / f"{name}.json"
         if path.exists():
             return path.read_text("utf-8")
-    raise DataQualityError(
-        f"expectation suite '{name}' not found in {[str(f) for f in [*folders, expectations_dir]]}"
-    )
+    raise DataQualityError(f"expectation suite '{name}' not found in {[str(f) for f in folders]}")
 
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
@@ -242,12 +242,42 @@ def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
     return _load_suite(name, expectations_dir, _docs_root)
 
 
+def range_expectations(suite_name: str) -> list[dict[str, Any]]:
+    """The range checks of a source's standardised suite, derived from the ranges of the number
+    columns its mapping fills (schema.NUMBER_RANGES, narrowed by the source's ``ranges`` in
+    config/sources.toml): never written into the suite's JSON, so there is one definition."""
+    from pipelines.sources import load_sources
+
+    for source in load_sources().values():
+        if source.suite != suite_name:
+            continue
+        ranges = number_ranges(source.mapping, source.options.get("ranges"), source.name)
+        return [
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": column, "min_value": low, "max_value": high},
+                "meta": {
+                    "reason": f"{column} outside its range [{_bound(low)}, {_bound(high)}]",
+                    "derived_from": f"the range of '{column}' (pipelines/schema.py NUMBER_RANGES, "
+                    f"config/sources.toml [sources.{source.name}.ranges])",
+                },
+            }
+            for column, (low, high) in ranges.items()
+        ]
+    return []
+
+
+def _bound(value: float | None) -> str:
+    return "open" if value is None else f"{value:,.15g}"
+
+
 @cache
 def _load_suite(name: str, expectations_dir: Path, root: Path | None) -> Any:
     import great_expectations as gx
 
     spec = json.loads(_suite_json(name, expectations_dir))
-    suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
+    expectations = [*spec["expectations"], *range_expectations(spec["name"])]
+    suite = gx.ExpectationSuite(name=spec["name"], expectations=expectations, meta=spec.get("meta"))
     context = _context(root)
     # the JSON file is the truth: a stored copy from an earlier run is replaced
     with _project_lock(root):

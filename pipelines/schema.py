@@ -7,6 +7,10 @@ set of typed slots whose meaning depends on ``record_type`` (see ``RECORD_TYPES`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
 import polars as pl
 
 SOURCES: tuple[str, ...] = (
@@ -88,6 +92,59 @@ CANONICAL_SCHEMA: dict[str, pl.DataType] = {
 }
 
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_SCHEMA)
+
+#: the range of every number column, in canonical units (元, days, persons): a value outside it is
+#: quarantined by the standardised suites, which derive their range checks from here. A source
+#: narrows or widens a column in config/sources.toml (``[sources.<name>.ranges] score = [0, 100]``);
+#: a bound left out is open. Ten trillion 元 is beyond any single record.
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "amount": (0, 1e13),
+    "balance": (0, 1e13),
+    "overdue_amount": (0, 1e13),
+    "overdue_days": (0, 36_600),
+    "headcount": (0, 10_000_000),
+    "score": (0, 1e9),
+}
+#: the dates a record may carry: outside them a date is a typo or a placeholder (0001-01-01,
+#: 9999-12-31) and standardisation reports it as unreadable
+DATE_RANGE: tuple[date, date] = (date(1900, 1, 1), date(2199, 12, 31))
+
+#: a number as departments write it, as text: optional sign, digits (ASCII or full-width 全角)
+#: either plain or with thousands separators in groups of three, optional decimals and exponent.
+#: ``1,5`` is not a number (a decimal comma? fifteen?) and neither are ``NaN`` or ``inf``.
+#: Standardisation reads numbers with it and the raw suites check type drift with it.
+_DIGIT, _SIGN, _POINT, _GROUP, _EXP = "[0-9０-９]", "[+\\-＋－]", "[.．]", "[,，]", "[eEｅＥ]"
+NUMBER_TEXT = (
+    rf"^\s*{_SIGN}?(?:(?:{_DIGIT}{{1,3}}(?:{_GROUP}{_DIGIT}{{3}})+|{_DIGIT}+)(?:{_POINT}{_DIGIT}*)?"
+    rf"|{_POINT}{_DIGIT}+)(?:{_EXP}{_SIGN}?{_DIGIT}+)?\s*$"
+)
+#: full-width characters of NUMBER_TEXT and their ASCII reading
+FULL_WIDTH_NUMBER = dict(zip("０１２３４５６７８９．＋－ｅＥ", "0123456789.+-eE", strict=True))
+NUMBER_GROUP_SEPARATORS = (",", "，")
+
+
+def number_ranges(
+    columns: Iterable[str], overrides: dict[str, Any] | None = None, source: str = ""
+) -> dict[str, tuple[float | None, float | None]]:
+    """The range of each of ``columns`` that is a number: the source's own (``overrides``, from its
+    ``ranges`` table) where given, else NUMBER_RANGES."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(NUMBER_RANGES))
+    if unknown:
+        raise ValueError(f"source '{source}': ranges given for {unknown}, which are not number columns")
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for column in columns:
+        if column not in NUMBER_RANGES:
+            continue
+        given = overrides.get(column, NUMBER_RANGES[column])
+        if not isinstance(given, list | tuple) or len(given) != 2:
+            raise ValueError(f"source '{source}': the range of '{column}' must be [low, high], not {given!r}")
+        low, high = (None if bound is None or bound == "" else float(bound) for bound in given)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"source '{source}': the range of '{column}' is empty ({low} > {high})")
+        ranges[column] = (low, high)
+    return ranges
+
 
 LINK_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),

@@ -9,10 +9,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import REPO_ROOT
+from pipelines.settings import config_path
 
 # CREDIT_SOURCES_CONFIG points a deployment at its own registry (an added source needs no code).
-DEFAULT_CONFIG = Path(os.environ.get("CREDIT_SOURCES_CONFIG") or REPO_ROOT / "config" / "sources.toml")
+DEFAULT_CONFIG = config_path("sources.toml")
 
 
 @dataclass(frozen=True)

@@ -270,12 +270,11 @@ def _accepted(lake: Lake) -> pl.LazyFrame:
 
 def resolution_settings() -> dict[str, Any]:
     """config/resolution.toml (CREDIT_RESOLUTION_CONFIG points a deployment at its own)."""
-    import os
     import tomllib
 
-    from pipelines.lake import REPO_ROOT
+    from pipelines.settings import config_path
 
-    path = Path(os.environ.get("CREDIT_RESOLUTION_CONFIG") or REPO_ROOT / "config" / "resolution.toml")
+    path = config_path("resolution.toml")
     settings = tomllib.loads(path.read_text("utf-8"))
     if settings.get("engine", "rules") not in ("rules", "fellegi_sunter"):
         raise ValueError(f"{path}: engine must be 'rules' or 'fellegi_sunter'")

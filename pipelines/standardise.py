@@ -14,7 +14,14 @@ import polars as pl
 from pipelines.errors import SourceFormatError
 from pipelines.identifiers import classify_codes, reg_no_check_expr
 from pipelines.lake import write_parquet
-from pipelines.schema import CANONICAL_SCHEMA, conform
+from pipelines.schema import (
+    CANONICAL_SCHEMA,
+    DATE_RANGE,
+    FULL_WIDTH_NUMBER,
+    NUMBER_GROUP_SEPARATORS,
+    NUMBER_TEXT,
+    conform,
+)
 from pipelines.sources import SourceConfig
 
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%Y年%m月%d日")
@@ -24,7 +31,7 @@ _FALSE = ("false", "0", "no", "n", "否", "f")
 IDENTITY_EXTRAS = ("reg_no_extra",)
 
 
-def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.Expr:
+def _source_expr(spec: Any, columns: pl.Schema, source: str, target: str) -> pl.Expr:
     """One mapping entry of config/sources.toml as a Polars expression."""
 
     def col(name: str) -> pl.Expr:
@@ -46,7 +53,11 @@ def _source_expr(spec: Any, columns: set[str], source: str, target: str) -> pl.E
     if "scale" in spec:
         expr = _to_float(expr) * float(spec["scale"])
     if "join" in spec:
-        expr = expr.list.join(spec["join"])
+        if isinstance(columns[spec["column"]], pl.List | pl.Null):
+            # a delivery whose lists are all empty has no element type: they are lists of text
+            expr = expr.cast(pl.List(pl.String)).list.join(spec["join"])
+        else:  # lists and text mixed across JSON lines arrive as text: kept as delivered
+            expr = expr.cast(pl.String)
     if "format" in spec:
         expr = expr.cast(pl.String).str.strptime(CANONICAL_SCHEMA[target], spec["format"], strict=False)
     return expr
@@ -58,23 +69,47 @@ def _is_valid_reg_no(expr: pl.Expr) -> pl.Expr:
     )
 
 
+def _finite(value: pl.Expr) -> pl.Expr:
+    """NaN and ±infinity are no amounts: they become null, so the field is reported unreadable."""
+    return pl.when(value.is_finite()).then(value)
+
+
 def _to_float(expr: pl.Expr) -> pl.Expr:
-    return expr.cast(pl.String).str.strip_chars().str.replace_all(",", "").cast(pl.Float64, strict=False)
+    """A number written as schema.NUMBER_TEXT says (full-width digits, thousands separators),
+    finite; anything else is null (and reported by the caller)."""
+    text = expr.cast(pl.String).str.strip_chars()
+    ascii_text = text.str.replace_many(list(FULL_WIDTH_NUMBER), list(FULL_WIDTH_NUMBER.values()))
+    ungrouped = ascii_text.str.replace_many(
+        list(NUMBER_GROUP_SEPARATORS), [""] * len(NUMBER_GROUP_SEPARATORS)
+    )
+    value = ungrouped.cast(pl.Float64, strict=False)
+    return _finite(pl.when(text.str.contains(NUMBER_TEXT)).then(value))
+
+
+def _in_date_range(value: pl.Expr) -> pl.Expr:
+    low, high = DATE_RANGE
+    return pl.when(value.cast(pl.Date).is_between(low, high)).then(value)
 
 
 def _to_canonical(expr: pl.Expr, dtype: pl.DataType, source_dtype: pl.DataType | None) -> pl.Expr:
-    """Cast leniently: unreadable values become null and are reported by the caller."""
+    """Cast leniently: unreadable values (not finite, not whole, a date outside
+    schema.DATE_RANGE) become null and are reported by the caller."""
     if source_dtype is not None and source_dtype == dtype:
-        return expr
+        if dtype == pl.Float64():
+            return _finite(expr)
+        return _in_date_range(expr) if dtype in (pl.Date(), pl.Datetime("us")) else expr
     text = expr.cast(pl.String).str.strip_chars()
     if dtype == pl.Date():
-        return pl.coalesce([text.str.to_date(f, strict=False) for f in _DATE_FORMATS])
+        return _in_date_range(pl.coalesce([text.str.to_date(f, strict=False) for f in _DATE_FORMATS]))
     if dtype == pl.Datetime("us"):
-        return pl.coalesce([text.str.to_datetime(f, strict=False, time_unit="us") for f in _DATETIME_FORMATS])
+        return _in_date_range(
+            pl.coalesce([text.str.to_datetime(f, strict=False, time_unit="us") for f in _DATETIME_FORMATS])
+        )
     if dtype == pl.Float64():
         return _to_float(expr)
     if dtype == pl.Int64():
-        return _to_float(expr).cast(pl.Int64, strict=False)
+        number = _to_float(expr)  # a count or a number of days is whole
+        return pl.when(number == number.floor()).then(number.cast(pl.Int64, strict=False))
     if dtype == pl.Boolean():
         lowered = text.str.to_lowercase()
         return (
@@ -99,17 +134,19 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
     errors: list[pl.Expr] = []
     for target, spec in mapping.items():
         if target in IDENTITY_EXTRAS:
-            values[target] = _source_expr(spec, columns, source.name, target).cast(pl.String)
+            values[target] = _source_expr(spec, raw_schema, source.name, target).cast(pl.String)
             continue
         if target not in CANONICAL_SCHEMA:
             raise ValueError(f"source '{source.name}': '{target}' is not a canonical column")
-        given = _source_expr(spec, columns, source.name, target)
+        given = _source_expr(spec, raw_schema, source.name, target)
         dtype = CANONICAL_SCHEMA[target]
         source_dtype = raw_schema.get(spec) if isinstance(spec, str) else None
         value = _to_canonical(given, dtype, source_dtype)
         values[target] = value
         if dtype != pl.String():
-            shown = given.cast(pl.String)
+            # the value as delivered: a scaled number that cannot be read is null after scaling
+            delivered = pl.col(spec["column"]) if isinstance(spec, dict) and "scale" in spec else given
+            shown = delivered.cast(pl.String)
             errors.append(
                 pl.when(shown.is_not_null() & (shown.str.strip_chars() != "") & value.is_null())
                 .then(pl.lit(f"{target}=") + shown.str.slice(0, 40))

@@ -26,10 +26,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from pipelines.lake import REPO_ROOT
+from pipelines.settings import config_path
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
-from serving.limits import RateLimiter
+from serving.limits import RateLimiter, retry_after
 from serving.models import SOURCE_COUNT_FIELDS, ApiError, ApiModels, ListCatalogue, RunsResponse
 from serving.store import (
     GRADES,
@@ -43,7 +43,7 @@ from serving.store import (
 from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = REPO_ROOT / "config" / "service.toml"
+DEFAULT_CONFIG = config_path("service.toml")
 PAGES = Path(__file__).resolve().parent / "pages"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
 #: the OpenAPI security scheme: "Authorize" in /docs sends ``Authorization: Bearer <token>``; the
@@ -131,10 +131,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     settings = audit_settings(config)
     audit = AuditLog(lake, settings)
     refusals = RefusalTally(audit, settings.tally_window_seconds, settings.tally_callers_per_window)
-    limiter = RateLimiter(
-        float(config.get("rate_limit", {}).get("requests_per_second", 50)),
-        int(config.get("rate_limit", {}).get("burst", 100)),
-    )
+    limiter = RateLimiter.from_config(config)
     stop = threading.Event()
     policy = load_policy()
 
@@ -179,11 +176,18 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             ) from exc
         except TokenRefused as refused:
             request.state.principal = refused.principal  # known for an expired or revoked token
+            # guessing tokens costs the guesser: requests without a valid token are limited per address
+            if wait := limiter.address_wait(client_address(request)):
+                raise HTTPException(
+                    429, "too many requests without a valid token", headers={"Retry-After": retry_after(wait)}
+                ) from None
             raise HTTPException(401, str(refused), headers={"WWW-Authenticate": "Bearer"}) from None
         who = replace(who, client_address=client_address(request))
         request.state.principal = who
-        if not limiter.allow(who.token_hash):
-            raise HTTPException(429, "rate limit exceeded; slow down", headers={"Retry-After": "1"})
+        if wait := limiter.token_wait(who.token_hash):
+            raise HTTPException(
+                429, "rate limit exceeded; slow down", headers={"Retry-After": retry_after(wait)}
+            )
         return who
 
     def authorised(

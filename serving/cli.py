@@ -6,28 +6,35 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.cli import add_json_option, emit
 from pipelines.lake import DEFAULT_LAKE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from serving.app import create_app, load_config
+    from serving.server import load_settings, preflight, serve
 
     lake = Path(args.lake)
     if not (lake / "published").is_dir():
         raise FileNotFoundError(f"no published versions under {lake}; run `credit run` first")
-    app = create_app(lake, load_config(Path(args.config) if args.config else None))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        limit_concurrency=args.limit_concurrency,
-        timeout_keep_alive=30,
-        h11_max_incomplete_event_size=16 * 1024,
-    )
+    overrides = {
+        "server": {
+            "workers": args.workers,
+            "trusted_proxies": args.trusted_proxy,
+            "limit_concurrency": args.limit_concurrency,
+        },
+        "limits": {
+            "max_header_bytes": args.max_header_bytes,
+            "header_timeout_seconds": args.header_timeout,
+            "connections_per_client": args.connections_per_client,
+        },
+        "rate_limit": {
+            "requests_per_second": args.requests_per_second,
+            "anonymous_requests_per_second": args.anonymous_requests_per_second,
+        },
+    }
+    config = load_settings(Path(args.config) if args.config else None, overrides)
+    preflight(lake, config)
+    serve(lake, config, args.host, args.port, args.log_level, args.access_log)
     return 0
 
 
@@ -35,7 +42,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     from serving.tokens import create_token, parse_expiry
 
     expires = parse_expiry(args.expires) if args.expires else None
-    print(create_token(Path(args.lake), args.role, args.name, expires))
+    token = create_token(Path(args.lake), args.role, args.name, expires)
+    document = {"name": args.name, "role": args.role, "expires": expires, "token": token}
+    emit(args, document, token)
     return 0
 
 
@@ -71,8 +80,11 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     from serving.tokens import revoke_token
 
     entry = revoke_token(Path(args.lake), args.token)
-    print(
-        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC"
+    document = {"name": entry.name, "role": entry.role, "hash_prefix": entry.prefix, "revoked": entry.revoked}
+    emit(
+        args,
+        document,
+        f"revoked {entry.name} ({entry.role}, hash {entry.prefix}) at {entry.revoked:%Y-%m-%d %H:%M:%S} UTC",
     )
     return 0
 
@@ -106,10 +118,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--config", default=None, help="service settings (default config/service.toml)")
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
-        "--limit-concurrency", type=int, default=200, help="requests in flight before the service answers 503"
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (stderr)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    # the defaults of these live in config/service.toml; an option given here overrides it
+    setting = "(default: %s in config/service.toml or --config)"
+    serve.add_argument("--workers", type=int, help="worker processes " + setting % "[server] workers")
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDRESS",
+        help="a reverse proxy address or network whose X-Forwarded-For is believed; repeat for several "
+        + setting % "[server] trusted_proxies",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help="connections + requests in flight per worker before 503 "
+        + setting % "[server] limit_concurrency",
+    )
+    serve.add_argument(
+        "--max-header-bytes", type=int, help="request line + headers " + setting % "[limits] max_header_bytes"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time for a request's headers to arrive " + setting % "[limits] header_timeout_seconds",
+    )
+    serve.add_argument(
+        "--connections-per-client",
+        type=int,
+        help="open connections per client address and worker " + setting % "[limits] connections_per_client",
+    )
+    serve.add_argument(
+        "--requests-per-second",
+        type=float,
+        help="rate per token " + setting % "[rate_limit] requests_per_second",
+    )
+    serve.add_argument(
+        "--anonymous-requests-per-second",
+        type=float,
+        help="rate per client address without a valid token "
+        + setting % "[rate_limit] anonymous_requests_per_second",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -120,7 +175,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create a token and print it (only its hash is stored, in LAKE/service/tokens.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    create.add_argument("--role", required=True, choices=["regulator", "public"])
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=["regulator", "public"],
+        help="what the token may see (config/disclosure.toml defines each role's view)",
+    )
     create.add_argument("--name", required=True, help="who the token is for (recorded in the audit log)")
     create.add_argument(
         "--expires",
@@ -129,6 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default never",
     )
     create.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(create)
     create.set_defaults(func=cmd_token_create)
     listing = token_sub.add_parser(
         "list",
@@ -145,6 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     revoke.add_argument("token", metavar="NAME|PREFIX", help="the token's name, or the start of its hash")
     revoke.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
+    add_json_option(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
     audit = sub.add_parser("audit", help="the query service's audit trail")
@@ -155,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every entry the anchor store recorded (exit 2 and the problem when not)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    verify.add_argument("--lake", default=str(DEFAULT_LAKE))
+    verify.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding service/audit.jsonl")
     verify.add_argument(
         "--config", default=None, help="service settings whose [audit] names the key and anchor store"
     )

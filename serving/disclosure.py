@@ -15,7 +15,6 @@ withheld keys dropped and personal data masked in every text value (``mask_text`
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from typing import Any
 import polars as pl
 
 from pipelines.identifiers import is_id_number_form
-from pipelines.lake import REPO_ROOT
 from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON, load_grading
 from pipelines.schema import RECORD_TYPES
+from pipelines.settings import CONFIG_DIR, config_path
 
-DEFAULT_POLICY = REPO_ROOT / "config" / "disclosure.toml"
+DEFAULT_POLICY = CONFIG_DIR / "disclosure.toml"
 #: the entity types a policy may name (those pipelines/profiles.py gives a profile)
 KNOWN_ENTITY_TYPES = frozenset(ENTITY_TYPES.values()) | {NATURAL_PERSON, "other"}
 #: the key each response row carries: the domains withheld from it (the pages show them as not public)
@@ -328,7 +327,7 @@ class Policy:
 
 def load_policy(path: Path | None = None, grading: Path | None = None) -> Policy:
     """The policy at ``path``, else ``CREDIT_DISCLOSURE_CONFIG``, else config/disclosure.toml."""
-    return _load_policy(Path(path or os.environ.get("CREDIT_DISCLOSURE_CONFIG") or DEFAULT_POLICY), grading)
+    return _load_policy(Path(path or config_path(DEFAULT_POLICY.name)), grading)
 
 
 @cache

@@ -8,7 +8,10 @@ their own on top of a lake whose previous day was published, so the fallback can
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import shutil
 import sqlite3
 from datetime import date
@@ -78,9 +81,9 @@ def _csv_template(path: Path, encoding: str) -> dict[str, str]:
     return (
         pl.read_csv(path, encoding="utf8", infer_schema=False, n_rows=1).row(0, named=True)
         if encoding in ("utf-8", "utf-8-sig")
-        else pl.read_csv(path.read_bytes().decode(encoding).encode(), infer_schema=False, n_rows=1).row(
-            0, named=True
-        )
+        else pl.read_csv(
+            path.read_bytes().decode(encoding, errors="replace").encode(), infer_schema=False, n_rows=1
+        ).row(0, named=True)
     )
 
 
@@ -89,6 +92,23 @@ def _csv_line(template: dict[str, str], changes: dict[str, str | None]) -> str:
     return pl.DataFrame([row], schema={k: pl.String for k in row}).write_csv(
         include_header=False, quote_style="necessary"
     )
+
+
+def _rfc_line(template: dict[str, str], changes: dict[str, str | None], end: str = "\n") -> str:
+    """One record as RFC 4180 writes it (fields quoted when they hold commas, quotes or line
+    breaks), ended by ``end``."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(
+        ["" if v is None else v for v in {**template, **changes}.values()]
+    )
+    return buffer.getvalue()[: -len("\r\n")] + end
+
+
+def _line_of(path: Path, encoding: str, marker: str) -> int:
+    """The number of the first line after the header holding ``marker``, counting every line
+    break (LF, CRLF, a lone CR) as an editor does."""
+    lines = re.split(r"\r\n|\r|\n", path.read_bytes().decode(encoding, errors="replace"))
+    return next(number for number, text in enumerate(lines, start=1) if number > 1 and marker in text)
 
 
 def _append(path: Path, text: str | bytes, encoding: str) -> None:
@@ -100,16 +120,16 @@ def _append(path: Path, text: str | bytes, encoding: str) -> None:
 # ---------------------------------------------------------------- row-level kinds
 #: (kind, source, record id or line marker, words the quarantine reason must contain)
 ROW_KINDS: list[tuple[str, str, str, str]] = [
-    ("negative amount", "lending", "BAD-NEG", "loan amount is negative"),
+    ("negative amount", "lending", "BAD-NEG", "amount outside its range [0, "),
     ("text in a numeric column", "lending", "BAD-TYPE", "value could not be read"),
     ("unknown five-class value", "lending", "BAD-5CLASS", "five-class classification not recognised"),
     ("five-class inconsistent with overdue days", "lending", "BAD-CONSIST", "five-class inconsistent"),
     ("date in the future", "lending", "BAD-FUTURE", "in the future) (event_date=2030-01-01)"),
     ("empty name", "tax", "BAD-EMPTY", "name is empty"),
     ("SQL-like text in a name", "tax", "BAD-SQL", "SQL-like"),
-    ("score out of range", "tax", "BAD-SCORE", "rating score outside 0-100"),
+    ("score out of range", "tax", "BAD-SCORE", "score outside its range [0, 100] (score=250"),
     ("missing update time", "social_insurance", "BAD-NOSTAMP", "update time is missing"),
-    ("negative headcount", "social_insurance", "BAD-HEAD", "headcount is negative"),
+    ("negative headcount", "social_insurance", "BAD-HEAD", "headcount outside its range [0, "),
     ("markup in a name", "contract", "BAD-MARKUP", "markup"),
     ("null record id", "contract", "", "record id is missing"),
     ("unknown performance status", "contract", "BAD-PERF", "performance status not recognised"),
@@ -122,7 +142,6 @@ ROW_KINDS: list[tuple[str, str, str, str]] = [
         "contradicts the penalty category",
     ),
     ("unknown penalty category", "violations", "BAD-CATEGORY", "penalty category not recognised"),
-    ("enormous field", "violations", "BAD-HUGE", "implausibly long"),
     ("unreadable date", "violations", "BAD-DATE", "value could not be read"),
     (
         "invalid characters in a code",
@@ -132,14 +151,57 @@ ROW_KINDS: list[tuple[str, str, str, str]] = [
     ),
     ("wrong type in JSON", "product_quality", "BAD-BOOL", "value could not be read"),
     ("unknown spot-check result", "product_quality", "BAD-RESULT", "spot-check result not recognised"),
+    # what departments really send
+    ("NaN as an amount", "lending", "BAD-NAN", "value could not be read (parse_errors=amount=NaN)"),
+    ("inf as an amount", "lending", "BAD-INFTEXT", "value could not be read (parse_errors=amount=inf)"),
+    ("amount beyond its range", "lending", "BAD-HUGEAMT", "amount outside its range [0, "),
+    (
+        "a fine of 1e400 (infinity)",
+        "violations",
+        "BAD-INF",
+        "value could not be read (parse_errors=amount=1e400)",
+    ),
+    ("negative fine", "violations", "BAD-NEGFINE", "amount outside its range [0, "),
+    ("decimal comma, not thousands separators", "contract", "BAD-DECCOMMA", "(parse_errors=amount=1,5)"),
+    ("date out of range", "contract", "BAD-YEAR1", "(parse_errors=event_date=0001-01-01)"),
+    ("fractional headcount", "social_insurance", "BAD-FRAC", "(parse_errors=headcount=12.5)"),
 ]
 #: kinds that never become records: whole lines the extraction cannot read
-LINE_KINDS: list[tuple[str, str, str]] = [
-    ("truncated line with an unterminated quote", "contract", "unterminated quoted field"),
-    ("line with an extra field", "contract", "fields where the header has"),
-    ("line in the wrong encoding", "contract", "not valid gbk"),
-    ("broken JSON line", "product_quality", "not a JSON object"),
-    ("line with a missing field", "violations", "fields where the header has"),
+#: (kind, source, text on the line, words the reason must contain)
+LINE_KINDS: list[tuple[str, str, str, str]] = [
+    ("truncated line with an unterminated quote", "contract", "BAD-TRUNC", "unterminated quoted field"),
+    ("line with an extra field", "contract", "BAD-EXTRA", "fields where the header has 13"),
+    ("line in the wrong encoding", "contract", "BAD-LATIN", "not valid gbk"),
+    ("broken JSON line", "product_quality", '"BAD-JSON"', "not a readable JSON object"),
+    ("line with a missing field", "violations", "BAD-SHORT", "2 fields where the header has 16"),
+    # what departments really send
+    ("NUL bytes in a line", "contract", "BAD-NUL", "holds NUL bytes"),
+    ("a quote inside an unquoted field", "violations", "BAD-STRAY", "malformed quoting"),
+    (
+        "the header line again mid-file (files joined)",
+        "violations",
+        "处罚机关统一社会信用代码",
+        "the header line again",
+    ),
+    ("over-long field", "violations", "BAD-HUGE", "field '行政相对人名称' holds more than 10000 characters"),
+    (
+        "a JSON number beyond any float (1e400)",
+        "product_quality",
+        "BAD-JSON-INF",
+        "not a readable JSON object",
+    ),
+    ("NaN in JSON", "product_quality", "BAD-JSON-NAN", "not a readable JSON object"),
+    ("a truncated last line", "violations", "BAD-TRUNCEND", "unterminated quoted field"),
+]
+#: records that are valid however odd they look: (source, record id, canonical column, value read)
+GOOD_ODDITIES: list[tuple[str, str, str, object]] = [
+    ("contract", "RFC-NEWLINE", "detail", '(2024)浙0203执1号,\r\n"补充" 第二行'),
+    ("contract", "RFC-CR", "amount", 1234567.5),
+    ("contract", "RFC-FULLWIDTH", "amount", 123.5),
+    ("violations", "RFC-BOM", "amount", 12_345_000.0),
+    ("violations", "RFC-MULTILINE", "detail", "未按规定\n公示"),
+    ("product_quality", "RFC-CRLF", "status", "合格"),
+    ("product_quality", "RFC-JSONBOM", "status", "合格"),
 ]
 
 
@@ -271,14 +333,82 @@ def _inject_row_kinds(src: Path) -> None:
     )
 
 
+def _inject_department_kinds(src: Path) -> None:
+    """What departments really send: odd but valid records (quoted line breaks, CR and CRLF
+    endings, byte-order marks mid-file, thousands separators, full-width digits) and broken ones."""
+    lending = src / "lending" / "lending.db"
+    stamp = {"updated_at": STAMP}
+    _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-NAN", "amount": "NaN"})
+    _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-INFTEXT", "amount": "inf"})
+    _sql_row(lending, "loans", {**stamp, "loan_id": "BAD-HUGEAMT", "amount": 1e20})
+    _sql_row(
+        src / "social_insurance" / "social_insurance.db",
+        "contributions",
+        {**stamp, "record_id": "BAD-FRAC", "insured_pension": 12.5},
+    )
+
+    contract = src / "contract" / "enforcement.csv"
+    row = {**_csv_template(contract, "gbk"), "更新时间": STAMP}
+    lines = [
+        _rfc_line(row, {"记录编号": "BAD-DECCOMMA", "未履行金额": "1,5"}),
+        _rfc_line(row, {"记录编号": "BAD-YEAR1", "发布日期": "0001-01-01"}),
+        _rfc_line(row, {"记录编号": "RFC-NEWLINE", "案号": '(2024)浙0203执1号,\r\n"补充" 第二行'}),
+        _rfc_line(row, {"记录编号": "RFC-CR", "未履行金额": "1,234,567.5"}, end="\r"),
+        _rfc_line(row, {"记录编号": "RFC-FULLWIDTH", "未履行金额": "１２３．５"}, end="\r\n"),
+        _rfc_line(row, {"记录编号": "BAD-NUL", "法定代表人": "王\x00\x00"}),
+    ]
+    _append(contract, "".join(lines), "gbk")
+
+    violations = src / "violations" / "penalties.csv"
+    header = violations.read_bytes().decode("utf-8-sig").splitlines()[0]
+    row = {**_csv_template(violations, "utf-8-sig"), "更新时间": STAMP, "数据类别": "行政处罚"}
+    fine = {"处罚类别": "罚款"}
+    lines = [
+        _rfc_line(row, {**fine, "行政处罚决定书文号": "BAD-INF", "罚款金额（万元）": "1e400"}),
+        _rfc_line(row, {**fine, "行政处罚决定书文号": "BAD-NEGFINE", "罚款金额（万元）": "-3"}),
+        "\ufeff" + _rfc_line(row, {**fine, "行政处罚决定书文号": "RFC-BOM", "罚款金额（万元）": "1,234.5"}),
+        _rfc_line(row, {"行政处罚决定书文号": "RFC-MULTILINE", "违法行为类型": "未按规定\n公示"}, end="\r\n"),
+        _rfc_line(row, {"行政处罚决定书文号": "BAD-STRAY", "法定代表人": "PLACEHOLDER"}).replace(
+            "PLACEHOLDER", 'x"y"z'
+        ),
+        header + "\n",
+        'BAD-TRUNCEND,行政处罚,"法人及非法人',  # the delivery was cut off: no closing quote, no line end
+    ]
+    _append(violations, "".join(lines), "utf-8")
+
+    quality = src / "product_quality" / "spot_checks.jsonl"
+    row = {**json.loads(quality.read_text("utf-8").splitlines()[0]), "updated_at": STAMP, "result": "合格"}
+    good = row | {"failed_items": []}
+    _append(
+        quality,
+        json.dumps(good | {"report_no": "RFC-CRLF"}, ensure_ascii=False)
+        + "\r\n\ufeff"
+        + json.dumps(good | {"report_no": "RFC-JSONBOM"})
+        + "\n"
+        + json.dumps(row | {"report_no": "BAD-JSON-INF"})[:-1]
+        + ', "sample_size": 1e400}\n'
+        + json.dumps(row | {"report_no": "BAD-JSON-NAN"})[:-1]
+        + ', "sample_size": NaN}\n',
+        "utf-8",
+    )
+
+
 @pytest.fixture(scope="module")
 def dirty_run(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     src = tmp_path_factory.mktemp("dirty") / "sources"
     shutil.copytree(clean, src)
     _inject_row_kinds(src)
+    _inject_department_kinds(src)
     lake = src.parent / "lake"
     results = stages.run_all(str(src), str(lake), DAY, run_id="dirty")
     return lake, results
+
+
+def _source_file(lake: Path, source: str) -> tuple[Path, str]:
+    from pipelines.sources import load_sources
+
+    config = load_sources()[source]
+    return config.file_path(lake.parent / "sources"), config.encoding
 
 
 def _quarantine(lake: Path, source: str) -> pl.DataFrame:
@@ -291,7 +421,7 @@ def _accepted(lake: Path, source: str) -> pl.DataFrame:
 
 def test_the_catalogue_has_at_least_twenty_kinds() -> None:
     kinds = [k for k, *_ in ROW_KINDS] + [k for k, *_ in LINE_KINDS] + [k for k, *_ in BATCH_KINDS]
-    assert len(set(kinds)) == len(kinds) >= 20
+    assert len(set(kinds)) == len(kinds) >= 45
 
 
 @pytest.mark.parametrize(("kind", "source", "record_id", "reason"), ROW_KINDS, ids=[k[0] for k in ROW_KINDS])
@@ -316,15 +446,42 @@ def test_bad_rows_are_quarantined_with_their_reason(
         assert not accepted_ids.is_in([record_id]).any()
 
 
-@pytest.mark.parametrize(("kind", "source", "reason"), LINE_KINDS, ids=[k[0] for k in LINE_KINDS])
+@pytest.mark.parametrize(("kind", "source", "marker", "reason"), LINE_KINDS, ids=[k[0] for k in LINE_KINDS])
 def test_unreadable_lines_are_quarantined_with_line_number(
-    dirty_run: tuple[Path, dict], kind: str, source: str, reason: str
+    dirty_run: tuple[Path, dict], kind: str, source: str, marker: str, reason: str
 ) -> None:
+    """Each broken line is quarantined alone, with its reason and the number an editor shows for it
+    (records spanning lines and CR-only line ends before it included)."""
     lake, _ = dirty_run
     lines = _quarantine(lake, source).filter(pl.col("stage") == "extract")
-    hits = lines.filter(pl.col("reason").str.contains(reason, literal=True))
-    assert hits.height >= 1, (kind, lines.select("line", "reason").rows())
-    assert hits["line"].is_not_null().all() and hits["original"].is_not_null().all()
+    hits = lines.filter(pl.col("original").str.contains(marker, literal=True))
+    assert hits.height == 1, (kind, lines.select("line", "reason").rows())
+    assert reason in hits["reason"].item(), (kind, hits["reason"].item())
+    path, encoding = _source_file(lake, source)
+    assert hits["line"].item() == _line_of(path, encoding, marker)
+    assert source in hits["source"].item()
+
+
+@pytest.mark.parametrize(
+    ("source", "record_id", "column", "value"), GOOD_ODDITIES, ids=[g[1] for g in GOOD_ODDITIES]
+)
+def test_odd_but_valid_records_are_read_as_the_format_says(
+    dirty_run: tuple[Path, dict], source: str, record_id: str, column: str, value: object
+) -> None:
+    """Quoted commas, quotes and line breaks (RFC 4180), CR and CRLF line ends, a byte-order mark
+    mid-file, thousands separators and full-width digits are data, not damage."""
+    lake, _ = dirty_run
+    accepted = _accepted(lake, source).filter(pl.col("source_record_id") == record_id)
+    assert accepted.height == 1, _quarantine(lake, source).select("line", "source_record_id", "reason").rows()
+    assert accepted[column].item() == value
+
+
+def test_no_number_in_a_profile_is_infinite(dirty_run: tuple[Path, dict]) -> None:
+    """A fine of 1e400 is quarantined, not summed into a profile as infinity."""
+    lake, _ = dirty_run
+    profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
+    floats = [c for c, t in profiles.schema.items() if t == pl.Float64]
+    assert floats and profiles.select(pl.all_horizontal(pl.col(floats).fill_null(0).is_finite()).all()).item()
 
 
 def test_no_good_row_is_lost_and_the_books_balance(dirty_run: tuple[Path, dict], clean_lake: Path) -> None:
@@ -365,6 +522,14 @@ def _empty_file(src: Path) -> None:
     (src / "product_quality" / "spot_checks.jsonl").write_bytes(b"")
 
 
+def _duplicate_header(src: Path) -> None:
+    _rewrite_csv(
+        src / "violations" / "penalties.csv",
+        "utf-8-sig",
+        lambda t: t.replace("违法行为类型", "法定代表人", 1),
+    )
+
+
 def _renamed_column(src: Path) -> None:
     _rewrite_csv(
         src / "violations" / "penalties.csv",
@@ -396,6 +561,12 @@ BATCH_KINDS = [
     ("whole file in the wrong encoding", "contract", _wrong_encoding, "not valid gbk"),
     ("empty file", "product_quality", _empty_file, "is empty"),
     ("renamed column (schema drift)", "violations", _renamed_column, "schema drift"),
+    (
+        "a column named twice in the header",
+        "violations",
+        _duplicate_header,
+        "columns named twice: ['法定代表人']",
+    ),
     ("volume drop of more than half", "tax", _volume_drop, "volume dropped"),
     ("stale data", "violations", _stale, "stale data"),
     ("a numeric column that holds text (type drift)", "social_insurance", _mistyped_column, "type drift"),

@@ -245,6 +245,7 @@ def test_credit_link_then_evaluate(
                 str(tmp_path / "review"),
                 "--run",
                 "r1",
+                "--json",
             ]
         )
         == 0
@@ -254,7 +255,8 @@ def test_credit_link_then_evaluate(
     links = pl.read_parquet(out)
     assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade"]
     assert links.height == generated["records"].height
-    assert credit(["evaluate", "--links", str(out), "--truth", str(generated["root"] / "truth.parquet")]) == 0
+    truth = str(generated["root"] / "truth.parquet")
+    assert credit(["evaluate", "--links", str(out), "--truth", truth, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pairwise_f1"] >= 0.99
     # an incremental run: only new records are linked, against the registry's representatives
     new = generated["records"].head(50).with_columns(("new:" + pl.col("record_id")).alias("record_id"))
@@ -276,6 +278,7 @@ def test_credit_link_then_evaluate(
                 "--incremental",
                 "--run",
                 "r2",
+                "--json",
             ]
         )
         == 0

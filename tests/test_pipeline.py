@@ -134,7 +134,7 @@ def test_cli_run_and_evaluate(sources: Path, tmp_path: Path, capsys: pytest.Capt
         )
         == 0
     )
-    assert '"pairwise_f1"' in capsys.readouterr().out
+    assert "pairwise_f1" in capsys.readouterr().out
     assert credit(["run", "--sources", str(tmp_path / "nowhere"), "--lake", str(lake), "-q"]) == 1
     assert "lending" in capsys.readouterr().err
 

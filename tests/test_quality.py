@@ -9,8 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.quality import DataQualityError, load_suite, validate_profiles, validate_source
-from pipelines.schema import SOURCES, conform
+from pipelines.quality import (
+    DataQualityError,
+    load_suite,
+    range_expectations,
+    validate_profiles,
+    validate_source,
+)
+from pipelines.schema import NUMBER_RANGES, SOURCES, conform
 
 REPO = Path(__file__).resolve().parent.parent
 USCC = "91330203MA2A1B2C3X"
@@ -41,7 +47,7 @@ def test_every_suite_loads_from_json(name: str) -> None:
     suite = load_suite(name)
     assert suite.name == name and len(suite.expectations) >= 4
     spec = json.loads((REPO / "expectations" / f"{name}.json").read_text("utf-8"))
-    assert len(spec["expectations"]) == len(suite.expectations)
+    assert len(spec["expectations"]) + len(range_expectations(name)) == len(suite.expectations)
 
 
 def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
@@ -67,7 +73,7 @@ def test_bad_rows_go_to_quarantine_with_reasons(tmp_path: Path) -> None:
     assert sorted(accepted["source_record_id"]) == ["dup", "good-1", "good-2"]
     assert accepted.filter(pl.col("source_record_id") == "dup")["updated_at"].item() == datetime(2026, 11, 21)
     reasons = dict(zip(quarantined["source_record_id"], quarantined["reason"], strict=True))
-    assert "loan amount is negative (amount=-5.0)" in reasons["negative"]
+    assert "amount outside its range [0, " in reasons["negative"] and "(amount=-5.0)" in reasons["negative"]
     assert "five-class" in reasons["bad-class"] and "优秀" in reasons["bad-class"]
     assert "enterprise name is missing" in reasons["no-name"]
     assert "USCC" in reasons["bad-uscc"]
@@ -122,6 +128,9 @@ def profiles(rows: list[dict]) -> pl.DataFrame:
         lending_amount=0.0,
         tax_arrears_balance=0.0,
         contract_cases=0,
+        lists=[],
+        deductions=[],
+        vetoes=[],
     )
     return pl.DataFrame([{**base, **row} for row in rows])
 
@@ -190,3 +199,114 @@ def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
     index = (site / "index.html").read_text("utf-8")
     assert all(name in index for name in suites)
     assert len(list((site / "validations").rglob("*.html"))) == 6 * len(suites)
+
+
+def test_numbers_outside_their_range_are_quarantined(tmp_path: Path) -> None:
+    """Infinity, or a value beyond the column's range (schema.NUMBER_RANGES), never reaches a profile."""
+    beyond = NUMBER_RANGES["amount"][1] * 10
+    frame = loans(
+        [
+            {"source_record_id": "good"},
+            {"source_record_id": "infinite", "amount": float("inf")},
+            {"source_record_id": "beyond", "balance": beyond},
+            {"source_record_id": "days", "overdue_days": -1, "status": "关注"},
+        ]
+    )
+    frame.write_parquet(tmp_path / "s.parquet")
+    validate_source("lending", tmp_path / "s.parquet", tmp_path / "a.parquet", tmp_path / "q.parquet")
+    assert pl.read_parquet(tmp_path / "a.parquet")["source_record_id"].to_list() == ["good"]
+    reasons = dict(pl.read_parquet(tmp_path / "q.parquet").select("source_record_id", "reason").iter_rows())
+    assert "amount outside its range" in reasons["infinite"] and "amount=inf" in reasons["infinite"]
+    assert "balance outside its range" in reasons["beyond"]
+    assert "overdue_days outside its range" in reasons["days"]
+
+
+def test_range_checks_derive_from_one_definition() -> None:
+    """The suites' range checks come from schema.NUMBER_RANGES and the sources' ``ranges``; no suite
+    file restates a range of its own."""
+    import tomllib
+
+    from pipelines.schema import number_ranges
+
+    for path in (REPO / "expectations").glob("*.standardised.json"):
+        for expectation in json.loads(path.read_text("utf-8"))["expectations"]:
+            kwargs = expectation["kwargs"]
+            restated = expectation["type"] == "expect_column_values_to_be_between" and not kwargs.get(
+                "row_condition"
+            )
+            assert not (restated and kwargs["column"] in NUMBER_RANGES), (path.name, kwargs)
+    config = tomllib.loads((REPO / "config" / "sources.toml").read_text("utf-8"))["sources"]
+    derived = {e["kwargs"]["column"]: e["kwargs"] for e in range_expectations("tax.standardised")}
+    low, high = config["tax"]["ranges"]["score"]
+    assert (derived["score"]["min_value"], derived["score"]["max_value"]) == (low, high)
+    assert (derived["balance"]["min_value"], derived["balance"]["max_value"]) == NUMBER_RANGES["balance"]
+    with pytest.raises(ValueError, match="source 'x': the range of 'amount' is empty"):
+        number_ranges(["amount"], {"amount": [5, 1]}, "x")
+    with pytest.raises(ValueError, match=r"source 'x': ranges given for \['subject_name'\]"):
+        number_ranges(["amount"], {"subject_name": [0, 1]}, "x")
+
+
+def test_standardise_reads_numbers_and_dates_as_departments_write_them() -> None:
+    """Thousands separators and full-width digits are read; a decimal comma, NaN, infinity, 1e400
+    (also once scaled from 万元), a fractional count and a date out of range are reported unreadable."""
+    from pipelines.sources import load_sources
+    from pipelines.standardise import standardise_frame
+
+    source = load_sources()["violations"]
+    template = {column: None for column in ("行政处罚决定书文号", "更新时间", "数据类别")}
+    raw = pl.DataFrame(
+        [
+            {**template, "罚款金额（万元）": amount, "处罚决定日期": day}
+            for amount, day in [
+                ("1,234.5", "2026-01-01"),
+                ("１２３．５", "2026年01月02日"),
+                ("1,5", "2026-01-01"),
+                ("NaN", "2026-01-01"),
+                ("1e400", "2026-01-01"),
+                ("-inf", "2026-01-01"),
+                ("2", "0001-01-01"),
+                ("2", "9999-12-31"),
+            ]
+        ],
+        schema={c: pl.String for c in [*template, "罚款金额（万元）", "处罚决定日期"]},
+    )
+    needed = {
+        c
+        for spec in source.mapping.values()
+        for c in ([spec] if isinstance(spec, str) else [spec.get("column")])
+    }
+    raw = raw.with_columns([pl.lit(None, pl.String).alias(c) for c in needed if c and c not in raw.columns])
+    canonical = standardise_frame(raw.lazy(), source).collect()
+    assert canonical["amount"].to_list()[:2] == [12_345_000.0, 1_235_000.0]
+    assert canonical["event_date"][1] == date(2026, 1, 2)
+    assert canonical["parse_errors"].to_list() == [
+        None,
+        None,
+        "amount=1,5",
+        "amount=NaN",
+        "amount=1e400",
+        "amount=-inf",
+        "event_date=0001-01-01",
+        "event_date=9999-12-31",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failed_items", "detail"),
+    [
+        ([[], []], ["", ""]),  # every list empty: JSON gives them no element type
+        ([["标签", "净含量"], []], ["标签；净含量", ""]),
+        (['["标签"]', "无"], ['["标签"]', "无"]),  # lists and text mixed across lines: kept as delivered
+    ],
+)
+def test_standardise_joins_lists_whatever_their_delivery(failed_items: list, detail: list[str]) -> None:
+    from pipelines.sources import load_sources
+    from pipelines.standardise import standardise_frame
+
+    source = load_sources()["product_quality"]
+    mapped = [spec if isinstance(spec, str) else spec.get("column") for spec in source.mapping.values()]
+    columns = sorted({c for c in [source.id_column, source.watermark, *mapped] if c})
+    raw = pl.DataFrame({c: ["1", "2"] for c in columns}).with_columns(
+        pl.Series("failed_items", failed_items, strict=False)
+    )
+    assert standardise_frame(raw.lazy(), source).collect()["detail"].to_list() == detail

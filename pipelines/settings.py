@@ -1,0 +1,64 @@
+"""Where the settings files and expectation suites are: the one place every module asks.
+
+The repository keeps them in its top-level ``config/`` and ``expectations/`` folders; the wheel
+carries the same folders inside the package (``pipelines/config``, ``pipelines/expectations``,
+mapped in pyproject.toml), because an installed package has no checkout around it. The bundled
+copy wins when it exists, so the code works the same from a checkout and from an installed wheel.
+A deployment points any one file elsewhere with an environment variable (read at call time):
+``CREDIT_<NAME>_CONFIG`` for ``config/<name>.toml`` (``CREDIT_SOURCES_CONFIG``,
+``CREDIT_DISCLOSURE_CONFIG``, ...) and ``CREDIT_EXPECTATIONS_DIR`` for suites of its own, looked
+up before the bundled ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: the checkout's root (meaningful only when running from a checkout, e.g. for the demo's AIRFLOW_HOME)
+REPO_ROOT = PACKAGE_DIR.parent
+#: what the wheel bundles from the checkout's top level, and where it puts it inside the package
+BUNDLED_FOLDERS = ("config", "expectations")
+EXPECTATIONS_ENV = "CREDIT_EXPECTATIONS_DIR"
+#: relative on purpose: `credit` works in the current folder, from a checkout or an installed wheel
+DEFAULT_SOURCES = Path("data") / "sources"
+DEFAULT_LAKE = Path("data") / "lake"
+
+
+def bundled_folder(name: str) -> Path:
+    """The folder ``name`` (one of BUNDLED_FOLDERS) inside the installed package, else the checkout's."""
+    if name not in BUNDLED_FOLDERS:
+        raise ValueError(f"unknown settings folder {name!r}; expected one of {', '.join(BUNDLED_FOLDERS)}")
+    installed = PACKAGE_DIR / name
+    return installed if installed.is_dir() else REPO_ROOT / name
+
+
+CONFIG_DIR = bundled_folder("config")
+EXPECTATIONS_DIR = bundled_folder("expectations")
+
+
+def config_env(file_name: str) -> str:
+    """The environment variable that overrides ``config/<file_name>``: sources.toml -> CREDIT_SOURCES_CONFIG."""
+    return f"CREDIT_{Path(file_name).stem.upper()}_CONFIG"
+
+
+def config_path(file_name: str) -> Path:
+    """``config/<file_name>``, or the file its environment variable names."""
+    variable = config_env(file_name)
+    override = os.environ.get(variable)
+    if not override:
+        return CONFIG_DIR / file_name
+    if not Path(override).is_file():
+        raise FileNotFoundError(f"{variable}={override}: no such settings file")
+    return Path(override)
+
+
+def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:
+    """Folders searched for a suite, in order: the deployment's own (CREDIT_EXPECTATIONS_DIR), then ours."""
+    extra = os.environ.get(EXPECTATIONS_ENV)
+    if not extra:
+        return [bundled]
+    if not Path(extra).is_dir():
+        raise FileNotFoundError(f"{EXPECTATIONS_ENV}={extra}: no such folder of expectation suites")
+    return [Path(extra), bundled]
