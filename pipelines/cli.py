@@ -17,7 +17,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines._vocab import FAULT_LEVELS
+from pipelines._vocab import DEFAULT_FAULTS, FAULT_LEVELS
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 #: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
@@ -177,7 +177,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args,
         manifest,
         f"generated {manifest['entities']:,} firms, {manifest['records']:,} records in {args.out} "
-        f"(end date {manifest['end_date']}): {rows}",
+        f"(end date {manifest['end_date']}): {rows}; "
+        f"{sum(n for kinds in manifest['faults'].values() for n in kinds.values()):,} bad records ({args.faults})",
     )
     return EXIT_OK
 
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--faults",
         type=_faults,
-        default="default",
+        default=DEFAULT_FAULTS,
         help="bad records departments send, as validation quarantines them: "
         + ", ".join(
             f"{name} ({share * 100:g}%% of each source's records)" for name, share in FAULT_LEVELS.items()

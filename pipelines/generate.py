@@ -956,7 +956,7 @@ def _faults(end: date) -> dict[str, tuple[Fault, ...]]:
 
 
 def fault_share(faults: str | float) -> float:
-    """``--faults``: a level (none, default, heavy) or a share of records between 0 and 1."""
+    """``--faults``: a level of ``FAULT_LEVELS`` or a share of records between 0 and 1."""
     if isinstance(faults, str) and faults in FAULT_LEVELS:
         return FAULT_LEVELS[faults]
     try:
@@ -1112,7 +1112,7 @@ def generate(
     end_date: date | None = None,
     db_urls: Mapping[str, str] | None = None,
     progress: bool = False,
-    faults: str | float = "default",
+    faults: str | float = V.DEFAULT_FAULTS,
 ) -> dict[str, Any]:
     """Write the six source systems, the truth and a manifest into ``out_dir``; return the manifest.
 

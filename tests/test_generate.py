@@ -252,9 +252,9 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
     quarantine with a reason and the books balance; run night by night, the last night's court
     delivery is held back and carried forward; the same data generated clean quarantines nothing."""
     runs = {}
-    for faults in ("default", "none"):
+    for faults in ("realistic", "none"):
         sources, lake = tmp_path / faults / "sources", tmp_path / faults / "lake"
-        level = [] if faults == "default" else ["--faults", faults]  # the default is the faulty one
+        level = [] if faults == "realistic" else ["--faults", faults]  # the default is the faulty one
         credit(
             "generate",
             "--out",
@@ -273,7 +273,7 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
         summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
         assert summary["published"] and summary["books"]["balanced"], summary["books"]
         runs[faults] = (sources, lake, summary)
-    sources, lake, summary = runs["default"]
+    sources, lake, summary = runs["realistic"]
     injected = _faults_of(sources)
     assert any("written with its unit" in kind for kind in injected["contract"]), injected["contract"]
     for source, counts in summary["sources"].items():
