@@ -31,9 +31,12 @@ test: venv
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH
+# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
+# The DAG starts paused (airflow.cfg); UNPAUSED=1 creates it unpaused, so the scheduler starts the
+# latest night at once and every night after.
 airflow-ui: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) $(BIN)/airflow standalone
+	PATH="$(CURDIR)/$(BIN):$$PATH" CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) \
+	  $(if $(UNPAUSED),AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False) $(BIN)/airflow standalone
 
 bench: venv
 	$(BIN)/python bench/bench_pipeline.py --entities $${ENTITIES:-100000}

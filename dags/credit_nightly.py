@@ -2,6 +2,13 @@
 
 Thin on purpose: every task calls one plain function in ``pipelines.stages`` (imported inside the
 task so that parsing this file stays cheap) and passes only paths and counts through XCom.
+
+Every run reports itself: `plan` (the run's setup) replaces the date's report with a "running"
+one, a failed task records what failed and why, and `report` (the run's teardown, which runs
+whatever failed and does not decide the run's state) writes the final report and Data Docs; its
+"Run report" button in the task's page opens the report. A source held back and carried forward
+from its last good snapshot shows its `check` task as skipped. Owner and timeouts come from
+config/nightly.toml.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import (
     Asset,
+    BaseOperatorLink,
     CronTriggerTimetable,
     ExceptionRetryPolicy,
     Param,
@@ -25,7 +33,7 @@ from airflow.sdk import (
     dag,
     task,
 )
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.settings import config_path
 
@@ -34,7 +42,10 @@ TIMEZONE = "Asia/Shanghai"
 # The source list comes from the declarative registry (a small TOML read, no database access).
 SOURCES_CONFIG = config_path("sources.toml")
 SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
+NIGHTLY_CONFIG = config_path("nightly.toml")
+NIGHTLY = tomllib.loads(NIGHTLY_CONFIG.read_text("utf-8"))
 log = logging.getLogger(__name__)
+REPORT_URL_KEY = "report_url"
 PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")
 
 # A source that is down may come back: retry. One that delivers unreadable data will not: fail.
@@ -50,13 +61,35 @@ EXTRACT_RETRY_POLICY = ExceptionRetryPolicy(
 )
 
 
+def task_timeout(name: str) -> timedelta:
+    """A task's execution_timeout from config/nightly.toml (its name without the source group)."""
+    minutes = NIGHTLY["task_timeout_minutes"]
+    return timedelta(minutes=minutes.get(name, minutes["default"]))
+
+
+class RunReportLink(BaseOperatorLink):
+    """The "Run report" button on the `report` task: the page that task wrote for this run."""
+
+    name = "Run report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return XCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""
+
+
 def notify_failure(context: Any) -> None:
-    """Failure callback: log which task failed and why, and send the same as a JSON alert (to the
-    webhook in CREDIT_ALERT_WEBHOOK if set)."""
+    """Failure callback: log which task failed and why, keep it for the run report, and send the
+    same as a JSON alert (to the webhook in CREDIT_ALERT_WEBHOOK if set)."""
     from pipelines.notify import send_alert
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
+    run = ti.xcom_pull(task_ids="plan") if ti is not None and task_id != "plan" else None
+    if run:
+        from pipelines.report import record_failure
+
+        record_failure(run["lake_dir"], run["business_date"], context["run_id"], task_id, error)
     log.error(
         "credit_nightly: task %s failed in run %s: %s: %s",
         task_id,
@@ -93,7 +126,13 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     max_active_runs=1,
     tags=["credit", "nightly"],
     doc_md=__doc__,
-    default_args={"on_failure_callback": notify_failure, "retries": 0},
+    dagrun_timeout=timedelta(minutes=NIGHTLY["run_timeout_minutes"]),
+    default_args={
+        "owner": NIGHTLY["owner"],
+        "on_failure_callback": notify_failure,
+        "retries": 0,
+        "execution_timeout": task_timeout("default"),
+    },
     params={
         "sources_dir": Param(
             os.environ.get("CREDIT_SOURCES") or str(REPO / "data" / "sources"),
@@ -114,10 +153,10 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     },
 )
 def credit_nightly() -> None:
-    @task
+    @task(execution_timeout=task_timeout("plan"))
     def plan(**context: Any) -> dict[str, str]:
         """Fix the business date once: the run at 02:00 on day X processes day X - 1 (Asia/Shanghai),
-        unless the `business_date` param says otherwise."""
+        unless the `business_date` param says otherwise; the date's report now says "running"."""
         params = context["params"]
         business_date = params.get("business_date")
         if not business_date:
@@ -125,6 +164,10 @@ def credit_nightly() -> None:
             business_date = (
                 pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
             )
+        if "run_id" in context:  # a real run (not a unit test calling the function)
+            from pipelines.report import start_run
+
+            start_run(params["lake_dir"], business_date, context["run_id"])
         return {
             "business_date": business_date,
             "sources_dir": params["sources_dir"],
@@ -137,6 +180,7 @@ def credit_nightly() -> None:
         retry_exponential_backoff=2.0,
         max_retry_delay=timedelta(minutes=5),
         retry_policy=EXTRACT_RETRY_POLICY,
+        execution_timeout=task_timeout("extract"),
     )
     def extract(run: dict[str, str], source: str) -> dict[str, Any]:
         """Copy the source's records changed since the last published run into `LAKE/raw` (retried
@@ -145,23 +189,30 @@ def credit_nightly() -> None:
 
         return extract_source(source, run["sources_dir"], run["lake_dir"], run["business_date"])
 
-    @task(retries=0)
+    @task(retries=0, execution_timeout=task_timeout("check"))
     def check(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
         """Batch checks (readable, every mapped column there, volume against the last run,
         staleness). A failing batch is held back: a critical source fails here, any other falls back
-        to its last good snapshot."""
+        to its last good snapshot and this task ends skipped, so the grid shows it at a glance."""
         from pipelines.stages import check_source
 
-        return _fail_on_quality(check_source, source, run["lake_dir"], run["business_date"])
+        result = _fail_on_quality(check_source, source, run["lake_dir"], run["business_date"])
+        if not result["ok"]:
+            raise AirflowSkipException(
+                f"source '{source}' held back ({'; '.join(result['problems'])}): its last good snapshot "
+                "is carried forward and its profiles are marked stale"
+            )
+        return result
 
-    @task
-    def standardise(run: dict[str, str], source: str, checked: dict[str, Any]) -> dict[str, Any]:
+    # runs after a skipped `check` too: a held-back source is carried forward, not left out
+    @task(trigger_rule="none_failed", execution_timeout=task_timeout("standardise"))
+    def standardise(run: dict[str, str], source: str) -> dict[str, Any]:
         """Map the raw records to the canonical schema (`LAKE/staged`)."""
         from pipelines.stages import standardise_source
 
         return standardise_source(source, run["lake_dir"], run["business_date"])
 
-    @task(retries=0)
+    @task(retries=0, execution_timeout=task_timeout("validate"))
     def validate(run: dict[str, str], source: str, staged: dict[str, Any]) -> dict[str, Any]:
         """Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as
         `check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to
@@ -170,35 +221,35 @@ def credit_nightly() -> None:
 
         return _fail_on_quality(validate_source, source, run["lake_dir"], run["business_date"])
 
-    @task
+    @task(execution_timeout=task_timeout("resolve_entities"))
     def resolve_entities(run: dict[str, str], validated: list[dict[str, Any]]) -> dict[str, Any]:
         """Link the accepted records of all sources to firms (`LAKE/work/<date>/links, entities`)."""
         from pipelines.stages import resolve_entities as resolve
 
         return resolve(run["lake_dir"], run["business_date"])
 
-    @task
+    @task(execution_timeout=task_timeout("explain_links"))
     def explain_links(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
         """Per link, the name and code as recorded and the match grade (code, name, legal rep)."""
         from pipelines.stages import explain_links as explain
 
         return explain(run["lake_dir"], run["business_date"])
 
-    @task
+    @task(execution_timeout=task_timeout("build_profiles"))
     def build_profiles(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
         """One credit profile per firm (`LAKE/work/<date>/profiles`)."""
         from pipelines.stages import build_profiles as build
 
         return build(run["lake_dir"], run["business_date"])
 
-    @task(retries=0)
+    @task(retries=0, execution_timeout=task_timeout("validate_profiles"))
     def validate_profiles(run: dict[str, str], built: dict[str, Any]) -> dict[str, Any]:
         """Checks on the profile table; a failure stops the run before publishing, without retries."""
         from pipelines.stages import validate_profiles as check
 
         return _fail_on_quality(check, run["lake_dir"], run["business_date"])
 
-    @task(outlets=[PROFILES_ASSET])
+    @task(outlets=[PROFILES_ASSET], execution_timeout=task_timeout("publish"))
     def publish(run: dict[str, str], checked: dict[str, Any], **context: Any) -> dict[str, Any]:
         """Switch `current` to the new version and tell downstream DAGs which version it is."""
         from pipelines.stages import publish as publish_version
@@ -209,18 +260,38 @@ def credit_nightly() -> None:
             "business_date": run["business_date"],
             "profiles": result["profiles"],
             "path": result["path"],
+            "report": result["report"],
         }
         return result
+
+    @task(retries=0, execution_timeout=task_timeout("report"))
+    def report(run: dict[str, str], **context: Any) -> str:
+        """Write the run's report, failed or not: every task's state and what failed, where and why
+        (the run's teardown: it runs whatever happened upstream and does not decide the run's state)."""
+        from pipelines.report import finish_run
+
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]]).get(context["run_id"], {})
+        states = {t: str(getattr(s, "value", s)) for t, s in states.items() if t != ti.task_id}
+        page = finish_run(run["lake_dir"], run["business_date"], context["run_id"], states)
+        url = page.resolve().as_uri()
+        ti.xcom_push(key=REPORT_URL_KEY, value=url)
+        log.info("run report: %s", url)
+        return url
 
     run = plan()
     validated = []
     for source in SOURCES:
         with TaskGroup(group_id=source, tooltip=f"extract, check, standardise and validate {source}"):
-            extracted = extract(run, source)
-            staged = standardise(run, source, check(run, source, extracted))
+            checked = check(run, source, extract(run, source))
+            staged = standardise(run, source)
+            checked >> staged
             validated.append(validate(run, source, staged))
     resolved = resolve_entities(run, validated)
-    publish(run, validate_profiles(run, build_profiles(run, explain_links(run, resolved))))
+    published = publish(run, validate_profiles(run, build_profiles(run, explain_links(run, resolved))))
+    reported = report(run)
+    reported.operator.operator_extra_links = [RunReportLink()]
+    [*validated, published] >> reported.as_teardown()
 
 
 credit_nightly()

@@ -29,6 +29,9 @@ from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
+# GX logs an INFO line per public-API function it registers on import ("Skipping registering ..."),
+# most of a validate task's log; our logs keep GX's warnings and errors only.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 ROW_ID = "_row"
 #: suite parameters every suite may use: the number grammar the raw suites check type drift with
 #: is the one standardisation reads numbers with
@@ -53,15 +56,11 @@ _docs_run_name: str | None = None
 
 
 def use_data_docs(root: Path | None, run_name: str | None = None) -> None:
-    """Validate through a file-backed GX project under ``root``: every validation result is kept and
-    rendered into Data Docs (``data_docs_index(root)``) under ``run_name`` (the business date).
+    """Validate through a file-backed GX project under ``root``: every validation result is kept
+    under ``run_name`` (the business date) for the offline Data Docs site (``pipelines.data_docs``).
     Each process (Airflow task) sets it."""
     global _docs_root, _docs_run_name
     _docs_root, _docs_run_name = root, run_name
-
-
-def data_docs_index(root: Path) -> Path:
-    return root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
 @contextmanager
@@ -129,8 +128,8 @@ def _validate(
     """One GX validation of ``suite``; with ``schema_frame`` (the table's columns, no rows) the
     schema expectations are judged on it and the rest on ``frame`` (only the columns they read:
     GX filters the whole frame for every column expectation), merged into one suite result.
-    With Data Docs on, the result is stored and its page and the docs index are rebuilt (under the
-    project lock: other tasks of the run share the site)."""
+    With Data Docs on, the result is stored (under the project lock: other tasks of the run share
+    the project); ``pipelines.data_docs`` renders the stored results."""
     from great_expectations import __version__ as gx_version
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.execution_engine import pandas_execution_engine
@@ -221,7 +220,6 @@ def _validate(
             suite_validation_result_identifier=result_id,
             expectation_suite_identifier=suite_id,
         )
-        context.build_data_docs(resource_identifiers=[result_id])
     return result
 
 

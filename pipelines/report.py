@@ -3,19 +3,37 @@
 Self-contained (inline SVG bar charts, no scripts, nothing fetched): records per source,
 quarantine by reason, how records were matched, the grade distribution, changes against the
 previous version, held-back batches and the books. Written to ``LAKE/reports/<date>/report.html``
-next to ``summary.json`` and linked, with the GX Data Docs, from the publish task's log.
+next to ``summary.json`` and linked, with the offline Data Docs, from the publish task's log.
+
+Every run writes it, failed or not. The DAG keeps a run record (``run.json``: run id, state, the
+state of every task, and each failed task's stage, source and error): ``start_run`` replaces the
+previous attempt's page with a "running" one the moment a run starts, ``record_failure`` is called
+by the failure callback, and ``finish_run`` (the DAG's last task, which runs whatever failed)
+writes the final page. Files another run of the same date left behind are shown only when they
+carry this run's id, so an earlier night's "published" is never read as this one's.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from pipelines.lake import Lake, atomic_path
+from pipelines.data_docs import build_site, site_index
+from pipelines.lake import Lake, atomic_path, write_json
+from pipelines.sources import load_sources
+
+RUN_RECORD = "run.json"
+FAILURES_DIR = "failures"
+#: what each stage records for the next ones: an earlier run's copies are dropped when a run starts
+STAGE_RECORDS = ("extract", "batch", "validation", FAILURES_DIR)
+#: Airflow task states that mean the task did not do its work (in the order the report lists them)
+NOT_DONE = ("failed", "upstream_failed", "skipped", "removed")
 
 _COLOURS = ("#2f6fb0", "#3a9d5d", "#d0793a", "#8e5bb5", "#c44e52", "#7f7f7f")
 
@@ -69,36 +87,136 @@ def _quarantine_reasons(lake: Lake, sources: list[str]) -> list[tuple[str, float
     return [(f"{s}: {r}", float(n)) for s, r, n in reasons.iter_rows()]
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def split_task_id(task_id: str) -> tuple[str, str | None]:
+    """'contract.extract' -> ('extract', 'contract'); 'publish' -> ('publish', None)."""
+    group, _, stage = task_id.rpartition(".")
+    return stage, group or None
+
+
+def start_run(lake_dir: str | Path, business_date: str, run_id: str) -> Path:
+    """A run begins: record it and replace any earlier page for the date with a "running" one.
+    A new run id also drops what an earlier attempt's stages recorded (the same run id is a cleared
+    task being re-run: what the run's other tasks recorded still holds)."""
+    lake = Lake(Path(lake_dir), business_date)
+    earlier = _read_json(lake.reports / RUN_RECORD)
+    if earlier.get("run_id") != run_id:
+        for folder in STAGE_RECORDS:
+            shutil.rmtree(lake.reports / folder, ignore_errors=True)
+        (lake.reports / "summary.json").unlink(missing_ok=True)
+    write_json({"run_id": run_id, "state": "running", "started": _now()}, lake.reports / RUN_RECORD)
+    return build_run_report(lake.root, business_date)
+
+
+def record_failure(
+    lake_dir: str | Path, business_date: str, run_id: str, task_id: str, error: BaseException
+) -> None:
+    """Keep what failed, where and why, for the run report (called by the DAG's failure callback)."""
+    stage, source = split_task_id(task_id)
+    write_json(
+        {
+            "run_id": run_id,
+            "task_id": task_id,
+            "stage": stage,
+            "source": source,
+            "error": f"{type(error).__name__}: {error}",
+            "at": _now(),
+        },
+        Lake(Path(lake_dir), business_date).reports / FAILURES_DIR / f"{task_id}.json",
+    )
+
+
+def finish_run(lake_dir: str | Path, business_date: str, run_id: str, task_states: dict[str, str]) -> Path:
+    """The run is over (its last task runs whatever failed): record every task's state and write
+    the final report and the Data Docs site."""
+    lake = Lake(Path(lake_dir), business_date)
+    failed = sorted(t for t, s in task_states.items() if s in ("failed", "upstream_failed"))
+    record = _read_json(lake.reports / RUN_RECORD)
+    record.update(
+        run_id=run_id,
+        state="failed" if failed else "success",
+        finished=_now(),
+        tasks=dict(sorted(task_states.items())),
+    )
+    write_json(record, lake.reports / RUN_RECORD)
+    build_site(lake.root / "reports")
+    return build_run_report(lake.root, business_date)
+
+
+def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The page's head: this run's state, and for a failed run which task failed, where and why."""
+    run_id = html.escape(str(run.get("run_id") or summary.get("run_id") or "-"))
+    books = summary.get("books", {})
+    if run.get("state") == "running":
+        return [
+            f"<p class='status running'>Run <b>{run_id}</b> started {html.escape(str(run.get('started')))} "
+            "and is still <b>running</b>: nothing below is final.</p>"
+        ]
+    published = bool(summary.get("published"))
+    state = run.get("state") or ("success" if published else "failed")
+    finished = f" at {html.escape(str(run['finished']))}" if run.get("finished") else ""
+    sections = [
+        f"<p class='status {'ok' if published else 'bad'}'>Business date {lake.business_date}: "
+        f"<b>{'published' if published else 'NOT published'}</b>; run <b>{run_id}</b> {html.escape(state)}"
+        f"{finished}; "
+        f"version {html.escape(str(summary.get('version', '-')))}; "
+        f"books {'balance' if books.get('balanced') else 'DO NOT balance' if books else 'not reached'}.</p>"
+    ]
+    tasks: dict[str, str] = run.get("tasks") or {}
+    failures = {
+        f["task_id"]: f
+        for f in (_read_json(p) for p in sorted((lake.reports / FAILURES_DIR).glob("*.json")))
+        if f.get("run_id") == run.get("run_id") and tasks.get(f.get("task_id")) in (None, "failed")
+    }
+    failed = sorted(set(failures) | {t for t, s in tasks.items() if s == "failed"})
+    if failed:
+        rows = []
+        for task_id in failed:
+            stage, source = split_task_id(task_id)
+            rows.append(
+                [task_id, stage, source or "(all sources)", failures.get(task_id, {}).get("error", "")]
+            )
+        sections.append(_table("What failed", ["task", "stage", "source", "error"], rows))
+    not_done = [[t, s] for s in NOT_DONE[1:] for t, state in sorted(tasks.items()) if state == s]
+    if not_done:
+        sections.append(_table("Tasks that did not run their work", ["task", "state"], not_done))
+    return sections
+
+
 def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
     """Write the run report for one business date from what the stages left behind."""
     lake = Lake(Path(lake_dir), business_date)
+    run = _read_json(lake.reports / RUN_RECORD)
     summary = _read_json(lake.reports / "summary.json")
+    if run and summary.get("run_id") != run.get("run_id"):
+        summary = {}  # another run's (an earlier attempt at this date): not this run's outcome
     validation_dir = lake.reports / "validation"
     reports = {p.stem: _read_json(p) for p in sorted(validation_dir.glob("*.json"))}
     batches = {p.stem: _read_json(p) for p in sorted((lake.reports / "batch").glob("*.json"))}
     sources = sorted(set(reports) | set(batches))
-    sections = []
-
-    status = "published" if summary.get("published") else "NOT published"
     books = summary.get("books", {})
-    version = summary.get("version", "-")
-    sections.append(
-        f"<p class='status {'ok' if summary.get('published') else 'bad'}'>Business date {business_date}: "
-        f"<b>{status}</b>; version {html.escape(str(version))}; run {html.escape(str(summary.get('run_id', '-')))}; "
-        f"books {'balance' if books.get('balanced') else 'DO NOT balance'}.</p>"
-    )
+    sections = _run_sections(lake, run, summary)
     problems = [[name, "; ".join(b.get("problems", []))] for name, b in batches.items() if b.get("problems")]
     problems += [["books", p] for p in books.get("problems", [])]
     if problems:
         sections.append(_table("Held back or failed", ["where", "problem"], problems))
+    # every registered source gets its row, one whose chain stopped early too
+    reports = {name: reports.get(name, {}) for name in sorted(set(reports) | set(load_sources()))}
     rows = [
         [
             name,
-            r.get("extracted"),
-            r.get("accepted"),
-            r.get("quarantined"),
-            r.get("snapshot_records"),
-            "stale (last good snapshot)" if r.get("stale") else "fresh",
+            r.get("extracted", ""),
+            r.get("accepted", ""),
+            r.get("quarantined", ""),
+            r.get("snapshot_records", ""),
+            "not validated in this run"
+            if not r
+            else "stale (last good snapshot)"
+            if r.get("stale")
+            else "fresh",
             r.get("newest") or "",
         ]
         for name, r in reports.items()
@@ -163,11 +281,12 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
                 [[k, f"{v['records']:,.2f}", f"{v['profiles']:,.2f}"] for k, v in books["totals"].items()],
             )
         )
-    docs = lake.reports / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    docs = site_index(lake.root / "reports")
     if docs.exists():
         sections.append(
-            f"<p><a href='{html.escape(docs.relative_to(lake.reports).as_posix())}'>"
-            "Great Expectations Data Docs for this run</a> (every suite, every result)</p>"
+            f"<p><a href='../{html.escape(docs.relative_to(lake.root / 'reports').as_posix())}"
+            f"#night-{business_date}'>Data Docs</a>: every suite's results, this night and every earlier one, "
+            "each expectation with its reason</p>"
         )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>credit run {business_date}</title>
@@ -175,7 +294,7 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 900px; color: #222; }}
 h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.1em; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-.status.ok {{ color: #2a7a3f; }} .status.bad {{ color: #b22; }} .none {{ color: #777; }}
+.status.ok {{ color: #2a7a3f; }} .status.bad {{ color: #b22; }} .status.running {{ color: #a60; }} .none {{ color: #777; }}
 svg text.label {{ font-size: 12px; }} svg text.value {{ font-size: 12px; fill: #333; }}
 </style></head>
 <body><h1>Nightly credit run, business date {business_date}</h1>

@@ -442,7 +442,7 @@ def reconcile(
 
 
 def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
-    from pipelines import quality
+    from pipelines.data_docs import build_site
     from pipelines.publish import publish_version
     from pipelines.report import build_run_report
     from pipelines.state import record
@@ -502,8 +502,8 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         },
         lake.reports / "summary.json",
     )
+    docs = build_site(lake.root / "reports")
     report = build_run_report(lake.root, business_date)
-    docs = quality.data_docs_index(lake.reports / "gx")
     log.info("run report: %s", report.resolve().as_uri())
     log.info("Great Expectations Data Docs: %s", docs.resolve().as_uri())
     return {**result, "report": str(report), "data_docs": str(docs)}

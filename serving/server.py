@@ -17,9 +17,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import REPO_ROOT
+from pipelines.settings import config_path
 
-DEFAULT_CONFIG = REPO_ROOT / "config" / "service.toml"
+DEFAULT_CONFIG = config_path("service.toml")
 STATE_ENV = "CREDIT_SERVE_STATE"
 
 

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 RUN_AT = datetime(2026, 11, 24, 2, 0, tzinfo=ZoneInfo("Asia/Shanghai"))  # processes 2026-11-23
 BUSINESS_DATE = "2026-11-23"
+PREVIOUS_DATE = "2026-11-22"
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,24 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines.generate import generate
 
     out = tmp_path_factory.mktemp("dag-sources")
-    generate(out, entities=1500, seed=11, days=1, end_date=date(2026, 11, 23))
+    generate(out, entities=1500, seed=11, days=2, end_date=date(2026, 11, 23))
     return out
+
+
+def run_report(lake: Path, business_date: str = BUSINESS_DATE) -> str:
+    return (lake / "reports" / business_date / "report.html").read_text("utf-8")
+
+
+def report_link(run) -> str:  # noqa: ANN001 - an Airflow DagRun
+    """What the "Run report" button of the run's `report` task opens (the XCom the UI reads)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=run.run_id, dag_ids=run.dag_id, task_ids="report", key="_link_RunReportLink"
+        )
+        return XComModel.deserialize_value(session.scalars(query).one())
 
 
 def load_dag():
@@ -78,6 +95,10 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(
     )
     assert state(run) == "success", states(run)
     assert set(states(run).values()) == {"success"}
+    page = run_report(lake)
+    assert f"run <b>{run.run_id}</b> success" in page and "<b>published</b>" in page
+    assert "What failed" not in page
+    assert report_link(run) == (lake / "reports" / BUSINESS_DATE / "report.html").resolve().as_uri()
     current = lake / "published" / "current"
     assert current.resolve().name.startswith(f"{BUSINESS_DATE}_")
     profiles = pl.read_parquet(current / "profiles" / "*.parquet")
@@ -102,6 +123,7 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(
     output = "".join(capfd.readouterr()) + caplog.text
     assert f"run report: {report.resolve().as_uri()}" in output
     assert "Great Expectations Data Docs: file://" in output
+    assert "Skipping registering" not in output  # GX's import noise is kept out of the task logs
 
 
 def test_missing_source_fails_its_task_and_publishes_nothing(
@@ -115,6 +137,11 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
     shutil.copytree(sources, broken)
     (broken / "contract" / "enforcement.csv").unlink()
     lake = tmp_path / "lake"
+    # an earlier attempt at the same date published: its report must not pass for this run's
+    earlier = lake / "reports" / BUSINESS_DATE
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text('{"run_id": "earlier-attempt", "published": true, "version": "v0"}')
+    (earlier / "report.html").write_text("<p>earlier-attempt: published</p>")
     dag = load_dag()
     for task in dag.tasks:  # retries would only make the test wait
         task.retries = 0
@@ -126,8 +153,49 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
     assert task_states["contract.validate"] == "upstream_failed"
     assert task_states["lending.validate"] == "success"
     assert task_states["publish"] != "success"
+    assert task_states["report"] == "success"  # the report is written; the run still failed
     assert (lake / "raw" / BUSINESS_DATE / "lending.parquet").exists()
     assert not (lake / "published" / "current").exists()
     output = "".join(capfd.readouterr()) + caplog.text
     assert "source 'contract' is unavailable" in output
     assert "task contract.extract failed" in output  # the failure callback's message
+    # the run's report says it failed and names the task, stage, source and error
+    page = run_report(lake)
+    assert f"run <b>{run.run_id}</b> failed" in page and "<b>NOT published</b>" in page
+    assert "earlier-attempt" not in page and "v0" not in page
+    assert (
+        "<tr><td>contract.extract</td><td>extract</td><td>contract</td>"
+        "<td>SourceUnavailableError: source &#x27;contract&#x27; is unavailable" in page
+    )
+    assert "<tr><td>contract.validate</td><td>upstream_failed</td></tr>" in page
+    assert "<tr><td>contract</td><td>None</td>" not in page and "not validated in this run" in page
+    assert report_link(run).endswith(f"/reports/{BUSINESS_DATE}/report.html")
+
+
+def test_a_held_back_source_shows_its_check_skipped_and_the_night_still_publishes(
+    airflow_db: Path, sources: Path, tmp_path: Path
+) -> None:
+    """A non-critical source's bad delivery is carried forward from its last good snapshot: its
+    `check` ends skipped (pink in the grid), the rest of its chain and the night go on."""
+    from pipelines import stages
+
+    src = tmp_path / "sources"
+    shutil.copytree(sources, src)
+    lake = tmp_path / "lake"
+    stages.run_all(str(src), str(lake), PREVIOUS_DATE, run_id="the night before")
+    penalties = src / "violations" / "penalties.csv"  # schema drift: a mapped column renamed
+    penalties.write_bytes(penalties.read_bytes().replace("罚款金额（万元）".encode(), "罚款金额".encode(), 1))
+    run = load_dag().test(
+        logical_date=RUN_AT,
+        run_conf={"sources_dir": str(src), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+    )
+    task_states = states(run)
+    assert state(run) == "success", task_states
+    assert task_states["violations.check"] == "skipped"
+    assert task_states["violations.standardise"] == task_states["violations.validate"] == "success"
+    assert {s for t, s in task_states.items() if t != "violations.check"} == {"success"}
+    summary = (lake / "reports" / BUSINESS_DATE / "summary.json").read_text("utf-8")
+    assert '"published": true' in summary
+    page = run_report(lake)
+    assert "<tr><td>violations.check</td><td>skipped</td></tr>" in page
+    assert "stale (last good snapshot)" in page and "schema drift" in page

@@ -89,7 +89,28 @@ def test_tasks_present_and_ordered(dag) -> None:
     assert "validate_profiles" in dag.get_task("build_profiles").downstream_task_ids
     assert dag.get_task("publish").upstream_task_ids == {"plan", "validate_profiles"}
     assert {"resolve_entities", "publish"} <= downstream("plan")
-    assert [t.task_id for t in dag.leaves] == ["publish"]
+    assert [t.task_id for t in dag.leaves] == ["report"]
+    # the report runs after everything, whatever failed, and does not decide the run's state
+    report = dag.get_task("report")
+    assert report.is_teardown and not report.on_failure_fail_dagrun
+    assert report.upstream_task_ids == {"plan", "publish", *(f"{s}.validate" for s in SOURCES)}
+    assert [link.name for link in report.operator_extra_links] == ["Run report"]
+    # a held-back source skips its check; what follows still runs to carry its snapshot forward
+    for source in SOURCES:
+        assert dag.get_task(f"{source}.standardise").trigger_rule == "none_failed"
+
+
+def test_owner_and_timeouts_come_from_configuration(dag) -> None:
+    nightly = tomllib.loads((REPO / "config" / "nightly.toml").read_text("utf-8"))
+    minutes = nightly["task_timeout_minutes"]
+    assert dag.dagrun_timeout == timedelta(minutes=nightly["run_timeout_minutes"])
+    for task in dag.tasks:
+        name = task.task_id.rpartition(".")[2]
+        assert task.owner == nightly["owner"], task.task_id
+        assert task.execution_timeout == timedelta(minutes=minutes.get(name, minutes["default"])), (
+            task.task_id
+        )
+    assert len({task.execution_timeout for task in dag.tasks}) > 1  # the per-task overrides apply
 
 
 def test_publish_emits_the_profiles_asset(dag) -> None:

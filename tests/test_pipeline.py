@@ -174,10 +174,42 @@ def test_each_run_leaves_a_report_and_data_docs(lake: Path) -> None:
     ):
         assert heading in page, heading
     assert page.count("<svg") >= 3 and "<script" not in page  # empty charts say "nothing to show"
-    docs = reports / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    assert "gx/gx/uncommitted/data_docs/local_site/index.html" in page
+    assert "run <b>test-run</b> success" in page and "<b>published</b>" in page
+    docs = lake / "reports" / "data-docs" / "index.html"
+    assert f"../data-docs/index.html#night-{BUSINESS_DATE}" in page
     index = docs.read_text("utf-8")
     for suite in ("lending.raw", "lending.standardised", "violations.standardised", "profiles"):
         assert suite in index, suite
-    validations = list((docs.parent / "validations").rglob("*.html"))
+    validations = list((docs.parent / BUSINESS_DATE).glob("*.html"))
     assert len(validations) >= 13  # six raw + six standardised suites + the profiles suite
+
+
+def test_a_new_run_replaces_the_report_at_once_and_a_failed_one_says_where(
+    lake: Path, tmp_path: Path
+) -> None:
+    """The moment a run starts, the date's page says "running" (the earlier attempt's "published" is
+    gone); when it ends failed, the page names the failed task, its stage, source and error."""
+    from pipelines import report
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake / "reports", copy / "reports")
+    assert "<b>published</b>" in (copy / "reports" / BUSINESS_DATE / "report.html").read_text("utf-8")
+    page = report.start_run(copy, BUSINESS_DATE, "night-2").read_text("utf-8")
+    assert "<b>night-2</b>" in page and "still <b>running</b>" in page
+    assert "published" not in page and "test-run" not in page
+    assert not (copy / "reports" / BUSINESS_DATE / "summary.json").exists()
+    report.record_failure(
+        copy, BUSINESS_DATE, "night-2", "tax.validate", ValueError("tax rating 'Z' unknown")
+    )
+    report.record_failure(copy, BUSINESS_DATE, "an-earlier-run", "lending.extract", OSError("gone"))
+    states = {"tax.extract": "success", "tax.validate": "failed", "publish": "upstream_failed"}
+    page = report.finish_run(copy, BUSINESS_DATE, "night-2", states).read_text("utf-8")
+    assert "<b>NOT published</b>; run <b>night-2</b> failed" in page
+    assert (
+        "<tr><td>tax.validate</td><td>validate</td><td>tax</td><td>ValueError: tax rating &#x27;Z&#x27; unknown"
+        in page
+    )
+    assert "lending.extract" not in page  # another run's failure record
+    assert "<tr><td>publish</td><td>upstream_failed</td></tr>" in page
+    run = json.loads((copy / "reports" / BUSINESS_DATE / "run.json").read_text("utf-8"))
+    assert run["state"] == "failed" and run["tasks"] == dict(sorted(states.items()))

@@ -181,7 +181,7 @@ def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    root = tmp_path / "gx"
+    root = tmp_path / "2026-11-23" / "gx"  # as LAKE/reports/<date>/gx
     suites = ["lending.raw", "tax.raw", "contract.raw", "violations.raw"]
     tasks = [
         subprocess.Popen(
@@ -195,10 +195,13 @@ def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
     ]
     outcomes = [(task.wait(timeout=600), task.stderr.read()[-2000:]) for task in tasks]
     assert all(code == 0 for code, _ in outcomes), [err for code, err in outcomes if code]
-    site = root / "gx" / "uncommitted" / "data_docs" / "local_site"
-    index = (site / "index.html").read_text("utf-8")
+    from pipelines.data_docs import RESULTS_DIR, build_site
+
+    stored = list((root / RESULTS_DIR).rglob("*.json"))
+    assert len(stored) == 6 * len(suites)
+    index = build_site(tmp_path).read_text("utf-8")
     assert all(name in index for name in suites)
-    assert len(list((site / "validations").rglob("*.html"))) == 6 * len(suites)
+    assert len(list((tmp_path / "data-docs" / "2026-11-23").glob("*.html"))) == 6 * len(suites)
 
 
 def test_numbers_outside_their_range_are_quarantined(tmp_path: Path) -> None:
