@@ -32,7 +32,6 @@ from pipelines.identifiers import (
     resident_id_check_expr,
     uscc_check_expr,
 )
-from pipelines.lake import REPO_ROOT
 
 SQL_SOURCES = {
     "lending": ("lending/lending.db", "loans", "loan_id"),
@@ -1011,7 +1010,10 @@ BAD_DELIVERY = ("contract", "未履行金额", "更新时间")
 
 def _tolerated_share(source: str, column: str) -> float:
     """The share of a batch's values the raw suite lets fail for ``column`` (1 - its ``mostly``)."""
-    suite = json.loads((REPO_ROOT / "expectations" / f"{source}.raw.json").read_text("utf-8"))
+    from pipelines.quality import _suite_json  # the suite the pipeline will run (and where it looks)
+    from pipelines.settings import EXPECTATIONS_DIR
+
+    suite = json.loads(_suite_json(f"{source}.raw", EXPECTATIONS_DIR))
     mostly = [
         e["kwargs"]["mostly"]
         for e in suite["expectations"]
