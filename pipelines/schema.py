@@ -87,6 +87,8 @@ CANONICAL_SCHEMA: dict[str, pl.DataType] = {
     "headcount": pl.Int64(),
     "score": pl.Float64(),
     "flag": pl.Boolean(),
+    # who decided or reported the fact: lender, court, testing body, penalty authority (else null)
+    "authority": pl.String(),
     # fields whose source value could not be read as the canonical type ("amount='12,3x'; ...")
     "parse_errors": pl.String(),
 }

@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
@@ -31,6 +31,9 @@ from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter, retry_after
 from serving.models import SOURCE_COUNT_FIELDS, ApiError, ApiModels, ListCatalogue, RunsResponse
+from serving.report import FirmReport, ReportError, print_pdf
+from serving.report import document as report_document
+from serving.report import fragment as report_fragment
 from serving.store import (
     GRADES,
     HISTORY_COLUMNS,
@@ -334,6 +337,44 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         versions = disclosed(who).rows(store.history(found["entity_id"]), ("version", *HISTORY_COLUMNS))
         record(who, "history", {"code": code}, len(versions))
         return reply({"entity_id": found["entity_id"], "versions": versions})
+
+    @app.get(
+        "/api/v1/profiles/{code}/report",
+        summary="The firm's credit report (信用报告): HTML (what the firm page shows) or PDF",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the report, as asked by `format`",
+                "content": {
+                    "text/html": {"schema": {"type": "string"}},
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **errors(400, 404),
+        },
+    )
+    def credit_report(
+        code: Annotated[str, PathParam(max_length=40)],
+        who: Who,
+        format: Annotated[str, Query(pattern="^(html|pdf)$")] = "html",
+    ) -> Response:
+        store, found = firm(who, code, "report")
+        report = FirmReport.gather(store, disclosed(who), found)
+        if format == "html":
+            record(who, "report", {"code": code, "format": format}, 1)
+            return HTMLResponse(report_fragment(report))
+        try:
+            pdf = print_pdf(report_document(report))
+        except ReportError as exc:
+            log.error("credit report: %s", exc)
+            raise HTTPException(503, f"the PDF cannot be printed: {exc}") from exc
+        record(who, "report", {"code": code, "format": format}, 1)
+        name = f"credit-report-{found.get('uscc') or found['entity_id']}.pdf"
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @app.get(
         "/api/v1/search",

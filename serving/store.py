@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipelines.dictionary import reference_expr
 from pipelines.identifiers import repair_code
 from pipelines.profiles import list_labels, load_grading
+from pipelines.schema import CANONICAL_SCHEMA
 from serving.disclosure import View, load_policy, mask_text
 from serving.search import NameIndex
 
@@ -60,6 +62,25 @@ SUMMARY_COLUMNS = (
 )
 #: what the history shows of each kept version
 HISTORY_COLUMNS = ("score", "grade", "record_count", "lists", "grade_reasons", "as_of")
+#: the canonical fact columns the evidence shows of each linked record
+RECORD_FACTS = {
+    c: CANONICAL_SCHEMA[c]
+    for c in (
+        "record_type",
+        "event_date",
+        "end_date",
+        "period",
+        "status",
+        "category",
+        "detail",
+        "amount",
+        "balance",
+        "overdue_days",
+        "headcount",
+        "authority",
+    )
+}
+_KEYS = {"source": pl.String(), "source_record_id": pl.String()}
 #: what a view needs, beyond the columns it shows, to decide and recompute (read when present)
 VIEW_INPUTS = ("entity_type", "deductions", "vetoes", "veto_reasons", "provenance")
 #: what a role's lists and search filter on, as that role sees it
@@ -211,8 +232,37 @@ class VersionStore:
         return len(matched), self.rows(matched[offset : offset + size])
 
     def evidence(self, entity_id: str) -> pl.DataFrame:
+        """Each record linked to the firm: how it was matched, and the fact it records (date, amount,
+        authority, number, status, end) from the accepted canonical record of this version's date."""
         links = pl.scan_parquet(self.path / "links" / "*.parquet").filter(pl.col("entity_id") == entity_id)
-        return links.sort("source", "source_record_id").collect()
+        links = links.sort("source", "source_record_id").collect()
+        return links.join(self._record_facts(links), on=["source", "source_record_id"], how="left")
+
+    def _record_facts(self, links: pl.DataFrame) -> pl.DataFrame:
+        """The accepted records behind ``links`` (``RECORD_FACTS`` and ``reference``), read from
+        LAKE/accepted/<business date>/<source>.parquet; a source whose snapshot is gone gives none."""
+        accepted = self.lake / "accepted" / str(self.manifest.get("business_date"))
+        frames = []
+        for source, ids in links.group_by("source").agg("source_record_id").iter_rows():
+            path = accepted / f"{source}.parquet"
+            if not path.is_file():
+                continue
+            scan = pl.scan_parquet(path)
+            present = scan.collect_schema().names()
+            frames.append(
+                scan.filter(pl.col("source_record_id").is_in(ids))
+                .select(
+                    "source",
+                    "source_record_id",
+                    *(
+                        (pl.col(c) if c in present else pl.lit(None, dtype)).alias(c)
+                        for c, dtype in RECORD_FACTS.items()
+                    ),
+                )
+                .collect()
+            )
+        facts = pl.concat(frames) if frames else pl.DataFrame(schema={**_KEYS, **RECORD_FACTS})
+        return facts.with_columns(reference_expr())
 
     def history(self, entity_id: str) -> pl.DataFrame:
         """The firm in every published version still kept (oldest first), with what a view needs."""

@@ -368,7 +368,9 @@ def _requests(corpus: dict) -> list[tuple[str, dict[str, str]]]:
     firms = pl.concat([corpus["persons"], corpus["businesses"], corpus["leaky"]], how="vertical_relaxed")
     for firm in firms.iter_rows(named=True):
         for code in filter(None, (firm["entity_id"], firm["uscc"], firm["org_code"], firm["reg_no"])):
-            asks += [(f"/api/v1/profiles/{code}{tail}", {}) for tail in ("", "/evidence", "/history")]
+            asks += [
+                (f"/api/v1/profiles/{code}{tail}", {}) for tail in ("", "/evidence", "/history", "/report")
+            ]
         asks += [(f"/firm/{firm['entity_id']}", {}), ("/api/v1/search", {"q": firm["name"][:40]})]
     for secret in sorted(corpus["secrets"]):
         asks += [

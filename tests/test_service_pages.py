@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from pipelines.dictionary import load_columns, load_domains
+from pipelines.profiles import list_labels, load_grading
 from tests.conftest import skip_or_fail
 from tests.service_support import build_lake, credit, serving
 
@@ -26,16 +31,37 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture(autouse=True)
+def close_pages(browser):  # noqa: ANN001 - Playwright browser
+    """Each test's pages closed after it: their kept-alive connections count against the service's
+    connections per client address ([limits] connections_per_client), as a real visitor's would."""
+    yield
+    for context in list(browser.contexts):
+        context.close()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    sources, lake = build_lake(tmp_path_factory.mktemp("pages"), entities=800)
+    root = tmp_path_factory.mktemp("pages")
+    sources, lake = build_lake(root, entities=800)
+    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
+    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\npage screenshots under {shots}")
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)
     )
     public = credit("token", "create", "--role", "public", "--name", "citizen", "--lake", str(lake))
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
     with serving(lake) as base:
-        yield {"base": base, "regulator": regulator, "public": public, "profiles": profiles, "lake": lake}
+        yield {
+            "base": base,
+            "regulator": regulator,
+            "public": public,
+            "profiles": profiles,
+            "lake": lake,
+            "shots": shots,
+        }
 
 
 def sign_in(page, base: str, token: str, path: str = "/search") -> None:  # noqa: ANN001 - Playwright page
@@ -72,13 +98,14 @@ def test_search_then_profile_page_with_panels_grade_history_and_evidence(browser
     assert page.inner_text("#name") == firm["name"]
     assert page.inner_text("#grade") == firm["grade"]
     assert page.locator(".panel").count() >= 8
-    assert "信贷 Lending" in page.inner_text("#panels") and "税务 Tax" in page.inner_text("#panels")
+    panels = page.inner_text("#panels")
+    assert all(f"{d.label} {d.label_en}" in panels for d in load_domains().values())
     assert page.locator("#reasons li").count() >= 1
     assert page.locator("#history svg .history-point").count() == 2  # two published versions
     assert page.locator("#evidence tbody tr").count() == firm["record_count"]
-    assert all(len(g) == 3 for g in page.locator("#evidence tbody tr td:nth-child(7)").all_inner_texts())
+    assert all(len(g) == 3 for g in page.locator("#evidence tbody tr td:last-child").all_inner_texts())
     assert errors == []
-    page.screenshot(path=str(site["lake"] / "firm-page.png"), full_page=True)
+    page.screenshot(path=str(site["shots"] / "firm-page-search.png"), full_page=True)
 
 
 def test_firm_page_names_every_reason_and_the_rating_year(browser, site: dict) -> None:  # noqa: ANN001
@@ -150,10 +177,18 @@ def test_without_a_token_the_page_asks_for_one(browser, site: dict) -> None:  # 
     page.goto(site["base"] + "/search")
     assert page.is_visible("#login") and not page.is_visible("#app")
     page.fill("#token", "cr_wrong")
-    page.click("#login button[type=submit]")
-    # the page's first call (the list catalogue) gets a 401, which sends the visitor back to sign in
+    # the page's first call (the list pickers) gets a 401, which sends the visitor back to sign in
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/lists") and r.status == 401):
+        page.click("#login button[type=submit]")
     page.wait_for_selector("#login:not([hidden])")
     assert not page.is_visible("#app")
+    # a firm page likewise: its report is refused and no firm is shown
+    page.goto(site["base"] + "/firm/X0000000000000000")
+    page.fill("#token", "cr_wrong")
+    with page.expect_response(lambda r: "/report?format=html" in r.url and r.status == 401):
+        page.click("#login button[type=submit]")
+    page.wait_for_selector("#login:not([hidden])")
+    assert not page.is_visible("#app") and page.locator("#report .credit-report").count() == 0
 
 
 def test_public_page_of_an_individual_business_shows_no_loans(browser, site: dict) -> None:  # noqa: ANN001
@@ -168,9 +203,10 @@ def test_public_page_of_an_individual_business_shows_no_loans(browser, site: dic
     page = browser.new_page()
     sign_in(page, site["base"], site["public"], f"/firm/{firm['entity_id']}")
     page.wait_for_selector("#evidence tbody tr")
-    lending = page.locator(".panel", has_text="信贷 Lending")
+    lending = page.locator(".panel[data-domain=lending]")
     assert "不公开 not public" in lending.inner_text()
     sources = page.locator("#evidence tbody tr td:nth-child(1)").all_inner_texts()
+    page.screenshot(path=str(site["shots"] / "firm-page-public-individual-business.png"), full_page=True)
     assert sources and "lending" not in sources
     assert len(sources) == firm["record_count"] - loans.height
     body = page.inner_text("body")
@@ -180,3 +216,120 @@ def test_public_page_of_an_individual_business_shows_no_loans(browser, site: dic
     sign_in(regulator, site["base"], site["regulator"], f"/firm/{firm['entity_id']}")
     regulator.wait_for_selector("#evidence tbody tr")
     assert regulator.locator("#evidence tbody tr").count() == firm["record_count"]
+
+
+def test_firm_page_labels_units_records_and_the_grade_arithmetic(browser, site: dict) -> None:  # noqa: ANN001
+    """Chinese labels with units from config/profile_columns.toml, each panel's records with their
+    date, authority and number from the accepted records, and the grade as 1000 − deductions = score."""
+    firm = (
+        site["profiles"]
+        .filter(
+            pl.col("uscc").is_not_null()
+            & (pl.col("entity_type") == "enterprise")
+            & (pl.col("vetoes").list.len() == 0)
+            & (pl.col("lending_amount") > 0)
+        )
+        .sort(pl.col("deductions").list.len(), "entity_id", descending=[True, False])
+        .row(0, named=True)
+    )
+    page = browser.new_page()
+    sign_in(page, site["base"], site["regulator"], f"/firm/{firm['entity_id']}")
+    page.wait_for_selector("#evidence tbody tr")
+    columns = load_columns()
+    panels = page.inner_text("#panels")
+    assert columns["lending_overdue_principal"].label in panels and "lending_overdue_principal" not in panels
+    amount = page.inner_text(".field-lending_amount")
+    assert amount == f"{firm['lending_amount']:,.2f} 元"
+    assert page.inner_text(".field-si_headcount").endswith(" 人") or firm["si_headcount"] is None
+    total = sum(d["points"] for d in firm["deductions"])
+    band = next(
+        g["grade"]
+        for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"])
+        if firm["score"] >= g["min_score"]
+    )
+    assert f"1000 − {total} = {firm['score']} 分 → {band}" in page.inner_text(".credit-report")
+    assert band == firm["grade"]
+    assert page.locator("#arithmetic tr.deduction").count() == len(firm["deductions"])
+    # every deducting record is in its domain's panel with the facts of its accepted record
+    business_date = json.loads((site["lake"] / "published" / "current" / "manifest.json").read_text())[
+        "business_date"
+    ]
+    for deduction in firm["deductions"]:
+        for record in deduction["records"]:
+            source, record_id = record.split(":", 1)
+            accepted = pl.read_parquet(site["lake"] / "accepted" / business_date / f"{source}.parquet")
+            fact = accepted.filter(pl.col("source_record_id") == record_id).row(0, named=True)
+            row = page.locator(f".panel tr.counts:has(td:text-is('{record_id}'))")
+            assert row.count() == 1, record
+            text = row.inner_text()
+            assert deduction["rule"] in text and f"{deduction['until']:%Y-%m-%d}" in text
+            if fact["event_date"]:
+                assert f"{fact['event_date']:%Y-%m-%d}" in text
+            if fact["authority"]:
+                assert fact["authority"] in text
+            if fact["amount"]:
+                assert f"{fact['amount']:,.2f}" in text
+    # the timeline: a grade per kept version, a mark per dated record
+    assert page.locator("#history svg .history-point").count() == 2
+    assert page.locator("#history svg .record-mark").count() >= len(
+        {r for d in firm["deductions"] for r in d["records"]}
+    )
+    page.screenshot(path=str(site["shots"] / "firm-page-regulator.png"), full_page=True)
+
+
+def test_a_veto_shows_as_veto_to_the_lowest_grade(browser, site: dict) -> None:  # noqa: ANN001
+    firm = site["profiles"].filter(pl.col("vetoes").list.len() > 0).sort("entity_id").row(0, named=True)
+    page = browser.new_page()
+    sign_in(page, site["base"], site["regulator"], f"/firm/{firm['entity_id']}")
+    page.wait_for_selector("#arithmetic")
+    text = page.inner_text(".credit-report")
+    labels = list_labels()
+    for veto in firm["vetoes"]:
+        assert f"否决 veto：列入{labels[veto['list']][0]}" in text
+        assert f"至 {veto['until']:%Y-%m-%d}）→ {firm['grade']}" in text
+    assert page.inner_text("#grade") == firm["grade"] == "D"
+
+
+def test_pdf_report_from_the_page_is_printed_and_audited(browser, site: dict) -> None:  # noqa: ANN001
+    if not shutil.which("pdftotext") or not shutil.which("pdftoppm"):
+        skip_or_fail("poppler-utils is not installed (scripts/install-chromium.sh installs it)")
+    firm = (
+        site["profiles"]
+        .filter(pl.col("uscc").is_not_null())
+        .sort("record_count", descending=True)
+        .row(0, named=True)
+    )
+    page = browser.new_page(accept_downloads=True)
+    sign_in(page, site["base"], site["regulator"], f"/firm/{firm['entity_id']}")
+    page.wait_for_selector("#evidence tbody tr")
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#report-pdf")
+    pdf = site["shots"] / "report-from-page.pdf"
+    download.value.save_as(pdf)
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    text = " ".join(
+        subprocess.run(
+            ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert firm["name"] in text and "监管版" in text and f"信用分 {firm['score']} / 1000" in text
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            "-r",
+            "80",
+            "-png",
+            "-singlefile",
+            str(pdf),
+            str(pdf.with_suffix("")),
+        ],
+        check=True,
+    )
+    assert pdf.with_suffix(".png").stat().st_size > 20_000
+    audit = [json.loads(line) for line in (site["lake"] / "service" / "audit.jsonl").read_text().splitlines()]
+    asked = [e for e in audit if e.get("action") == "report" and e["query"].get("format") == "pdf"]
+    assert asked and asked[-1]["who"] == "inspector li" and asked[-1]["query"]["code"] == firm["entity_id"]

@@ -105,111 +105,47 @@ function searchPage() {
 }
 
 // ------------------------------------------------------------------ firm page
-// [title, domain (config/disclosure.toml; null for identity and summary), fields]
-const PANELS = [
-  ["身份 Identity", null, ["uscc", "org_code", "reg_no", "entity_type", "division_name", "industry", "legal_rep", "former_names"]],
-  ["信贷 Lending", "lending", ["lending_loans", "lending_amount", "lending_balance", "lending_overdue_principal", "lending_worst_class"]],
-  ["税务 Tax", "tax", ["tax_latest_rating", "tax_arrears_balance", "tax_major_violation"]],
-  ["履约 Contract performance", "contract", ["contract_cases", "contract_dishonest", "contract_unperformed_amount"]],
-  ["产品质量 Product quality", "product_quality", ["quality_checks_36m", "quality_failures_36m", "quality_fail_rate", "quality_recalls"]],
-  ["社会保险 Social insurance", "social_insurance", ["si_headcount", "si_arrears_months", "si_arrears_amount"]],
-  ["违法违规 Violations", "violations", ["violations_penalties_12m", "violations_fines_12m", "violations_serious_in_force", "on_abnormal_list", "on_serious_dishonesty_list"]],
-  ["名单与数据质量 Lists & data quality", null, ["lists", "quality_score", "record_count", "source_count", "as_of"]],
-];
-
-// fields shown together with what qualifies them: a rating means nothing without its year
-const SHOWN_WITH = {
-  tax_latest_rating: (p) => p.tax_latest_rating && p.tax_latest_rating + "（" + p.tax_latest_rating_year + " 年度 rating year）",
-};
-
-// The service says which domains it withheld from this visitor (profile.withheld): those panels
-// say so instead of showing fields, and the evidence table holds none of their records.
-function panel(title, domain, profile, fields) {
-  const box = el("section", null, "panel");
-  box.append(el("h3", title));
-  const list = el("dl");
-  const withheld = (profile.withheld || []).includes(domain);
-  const shown = withheld ? [] : fields.filter((field) => field in profile);
-  if (!shown.length) list.append(el("dt", "—"), el("dd", withheld ? "不公开 not public" : "无 none"));
-  for (const field of shown) {
-    const value = SHOWN_WITH[field] ? SHOWN_WITH[field](profile) : profile[field];
-    list.append(el("dt", field), el("dd", fmt(value), "field-" + field));
+// The page shows the credit report the service renders for this visitor's role (serving/report.py:
+// labels, units and panels derived from config/profile_columns.toml, disclosure.toml and
+// grading.toml; every value escaped there); the PDF button fetches the same report printed.
+async function apiText(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + token } });
+  if (response.status === 401) { sessionStorage.removeItem(TOKEN_KEY); showLogin(); }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error || response.statusText);
   }
-  box.append(list);
-  return box;
-}
-
-function historyChart(versions) {
-  const ns = "http://www.w3.org/2000/svg";
-  const width = 640, height = 180, pad = 60;
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", width); svg.setAttribute("height", height);
-  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "score history");
-  const x = (i) => pad + (versions.length === 1 ? (width - 2 * pad) / 2 : i * (width - 2 * pad) / (versions.length - 1));
-  const y = (score) => height - pad - (score / 1000) * (height - 2 * pad);
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", versions.map((v, i) => x(i) + "," + y(v.score)).join(" "));
-  line.setAttribute("fill", "none"); line.setAttribute("stroke", "#1f4e79"); line.setAttribute("stroke-width", "2");
-  for (const mark of [0, 500, 1000]) {
-    const tick = document.createElementNS(ns, "text");
-    tick.setAttribute("x", 4); tick.setAttribute("y", y(mark) + 4);
-    tick.textContent = String(mark);
-    const rule = document.createElementNS(ns, "line");
-    rule.setAttribute("x1", pad); rule.setAttribute("x2", width - pad);
-    rule.setAttribute("y1", y(mark)); rule.setAttribute("y2", y(mark)); rule.setAttribute("stroke", "#ddd");
-    svg.append(tick, rule);
-  }
-  svg.append(line);
-  versions.forEach((v, i) => {
-    const dot = document.createElementNS(ns, "circle");
-    dot.setAttribute("cx", x(i)); dot.setAttribute("cy", y(v.score)); dot.setAttribute("r", "4");
-    dot.setAttribute("fill", "#1f4e79"); dot.setAttribute("class", "history-point");
-    const title = document.createElementNS(ns, "title");
-    title.textContent = v.version + ": " + v.grade + " " + v.score;
-    dot.append(title);
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", x(i)); label.setAttribute("y", height - 8);
-    label.setAttribute("text-anchor", "middle");
-    label.textContent = String(v.as_of) + " " + v.grade;
-    svg.append(dot, label);
-  });
-  return svg;
+  return response;
 }
 
 async function firmPage() {
   const id = decodeURIComponent(location.pathname.split("/").pop());
+  const report = "/api/v1/profiles/" + encodeURIComponent(id) + "/report";
   try {
-    const [profileBody, evidence, history] = await Promise.all([
-      api("/api/v1/profiles/" + encodeURIComponent(id)),
-      api("/api/v1/profiles/" + encodeURIComponent(id) + "/evidence"),
-      api("/api/v1/profiles/" + encodeURIComponent(id) + "/history"),
-    ]);
-    const profile = profileBody.profile;
-    document.title = profile.name + " · 企业信用画像";
-    $("name").textContent = profile.name;
-    $("grade").textContent = profile.grade || "—";
-    $("grade").className = "grade grade-" + profile.grade;
-    $("score").textContent = "信用分 score " + (profile.score === null || profile.score === undefined ? "不公开 not public" : profile.score + " / 1000");
-    for (const [title, domain, fields] of PANELS) $("panels").append(panel(title, domain, profile, fields));
-    const stale = (profile.provenance || []).filter((p) => p.stale).map((p) => p.source);
-    if (stale.length) $("panels").append(el("p", "数据可能过期 stale sources: " + stale.join(", "), "stale"));
-    // every veto and every deduction, each naming its records, their dates and until when
-    const reasons = [...(profile.veto_reasons || []), ...(profile.grade_reasons || [])];
-    if (!reasons.length) $("reasons").append(el("li", "无扣分 no deductions"));
-    reasons.forEach((reason) => $("reasons").append(el("li", reason)));
-    const scored = history.versions.filter((v) => v.score !== null && v.score !== undefined);
-    $("history").append(scored.length ? historyChart(scored) : el("p", "不公开 not public"));
-    const body = $("evidence").querySelector("tbody");
-    for (const record of evidence.records) {
-      const row = el("tr");
-      for (const key of ["source", "source_record_id", "recorded_name", "recorded_code", "match_method", "match_confidence", "match_grade"]) {
-        row.append(el("td", fmt(record[key])));
-      }
-      body.append(row);
-    }
+    const html = await (await apiText(report + "?format=html")).text();
+    const parsed = new DOMParser().parseFromString(html, "text/html");
+    $("report").replaceChildren(...parsed.body.childNodes);
+    document.title = $("name").textContent + " · 企业信用画像";
   } catch (error) {
     $("error").textContent = error.message;
   }
+  $("report-pdf").addEventListener("click", async () => {
+    $("pdf-state").textContent = "正在生成 printing…";
+    try {
+      const blob = await (await apiText(report + "?format=pdf")).blob();
+      const link = el("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = "credit-report-" + id + ".pdf";
+      document.body.append(link);
+      link.click();
+      link.remove();
+      $("pdf-state").textContent = "已下载 downloaded";
+    } catch (error) {
+      $("pdf-state").textContent = "";
+      $("error").textContent = error.message;
+    }
+  });
 }
 
 // ------------------------------------------------------------------ runs page
