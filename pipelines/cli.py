@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipelines._vocab import DEFAULT_FAULTS, FAULT_LEVELS
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 #: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
@@ -121,6 +122,17 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
 
 
+def _faults(text: str) -> str:
+    """``--faults``: checked here so a typo is a usage error, not a traceback."""
+    from pipelines.generate import fault_share
+
+    try:
+        fault_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -158,13 +170,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         end_date=date.fromisoformat(args.end_date) if args.end_date else None,
         db_urls=urls or None,
         progress=not args.quiet,
+        faults=args.faults,
     )
     rows = ", ".join(f"{source} {count:,}" for source, count in manifest["rows"].items())
     emit(
         args,
         manifest,
         f"generated {manifest['entities']:,} firms, {manifest['records']:,} records in {args.out} "
-        f"(end date {manifest['end_date']}): {rows}",
+        f"(end date {manifest['end_date']}): {rows}; "
+        f"{sum(n for kinds in manifest['faults'].values() for n in kinds.values()):,} bad records ({args.faults})",
     )
     return EXIT_OK
 
@@ -286,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lending-url", help="SQLAlchemy URL for the lending database instead of a SQLite file")
     gen.add_argument("--social-insurance-url", help="SQLAlchemy URL for the social-insurance database")
     gen.add_argument("--tax-url", help="SQLAlchemy URL for the tax database")
+    gen.add_argument(
+        "--faults",
+        type=_faults,
+        default=DEFAULT_FAULTS,
+        help="bad records departments send, as validation quarantines them: "
+        + ", ".join(
+            f"{name} ({share * 100:g}%% of each source's records)" for name, share in FAULT_LEVELS.items()
+        )
+        + ", or a share between 0 and 1; none for clean data",
+    )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_json_option(gen)
     gen.set_defaults(func=cmd_generate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ FULL_WIDTH = {chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)}
 NATURAL_PERSON_SHARE = 0.03
 #: share of an individual business's penalty records whose name carries the owner's phone or ID
 LEAKED_CONTACT_SHARE = 0.15
+FAULT_LEVELS = V.FAULT_LEVELS
 
 
 class _Draw:
@@ -893,6 +895,148 @@ def _leak_owner_contacts(frame: pl.DataFrame, draw: _Draw, firms: pl.DataFrame) 
     )
 
 
+# --------------------------------------------------------------------------- bad records
+class Fault:
+    """One kind of bad record a department sends: where it can happen and what it changes.
+
+    Every kind is one the source's standardised suite (expectations/) quarantines with a reason;
+    tests/test_bad_input.py has the same kinds injected by hand."""
+
+    def __init__(self, kind: str, changes: dict[str, pl.Expr], applies: pl.Expr | None = None) -> None:
+        self.kind, self.changes, self.applies = kind, changes, applies
+
+
+def _faults(end: date) -> dict[str, tuple[Fault, ...]]:
+    """The kinds of bad record per source (``end``: the last day of data, for dates after it)."""
+    future = (end + timedelta(days=400)).isoformat()
+    fined = pl.col("处罚类别").is_in(["罚款", "没收违法所得"]) & pl.col("罚款金额（万元）").is_not_null()
+    date_typo = pl.col("处罚决定日期").str.slice(0, 5) + "13" + pl.col("处罚决定日期").str.slice(7)
+    return {
+        "lending": (
+            Fault("negative loan amount", {"amount": -pl.col("amount")}),
+            Fault(
+                "five-class inconsistent with overdue days",
+                {"five_class": pl.lit("正常"), "overdue_days": pl.lit(200, dtype=pl.Int64)},
+            ),
+            Fault("unknown five-class value", {"five_class": pl.lit("未分类")}),
+            Fault("start date in the future", {"start_date": pl.lit(future)}),
+        ),
+        "tax": (
+            Fault("empty name", {"taxpayer_name": pl.lit("  ")}),
+            Fault(
+                "rating score out of range",
+                {"rating_score": pl.col("rating_score") * 10},
+                pl.col("rating_score") > 10,
+            ),
+        ),
+        "contract": (
+            Fault("unknown performance status", {"履行情况": pl.lit("执行中")}),
+            Fault("markup in a name", {"被执行人名称": "<b>" + pl.col("被执行人名称") + "</b>"}),
+        ),
+        "product_quality": (
+            Fault("unknown spot-check result", {"result": pl.lit("基本合格")}),
+            Fault(
+                "invalid characters in a code",
+                {"enterprise_code": pl.col("enterprise_code").str.slice(0, 17) + "*"},
+                pl.col("enterprise_code").is_not_null(),
+            ),
+        ),
+        "social_insurance": (
+            Fault("negative headcount", {"insured_pension": -pl.col("insured_pension")}),
+            Fault("missing update time", {"updated_at": pl.lit(None, dtype=pl.String)}),
+        ),
+        "violations": (
+            Fault("fine without an amount", {"罚款金额（万元）": pl.lit(None, dtype=pl.String)}, fined),
+            Fault("warning with a fine", {"处罚类别": pl.lit("警告")}, fined),
+            Fault("unknown penalty category", {"处罚类别": pl.lit("罚金")}, pl.col("数据类别") == "行政处罚"),
+            Fault("unreadable decision date", {"处罚决定日期": date_typo}),
+        ),
+    }
+
+
+def fault_share(faults: str | float) -> float:
+    """``--faults``: a level of ``FAULT_LEVELS`` or a share of records between 0 and 1."""
+    if isinstance(faults, str) and faults in FAULT_LEVELS:
+        return FAULT_LEVELS[faults]
+    try:
+        share = float(faults)
+    except ValueError:
+        raise ValueError(
+            f"faults must be one of {', '.join(FAULT_LEVELS)} or a share between 0 and 1, not {faults!r}"
+        ) from None
+    if not 0 <= share <= 1:
+        raise ValueError(f"a share of faulty records must be between 0 and 1, not {share}")
+    return share
+
+
+def spoil(
+    frame: pl.DataFrame, source: str, share: float, draw: _Draw, end: date
+) -> tuple[pl.DataFrame, dict]:
+    """About ``share`` of ``frame``'s records with one fault each (drawn by seed from the source's own
+    stream); returns the frame and how many records got each kind of fault."""
+    kinds = _faults(end)[source]
+    if share <= 0 or frame.height == 0:
+        return frame, {}
+    rng = draw(f"faults-{source}")
+    chosen = np.where(rng.random(frame.height) < share, rng.integers(0, len(kinds), frame.height), -1)
+    frame = frame.with_columns(_fault=pl.Series(chosen, dtype=pl.Int64))
+    hit = [
+        (pl.col("_fault") == i) & (f.applies if f.applies is not None else pl.lit(True))
+        for i, f in enumerate(kinds)
+    ]
+    frame = frame.with_columns(
+        [pl.when(h).then(i).otherwise(None).alias(f"_hit{i}") for i, h in enumerate(hit)]
+    )
+    changed: dict[str, pl.Expr] = {}
+    for i, fault in enumerate(kinds):
+        for column, value in fault.changes.items():
+            base = changed.get(column, pl.col(column))
+            changed[column] = pl.when(pl.col(f"_hit{i}").is_not_null()).then(value).otherwise(base)
+    counts = {f.kind: int(frame[f"_hit{i}"].is_not_null().sum()) for i, f in enumerate(kinds)}
+    dtypes = frame.schema
+    frame = frame.with_columns([e.cast(dtypes[c]).alias(c) for c, e in changed.items()])
+    return frame.drop("_fault", *(f"_hit{i}" for i in range(len(kinds)))), {
+        k: n for k, n in counts.items() if n
+    }
+
+
+#: the odd bad delivery (with faults on and data over two days or more): on the last day the court
+#: system's export writes the unit into part of the unperformed amounts ("12345.00元"). A nightly
+#: run of that day sees it in more of its batch than the raw suite's ``mostly`` tolerates and holds
+#: the batch back (type drift); a full run over every day sees it in few enough rows to quarantine
+#: them one by one ("value could not be read").
+BAD_DELIVERY = ("contract", "未履行金额", "更新时间")
+
+
+def _tolerated_share(source: str, column: str) -> float:
+    """The share of a batch's values the raw suite lets fail for ``column`` (1 - its ``mostly``)."""
+    from pipelines.quality import _suite_json  # the suite the pipeline will run (and where it looks)
+    from pipelines.settings import EXPECTATIONS_DIR
+
+    suite = json.loads(_suite_json(f"{source}.raw", EXPECTATIONS_DIR))
+    mostly = [
+        e["kwargs"]["mostly"]
+        for e in suite["expectations"]
+        if e["kwargs"].get("column") == column and "mostly" in e["kwargs"]
+    ]
+    return 1 - min(mostly)
+
+
+def bad_delivery(frame: pl.DataFrame, draw: _Draw, end: date) -> tuple[pl.DataFrame, int]:
+    """The last day's records of ``BAD_DELIVERY``'s source with its column spoiled in 1.5 times the
+    share the raw suite tolerates: held back by that night's run, yet (with two days or more of
+    data) under the tolerance of a full run. Returns the frame and the records spoiled."""
+    source, column, stamp = BAD_DELIVERY
+    last_day = np.flatnonzero(frame[stamp].str.starts_with(end.isoformat()).fill_null(False).to_numpy())
+    # an exact count, not a coin per row: small batches must land on the same side of the tolerance
+    count = min(last_day.size, math.ceil(1.5 * _tolerated_share(source, column) * last_day.size))
+    rows = draw(f"bad-delivery-{source}").choice(last_day, size=count, replace=False)
+    spoilt = np.zeros(frame.height, dtype=bool)
+    spoilt[rows] = True
+    unit = pl.when(pl.Series(spoilt)).then(pl.col(column) + "元").otherwise(pl.col(column))
+    return frame.with_columns(unit.alias(column)), count
+
+
 GENERATORS: dict[str, tuple[Callable[..., pl.DataFrame], str]] = {
     "lending": (gen_lending, "loan_id"),
     "tax": (gen_tax, "record_id"),
@@ -970,10 +1114,16 @@ def generate(
     end_date: date | None = None,
     db_urls: Mapping[str, str] | None = None,
     progress: bool = False,
+    faults: str | float = V.DEFAULT_FAULTS,
 ) -> dict[str, Any]:
-    """Write the six source systems, the truth and a manifest into ``out_dir``; return the manifest."""
+    """Write the six source systems, the truth and a manifest into ``out_dir``; return the manifest.
+
+    ``faults`` (a level of ``FAULT_LEVELS`` or a share) spoils that share of every source's records
+    the way departments do, and with ``days`` > 1 the last day's court delivery is a bad one
+    (``BAD_DELIVERY``); the manifest counts them per source and kind. ``"none"`` is clean."""
     if entities < 1 or days < 1:
         raise ValueError("entities and days must be at least 1")
+    share = fault_share(faults)
     out_dir = Path(out_dir)
     end = end_date or (date.today() - timedelta(days=1))
     draw = _Draw(seed)
@@ -991,9 +1141,13 @@ def generate(
     steps.update()
     truth_parts = []
     rows: dict[str, int] = {}
+    spoiled: dict[str, dict[str, int]] = {}
     for source, (make, key) in GENERATORS.items():
         steps.set_postfix_str(source)
-        frame = make(firms, draw, end, days, trad, risk)
+        frame, spoiled[source] = spoil(make(firms, draw, end, days, trad, risk), source, share, draw, end)
+        if source == BAD_DELIVERY[0] and share > 0 and days > 1:
+            frame, late = bad_delivery(frame, draw, end)
+            spoiled[source][f"{BAD_DELIVERY[1]} written with its unit (the {end} delivery)"] = late
         truth_parts.append(
             frame.select(pl.lit(source).alias("source"), pl.col(key).alias("source_record_id"), "entity_key")
         )
@@ -1062,6 +1216,8 @@ def generate(
         "end_date": end.isoformat(),
         "rows": rows,
         "records": sum(rows.values()),
+        "fault_share": share,
+        "faults": spoiled,
         "db_urls": {
             k: sa.engine.make_url(v).render_as_string(hide_password=True) for k, v in db_urls.items()
         },
@@ -1074,4 +1230,4 @@ def generate(
     return manifest
 
 
-__all__ = ["generate", "build_firms", "write_sql_table"]
+__all__ = ["FAULT_LEVELS", "fault_share", "generate", "build_firms", "spoil", "write_sql_table"]

@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from pipelines.settings import config_path
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter, retry_after
+from serving.models import SOURCE_COUNT_FIELDS, ApiError, ApiModels, ListCatalogue, RunsResponse
 from serving.report import FirmReport, ReportError, print_pdf
 from serving.report import document as report_document
 from serving.report import fragment as report_fragment
@@ -46,6 +49,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = config_path("service.toml")
 PAGES = Path(__file__).resolve().parent / "pages"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
+#: the OpenAPI security scheme: "Authorize" in /docs sends ``Authorization: Bearer <token>``; the
+#: token itself is checked by ``principal`` (auto_error off, so its 401 says what is wrong)
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="a token from `credit token create`")
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the refusals a route can answer (the body of ``http_error``)."""
+    return {status: {"model": ApiError} for status in statuses}
 
 
 #: money (decimal in 元) as a JSON number with its exact digits, "lending_amount": 1234.50, never a
@@ -132,9 +143,13 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     stop = threading.Event()
     policy = load_policy()
 
+    models = ApiModels(policy)
     app = FastAPI(
         title="Enterprise credit profiles",
         version="1",
+        docs_url=None,  # /docs below: Swagger UI from a package, no CDN, no inline script
+        redoc_url=None,
+        responses=errors(401, 429, 503),
         description="Queries over the published credit profiles. Send `Authorization: Bearer <token>` "
         "(`credit token create`). Regulators see full profiles and every query they make is audited. "
         + policy.describe(),
@@ -183,7 +198,14 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             )
         return who
 
-    Who = Annotated[Principal, Depends(principal)]
+    def authorised(
+        who: Annotated[Principal, Depends(principal)],
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> Principal:
+        """``principal``, declared with the bearer scheme so the OpenAPI description has it."""
+        return who
+
+    Who = Annotated[Principal, Depends(authorised)]
 
     def disclosed(who: Principal) -> View:
         """The caller's view (config/disclosure.toml): every response row passes through it."""
@@ -272,8 +294,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         store = current.store
         return reply({"ok": store is not None, "version": store.version if store else None})
 
-    @app.get("/api/v1/version", summary="The version being served")
-    def version(who: Who) -> dict[str, Any]:
+    @app.get("/api/v1/version", summary="The version being served", response_model=models.version)
+    def version(who: Who) -> FastJSON:
         store = current.get()
         record(who, "version", {}, 1)
         return reply(
@@ -288,8 +310,10 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     @app.get(
         "/api/v1/profiles/{code}",
         summary="A firm's profile by USCC, organization code or old registration number",
+        response_model=models.profile,
+        responses=errors(400, 404),
     )
-    def profile(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
+    def profile(code: Annotated[str, PathParam(max_length=40)], who: Who) -> FastJSON:
         store, found = firm(who, code, "profile")
         record(who, "profile", {"code": code}, 1)
         return reply({"version": store.version, "profile": found})
@@ -297,8 +321,10 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     @app.get(
         "/api/v1/profiles/{code}/evidence",
         summary="Each record linked to the firm, with its match grade and confidence",
+        response_model=models.evidence,
+        responses=errors(400, 404),
     )
-    def evidence(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
+    def evidence(code: Annotated[str, PathParam(max_length=40)], who: Who) -> FastJSON:
         store, found = firm(who, code, "evidence")
         links = store.evidence(found["entity_id"])
         record(who, "evidence", {"code": code}, links.height)
@@ -306,9 +332,12 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         return reply({"version": store.version, "entity_id": found["entity_id"], "records": records})
 
     @app.get(
-        "/api/v1/profiles/{code}/history", summary="The firm's grade, score and lists in every kept version"
+        "/api/v1/profiles/{code}/history",
+        summary="The firm's grade, score and lists in every kept version",
+        response_model=models.history,
+        responses=errors(400, 404),
     )
-    def history(code: Annotated[str, PathParam(max_length=40)], who: Who) -> dict[str, Any]:
+    def history(code: Annotated[str, PathParam(max_length=40)], who: Who) -> FastJSON:
         store, found = firm(who, code, "history")
         versions = disclosed(who).rows(store.history(found["entity_id"]), ("version", *HISTORY_COLUMNS))
         record(who, "history", {"code": code}, len(versions))
@@ -318,6 +347,16 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         "/api/v1/profiles/{code}/report",
         summary="The firm's credit report (信用报告): HTML (what the firm page shows) or PDF",
         response_class=Response,
+        responses={
+            200: {
+                "description": "the report, as asked by `format`",
+                "content": {
+                    "text/html": {"schema": {"type": "string"}},
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **errors(400, 404),
+        },
     )
     def credit_report(
         code: Annotated[str, PathParam(max_length=40)],
@@ -342,12 +381,17 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    @app.get("/api/v1/search", summary="Fuzzy name search, ranked, with scores (0-100)")
+    @app.get(
+        "/api/v1/search",
+        summary="Fuzzy name search, ranked, with scores (0-100)",
+        response_model=models.search,
+        responses=errors(400),
+    )
     def search(
         who: Who,
         q: Annotated[str, Query(max_length=400)],
         limit: Annotated[int, Query(ge=1, le=100)] = int(limits.get("search_results", 20)),
-    ) -> dict[str, Any]:
+    ) -> FastJSON:
         text = clean_text(q, "q")
         store = current.get()
         hits = disclosed(who).rows(
@@ -356,10 +400,15 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         record(who, "search", {"q": text, "limit": limit}, len(hits))
         return reply({"version": store.version, "query": disclosed(who).text(text), "hits": hits})
 
-    @app.get("/api/v1/search/legal-representative", summary="Firms by legal representative (regulators only)")
+    @app.get(
+        "/api/v1/search/legal-representative",
+        summary="Firms by legal representative (regulators only)",
+        response_model=models.legal_rep,
+        responses=errors(400, 403),
+    )
     def by_legal_rep(
         who: Who, name: Annotated[str, Query(max_length=400)], limit: Annotated[int, Query(ge=1, le=100)] = 50
-    ) -> dict[str, Any]:
+    ) -> FastJSON:
         if not who.regulator:
             raise HTTPException(403, "search by legal representative is for regulators only")
         text = clean_text(name, "name")
@@ -368,8 +417,12 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         record(who, "search_legal_representative", {"name": text}, len(hits))
         return reply({"version": store.version, "hits": hits})
 
-    @app.get("/api/v1/lists", summary="The lists and grades one can filter by (from config/grading.toml)")
-    def list_catalogue(who: Who) -> dict[str, Any]:
+    @app.get(
+        "/api/v1/lists",
+        summary="The lists and grades one can filter by (from config/grading.toml)",
+        response_model=ListCatalogue,
+    )
+    def list_catalogue(who: Who) -> FastJSON:
         return reply(
             {
                 "lists": [{"name": n, "label": zh, "label_en": en} for n, (zh, en) in LIST_LABELS.items()],
@@ -377,7 +430,12 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             }
         )
 
-    @app.get("/api/v1/lists/{name}", summary="A list of firms, filtered and paginated")
+    @app.get(
+        "/api/v1/lists/{name}",
+        summary="A list of firms, filtered and paginated",
+        response_model=models.listing,
+        responses=errors(400),
+    )
     def listing(
         who: Who,
         name: Annotated[str, PathParam(pattern="^(" + "|".join(LISTS) + ")$")],
@@ -386,7 +444,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
         grade: Annotated[str | None, Query(pattern="^(" + "|".join(GRADES) + ")$")] = None,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         size: Annotated[int, Query(ge=1)] = 50,
-    ) -> dict[str, Any]:
+    ) -> FastJSON:
         size = min(size, max_page)
         if industry is not None:
             industry = clean_text(industry, "industry")
@@ -417,8 +475,12 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
             }
         )
 
-    @app.get("/api/v1/runs", summary="The latest nightly runs and their data-quality summary")
-    def runs(who: Who, limit: Annotated[int, Query(ge=1, le=60)] = 10) -> dict[str, Any]:
+    @app.get(
+        "/api/v1/runs",
+        summary="The latest nightly runs and their data-quality summary",
+        response_model=RunsResponse,
+    )
+    def runs(who: Who, limit: Annotated[int, Query(ge=1, le=60)] = 10) -> FastJSON:
         reports = sorted((lake / "reports").glob("*/summary.json"), reverse=True)[:limit]
         out = []
         for path in reports:
@@ -431,17 +493,7 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
                     "run_id": summary.get("run_id"),
                     "books_balanced": summary.get("books", {}).get("balanced"),
                     "sources": {
-                        name: {
-                            k: s.get(k)
-                            for k in (
-                                "extracted",
-                                "accepted",
-                                "quarantined",
-                                "snapshot_records",
-                                "stale",
-                                "problems",
-                            )
-                        }
+                        name: {k: s.get(k) for k in SOURCE_COUNT_FIELDS}
                         for name, s in summary.get("sources", {}).items()
                     },
                 }
@@ -492,5 +544,12 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     @app.get("/runs", include_in_schema=False)
     def runs_page() -> FileResponse:
         return FileResponse(PAGES / "runs.html")
+
+    # the API description in Swagger UI, whose files the swagger-ui-bundle package ships
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs_page() -> FileResponse:
+        return FileResponse(PAGES / "docs.html")
 
     return app

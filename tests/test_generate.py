@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from pipelines.generate import generate, write_sql_table
 from pipelines.identifiers import is_valid_uscc, repair_code
+from tests.service_support import credit, run_credit
 
 END = date(2026, 11, 23)
 SPEC_COLUMNS = {
@@ -74,7 +75,7 @@ SPEC_COLUMNS = {
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("gen")
-    generate(target, entities=3000, seed=3, days=5, end_date=END)
+    generate(target, entities=3000, seed=3, days=5, end_date=END, faults="none")  # domain rules hold
     return target
 
 
@@ -214,3 +215,88 @@ def test_sql_sources_can_live_in_postgresql(postgres_url: str) -> None:
         connection.commit()
     engine.dispose()
     assert back.equals(frame)
+
+
+def _faults_of(folder: Path) -> dict[str, dict[str, int]]:
+    return json.loads((folder / "manifest.json").read_text("utf-8"))["faults"]
+
+
+def test_faults_are_drawn_by_seed_and_none_is_clean(tmp_path: Path) -> None:
+    generate(tmp_path / "a", entities=400, seed=9, end_date=END, faults="heavy")
+    generate(tmp_path / "b", entities=400, seed=9, end_date=END, faults="heavy")
+    generate(tmp_path / "clean", entities=400, seed=9, end_date=END, faults="none")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    heavy = _faults_of(tmp_path / "a")
+    assert all(heavy[source] for source in ("lending", "tax", "social_insurance")), heavy
+    assert len({kind for kinds in heavy.values() for kind in kinds}) >= 8
+    assert _faults_of(tmp_path / "clean") == {source: {} for source in heavy}
+    loans = table(tmp_path / "clean" / "lending" / "lending.db", "loans")
+    assert (loans["amount"] > 0).all() and loans["five_class"].is_in(
+        ["正常", "关注", "次级", "可疑", "损失"]
+    ).all()
+    spoiled = table(tmp_path / "a" / "lending" / "lending.db", "loans")
+    assert (spoiled["amount"] < 0).sum() == heavy["lending"].get("negative loan amount", 0)
+    # the same records, only some values spoiled: the truth and the record ids do not move
+    assert spoiled["loan_id"].equals(loans["loan_id"])
+
+
+@pytest.mark.parametrize("faults", ["lots", "-0.1", "1.5"])
+def test_a_bad_fault_level_is_a_usage_error(faults: str, tmp_path: Path) -> None:
+    done = run_credit("generate", "--out", str(tmp_path / "x"), "--entities", "10", "--faults", faults)
+    assert done.returncode == 2 and "--faults" in done.stderr and "between 0 and 1" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_path: Path) -> None:
+    """`credit generate` (default faults, two days) then `credit run`: every spoiled record is in
+    quarantine with a reason and the books balance; run night by night, the last night's court
+    delivery is held back and carried forward; the same data generated clean quarantines nothing."""
+    runs = {}
+    for faults in ("realistic", "none"):
+        sources, lake = tmp_path / faults / "sources", tmp_path / faults / "lake"
+        level = [] if faults == "realistic" else ["--faults", faults]  # the default is the faulty one
+        credit(
+            "generate",
+            "--out",
+            str(sources),
+            "--entities",
+            "1200",
+            "--seed",
+            "5",
+            "--days",
+            "2",
+            "-q",
+            *level,
+        )
+        credit("run", "--sources", str(sources), "--lake", str(lake), "-q")
+        day = json.loads((sources / "manifest.json").read_text("utf-8"))["end_date"]
+        summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
+        assert summary["published"] and summary["books"]["balanced"], summary["books"]
+        runs[faults] = (sources, lake, summary)
+    sources, lake, summary = runs["realistic"]
+    injected = _faults_of(sources)
+    assert any("written with its unit" in kind for kind in injected["contract"]), injected["contract"]
+    for source, counts in summary["sources"].items():
+        assert not counts["stale"], source
+        assert counts["quarantined"] == sum(injected[source].values()), (source, injected[source])
+    quarantined = pl.concat(
+        [pl.read_parquet(p).select("source", "reason") for p in (lake / "quarantine").glob("*/*.parquet")]
+    )
+    assert quarantined.height >= 10 and quarantined["reason"].is_not_null().all()
+    reasons = quarantined["reason"].str.replace(r" \(.*$", "").unique()
+    assert reasons.len() >= 4, reasons.to_list()
+    assert "Quarantine by reason" in (lake / "reports" / summary["business_date"] / "report.html").read_text(
+        "utf-8"
+    )
+    clean = runs["none"][2]
+    assert sum(c["quarantined"] for c in clean["sources"].values()) == 0
+    assert sum(pl.read_parquet(p).height for p in (runs["none"][1] / "quarantine").glob("*/*.parquet")) == 0
+
+    nightly = tmp_path / "nightly"
+    last = date.fromisoformat(summary["business_date"])
+    for night in (last - timedelta(days=1), last):
+        credit("run", "--sources", str(sources), "--lake", str(nightly), "--date", night.isoformat(), "-q")
+    second = json.loads((nightly / "reports" / last.isoformat() / "summary.json").read_text("utf-8"))
+    assert second["published"] and second["books"]["balanced"]
+    held = {name for name, counts in second["sources"].items() if counts["stale"]}
+    assert held == {"contract"} and any("type drift" in p for p in second["sources"]["contract"]["problems"])

@@ -20,7 +20,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines.generate import generate
 
     out = tmp_path_factory.mktemp("incremental_sources")
-    generate(out, entities=800, seed=41, days=3, end_date=date(2026, 11, 23))
+    # clean: a bad delivery is held back by its night but quarantined row by row in a full run
+    generate(out, entities=800, seed=41, days=3, end_date=date(2026, 11, 23), faults="none")
     return out
 
 

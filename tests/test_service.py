@@ -12,10 +12,13 @@ import polars as pl
 import pytest
 
 from pipelines import stages
+from pipelines.profiles import PROFILE_COLUMNS
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
+from serving.models import ApiError
 from tests.service_support import DAYS, build_lake, credit, serving
+from tests.test_service_pages import browser  # noqa: F401 - the same headless Chromium
 
 
 @pytest.fixture(scope="module")
@@ -244,17 +247,72 @@ def test_rate_limits_per_token(deployment: dict, tmp_path: Path) -> None:
 
 def test_openapi_documents_the_api(deployment: dict) -> None:
     spec = httpx.get(deployment["base"] + "/openapi.json").json()
-    for path in (
-        "/api/v1/profiles/{code}",
-        "/api/v1/search",
-        "/api/v1/lists/{name}",
-        "/api/v1/runs",
-        "/api/v1/profiles/{code}/history",
-        "/api/v1/profiles/{code}/evidence",
-        "/api/v1/search/legal-representative",
-    ):
-        assert path in spec["paths"], path
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a token from `credit token create`",
+    }
+    schemas = spec["components"]["schemas"]
+    api = {path: ops for path, ops in spec["paths"].items() if path.startswith("/api/")}
+    served = {route.path for route in create_app_routes(deployment) if route.path.startswith("/api/")}
+    assert set(api) == served and len(api) >= 9
+    for path, operations in api.items():
+        for method, operation in operations.items():
+            assert operation["security"] == [{"bearer": []}], (path, method)
+            answers = operation["responses"]["200"]["content"]
+            assert answers and all(answer.get("schema") for answer in answers.values()), (path, answers)
+            if "application/json" in answers:  # a typed body, not "any object"
+                name = answers["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                assert schemas[name]["properties"], (path, name)
+            assert operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ApiError"
+            )
+    profile = schemas["Profile"]
+    # the public role never gets legal_rep or an individual business's lending: not required
+    assert {"legal_rep", "lending_amount", "quality_score"}.isdisjoint(profile.get("required", []))
+    assert {"entity_id", "entity_type"} <= set(profile["required"])
+    assert set(PROFILE_COLUMNS) <= set(profile["properties"])
     assert httpx.get(deployment["base"] + "/docs").status_code == 200
+
+
+def create_app_routes(deployment: dict) -> list:
+    """The routes of an app built like the served one (over the same lake)."""
+    from serving.app import create_app
+
+    return create_app(deployment["lake"], watch=False).routes
+
+
+def test_every_answer_fits_its_documented_model(deployment: dict, profiles: pl.DataFrame) -> None:
+    """The models in /openapi.json describe what the fast encoder really sends, for both roles."""
+    from serving.disclosure import load_policy
+    from serving.models import ApiModels, ListCatalogue, RunsResponse
+
+    models = ApiModels(load_policy())
+    individual = profiles.filter(pl.col("entity_type") == "individual business")
+    firm = (individual if individual.height else profiles).row(0, named=True)
+    code = firm["entity_id"]
+    rep = profiles.filter(pl.col("legal_rep").is_not_null())["legal_rep"][0]
+    asked = [
+        ("/api/v1/version", {}, models.version),
+        (f"/api/v1/profiles/{code}", {}, models.profile),
+        (f"/api/v1/profiles/{code}/evidence", {}, models.evidence),
+        (f"/api/v1/profiles/{code}/history", {}, models.history),
+        ("/api/v1/search", {"q": firm["name"]}, models.search),
+        ("/api/v1/lists", {}, ListCatalogue),
+        ("/api/v1/lists/grade_d", {"size": 50}, models.listing),
+        ("/api/v1/runs", {}, RunsResponse),
+    ]
+    for role in ("regulator", "public"):
+        for path, params, model in asked:
+            response = get(deployment, path, role=role, **params)
+            assert response.status_code == 200, (role, path, response.text[:300])
+            model.model_validate(response.json(), strict=False)
+    hits = get(deployment, "/api/v1/search/legal-representative", name=rep).json()
+    models.legal_rep.model_validate(hits)
+    public = get(deployment, f"/api/v1/profiles/{code}", role="public").json()["profile"]
+    assert "legal_rep" not in public  # the optional fields really are left out for the public
+    refused = get(deployment, "/api/v1/version", role=None).json()
+    ApiError.model_validate(refused)
 
 
 def test_a_new_version_is_served_without_a_restart_or_failed_queries(
@@ -297,3 +355,43 @@ def test_a_new_version_is_served_without_a_restart_or_failed_queries(
             thread.join()
     assert after != before and {before, after} <= seen
     assert failures == []
+
+
+def test_docs_work_offline_in_a_browser(deployment: dict, browser, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """/docs in headless Chromium with every request outside the service blocked: Swagger UI comes
+    from the service itself, runs under its content security policy, lists every operation, and
+    "Authorize" with a token makes "Try it out" answer 200."""
+    base = deployment["base"]
+    page = browser.new_page()
+    outside: list[str] = []
+    problems: list[str] = []
+
+    def only_the_service(route) -> None:  # noqa: ANN001 - Playwright route
+        if route.request.url.startswith(base + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(base + "/docs")
+    page.wait_for_selector(".opblock-summary-path")
+    shown = set(page.locator(".opblock-summary-path").evaluate_all("els => els.map(e => e.dataset.path)"))
+    spec = httpx.get(base + "/openapi.json").json()
+    assert shown == set(spec["paths"])
+    assert "Enterprise credit profiles" in page.inner_text(".info .title")
+
+    page.click("button.authorize")
+    page.fill(".modal-ux input[type=text]", deployment["regulator"]["Authorization"].split()[1])
+    page.click(".modal-ux button.modal-btn.auth.authorize")
+    page.click(".modal-ux button.btn-done")
+    page.click('.opblock-summary-path[data-path="/api/v1/version"]')
+    page.click(".try-out__btn")
+    page.click(".execute")
+    status = page.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for()
+    assert status.inner_text().strip() == "200"
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+    assert outside == [] and problems == [], (outside, problems)
