@@ -105,6 +105,8 @@ def test_a_flood_of_refusals_is_tallied_not_itemised(deployment: dict, tmp_path:
         # guesses are let through to their 401 here (the per-address limit has its own test)
         "[rate_limit]\nrequests_per_second = 1\nburst = 2\n"
         "anonymous_requests_per_second = 1000\nanonymous_burst = 1000\n"
+        # the tally is kept per worker process (the bound below is per worker): one worker here
+        "[server]\nworkers = 1\n"
         f"[audit]\ntally_window_seconds = 300\ntally_callers_per_window = {callers}\n",
         "utf-8",
     )
