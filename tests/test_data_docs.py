@@ -33,7 +33,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines.generate import generate
 
     sources = tmp_path_factory.mktemp("docs-sources")
-    generate(sources, entities=500, seed=29, days=2, end_date=date(2026, 11, 23))
+    generate(sources, entities=500, seed=29, days=2, end_date=date(2026, 11, 23), faults="none")
     lake = tmp_path_factory.mktemp("docs-lake")
     stages.run_all(str(sources), str(lake), NIGHTS[0], run_id=f"night {NIGHTS[0]}")
     # the second night a bank delivers a loan with a negative amount: one failed expectation

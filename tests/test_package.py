@@ -171,11 +171,14 @@ def test_installed_wheel_generates_runs_and_serves(wheel: Path, tmp_path: Path) 
     target = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(target)
     python = target / "bin" / "python"
+    # without PYTHONPATH: a checkout on it holds the editable install's egg-info, and pip would take
+    # the project as installed already and install nothing
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index"]
         + [str(wheel)],
         capture_output=True,
         text=True,
+        env=clean_environment(target / "bin"),
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
     # only then the shared third-party packages: as a path line, which runs none of their .pth files
