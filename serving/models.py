@@ -12,6 +12,7 @@ role's view can withhold is optional, so the public role's masked view is a vali
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -54,6 +55,8 @@ def _python_type(dtype: pl.DataType, name: str) -> Any:
         return int
     if dtype.is_float():
         return float
+    if isinstance(dtype, pl.Decimal):
+        return Decimal  # money: sent as a JSON number with its exact digits
     if dtype == pl.Boolean:
         return bool
     if dtype == pl.Date:

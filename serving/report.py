@@ -18,6 +18,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import cache
 from html import escape
 from pathlib import Path
@@ -135,7 +136,7 @@ def value_text(value: Any, column: Column | None) -> str:
     unit = column.unit if column else None
     if column and column.ratio and isinstance(value, int | float):
         return f"{value * 100:.1f}%"
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal):  # money is a decimal to the fen
         text = f"{value:,.2f}"
     elif isinstance(value, int):
         text = f"{value:,}"
