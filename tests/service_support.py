@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = ("2026-11-22", "2026-11-23")
@@ -83,3 +84,32 @@ def serving(lake: Path, config: Path | None = None, log: Path | None = None):
             process.kill()
         if log:
             stderr.close()
+
+
+def first_page(pdf: Path, png: Path) -> np.ndarray:
+    """The PDF's first page as a PNG (kept for people to look at) and as grey pixels (for the test)."""
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            "-r",
+            "80",
+            "-png",
+            "-singlefile",
+            str(pdf),
+            str(png.with_suffix("")),
+        ],
+        check=True,
+    )
+    grey = subprocess.run(
+        ["pdftoppm", "-f", "1", "-l", "1", "-r", "40", "-gray", "-singlefile", str(pdf)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    # PGM: "P5\n<width> <height>\n255\n" then one byte per pixel
+    header = grey.split(b"\n", 3)
+    width, height = map(int, header[1].split())
+    return np.frombuffer(header[3], dtype=np.uint8)[: width * height].reshape(height, width)

@@ -7,7 +7,6 @@ import html
 import json
 import os
 import re
-import shutil
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -16,11 +15,9 @@ import pytest
 
 from pipelines import stages
 from pipelines.data_docs import SITE_DIR
-from tests.conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHTS = ("2026-11-22", "2026-11-23")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: anything a page would fetch from elsewhere: an absolute or protocol-relative URL in an attribute or CSS
 EXTERNAL = re.compile(
     r"""(?:src|href|action)\s*=\s*['"]?\s*(?:[a-z][a-z0-9+.-]*:)?//|url\(\s*['"]?(?:https?:)?//|@import""",
@@ -92,18 +89,6 @@ def test_nothing_references_an_external_url(lake: Path) -> None:
     assert len(pages) >= 2 * 13 + 1 + 2
     offenders = {p.name: EXTERNAL.findall(p.read_text("utf-8")) for p in pages}
     assert {k: v for k, v in offenders.items() if v} == {}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        skip_or_fail("Chromium is not installed (scripts/install-chromium.sh installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 def test_pages_render_offline_in_chromium(lake: Path, browser, tmp_path: Path) -> None:  # noqa: ANN001

@@ -10,13 +10,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
 from pipelines.dictionary import load_columns
 from tests.conftest import skip_or_fail
-from tests.service_support import build_lake, credit, run_credit
+from tests.service_support import build_lake, credit, first_page, run_credit
 
 TOOLS = ("chromium", "pdftotext", "pdftoppm")
 
@@ -42,35 +41,6 @@ def pdf_text(pdf: Path) -> str:
     return subprocess.run(
         ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
     ).stdout
-
-
-def first_page(pdf: Path, png: Path) -> np.ndarray:
-    """The PDF's first page as a PNG (kept for people to look at) and as grey pixels (for the test)."""
-    subprocess.run(
-        [
-            "pdftoppm",
-            "-f",
-            "1",
-            "-l",
-            "1",
-            "-r",
-            "80",
-            "-png",
-            "-singlefile",
-            str(pdf),
-            str(png.with_suffix("")),
-        ],
-        check=True,
-    )
-    grey = subprocess.run(
-        ["pdftoppm", "-f", "1", "-l", "1", "-r", "40", "-gray", "-singlefile", str(pdf)],
-        capture_output=True,
-        check=True,
-    ).stdout
-    # PGM: "P5\n<width> <height>\n255\n" then one byte per pixel
-    header = grey.split(b"\n", 3)
-    width, height = map(int, header[1].split())
-    return np.frombuffer(header[3], dtype=np.uint8)[: width * height].reshape(height, width)
 
 
 def test_regulator_report_shows_the_grade_arithmetic_units_and_records(lake: dict) -> None:

@@ -18,7 +18,6 @@ from serving.audit import verify_audit
 from serving.disclosure import mask_text
 from serving.models import ApiError
 from tests.service_support import DAYS, build_lake, credit, serving
-from tests.test_service_pages import browser  # noqa: F401 - the same headless Chromium
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +356,7 @@ def test_a_new_version_is_served_without_a_restart_or_failed_queries(
     assert failures == []
 
 
-def test_docs_work_offline_in_a_browser(deployment: dict, browser, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_docs_work_offline_in_a_browser(deployment: dict, browser, tmp_path: Path) -> None:  # noqa: ANN001
     """/docs in headless Chromium with every request outside the service blocked: Swagger UI comes
     from the service itself, runs under its content security policy, lists every operation, and
     "Authorize" with a token makes "Try it out" answer 200."""

@@ -14,21 +14,7 @@ import pytest
 from pipelines.dictionary import load_columns, load_domains
 from pipelines.profiles import list_labels, load_grading
 from tests.conftest import skip_or_fail
-from tests.service_support import build_lake, credit, serving
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        skip_or_fail("Chromium is not installed (scripts/install-chromium.sh installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
+from tests.service_support import build_lake, credit, first_page, serving
 
 
 @pytest.fixture(autouse=True)
@@ -313,22 +299,7 @@ def test_pdf_report_from_the_page_is_printed_and_audited(browser, site: dict) ->
         ).stdout.split()
     )
     assert firm["name"] in text and "监管版" in text and f"信用分 {firm['score']} / 1000" in text
-    subprocess.run(
-        [
-            "pdftoppm",
-            "-f",
-            "1",
-            "-l",
-            "1",
-            "-r",
-            "80",
-            "-png",
-            "-singlefile",
-            str(pdf),
-            str(pdf.with_suffix("")),
-        ],
-        check=True,
-    )
+    first_page(pdf, pdf.with_suffix(".png"))
     assert pdf.with_suffix(".png").stat().st_size > 20_000
     audit = [json.loads(line) for line in (site["lake"] / "service" / "audit.jsonl").read_text().splitlines()]
     asked = [e for e in audit if e.get("action") == "report" and e["query"].get("format") == "pdf"]
