@@ -23,18 +23,6 @@ import polars as pl
 from serving.disclosure import load_policy
 from serving.store import _gates
 
-DEDUCTIONS = pl.List(
-    pl.Struct(
-        {
-            "rule": pl.String,
-            "source": pl.String,
-            "points": pl.Int64,
-            "records": pl.List(pl.String),
-            "reason": pl.String,
-        }
-    )
-)
-
 
 def _timed(repeat: int, work: callable) -> float:
     """Mean milliseconds of ``work``."""
@@ -59,20 +47,6 @@ def main() -> None:
         stages.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="bench")
         lake = root / "lake"
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
-    if "deductions" not in profiles.columns:  # the itemised shape, one loan and one tax deduction
-        loan = {
-            "rule": "loan_non_performing",
-            "source": "lending",
-            "points": 150,
-            "records": ["lending:L1"],
-            "reason": "x",
-        }
-        tax = {"rule": "tax_rating_c", "source": "tax", "points": 60, "records": ["tax:T1"], "reason": "y"}
-        profiles = profiles.with_columns(
-            deductions=pl.when(pl.col("lending_loans") > 0)
-            .then(pl.lit([loan, tax], dtype=DEDUCTIONS))
-            .otherwise(pl.lit([tax], dtype=DEDUCTIONS))
-        )
     big = pl.concat([profiles] * max(1, args.rows // profiles.height)).rechunk()
     views = load_policy().views.values()
     seconds = _timed(1, lambda: _gates(big, views)) / 1000

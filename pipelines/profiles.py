@@ -149,7 +149,8 @@ def industry_expr(name: pl.Expr, keywords: dict[str, str] | None = None) -> pl.E
     return name.str.extract(pattern, 1).replace_strict(keywords, default=None, return_dtype=pl.String)
 
 
-_DEDUCTION = pl.Struct(
+#: one entry of a profile's `deductions` and of its `vetoes` (the public view recomputes from these)
+DEDUCTION = pl.Struct(
     {
         "rule": pl.String,
         "source": pl.String,
@@ -159,7 +160,7 @@ _DEDUCTION = pl.Struct(
         "reason": pl.String,
     }
 )
-_VETO = pl.Struct(
+VETO = pl.Struct(
     {
         "list": pl.String,
         "source": pl.String,
@@ -170,8 +171,8 @@ _VETO = pl.Struct(
 )
 #: the grading columns a firm without any list, deduction or veto gets, and their empty values
 _EMPTY = {
-    "deductions": pl.lit([], dtype=pl.List(_DEDUCTION)),
-    "vetoes": pl.lit([], dtype=pl.List(_VETO)),
+    "deductions": pl.lit([], dtype=pl.List(DEDUCTION)),
+    "vetoes": pl.lit([], dtype=pl.List(VETO)),
     "grade_reasons": pl.lit([], dtype=pl.List(pl.String)),
     "veto_reasons": pl.lit([], dtype=pl.List(pl.String)),
     "lists": pl.lit([], dtype=pl.List(pl.String)),

@@ -25,7 +25,7 @@ from pipelines.identifiers import (
     is_valid_uscc,
     repair_code,
 )
-from pipelines.profiles import NATURAL_PERSON, load_grading
+from pipelines.profiles import DEDUCTION, NATURAL_PERSON, VETO, load_grading
 from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
 from serving.store import LISTS, CodeError, _searchable, normalise_code
@@ -34,28 +34,8 @@ from tests.service_support import build_lake, credit, serving
 # a valid resident ID number that also passes the USCC check (about 1 in 341 do)
 ID_ALSO_USCC = "110105198001013014"
 
-DEDUCTIONS = pl.List(
-    pl.Struct(
-        {
-            "rule": pl.String,
-            "source": pl.String,
-            "points": pl.Int64,
-            "records": pl.List(pl.String),
-            "reason": pl.String,
-        }
-    )
-)
-VETOES = pl.List(
-    pl.Struct(
-        {
-            "list": pl.String,
-            "source": pl.String,
-            "records": pl.List(pl.String),
-            "until": pl.Date,
-            "reason": pl.String,
-        }
-    )
-)
+DEDUCTIONS = pl.List(DEDUCTION)
+VETOES = pl.List(VETO)
 PROVENANCE = pl.List(
     pl.Struct({"source": pl.String, "records": pl.Int64, "as_of": pl.Date, "stale": pl.Boolean})
 )
