@@ -266,7 +266,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="every token: name, role, created, expires, state and hash prefix (never the token)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add_json_option(listing)
     listing.add_argument("--lake", default=str(DEFAULT_LAKE), help="the deployment's lake folder")
     listing.set_defaults(func=cmd_token_list)
     revoke = token_sub.add_parser(
