@@ -64,6 +64,9 @@ class Spec:
     link_threshold: float
     review_threshold: float
     source: Path = field(default=Path("."))
+    # how the work is cut ([scale]: normalise_records, shard_pairs, partition_signatures); never
+    # changes the result, see entity_resolution/internals/partition.py
+    scale: dict[str, int] = field(default_factory=dict)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -115,4 +118,5 @@ def load_spec(path: str | Path) -> Spec:
         link_threshold=link,
         review_threshold=review,
         source=path,
+        scale=dict(raw.get("scale", {})),
     )

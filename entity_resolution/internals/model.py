@@ -39,10 +39,14 @@ def probability(weights: np.ndarray, prior: float) -> np.ndarray:
 
 
 def estimate(
-    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int
+    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int, counts: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(m, u, lambda): u from random signature pairs, m from known matches (two signatures of one
-    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest."""
+    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest.
+
+    ``counts`` (scale hook): ``levels`` are the distinct level patterns of the candidates and
+    ``counts`` how many candidates have each, so EM needs no row per candidate pair."""
+    counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
     n = sig.height
     rng = np.random.default_rng(seed)
     random_pairs = pl.DataFrame(
@@ -69,11 +73,11 @@ def estimate(
     fixed = [c.name in spec.m_from_known_matches for c in spec.comparisons]
     for _ in range(spec.em_iterations if len(levels) else 0):
         p = probability(weights(levels, m, u), prior)
-        prior = float(np.clip(p.mean(), 1e-6, 1 - 1e-6))
+        prior = float(np.clip(np.average(p, weights=counts), 1e-6, 1 - 1e-6))
         for j, comparison in enumerate(spec.comparisons):
             if fixed[j]:
                 continue
             index = levels[:, j].astype(np.int64) + 1
-            mass = np.bincount(index, weights=p, minlength=comparison.levels + 1) + 0.5
+            mass = np.bincount(index, weights=p * counts, minlength=comparison.levels + 1) + 0.5
             m[j] = mass / mass.sum()
     return m, u, prior
