@@ -70,16 +70,18 @@ def grades(frame: pl.DataFrame, cluster_row: np.ndarray, spec: Spec) -> pl.Serie
     row ``cluster_row``, the entity's smallest signature): one letter per comparison, A same
     (top level), B similar (a level in between), F different (level 0), Z missing on either side."""
     pairs = pl.DataFrame({"l": np.arange(frame.height), "r": cluster_row})
-    levels = compare_pairs(frame, pairs, spec)
-    letters = []
-    for j, comparison in enumerate(spec.comparisons):
-        top = comparison.levels - 1
-        column = levels[:, j]
-        letters.append(
-            np.where(column == NULL_LEVEL, "Z", np.where(column == top, "A", np.where(column == 0, "F", "B")))
-        )
-    grade = ["".join(chars) for chars in zip(*letters, strict=True)] if letters else [""] * frame.height
-    return pl.Series("match_grade", grade, dtype=pl.String)
+    levels = pl.DataFrame(compare_pairs(frame, pairs, spec), schema=[c.name for c in spec.comparisons])
+    letters = [
+        pl.when(pl.col(c.name) == NULL_LEVEL)
+        .then(pl.lit("Z"))
+        .when(pl.col(c.name) == c.levels - 1)
+        .then(pl.lit("A"))
+        .when(pl.col(c.name) == 0)
+        .then(pl.lit("F"))
+        .otherwise(pl.lit("B"))
+        for c in spec.comparisons
+    ]
+    return levels.select(pl.concat_str(letters).alias("match_grade")).to_series()
 
 
 def resolve_partition(
@@ -92,50 +94,70 @@ def resolve_partition(
     global_ids = sig["sig"].to_numpy()
 
     def local(values: pl.Series) -> np.ndarray:
-        return np.searchsorted(global_ids, values.to_numpy())
+        return np.searchsorted(global_ids, values.to_numpy()).astype(np.int64)
+
+    node = local(sig["node"])
+    decisions = decisions.sort("order")
+    forced_rows = decisions.filter(pl.col("kind") == "must")
+    forbidden_rows = decisions.filter(pl.col("kind") == "cannot")
+    linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
+        ["probability", "l", "r"], descending=[True, False, False]
+    )
+    # only nodes a linked pair or a must-link touches can join others: the union-find (a Python
+    # object per signature) runs over their signatures alone, the rest stay their node
+    touched = np.unique(
+        node[local(pl.concat([linked["l"], linked["r"], forced_rows["l"], forced_rows["r"]]))]
+    )
+    active = np.flatnonzero(np.isin(node, touched))
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[active] = np.arange(len(active))
+
+    def active_rows(values: pl.Series) -> np.ndarray:
+        return row_of[local(values)]
 
     bad = spec.cannot_link_on
+    active_sig = sig[active]
     value_of = (
-        {i: v for i, v in enumerate(sig[bad].to_list()) if v is not None}
+        {i: v for i, v in enumerate(active_sig[bad].to_list()) if v is not None}
         if bad and bad in sig.columns
         else {}
     )
     branch_of: dict[int, Any] = {}
     for column in spec.cannot_link_unless_equal:
         if column in sig.columns:
-            branch_of = dict(enumerate(sig[column].to_list()))
-    clusters = Clusters(n, value_of, branch_of)
-    node = local(sig["node"])
-    for head, member in zip(node.tolist(), range(n), strict=True):
+            branch_of = dict(enumerate(active_sig[column].to_list()))
+    clusters = Clusters(len(active), value_of, branch_of)
+    for head, member in zip(row_of[node[active]].tolist(), range(len(active)), strict=True):
         if head != member:
             clusters.join_exact(head, member)
-    decisions = decisions.sort("order")
-    forced_rows = decisions.filter(pl.col("kind") == "must")
-    forbidden_rows = decisions.filter(pl.col("kind") == "cannot")
-    forced = list(zip(local(forced_rows["l"]).tolist(), local(forced_rows["r"]).tolist(), strict=True))
+    forced = list(
+        zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
+    )
+    forbidden_l, forbidden_r = active_rows(forbidden_rows["l"]), active_rows(forbidden_rows["r"])
     forbidden = {
         frozenset(pair)
-        for pair in zip(local(forbidden_rows["l"]).tolist(), local(forbidden_rows["r"]).tolist(), strict=True)
+        for pair in zip(forbidden_l.tolist(), forbidden_r.tolist(), strict=True)
+        if min(pair) >= 0  # both sides can join something
     }
     anchor_of = (
-        {i: a for i, a in enumerate(sig["anchor"].to_list()) if a is not None}
+        {i: a for i, a in enumerate(active_sig["anchor"].to_list()) if a is not None}
         if "anchor" in sig.columns
         else {}
     )
     clusters.start_linking(forbidden, anchor_of)
     for a, b in forced:
         clusters.join(a, b, force=True)
-    linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
-        ["probability", "l", "r"], descending=[True, False, False]
-    )
     left, right = local(linked["l"]), local(linked["r"])
     accepted = np.array(
-        [clusters.join(a, b) for a, b in zip(left.tolist(), right.tolist(), strict=True)], dtype=bool
+        [clusters.join(a, b) for a, b in zip(row_of[left].tolist(), row_of[right].tolist(), strict=True)],
+        dtype=bool,
     )
-    roots = clusters.roots()
-    cluster_row = np.full(n, n, dtype=np.int64)  # the smallest row (signature) of each cluster
-    np.minimum.at(cluster_row, roots, np.arange(n))
-    cluster_row = cluster_row[roots]
+    cluster_row = node.copy()  # the smallest row (signature) of each cluster; untouched: its node
+    if len(active):
+        roots = clusters.roots()
+        smallest = np.full(len(active), n, dtype=np.int64)
+        np.minimum.at(smallest, roots, active)
+        cluster_row[active] = smallest[roots]
 
     # confidence: 1 for exact keys and lone signatures; else the strongest accepted pair touching it
     strongest = np.full(n, np.nan)
