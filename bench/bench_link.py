@@ -48,12 +48,16 @@ print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUS
 """
 
 
-def build_input(lake: Path, sources: Path, share: int, out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def build_input(
+    lake: Path, sources: Path, share: int, out: Path, layer: str = "accepted"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     truth = pl.read_parquet(sources / "truth" / "records.parquet").select(
         (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"), "entity_key"
     )
     keep = truth.filter(pl.col("entity_key").hash(seed=1) % share == 0)
-    files = sorted(glob.glob(str(lake / "accepted" / "*" / "*.parquet")))
+    files = sorted(glob.glob(str(lake / layer / "*" / "*.parquet")))
+    if not files:
+        raise SystemExit(f"no {layer} records in {lake}: build them with bench/accepted_lake.py")
     accepted = (
         pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
         .select(*enterprise_inputs(), pl.col("uscc").alias("_valid_uscc"))
@@ -100,11 +104,17 @@ def main() -> int:
     parser.add_argument("--lake", type=Path, default=ROOT / "bench" / "out" / "lake-1060000")
     parser.add_argument("--sources", type=Path, default=ROOT / "bench" / "out" / "sources-1060000")
     parser.add_argument("--share", type=int, default=10, help="keep every n-th true firm")
+    parser.add_argument(
+        "--layer",
+        choices=("accepted", "staged"),
+        default="accepted",
+        help="link the accepted records, or the staged ones of a lake built without validation",
+    )
     args = parser.parse_args()
     work = ROOT / "bench" / "out" / "link"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet")
+    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet", args.layer)
     print(
         f"input: {codes.height:,} records of {truth['entity_key'].n_unique():,} true firms "
         f"({time.perf_counter() - started:.1f} s to prepare)"

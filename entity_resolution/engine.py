@@ -231,6 +231,17 @@ def _link(
         )
     )
     linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
+    review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
+    review_pairs = _review_pairs(
+        review.select("l", "r", "probability"),
+        _decode(review["pattern"].to_numpy(), radix, spec),
+        sig.select(
+            "sig",
+            "first_record",
+            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
+        ),
+        spec,
+    )
     step("model")
 
     # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
@@ -324,15 +335,9 @@ def _link(
             if c and c in sig.columns
         ),
     ]  # fmt: skip
-    review_sig = sig.select(
-        "sig", "first_record", *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
-    )
-    sig_parts = (
-        sig.select(columns)
-        .with_columns(pl.Series("part", partition))
-        .partition_by("part", as_dict=True, include_key=False)
-    )
-    del sig
+    sig = sig.select(columns)
+    order = np.argsort(partition, kind="stable")
+    bounds = np.searchsorted(partition[order], np.arange(partitions + 1))
     pair_parts = inside_pairs.partition_by("part", as_dict=True, include_key=False)
     decision_part = decisions.with_columns(pl.Series("part", partition[decisions["l"].to_numpy()]))
     decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
@@ -343,7 +348,7 @@ def _link(
     for number in range(partitions):
         directory = work / "partitions" / f"part-{number:05d}"
         directory.mkdir(parents=True)
-        sig_parts.pop((number,)).write_parquet(directory / "signatures.parquet")
+        sig[order[bounds[number] : bounds[number + 1]]].write_parquet(directory / "signatures.parquet")
         pair_parts.pop((number,), empty_pairs).write_parquet(directory / "scored.parquet")
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
         for key, value in resolve_partition_files(directory, spec).items():
@@ -413,13 +418,6 @@ def _link(
         links = links.join(records.select(rid, *recorded_columns), on=rid, how="left", maintain_order="left")
     step("entities")
 
-    review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
-    review_pairs = _review_pairs(
-        review.select("l", "r", "probability"),
-        _decode(review["pattern"].to_numpy(), radix, spec),
-        review_sig,
-        spec,
-    )
     if keep_pairs:
         scored = (
             pl.concat([scored_shard(path).drop("pattern") for path in shard_paths]).sort("l", "r")
