@@ -105,7 +105,7 @@ def _decode(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- the engine
 def link(
-    records: pl.DataFrame,
+    records: pl.DataFrame | pl.LazyFrame,
     spec: Spec,
     must_link: list[tuple[str, str]] | None = None,
     cannot_link: list[tuple[str, str]] | None = None,
@@ -118,7 +118,8 @@ def link(
     work_dir: Path | None = None,
     scale: Scale | None = None,
 ) -> Linkage:
-    """Link ``records`` (the spec's id column plus its input columns) into entities.
+    """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
+    (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
 
     ``must_link`` / ``cannot_link`` are record-id pairs (steward decisions); ``anchors`` maps record
     ids to entity ids they already hold (the registry), so known entities keep their ids. With
@@ -139,9 +140,11 @@ def link(
         peaks[name] = round(_peak_mb())
 
     rid = spec.id_column
-    if records[rid].is_duplicated().any():
-        raise ValueError(f"record ids in '{rid}' must be unique")
-    missing = [c for c in recorded_columns if c not in records.columns]
+    records = records.lazy()
+    duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
+    if duplicated.height:
+        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
+    missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
     if missing:
         raise ValueError(f"recorded_columns {missing} are not columns of the records")
     scale = scale or Scale.of(spec)
@@ -161,7 +164,7 @@ def link(
 
 
 def _link(
-    records: pl.DataFrame,
+    records: pl.LazyFrame,
     spec: Spec,
     must_link: list[tuple[str, str]] | None,
     cannot_link: list[tuple[str, str]] | None,
@@ -415,7 +418,8 @@ def _link(
         .sort(rid)
     )
     if recorded_columns:
-        links = links.join(records.select(rid, *recorded_columns), on=rid, how="left", maintain_order="left")
+        recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
+        links = links.join(recorded, on=rid, how="left", maintain_order="left")
     step("entities")
 
     if keep_pairs:
@@ -428,7 +432,7 @@ def _link(
         scored = above_review.drop("pattern").sort("l", "r")
     step("total")
     stats = {
-        "records": records.height,
+        "records": per_record.height,
         "signatures": n,
         "candidate_pairs": candidates,
         "linked_pairs": counts["linked_pairs"],

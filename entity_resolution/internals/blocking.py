@@ -45,14 +45,15 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def signatures(records: pl.DataFrame, spec: Spec, chunk_records: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(signatures with a ``sig`` number and ``first_record``, the smallest record id holding it;
     record id -> ``sig``). Records are normalised ``chunk_records`` at a time and only the
     signature fields are kept, so the full-width normalised frame never exists for the whole input."""
     rid = spec.id_column
     per_record_parts, unique_parts = [], []
-    for offset in range(0, max(records.height, 1), chunk_records):
-        frame = normalise(records.slice(offset, chunk_records), spec)
+    height = records.select(pl.len()).collect().item()
+    for offset in range(0, max(height, 1), chunk_records):
+        frame = normalise(records.slice(offset, chunk_records).collect(), spec)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame
