@@ -105,16 +105,21 @@ def start_run(lake_dir: str | Path, business_date: str, run_id: str) -> Path:
     earlier = _read_json(lake.reports / RUN_RECORD)
     if earlier.get("run_id") != run_id:
         for folder in STAGE_RECORDS:
-            shutil.rmtree(lake.reports / folder, ignore_errors=True)
+            if folder != FAILURES_DIR:
+                shutil.rmtree(lake.reports / folder, ignore_errors=True)
+        # a failure of this run recorded before its record was started (`plan` failing) stays
+        for failure in (lake.reports / FAILURES_DIR).glob("*.json"):
+            if _read_json(failure).get("run_id") != run_id:
+                failure.unlink()
         (lake.reports / "summary.json").unlink(missing_ok=True)
     write_json({"run_id": run_id, "state": "running", "started": _now()}, lake.reports / RUN_RECORD)
     return build_run_report(lake.root, business_date)
 
 
 def record_failure(
-    lake_dir: str | Path, business_date: str, run_id: str, task_id: str, error: BaseException
+    lake_dir: str | Path, business_date: str, run_id: str, task_id: str, error: BaseException | str
 ) -> None:
-    """Keep what failed, where and why, for the run report (called by the DAG's failure callback)."""
+    """Keep what failed, where and why, for the run report (called by the DAG's failure callbacks)."""
     stage, source = split_task_id(task_id)
     write_json(
         {
@@ -122,28 +127,64 @@ def record_failure(
             "task_id": task_id,
             "stage": stage,
             "source": source,
-            "error": f"{type(error).__name__}: {error}",
+            "error": error if isinstance(error, str) else f"{type(error).__name__}: {error}",
             "at": _now(),
         },
         Lake(Path(lake_dir), business_date).reports / FAILURES_DIR / f"{task_id}.json",
     )
 
 
-def finish_run(lake_dir: str | Path, business_date: str, run_id: str, task_states: dict[str, str]) -> Path:
+def finish_run(
+    lake_dir: str | Path,
+    business_date: str,
+    run_id: str,
+    task_states: dict[str, str],
+    reason: str | None = None,
+) -> Path:
     """The run is over (its last task runs whatever failed): record every task's state and write
-    the final report and the Data Docs site."""
+    the final report and the Data Docs site. ``reason`` says why Airflow failed the run as a whole
+    (a timed-out run fails with no failed task)."""
     lake = Lake(Path(lake_dir), business_date)
     failed = sorted(t for t, s in task_states.items() if s in ("failed", "upstream_failed"))
     record = _read_json(lake.reports / RUN_RECORD)
     record.update(
         run_id=run_id,
-        state="failed" if failed else "success",
+        state="failed" if failed or reason else "success",
         finished=_now(),
         tasks=dict(sorted(task_states.items())),
     )
+    if reason:
+        record["reason"] = reason
     write_json(record, lake.reports / RUN_RECORD)
     build_site(lake.root / "reports")
     return build_run_report(lake.root, business_date)
+
+
+def finish_failed_run(
+    lake_dir: str | Path,
+    business_date: str,
+    run_id: str,
+    task_states: dict[str, str],
+    reason: str,
+    stopped: dict[str, str] | None = None,
+) -> Path:
+    """Airflow failed the run (the DAG's failure callback): make sure its report says so.
+
+    The `report` task did not run when the run hit its timeout (Airflow skips what is unfinished)
+    or when `plan` failed (nothing ran): then this writes the final report, starting the run's
+    record first if `plan` never did. A report the `report` task already finished for this run
+    only gains the reason. ``stopped`` is {task id: why} for the tasks the run's end cut short."""
+    lake = Lake(Path(lake_dir), business_date)
+    record = _read_json(lake.reports / RUN_RECORD)
+    if record.get("run_id") != run_id:
+        start_run(lake_dir, business_date, run_id)  # `plan` failed before it could
+    elif record.get("state") in ("failed", "success") and not stopped:
+        record.update(state="failed", reason=reason)
+        write_json(record, lake.reports / RUN_RECORD)
+        return build_run_report(lake.root, business_date)
+    for task_id, why in (stopped or {}).items():
+        record_failure(lake_dir, business_date, run_id, task_id, why)
+    return finish_run(lake_dir, business_date, run_id, task_states, reason=reason)
 
 
 def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> list[str]:
@@ -158,6 +199,8 @@ def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> l
     published = bool(summary.get("published"))
     state = run.get("state") or ("success" if published else "failed")
     finished = f" at {html.escape(str(run['finished']))}" if run.get("finished") else ""
+    if run.get("reason"):
+        finished += f" ({html.escape(str(run['reason']))})"
     sections = [
         f"<p class='status {'ok' if published else 'bad'}'>Business date {lake.business_date}: "
         f"<b>{'published' if published else 'NOT published'}</b>; run <b>{run_id}</b> {html.escape(state)}"
@@ -169,7 +212,8 @@ def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> l
     failures = {
         f["task_id"]: f
         for f in (_read_json(p) for p in sorted((lake.reports / FAILURES_DIR).glob("*.json")))
-        if f.get("run_id") == run.get("run_id") and tasks.get(f.get("task_id")) in (None, "failed")
+        # a task that failed and then succeeded on a retry or a re-run is no failure of this run
+        if f.get("run_id") == run.get("run_id") and tasks.get(f.get("task_id")) != "success"
     }
     failed = sorted(set(failures) | {t for t, s in tasks.items() if s == "failed"})
     if failed:
