@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.data_docs import build_site, site_index
+from pipelines.dictionary import load_columns
 from pipelines.lake import Lake, atomic_path, write_json
 from pipelines.sources import load_sources
 
@@ -38,21 +39,33 @@ NOT_DONE = ("failed", "upstream_failed", "skipped", "removed")
 _COLOURS = ("#2f6fb0", "#3a9d5d", "#d0793a", "#8e5bb5", "#c44e52", "#7f7f7f")
 
 
+#: the label column of a bar chart (px) and the width of one character of its 12px labels: a label
+#: that would run into its bar is put on a line of its own above the bar instead
+_LABEL_WIDTH, _CHAR_WIDTH, _WIDE_CHAR_WIDTH = 320, 6.8, 12.5
+
+
+def _text_width(text: str) -> float:
+    return sum(_WIDE_CHAR_WIDTH if ord(c) > 0x2E80 else _CHAR_WIDTH for c in text)
+
+
 def _bars(title: str, rows: list[tuple[str, float]], unit: str = "", colour: str = _COLOURS[0]) -> str:
     """A horizontal bar chart as inline SVG (label, value) -> one bar each."""
     if not rows:
         return f"<section><h2>{html.escape(title)}</h2><p class='none'>nothing to show</p></section>"
     top = max(v for _, v in rows) or 1
-    height = 24 * len(rows) + 8
+    stacked = max(_text_width(label) for label, _ in rows) > _LABEL_WIDTH
+    bar_x, step = (0, 40) if stacked else (_LABEL_WIDTH + 10, 24)
+    height = step * len(rows) + 8
     bars = []
     for i, (label, value) in enumerate(rows):
-        width = 420 * value / top
-        y = 4 + 24 * i
+        width = (760 if stacked else 420) * value / top
+        y = 4 + step * i + (16 if stacked else 0)
+        label_y = y - 4 if stacked else y + 15
         bars.append(
-            f"<text x='0' y='{y + 15}' class='label'>{html.escape(label[:60])}</text>"
-            f"<rect x='330' y='{y}' width='{width:.1f}' height='18' fill='{colour}'><title>{html.escape(label)}: "
-            f"{value:,.0f}{unit}</title></rect>"
-            f"<text x='{336 + width:.1f}' y='{y + 15}' class='value'>{value:,.0f}{unit}</text>"
+            f"<text x='0' y='{label_y}' class='label'>{html.escape(label[:120])}</text>"
+            f"<rect x='{bar_x}' y='{y}' width='{width:.1f}' height='18' fill='{colour}'><title>"
+            f"{html.escape(label)}: {value:,.0f}{unit}</title></rect>"
+            f"<text x='{bar_x + 6 + width:.1f}' y='{y + 15}' class='value'>{value:,.0f}{unit}</text>"
         )
     return (
         f"<section><h2>{html.escape(title)}</h2><svg role='img' aria-label='{html.escape(title)}' "
@@ -318,11 +331,25 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
             )
         )
     if books.get("totals"):
+        columns = load_columns()  # a total is named after the profile column it sums: its unit
+
+        def amount(name: str, value: float) -> str:
+            unit = columns[name].unit if name in columns else None
+            return f"{value:,.2f}" if unit == "元" or not float(value).is_integer() else f"{value:,.0f}"
+
         sections.append(
             _table(
                 "Reconciliation: accepted records against published profiles",
-                ["total", "accepted records", "profiles"],
-                [[k, f"{v['records']:,.2f}", f"{v['profiles']:,.2f}"] for k, v in books["totals"].items()],
+                ["total", "unit", "accepted records", "profiles"],
+                [
+                    [
+                        k,
+                        columns[k].unit if k in columns else "",
+                        amount(k, v["records"]),
+                        amount(k, v["profiles"]),
+                    ]
+                    for k, v in books["totals"].items()
+                ],
             )
         )
     docs = site_index(lake.root / "reports")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,13 +26,10 @@ def close_pages(browser):  # noqa: ANN001 - Playwright browser
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def site(tmp_path_factory: pytest.TempPathFactory, screenshots: Path) -> dict:
     root = tmp_path_factory.mktemp("pages")
     sources, lake = build_lake(root, entities=800)
-    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
-    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"\npage screenshots under {shots}")
+    shots = screenshots
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)
     )
