@@ -326,11 +326,13 @@ def credit_nightly() -> None:
         return result
 
     @task(retries=0, execution_timeout=task_timeout("report"))
-    def report(run: dict[str, str], **context: Any) -> str:
+    def report(run: dict[str, str] | None, **context: Any) -> str:
         """Write the run's report, failed or not: every task's state and what failed, where and why
-        (the run's teardown: it runs whatever happened upstream and does not decide the run's state)."""
+        (the run's teardown: it runs whatever happened upstream and does not decide the run's state;
+        after a failed `plan` it works out the run's date and folders itself)."""
         from pipelines.report import finish_run
 
+        run = run or plan_of(context)
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]]).get(context["run_id"], {})
         states = {t: str(getattr(s, "value", s)) for t, s in states.items() if t != ti.task_id}

@@ -159,6 +159,8 @@ def finish_run(
     (a timed-out run fails with no failed task)."""
     lake = Lake(Path(lake_dir), business_date)
     failed = sorted(t for t, s in task_states.items() if s in ("failed", "upstream_failed"))
+    if _read_json(lake.reports / RUN_RECORD).get("run_id") != run_id:
+        start_run(lake_dir, business_date, run_id)  # `plan` failed before it could
     record = _read_json(lake.reports / RUN_RECORD)
     record.update(
         run_id=run_id,
@@ -183,15 +185,12 @@ def finish_failed_run(
 ) -> Path:
     """Airflow failed the run (the DAG's failure callback): make sure its report says so.
 
-    The `report` task did not run when the run hit its timeout (Airflow skips what is unfinished)
-    or when `plan` failed (nothing ran): then this writes the final report, starting the run's
-    record first if `plan` never did. A report the `report` task already finished for this run
-    only gains the reason. ``stopped`` is {task id: why} for the tasks the run's end cut short."""
+    The `report` task did not run, or did not finish, when the run hit its timeout (Airflow skips
+    what is unfinished): then this writes the final report. A report the `report` task already
+    finished for this run only gains the reason. ``stopped`` is {task id: why} for the tasks the run's end cut short."""
     lake = Lake(Path(lake_dir), business_date)
     record = _read_json(lake.reports / RUN_RECORD)
-    if record.get("run_id") != run_id:
-        start_run(lake_dir, business_date, run_id)  # `plan` failed before it could
-    elif record.get("state") in ("failed", "success") and not stopped:
+    if record.get("run_id") == run_id and record.get("state") in ("failed", "success") and not stopped:
         record.update(state="failed", reason=reason)
         write_json(record, lake.reports / RUN_RECORD)
         return build_run_report(lake.root, business_date)
