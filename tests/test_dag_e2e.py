@@ -261,7 +261,9 @@ def test_a_failed_plan_still_writes_the_report(airflow_db: Path, tmp_path: Path)
         f"<td>AirflowFailException: sources_dir {nowhere}: no such folder</td></tr>" in page
     )
     assert "<tr><td>publish</td><td>upstream_failed</td></tr>" in page
-    assert report_link(run, "plan") == report_link(run) == REPORT_LINK  # the button is there on the failed `plan`
+    assert (
+        report_link(run, "plan") == report_link(run) == REPORT_LINK
+    )  # the button is there on the failed `plan`
 
 
 def test_a_timed_out_run_writes_the_report_naming_the_task_it_stopped(

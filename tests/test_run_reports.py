@@ -126,7 +126,7 @@ def test_the_report_opens_for_a_logged_in_user_and_for_no_one_else(airflow_api: 
         "/credit-nightly/reports/..%2Fsecret.html/report.html",  # an encoded separator in the date
         "/credit-nightly/reports/%2E%2E/report.html",  # the parent folder as the date
         "/credit-nightly/reports/2026-13-45/report.html",  # shaped like a date, but none
-        "/credit-nightly/reports/2026-11-22/report.html",  # a night without a report
+        "/credit-nightly/reports/2026-11-20/report.html",  # a night without a report
         "/credit-nightly/reports/data-docs/..%2Fsecret.html",  # out of the Data Docs site
         "/credit-nightly/reports/data-docs/%2E%2E/%2E%2E/reports/secret.html",
         "/credit-nightly/reports/data-docs/../secret.html",
@@ -158,4 +158,51 @@ def test_the_report_renders_in_chromium_from_the_airflow_server(
     page.wait_for_url(f"{airflow_api['base']}/credit-nightly/reports/data-docs/index.html#night-{NIGHT}")
     assert f"Night {NIGHT}" in page.inner_text("h2 >> nth=0")
     assert blocked == []
+    context.close()
+
+
+def test_the_run_report_button_in_the_airflow_ui_opens_the_report(
+    airflow_api: dict, lake: Path, tmp_path: Path, browser, screenshots: Path
+) -> None:  # noqa: ANN001
+    """A run in the metadata database the API server reads (its `plan` run for real, the rest only
+    marked done): in the Airflow UI, logged in, `plan`'s page has the **Run report** button, and
+    clicking it opens that night's report. The UI renders only http(s) or same-origin links (a
+    `file://` one is dropped), so this is the button a user sees."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    night = "2026-11-22"  # a night of its own: `plan` replaces its report with a "running" one
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["credit_nightly"]
+    run = dag.test(
+        logical_date=datetime(2026, 11, 23, 2, 0, tzinfo=ZoneInfo("Asia/Shanghai")),
+        run_conf={"sources_dir": str(tmp_path), "lake_dir": str(lake), "business_date": night},
+        mark_success_pattern=r"(?!plan$).*",
+    )
+    base = airflow_api["base"]
+    links = httpx.get(
+        f"{base}/api/v2/dags/credit_nightly/dagRuns/{run.run_id}/taskInstances/plan/links",
+        headers={"Authorization": f"Bearer {airflow_api['token']}"},
+        timeout=30,
+    )
+    assert links.status_code == 200, links.text
+    assert links.json()["extra_links"]["Run report"] == f"/credit-nightly/reports/{night}/report.html"
+    # a browser somewhere on UTC: the UI shows UTC until its user picks Asia/Shanghai (README)
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, timezone_id="UTC")
+    context.add_cookies([{"name": "_token", "value": airflow_api["token"], "url": base}])
+    page = context.new_page()
+    page.goto(f"{base}/dags/credit_nightly/runs/{run.run_id}/tasks/plan/details")
+    button = page.get_by_role("link", name="Run report")  # under "Extra Links" of the Details tab
+    button.wait_for(timeout=60_000)
+    # the time zone: the clock button in the navigation bar (it shows the offset) opens "Select Timezone"
+    page.get_by_role("button", name="+00:00").click()
+    page.get_by_role("combobox").fill("Asia/Shanghai")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="+08:00").wait_for(timeout=10_000)
+    page.screenshot(path=str(screenshots / "airflow-task-run-report-button.png"), full_page=True)
+    button.click()
+    page.wait_for_url(f"{base}/credit-nightly/reports/{night}/report.html", timeout=60_000)
+    assert f"Run {run.run_id} started" in page.inner_text(".status")
     context.close()
