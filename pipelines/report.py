@@ -73,9 +73,16 @@ def _bars(title: str, rows: list[tuple[str, float]], unit: str = "", colour: str
     )
 
 
+def _cell(value: Any) -> str:
+    """A table cell's text: counts with thousands separators, as the charts show them."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<section><h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table></section>"
 
 
