@@ -1,0 +1,68 @@
+"""Comparisons: each candidate pair gets a level per ``[[compare]]`` (NULL_LEVEL when a side is missing)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from rapidfuzz import distance
+from rapidfuzz.process import cpdist
+
+from entity_resolution.spec import Comparison, Spec
+
+NULL_LEVEL = -1
+
+
+def compared_columns(spec: Spec) -> list[str]:
+    return list(dict.fromkeys(c.column for c in spec.comparisons))
+
+
+def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.ndarray:
+    """The level of each pair for one comparison (NULL_LEVEL where either side is missing)."""
+    null = (left.is_null() | right.is_null()).to_numpy()
+    if comparison.method == "token_jaccard":
+        null |= (left.list.len().fill_null(0) == 0).to_numpy() | (
+            right.list.len().fill_null(0) == 0
+        ).to_numpy()
+        frame = pl.DataFrame({"l": left, "r": right})
+        inter = frame.select(pl.col("l").list.set_intersection(pl.col("r")).list.len()).to_series().to_numpy()
+        union = frame.select(pl.col("l").list.set_union(pl.col("r")).list.len()).to_series().to_numpy()
+        score = np.divide(inter, union, out=np.zeros(len(inter), dtype=float), where=union > 0)
+        higher_is_better = True
+    elif comparison.method == "exact":
+        score = (left == right).fill_null(False).to_numpy().astype(float)
+        higher_is_better = True
+    elif comparison.method in ("numeric", "date_days"):
+        l_values = left.cast(pl.Int64 if comparison.method == "date_days" else pl.Float64)
+        r_values = right.cast(pl.Int64 if comparison.method == "date_days" else pl.Float64)
+        score = (l_values - r_values).abs().cast(pl.Float64).fill_null(math.inf).to_numpy()
+        higher_is_better = False
+    else:
+        a = left.cast(pl.String).fill_null("").to_list()
+        b = right.cast(pl.String).fill_null("").to_list()
+        if comparison.method == "levenshtein":
+            score = cpdist(a, b, scorer=distance.Levenshtein.distance, workers=-1).astype(float)
+            higher_is_better = False
+        else:
+            score = cpdist(a, b, scorer=distance.JaroWinkler.similarity, workers=-1)
+            higher_is_better = True
+    level = np.zeros(len(score), dtype=np.int8)
+    for threshold in sorted(comparison.thresholds, reverse=not higher_is_better):
+        met = score >= threshold - 1e-9 if higher_is_better else score <= threshold + 1e-9
+        level = np.where(met, level + 1, level)
+    if comparison.method == "exact":
+        level = np.where(score >= 1, comparison.levels - 1, 0).astype(np.int8)
+    return np.where(null, NULL_LEVEL, level).astype(np.int8)
+
+
+def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:
+    """Levels, one column per comparison, for pairs (l, r) of signature rows."""
+    columns = compared_columns(spec)
+    left = sig.select(columns)[pairs["l"].to_numpy()]
+    right = sig.select(columns)[pairs["r"].to_numpy()]
+    return (
+        np.column_stack([levels_of(c, left[c.column], right[c.column]) for c in spec.comparisons])
+        if len(pairs)
+        else np.zeros((0, len(spec.comparisons)), dtype=np.int8)
+    )

@@ -1,0 +1,98 @@
+"""Normalisers: the spec's ``[[normalise]]`` steps turn input columns into comparable fields."""
+
+from __future__ import annotations
+
+import opencc
+import polars as pl
+
+from entity_resolution.spec import Spec
+
+
+def _text(expr: pl.Expr) -> pl.Expr:
+    return expr.cast(pl.String).str.normalize("NFKC").str.replace_all(r"\s+", "").str.to_lowercase()
+
+
+def _simplified(values: pl.Series) -> pl.Series:
+    if values.len() == 0:
+        return values
+    converter = opencc.OpenCC("t2s")
+    unique = values.unique().drop_nulls()
+    if unique.len() == 0:
+        return values
+    joined = converter.convert("\n".join(unique.str.replace_all("\n", " ").to_list())).split("\n")
+    mapping = dict(zip(unique.to_list(), joined, strict=True))
+    return values.replace_strict(mapping, default=None, return_dtype=pl.String)
+
+
+def _tokens(values: pl.Series) -> pl.Series:
+    import rjieba
+
+    unique = values.unique().drop_nulls().to_list()
+    mapping = {v: sorted(set(rjieba.cut(v))) for v in unique}
+    return values.replace_strict(mapping, default=None, return_dtype=pl.List(pl.String))
+
+
+def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """The spec's normalisers applied to the input (new columns added, inputs kept)."""
+    from entity_resolution.names import normalise_names
+    from pipelines.identifiers import classify_codes
+
+    for step in spec.normalise:
+        kind = step["kind"]
+        if kind == "company_name":
+            column, out = step["column"], step.get("out", step["column"])
+            names = normalise_names(frame[column].cast(pl.String))
+            region = names["region_codes"].list.first().str.slice(0, 4)
+            frame = frame.with_columns(
+                names["core"].alias(f"{out}_core"),
+                names["name_key"].alias(f"{out}_key"),
+                names["branch"].fill_null("").alias(f"{out}_branch"),
+                names["is_branch"].fill_null(False).alias(f"{out}_is_branch"),
+                names["legal_form"].alias(f"{out}_legal_form"),
+                region.alias(f"{out}_region"),
+            ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
+        elif kind == "codes":
+            # every configured column is classified (a department may put any code in any column)
+            sources = [
+                step[t] for t in ("uscc", "org_code", "reg_no") if step.get(t) and step[t] in frame.columns
+            ]
+            found: dict[str, list[pl.Series]] = {"uscc": [], "org_code": [], "reg_no": []}
+            for source in sources:
+                codes = classify_codes(
+                    frame.select(pl.col(source).cast(pl.String).alias("c")).lazy(), "c"
+                ).collect()
+                for target in found:
+                    found[target].append(codes[target])
+            frame = frame.with_columns(
+                (pl.coalesce(values) if values else pl.lit(None, pl.String)).alias(target)
+                for target, values in ((t, [pl.lit(v) for v in vs]) for t, vs in found.items())
+            ).with_columns(pl.col("uscc").str.slice(2, 4).alias("uscc_division"))
+        elif kind == "text":
+            column, out = step["column"], step.get("out", step["column"])
+            if column not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, pl.String).alias(out))
+            else:
+                text = frame.select(_text(pl.col(column)).alias("t"))["t"]
+                frame = frame.with_columns(_simplified(text).replace("", None).alias(out))
+            if step.get("tokens"):
+                frame = frame.with_columns(_tokens(frame[out]).alias(f"{out}_tokens"))
+        elif kind == "digits":
+            column, out = step["column"], step.get("out", step["column"])
+            value = (
+                pl.col(column).cast(pl.String).str.replace_all(r"\D", "")
+                if column in frame.columns
+                else pl.lit(None)
+            )
+            frame = frame.with_columns(value.cast(pl.String).replace("", None).alias(out))
+        elif kind == "date":
+            column, out = step["column"], step.get("out", step["column"])
+            value = (
+                pl.col(column).cast(pl.String).str.to_date(strict=False)
+                if column in frame.columns
+                else pl.lit(None, pl.Date)
+            )
+            frame = frame.with_columns(value.alias(out))
+        elif kind == "coalesce":
+            present = [pl.col(c) for c in step["columns"] if c in frame.columns]
+            frame = frame.with_columns(pl.coalesce(present).alias(step["out"]))
+    return frame
