@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from serving.run_reports import URL_PREFIX, create_app
+from serving.run_reports import URL_PREFIX, LazyApp
 
 
 class CreditRunReports(AirflowPlugin):
     name = "credit_run_reports"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "credit_nightly run reports"}]
+    fastapi_apps = [{"app": LazyApp(), "url_prefix": URL_PREFIX, "name": "credit_nightly run reports"}]

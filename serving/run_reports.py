@@ -117,6 +117,21 @@ def create_app(lake: Path | None = None) -> Any:
     return app
 
 
+class LazyApp:
+    """``create_app()``, built on the first request. Airflow imports the plugins folder in every
+    process that loads plugins, task processes included; they should not pay for FastAPI and
+    Airflow's API security modules (seconds per task) for an app only the API server serves."""
+
+    def __init__(self, lake: Path | None = None) -> None:
+        self.lake = lake
+        self.app: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.app is None:
+            self.app = create_app(self.lake)
+        await self.app(scope, receive, send)
+
+
 _HEADERS = {
     "Content-Security-Policy": PAGE_POLICY,
     "X-Content-Type-Options": "nosniff",
