@@ -15,7 +15,9 @@ from typing import Any
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 STRING_METHODS = ("exact", "levenshtein", "jaro_winkler")
 LINK_TYPES = ("dedupe", "link_only")
-METHODS = ("exact", "levenshtein", "jaro_winkler", "token_jaccard", "numeric", "date_days")
+METHODS = ("exact", "levenshtein", "jaro_winkler", "token_jaccard", "numeric", "date_days", "prefix")
+# scores of the prefix method: equal, one a prefix of the other (a province and a city in it), neither
+PREFIX_SCORES = (1.0, 0.5, 0.0)
 NORMALISERS = ("company_name", "codes", "text", "digits", "date", "coalesce")
 _KEY = re.compile(r"^(\w+)(?:\[(-?\d*):(-?\d*)\])?$")
 
@@ -102,7 +104,12 @@ def load_spec(path: str | Path) -> Spec:
                 item["name"],
                 item["column"],
                 item["method"],
-                tuple(float(t) for t in item.get("thresholds", [1.0])),
+                tuple(
+                    float(t)
+                    for t in item.get(
+                        "thresholds", PREFIX_SCORES[:2] if item["method"] == "prefix" else [1.0]
+                    )
+                ),
                 tf_adjust=bool(item.get("tf_adjust", False)),
                 one_char_level=bool(item.get("one_char_level", False)),
             )

@@ -9,7 +9,7 @@ import polars as pl
 from rapidfuzz import distance
 from rapidfuzz.process import cpdist
 
-from entity_resolution.spec import Comparison, Spec
+from entity_resolution.spec import PREFIX_SCORES, Comparison, Spec
 
 NULL_LEVEL = -1
 
@@ -32,6 +32,22 @@ def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.n
         higher_is_better = True
     elif comparison.method == "exact":
         score = (left == right).fill_null(False).to_numpy().astype(float)
+        higher_is_better = True
+    elif comparison.method == "prefix":
+        equal, nested, _ = PREFIX_SCORES
+        frame = pl.DataFrame({"l": left.cast(pl.String), "r": right.cast(pl.String)})
+        score = (
+            frame.select(
+                pl.when(pl.col("l") == pl.col("r"))
+                .then(equal)
+                .when(pl.col("l").str.starts_with(pl.col("r")) | pl.col("r").str.starts_with(pl.col("l")))
+                .then(nested)
+                .otherwise(0.0)
+            )
+            .to_series()
+            .fill_null(0.0)
+            .to_numpy()
+        )
         higher_is_better = True
     elif comparison.method in ("numeric", "date_days"):
         l_values = left.cast(pl.Int64 if comparison.method == "date_days" else pl.Float64)
