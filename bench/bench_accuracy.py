@@ -35,8 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FEBRL_SETS = ("febrl1", "febrl2", "febrl3", "febrl4")
-# (noise setting, seed): the tuning run first; every other pair was only evaluated
-GENERATOR_RUNS = (("default", 29), ("default", 41), ("default", 53))
+# (noise setting, seed): seed 29 is the one the specs were tuned on (with FEBRL1-2); seeds 41 and 53
+# were only evaluated
+GENERATOR_RUNS = tuple(
+    (noise, seed) for seed in (29, 41, 53) for noise in ("default", "hard", "sparse", "hard-sparse")
+)
 GENERATOR_ENTITIES = 3000
 
 
@@ -137,7 +140,7 @@ def main() -> int:
         ("generator", noise, seed) for noise, seed in GENERATOR_RUNS
     ]
     header = f"{'data':<32}{'P':>9}{'R':>9}{'F1':>9}{'F1 no code':>11}{'2 USCC':>7}{'s':>7}{'MB':>7}"
-    print(header)
+    print(header, flush=True)
     for kind, name, seed in runs:
         out = subprocess.run(
             [sys.executable, "bench/bench_accuracy.py", kind, name, *([str(seed)] if seed else []), "--json"],
@@ -150,7 +153,8 @@ def main() -> int:
         print(
             f"{row['data']:<32}{row['precision']:>9.4f}{row['recall']:>9.4f}{row['f1']:>9.4f}"
             f"{row.get('f1_codeless', float('nan')):>11.4f}{row.get('two_uscc_entities', 0):>7}"
-            f"{row['seconds']:>7.2f}{row['peak_mb']:>7}   $ {' '.join(command(kind, name, seed))}"
+            f"{row['seconds']:>7.2f}{row['peak_mb']:>7}   $ {' '.join(command(kind, name, seed))}",
+            flush=True,
         )
     return 0
 
