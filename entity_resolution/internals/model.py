@@ -57,10 +57,15 @@ def probability(weights: np.ndarray, prior: float) -> np.ndarray:
 
 
 def estimate(
-    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int
+    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int, counts: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(m, u, lambda): u from random signature pairs, m from known matches (two signatures of one
-    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest."""
+    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest; lambda is
+    the prior of a match among all pairs.
+
+    ``counts``: ``levels`` are distinct level patterns of the candidates and ``counts`` how many
+    candidates have each (EM needs no row per candidate pair)."""
+    counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
     n = sig.height
     rng = np.random.default_rng(seed)
     random_pairs = pl.DataFrame(
@@ -91,14 +96,14 @@ def estimate(
     u_blocked = [values.copy() for values in u]
     for _ in range(spec.em_iterations if len(levels) else 0):
         p = probability(weights(levels, m, u_blocked), prior)
-        prior = float(np.clip(p.mean(), 1e-6, 1 - 1e-6))
+        prior = float(np.clip(np.average(p, weights=counts), 1e-6, 1 - 1e-6))
         for j, comparison in enumerate(spec.comparisons):
             index = levels[:, j].astype(np.int64) + 1
-            mass = np.bincount(index, weights=1 - p, minlength=comparison.levels + 1) + 0.5
+            mass = np.bincount(index, weights=(1 - p) * counts, minlength=comparison.levels + 1) + 0.5
             u_blocked[j] = mass / mass.sum()
             if fixed[j]:
                 continue
-            mass = np.bincount(index, weights=p, minlength=comparison.levels + 1) + 0.5
+            mass = np.bincount(index, weights=p * counts, minlength=comparison.levels + 1) + 0.5
             m[j] = mass / mass.sum()
     # the prior for scoring with random-pair u: the expected matches among all pairs
     if spec.link_only:
@@ -106,5 +111,5 @@ def estimate(
         all_pairs = float(np.prod(sizes)) if len(sizes) == 2 else n * (n - 1) / 2
     else:
         all_pairs = n * (n - 1) / 2
-    prior = float(np.clip(prior * len(levels) / max(all_pairs, 1.0), 1e-12, 1 - 1e-6))
+    prior = float(np.clip(prior * counts.sum() / max(all_pairs, 1.0), 1e-12, 1 - 1e-6))
     return m, u, prior
