@@ -114,6 +114,11 @@ def load_spec(path: str | Path) -> Spec:
                 one_char_level=bool(item.get("one_char_level", False)),
             )
         )
+        if comparisons[-1].tf_adjust and item["method"] not in (*STRING_METHODS, "prefix"):
+            raise ValueError(
+                f"{where}: comparison {item['name']!r}: tf_adjust needs one value per side "
+                f"(one of {(*STRING_METHODS, 'prefix')}), not {item['method']!r}"
+            )
         if comparisons[-1].one_char_level and item["method"] not in STRING_METHODS:
             raise ValueError(
                 f"{where}: comparison {item['name']!r}: one_char_level needs one of {STRING_METHODS}"

@@ -487,3 +487,23 @@ def test_febrl4_link_only_reaches_the_goal() -> None:
     assert scores.pairwise_f1 >= 0.995, scores
     per_input = links.with_columns(pl.col("record_id").str.slice(0, 2).alias("input"))
     assert per_input.group_by("entity_id", "input").len()["len"].max() == 1  # one-to-one
+
+
+def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
+    from entity_resolution.internals.compare import levels_of
+
+    name = next(c for c in ENTERPRISE.comparisons if c.name == "name")
+    region = next(c for c in ENTERPRISE.comparisons if c.name == "region")
+    left = pl.Series(["华兴电子科技", "华兴电子科技", "华兴电子科技", None])
+    right = pl.Series(["华星电子科技", "华兴电子科技", "永安塑料制品", "华兴电子科技"])
+    # a sibling gets the one-character level (1), the same name the top, another name 0, null -1
+    assert levels_of(name, left, right).tolist() == [1, name.levels - 1, 0, -1]
+    cities = levels_of(region, pl.Series(["3302", "11", "3302"]), pl.Series(["3301", "1101", "3302"]))
+    assert cities.tolist() == [0, 1, 2]  # two cities conflict; Beijing (11) holds 1101
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "token_jaccard"\ntf_adjust = true\n')
+    with pytest.raises(ValueError, match="tf_adjust needs one value per side"):
+        load_spec(spec)
+    spec.write_text('[spec]\nlink_type = "both"\n[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "exact"\n')
+    with pytest.raises(ValueError, match="link_type must be one of"):
+        load_spec(spec)
