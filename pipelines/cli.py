@@ -154,7 +154,7 @@ def _noise_help() -> tuple[str, str]:
     """The presets and knobs for ``credit generate --help``, from pipelines._vocab (defined once)."""
     default = asdict(NOISE_SETTINGS["default"])
     presets = "; ".join(
-        f"{name} (the long-standing generator)"
+        f"{name} (the generator as it always was; used without --noise)"
         if name == "default"
         else f"{name} ("
         + ", ".join(f"{k}={_knob_value(v)}" for k, v in asdict(preset).items() if v != default[k])
@@ -162,7 +162,7 @@ def _noise_help() -> tuple[str, str]:
         for name, preset in NOISE_SETTINGS.items()
     )
     knobs = "; ".join(
-        f"{knob} (default {_knob_value(default[knob])}): {text}" for knob, text in noise_knobs().items()
+        f"{knob} ({_knob_value(default[knob])}): {text}" for knob, text in noise_knobs().items()
     )
     return presets.replace("%", "%%"), knobs.replace("%", "%%")
 
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise",
         choices=list(NOISE_SETTINGS),
         default="default",
+        metavar="SETTING",
         help=f"how hard the records are to link (hard negatives, missing regions and codes): {presets}",
     )
     gen.add_argument(
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KNOB=VALUE",
         help=f"override one knob of --noise (repeatable), e.g. --noise hard --noise-set missing_codes=0.4. "
-        f"Shares are between 0 and 1: {knobs}",
+        f"Shares are between 0 and 1; in brackets the value in the default setting: {knobs}",
     )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_json_option(gen)
