@@ -406,6 +406,16 @@ def test_a_chain_through_one_weak_link_is_not_collapsed() -> None:
     assert roots[0] == roots[1] != roots[2]  # c stays apart: its pairs with {a, b} average 0.515
     assert roots[3] == roots[4] == roots[5]
     assert accepted == [True, True, True, True, False][: len(accepted)] or sum(accepted) == 4
+    # a record whose link to a firm known by its code (the cluster's representative) is strong joins
+    # it, even where its links to the firm's name-only records are weak
+    firm = pl.DataFrame(
+        {"l": [0, 0, 1, 0, 1, 2], "r": [1, 2, 2, 3, 3, 3], "probability": [0.99, 0.99, 0.99, 0.99, 0.2, 0.2]},
+        schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64},
+    )
+    clusters = Clusters(4, value_of={0: USCC_A})
+    clusters.start_linking(set(), {})
+    cluster(clusters, firm, firm.filter(pl.col("probability") >= 0.95), ENTERPRISE)
+    assert len(set(clusters.roots().tolist())) == 1
     # the constraints still hold: two different codes never meet, however strong the links
     clusters = Clusters(6, value_of={3: USCC_A, 5: USCC_B})
     clusters.start_linking(set(), {})

@@ -97,13 +97,16 @@ class Clusters:
 
 
 def average_linkage(clusters: Clusters, scored: pl.DataFrame, threshold: float) -> None:
-    """Join components while some two of them match well enough: the mean match probability of
-    all scored pairs between them (not one strong link) is at least ``threshold``.
+    """Join clusters while some two of them match well enough, best first.
 
-    Best pair of components first (ties by component number, so the result is deterministic); a join
-    a constraint refuses is dropped. A chain A-B-C whose A-C pair scores low stays apart, where
-    single-linkage (any one link above the threshold) would collapse it. Only the components of one
-    partition and its scored pairs are needed.
+    Units are the components after the exact keys (a firm known by its code is one unit; a unit's
+    link to another is its best pair). Two clusters match well enough when the mean link over all
+    their unit pairs is at least ``threshold`` (not one strong link), or, for one record joining a
+    firm known by its code, when its link to that coded unit (the cluster's representative) is.
+    A chain A-B-C whose A-C link is weak stays apart, where single linkage would collapse it. Ties
+    go by component number (deterministic); a join a constraint refuses is dropped. ``scored``
+    holds all scored pairs (``l``, ``r`` index the clusters' rows, ``probability``) of one
+    partition: nothing else is needed.
     """
     roots = clusters.roots()
     if scored.height == 0:
@@ -119,31 +122,47 @@ def average_linkage(clusters: Clusters, scored: pl.DataFrame, threshold: float) 
         .filter(pl.col("a") != pl.col("b"))
         .select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b"), "p")
         .group_by("a", "b")
-        .agg(pl.col("p").max().alias("total"), pl.lit(1).alias("count"))
+        .agg(pl.col("p").max())
         .sort("a", "b")
     )
-    # the pairs between two components: [sum of probabilities, count], one list shared by both sides
+    unit_link = {(a, b): p for a, b, p in edges.iter_rows()}
+    units = sorted({*edges["a"].to_list(), *edges["b"].to_list()})
+    coded = {unit: unit for unit in units if clusters.component_value.get(unit)}  # cluster -> its coded unit
+    size: dict[int, int] = {}  # units per cluster (1 when absent)
+
+    def score(x: int, y: int, total: float, count: int) -> float:
+        best = total / count
+        for firm, record in ((x, y), (y, x)):
+            if firm in coded and size.get(record, 1) == 1:
+                rep = coded[firm]
+                best = max(best, unit_link.get((min(rep, record), max(rep, record)), 0.0))
+        return best
+
+    # the links between two clusters: [sum, count], one list shared by both sides
     between: dict[int, dict[int, list[float]]] = {}
     heap: list[tuple[float, int, int]] = []
-    for a, b, total, count in edges.iter_rows():
-        stats = [total, count]
+    for (a, b), p in unit_link.items():
+        stats = [p, 1]
         between.setdefault(a, {})[b] = stats
         between.setdefault(b, {})[a] = stats
-        if total / count >= threshold:
-            heap.append((-total / count, a, b))
+        if p >= threshold:
+            heap.append((-p, a, b))
     heapq.heapify(heap)
     while heap:
-        negative_mean, a, b = heapq.heappop(heap)
+        negative, a, b = heapq.heappop(heap)
         stats = between.get(a, {}).get(b)
         if stats is None or clusters.find(a) != a or clusters.find(b) != b:
             continue
-        if stats[0] / stats[1] != -negative_mean:
-            continue  # a stale entry: the components grew since
+        if score(a, b, *stats) != -negative:
+            continue  # a stale entry: the clusters grew since
         if not clusters.join(a, b):
             del between[a][b], between[b][a]
             continue
         kept = clusters.find(a)
         gone = b if kept == a else a
+        size[kept] = size.get(kept, 1) + size.pop(gone, 1)
+        if gone in coded:
+            coded[kept] = coded.pop(gone)
         kept_links = between.setdefault(kept, {})
         kept_links.pop(gone, None)
         for other, (total, count) in between.pop(gone, {}).items():
@@ -156,8 +175,9 @@ def average_linkage(clusters: Clusters, scored: pl.DataFrame, threshold: float) 
             merged[0] += total
             merged[1] += count
         for other, (total, count) in kept_links.items():
-            if total / count >= threshold:
-                heapq.heappush(heap, (-total / count, min(kept, other), max(kept, other)))
+            value = score(kept, other, total, count)
+            if value >= threshold:
+                heapq.heappush(heap, (-value, min(kept, other), max(kept, other)))
 
 
 def one_to_one(clusters: Clusters, linked: pl.DataFrame) -> None:
