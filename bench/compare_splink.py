@@ -13,7 +13,7 @@ form, branch, region, validated codes), so the comparison is of the linkage, not
 handling; the normalising counts in Splink's seconds as it does in ours. On FEBRL Splink reads
 FEBRL's own columns, as in its docs; our engine uses the spec named by ``--febrl-spec``.
 
-Each engine runs in a process of its own on each data set (peak memory is its own ru_maxrss);
+Each engine runs in a process of its own on each data set (peak memory is its own VmHWM);
 seconds are linking only (reading the input excluded). Generator records go through the nightly's
 stages first (accepted records -> the enterprise spec's inputs, as tests/test_engine.py builds
 them) and are cached under ``--cache``/gen-<setting>-<seed>[-<entities>]/ so reruns are quick.
@@ -55,8 +55,8 @@ DEFAULT_CACHE = Path("/work/data") if Path("/work/data").is_dir() else ROOT / "b
 END = date(2026, 11, 23)
 #: Splink's clustering threshold when the spec does not give ours (fixed before seeing any truth)
 THRESHOLD = 0.95
-#: u by random sampling: the Splink docs recommend 1e7 pairs or more
-U_PAIRS = 1e7
+#: u by random sampling: the Splink docs recommend 1e7 pairs or more (``--splink-u-pairs``)
+U_PAIRS = {"max_pairs": 1e7}
 #: seconds of Splink's steps in this process (printed with its row)
 PHASES: dict[str, float] = {}
 
@@ -225,7 +225,7 @@ def splink_enterprise(records: pl.DataFrame) -> pl.DataFrame:
     linker.training.estimate_probability_two_random_records_match(
         [block_on("org_code"), block_on("name_key", "region", "name_legal_form")], recall=0.8
     )
-    linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=1)
+    linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS["max_pairs"], seed=1)
     # each EM session trains every comparison but those of its blocking rule
     for rule in (block_on("org_code"), block_on("name_key"), block_on("legal_rep")):
         linker.training.estimate_parameters_using_expectation_maximisation(rule)
@@ -283,7 +283,7 @@ def splink_febrl(inputs: tuple[pl.DataFrame, ...]) -> pl.DataFrame:
         ],
         recall=0.8,
     )
-    linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=1)
+    linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS["max_pairs"], seed=1)
     for rule in (block_on("date_of_birth"), block_on("postcode")):
         linker.training.estimate_parameters_using_expectation_maximisation(rule)
     PHASES["train"] = time.perf_counter()
@@ -304,11 +304,20 @@ def run_splink(data: DataSet, cache: Path) -> tuple[pl.DataFrame, float]:
 
 
 # --------------------------------------------------------------------------- one engine, one process
+def _peak_mb() -> float:
+    """This process's peak resident memory since it started its program (VmHWM). ru_maxrss would
+    also count the parent's memory at fork: Linux carries it over into the child across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def engine_run(engine: str, data: DataSet, cache: Path, spec_name: str, out: Path) -> None:
     """The child process: link, write the links, print seconds and peak memory as JSON."""
     links, seconds = run_ours(data, cache, spec_name) if engine == "ours" else run_splink(data, cache)
     links.write_parquet(out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     steps = {}
     if PHASES:  # Splink: seconds to the end of training, of predicting, of clustering
         start = PHASES["start"]
@@ -322,6 +331,7 @@ def measure(engine: str, data: DataSet, cache: Path, spec_name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "links.parquet"
         command = [sys.executable, __file__, "--engine-run", engine, data.argument, "--cache", str(cache)]
+        command += ["--splink-u-pairs", str(U_PAIRS["max_pairs"])]
         done = subprocess.run(
             [*command, "--febrl-spec", spec_name, "--links", str(out)],
             cwd=ROOT,
@@ -398,9 +408,16 @@ def main() -> int:
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help="where generated records are cached"
     )
+    parser.add_argument(
+        "--splink-u-pairs",
+        type=float,
+        default=U_PAIRS["max_pairs"],
+        help="random pairs for Splink's u estimate (its docs recommend 1e7 or more)",
+    )
     parser.add_argument("--engine-run", nargs=2, metavar=("ENGINE", "DATA"), help=argparse.SUPPRESS)
     parser.add_argument("--links", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    U_PAIRS["max_pairs"] = args.splink_u_pairs
     if args.engine_run:
         engine_run(
             args.engine_run[0], DataSet.parse(args.engine_run[1]), args.cache, args.febrl_spec, args.links
