@@ -143,7 +143,7 @@ def value_text(value: Any, column: Column | None) -> str:
     elif isinstance(value, date | datetime):
         text = value.strftime("%Y-%m-%d")
     else:
-        text = str(value)
+        text = (column.values or {}).get(value, str(value)) if column else str(value)
     return f"{text} {unit}" if unit else text
 
 
