@@ -57,8 +57,14 @@ import numpy as np
 import polars as pl
 
 from entity_resolution.internals.blocking import _components, candidate_shards, exact_nodes, signatures
-from entity_resolution.internals.compare import compare_pairs, compared_columns
-from entity_resolution.internals.model import estimate, probability, weights
+from entity_resolution.internals.cluster import cross_input_pairs
+from entity_resolution.internals.compare import (
+    compare_pairs,
+    compared_columns,
+    term_frequencies,
+    value_frequencies,
+)
+from entity_resolution.internals.model import estimate, probability, tf_adjustment, weights
 from entity_resolution.internals.normalise import normalise
 from entity_resolution.internals.partition import MATCH_RULES, Scale, pack, resolve_partition_files
 from entity_resolution.spec import Spec
@@ -117,6 +123,7 @@ def link(
     keep_pairs: bool = True,
     work_dir: Path | None = None,
     scale: Scale | None = None,
+    frequencies: dict[str, pl.DataFrame] | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
@@ -130,6 +137,8 @@ def link(
     False leaves ``pairs`` holding only the pairs at or above the review threshold (all candidate
     pairs of a city do not fit in memory). ``work_dir`` keeps the pair shards and partitions there
     (default: a temporary directory, removed); ``scale`` overrides the spec's ``[scale]``.
+    ``frequencies`` are the term-frequency tables (``term_frequencies``) of the whole input when
+    ``records`` is one part of it; by default they are computed from ``records``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -144,6 +153,8 @@ def link(
     duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
     if duplicated.height:
         raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
+    if spec.link_only and spec.source_column not in records.collect_schema().names():
+        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
     missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
     if missing:
         raise ValueError(f"recorded_columns {missing} are not columns of the records")
@@ -156,7 +167,7 @@ def link(
     try:
         return _link(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, step, started, timings, peaks,
+            keep_pairs, work, scale, step, started, timings, peaks, frequencies,
         )  # fmt: skip
     finally:
         if work_dir is None:
@@ -179,6 +190,7 @@ def _link(
     started: float,
     timings: dict[str, float],
     peaks: dict[str, float],
+    frequencies: dict[str, pl.DataFrame] | None,
 ) -> Linkage:
     rid = spec.id_column
     # 1. signatures: identical values on everything that matters are compared once
@@ -197,6 +209,8 @@ def _link(
     pattern_parts: list[pl.DataFrame] = []
     candidates = 0
     for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
+        if spec.link_only:  # accuracy hook: only pairs across the two inputs
+            pairs = cross_input_pairs(sig, pairs, spec.source_column)
         code = _encode(compare_pairs(sig, pairs, spec), radix)
         path = work / "shards" / f"shard-{number:05d}.parquet"
         pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
@@ -214,18 +228,24 @@ def _link(
     pattern_codes = patterns["pattern"].to_numpy()
     pattern_levels = _decode(pattern_codes, radix, spec)
     m, u, prior = estimate(sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy())
-    pattern_probability = (
-        probability(weights(pattern_levels, m, u), prior) if len(pattern_codes) else np.zeros(0)
-    )
+    pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
+
+    if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
+        frequencies = term_frequencies(sig, spec, unit="node")
 
     def scored_shard(path: Path) -> pl.DataFrame:
-        shard = pl.read_parquet(path)
-        p = pattern_probability[np.searchsorted(pattern_codes, shard["pattern"].to_numpy())]
-        return shard.with_columns(pl.Series("probability", p))
+        return pl.read_parquet(path)
 
     kept = []  # pairs at or above the review threshold
-    for path in shard_paths:
-        kept.append(scored_shard(path).filter(pl.col("probability") >= spec.review_threshold))
+    for path in shard_paths:  # every pair's probability, written back beside its pattern
+        shard = pl.read_parquet(path)
+        index = np.searchsorted(pattern_codes, shard["pattern"].to_numpy())
+        levels = pattern_levels[index]
+        adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig, shard, spec, frequencies))
+        p = probability(pattern_weights[index] + adjustment, prior) if len(index) else np.zeros(0)
+        shard = shard.with_columns(pl.Series("probability", p))
+        shard.write_parquet(path, compression="lz4")
+        kept.append(shard.filter(pl.col("probability") >= spec.review_threshold))
     above_review = (
         pl.concat(kept)
         if kept

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.cluster import Clusters
+from entity_resolution.internals.cluster import Clusters, cluster
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
 
@@ -148,10 +148,14 @@ def resolve_partition(
     for a, b in forced:
         clusters.join(a, b, force=True)
     left, right = local(linked["l"]), local(linked["r"])
-    accepted = np.array(
-        [clusters.join(a, b) for a, b in zip(row_of[left].tolist(), row_of[right].tolist(), strict=True)],
-        dtype=bool,
-    )
+
+    def on_rows(pairs: pl.DataFrame) -> pl.DataFrame:
+        return pairs.with_columns(
+            pl.Series("l", row_of[local(pairs["l"])]), pl.Series("r", row_of[local(pairs["r"])])
+        )
+
+    # accuracy hook: average linkage (or one-to-one) over the partition's active signatures
+    accepted = np.array(cluster(clusters, on_rows(scored), on_rows(linked), spec), dtype=bool)
     cluster_row = node.copy()  # the smallest row (signature) of each cluster; untouched: its node
     if len(active):
         roots = clusters.roots()
@@ -161,7 +165,7 @@ def resolve_partition(
 
     # confidence: 1 for exact keys and lone signatures; else the strongest accepted pair touching it
     strongest = np.full(n, np.nan)
-    if accepted.any():
+    if len(accepted) and accepted.any():
         probability = linked["probability"].to_numpy()[accepted]
         np.fmax.at(strongest, left[accepted], probability)
         np.fmax.at(strongest, right[accepted], probability)
