@@ -127,18 +127,16 @@ class Registry:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet(merged.select(list(MEMBER_SCHEMA)).sort("record_id"), self.members_path)
         write_parquet(pl.concat([self.history(), change_frame]), self.history_path)
+        reps = records.rename({id_column: "record_id"}).join(now, on="record_id")
+        old_reps = self.representatives()
+        if partial and old_reps is not None:
+            # the known representatives stay unless their record changed (it is among ``records``)
+            kept = old_reps.join(reps.select("record_id"), on="record_id", how="anti")
+            reps = pl.concat([kept, reps.select(kept.columns)], how="vertical_relaxed")
         reps = (
-            records.rename({id_column: "record_id"})
-            .join(now, on="record_id")
-            .sort("entity_id", "record_id")
+            reps.sort("entity_id", "record_id")
             .group_by("entity_id", maintain_order=True)
             .head(REPRESENTATIVES)
         )
-        old_reps = self.representatives()
-        if partial and old_reps is not None:
-            reps = pl.concat(
-                [old_reps.join(reps.select("entity_id").unique(), on="entity_id", how="anti"), reps],
-                how="diagonal_relaxed",
-            )
         write_parquet(reps, self.representatives_path)
         return change_frame
