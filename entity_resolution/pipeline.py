@@ -15,6 +15,7 @@ former names), and ``match_method``, the kind of evidence that attached each rec
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,9 @@ def grade_letters(spec: Spec) -> str:
 
 @dataclass
 class Resolution:
-    links: pl.DataFrame  # KEYS, entity_id, match_confidence, match_method, recorded_name, recorded_code, match_grade
+    links: (
+        pl.DataFrame
+    )  # KEYS, entity_id, match_confidence, match_method, recorded_name, recorded_code, match_grade
     entities: pl.DataFrame
     touched: pl.DataFrame  # entity_id of every entity whose records changed (all of them in a full run)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +119,7 @@ class Resolution:
 
 def _split_persons(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(firms' records, natural persons' records): a resident ID number is never matched with a firm."""
+    records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
     person = pl.col("code_status") == "resident_id"
     return records.filter(~person.fill_null(False)), records.filter(person.fill_null(False))
 
@@ -141,7 +145,8 @@ def _engine(
 
 
 def _firm_links(records: pl.DataFrame, engine_links: pl.DataFrame) -> pl.DataFrame:
-    """The engine's links with the evidence columns and match_method (vectorised over the records)."""
+    """The engine's links with the evidence columns and match_method (vectorised over the records;
+    ``records`` must hold all records of the entities they belong to, the method looks at them)."""
     org_in_uscc = pl.col("entity_id").str.slice(8, 9)
     frame = records.with_columns(record_id().alias("record_id")).join(
         engine_links, on="record_id", how="left", maintain_order="left"
@@ -150,14 +155,17 @@ def _firm_links(records: pl.DataFrame, engine_links: pl.DataFrame) -> pl.DataFra
     shared = lambda code: pl.col(code).is_not_null() & (pl.len().over("entity_id", code) > 1)  # noqa: E731
     method = (
         pl.when(pl.col("uscc").is_not_null() & (pl.col("uscc") == pl.col("entity_id")))
-        .then(pl.when(pl.col("code_status") == "valid").then(pl.lit("uscc")).otherwise(pl.lit("uscc_repaired")))
+        .then(
+            pl.when(pl.col("code_status") == "valid").then(pl.lit("uscc")).otherwise(pl.lit("uscc_repaired"))
+        )
         .when(
             (pl.col("org_code").is_not_null() & (pl.col("org_code") == org_in_uscc))
             | shared("org_code")
             | shared("reg_no")
         )
         .then(pl.lit("code_crosswalk"))
-        .when(pl.col("match_confidence") < 1)
+        # the entity holds records written differently: the engine's comparisons put them together
+        .when(pl.struct("subject_name", "code_raw").n_unique().over("entity_id") > 1)
         .then(pl.lit("fellegi_sunter"))
         .otherwise(pl.lit("own_entity"))
     )
@@ -258,6 +266,7 @@ def resolve_canonical(
 ) -> Resolution:
     """Link a whole snapshot of canonical records (IDENTITY_COLUMNS)."""
     firms, persons = _split_persons(records)
+    records = pl.concat([firms, persons])
     spec = load_spec(spec_name)
     inputs = firms.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
@@ -279,7 +288,7 @@ def resolve_changes(
     changed: pl.DataFrame,
     previous_links: pl.DataFrame,
     previous_entities: pl.DataFrame,
-    members_of: Any,
+    members_of: Callable[[pl.DataFrame], pl.DataFrame],
     spec_name: str,
     registry_dir: Path,
     review_dir: Path | None = None,
@@ -301,16 +310,32 @@ def resolve_changes(
     changes = registry.update(engine_links, inputs, run, partial=True)
     if review_dir is not None:
         write_review(result.review, review_dir, run)
-    fresh = pl.concat([_firm_links(firms, engine_links), _person_links(persons)])
-    before = previous_links.join(fresh.select(KEYS), on=KEYS, how="semi").select("entity_id")
-    touched = pl.concat([before, fresh.select("entity_id")]).unique().sort("entity_id")
-    links = pl.concat(
-        [previous_links.join(fresh.select(KEYS), on=KEYS, how="anti"), fresh.select(previous_links.columns)]
-    ).sort(KEYS)
-    touched_keys = links.join(touched, on="entity_id", how="semi").select(KEYS)
-    rebuilt = entities_table(members_of(touched_keys), links.join(touched_keys, on=KEYS, how="semi"))
+    changed_keys = changed.select(KEYS)
+    now = pl.concat([engine_links["entity_id"], _person_links(persons)["entity_id"]])
+    before = previous_links.join(changed_keys, on=KEYS, how="semi")["entity_id"]
+    touched = pl.concat([before, now]).unique().sort().to_frame("entity_id")
+    # the touched entities' other records, with the links they had (their method is looked at again)
+    kept = previous_links.join(touched, on="entity_id", how="semi").join(changed_keys, on=KEYS, how="anti")
+    members = members_of(kept.select(KEYS))
+    if members.height != kept.height:
+        raise ValueError(
+            f"{kept.height - members.height} records linked in the previous version are missing from "
+            f"the accepted snapshot: run a full re-link"
+        )
+    kept_firms, kept_persons = _split_persons(members)
+    kept_engine = kept.select(record_id().alias("record_id"), "entity_id", "match_confidence", "match_grade")
+    rebuilt = pl.concat(
+        [
+            _firm_links(pl.concat([kept_firms, firms]), pl.concat([kept_engine, engine_links])),
+            _person_links(pl.concat([kept_persons, persons])),
+        ]
+    ).select(previous_links.columns)
+    links = pl.concat([previous_links.join(rebuilt.select(KEYS), on=KEYS, how="anti"), rebuilt]).sort(KEYS)
     entities = pl.concat(
-        [previous_entities.join(touched, on="entity_id", how="anti"), rebuilt.select(previous_entities.columns)]
+        [
+            previous_entities.join(touched, on="entity_id", how="anti"),
+            entities_table(pl.concat([members, firms, persons]), rebuilt).select(previous_entities.columns),
+        ]
     ).sort("entity_id")
     stats = {
         **result.stats,

@@ -357,7 +357,9 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
             changed.select(IDENTITY_COLUMNS).collect(),
             pl.read_parquet(version / "links" / "*.parquet"),
             pl.read_parquet(version / "entities" / "*.parquet"),
-            lambda keys: _accepted(lake).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect(),
+            lambda keys: (
+                _accepted(lake).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
+            ),
             spec,
             **review,
         )
