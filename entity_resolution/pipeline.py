@@ -107,6 +107,11 @@ def grade_letters(spec: Spec) -> str:
     return f"one letter per comparison of the {spec.name} spec ({names}): A same, B similar, F different, Z missing"
 
 
+class KnownEntitiesConflict(Exception):
+    """An incremental night cannot place its records without changing a known firm that has a USCC
+    (new evidence ties it to another USCC): the night needs a full re-link."""
+
+
 @dataclass
 class Resolution:
     links: (
@@ -124,24 +129,40 @@ def _split_persons(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return records.filter(~person.fill_null(False)), records.filter(person.fill_null(False))
 
 
+#: suffix of a representative whose record changed tonight: its previous version still stands
+#: for its entity while the new version is placed afresh
+PREVIOUS_VERSION = "#previous"
+
+
 def _engine(
     inputs: pl.DataFrame,
     spec: Spec,
     registry: Registry | None,
     decisions: Path | None,
     representatives: pl.DataFrame | None = None,
-) -> tuple[pl.DataFrame, Any]:
+) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
-    only ``inputs`` are placed. Returns (links of ``inputs``, the engine's Linkage)."""
+    only ``inputs`` are placed. Returns (links of ``inputs``, renamed known entities old id -> new
+    id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     if representatives is None:
         result = link(inputs, spec, must, cannot, anchors=registry.anchors() if registry else None)
-        return result.links, result
-    reps = representatives.join(inputs.select("record_id"), on="record_id", how="anti")
+        return result.links, {}, result
+    changed = pl.col("record_id").is_in(inputs["record_id"].implode())
+    reps = representatives.with_columns(
+        pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
+    )
     anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
     combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
     result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True)
-    return result.links.join(inputs.select("record_id"), on="record_id", how="semi"), result
+    moved = (
+        reps.select("record_id", pl.col("entity_id").alias("anchor"))
+        .join(result.links.select("record_id", "entity_id"), on="record_id")
+        .filter(pl.col("entity_id") != pl.col("anchor"))
+        .unique("anchor")
+    )
+    renamed = dict(zip(moved["anchor"].to_list(), moved["entity_id"].to_list(), strict=True))
+    return result.links.join(inputs.select("record_id"), on="record_id", how="semi"), renamed, result
 
 
 def _firm_links(records: pl.DataFrame, engine_links: pl.DataFrame) -> pl.DataFrame:
@@ -270,7 +291,7 @@ def resolve_canonical(
     spec = load_spec(spec_name)
     inputs = firms.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
-    engine_links, result = _engine(inputs, spec, registry, decisions)
+    engine_links, _, result = _engine(inputs, spec, registry, decisions)
     changes = registry.update(engine_links, inputs, run) if registry else None
     if review_dir is not None:
         write_review(result.review, review_dir, run)
@@ -306,12 +327,35 @@ def resolve_changes(
     spec = load_spec(spec_name)
     firms, persons = _split_persons(changed)
     inputs = firms.select(*enterprise_inputs())
-    engine_links, result = _engine(inputs, spec, registry, decisions, representatives)
-    changes = registry.update(engine_links, inputs, run, partial=True)
+    engine_links, renamed, result = _engine(inputs, spec, registry, decisions, representatives)
+    conflicts = {old: new for old, new in renamed.items() if not old.startswith("X")}
+    if conflicts:
+        raise KnownEntitiesConflict(
+            f"tonight's records tie {len(conflicts)} known firm(s) to another firm's USCC "
+            f"(e.g. {next(iter(conflicts.items()))}): only a full re-link can take them apart"
+        )
+    # a known entity that a new record gave its USCC takes that id with all its records
+    rename = pl.col("entity_id").replace(renamed)
+    previous_links = previous_links.with_columns(rename)
+    members = registry.members()
+    moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)
+    moved = moved.join(engine_links.select("record_id"), on="record_id", how="anti")
+    changes = registry.update(
+        pl.concat([engine_links.select("record_id", "entity_id"), moved.select("record_id", "entity_id")]),
+        inputs,
+        run,
+        partial=True,
+    )
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     changed_keys = changed.select(KEYS)
-    now = pl.concat([engine_links["entity_id"], _person_links(persons)["entity_id"]])
+    now = pl.concat(
+        [
+            engine_links["entity_id"],
+            _person_links(persons)["entity_id"],
+            pl.Series(list(renamed), dtype=pl.String),
+        ]
+    )
     before = previous_links.join(changed_keys, on=KEYS, how="semi")["entity_id"]
     touched = pl.concat([before, now]).unique().sort().to_frame("entity_id")
     # the touched entities' other records, with the links they had (their method is looked at again)

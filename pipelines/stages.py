@@ -332,7 +332,13 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     re-link the whole snapshot. The registry is updated aside (LAKE/work/<date>/registry) and
     committed only when this run publishes; unsure pairs go to LAKE/review/<date>/.
     """
-    from entity_resolution.pipeline import IDENTITY_COLUMNS, KEYS, resolve_canonical, resolve_changes
+    from entity_resolution.pipeline import (
+        IDENTITY_COLUMNS,
+        KEYS,
+        KnownEntitiesConflict,
+        resolve_canonical,
+        resolve_changes,
+    )
 
     lake = _lake(lake_dir, business_date)
     settings = resolution_settings()
@@ -351,19 +357,35 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
         "decisions": lake.root / "review" / "decisions.csv",
         "run": business_date,
     }
-    if base and changed is not None:
+    resolution = None
+    reason = (
+        "no earlier published night"
+        if not base
+        else "--full-relink"
+        if full_relink
+        else "full_relink_weekdays"
+        if weekly
+        else "a source not upserted onto the last published night"
+        if changed is None
+        else None
+    )
+    if reason is None and changed is not None:
         version = base[1]
-        resolution = resolve_changes(
-            changed.select(IDENTITY_COLUMNS).collect(),
-            pl.read_parquet(version / "links" / "*.parquet"),
-            pl.read_parquet(version / "entities" / "*.parquet"),
-            lambda keys: (
-                _accepted(lake).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
-            ),
-            spec,
-            **review,
-        )
-    else:
+        try:
+            resolution = resolve_changes(
+                changed.select(IDENTITY_COLUMNS).collect(),
+                pl.read_parquet(version / "links" / "*.parquet"),
+                pl.read_parquet(version / "entities" / "*.parquet"),
+                lambda keys: (
+                    _accepted(lake).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
+                ),
+                spec,
+                **review,
+            )
+        except KnownEntitiesConflict as conflict:
+            log.warning("%s; re-linking the whole snapshot", conflict)
+            reason = str(conflict)
+    if resolution is None:
         resolution = resolve_canonical(_accepted(lake).select(IDENTITY_COLUMNS).collect(), spec, **review)
     log.info("resolution: %s", resolution.stats)
     write_parquet(resolution.links, lake.work / "links.parquet")
@@ -378,6 +400,7 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     )
     result = {
         "mode": resolution.stats["mode"],
+        "full_relink_reason": reason,
         "records": resolution.links.height,
         "changed_records": resolution.stats.get("changed_records", resolution.links.height),
         "entities": resolution.entities.height,
