@@ -113,8 +113,17 @@ def print_rows(title: str, rows: list[tuple[str, float, int, float]]) -> None:
 
 def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list, records: int) -> int:
     """A chain of incremental nights ending at --date against a full rebuild of --date."""
+    import os
+    import tomllib
     from datetime import date, timedelta
 
+    from pipelines.settings import config_env, config_path
+
+    # the chain is incremental every night (no weekly full re-link inside it)
+    settings = tomllib.loads(config_path("resolution.toml").read_text("utf-8"))
+    config = args.workdir / "resolution-no-weekly.toml"
+    config.write_text(f'spec = "{settings["spec"]}"\nfull_relink_weekdays = []\n', "utf-8")
+    os.environ[config_env("resolution.toml")] = str(config)
     end = date.fromisoformat(args.date)
     nights = [(end - timedelta(days=k)).isoformat() for k in range(args.incremental_nights, -1, -1)]
     first = run_night(sources, lake, nights[0])
@@ -152,6 +161,17 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
         b = next(r[1] for r in full if r[0] == stage)
         print(f"  {stage:<26}{a:>7.1f} s vs {b:>7.1f} s")
     print(f"incremental chain vs full re-link, by record: {json.dumps(agreement(lake, full_lake))}")
+    import polars as pl
+
+    from entity_resolution.evaluate import evaluate
+
+    truth = pl.read_parquet(sources / "truth" / "records.parquet")
+    for label, folder in (("incremental chain", lake), ("full re-link", full_lake)):
+        scores = evaluate(pl.read_parquet(folder / "published" / "current" / "links" / "*.parquet"), truth)
+        print(
+            f"{label} vs truth: pairwise precision / recall / F1 {scores.pairwise_precision:.4f} / "
+            f"{scores.pairwise_recall:.4f} / {scores.pairwise_f1:.4f}"
+        )
     if not args.keep:
         shutil.rmtree(lake, ignore_errors=True)
         shutil.rmtree(full_lake, ignore_errors=True)
