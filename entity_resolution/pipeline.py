@@ -129,6 +129,9 @@ def _split_persons(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return records.filter(~person.fill_null(False)), records.filter(person.fill_null(False))
 
 
+#: how many times an incremental night frees the known firms its records conflict with before it
+#: gives up (a full re-link follows)
+RELINK_ROUNDS = 3
 #: suffix of a representative whose record changed tonight: its previous version still stands
 #: for its entity while the new version is placed afresh
 PREVIOUS_VERSION = "#previous"
@@ -325,19 +328,31 @@ def resolve_changes(
     if representatives is None:
         raise ValueError(f"registry {registry_dir} has no representatives: run a full re-link first")
     spec = load_spec(spec_name)
-    firms, persons = _split_persons(changed)
-    inputs = firms.select(*enterprise_inputs())
-    engine_links, renamed, result = _engine(inputs, spec, registry, decisions, representatives)
-    conflicts = {old: new for old, new in renamed.items() if not old.startswith("X")}
-    if conflicts:
+    members = registry.members()
+    # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
+    # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
+    freed: list[str] = []
+    for _ in range(RELINK_ROUNDS):
+        if freed:
+            ids = members.filter(pl.col("entity_id").is_in(freed))["record_id"]
+            keys = ids.str.splitn(":", 2).struct.rename_fields(KEYS).struct.unnest()
+            changed = pl.concat([changed, members_of(keys.join(changed.select(KEYS), on=KEYS, how="anti"))])
+        firms, persons = _split_persons(changed)
+        inputs = firms.select(*enterprise_inputs())
+        reps = representatives.filter(~pl.col("entity_id").is_in(freed))
+        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps)
+        conflicts = [old for old in renamed if not old.startswith("X")]
+        if not conflicts:
+            break
+        freed += conflicts
+    else:
         raise KnownEntitiesConflict(
-            f"tonight's records tie {len(conflicts)} known firm(s) to another firm's USCC "
-            f"(e.g. {next(iter(conflicts.items()))}): only a full re-link can take them apart"
+            f"tonight's records tie known firms to other firms' USCCs (e.g. {freed[:3]}) through "
+            f"{RELINK_ROUNDS} rounds of re-linking them: only a full re-link can take them apart"
         )
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
     previous_links = previous_links.with_columns(rename)
-    members = registry.members()
     moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)
     moved = moved.join(engine_links.select("record_id"), on="record_id", how="anti")
     changes = registry.update(
@@ -385,6 +400,7 @@ def resolve_changes(
         **result.stats,
         "mode": "incremental",
         "changed_records": changed.height,
+        "freed_entities": len(freed),
         "touched_entities": touched.height,
         "registry_changes": changes.height,
     }
