@@ -322,7 +322,9 @@ def resolve_changes(
     """An incremental night: link the ``changed`` records (new or changed canonical records) against
     the registry's representatives of the known entities, which stay as they are; every other
     record keeps its published link. ``members_of(keys)`` returns the canonical records (all of the
-    snapshot's, IDENTITY_COLUMNS) with the given KEYS, to rebuild the touched entities' rows."""
+    snapshot's, IDENTITY_COLUMNS) with the given KEYS, to rebuild the touched entities' rows.
+    Known firms the night's records contradict are re-linked with them (``freed_entities``);
+    KnownEntitiesConflict when that does not settle it."""
     registry = Registry(registry_dir)
     representatives = registry.representatives()
     if representatives is None:
@@ -375,13 +377,13 @@ def resolve_changes(
     touched = pl.concat([before, now]).unique().sort().to_frame("entity_id")
     # the touched entities' other records, with the links they had (their method is looked at again)
     kept = previous_links.join(touched, on="entity_id", how="semi").join(changed_keys, on=KEYS, how="anti")
-    members = members_of(kept.select(KEYS))
-    if members.height != kept.height:
+    kept_records = members_of(kept.select(KEYS))
+    if kept_records.height != kept.height:
         raise ValueError(
-            f"{kept.height - members.height} records linked in the previous version are missing from "
+            f"{kept.height - kept_records.height} records linked in the previous version are missing from "
             f"the accepted snapshot: run a full re-link"
         )
-    kept_firms, kept_persons = _split_persons(members)
+    kept_firms, kept_persons = _split_persons(kept_records)
     kept_engine = kept.select(record_id().alias("record_id"), "entity_id", "match_confidence", "match_grade")
     rebuilt = pl.concat(
         [
@@ -393,7 +395,9 @@ def resolve_changes(
     entities = pl.concat(
         [
             previous_entities.join(touched, on="entity_id", how="anti"),
-            entities_table(pl.concat([members, firms, persons]), rebuilt).select(previous_entities.columns),
+            entities_table(pl.concat([kept_records, firms, persons]), rebuilt).select(
+                previous_entities.columns
+            ),
         ]
     ).sort("entity_id")
     stats = {
