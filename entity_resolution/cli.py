@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import date
 from pathlib import Path
 
+from entity_resolution.spec import LINK_TYPES
 from pipelines.cli import add_json_option, emit, key_values
 
 
-def read_inputs(paths: list[str]):  # noqa: ANN201 - a Polars frame
+def read_inputs(paths: list[str], source_column: str | None = None):  # noqa: ANN201 - a Polars frame
+    """The --input files as one frame; with ``source_column`` (a link-only spec) each record says
+    which input it came from (0, 1)."""
     import polars as pl
 
     frames = []
-    for path in paths:
+    for index, path in enumerate(paths):
         folder = Path(path)
-        frames.append(pl.read_parquet(folder / "*.parquet" if folder.is_dir() else folder))
+        frame = pl.read_parquet(folder / "*.parquet" if folder.is_dir() else folder)
+        if source_column:
+            frame = frame.with_columns(pl.lit(str(index)).alias(source_column))
+        frames.append(frame)
     return pl.concat(frames, how="diagonal_relaxed")
 
 
@@ -29,7 +36,13 @@ def cmd_link(args: argparse.Namespace) -> int:
     from pipelines.lake import write_parquet
 
     spec = load_spec(args.spec)
-    records = read_inputs(args.input)
+    if args.link_type:
+        spec = dataclasses.replace(spec, link_type=args.link_type)
+    if spec.link_only and len(args.input) != 2:
+        raise SystemExit(
+            f"spec {spec.name!r} is link_only: give exactly two --input files, not {len(args.input)}"
+        )
+    records = read_inputs(args.input, spec.source_column if spec.link_only else None)
     must, cannot = read_decisions(Path(args.decisions)) if args.decisions else ([], [])
     registry = Registry(Path(args.registry)) if args.registry else None
     anchors = registry.anchors() if registry else None
@@ -94,6 +107,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", action="append", required=True, help="Parquet file or folder (repeatable)")
     parser.add_argument("--out", required=True, help="the links Parquet file to write")
+    parser.add_argument(
+        "--link-type",
+        choices=LINK_TYPES,
+        help="override the spec's link_type: link_only links two --input files, each record to at most "
+        "one record of the other",
+    )
     parser.add_argument("--registry", help="folder of the stable-id registry (ids survive across runs)")
     parser.add_argument(
         "--incremental",

@@ -33,8 +33,15 @@ import numpy as np
 import polars as pl
 
 from entity_resolution.internals.blocking import candidate_pairs, exact_nodes, signatures
-from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs, compared_columns
-from entity_resolution.internals.model import estimate, probability, weights
+from entity_resolution.internals.cluster import cluster, cross_input_pairs
+from entity_resolution.internals.compare import (
+    NULL_LEVEL,
+    compare_pairs,
+    compared_columns,
+    term_frequencies,
+    value_frequencies,
+)
+from entity_resolution.internals.model import estimate, probability, tf_adjustment, weights
 from entity_resolution.internals.normalise import normalise
 from entity_resolution.spec import Spec
 
@@ -66,6 +73,7 @@ def link(
     anchors: dict[str, str] | None = None,
     seed: int = 7,
     fixed_anchors: bool = False,
+    frequencies: dict[str, pl.DataFrame] | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities.
 
@@ -73,12 +81,16 @@ def link(
     ids to entity ids they already hold (the registry), so known entities keep their ids. With
     ``fixed_anchors`` (an incremental run) the anchored entities are taken as they are: their
     records stay together and two of them never merge; only the other records are placed.
+    ``frequencies`` are the term-frequency tables (``term_frequencies``) of the whole input when
+    ``records`` is one partition of it; by default they are computed from ``records``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
     rid = spec.id_column
     if records[rid].is_duplicated().any():
         raise ValueError(f"record ids in '{rid}' must be unique")
+    if spec.link_only and spec.source_column not in records.columns:
+        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
     frame = normalise(records, spec)
     timings["normalise"] = time.perf_counter() - started
 
@@ -94,12 +106,17 @@ def link(
 
     # 3. blocking: candidate pairs between different nodes
     candidates = candidate_pairs(sig, spec)
+    if spec.link_only:  # accuracy hook: only pairs across the two inputs
+        candidates = cross_input_pairs(sig, candidates, spec.source_column)
     timings["blocking"] = time.perf_counter() - started
 
     # 4-5. comparisons and the model
     levels = compare_pairs(sig, candidates, spec)
     m, u, prior = estimate(sig, levels, spec, seed)
-    match_probability = probability(weights(levels, m, u), prior) if len(levels) else np.zeros(0)
+    if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
+        frequencies = term_frequencies(sig, spec, unit="node")
+    adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig, candidates, spec, frequencies))
+    match_probability = probability(weights(levels, m, u) + adjustment, prior) if len(levels) else np.zeros(0)
     scored = candidates.with_columns(pl.Series("probability", match_probability))
     timings["model"] = time.perf_counter() - started
 
@@ -130,9 +147,7 @@ def link(
     linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
         ["probability", "l", "r"], descending=[True, False, False]
     )
-    accepted = [
-        clusters.join(a, b) for a, b in zip(linked["l"].to_list(), linked["r"].to_list(), strict=True)
-    ]
+    accepted = cluster(clusters, scored, linked, spec)  # accuracy hook: average linkage / one-to-one
     sig = sig.with_columns(pl.Series("root", clusters.roots()))
     timings["cluster"] = time.perf_counter() - started
 

@@ -17,7 +17,16 @@ import polars as pl
 
 from pipelines.divisions import divisions, short_name
 
-LEGAL_FORMS = ("股份有限公司", "有限责任公司", "集团有限公司", "有限公司", "专业合作社", "合作社", "公司")
+LEGAL_FORMS = (
+    "股份有限公司",
+    "有限责任公司",
+    "集团有限公司",
+    "有限公司",
+    "股份公司",
+    "专业合作社",
+    "合作社",
+    "公司",
+)
 BRANCH_SUFFIXES = ("分公司", "分厂", "分店", "营业部", "分所", "办事处")
 _PUNCTUATION = r"[\s·.,，。、:：;；\-_—\"'“”‘’《》<>*#]"
 

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
-METHODS = ("exact", "levenshtein", "jaro_winkler", "token_jaccard", "numeric", "date_days")
+STRING_METHODS = ("exact", "levenshtein", "jaro_winkler")
+LINK_TYPES = ("dedupe", "link_only")
+METHODS = ("exact", "levenshtein", "jaro_winkler", "token_jaccard", "numeric", "date_days", "prefix")
+# scores of the prefix method: equal, one a prefix of the other (a province and a city in it), neither
+PREFIX_SCORES = (1.0, 0.5, 0.0)
 NORMALISERS = ("company_name", "codes", "text", "digits", "date", "coalesce")
 _KEY = re.compile(r"^(\w+)(?:\[(-?\d*):(-?\d*)\])?$")
 
@@ -24,11 +28,16 @@ class Comparison:
     column: str
     method: str
     thresholds: tuple[float, ...]
+    # the top (exact) level weighs by the value's own frequency: a common value is weaker evidence
+    tf_adjust: bool = False
+    # level 1 is "differs in exactly one character" (a sibling name or a typo: the model decides)
+    one_char_level: bool = False
 
     @property
     def levels(self) -> int:
-        """Levels 0 (no threshold met) .. len(thresholds) (all met); nulls get their own level."""
-        return len(self.thresholds) + 1
+        """Levels 0 (no threshold met) .. top (all met), plus the one-character level when asked;
+        nulls get their own level."""
+        return len(self.thresholds) + 1 + int(self.one_char_level)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,15 @@ class Spec:
     m_from_known_matches: tuple[str, ...]
     link_threshold: float
     review_threshold: float
+    # "dedupe" (any two records) or "link_only" (two inputs told apart by ``source_column``: only
+    # pairs across them, each record linked to at most one record of the other input)
+    link_type: str = "dedupe"
+    source_column: str = "source_dataset"
     source: Path = field(default=Path("."))
+
+    @property
+    def link_only(self) -> bool:
+        return self.link_type == "link_only"
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -87,9 +104,25 @@ def load_spec(path: str | Path) -> Spec:
                 item["name"],
                 item["column"],
                 item["method"],
-                tuple(float(t) for t in item.get("thresholds", [1.0])),
+                tuple(
+                    float(t)
+                    for t in item.get(
+                        "thresholds", PREFIX_SCORES[:2] if item["method"] == "prefix" else [1.0]
+                    )
+                ),
+                tf_adjust=bool(item.get("tf_adjust", False)),
+                one_char_level=bool(item.get("one_char_level", False)),
             )
         )
+        if comparisons[-1].tf_adjust and item["method"] not in (*STRING_METHODS, "prefix"):
+            raise ValueError(
+                f"{where}: comparison {item['name']!r}: tf_adjust needs one value per side "
+                f"(one of {(*STRING_METHODS, 'prefix')}), not {item['method']!r}"
+            )
+        if comparisons[-1].one_char_level and item["method"] not in STRING_METHODS:
+            raise ValueError(
+                f"{where}: comparison {item['name']!r}: one_char_level needs one of {STRING_METHODS}"
+            )
     if not comparisons:
         raise ValueError(f"{where}: at least one [[compare]] is needed")
     exact = raw.get("exact", {})
@@ -98,6 +131,9 @@ def load_spec(path: str | Path) -> Spec:
     link, review = float(thresholds.get("link", 0.9)), float(thresholds.get("review", 0.5))
     if not 0 < review <= link < 1:
         raise ValueError(f"{where}: thresholds need 0 < review <= link < 1")
+    settings = raw.get("spec", {})
+    if settings.get("link_type", "dedupe") not in LINK_TYPES:
+        raise ValueError(f"{where}: link_type must be one of {LINK_TYPES}, not {settings.get('link_type')!r}")
     return Spec(
         name=raw.get("spec", {}).get("name", path.stem),
         id_column=raw.get("spec", {}).get("id_column", "record_id"),
@@ -114,5 +150,7 @@ def load_spec(path: str | Path) -> Spec:
         m_from_known_matches=tuple(model.get("m_from_known_matches", [])),
         link_threshold=link,
         review_threshold=review,
+        link_type=settings.get("link_type", "dedupe"),
+        source_column=settings.get("source_column", "source_dataset"),
         source=path,
     )

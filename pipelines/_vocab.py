@@ -1,6 +1,11 @@
-"""Word lists for the synthetic source systems (real division codes, realistic name parts)."""
+"""Word lists and settings for the synthetic source systems (real division codes, realistic name parts,
+fault levels, noise settings). Light to import: the command line reads it to build its help."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 # (division code, province short, prefecture short, county short). The system serves one city
 # (宁波): most firms are registered in its districts; the rest come from elsewhere in China.
@@ -174,3 +179,126 @@ LEGAL_BASES = (
     "《中华人民共和国广告法》第五十五条",
     "《中华人民共和国安全生产法》第九十九条",
 )
+
+
+#: how a department writes a company's name: upper bounds of the variants' shares of records (see
+#: ``_names``), and which variants leave the city out (the share ``Noise.missing_regions`` moves)
+NAME_VARIANT_BOUNDS = (0.45, 0.55, 0.63, 0.71, 0.75, 0.77, 0.83, 0.90, 0.93, 1.0)
+REGIONLESS_NAME_VARIANTS = (1, 7)
+#: how a department holds a code: upper bounds of USCC, organization code, registration number,
+#: corrupted USCC and no code at all (the last share is ``Noise.missing_codes``)
+CODE_VARIANT_BOUNDS = (0.78, 0.83, 0.87, 0.93, 1.0)
+
+
+def share_of(bounds: tuple[float, ...], marked: tuple[int, ...]) -> float:
+    """The total share of the ``marked`` bands of a mixture given by its upper ``bounds``."""
+    widths = [upper - lower for lower, upper in zip((0.0, *bounds), bounds, strict=False)]
+    return round(sum(widths[i] for i in marked), 9)
+
+
+def _knob(default: float | bool, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How hard the records are to link: the hard negatives in the firm universe and how departments
+    write names and codes. The defaults are the generator's long-standing behaviour (same seed,
+    same bytes as before the settings existed); ``NOISE_SETTINGS`` names the presets."""
+
+    cross_city_reuse: float = _knob(
+        0.02,
+        "share of firms drawn as namesakes (trade name and industry) of a company in another division "
+        "(those that land in its own city are dropped: the registry refuses the duplicate)",
+    )
+    regionless_namesakes: float = _knob(
+        0.0,
+        "share of those namesakes registered without a region in the name (the city is then "
+        "stated only by the address and the code's division)",
+    )
+    siblings: float = _knob(
+        0.02, "share of firms whose trade name differs by one character from a firm's in the same city"
+    )
+    branches: float = _knob(0.02, "share of firms that are branches (分公司) of another firm")
+    missing_regions: float = _knob(
+        share_of(NAME_VARIANT_BOUNDS, REGIONLESS_NAME_VARIANTS),
+        "share of a company's records whose name is written without the city",
+    )
+    missing_codes: float = _knob(
+        share_of(CODE_VARIANT_BOUNDS, (len(CODE_VARIANT_BOUNDS) - 1,)),
+        "share of records with no code at all",
+    )
+    copied_details: bool = _knob(
+        True,
+        "namesakes and siblings keep the legal representative, address and phone of the firm "
+        "they were made from (false: their own, the address in their own city)",
+    )
+
+    def __post_init__(self) -> None:
+        for knob in fields(self):
+            value = getattr(self, knob.name)
+            if knob.type == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"noise knob {knob.name} must be true or false, not {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"noise knob {knob.name} must be a share between 0 and 1, not {value!r}")
+        if self.cross_city_reuse + self.siblings + self.branches > 0.5:
+            raise ValueError(
+                "noise: cross_city_reuse + siblings + branches must leave at least half of the firms "
+                f"original, got {self.cross_city_reuse + self.siblings + self.branches:g}"
+            )
+
+
+DEFAULT_NOISE = Noise()
+#: named noise settings (``credit generate --noise``); knobs can be overridden one by one
+NOISE_SETTINGS: dict[str, Noise] = {
+    "default": DEFAULT_NOISE,
+    "hard": Noise(cross_city_reuse=0.1, regionless_namesakes=0.3, siblings=0.08, copied_details=False),
+    "sparse": Noise(missing_regions=0.5, missing_codes=0.4, copied_details=False),
+    "hard-sparse": Noise(
+        cross_city_reuse=0.1,
+        regionless_namesakes=0.3,
+        siblings=0.08,
+        missing_regions=0.5,
+        missing_codes=0.4,
+        copied_details=False,
+    ),
+}
+
+
+def noise_setting(name: str = "default", overrides: Mapping[str, str | float | bool] | None = None) -> Noise:
+    """A named setting of ``NOISE_SETTINGS`` with knobs overridden (values may be written as text:
+    ``{"missing_codes": "0.4", "copied_details": "false"}``)."""
+    if name not in NOISE_SETTINGS:
+        raise ValueError(f"unknown noise setting {name!r}: choose one of {', '.join(NOISE_SETTINGS)}")
+    kinds = {knob.name: knob.type for knob in fields(Noise)}
+    changes: dict[str, float | bool] = {}
+    for knob, value in (overrides or {}).items():
+        if knob not in kinds:
+            raise ValueError(f"unknown noise knob {knob!r}: the knobs are {', '.join(kinds)}")
+        if not isinstance(value, str):
+            changes[knob] = value
+        elif kinds[knob] == "bool":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"noise knob {knob} must be true or false, not {value!r}")
+            changes[knob] = value.lower() == "true"
+        else:
+            try:
+                changes[knob] = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"noise knob {knob} must be a share between 0 and 1, not {value!r}"
+                ) from None
+    return replace(NOISE_SETTINGS[name], **changes)
+
+
+def noise_knobs() -> dict[str, str]:
+    """Each knob's meaning (for ``--help``), from the dataclass: defined once."""
+    return {knob.name: knob.metadata["help"] for knob in fields(Noise)}
+
+
+def setting_name(noise: str | Noise) -> str:
+    """The preset's name for the manifest ("custom" for knobs that match none)."""
+    if isinstance(noise, str):
+        return noise
+    return next((name for name, preset in NOISE_SETTINGS.items() if preset == noise), "custom")

@@ -13,11 +13,12 @@ import os
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines._vocab import DEFAULT_FAULTS, FAULT_LEVELS
+from pipelines._vocab import DEFAULT_FAULTS, FAULT_LEVELS, NOISE_SETTINGS, noise_knobs, noise_setting
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 #: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
@@ -133,6 +134,39 @@ def _faults(text: str) -> str:
     return text
 
 
+def _noise_override(text: str) -> tuple[str, str]:
+    """``--noise-set KNOB=VALUE``: the knob and value checked here so a typo is a usage error."""
+    knob, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
+    try:
+        noise_setting("default", {knob.strip(): value.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return knob.strip(), value.strip()
+
+
+def _knob_value(value: float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def _noise_help() -> tuple[str, str]:
+    """The presets and knobs for ``credit generate --help``, from pipelines._vocab (defined once)."""
+    default = asdict(NOISE_SETTINGS["default"])
+    presets = "; ".join(
+        f"{name} (the generator as it always was; used without --noise)"
+        if name == "default"
+        else f"{name} ("
+        + ", ".join(f"{k}={_knob_value(v)}" for k, v in asdict(preset).items() if v != default[k])
+        + ")"
+        for name, preset in NOISE_SETTINGS.items()
+    )
+    knobs = "; ".join(
+        f"{knob} ({_knob_value(default[knob])}): {text}" for knob, text in noise_knobs().items()
+    )
+    return presets.replace("%", "%%"), knobs.replace("%", "%%")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -171,6 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         db_urls=urls or None,
         progress=not args.quiet,
         faults=args.faults,
+        noise=noise_setting(args.noise, dict(args.noise_set)) if args.noise_set else args.noise,
     )
     rows = ", ".join(f"{source} {count:,}" for source, count in manifest["rows"].items())
     emit(
@@ -178,7 +213,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         manifest,
         f"generated {manifest['entities']:,} firms, {manifest['records']:,} records in {args.out} "
         f"(end date {manifest['end_date']}): {rows}; "
-        f"{sum(n for kinds in manifest['faults'].values() for n in kinds.values()):,} bad records ({args.faults})",
+        f"{sum(n for kinds in manifest['faults'].values() for n in kinds.values()):,} bad records ({args.faults}); "
+        f"noise {manifest['noise']['setting']}",
     )
     return EXIT_OK
 
@@ -244,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     frame = select_profiles(
         version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division
     )
-    rows = export_profiles(frame, Path(args.out))
+    rows = export_profiles(frame, Path(args.out), header=args.header)
     version = version_dir.resolve().name
     emit(
         args,
@@ -317,6 +353,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         + ", or a share between 0 and 1; none for clean data",
     )
+    presets, knobs = _noise_help()
+    gen.add_argument(
+        "--noise",
+        choices=list(NOISE_SETTINGS),
+        default="default",
+        metavar="SETTING",
+        help=f"how hard the records are to link (hard negatives, missing regions and codes): {presets}",
+    )
+    gen.add_argument(
+        "--noise-set",
+        type=_noise_override,
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help=f"override one knob of --noise (repeatable), e.g. --noise hard --noise-set missing_codes=0.4. "
+        f"Shares are between 0 and 1; in brackets the value in the default setting: {knobs}",
+    )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_json_option(gen)
     gen.set_defaults(func=cmd_generate)
@@ -384,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
     )
     ex.add_argument("--version", default=None, help="a published version instead of current")
+    from pipelines.export import HEADERS
+
+    ex.add_argument(
+        "--header",
+        choices=HEADERS,
+        default=HEADERS[0],
+        help="column headers: labels, the data dictionary's Chinese label and unit with shares in %% "
+        "(贷款金额（元）), for people; names, the column names and values as published "
+        "(lending_amount), for scripts",
+    )
     add_json_option(ex)
     ex.set_defaults(func=cmd_export)
 

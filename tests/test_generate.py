@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from pipelines.generate import generate, write_sql_table
+from pipelines.generate import NOISE_SETTINGS, Noise, generate, noise_setting, write_sql_table
 from pipelines.identifiers import is_valid_uscc, repair_code
 from tests.service_support import credit, run_credit
 
@@ -300,3 +301,158 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
     assert second["published"] and second["books"]["balanced"]
     held = {name for name, counts in second["sources"].items() if counts["stale"]}
     assert held == {"contract"} and any("type drift" in p for p in second["sources"]["contract"]["problems"])
+
+
+# --------------------------------------------------------------------------- noise settings
+#: sha256 of ``_digest`` of generate(entities=400, seed=9, days=2, end_date=END) made by the generator
+#: before noise settings existed: the default setting must keep every byte (the engine's accuracy
+#: figures and the other tests were measured on that data)
+DEFAULT_BYTES = "26b51a9865b35a9323735e37d3f0a01256bfce640b0ab69fb67e11b1474ca213"
+#: each knob moved on its own from the default (and the presets), to measure what it changes
+NOISE_CASES = {
+    "default": Noise(),
+    "siblings": replace(Noise(), siblings=0.1),
+    "reuse": replace(Noise(), cross_city_reuse=0.1, regionless_namesakes=0.5),
+    "sparse": NOISE_SETTINGS["sparse"],
+    "own details": replace(Noise(), copied_details=False),
+}
+
+
+def _combined(digests: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def test_the_default_noise_setting_keeps_the_generator_s_bytes(tmp_path: Path) -> None:
+    generate(tmp_path / "plain", entities=400, seed=9, days=2, end_date=END)
+    generate(tmp_path / "named", entities=400, seed=9, days=2, end_date=END, noise=noise_setting("default"))
+    assert _combined(_digest(tmp_path / "plain")) == DEFAULT_BYTES
+    assert _digest(tmp_path / "named") == _digest(tmp_path / "plain")
+    manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text("utf-8"))
+    assert manifest["noise"]["setting"] == "default" and manifest["noise"]["missing_codes"] == 0.07
+
+
+def test_a_noise_setting_is_drawn_by_seed(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        generate(tmp_path / name, entities=400, seed=9, end_date=END, noise="hard-sparse")
+    generate(tmp_path / "default", entities=400, seed=9, end_date=END)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "default")
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """Per case of NOISE_CASES: (firms, lending records with their firm's truth joined)."""
+    made = {}
+    for case, noise in NOISE_CASES.items():
+        target = tmp_path_factory.mktemp("noise")
+        generate(target, entities=3000, seed=3, end_date=END, faults="none", noise=noise)
+        firms = pl.read_parquet(target / "truth" / "firms.parquet")
+        truth = pl.read_parquet(target / "truth" / "records.parquet").filter(pl.col("source") == "lending")
+        loans = (
+            table(target / "lending" / "lending.db", "loans")
+            .join(truth, left_on="loan_id", right_on="source_record_id")
+            .join(firms, on="entity_key")
+        )
+        made[case] = (firms, loans)
+    return made
+
+
+def _companies(frame: pl.DataFrame) -> pl.DataFrame:
+    """Companies (not individual businesses, cooperatives or branches): the firms names vary for."""
+    return frame.filter((pl.col("entity_type") == "enterprise") & pl.col("branch_of").is_null())
+
+
+def test_missing_codes_is_the_share_of_records_without_a_code(noisy: dict) -> None:
+    for case in ("default", "sparse"):
+        share = noisy[case][1]["borrower_code"].is_null().mean()
+        assert abs(share - NOISE_CASES[case].missing_codes) < 0.02, (case, share)
+
+
+def test_missing_regions_is_the_share_of_names_written_without_the_city(noisy: dict) -> None:
+    import opencc
+
+    traditional = opencc.OpenCC("s2t")
+    for case in ("default", "sparse"):
+        loans = _companies(noisy[case][1]).filter(pl.col("former_name").is_null())
+        city_written = pl.col("borrower_name").str.contains(pl.col("city"), literal=True) | pl.col(
+            "borrower_name"
+        ).str.contains(pl.col("city").map_elements(traditional.convert, return_dtype=pl.String), literal=True)
+        share = 1 - loans.select(city_written.mean()).item()
+        assert abs(share - NOISE_CASES[case].missing_regions) < 0.03, (case, share)
+
+
+def _shared_across_cities(firms: pl.DataFrame) -> pl.DataFrame:
+    """The companies whose trade name and industry a company in another city has too."""
+    cities = pl.col("city").n_unique().over("trade_name", "industry")
+    return _companies(firms).filter(cities > 1)
+
+
+def test_cross_city_reuse_makes_namesakes_in_other_cities(noisy: dict) -> None:
+    default, reuse = (noisy[case][0] for case in ("default", "reuse"))
+    namesakes = {case: _shared_across_cities(noisy[case][0]).height for case in ("default", "reuse")}
+    assert namesakes["reuse"] > 3 * namesakes["default"] > 0, namesakes
+    # about the share drawn (each reuse makes a pair; a quarter land in their own city and fold away)
+    assert 0.5 * 0.1 * reuse.height < namesakes["reuse"] / 2 < 0.1 * reuse.height, namesakes
+    # regionless namesakes: the name does not say the city, only the code's division does
+    regionless = {
+        case: _companies(noisy[case][0]).filter(~pl.col("name").str.contains(pl.col("city"), literal=True))
+        for case in ("default", "reuse")
+    }
+    assert regionless["default"].height == 0
+    pairs = namesakes["reuse"] / 2
+    assert 0.3 * pairs < regionless["reuse"].height < 0.7 * pairs, (regionless["reuse"].height, pairs)
+    assert (regionless["reuse"]["uscc"].str.slice(2, 6) == regionless["reuse"]["division"]).all()
+
+
+def _one_character_siblings(firms: pl.DataFrame) -> int:
+    """Companies in one city and industry whose trade names differ only in their second character."""
+    pattern = pl.col("trade_name").str.slice(0, 1) + "_" + pl.col("trade_name").str.slice(2)
+    names = pl.col("trade_name").n_unique().over("city", "industry", pattern)
+    return _companies(firms).filter(names > 1).height
+
+
+def test_siblings_makes_one_character_siblings_in_the_same_city(noisy: dict) -> None:
+    default, siblings = (noisy[case][0] for case in ("default", "siblings"))
+    added = _one_character_siblings(siblings) - _one_character_siblings(default)
+    assert added > 0.5 * (0.1 - 0.02) * siblings.height, added
+
+
+def test_own_details_give_namesakes_their_own_address_and_representative(noisy: dict) -> None:
+    def elsewhere(firms: pl.DataFrame) -> int:
+        """Companies whose address is in another city than their registration."""
+        return _companies(firms).filter(~pl.col("address").str.contains(pl.col("city"), literal=True)).height
+
+    def same_rep(firms: pl.DataFrame) -> int:
+        reps = pl.col("legal_rep").n_unique().over("trade_name", "industry")
+        return _shared_across_cities(firms).filter(reps == 1).height
+
+    copied, own = noisy["default"][0], noisy["own details"][0]
+    assert elsewhere(copied) > 0 and elsewhere(own) == 0
+    assert same_rep(copied) > 0 and same_rep(own) < same_rep(copied) / 5
+
+
+def test_noise_on_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    credit(
+        "generate",
+        "--out",
+        str(out),
+        "--entities",
+        "300",
+        "-q",
+        "--noise",
+        "hard",
+        "--noise-set",
+        "missing_codes=0.4",
+    )
+    noise = json.loads((out / "manifest.json").read_text("utf-8"))["noise"]
+    assert noise["missing_codes"] == 0.4 and noise["siblings"] == NOISE_SETTINGS["hard"].siblings
+    for wrong, message in (
+        (["--noise-set", "missing_code=0.4"], "unknown noise knob 'missing_code'"),
+        (["--noise-set", "missing_codes=1.4"], "between 0 and 1"),
+        (["--noise-set", "missing_codes"], "KNOB=VALUE"),
+        (["--noise", "brutal"], "invalid choice"),
+    ):
+        done = run_credit("generate", "--out", str(tmp_path / "y"), "--entities", "10", *wrong)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "y").exists()
+    assert "missing_regions" in credit("generate", "--help")

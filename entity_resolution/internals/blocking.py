@@ -28,6 +28,7 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
             *([spec.cannot_link_on] if spec.cannot_link_on else []),
             *spec.cannot_link_unless_equal,
             *(k.column for rule in spec.blocking for k in rule),
+            *([spec.source_column] if spec.link_only else []),  # accuracy hook: inputs never share one
         ]
     )
     return [f for f in fields if f in columns]

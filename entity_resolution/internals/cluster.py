@@ -3,13 +3,20 @@
 Two components never join when they hold different ``cannot_link_on`` values (two valid USCCs),
 different ``cannot_link_unless_equal`` values (two branches), a steward's cannot-link, or two
 different registry anchors (an incremental run with fixed entities) — also through chains.
+
+Above the exact keys, components join by average linkage (a record joins a cluster only when its
+pairs with the cluster's members match well enough on average), or, in link-only mode, one-to-one.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import numpy as np
+import polars as pl
+
+from entity_resolution.spec import Spec
 
 
 class Clusters:
@@ -87,3 +94,119 @@ class Clusters:
         for other in self.separated.get(ra, set()):
             self.separated.setdefault(other, set()).add(ra)
         return True
+
+
+def average_linkage(clusters: Clusters, scored: pl.DataFrame, threshold: float) -> None:
+    """Join clusters while some two of them match well enough, best first.
+
+    Units are the components after the exact keys (a firm known by its code is one unit; a unit's
+    link to another is its best pair). Two clusters match well enough when the mean link over all
+    their unit pairs is at least ``threshold`` (not one strong link), or, for one record joining a
+    firm known by its code, when its link to that coded unit (the cluster's representative) is.
+    A chain A-B-C whose A-C link is weak stays apart, where single linkage would collapse it. Ties
+    go by component number (deterministic); a join a constraint refuses is dropped. ``scored``
+    holds all scored pairs (``l``, ``r`` index the clusters' rows, ``probability``) of one
+    partition: nothing else is needed.
+    """
+    roots = clusters.roots()
+    if scored.height == 0:
+        return
+    edges = (
+        pl.DataFrame(
+            {
+                "a": roots[scored["l"].to_numpy()],
+                "b": roots[scored["r"].to_numpy()],
+                "p": scored["probability"].to_numpy(),
+            }
+        )
+        .filter(pl.col("a") != pl.col("b"))
+        .select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b"), "p")
+        .group_by("a", "b")
+        .agg(pl.col("p").max())
+        .sort("a", "b")
+    )
+    unit_link = {(a, b): p for a, b, p in edges.iter_rows()}
+    units = sorted({*edges["a"].to_list(), *edges["b"].to_list()})
+    coded = {unit: unit for unit in units if clusters.component_value.get(unit)}  # cluster -> its coded unit
+    size: dict[int, int] = {}  # units per cluster (1 when absent)
+
+    def score(x: int, y: int, total: float, count: int) -> float:
+        best = total / count
+        for firm, record in ((x, y), (y, x)):
+            if firm in coded and size.get(record, 1) == 1:
+                rep = coded[firm]
+                best = max(best, unit_link.get((min(rep, record), max(rep, record)), 0.0))
+        return best
+
+    # the links between two clusters: [sum, count], one list shared by both sides
+    between: dict[int, dict[int, list[float]]] = {}
+    heap: list[tuple[float, int, int]] = []
+    for (a, b), p in unit_link.items():
+        stats = [p, 1]
+        between.setdefault(a, {})[b] = stats
+        between.setdefault(b, {})[a] = stats
+        if p >= threshold:
+            heap.append((-p, a, b))
+    heapq.heapify(heap)
+    while heap:
+        negative, a, b = heapq.heappop(heap)
+        stats = between.get(a, {}).get(b)
+        if stats is None or clusters.find(a) != a or clusters.find(b) != b:
+            continue
+        if score(a, b, *stats) != -negative:
+            continue  # a stale entry: the clusters grew since
+        if not clusters.join(a, b):
+            del between[a][b], between[b][a]
+            continue
+        kept = clusters.find(a)
+        gone = b if kept == a else a
+        size[kept] = size.get(kept, 1) + size.pop(gone, 1)
+        if gone in coded:
+            coded[kept] = coded.pop(gone)
+        kept_links = between.setdefault(kept, {})
+        kept_links.pop(gone, None)
+        for other, (total, count) in between.pop(gone, {}).items():
+            if other == kept:
+                continue
+            del between[other][gone]
+            merged = kept_links.get(other)
+            if merged is None:
+                merged = kept_links[other] = between[other][kept] = [0.0, 0]
+            merged[0] += total
+            merged[1] += count
+        for other, (total, count) in kept_links.items():
+            value = score(kept, other, total, count)
+            if value >= threshold:
+                heapq.heappush(heap, (-value, min(kept, other), max(kept, other)))
+
+
+def one_to_one(clusters: Clusters, linked: pl.DataFrame) -> None:
+    """Link-only: the strongest pairs first (``linked`` is sorted), each component taking at most
+    one partner from the other input."""
+    partnered: set[int] = set()
+    for a, b in zip(linked["l"].to_list(), linked["r"].to_list(), strict=True):
+        ra, rb = clusters.find(a), clusters.find(b)
+        if ra == rb or ra in partnered or rb in partnered:
+            continue
+        if clusters.join(a, b):
+            partnered.add(clusters.find(a))
+
+
+def cross_input_pairs(sig: pl.DataFrame, candidates: pl.DataFrame, source_column: str) -> pl.DataFrame:
+    """Link-only: candidate pairs whose two signatures come from different inputs."""
+    source = sig[source_column].to_numpy()
+    left, right = source[candidates["l"].to_numpy()], source[candidates["r"].to_numpy()]
+    return candidates.filter(pl.Series(left != right))
+
+
+def cluster(clusters: Clusters, scored: pl.DataFrame, linked: pl.DataFrame, spec: Spec) -> list[bool]:
+    """Join the components after the exact keys and forced links; per pair of ``linked`` (the pairs
+    at or above the link threshold), whether it ended inside one entity."""
+    if spec.link_only:
+        one_to_one(clusters, linked)
+    else:
+        average_linkage(clusters, scored, spec.link_threshold)
+    roots = clusters.roots()
+    if linked.height == 0:
+        return []
+    return (roots[linked["l"].to_numpy()] == roots[linked["r"].to_numpy()]).tolist()

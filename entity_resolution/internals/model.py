@@ -33,16 +33,39 @@ def weights(levels: np.ndarray, m: list[np.ndarray], u: list[np.ndarray]) -> np.
     return total
 
 
+def tf_adjustment(
+    levels: np.ndarray, u: list[np.ndarray], spec: Spec, frequencies_of: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Extra weight per pair for ``tf_adjust`` comparisons agreeing at the top level: the u of the
+    pair's own value is its frequency, so the weight is log2(m / tf) instead of log2(m / u) (Splink's
+    term-frequency adjustment; a trade name shared by many firms counts for less)."""
+    total = np.zeros(len(levels))
+    for j, comparison in enumerate(spec.comparisons):
+        tf = frequencies_of.get(comparison.column)
+        if not comparison.tf_adjust or tf is None:
+            continue
+        top = comparison.levels - 1
+        u_top = u[j][top + 1]
+        at_top = (levels[:, j] == top) & ~np.isnan(tf)
+        total += np.where(at_top, np.log2(u_top / np.where(at_top, tf, u_top)), 0.0)
+    return total
+
+
 def probability(weights: np.ndarray, prior: float) -> np.ndarray:
     odds = weights + math.log2(prior / (1 - prior))
     return 1.0 / (1.0 + np.exp2(-np.clip(odds, -60, 60)))
 
 
 def estimate(
-    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int
+    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int, counts: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(m, u, lambda): u from random signature pairs, m from known matches (two signatures of one
-    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest."""
+    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest; lambda is
+    the prior of a match among all pairs.
+
+    ``counts``: ``levels`` are distinct level patterns of the candidates and ``counts`` how many
+    candidates have each (EM needs no row per candidate pair)."""
+    counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
     n = sig.height
     rng = np.random.default_rng(seed)
     random_pairs = pl.DataFrame(
@@ -65,15 +88,28 @@ def estimate(
         if comparison.name not in spec.m_from_known_matches:
             guess = np.linspace(0.05, 1.0, comparison.levels) ** 3
             m[j] = np.concatenate([[m[j][0]], guess / guess.sum() * (1 - m[j][0])])
+    # EM over the candidates: a match class (m, fixed where known matches taught it) and a non-match
+    # class of its own (blocked non-matches agree on their blocking keys far more often than random
+    # pairs do); lambda is the share of matches among the candidates
     prior = 0.1
     fixed = [c.name in spec.m_from_known_matches for c in spec.comparisons]
+    u_blocked = [values.copy() for values in u]
     for _ in range(spec.em_iterations if len(levels) else 0):
-        p = probability(weights(levels, m, u), prior)
-        prior = float(np.clip(p.mean(), 1e-6, 1 - 1e-6))
+        p = probability(weights(levels, m, u_blocked), prior)
+        prior = float(np.clip(np.average(p, weights=counts), 1e-6, 1 - 1e-6))
         for j, comparison in enumerate(spec.comparisons):
+            index = levels[:, j].astype(np.int64) + 1
+            mass = np.bincount(index, weights=(1 - p) * counts, minlength=comparison.levels + 1) + 0.5
+            u_blocked[j] = mass / mass.sum()
             if fixed[j]:
                 continue
-            index = levels[:, j].astype(np.int64) + 1
-            mass = np.bincount(index, weights=p, minlength=comparison.levels + 1) + 0.5
+            mass = np.bincount(index, weights=p * counts, minlength=comparison.levels + 1) + 0.5
             m[j] = mass / mass.sum()
+    # the prior for scoring with random-pair u: the expected matches among all pairs
+    if spec.link_only:
+        sizes = sig.group_by(spec.source_column).len()["len"].to_list()
+        all_pairs = float(np.prod(sizes)) if len(sizes) == 2 else n * (n - 1) / 2
+    else:
+        all_pairs = n * (n - 1) / 2
+    prior = float(np.clip(prior * counts.sum() / max(all_pairs, 1.0), 1e-12, 1 - 1e-6))
     return m, u, prior

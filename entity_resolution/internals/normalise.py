@@ -66,7 +66,10 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
             frame = frame.with_columns(
                 (pl.coalesce(values) if values else pl.lit(None, pl.String)).alias(target)
                 for target, values in ((t, [pl.lit(v) for v in vs]) for t, vs in found.items())
-            ).with_columns(pl.col("uscc").str.slice(2, 4).alias("uscc_division"))
+            ).with_columns(
+                pl.col("uscc").str.slice(2, 4).alias("uscc_division"),
+                pl.col("reg_no").str.slice(0, 4).alias("reg_no_division"),  # accuracy: codes' division
+            )
         elif kind == "text":
             column, out = step["column"], step.get("out", step["column"])
             if column not in frame.columns:
