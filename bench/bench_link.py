@@ -2,11 +2,14 @@
 
 Takes the accepted records of a lake built by `bench/bench_pipeline.py --keep` (every tenth true
 firm, all its records, so the truth stays whole), links them with the enterprise spec in a fresh
-process, and prints seconds per step, peak memory, candidate pairs, the share of true pairs the
-blocking keeps, and pairwise / B-cubed scores overall and over pairs involving a record without a
-valid code.
+process, and prints seconds and peak memory per step, candidate pairs, pair shards, partitions and
+the largest one, the share of true pairs the blocking keeps, and pairwise / B-cubed scores overall
+and over pairs involving a record without a valid code. Build the lake with
+`bench/accepted_lake.py` (the stages up to the accepted records only).
 
-    .venv/bin/python bench/bench_link.py --lake bench/out/lake-1060000 --sources bench/out/sources-1060000
+    nice .venv/bin/python bench/accepted_lake.py --entities 1060000 --workdir /work/data
+    nice .venv/bin/python bench/bench_link.py --lake /work/data/lake-1060000 \
+        --sources /work/data/sources-1060000 --share 10      # ~1M records; --share 1: ~10M
 """
 
 from __future__ import annotations
@@ -29,27 +32,32 @@ from entity_resolution.pipeline import enterprise_inputs  # noqa: E402
 
 RUNNER = """
 import json, resource, sys, time
+from pathlib import Path
 import polars as pl
 from entity_resolution.engine import link
 from entity_resolution.spec import load_spec
-records = pl.read_parquet(sys.argv[1])
+records = pl.scan_parquet(sys.argv[1])  # read a chunk at a time by link
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
-result = link(records, load_spec("enterprise"))
+result = link(records, load_spec("enterprise"), keep_pairs=False, work_dir=Path(sys.argv[3]))
 seconds = time.perf_counter() - start
 result.links.write_parquet(sys.argv[2])
-result.pairs.select("l", "r").write_parquet(sys.argv[3])
 result.assignments.write_parquet(sys.argv[4])
 print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "stats": result.stats}))
+                  "input_mb": loaded, "stats": result.stats}))
 """
 
 
-def build_input(lake: Path, sources: Path, share: int, out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def build_input(
+    lake: Path, sources: Path, share: int, out: Path, layer: str = "accepted"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     truth = pl.read_parquet(sources / "truth" / "records.parquet").select(
         (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"), "entity_key"
     )
     keep = truth.filter(pl.col("entity_key").hash(seed=1) % share == 0)
-    files = sorted(glob.glob(str(lake / "accepted" / "*" / "*.parquet")))
+    files = sorted(glob.glob(str(lake / layer / "*" / "*.parquet")))
+    if not files:
+        raise SystemExit(f"no {layer} records in {lake}: build them with bench/accepted_lake.py")
     accepted = (
         pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
         .select(*enterprise_inputs(), pl.col("uscc").alias("_valid_uscc"))
@@ -60,13 +68,19 @@ def build_input(lake: Path, sources: Path, share: int, out: Path) -> tuple[pl.Da
     return accepted.select("record_id", pl.col("_valid_uscc").alias("uscc")), keep
 
 
-def blocking_recall(truth: pl.DataFrame, assignments: pl.DataFrame, pairs: pl.DataFrame) -> float:
+def blocking_recall(truth: pl.DataFrame, assignments: pl.DataFrame, pairs: pl.LazyFrame) -> float:
     """Share of true record pairs that blocking keeps: same signature, same exact-key node, or a
     candidate pair between their signatures."""
     per_sig = truth.join(assignments, on="record_id").group_by("entity_key", "sig", "node").len()
     sig_pairs = per_sig.join(per_sig, on="entity_key", suffix="_r").filter(pl.col("sig") < pl.col("sig_r"))
-    candidates = pairs.select(
-        pl.col("l").cast(pl.UInt32), pl.col("r").cast(pl.UInt32), pl.lit(True).alias("c")
+    wanted = sig_pairs.select(
+        pl.col("sig").cast(pl.UInt32).alias("l"), pl.col("sig_r").cast(pl.UInt32).alias("r")
+    )
+    candidates = (
+        pairs.select(pl.col("l").cast(pl.UInt32), pl.col("r").cast(pl.UInt32))
+        .join(wanted.lazy(), on=["l", "r"], how="semi")
+        .with_columns(pl.lit(True).alias("c"))
+        .collect()
     )
     sig_pairs = sig_pairs.join(candidates, left_on=["sig", "sig_r"], right_on=["l", "r"], how="left")
     weight = pl.col("len") * pl.col("len_r")
@@ -90,11 +104,17 @@ def main() -> int:
     parser.add_argument("--lake", type=Path, default=ROOT / "bench" / "out" / "lake-1060000")
     parser.add_argument("--sources", type=Path, default=ROOT / "bench" / "out" / "sources-1060000")
     parser.add_argument("--share", type=int, default=10, help="keep every n-th true firm")
+    parser.add_argument(
+        "--layer",
+        choices=("accepted", "staged"),
+        default="accepted",
+        help="link the accepted records, or the staged ones of a lake built without validation",
+    )
     args = parser.parse_args()
     work = ROOT / "bench" / "out" / "link"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet")
+    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet", args.layer)
     print(
         f"input: {codes.height:,} records of {truth['entity_key'].n_unique():,} true firms "
         f"({time.perf_counter() - started:.1f} s to prepare)"
@@ -106,7 +126,7 @@ def main() -> int:
             RUNNER,
             str(work / "records.parquet"),
             str(work / "links.parquet"),
-            str(work / "pairs.parquet"),
+            str(work / "engine"),
             str(work / "assignments.parquet"),
         ],
         cwd=ROOT,
@@ -123,11 +143,22 @@ def main() -> int:
     scores = evaluate(links, truth, key=("record_id",))
     hard = pairwise_involving(links, truth, codes.filter(pl.col("uscc").is_null())["record_id"])
     recall = blocking_recall(
-        truth, pl.read_parquet(work / "assignments.parquet"), pl.read_parquet(work / "pairs.parquet")
+        truth,
+        pl.read_parquet(work / "assignments.parquet"),
+        pl.scan_parquet(work / "engine" / "shards" / "*.parquet"),
     )
     stats = run["stats"]
-    print(f"\nlink: {run['seconds']:.1f} s, peak memory {run['peak_mb']:,.0f} MB (2 cores)")
+    print(
+        f"\nlink: {run['seconds']:.1f} s, peak memory {run['peak_mb']:,.0f} MB (2 cores; the process "
+        f"before linking {run['input_mb']:,.0f} MB)"
+    )
     print("  steps (cumulative s):", json.dumps(stats["seconds"]))
+    print("  peak memory by the end of each step (MB):", json.dumps(stats["peak_mb"]))
+    print(
+        f"  pair shards {stats['pair_shards']:,}; partitions {stats['partitions']:,}, the largest "
+        f"{stats['largest_partition']:,} signatures (largest component {stats['largest_component']:,})"
+    )
+    print("  records per match rule:", json.dumps(stats["match_rules"]))
     print(
         f"  signatures {stats['signatures']:,}; candidate pairs {stats['candidate_pairs']:,}; linked pairs "
         f"{stats['linked_pairs']:,}; refused by constraints {stats['refused_by_constraints']:,}; review pairs "

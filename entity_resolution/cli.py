@@ -80,6 +80,7 @@ def cmd_link(args: argparse.Namespace) -> int:
             pl.col("entity_id").map_elements(registry.resolve_id, return_dtype=pl.String),
             pl.lit(1.0).alias("match_confidence"),
             pl.lit(None, pl.String).alias("match_grade"),
+            pl.lit(None, pl.String).alias("match_rule"),
         )
         links = pl.concat([links, held], how="vertical_relaxed").sort(spec.id_column)
     write_parquet(links, Path(args.out))

@@ -1,41 +1,64 @@
 """A declarative Fellegi-Sunter linkage engine: any tabular records, driven by a TOML spec.
 
 Steps, all vectorised (Polars joins for blocking, rapidfuzz ``cpdist`` for pair similarities,
-numpy for the model):
+numpy for the model, scipy for connected components):
 
-1. normalise the input columns into fields (spec ``[[normalise]]``) and collapse identical records
-   into *signatures*, so ten monthly records of one employer are compared once;
+1. normalise the input columns into fields (spec ``[[normalise]]``), a chunk of records at a time,
+   and collapse identical records into *signatures*, so ten monthly records of one employer are
+   compared once;
 2. exact keys (``[exact]``): signatures that share a valid code form one node (known matches);
 3. blocking rules (``[[blocking]]``, united) give candidate pairs between nodes, never two nodes
-   whose ``cannot_link_on`` values differ;
-4. comparisons (``[[compare]]``) put each pair on a level per field;
+   whose ``cannot_link_on`` values differ, in shards of bounded size;
+4. comparisons (``[[compare]]``) put each pair on a level per field, one shard at a time;
 5. the model: u from random pairs, m from the known matches (``m_from_known_matches``: pairs of
-   signatures sharing a valid code) and EM on the candidates for the rest; a pair's match
-   probability follows from its levels' weights;
-6. clustering: pairs above the link threshold are joined strongest first, refusing any join that
+   signatures sharing a valid code) and EM on the candidates for the rest (over the distinct level
+   patterns and their counts); a pair's match probability follows from its levels' weights;
+6. partitions: connected components of exact keys, pairs above the link threshold and decisions,
+   packed into partitions of bounded size (``internals/partition.py``), each resolved on its own:
+7. clustering: pairs above the link threshold are joined strongest first, refusing any join that
    would put two different ``cannot_link_on`` values (two valid USCCs) or two different branches in
    one entity — also through chains; steward decisions become must-link and cannot-link;
-7. pairs between the review and link thresholds are returned for the review queue.
+8. pairs between the review and link thresholds are returned for the review queue.
 
-Every record gets its entity, a confidence (0-1) and a match grade: one letter per comparison,
-comparing the record with its entity's representative (A same, B similar, F different, Z missing).
+Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``) sets how the
+work is cut, which bounds memory and never changes the result.
+
+The evidence per link, from the engine's own comparisons (``links`` columns):
+
+- ``match_grade``: one letter per ``[[compare]]``, in the spec's order, comparing the record's
+  signature with its entity's representative (the entity's smallest signature): **A** same (the
+  comparison's top level), **B** similar (a level in between), **F** different (level 0), **Z**
+  missing on either side. With the enterprise spec: code, name, legal form, region, name tokens,
+  legal representative, address, phone.
+- ``match_rule``: how the record came to its entity: ``exact_key`` (its signature shares an exact
+  key, a valid code, with another), ``probabilistic`` (a scored pair at or above the link
+  threshold), ``decision`` (a steward's must-link or the registry's fixed entity), ``identical``
+  (its entity is its signature alone: the records in it agree on every field the spec uses).
+- ``match_confidence``: 1 for exact keys and lone signatures, else the match probability of the
+  strongest accepted pair touching its signature.
+- ``recorded_columns`` given to ``link`` are copied from the input as recorded (e.g. the name and
+  code the source wrote).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import resource
+import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import candidate_pairs, exact_nodes, signatures
-from entity_resolution.internals.cluster import cluster, cross_input_pairs
+from entity_resolution.internals.blocking import _components, candidate_shards, exact_nodes, signatures
+from entity_resolution.internals.cluster import cross_input_pairs
 from entity_resolution.internals.compare import (
-    NULL_LEVEL,
     compare_pairs,
     compared_columns,
     term_frequencies,
@@ -43,190 +66,407 @@ from entity_resolution.internals.compare import (
 )
 from entity_resolution.internals.model import estimate, probability, tf_adjustment, weights
 from entity_resolution.internals.normalise import normalise
+from entity_resolution.internals.partition import MATCH_RULES, Scale, pack, resolve_partition_files
 from entity_resolution.spec import Spec
 
-__all__ = ["Linkage", "link", "normalise"]
+__all__ = ["MATCH_RULES", "Linkage", "Scale", "link", "normalise"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Linkage:
-    links: pl.DataFrame  # record_id, entity_id, match_confidence, match_grade
-    pairs: pl.DataFrame  # scored candidate pairs (signature ids, levels, probability)
+    links: pl.DataFrame  # record_id, entity_id, match_confidence, match_grade, match_rule (+ recorded)
+    pairs: pl.DataFrame  # scored candidate pairs (signature ids, probability)
     review: pl.DataFrame  # pairs between the review and link thresholds, with both records
     model: dict[str, Any]  # m, u, lambda per comparison level
     stats: dict[str, Any] = field(default_factory=dict)
     assignments: pl.DataFrame | None = None  # record id -> signature, node (for blocking diagnostics)
 
 
-def _stable_id(members: list[str]) -> str:
-    return "X" + hashlib.sha1(min(members).encode()).hexdigest()[:16]
+def _stable_id(first_record: str) -> str:
+    return "X" + hashlib.sha1(first_record.encode()).hexdigest()[:16]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pattern_radix(spec: Spec) -> np.ndarray:
+    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
+    if float(np.prod(sizes.astype(float))) >= 2**62:
+        raise ValueError(f"spec {spec.source}: too many comparison levels to count their patterns")
+    return np.concatenate([[1], np.cumprod(sizes)[:-1]])
+
+
+def _encode(levels: np.ndarray, radix: np.ndarray) -> np.ndarray:
+    """Each pair's levels as one integer (its pattern)."""
+    return (levels.astype(np.int64) + 1) @ radix
+
+
+def _decode(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:
+    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
+    return ((patterns[:, None] // radix[None, :]) % sizes[None, :] - 1).astype(np.int8)
 
 
 # ---------------------------------------------------------------------------------- the engine
 def link(
-    records: pl.DataFrame,
+    records: pl.DataFrame | pl.LazyFrame,
     spec: Spec,
     must_link: list[tuple[str, str]] | None = None,
     cannot_link: list[tuple[str, str]] | None = None,
     anchors: dict[str, str] | None = None,
     seed: int = 7,
     fixed_anchors: bool = False,
+    *,
+    recorded_columns: Sequence[str] = (),
+    keep_pairs: bool = True,
+    work_dir: Path | None = None,
+    scale: Scale | None = None,
     frequencies: dict[str, pl.DataFrame] | None = None,
 ) -> Linkage:
-    """Link ``records`` (the spec's id column plus its input columns) into entities.
+    """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
+    (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
 
     ``must_link`` / ``cannot_link`` are record-id pairs (steward decisions); ``anchors`` maps record
     ids to entity ids they already hold (the registry), so known entities keep their ids. With
     ``fixed_anchors`` (an incremental run) the anchored entities are taken as they are: their
     records stay together and two of them never merge; only the other records are placed.
+
+    ``recorded_columns``: input columns copied into ``links`` as recorded (evidence). ``keep_pairs``
+    False leaves ``pairs`` holding only the pairs at or above the review threshold (all candidate
+    pairs of a city do not fit in memory). ``work_dir`` keeps the pair shards and partitions there
+    (default: a temporary directory, removed); ``scale`` overrides the spec's ``[scale]``.
     ``frequencies`` are the term-frequency tables (``term_frequencies``) of the whole input when
-    ``records`` is one partition of it; by default they are computed from ``records``.
+    ``records`` is one part of it; by default they are computed from ``records``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    rid = spec.id_column
-    if records[rid].is_duplicated().any():
-        raise ValueError(f"record ids in '{rid}' must be unique")
-    if spec.link_only and spec.source_column not in records.columns:
-        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
-    frame = normalise(records, spec)
-    timings["normalise"] = time.perf_counter() - started
+    peaks: dict[str, float] = {}
 
+    def step(name: str) -> None:
+        timings[name] = time.perf_counter() - started
+        peaks[name] = round(_peak_mb())
+
+    rid = spec.id_column
+    records = records.lazy()
+    duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
+    if duplicated.height:
+        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
+    if spec.link_only and spec.source_column not in records.collect_schema().names():
+        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
+    missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
+    if missing:
+        raise ValueError(f"recorded_columns {missing} are not columns of the records")
+    scale = scale or Scale.of(spec)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="link-"))
+    shutil.rmtree(work / "shards", ignore_errors=True)
+    shutil.rmtree(work / "partitions", ignore_errors=True)
+    (work / "shards").mkdir(parents=True)
+    (work / "partitions").mkdir(parents=True)
+    try:
+        return _link(
+            records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
+            keep_pairs, work, scale, step, started, timings, peaks, frequencies,
+        )  # fmt: skip
+    finally:
+        if work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _link(
+    records: pl.LazyFrame,
+    spec: Spec,
+    must_link: list[tuple[str, str]] | None,
+    cannot_link: list[tuple[str, str]] | None,
+    anchors: dict[str, str] | None,
+    seed: int,
+    fixed_anchors: bool,
+    recorded_columns: Sequence[str],
+    keep_pairs: bool,
+    work: Path,
+    scale: Scale,
+    step: Any,
+    started: float,
+    timings: dict[str, float],
+    peaks: dict[str, float],
+    frequencies: dict[str, pl.DataFrame] | None,
+) -> Linkage:
+    rid = spec.id_column
     # 1. signatures: identical values on everything that matters are compared once
-    sig, per_record = signatures(frame, spec)
+    sig, per_record = signatures(records, spec, scale.normalise_records)
     n = sig.height
-    timings["signatures"] = time.perf_counter() - started
+    step("signatures")
 
     # 2. nodes: signatures sharing an exact key (a valid code) are one node
-    clusters = exact_nodes(sig, spec)
-    sig = sig.with_columns(pl.Series("node", clusters.roots()))
-    timings["exact"] = time.perf_counter() - started
+    node = exact_nodes(sig, spec)
+    sig = sig.with_columns(pl.Series("node", node))
+    step("exact")
 
-    # 3. blocking: candidate pairs between different nodes
-    candidates = candidate_pairs(sig, spec)
-    if spec.link_only:  # accuracy hook: only pairs across the two inputs
-        candidates = cross_input_pairs(sig, candidates, spec.source_column)
-    timings["blocking"] = time.perf_counter() - started
+    # 3-4. blocking and comparisons, a shard at a time; EM needs only the level patterns' counts
+    radix = _pattern_radix(spec)
+    shard_paths: list[Path] = []
+    pattern_parts: list[pl.DataFrame] = []
+    candidates = 0
+    for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
+        if spec.link_only:  # accuracy hook: only pairs across the two inputs
+            pairs = cross_input_pairs(sig, pairs, spec.source_column)
+        code = _encode(compare_pairs(sig, pairs, spec), radix)
+        path = work / "shards" / f"shard-{number:05d}.parquet"
+        pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
+        shard_paths.append(path)
+        pattern_parts.append(pl.DataFrame({"pattern": code}).group_by("pattern").len())
+        candidates += pairs.height
+    patterns = (
+        pl.concat(pattern_parts).group_by("pattern").agg(pl.col("len").sum()).sort("pattern")
+        if pattern_parts
+        else pl.DataFrame(schema={"pattern": pl.Int64, "len": pl.UInt32})
+    )
+    step("compare")
 
-    # 4-5. comparisons and the model
-    levels = compare_pairs(sig, candidates, spec)
-    m, u, prior = estimate(sig, levels, spec, seed)
+    # 5. the model, then every pair's probability from its pattern
+    pattern_codes = patterns["pattern"].to_numpy()
+    pattern_levels = _decode(pattern_codes, radix, spec)
+    m, u, prior = estimate(sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy())
+    pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
+
     if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
         frequencies = term_frequencies(sig, spec, unit="node")
-    adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig, candidates, spec, frequencies))
-    match_probability = probability(weights(levels, m, u) + adjustment, prior) if len(levels) else np.zeros(0)
-    scored = candidates.with_columns(pl.Series("probability", match_probability))
-    timings["model"] = time.perf_counter() - started
 
-    # 6. clustering with constraints (strongest evidence first)
-    rid_to_sig = dict(zip(per_record[rid].to_list(), per_record["sig"].to_list(), strict=True))
-    forced = [
-        (rid_to_sig[a], rid_to_sig[b]) for a, b in (must_link or []) if a in rid_to_sig and b in rid_to_sig
-    ]
-    forbidden = {
-        frozenset((rid_to_sig[a], rid_to_sig[b]))
-        for a, b in (cannot_link or [])
-        if a in rid_to_sig and b in rid_to_sig
-    }
-    anchor_of: dict[int, str] = {}
-    if fixed_anchors and anchors:
-        for record, entity in anchors.items():
-            if record in rid_to_sig:
-                anchor_of.setdefault(rid_to_sig[record], entity)
-        first_of: dict[str, int] = {}
-        for signature, entity in sorted(anchor_of.items()):
-            if entity in first_of:
-                forced.append((first_of[entity], signature))
-            else:
-                first_of[entity] = signature
-    clusters.start_linking(forbidden, anchor_of)
-    for a, b in forced:
-        clusters.join(a, b, force=True)
-    linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
-        ["probability", "l", "r"], descending=[True, False, False]
-    )
-    accepted = cluster(clusters, scored, linked, spec)  # accuracy hook: average linkage / one-to-one
-    sig = sig.with_columns(pl.Series("root", clusters.roots()))
-    timings["cluster"] = time.perf_counter() - started
+    def scored_shard(path: Path) -> pl.DataFrame:
+        return pl.read_parquet(path)
 
-    # entity ids: the cannot-link value (the USCC) when there is one, an anchor's id, else a stable hash
-    records_per_root = per_record.join(sig.select("sig", "root"), on="sig")
-    naming = records_per_root.group_by("root").agg(pl.col(rid).alias("members"))
-    bad = spec.cannot_link_on
-    value_col = pl.col(bad) if bad and bad in sig.columns else pl.lit(None, pl.String)
-    root_value = sig.group_by("root").agg(value_col.drop_nulls().first().alias("value"))
-    anchor_ids = {}
-    if anchors:
-        anchored = records_per_root.filter(pl.col(rid).is_in(list(anchors))).with_columns(
-            pl.col(rid).replace_strict(anchors, return_dtype=pl.String).alias("anchor")
+    kept = []  # pairs at or above the review threshold
+    for path in shard_paths:  # every pair's probability, written back beside its pattern
+        shard = pl.read_parquet(path)
+        index = np.searchsorted(pattern_codes, shard["pattern"].to_numpy())
+        levels = pattern_levels[index]
+        adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig, shard, spec, frequencies))
+        p = probability(pattern_weights[index] + adjustment, prior) if len(index) else np.zeros(0)
+        shard = shard.with_columns(pl.Series("probability", p))
+        shard.write_parquet(path, compression="lz4")
+        kept.append(shard.filter(pl.col("probability") >= spec.review_threshold))
+    above_review = (
+        pl.concat(kept)
+        if kept
+        else pl.DataFrame(
+            schema={"l": pl.UInt32, "r": pl.UInt32, "pattern": pl.Int64, "probability": pl.Float64}
         )
-        # an id goes to the one cluster that holds most of its records (the others are splits)
-        votes = anchored.group_by("root", "anchor").len().sort(["len", "root"], descending=[True, False])
-        claimed: set[str] = set()
-        for root_id, anchor, _ in votes.iter_rows():
-            if root_id not in anchor_ids and anchor not in claimed:
-                anchor_ids[root_id] = anchor
-                claimed.add(anchor)
-    naming = naming.join(root_value, on="root", how="left")
-    entity_of = {
-        r: (value or anchor_ids.get(r) or _stable_id(members))
-        for r, members, value in naming.select("root", "members", "value").iter_rows()
-    }
-    sig = sig.with_columns(
-        pl.col("root").replace_strict(entity_of, return_dtype=pl.String).alias("entity_id")
     )
-
-    # confidence: 1 for exact keys and singletons; else the strongest accepted pair touching the signature
-    strongest = (
-        pl.concat(
-            [
-                linked.filter(pl.Series(accepted)).select(pl.col("l").alias("sig"), "probability"),
-                linked.filter(pl.Series(accepted)).select(pl.col("r").alias("sig"), "probability"),
-            ]
-        )
-        .group_by("sig")
-        .agg(pl.col("probability").max())
-        if len(linked)
-        else pl.DataFrame(schema={"sig": pl.UInt32, "probability": pl.Float64})
-    )
-    coded = sig.join(sig.group_by("node").len(), on="node").filter(pl.col("len") > 1)["sig"]
-    sig = sig.join(strongest, on="sig", how="left").with_columns(
-        pl.when(pl.col("sig").is_in(coded.implode()))
-        .then(1.0)
-        .otherwise(pl.col("probability").fill_null(1.0))
-        .round(4)
-        .alias("match_confidence")
-    )
-    grades = _grades(sig, spec)
-    links = (
-        per_record.join(sig.select("sig", "entity_id", "match_confidence"), on="sig")
-        .join(grades, on="sig")
-        .select(rid, "entity_id", "match_confidence", "match_grade")
-        .sort(rid)
-    )
-    review = scored.filter(
-        (pl.col("probability") >= spec.review_threshold) & (pl.col("probability") < spec.link_threshold)
-    )
+    linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
+    review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
     review_pairs = _review_pairs(
-        review,
-        levels[(match_probability >= spec.review_threshold) & (match_probability < spec.link_threshold)],
-        sig,
-        per_record,
+        review.select("l", "r", "probability"),
+        _decode(review["pattern"].to_numpy(), radix, spec),
+        sig.select(
+            "sig",
+            "first_record",
+            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
+        ),
         spec,
     )
-    timings["total"] = time.perf_counter() - started
+    step("model")
+
+    # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
+    sig_of = per_record.lazy()
+    decision_rows = []
+    for kind, pairs in (("must", must_link or []), ("cannot", cannot_link or [])):
+        if pairs:
+            decision_rows.append(
+                pl.DataFrame(
+                    {"a": [a for a, _ in pairs], "b": [b for _, b in pairs]},
+                    schema={"a": pl.String, "b": pl.String},
+                )
+                .with_row_index("order")
+                .lazy()
+                .join(sig_of.rename({rid: "a", "sig": "l"}), on="a")
+                .join(sig_of.rename({rid: "b", "sig": "r"}), on="b")
+                .select(pl.lit(kind).alias("kind"), "l", "r", "order")
+                .collect()
+            )
+    anchor_frame = (
+        pl.DataFrame(
+            {rid: list(anchors), "anchor": list(anchors.values())},
+            schema={rid: pl.String, "anchor": pl.String},
+        ).with_row_index("_order")
+        if anchors
+        else None
+    )
+    if fixed_anchors and anchor_frame is not None:
+        # each signature takes the first anchor of its records (in the anchors' order); the
+        # signatures of one anchored entity are joined (forced) to its smallest one
+        anchor_of = (
+            anchor_frame.join(per_record, on=rid)
+            .sort("_order")
+            .group_by("sig", maintain_order=True)
+            .agg(pl.col("anchor").first())
+            .sort("sig")
+        )
+        sig = sig.join(anchor_of, on="sig", how="left").sort("sig")
+        firsts = anchor_of.with_columns(pl.col("sig").min().over("anchor").alias("first"))
+        must_count = len(must_link or [])  # the steward's must-links come first
+        forced = (
+            firsts.filter(pl.col("sig") != pl.col("first"))
+            .select(pl.lit("must").alias("kind"), pl.col("first").alias("l"), pl.col("sig").alias("r"))
+            .with_row_index("order", offset=must_count)
+            .select("kind", "l", "r", "order")
+        )
+        decision_rows.append(forced)
+    decisions = (
+        pl.concat([d.cast({"l": pl.UInt32, "r": pl.UInt32, "order": pl.UInt32}) for d in decision_rows])
+        if decision_rows
+        else pl.DataFrame(schema={"kind": pl.String, "l": pl.UInt32, "r": pl.UInt32, "order": pl.UInt32})
+    )
+    # 6. partitions: components of exact keys, linked pairs and must-links, packed
+    must = decisions.filter(pl.col("kind") == "must")
+    edge_a = np.concatenate([node, linked["l"].to_numpy(), must["l"].to_numpy()]).astype(np.int64)
+    edge_b = np.concatenate([np.arange(n), linked["r"].to_numpy(), must["r"].to_numpy()]).astype(np.int64)
+    component = _components(n, edge_a, edge_b) if n else np.zeros(0, dtype=np.int64)
+    partition = pack(component, scale.partition_signatures)
+    # a cannot-link across components can never be tested: it stays out of the partitions
+    decisions = decisions.filter(
+        pl.Series(
+            component[decisions["l"].to_numpy()] == component[decisions["r"].to_numpy()], dtype=pl.Boolean
+        )
+    )
+    partitions = int(partition.max()) + 1 if n else 0
+    sizes = np.bincount(partition, minlength=partitions)
+    step("partition")
+
+    # every scored pair inside a component goes to its partition (average linkage needs them all)
+    inside = []
+    for path in shard_paths:
+        shard = scored_shard(path).drop("pattern")
+        left, right = shard["l"].to_numpy(), shard["r"].to_numpy()
+        same = component[left] == component[right]
+        if same.any():
+            inside.append(
+                shard.filter(pl.Series(same)).with_columns(pl.Series("part", partition[left[same]]))
+            )
+    inside_pairs = (
+        pl.concat(inside)
+        if inside
+        else pl.DataFrame(
+            schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64, "part": pl.Int64}
+        )
+    )
+    columns = [
+        "sig", "node", "first_record",
+        *dict.fromkeys(
+            c
+            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal, "anchor"]
+            if c and c in sig.columns
+        ),
+    ]  # fmt: skip
+    sig = sig.select(columns)
+    order = np.argsort(partition, kind="stable")
+    bounds = np.searchsorted(partition[order], np.arange(partitions + 1))
+    pair_parts = inside_pairs.partition_by("part", as_dict=True, include_key=False)
+    decision_part = decisions.with_columns(pl.Series("part", partition[decisions["l"].to_numpy()]))
+    decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
+    counts = {"linked_pairs": 0, "refused_by_constraints": 0}
+    results = []
+    empty_pairs = inside_pairs.drop("part").clear()
+    empty_decisions = decisions.clear()
+    for number in range(partitions):
+        directory = work / "partitions" / f"part-{number:05d}"
+        directory.mkdir(parents=True)
+        sig[order[bounds[number] : bounds[number + 1]]].write_parquet(directory / "signatures.parquet")
+        pair_parts.pop((number,), empty_pairs).write_parquet(directory / "scored.parquet")
+        decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
+        for key, value in resolve_partition_files(directory, spec).items():
+            counts[key] += value
+        results.append(pl.read_parquet(directory / "links.parquet"))
+    resolved = (
+        pl.concat(results).sort("sig")
+        if results
+        else pl.DataFrame(
+            schema={
+                "sig": pl.UInt32,
+                "cluster": pl.UInt32,
+                "match_confidence": pl.Float64,
+                "match_grade": pl.String,
+                "match_rule": pl.String,
+                "cluster_value": pl.String,
+                "cluster_first_record": pl.String,
+            }
+        )  # fmt: skip
+    )
+    step("cluster")
+
+    # entity ids: the cannot-link value (the USCC) when there is one, an anchor's id, else a stable hash
+    clusters = resolved.group_by("cluster").agg(
+        pl.col("cluster_value").first(), pl.col("cluster_first_record").first()
+    )
+    anchor_ids: dict[int, str] = {}
+    if anchor_frame is not None:
+        anchored = (
+            anchor_frame.join(per_record, on=rid)
+            .join(resolved.select("sig", "cluster"), on="sig")
+            .group_by("cluster", "anchor")
+            .len()
+        )
+        # an id goes to the one cluster that holds most of its records (the others are splits)
+        votes = anchored.sort(["len", "cluster"], descending=[True, False])
+        claimed: set[str] = set()
+        for cluster_id, anchor, _ in votes.iter_rows():
+            if cluster_id not in anchor_ids and anchor not in claimed:
+                anchor_ids[cluster_id] = anchor
+                claimed.add(anchor)
+    anchored_ids = pl.DataFrame(
+        {"cluster": list(anchor_ids), "anchor": list(anchor_ids.values())},
+        schema={"cluster": resolved.schema["cluster"], "anchor": pl.String},
+    )
+    clusters = clusters.join(anchored_ids, on="cluster", how="left")
+    unnamed = clusters.filter(pl.col("cluster_value").is_null() & pl.col("anchor").is_null())
+    hashed = pl.DataFrame(
+        {
+            "cluster": unnamed["cluster"],
+            "hashed": [_stable_id(first) for first in unnamed["cluster_first_record"].to_list()],
+        },
+        schema={"cluster": resolved.schema["cluster"], "hashed": pl.String},
+    )
+    names = clusters.join(hashed, on="cluster", how="left").select(
+        "cluster", pl.coalesce("cluster_value", "anchor", "hashed").alias("entity_id")
+    )
+    resolved = resolved.join(names, on="cluster")
+    links = (
+        per_record.join(
+            resolved.select("sig", "entity_id", "match_confidence", "match_grade", "match_rule"), on="sig"
+        )
+        .select(rid, "entity_id", "match_confidence", "match_grade", "match_rule")
+        .sort(rid)
+    )
+    if recorded_columns:
+        recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
+        links = links.join(recorded, on=rid, how="left", maintain_order="left")
+    step("entities")
+
+    if keep_pairs:
+        scored = (
+            pl.concat([scored_shard(path).drop("pattern") for path in shard_paths]).sort("l", "r")
+            if shard_paths
+            else pl.DataFrame(schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64})
+        )
+    else:
+        scored = above_review.drop("pattern").sort("l", "r")
+    step("total")
     stats = {
-        "records": records.height,
+        "records": per_record.height,
         "signatures": n,
-        "candidate_pairs": len(candidates),
-        "linked_pairs": int(sum(accepted)),
-        "refused_by_constraints": int(len(accepted) - sum(accepted)),
+        "candidate_pairs": candidates,
+        "linked_pairs": counts["linked_pairs"],
+        "refused_by_constraints": counts["refused_by_constraints"],
         "review_pairs": review.height,
         "entities": links["entity_id"].n_unique(),
         "lambda": prior,
+        "pair_shards": len(shard_paths),
+        "partitions": partitions,
+        "largest_partition": int(sizes.max()) if partitions else 0,
+        "largest_component": int(np.unique(component, return_counts=True)[1].max()) if n else 0,
+        "match_rules": dict(links.group_by("match_rule").len().sort("match_rule").iter_rows()),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "peak_mb": peaks,
     }
     model = {
         c.name: {
@@ -237,7 +477,7 @@ def link(
         for j, c in enumerate(spec.comparisons)
     }
     log.info("linked %s", stats)
-    assignments = per_record.join(sig.select("sig", "node"), on="sig")
+    assignments = per_record.with_columns(pl.Series("node", node[per_record["sig"].to_numpy()]))
     return Linkage(
         links=links,
         pairs=scored,
@@ -248,36 +488,11 @@ def link(
     )
 
 
-def _grades(sig: pl.DataFrame, spec: Spec) -> pl.DataFrame:
-    """Each signature against its entity's representative (the entity's most common signature)."""
-    representative = sig.sort("sig").group_by("entity_id").agg(pl.col("sig").first().alias("rep"))
-    pairs = (
-        sig.select(pl.col("sig").alias("l"), "entity_id")
-        .join(representative, on="entity_id")
-        .select("l", pl.col("rep").alias("r"))
-    )
-    levels = compare_pairs(sig, pairs, spec)
-    letters = []
-    for j, comparison in enumerate(spec.comparisons):
-        top = comparison.levels - 1
-        column = levels[:, j]
-        letters.append(
-            np.where(column == NULL_LEVEL, "Z", np.where(column == top, "A", np.where(column == 0, "F", "B")))
-        )
-    grade = ["".join(chars) for chars in zip(*letters, strict=True)] if letters else []
-    return pairs.select(pl.col("l").alias("sig")).with_columns(
-        pl.Series("match_grade", grade, dtype=pl.String)
-    )
-
-
-def _review_pairs(
-    review: pl.DataFrame, levels: np.ndarray, sig: pl.DataFrame, per_record: pl.DataFrame, spec: Spec
-) -> pl.DataFrame:
+def _review_pairs(review: pl.DataFrame, levels: np.ndarray, sig: pl.DataFrame, spec: Spec) -> pl.DataFrame:
     """Review-queue rows: one example record on each side, the levels and the probability."""
     rid = spec.id_column
-    example = per_record.group_by("sig").agg(pl.col(rid).min().alias("record"))
-    shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
-    left = sig.select("sig", *shown).join(example, on="sig")
+    shown = [c for c in sig.columns if c not in ("sig", "first_record")]
+    left = sig.select("sig", *shown, pl.col("first_record").alias("record"))
     out = review.join(left, left_on="l", right_on="sig", how="left").join(
         left, left_on="r", right_on="sig", how="left", suffix="_r"
     )

@@ -77,6 +77,9 @@ class Spec:
     link_type: str = "dedupe"
     source_column: str = "source_dataset"
     source: Path = field(default=Path("."))
+    # how the work is cut ([scale]: normalise_records, shard_pairs, partition_signatures); never
+    # changes the result, see entity_resolution/internals/partition.py
+    scale: dict[str, int] = field(default_factory=dict)
 
     @property
     def link_only(self) -> bool:
@@ -153,4 +156,5 @@ def load_spec(path: str | Path) -> Spec:
         link_type=settings.get("link_type", "dedupe"),
         source_column=settings.get("source_column", "source_dataset"),
         source=path,
+        scale=dict(raw.get("scale", {})),
     )

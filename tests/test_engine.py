@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from entity_resolution.engine import link
+from entity_resolution.engine import MATCH_RULES, Scale, link
 from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
 from entity_resolution.pipeline import MATCH_METHODS, enterprise_inputs, record_id
 from entity_resolution.registry import Registry
@@ -63,7 +63,13 @@ def test_accuracy_on_the_generators_truth(generated: dict, linked) -> None:  # n
 
 def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
     links = linked.links
-    assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade"]
+    assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade", "match_rule"]
+    assert set(links["match_rule"]) <= set(MATCH_RULES)
+    # a record whose signature shares a valid code with another is linked by the exact key, at 1
+    coded = links.filter(pl.col("match_rule") == "exact_key")
+    assert coded.height > 0 and (coded["match_confidence"] == 1).all()
+    scored = links.filter(pl.col("match_rule") == "probabilistic")
+    assert scored.height > 0 and scored["match_confidence"].is_between(ENTERPRISE.link_threshold, 1).all()
     assert links["match_confidence"].is_between(0, 1).all()
     assert (links["match_grade"].str.len_chars() == len(ENTERPRISE.comparisons)).all()
     assert links["match_grade"].str.contains("^[ABFZ]+$").all()
@@ -71,6 +77,43 @@ def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
     assert 0 < model["lambda"] < 1
     name_m, name_u = model["name"]["m"], model["name"]["u"]
     assert name_m[-1] > name_u[-1] * 10  # exact name agreement is far likelier among matches
+
+
+@pytest.mark.parametrize("fixed_anchors", [False, True])
+def test_the_result_does_not_depend_on_how_the_work_is_cut(
+    generated: dict,
+    linked,  # noqa: ANN001
+    fixed_anchors: bool,
+) -> None:
+    """One partition or many, one pair shard or many, one normalising chunk or many: same links,
+    pairs, review queue and model, steward decisions and registry anchors included."""
+    from polars.testing import assert_frame_equal
+
+    data = generated["records"]
+    ids = data["record_id"].sort().to_list()
+    decisions = {
+        "must_link": [(ids[0], ids[len(ids) // 2]), (ids[3], ids[-4])],
+        "cannot_link": [(ids[1], ids[2]), (ids[5], ids[-1])],
+        # the registry of an earlier run holds every 13th record
+        "anchors": dict(linked.links.select("record_id", "entity_id").gather_every(13).iter_rows()),
+        "fixed_anchors": fixed_anchors,
+    }
+    whole = link(data, ENTERPRISE, **decisions, scale=Scale(10**9, 10**12, 10**9))
+    cut = link(
+        data,
+        ENTERPRISE,
+        **decisions,
+        scale=Scale(normalise_records=4_999, shard_pairs=2_000, partition_signatures=40),
+    )
+    # whole: one partition, one shard per blocking rule at most
+    assert whole.stats["partitions"] == 1 and whole.stats["pair_shards"] <= len(ENTERPRISE.blocking)
+    assert cut.stats["partitions"] > 50 and cut.stats["pair_shards"] > 3 * len(ENTERPRISE.blocking)
+    assert cut.stats["largest_partition"] < whole.stats["largest_partition"] / 50
+    assert_frame_equal(whole.links, cut.links)
+    assert_frame_equal(whole.pairs, cut.pairs)
+    assert_frame_equal(whole.review, cut.review)
+    assert whole.model == cut.model
+    assert whole.stats["linked_pairs"] == cut.stats["linked_pairs"] > 0
 
 
 def records(rows: list[dict]) -> pl.DataFrame:
@@ -253,7 +296,13 @@ def test_credit_link_then_evaluate(
     stats = json.loads(capsys.readouterr().out)
     assert stats["candidate_pairs"] > 0 and Path(stats["review"]).exists()
     links = pl.read_parquet(out)
-    assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade"]
+    assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade", "match_rule"]
+    assert set(links["match_rule"]) <= set(MATCH_RULES)
+    # a record whose signature shares a valid code with another is linked by the exact key, at 1
+    coded = links.filter(pl.col("match_rule") == "exact_key")
+    assert coded.height > 0 and (coded["match_confidence"] == 1).all()
+    scored = links.filter(pl.col("match_rule") == "probabilistic")
+    assert scored.height > 0 and scored["match_confidence"].is_between(ENTERPRISE.link_threshold, 1).all()
     assert links.height == generated["records"].height
     truth = str(generated["root"] / "truth.parquet")
     assert credit(["evaluate", "--links", str(out), "--truth", truth, "--json"]) == 0

@@ -1,12 +1,24 @@
 """Blocking: signatures (identical records compared once), nodes (signatures sharing an exact
-key) and candidate pairs between nodes from the spec's united ``[[blocking]]`` rules."""
+key) and candidate pairs between nodes from the spec's united ``[[blocking]]`` rules.
+
+Everything here is columnar (Polars, numpy, scipy's connected components), so its memory is a few
+arrays per signature: no Python object per record, signature or pair. Candidate pairs come out in
+shards of bounded size, each pair exactly once (in the first rule that pairs it), so no step ever
+holds all the pairs of a city.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import polars as pl
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from entity_resolution.internals.cluster import Clusters
 from entity_resolution.internals.compare import compared_columns
+from entity_resolution.internals.normalise import normalise
 from entity_resolution.spec import BlockKey, Spec
 
 
@@ -34,86 +46,164 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def signatures(frame: pl.DataFrame, spec: Spec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(signatures with a ``sig`` number, record id -> ``sig``)."""
+def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(signatures with a ``sig`` number and ``first_record``, the smallest record id holding it;
+    record id -> ``sig``). Records are normalised ``chunk_records`` at a time and only the
+    signature fields are kept, so the full-width normalised frame never exists for the whole input."""
     rid = spec.id_column
-    fields = signature_fields(spec, frame.columns)
-    per_record = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
-    sig = per_record.unique("_h", keep="first").sort(rid).with_row_index("sig")
-    per_record = per_record.select(rid, "_h").join(sig.select("_h", "sig"), on="_h").drop("_h")
+    per_record_parts, unique_parts = [], []
+    height = records.select(pl.len()).collect().item()
+    for offset in range(0, max(height, 1), chunk_records):
+        frame = normalise(records.slice(offset, chunk_records).collect(), spec)
+        fields = signature_fields(spec, frame.columns)
+        part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
+        del frame
+        per_record_parts.append(part.select(rid, "_h"))
+        unique_parts.append(part.unique("_h", keep="first", maintain_order=True))
+    per_record = pl.concat(per_record_parts)
+    sig = pl.concat(unique_parts).unique("_h", keep="first", maintain_order=True).sort(rid)
+    sig = sig.with_row_index("sig").rename({rid: "first_record"})
+    per_record = per_record.join(sig.select("_h", "sig"), on="_h").drop("_h")
+    first = per_record.group_by("sig").agg(pl.col(rid).min().alias("first_record"))
+    sig = sig.drop("_h", "first_record").join(first, on="sig").sort("sig")
     return sig, per_record
 
 
-def exact_nodes(sig: pl.DataFrame, spec: Spec) -> Clusters:
-    """Signatures sharing an exact key (a valid code) joined into nodes, never across two values of
-    ``cannot_link_on``; the returned clusters go on to the linking step."""
-    bad = spec.cannot_link_on
-    value_of: dict[int, str] = {}
-    if bad and bad in sig.columns:
-        value_of = {
-            i: v for i, v in zip(sig["sig"].to_list(), sig[bad].to_list(), strict=True) if v is not None
-        }
-    branch_of = {}
-    for column in spec.cannot_link_unless_equal:
-        if column in sig.columns:
-            branch_of = dict(zip(sig["sig"].to_list(), sig[column].to_list(), strict=True))
-    clusters = Clusters(sig.height, value_of, branch_of)
-    key_edges = []
-    for key in spec.exact_keys:
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on ``n`` vertices with edges (a, b), each labelled by its
+    smallest vertex (so the labels do not depend on how the edges were found)."""
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    return smallest[labels]
+
+
+def exact_nodes(sig: pl.DataFrame, spec: Spec) -> np.ndarray:
+    """Per signature its node (the smallest signature of its node): signatures sharing an exact key
+    (a valid code), never across two values of ``cannot_link_on``.
+
+    Connected components of the key edges; the rare component that would hold two values (an org
+    code shared by two different USCCs) is rebuilt by joining its edges one by one, refusing a join
+    that would put two values in one node."""
+    n = sig.height
+    edges = []
+    for index, key in enumerate(spec.exact_keys):
         if key not in sig.columns:
             continue
-        groups = (
-            sig.filter(pl.col(key).is_not_null()).group_by(key).agg(pl.col("sig").min().alias("root"), "sig")
+        edges.append(
+            sig.select("sig", key)
+            .filter(pl.col(key).is_not_null())
+            .select(pl.col("sig").min().over(key).alias("a"), pl.col("sig").alias("b"))
+            .filter(pl.col("a") != pl.col("b"))
+            .with_columns(pl.lit(index).alias("key"))
         )
-        edges = groups.explode("sig").filter(pl.col("sig") != pl.col("root"))
-        key_edges.append(edges.select(pl.col("root").alias("a"), pl.col("sig").alias("b")))
-    if key_edges:
-        for a, b in pl.concat(key_edges).iter_rows():
-            clusters.join_exact(a, b)
-    return clusters
+    if not edges or n == 0:
+        return np.arange(n, dtype=np.int64)
+    edge_frame = pl.concat(edges).sort("key", "a", "b")
+    a, b = edge_frame["a"].to_numpy(), edge_frame["b"].to_numpy()
+    node = _components(n, a, b)
+    bad = spec.cannot_link_on
+    if not bad or bad not in sig.columns:
+        return node
+    conflicted = (
+        pl.DataFrame({"node": node, "v": sig[bad]})
+        .drop_nulls("v")
+        .group_by("node")
+        .agg(pl.col("v").n_unique().alias("values"))
+        .filter(pl.col("values") > 1)["node"]
+        .to_numpy()
+    )
+    if len(conflicted) == 0:
+        return node
+    members = np.flatnonzero(np.isin(node, conflicted))
+    local = np.full(n, -1, dtype=np.int64)
+    local[members] = np.arange(len(members))
+    values = sig[bad].gather(members).to_list()
+    clusters = Clusters(len(members), {i: v for i, v in enumerate(values) if v is not None})
+    inside = local[a] >= 0
+    for x, y in zip(local[a[inside]].tolist(), local[b[inside]].tolist(), strict=True):
+        clusters.join_exact(x, y)
+    roots = clusters.roots()
+    smallest = np.full(len(members), n, dtype=np.int64)
+    np.minimum.at(smallest, roots, members)
+    node[members] = smallest[roots]
+    return node
 
 
-def candidate_pairs(sig: pl.DataFrame, spec: Spec) -> pl.DataFrame:
-    """Pairs (l < r) of signatures in different nodes sharing every key of some blocking rule,
-    without pairs the constraints rule out anyway."""
-    candidate_parts = []
+def _codes(values: pl.Series) -> np.ndarray:
+    """Values as integers (equal values, equal integers; null is -1)."""
+    return values.rank("dense").fill_null(0).cast(pl.Int64).to_numpy() - 1
+
+
+def candidate_shards(
+    sig: pl.DataFrame, node: np.ndarray, spec: Spec, shard_pairs: int
+) -> Iterator[pl.DataFrame]:
+    """Candidate pairs (l < r) of signatures in different nodes sharing every key of some blocking
+    rule, without pairs the constraints rule out anyway, in shards of about ``shard_pairs`` pairs.
+
+    A pair comes from the first rule that pairs it (later rules drop pairs an earlier rule's block
+    holds), so the shards are disjoint without ever uniting all pairs; blocks are cut into shards in
+    a fixed order, so the set of pairs never depends on ``shard_pairs``."""
+    blocks: list[np.ndarray] = []  # per rule, each signature's block number (-1: in no block)
+    bad = spec.cannot_link_on
+    value = _codes(sig[bad]) if bad and bad in sig.columns else None
+    branches = [
+        sig[c].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+        for c in spec.cannot_link_unless_equal
+        if c in sig.columns
+    ]
     for rule in spec.blocking:
         if not all(k.column in sig.columns for k in rule):
             continue
-        keys = sig.select(
-            "sig", "node", *[key_expr(k).alias(f"k{i}") for i, k in enumerate(rule)]
-        ).drop_nulls()
-        keys = keys.filter(pl.all_horizontal(pl.col(f"k{i}") != "" for i in range(len(rule))))
         names = [f"k{i}" for i in range(len(rule))]
-        sizes = keys.group_by(names).len()
-        keys = keys.join(sizes.filter(pl.col("len") <= spec.max_block_size).drop("len"), on=names)
-        pairs = (
-            keys.join(keys, on=names, suffix="_r")
-            .filter((pl.col("sig") < pl.col("sig_r")) & (pl.col("node") != pl.col("node_r")))
-            .select(pl.col("sig").alias("l"), pl.col("sig_r").alias("r"))
+        usable = pl.all_horizontal(pl.col(c).is_not_null() & (pl.col(c) != "") for c in names)
+        # a block is numbered by its smallest signature: independent of how it was found
+        member = (
+            sig.select("sig", *[key_expr(k).alias(f"k{i}") for i, k in enumerate(rule)])
+            .filter(usable)
+            .with_columns(pl.col("sig").min().over(names).alias("b"), pl.len().over(names).alias("size"))
+            .filter(pl.col("size") <= spec.max_block_size)
+            .select("sig", "b", "size")
         )
-        candidate_parts.append(pairs)
-    candidates = (
-        pl.concat(candidate_parts).unique()
-        if candidate_parts
-        else pl.DataFrame(schema={"l": pl.UInt32, "r": pl.UInt32})
-    )
-    bad = spec.cannot_link_on
-    if bad and bad in sig.columns:  # two different USCCs are never candidates
-        values = sig.select("sig", pl.col(bad).alias("v"))
-        candidates = (
-            candidates.join(values, left_on="l", right_on="sig", how="left")
-            .join(values, left_on="r", right_on="sig", how="left", suffix="_r")
-            .filter(pl.col("v").is_null() | pl.col("v_r").is_null() | (pl.col("v") == pl.col("v_r")))
-            .select("l", "r")
-        )
-    for column in spec.cannot_link_unless_equal:
-        if column in sig.columns:
-            values = sig.select("sig", pl.col(column).alias("v"))
-            candidates = (
-                candidates.join(values, left_on="l", right_on="sig", how="left")
-                .join(values, left_on="r", right_on="sig", how="left", suffix="_r")
-                .filter(pl.col("v").eq_missing(pl.col("v_r")))
-                .select("l", "r")
+        this = np.full(sig.height, -1, dtype=np.int64)
+        this[member["sig"].to_numpy()] = member["b"].to_numpy()
+        earlier = list(blocks)
+        blocks.append(this)
+        if member.height == 0:
+            continue
+        # blocks in a fixed order (by number), cut into shards of about shard_pairs pairs
+        shard_of = (
+            member.group_by("b")
+            .agg(pl.col("size").first())
+            .sort("b")
+            .select(
+                "b",
+                (
+                    (pl.col("size").cast(pl.Int64) * (pl.col("size") - 1) // 2).cum_sum()
+                    // max(shard_pairs, 1)
+                ).alias("shard"),
             )
-    return candidates.sort("l", "r")
+        )
+        member = (
+            member.with_columns(pl.Series("node", node[member["sig"].to_numpy()]))
+            .join(shard_of, on="b")
+            .sort("shard", "sig")
+        )
+        for rows in member.partition_by("shard", maintain_order=True, include_key=False):
+            pairs = (
+                rows.join(rows, on="b", suffix="_r")
+                .filter((pl.col("sig") < pl.col("sig_r")) & (pl.col("node") != pl.col("node_r")))
+                .select(pl.col("sig").alias("l"), pl.col("sig_r").alias("r"))
+            )
+            left, right = pairs["l"].to_numpy(), pairs["r"].to_numpy()
+            keep = np.ones(len(left), dtype=bool)
+            for other in earlier:  # an earlier rule already pairs them
+                keep &= ~((other[left] >= 0) & (other[left] == other[right]))
+            if value is not None:  # two different USCCs are never candidates
+                keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
+            for branch in branches:
+                keep &= branch[left] == branch[right]
+            pairs = pairs.filter(pl.Series(keep)).sort("l", "r")
+            if pairs.height:
+                yield pairs

@@ -20,16 +20,28 @@ def _simplified(values: pl.Series) -> pl.Series:
     if unique.len() == 0:
         return values
     joined = converter.convert("\n".join(unique.str.replace_all("\n", " ").to_list())).split("\n")
-    mapping = dict(zip(unique.to_list(), joined, strict=True))
-    return values.replace_strict(mapping, default=None, return_dtype=pl.String)
+    return _lookup(values, unique, pl.Series(joined, dtype=pl.String))
+
+
+def _lookup(values: pl.Series, keys: pl.Series, mapped: pl.Series) -> pl.Series:
+    """``values`` mapped through the table ``keys`` -> ``mapped`` (null where absent): a join,
+    which is many times faster than ``replace_strict`` with a Python dict of a million entries."""
+    table = pl.DataFrame({"v": keys, "m": mapped})
+    return (
+        pl.DataFrame({"v": values})
+        .join(table, on="v", how="left", maintain_order="left")["m"]
+        .alias(values.name)
+    )
 
 
 def _tokens(values: pl.Series) -> pl.Series:
     import rjieba
 
-    unique = values.unique().drop_nulls().to_list()
-    mapping = {v: sorted(set(rjieba.cut(v))) for v in unique}
-    return values.replace_strict(mapping, default=None, return_dtype=pl.List(pl.String))
+    unique = values.unique().drop_nulls()
+    # one joined string per value, split by Polars: building a list column from Python lists is slow
+    joined = pl.Series(["\x1f".join(sorted(set(rjieba.cut(v)))) for v in unique.to_list()], dtype=pl.String)
+    tokens = joined.str.split("\x1f").list.eval(pl.element().filter(pl.element() != ""))
+    return _lookup(values, unique, tokens)
 
 
 def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:

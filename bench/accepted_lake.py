@@ -1,0 +1,68 @@
+"""Build a benchmark lake up to the accepted records only (generate, then extract, check,
+standardise and validate every source, each in its own process), for benchmarks of the stages
+after validation such as `bench/bench_link.py`. ``--until standardise`` stops before validation
+(the staged records: at 10M records validation alone takes most of an hour on 2 cores). A stage
+whose output exists is not run again, so an interrupted build resumes.
+
+    nice .venv/bin/python bench/accepted_lake.py --entities 1060000 --workdir /work/data --until standardise
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_pipeline import run_stage  # noqa: E402
+
+STAGES = ("extract", "check", "standardise", "validate")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entities", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--date", default="2026-11-25")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="the last stage to run")
+    args = parser.parse_args()
+    sources = args.workdir / f"sources-{args.entities}"
+    lake = args.workdir / f"lake-{args.entities}"
+    started = time.perf_counter()
+    if not (sources / "truth" / "records.parquet").exists():
+        run_stage("generate", str(sources), args.entities, args.seed, args.date)
+        print(f"generated in {time.perf_counter() - started:.0f} s", flush=True)
+
+    from pipelines.lake import Lake
+    from pipelines.sources import source_names
+
+    paths = Lake(lake, args.date)
+    stages = STAGES[: STAGES.index(args.until) + 1]
+    for source in source_names():
+        done = {
+            "extract": paths.raw(source).exists(),
+            "check": (lake / "reports" / args.date / "batch" / f"{source}.json").exists(),
+            "standardise": paths.staged(source).exists(),
+            "validate": paths.accepted(source).exists(),
+        }
+        for stage in stages:
+            if done[stage]:
+                continue
+            call = (
+                (source, str(sources), str(lake), args.date)
+                if stage == "extract"
+                else (source, str(lake), args.date)
+            )
+            run_stage(f"{stage}_source", *call)
+        print(f"{source} through {args.until} at {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

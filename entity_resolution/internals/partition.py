@@ -1,0 +1,212 @@
+"""Partitions: the unit of clustering, grading and (later) of work mapped over workers.
+
+After scoring, two signatures can only end in one entity when a chain of exact keys, pairs at or
+above the link threshold or steward / registry decisions joins them (average linkage, too, only
+joins components with some pair above the threshold between them). The connected components of
+that graph are therefore independent; they are packed, in order of their smallest signature, into
+partitions of about ``partition_signatures`` signatures (a larger component is a partition of its
+own). Each partition is a directory of plain files, resolved by ``resolve_partition_files`` alone:
+
+- ``signatures.parquet``: its signatures (``sig``, ``node``, ``first_record``, the constraint and
+  compared fields, ``anchor``);
+- ``scored.parquet``: every scored candidate pair inside it (``l``, ``r``, ``probability``);
+- ``decisions.parquet``: steward and registry decisions inside it (``kind``, ``l``, ``r``, ``order``);
+- output ``links.parquet``: per signature its ``cluster`` (the smallest signature of its entity),
+  ``cluster_value``, ``cluster_first_record``, ``match_confidence``, ``match_grade``, ``match_rule``.
+
+The result never depends on how components are packed: a component is resolved the same way in any
+partition, and every order inside one is global (pairs by probability, then signature numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from entity_resolution.internals.cluster import Clusters, cluster
+from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
+from entity_resolution.spec import Spec
+
+# how each record came to its entity (links' ``match_rule``)
+MATCH_RULES = ("exact_key", "probabilistic", "decision", "identical")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How the work is cut (spec ``[scale]``): never changes the result, only memory and time."""
+
+    normalise_records: int = 1_000_000  # records normalised at a time
+    shard_pairs: int = 5_000_000  # candidate pairs compared at a time
+    partition_signatures: int = 1_000_000  # signatures clustered and graded at a time
+
+    @classmethod
+    def of(cls, spec: Spec) -> Scale:
+        settings = getattr(spec, "scale", None) or {}
+        unknown = set(settings) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"spec {spec.source}: [scale] has unknown settings {sorted(unknown)}")
+        values = {k: int(v) for k, v in settings.items()}
+        if any(v < 1 for v in values.values()):
+            raise ValueError(f"spec {spec.source}: [scale] settings must be at least 1")
+        return cls(**values)
+
+
+def pack(component: np.ndarray, limit: int) -> np.ndarray:
+    """Per signature its partition: components (labelled by their smallest signature) in order,
+    packed into partitions of about ``limit`` signatures; a larger component stays whole."""
+    labels, sizes = np.unique(component, return_counts=True)
+    boundary = np.concatenate([[0], np.cumsum(sizes)[:-1]]) // max(limit, 1)
+    # a component starting in a partition stays in it: renumber the partitions densely
+    _, part_of_label = np.unique(boundary, return_inverse=True)
+    return part_of_label[np.searchsorted(labels, component)]
+
+
+def grades(frame: pl.DataFrame, cluster_row: np.ndarray, spec: Spec) -> pl.Series:
+    """Per signature (a row of ``frame``) its match grade against its entity's representative (the
+    row ``cluster_row``, the entity's smallest signature): one letter per comparison, A same
+    (top level), B similar (a level in between), F different (level 0), Z missing on either side."""
+    pairs = pl.DataFrame({"l": np.arange(frame.height), "r": cluster_row})
+    levels = pl.DataFrame(compare_pairs(frame, pairs, spec), schema=[c.name for c in spec.comparisons])
+    letters = [
+        pl.when(pl.col(c.name) == NULL_LEVEL)
+        .then(pl.lit("Z"))
+        .when(pl.col(c.name) == c.levels - 1)
+        .then(pl.lit("A"))
+        .when(pl.col(c.name) == 0)
+        .then(pl.lit("F"))
+        .otherwise(pl.lit("B"))
+        for c in spec.comparisons
+    ]
+    return levels.select(pl.concat_str(letters).alias("match_grade")).to_series()
+
+
+def resolve_partition(
+    sig: pl.DataFrame, scored: pl.DataFrame, decisions: pl.DataFrame, spec: Spec
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Cluster, grade and rate one partition (see the module docstring for the frames); returns the
+    per-signature result and counts of linked / refused pairs."""
+    sig = sig.sort("sig")
+    n = sig.height
+    global_ids = sig["sig"].to_numpy()
+
+    def local(values: pl.Series) -> np.ndarray:
+        return np.searchsorted(global_ids, values.to_numpy()).astype(np.int64)
+
+    node = local(sig["node"])
+    decisions = decisions.sort("order")
+    forced_rows = decisions.filter(pl.col("kind") == "must")
+    forbidden_rows = decisions.filter(pl.col("kind") == "cannot")
+    linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
+        ["probability", "l", "r"], descending=[True, False, False]
+    )
+    # only nodes a linked pair or a must-link touches can join others: the union-find (a Python
+    # object per signature) runs over their signatures alone, the rest stay their node
+    touched = np.unique(
+        node[local(pl.concat([linked["l"], linked["r"], forced_rows["l"], forced_rows["r"]]))]
+    )
+    active = np.flatnonzero(np.isin(node, touched))
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[active] = np.arange(len(active))
+
+    def active_rows(values: pl.Series) -> np.ndarray:
+        return row_of[local(values)]
+
+    bad = spec.cannot_link_on
+    active_sig = sig[active]
+    value_of = (
+        {i: v for i, v in enumerate(active_sig[bad].to_list()) if v is not None}
+        if bad and bad in sig.columns
+        else {}
+    )
+    branch_of: dict[int, Any] = {}
+    for column in spec.cannot_link_unless_equal:
+        if column in sig.columns:
+            branch_of = dict(enumerate(active_sig[column].to_list()))
+    clusters = Clusters(len(active), value_of, branch_of)
+    for head, member in zip(row_of[node[active]].tolist(), range(len(active)), strict=True):
+        if head != member:
+            clusters.join_exact(head, member)
+    forced = list(
+        zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
+    )
+    forbidden_l, forbidden_r = active_rows(forbidden_rows["l"]), active_rows(forbidden_rows["r"])
+    forbidden = {
+        frozenset(pair)
+        for pair in zip(forbidden_l.tolist(), forbidden_r.tolist(), strict=True)
+        if min(pair) >= 0  # both sides can join something
+    }
+    anchor_of = (
+        {i: a for i, a in enumerate(active_sig["anchor"].to_list()) if a is not None}
+        if "anchor" in sig.columns
+        else {}
+    )
+    clusters.start_linking(forbidden, anchor_of)
+    for a, b in forced:
+        clusters.join(a, b, force=True)
+    left, right = local(linked["l"]), local(linked["r"])
+
+    def on_rows(pairs: pl.DataFrame) -> pl.DataFrame:
+        return pairs.with_columns(
+            pl.Series("l", row_of[local(pairs["l"])]), pl.Series("r", row_of[local(pairs["r"])])
+        )
+
+    # accuracy hook: average linkage (or one-to-one) over the partition's active signatures
+    accepted = np.array(cluster(clusters, on_rows(scored), on_rows(linked), spec), dtype=bool)
+    cluster_row = node.copy()  # the smallest row (signature) of each cluster; untouched: its node
+    if len(active):
+        roots = clusters.roots()
+        smallest = np.full(len(active), n, dtype=np.int64)
+        np.minimum.at(smallest, roots, active)
+        cluster_row[active] = smallest[roots]
+
+    # confidence: 1 for exact keys and lone signatures; else the strongest accepted pair touching it
+    strongest = np.full(n, np.nan)
+    if len(accepted) and accepted.any():
+        probability = linked["probability"].to_numpy()[accepted]
+        np.fmax.at(strongest, left[accepted], probability)
+        np.fmax.at(strongest, right[accepted], probability)
+    node_size = np.bincount(node, minlength=n)[node]
+    cluster_size = np.bincount(cluster_row, minlength=n)[cluster_row]
+    by_key = node_size > 1
+    confidence = np.where(by_key | np.isnan(strongest), 1.0, strongest).round(4)
+    rule = np.where(
+        by_key,
+        "exact_key",
+        np.where(~np.isnan(strongest), "probabilistic", np.where(cluster_size > 1, "decision", "identical")),
+    )
+    out = pl.DataFrame(
+        {
+            "sig": global_ids,
+            "cluster": global_ids[cluster_row],
+            "match_confidence": confidence,
+            "match_grade": grades(sig, cluster_row, spec),
+            "match_rule": pl.Series(rule, dtype=pl.String),
+            "_value": sig[bad] if bad and bad in sig.columns else pl.Series([None] * n, dtype=pl.String),
+            "_first": sig["first_record"],
+        }
+    )
+    out = out.with_columns(
+        pl.col("_value").drop_nulls().first().over("cluster").alias("cluster_value"),
+        pl.col("_first").min().over("cluster").alias("cluster_first_record"),
+    ).drop("_value", "_first")
+    return out, {"linked_pairs": int(accepted.sum()), "refused_by_constraints": int((~accepted).sum())}
+
+
+def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
+    """``resolve_partition`` over a partition directory: reads its three inputs and writes
+    ``links.parquet`` beside them (atomically); a plain function of paths, as a worker runs it."""
+    from pipelines.lake import write_parquet
+
+    directory = Path(directory)
+    out, counts = resolve_partition(
+        pl.read_parquet(directory / "signatures.parquet"),
+        pl.read_parquet(directory / "scored.parquet"),
+        pl.read_parquet(directory / "decisions.parquet"),
+        spec,
+    )
+    write_parquet(out, directory / "links.parquet")
+    return counts
