@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 from datetime import date
@@ -516,4 +517,24 @@ def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
         load_spec(spec)
     spec.write_text('[spec]\nlink_type = "both"\n[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "exact"\n')
     with pytest.raises(ValueError, match="link_type must be one of"):
+        load_spec(spec)
+
+
+def test_a_one_off_spelling_is_a_level_apart_from_a_recurring_sibling_name(tmp_path: Path) -> None:
+    from entity_resolution.internals.compare import compare_pairs
+
+    name = next(c for c in ENTERPRISE.comparisons if c.name == "name")
+    assert name.rare_variant_level  # the enterprise spec tells a typo from a sibling
+    # 华兴 on three signatures, its sibling 华星 on two, the typo 华新 on one
+    cores = ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华新电子科技"]
+    sig = pl.DataFrame({"sig": range(len(cores)), "name_core": cores})
+    pairs = pl.DataFrame({"l": [0, 0, 3, 0], "r": [3, 5, 5, 1]})
+    names_only = dataclasses.replace(ENTERPRISE, comparisons=(name,))
+    # sibling (both spellings recur): 1; a spelling on no other signature (a typo): 2, either side
+    assert compare_pairs(sig, pairs, names_only)[:, 0].tolist() == [1, 2, 2, name.levels - 1]
+    spec = tmp_path / "bad.toml"
+    spec.write_text(
+        '[[compare]]\nname = "n"\ncolumn = "n"\nmethod = "exact"\nrare_variant_level = true\n'
+    )
+    with pytest.raises(ValueError, match="rare_variant_level .* needs one_char_level"):
         load_spec(spec)
