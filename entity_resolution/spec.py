@@ -32,15 +32,12 @@ class Comparison:
     tf_adjust: bool = False
     # level 1 is "differs in exactly one character" (a sibling name or a typo: the model decides)
     one_char_level: bool = False
-    # the one-character level splits in two: both spellings recur (level 1: a sibling firm's name is
-    # on its own records) or one of them is on no other record (level 2: a one-off typo)
-    rare_variant_level: bool = False
 
     @property
     def levels(self) -> int:
-        """Levels 0 (no threshold met) .. top (all met), plus the one-character level(s) when asked;
+        """Levels 0 (no threshold met) .. top (all met), plus the one-character level when asked;
         nulls get their own level."""
-        return len(self.thresholds) + 1 + int(self.one_char_level) + int(self.rare_variant_level)
+        return len(self.thresholds) + 1 + int(self.one_char_level)
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,6 @@ def load_spec(path: str | Path) -> Spec:
                 ),
                 tf_adjust=bool(item.get("tf_adjust", False)),
                 one_char_level=bool(item.get("one_char_level", False)),
-                rare_variant_level=bool(item.get("rare_variant_level", False)),
             )
         )
         if comparisons[-1].tf_adjust and item["method"] not in (*STRING_METHODS, "prefix"):
@@ -126,11 +122,6 @@ def load_spec(path: str | Path) -> Spec:
         if comparisons[-1].one_char_level and item["method"] not in STRING_METHODS:
             raise ValueError(
                 f"{where}: comparison {item['name']!r}: one_char_level needs one of {STRING_METHODS}"
-            )
-        if comparisons[-1].rare_variant_level and not comparisons[-1].one_char_level:
-            raise ValueError(
-                f"{where}: comparison {item['name']!r}: rare_variant_level splits the one-character "
-                "level: it needs one_char_level = true"
             )
     if not comparisons:
         raise ValueError(f"{where}: at least one [[compare]] is needed")

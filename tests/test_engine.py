@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 from datetime import date
@@ -520,21 +519,22 @@ def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
         load_spec(spec)
 
 
-def test_a_one_off_spelling_is_a_level_apart_from_a_recurring_sibling_name(tmp_path: Path) -> None:
-    from entity_resolution.internals.compare import compare_pairs
+def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
+    from entity_resolution.internals.normalise import normalise, one_off_corrections
 
-    name = next(c for c in ENTERPRISE.comparisons if c.name == "name")
-    assert name.rare_variant_level  # the enterprise spec tells a typo from a sibling
-    # 华兴 on three signatures, its sibling 华星 on two, the typo 华新 on one
-    cores = ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华新电子科技"]
-    sig = pl.DataFrame({"sig": range(len(cores)), "name_core": cores})
-    pairs = pl.DataFrame({"l": [0, 0, 3, 0], "r": [3, 5, 5, 1]})
-    names_only = dataclasses.replace(ENTERPRISE, comparisons=(name,))
-    # sibling (both spellings recur): 1; a spelling on no other signature (a typo): 2, either side
-    assert compare_pairs(sig, pairs, names_only)[:, 0].tolist() == [1, 2, 2, name.levels - 1]
-    spec = tmp_path / "bad.toml"
-    spec.write_text(
-        '[[compare]]\nname = "n"\ncolumn = "n"\nmethod = "exact"\nrare_variant_level = true\n'
+    # 华兴 recurs (a firm) and 华星 (its sibling) too: both stay; 华兴电器 is on one record, one
+    # character from 华兴 only (a typo); 华新 is one character from both 华兴 and 华星: ambiguous, kept
+    cores = pl.Series(["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电器科技", "华新电子科技"])
+    assert one_off_corrections(cores) == {"华兴电器科技": "华兴电子科技"}
+    records = pl.DataFrame(
+        {
+            "record_id": [f"r{i}" for i in range(6)],
+            "name": ["宁波华兴电子科技有限公司"] * 3
+            + ["宁波华星电子科技有限公司"] * 2
+            + ["宁波华兴电器科技有限公司"],
+        }
     )
-    with pytest.raises(ValueError, match="rare_variant_level .* needs one_char_level"):
-        load_spec(spec)
+    frame = normalise(records, ENTERPRISE)
+    assert frame["name_core"].to_list() == ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电子科技"]
+    assert frame["name_key"][5] == "华兴电子科技"
+    assert frame["name_tokens"][5].to_list() == frame["name_tokens"][0].to_list()

@@ -18,15 +18,8 @@ def compared_columns(spec: Spec) -> list[str]:
     return list(dict.fromkeys(c.column for c in spec.comparisons))
 
 
-def levels_of(
-    comparison: Comparison,
-    left: pl.Series,
-    right: pl.Series,
-    rare: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """The level of each pair for one comparison (NULL_LEVEL where either side is missing).
-
-    ``rare`` (for ``rare_variant_level``): per pair side, whether its value is on no other signature."""
+def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.ndarray:
+    """The level of each pair for one comparison (NULL_LEVEL where either side is missing)."""
     null = (left.is_null() | right.is_null()).to_numpy()
     if comparison.method == "token_jaccard":
         null |= (left.list.len().fill_null(0) == 0).to_numpy() | (
@@ -77,38 +70,25 @@ def levels_of(
     if comparison.method == "exact":
         level = np.where(score >= 1, comparison.levels - 1, 0).astype(np.int8)
     elif comparison.one_char_level:
-        level = np.where(level > 0, level + 1 + int(comparison.rare_variant_level), level)
+        level = np.where(level > 0, level + 1, level)
     if comparison.one_char_level:
         a = left.cast(pl.String).fill_null("").to_list()
         b = right.cast(pl.String).fill_null("").to_list()
         one_apart = cpdist(a, b, scorer=distance.Levenshtein.distance, workers=-1) == 1
-        one_off = np.zeros(len(level), dtype=bool) if rare is None else rare[0] | rare[1]
-        level = np.where(one_apart, np.where(comparison.rare_variant_level & one_off, 2, 1), level)
+        level = np.where(one_apart, 1, level)
     return np.where(null, NULL_LEVEL, level).astype(np.int8)
-
-
-def rare_values(sig: pl.DataFrame, column: str) -> np.ndarray:
-    """Per signature row, whether its ``column`` value is held by no other signature (a spelling
-    seen once: a typo is one-off, a sibling firm's own name recurs on its records)."""
-    return sig.select(pl.col(column).is_not_null() & (pl.len().over(column) == 1)).to_series().to_numpy()
 
 
 def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:
     """Levels, one column per comparison, for pairs (l, r) of signature rows."""
     columns = compared_columns(spec)
-    l_index, r_index = pairs["l"].to_numpy(), pairs["r"].to_numpy()
-    left = sig.select(columns)[l_index]
-    right = sig.select(columns)[r_index]
-    if not len(pairs):
-        return np.zeros((0, len(spec.comparisons)), dtype=np.int8)
-    out = []
-    for c in spec.comparisons:
-        rare = None
-        if c.rare_variant_level:
-            once = rare_values(sig, c.column)
-            rare = (once[l_index], once[r_index])
-        out.append(levels_of(c, left[c.column], right[c.column], rare))
-    return np.column_stack(out)
+    left = sig.select(columns)[pairs["l"].to_numpy()]
+    right = sig.select(columns)[pairs["r"].to_numpy()]
+    return (
+        np.column_stack([levels_of(c, left[c.column], right[c.column]) for c in spec.comparisons])
+        if len(pairs)
+        else np.zeros((0, len(spec.comparisons)), dtype=np.int8)
+    )
 
 
 def term_frequencies(frame: pl.DataFrame, spec: Spec, unit: str | None = None) -> dict[str, pl.DataFrame]:
