@@ -65,13 +65,13 @@ def one_off_corrections(values: pl.Series) -> dict[str, str]:
 
 
 def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
-    """The spec's normalisers applied to the input (new columns added, inputs kept)."""
-    from entity_resolution.names import normalise_names
-    from pipelines.identifiers import classify_codes
-
+    """The spec's normalisers applied to the input (new columns added, inputs kept); a normaliser's
+    modules are imported only when a spec uses it (a person spec loads no name or code tables)."""
     for step in spec.normalise:
         kind = step["kind"]
         if kind == "company_name":
+            from entity_resolution.names import normalise_names
+
             column, out = step["column"], step.get("out", step["column"])
             names = normalise_names(frame[column].cast(pl.String))
             if step.get("correct_one_offs"):  # a one-off spelling reads as the one recurring neighbour
@@ -91,6 +91,8 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
+            from pipelines.identifiers import classify_codes
+
             # every configured column is classified (a department may put any code in any column)
             sources = [
                 step[t] for t in ("uscc", "org_code", "reg_no") if step.get(t) and step[t] in frame.columns
