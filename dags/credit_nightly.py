@@ -5,10 +5,12 @@ task so that parsing this file stays cheap) and passes only paths and counts thr
 
 Every run reports itself: `plan` (the run's setup) replaces the date's report with a "running"
 one, a failed task records what failed and why, and `report` (the run's teardown, which runs
-whatever failed and does not decide the run's state) writes the final report and Data Docs; its
-"Run report" button in the task's page opens the report. A source held back and carried forward
-from its last good snapshot shows its `check` task as skipped. Owner and timeouts come from
-config/nightly.toml.
+whatever failed and does not decide the run's state) writes the final report and Data Docs. When
+Airflow fails the run before `report` could run (the run timed out, or `plan` failed), the DAG's
+failure callback writes the report instead. The "Run report" button of `plan` and `report` opens
+the report over http in the Airflow API server (plugins/credit_run_reports.py). A source held back
+and carried forward from its last good snapshot shows its `check` task as skipped. Owner and
+timeouts come from config/nightly.toml.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipelines.settings import config_path
+from pipelines.settings import airflow_lake, config_path
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEZONE = "Asia/Shanghai"
@@ -45,7 +47,13 @@ SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
 NIGHTLY_CONFIG = config_path("nightly.toml")
 NIGHTLY = tomllib.loads(NIGHTLY_CONFIG.read_text("utf-8"))
 log = logging.getLogger(__name__)
-REPORT_URL_KEY = "report_url"
+RUN_TIMEOUT = timedelta(minutes=NIGHTLY["run_timeout_minutes"])
+#: why Airflow failed a run (the `reason` of the DAG failure callback), as the run report says it
+RUN_FAILURE_REASONS = {
+    "timed_out": f"timed out: still running after its dagrun_timeout of {RUN_TIMEOUT}",
+    "task_failure": "a task failed",
+    "all_tasks_deadlocked": "no task could run (deadlock)",
+}
 PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")
 
 # A source that is down may come back: retry. One that delivers unreadable data will not: fail.
@@ -67,15 +75,74 @@ def task_timeout(name: str) -> timedelta:
     return timedelta(minutes=minutes.get(name, minutes["default"]))
 
 
+def plan_of(context: Any) -> dict[str, str]:
+    """The run's business date and folders from its params: the run at 02:00 on day X processes
+    day X - 1 (Asia/Shanghai) unless the `business_date` param says otherwise. `plan` returns it;
+    the callbacks and the report link work it out the same way, whatever ran."""
+    params = context["params"]
+    business_date = params.get("business_date")
+    if not business_date:
+        run_time = context.get("logical_date") or context["dag_run"].run_after
+        business_date = pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
+    return {
+        "business_date": business_date,
+        "sources_dir": params["sources_dir"],
+        "lake_dir": params["lake_dir"],
+    }
+
+
 class RunReportLink(BaseOperatorLink):
-    """The "Run report" button on the `report` task: the page that task wrote for this run."""
+    """The "Run report" button (on `plan` and `report`): the run's report, served over http by the
+    Airflow API server to users who may read this DAG's runs (serving/run_reports.py)."""
 
     name = "Run report"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
+        # called in the task's process when the task ends, with its task instance (any end state)
+        from airflow.sdk import conf
 
-        return XCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""
+        from serving.run_reports import report_url
+
+        run = plan_of(ti_key.get_template_context())
+        return report_url(run["business_date"], conf.get("api", "base_url", fallback=None))
+
+
+def task_states(dag_id: str, run_id: str) -> dict[str, str]:
+    """Every task's state in the run, asked of Airflow (the task's or the DAG processor's supervisor)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    try:
+        found = RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
+    except NameError:  # no supervisor to ask: `airflow dags test` runs DAG callbacks on its own
+        log.warning("credit_nightly: the task states of run %s cannot be asked here", run_id)
+        return {}
+    return {task: str(getattr(state, "value", state)) for task, state in found.items()}
+
+
+def report_failed_run(context: Any) -> None:
+    """DAG failure callback: Airflow failed the run. When that happened before the `report` task
+    could run (the run timed out: Airflow skips what is unfinished; or `plan` failed), the report is
+    written here, naming the task the timeout stopped; otherwise the report gains the reason."""
+    from pipelines.report import finish_failed_run
+
+    reason = str(context.get("reason") or "failed")
+    if "params" not in context:  # no task instance in the context: nothing says which lake and date
+        log.error(
+            "credit_nightly: run %s failed (%s); no context to write its report", context["run_id"], reason
+        )
+        return
+    run, ti = plan_of(context), context.get("ti")
+    why = RUN_FAILURE_REASONS.get(reason, reason)
+    stopped = {ti.task_id: f"stopped: the run {why}"} if reason == "timed_out" and ti is not None else {}
+    page = finish_failed_run(
+        run["lake_dir"],
+        run["business_date"],
+        context["run_id"],
+        task_states(context["dag"].dag_id, context["run_id"]),
+        reason=why,
+        stopped=stopped,
+    )
+    log.error("credit_nightly: run %s failed (%s); run report: %s", context["run_id"], why, page)
 
 
 def notify_failure(context: Any) -> None:
@@ -85,10 +152,10 @@ def notify_failure(context: Any) -> None:
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
-    run = ti.xcom_pull(task_ids="plan") if ti is not None and task_id != "plan" else None
-    if run:
+    if task_id is not None:
         from pipelines.report import record_failure
 
+        run = plan_of(context)
         record_failure(run["lake_dir"], run["business_date"], context["run_id"], task_id, error)
     log.error(
         "credit_nightly: task %s failed in run %s: %s: %s",
@@ -126,7 +193,8 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     max_active_runs=1,
     tags=["credit", "nightly"],
     doc_md=__doc__,
-    dagrun_timeout=timedelta(minutes=NIGHTLY["run_timeout_minutes"]),
+    dagrun_timeout=RUN_TIMEOUT,
+    on_failure_callback=report_failed_run,
     default_args={
         "owner": NIGHTLY["owner"],
         "on_failure_callback": notify_failure,
@@ -140,7 +208,7 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
             description="folder of the file-drop sources and default SQLite databases",
         ),
         "lake_dir": Param(
-            os.environ.get("CREDIT_LAKE") or str(REPO / "data" / "lake"),
+            str(airflow_lake()),
             type="string",
             description="lake folder: raw, staged, accepted, quarantine, published",
         ),
@@ -157,22 +225,15 @@ def credit_nightly() -> None:
     def plan(**context: Any) -> dict[str, str]:
         """Fix the business date once: the run at 02:00 on day X processes day X - 1 (Asia/Shanghai),
         unless the `business_date` param says otherwise; the date's report now says "running"."""
-        params = context["params"]
-        business_date = params.get("business_date")
-        if not business_date:
-            run_time = context.get("logical_date") or context["dag_run"].run_after
-            business_date = (
-                pendulum.instance(run_time).in_timezone(TIMEZONE).subtract(days=1).date().isoformat()
-            )
+        run = plan_of(context)
         if "run_id" in context:  # a real run (not a unit test calling the function)
             from pipelines.report import start_run
 
-            start_run(params["lake_dir"], business_date, context["run_id"])
-        return {
-            "business_date": business_date,
-            "sources_dir": params["sources_dir"],
-            "lake_dir": params["lake_dir"],
-        }
+            start_run(run["lake_dir"], run["business_date"], context["run_id"])
+        if not Path(run["sources_dir"]).is_dir():
+            # a wrong folder is no source outage: fail at once rather than retry every extract
+            raise AirflowFailException(f"sources_dir {run['sources_dir']}: no such folder")
+        return run
 
     @task(
         retries=3,
@@ -265,19 +326,19 @@ def credit_nightly() -> None:
         return result
 
     @task(retries=0, execution_timeout=task_timeout("report"))
-    def report(run: dict[str, str], **context: Any) -> str:
+    def report(run: dict[str, str] | None, **context: Any) -> str:
         """Write the run's report, failed or not: every task's state and what failed, where and why
-        (the run's teardown: it runs whatever happened upstream and does not decide the run's state)."""
+        (the run's teardown: it runs whatever happened upstream and does not decide the run's state;
+        after a failed `plan` it works out the run's date and folders itself)."""
         from pipelines.report import finish_run
 
+        run = run or plan_of(context)
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]]).get(context["run_id"], {})
         states = {t: str(getattr(s, "value", s)) for t, s in states.items() if t != ti.task_id}
         page = finish_run(run["lake_dir"], run["business_date"], context["run_id"], states)
-        url = page.resolve().as_uri()
-        ti.xcom_push(key=REPORT_URL_KEY, value=url)
-        log.info("run report: %s", url)
-        return url
+        log.info("run report: %s (the Run report button opens it)", page.resolve())
+        return str(page.resolve())
 
     run = plan()
     validated = []
@@ -290,7 +351,8 @@ def credit_nightly() -> None:
     resolved = resolve_entities(run, validated)
     published = publish(run, validate_profiles(run, build_profiles(run, explain_links(run, resolved))))
     reported = report(run)
-    reported.operator.operator_extra_links = [RunReportLink()]
+    for planned_or_reported in (run, reported):
+        planned_or_reported.operator.operator_extra_links = [RunReportLink()]
     [*validated, published] >> reported.as_teardown()
 
 

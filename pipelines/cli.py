@@ -273,7 +273,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     frame = select_profiles(
         version_dir / "profiles", grades=args.grade, lists=args.list, divisions=args.division
     )
-    rows = export_profiles(frame, Path(args.out))
+    rows = export_profiles(frame, Path(args.out), header=args.header)
     version = version_dir.resolve().name
     emit(
         args,
@@ -424,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
     )
     ex.add_argument("--version", default=None, help="a published version instead of current")
+    from pipelines.export import HEADERS
+
+    ex.add_argument(
+        "--header",
+        choices=HEADERS,
+        default=HEADERS[0],
+        help="column headers: labels, the data dictionary's Chinese label and unit with shares in %% "
+        "(贷款金额（元）), for people; names, the column names and values as published "
+        "(lending_amount), for scripts",
+    )
     add_json_option(ex)
     ex.set_defaults(func=cmd_export)
 

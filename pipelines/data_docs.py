@@ -122,7 +122,8 @@ def _found(outcome: dict[str, Any]) -> str:
             )
         return found
     if "observed_value" in result:
-        return "observed " + json.dumps(result["observed_value"], ensure_ascii=False, default=str)[:300]
+        observed = json.dumps(result["observed_value"], ensure_ascii=False, default=str)
+        return "observed " + (observed if len(observed) <= 300 else observed[:300] + " … (shortened)")
     return ""
 
 

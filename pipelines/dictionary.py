@@ -22,7 +22,7 @@ from pipelines.settings import config_path
 
 #: the dictionary's file name under config/ (CREDIT_PROFILE_COLUMNS_CONFIG points elsewhere)
 COLUMNS_FILE = "profile_columns.toml"
-_COLUMN_KEYS = {"label", "label_en", "unit", "ratio", "description", "domain"}
+_COLUMN_KEYS = {"label", "label_en", "unit", "ratio", "description", "domain", "values"}
 _DOMAIN_KEYS = {"label", "label_en"}
 _RECORD_TYPE_KEYS = {"label", "label_en", "reference"}
 _EVIDENCE_KEYS = {"label", "label_en", "unit", "description"}
@@ -43,6 +43,7 @@ class Column:
     unit: str | None = None
     ratio: bool = False  # a share 0-1, shown as a percentage
     domain: str | None = None  # a source domain of config/disclosure.toml
+    values: dict[str, str] | None = None  # a coded value -> the words a page shows for it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,11 @@
 
 List columns (reasons, former names, lists) are joined into readable text; nested provenance is
 written as JSON text, so every cell opens in a spreadsheet.
+
+Headers are for the reader: by default (``labels``) each column is headed by its label and unit
+from the data dictionary (config/profile_columns.toml, ``pipelines.dictionary``), 贷款金额（元）,
+and shares 0-1 are shown as percentages; ``names`` keeps the column names and values as published
+(lending_amount), for scripts.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from pathlib import Path
 
 import polars as pl
 
+from pipelines.dictionary import Column, load_columns
 from pipelines.lake import atomic_path
 from pipelines.profiles import list_labels
 
 #: the lists a profile can be on, as config/grading.toml defines them
 LIST_NAMES = tuple(list_labels())
+#: --header: the data dictionary's labels and units (for people), or the column names (for scripts)
+HEADERS = ("labels", "names")
 
 
 def select_profiles(
@@ -62,9 +70,32 @@ def money_formats(frame: pl.DataFrame) -> dict[str, str]:
     }
 
 
-def export_profiles(frame: pl.DataFrame, target: Path) -> int:
-    """Write ``frame`` to ``target`` (.csv, UTF-8 with BOM for Excel, or .xlsx) atomically."""
+def header_label(column: Column) -> str:
+    """贷款金额（元）: the column's label and unit (a share 0-1 is shown in %)."""
+    unit = "%" if column.ratio else column.unit
+    return f"{column.label}（{unit}）" if unit else column.label
+
+
+def for_people(frame: pl.DataFrame, columns: dict[str, Column] | None = None) -> pl.DataFrame:
+    """Headers from the data dictionary, shares as percentages; a column the dictionary does not
+    describe keeps its name."""
+    columns = load_columns() if columns is None else columns
+    shares = [n for n in frame.columns if n in columns and columns[n].ratio]
+    headers = {n: header_label(columns[n]) if n in columns else n for n in frame.columns}
+    clashes = sorted(h for h in set(headers.values()) if list(headers.values()).count(h) > 1)
+    if clashes:
+        raise ValueError(f"config/profile_columns.toml: columns share the header(s) {clashes}")
+    return frame.with_columns((pl.col(n) * 100).round(2) for n in shares).rename(headers)
+
+
+def export_profiles(frame: pl.DataFrame, target: Path, header: str = "labels") -> int:
+    """Write ``frame`` to ``target`` (.csv, UTF-8 with BOM for Excel, or .xlsx) atomically, headed
+    as ``header`` (one of HEADERS) says."""
+    if header not in HEADERS:
+        raise ValueError(f"unknown header {header!r}; expected one of {', '.join(HEADERS)}")
     flat = flatten(frame)
+    if header == "labels":
+        flat = for_people(flat)
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".xlsx"):
         raise ValueError(f"export target must end in .csv or .xlsx, not {target.name!r}")

@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.data_docs import build_site, site_index
+from pipelines.dictionary import load_columns
 from pipelines.lake import Lake, atomic_path, write_json
 from pipelines.sources import load_sources
 
@@ -38,21 +39,33 @@ NOT_DONE = ("failed", "upstream_failed", "skipped", "removed")
 _COLOURS = ("#2f6fb0", "#3a9d5d", "#d0793a", "#8e5bb5", "#c44e52", "#7f7f7f")
 
 
+#: the label column of a bar chart (px) and the width of one character of its 12px labels: a label
+#: that would run into its bar is put on a line of its own above the bar instead
+_LABEL_WIDTH, _CHAR_WIDTH, _WIDE_CHAR_WIDTH = 320, 6.8, 12.5
+
+
+def _text_width(text: str) -> float:
+    return sum(_WIDE_CHAR_WIDTH if ord(c) > 0x2E80 else _CHAR_WIDTH for c in text)
+
+
 def _bars(title: str, rows: list[tuple[str, float]], unit: str = "", colour: str = _COLOURS[0]) -> str:
     """A horizontal bar chart as inline SVG (label, value) -> one bar each."""
     if not rows:
         return f"<section><h2>{html.escape(title)}</h2><p class='none'>nothing to show</p></section>"
     top = max(v for _, v in rows) or 1
-    height = 24 * len(rows) + 8
+    stacked = max(_text_width(label) for label, _ in rows) > _LABEL_WIDTH
+    bar_x, step = (0, 40) if stacked else (_LABEL_WIDTH + 10, 24)
+    height = step * len(rows) + 8
     bars = []
     for i, (label, value) in enumerate(rows):
-        width = 420 * value / top
-        y = 4 + 24 * i
+        width = (760 if stacked else 420) * value / top
+        y = 4 + step * i + (16 if stacked else 0)
+        label_y = y - 4 if stacked else y + 15
         bars.append(
-            f"<text x='0' y='{y + 15}' class='label'>{html.escape(label[:60])}</text>"
-            f"<rect x='330' y='{y}' width='{width:.1f}' height='18' fill='{colour}'><title>{html.escape(label)}: "
-            f"{value:,.0f}{unit}</title></rect>"
-            f"<text x='{336 + width:.1f}' y='{y + 15}' class='value'>{value:,.0f}{unit}</text>"
+            f"<text x='0' y='{label_y}' class='label'>{html.escape(label[:120])}</text>"
+            f"<rect x='{bar_x}' y='{y}' width='{width:.1f}' height='18' fill='{colour}'><title>"
+            f"{html.escape(label)}: {value:,.0f}{unit}</title></rect>"
+            f"<text x='{bar_x + 6 + width:.1f}' y='{y + 15}' class='value'>{value:,.0f}{unit}</text>"
         )
     return (
         f"<section><h2>{html.escape(title)}</h2><svg role='img' aria-label='{html.escape(title)}' "
@@ -60,9 +73,16 @@ def _bars(title: str, rows: list[tuple[str, float]], unit: str = "", colour: str
     )
 
 
+def _cell(value: Any) -> str:
+    """A table cell's text: counts with thousands separators, as the charts show them."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<section><h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table></section>"
 
 
@@ -105,16 +125,21 @@ def start_run(lake_dir: str | Path, business_date: str, run_id: str) -> Path:
     earlier = _read_json(lake.reports / RUN_RECORD)
     if earlier.get("run_id") != run_id:
         for folder in STAGE_RECORDS:
-            shutil.rmtree(lake.reports / folder, ignore_errors=True)
+            if folder != FAILURES_DIR:
+                shutil.rmtree(lake.reports / folder, ignore_errors=True)
+        # a failure of this run recorded before its record was started (`plan` failing) stays
+        for failure in (lake.reports / FAILURES_DIR).glob("*.json"):
+            if _read_json(failure).get("run_id") != run_id:
+                failure.unlink()
         (lake.reports / "summary.json").unlink(missing_ok=True)
     write_json({"run_id": run_id, "state": "running", "started": _now()}, lake.reports / RUN_RECORD)
     return build_run_report(lake.root, business_date)
 
 
 def record_failure(
-    lake_dir: str | Path, business_date: str, run_id: str, task_id: str, error: BaseException
+    lake_dir: str | Path, business_date: str, run_id: str, task_id: str, error: BaseException | str
 ) -> None:
-    """Keep what failed, where and why, for the run report (called by the DAG's failure callback)."""
+    """Keep what failed, where and why, for the run report (called by the DAG's failure callbacks)."""
     stage, source = split_task_id(task_id)
     write_json(
         {
@@ -122,28 +147,63 @@ def record_failure(
             "task_id": task_id,
             "stage": stage,
             "source": source,
-            "error": f"{type(error).__name__}: {error}",
+            "error": error if isinstance(error, str) else f"{type(error).__name__}: {error}",
             "at": _now(),
         },
         Lake(Path(lake_dir), business_date).reports / FAILURES_DIR / f"{task_id}.json",
     )
 
 
-def finish_run(lake_dir: str | Path, business_date: str, run_id: str, task_states: dict[str, str]) -> Path:
+def finish_run(
+    lake_dir: str | Path,
+    business_date: str,
+    run_id: str,
+    task_states: dict[str, str],
+    reason: str | None = None,
+) -> Path:
     """The run is over (its last task runs whatever failed): record every task's state and write
-    the final report and the Data Docs site."""
+    the final report and the Data Docs site. ``reason`` says why Airflow failed the run as a whole
+    (a timed-out run fails with no failed task)."""
     lake = Lake(Path(lake_dir), business_date)
     failed = sorted(t for t, s in task_states.items() if s in ("failed", "upstream_failed"))
+    if _read_json(lake.reports / RUN_RECORD).get("run_id") != run_id:
+        start_run(lake_dir, business_date, run_id)  # `plan` failed before it could
     record = _read_json(lake.reports / RUN_RECORD)
     record.update(
         run_id=run_id,
-        state="failed" if failed else "success",
+        state="failed" if failed or reason else "success",
         finished=_now(),
         tasks=dict(sorted(task_states.items())),
     )
+    if reason:
+        record["reason"] = reason
     write_json(record, lake.reports / RUN_RECORD)
     build_site(lake.root / "reports")
     return build_run_report(lake.root, business_date)
+
+
+def finish_failed_run(
+    lake_dir: str | Path,
+    business_date: str,
+    run_id: str,
+    task_states: dict[str, str],
+    reason: str,
+    stopped: dict[str, str] | None = None,
+) -> Path:
+    """Airflow failed the run (the DAG's failure callback): make sure its report says so.
+
+    The `report` task did not run, or did not finish, when the run hit its timeout (Airflow skips
+    what is unfinished): then this writes the final report. A report the `report` task already
+    finished for this run only gains the reason. ``stopped`` is {task id: why} for the tasks the run's end cut short."""
+    lake = Lake(Path(lake_dir), business_date)
+    record = _read_json(lake.reports / RUN_RECORD)
+    if record.get("run_id") == run_id and record.get("state") in ("failed", "success") and not stopped:
+        record.update(state="failed", reason=reason)
+        write_json(record, lake.reports / RUN_RECORD)
+        return build_run_report(lake.root, business_date)
+    for task_id, why in (stopped or {}).items():
+        record_failure(lake_dir, business_date, run_id, task_id, why)
+    return finish_run(lake_dir, business_date, run_id, task_states, reason=reason)
 
 
 def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> list[str]:
@@ -158,6 +218,8 @@ def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> l
     published = bool(summary.get("published"))
     state = run.get("state") or ("success" if published else "failed")
     finished = f" at {html.escape(str(run['finished']))}" if run.get("finished") else ""
+    if run.get("reason"):
+        finished += f" ({html.escape(str(run['reason']))})"
     sections = [
         f"<p class='status {'ok' if published else 'bad'}'>Business date {lake.business_date}: "
         f"<b>{'published' if published else 'NOT published'}</b>; run <b>{run_id}</b> {html.escape(state)}"
@@ -169,7 +231,8 @@ def _run_sections(lake: Lake, run: dict[str, Any], summary: dict[str, Any]) -> l
     failures = {
         f["task_id"]: f
         for f in (_read_json(p) for p in sorted((lake.reports / FAILURES_DIR).glob("*.json")))
-        if f.get("run_id") == run.get("run_id") and tasks.get(f.get("task_id")) in (None, "failed")
+        # a task that failed and then succeeded on a retry or a re-run is no failure of this run
+        if f.get("run_id") == run.get("run_id") and tasks.get(f.get("task_id")) != "success"
     }
     failed = sorted(set(failures) | {t for t, s in tasks.items() if s == "failed"})
     if failed:
@@ -274,11 +337,25 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
             )
         )
     if books.get("totals"):
+        columns = load_columns()  # a total is named after the profile column it sums: its unit
+
+        def amount(name: str, value: float) -> str:
+            unit = columns[name].unit if name in columns else None
+            return f"{value:,.2f}" if unit == "元" or not float(value).is_integer() else f"{value:,.0f}"
+
         sections.append(
             _table(
                 "Reconciliation: accepted records against published profiles",
-                ["total", "accepted records", "profiles"],
-                [[k, f"{v['records']:,.2f}", f"{v['profiles']:,.2f}"] for k, v in books["totals"].items()],
+                ["total", "unit", "accepted records", "profiles"],
+                [
+                    [
+                        k,
+                        columns[k].unit if k in columns else "",
+                        amount(k, v["records"]),
+                        amount(k, v["profiles"]),
+                    ]
+                    for k, v in books["totals"].items()
+                ],
             )
         )
     docs = site_index(lake.root / "reports")

@@ -24,6 +24,8 @@ EXPECTATIONS_ENV = "CREDIT_EXPECTATIONS_DIR"
 #: relative on purpose: `credit` works in the current folder, from a checkout or an installed wheel
 DEFAULT_SOURCES = Path("data") / "sources"
 DEFAULT_LAKE = Path("data") / "lake"
+#: the lake the Airflow deployment's DAG writes by default and its run-report pages serve
+AIRFLOW_LAKE_ENV = "CREDIT_LAKE"
 
 
 def bundled_folder(name: str) -> Path:
@@ -52,6 +54,11 @@ def config_path(file_name: str) -> Path:
     if not Path(override).is_file():
         raise FileNotFoundError(f"{variable}={override}: no such settings file")
     return Path(override)
+
+
+def airflow_lake() -> Path:
+    """The Airflow deployment's lake: CREDIT_LAKE, else the checkout's data/lake (read at call time)."""
+    return Path(os.environ.get(AIRFLOW_LAKE_ENV) or REPO_ROOT / DEFAULT_LAKE)
 
 
 def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:

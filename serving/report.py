@@ -143,7 +143,7 @@ def value_text(value: Any, column: Column | None) -> str:
     elif isinstance(value, date | datetime):
         text = value.strftime("%Y-%m-%d")
     else:
-        text = str(value)
+        text = (column.values or {}).get(value, str(value)) if column else str(value)
     return f"{text} {unit}" if unit else text
 
 
@@ -394,18 +394,14 @@ def timeline_svg(report: FirmReport) -> str:
                 )
             )
     axis_y = height - 14
-    for tick in sorted({start, end, *(date(year, 1, 1) for year in range(start.year + 1, end.year + 1))}):
-        if (tick - start).days < 0:
-            continue
-        parts.append(
-            _tag(
-                "text",
-                tick.strftime("%Y-%m") if tick in (start, end) else str(tick.year),
-                x=x(tick),
-                y=axis_y,
-                text_anchor="middle",
-            )
-        )
+    # the first and last day as year-month, aligned inwards so that neither is cut at the edge; a
+    # year between them only where it does not run into them
+    parts.append(_tag("text", start.strftime("%Y-%m"), x=x(start), y=axis_y, text_anchor="start"))
+    parts.append(_tag("text", end.strftime("%Y-%m"), x=x(end), y=axis_y, text_anchor="end"))
+    for year in range(start.year + 1, end.year + 1):
+        tick = x(date(year, 1, 1))
+        if tick - x(start) > 70 and x(end) - tick > 70:
+            parts.append(_tag("text", str(year), x=tick, y=axis_y, text_anchor="middle"))
     return _tag(
         "svg",
         "".join(parts),

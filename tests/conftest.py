@@ -69,6 +69,17 @@ def postgres_url() -> str:
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: where the tests leave the screenshots of the pages people look at (git-ignored), to be looked at
+SCREENSHOTS = REPO / "tests" / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """The screenshot folder: tests/artifacts/screenshots, or the one CREDIT_SCREENSHOTS names."""
+    folder = Path(os.environ.get("CREDIT_SCREENSHOTS") or SCREENSHOTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots under {folder}")
+    return folder
 
 
 @pytest.fixture(scope="module")

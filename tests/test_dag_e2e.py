@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from datetime import date, datetime
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -30,16 +34,46 @@ def run_report(lake: Path, business_date: str = BUSINESS_DATE) -> str:
     return (lake / "reports" / business_date / "report.html").read_text("utf-8")
 
 
-def report_link(run) -> str:  # noqa: ANN001 - an Airflow DagRun
-    """What the "Run report" button of the run's `report` task opens (the XCom the UI reads)."""
+#: what the "Run report" button opens, relative to the Airflow API server (serving/run_reports.py)
+REPORT_LINK = f"/credit-nightly/reports/{BUSINESS_DATE}/report.html"
+
+
+def report_link(run, task_id: str = "report") -> str:  # noqa: ANN001 - an Airflow DagRun
+    """What the "Run report" button of the run's task opens (the XCom the UI reads)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         query = XComModel.get_many(
-            run_id=run.run_id, dag_ids=run.dag_id, task_ids="report", key="_link_RunReportLink"
+            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="_link_RunReportLink"
         )
         return XComModel.deserialize_value(session.scalars(query).one())
+
+
+@contextmanager
+def dag_processor_supervisor() -> Iterator[None]:
+    """What the DAG processor gives a DAG callback in production: a supervisor that answers its
+    questions (the run's task states) from the metadata database, through the execution API.
+    `dag.test()` runs DAG callbacks without one; this is Airflow's own in-process supervisor, the one
+    `dag.test()` gives each task."""
+    import psutil
+    import structlog
+    from airflow.sdk.execution_time.supervisor import (
+        InProcessSupervisorComms,
+        InProcessTestSupervisor,
+        set_supervisor_comms,
+    )
+
+    supervisor = InProcessTestSupervisor(
+        id=uuid.uuid4(),
+        pid=os.getpid(),
+        process=psutil.Process(),
+        process_log=structlog.get_logger(logger_name="dag-processor").bind(),
+        client=InProcessTestSupervisor._api_client(),
+    )
+    supervisor.comms = InProcessSupervisorComms(supervisor=supervisor)
+    with set_supervisor_comms(supervisor.comms):
+        yield
 
 
 def load_dag():
@@ -98,7 +132,7 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(
     page = run_report(lake)
     assert f"run <b>{run.run_id}</b> success" in page and "<b>published</b>" in page
     assert "What failed" not in page
-    assert report_link(run) == (lake / "reports" / BUSINESS_DATE / "report.html").resolve().as_uri()
+    assert report_link(run) == report_link(run, "plan") == REPORT_LINK
     current = lake / "published" / "current"
     assert current.resolve().name.startswith(f"{BUSINESS_DATE}_")
     profiles = pl.read_parquet(current / "profiles" / "*.parquet")
@@ -121,7 +155,7 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(
     # the publish task's log links the run report and the GX Data Docs
     report = lake / "reports" / BUSINESS_DATE / "report.html"
     output = "".join(capfd.readouterr()) + caplog.text
-    assert f"run report: {report.resolve().as_uri()}" in output
+    assert f"run report: {report.resolve()}" in output
     assert "Great Expectations Data Docs: file://" in output
     assert "Skipping registering" not in output  # GX's import noise is kept out of the task logs
 
@@ -146,7 +180,8 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
     for task in dag.tasks:  # retries would only make the test wait
         task.retries = 0
     # no business_date in the conf: the run at 02:00 on 24 Nov derives 23 Nov
-    run = dag.test(logical_date=RUN_AT, run_conf={"sources_dir": str(broken), "lake_dir": str(lake)})
+    with dag_processor_supervisor():
+        run = dag.test(logical_date=RUN_AT, run_conf={"sources_dir": str(broken), "lake_dir": str(lake)})
     task_states = states(run)
     assert state(run) == "failed"
     assert {task for task, s in task_states.items() if s == "failed"} == {"contract.extract"}
@@ -169,7 +204,9 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
     )
     assert "<tr><td>contract.validate</td><td>upstream_failed</td></tr>" in page
     assert "<tr><td>contract</td><td>None</td>" not in page and "not validated in this run" in page
-    assert report_link(run).endswith(f"/reports/{BUSINESS_DATE}/report.html")
+    assert report_link(run) == REPORT_LINK
+    # the DAG's failure callback adds why Airflow failed the run
+    assert "failed at " in page and "(a task failed)" in page
 
 
 def test_a_held_back_source_shows_its_check_skipped_and_the_night_still_publishes(
@@ -199,3 +236,91 @@ def test_a_held_back_source_shows_its_check_skipped_and_the_night_still_publishe
     page = run_report(lake)
     assert "<tr><td>violations.check</td><td>skipped</td></tr>" in page
     assert "stale (last good snapshot)" in page and "schema drift" in page
+
+
+def test_a_failed_plan_still_writes_the_report(airflow_db: Path, tmp_path: Path) -> None:
+    """`plan` fails (a sources folder that is not there): nothing but the `report` teardown runs,
+    without `plan`'s result (it crashed on that before), and writes the report naming `plan` and
+    its error; the DAG's failure callback adds why Airflow failed the run."""
+    lake = tmp_path / "lake"
+    nowhere = tmp_path / "no-such-sources"
+    with dag_processor_supervisor():
+        run = load_dag().test(
+            logical_date=RUN_AT,
+            run_conf={"sources_dir": str(nowhere), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+        )
+    task_states = states(run)
+    assert state(run) == "failed"
+    assert task_states["plan"] == "failed"
+    assert task_states["report"] == "success" and task_states["publish"] == "upstream_failed"
+    page = run_report(lake)
+    assert f"run <b>{run.run_id}</b> failed" in page and "<b>NOT published</b>" in page
+    assert "(a task failed)" in page
+    assert (
+        "<tr><td>plan</td><td>plan</td><td>(all sources)</td>"
+        f"<td>AirflowFailException: sources_dir {nowhere}: no such folder</td></tr>" in page
+    )
+    assert "<tr><td>publish</td><td>upstream_failed</td></tr>" in page
+    assert (
+        report_link(run, "plan") == report_link(run) == REPORT_LINK
+    )  # the button is there on the failed `plan`
+
+
+def test_a_timed_out_run_writes_the_report_naming_the_task_it_stopped(
+    airflow_db: Path, sources: Path, tmp_path: Path
+) -> None:
+    """A run still going after its dagrun_timeout: Airflow's scheduler fails it and skips every
+    unfinished task, the `report` teardown included; the DAG processor runs the DAG's failure
+    callback, which writes the report. The night is a real run whose `plan` and extracts ran; the
+    task still running is set so in the database (a test cannot wait hours), then the scheduler's
+    own timeout step and the DAG processor's own callback step run on it."""
+    import structlog
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.processor import _execute_dag_callbacks
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    lake = tmp_path / "lake"
+    dag = load_dag()
+    # plan and the extracts run for real; the rest is only marked done, to be rolled back below
+    run = dag.test(
+        logical_date=RUN_AT,
+        run_conf={"sources_dir": str(sources), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+        mark_success_pattern=r"(?!plan$)(?!.*\.extract$).*",
+    )
+    stuck = "resolve_entities"
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.run_id == run.run_id))
+        for ti in session.scalars(select(TaskInstance).where(TaskInstance.run_id == run.run_id)):
+            if ti.task_id == stuck:
+                ti.state, ti.end_date = TaskInstanceState.RUNNING, None
+            elif ti.task_id == "plan" or ti.task_id.endswith(".extract"):
+                continue
+            elif ti.task_id.split(".")[-1] in ("check", "standardise", "validate"):
+                continue  # done before the stuck task
+            else:
+                ti.state, ti.start_date, ti.end_date = None, None, None
+        dag_run.state = DagRunState.RUNNING
+        dag_run.end_date = None
+        dag_run.start_date = datetime.now(tz=ZoneInfo("UTC")) - dag.dagrun_timeout - timedelta(minutes=1)
+        session.commit()
+        request = SchedulerJobRunner(job=Job())._schedule_dag_run(dag_run, session=session)
+        session.commit()
+    assert request is not None and request.msg == "timed_out"
+    with dag_processor_supervisor():
+        _execute_dag_callbacks(DagBag(dag_folder=str(REPO / "dags")), request, structlog.get_logger())
+    task_states = states(run)
+    assert task_states[stuck] == task_states["report"] == task_states["publish"] == "skipped"
+    page = run_report(lake)
+    assert f"run <b>{run.run_id}</b> failed" in page and "<b>NOT published</b>" in page
+    assert "(timed out: still running after its dagrun_timeout of 6:00:00)" in page
+    assert (
+        f"<tr><td>{stuck}</td><td>{stuck}</td><td>(all sources)</td>"
+        "<td>stopped: the run timed out: still running after its dagrun_timeout of 6:00:00</td></tr>" in page
+    )
+    assert "<tr><td>report</td><td>skipped</td></tr>" in page

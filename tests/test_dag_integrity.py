@@ -95,6 +95,9 @@ def test_tasks_present_and_ordered(dag) -> None:
     assert report.is_teardown and not report.on_failure_fail_dagrun
     assert report.upstream_task_ids == {"plan", "publish", *(f"{s}.validate" for s in SOURCES)}
     assert [link.name for link in report.operator_extra_links] == ["Run report"]
+    # the run's first task has the button too: a run that never reaches `report` has its report
+    assert [link.name for link in dag.get_task("plan").operator_extra_links] == ["Run report"]
+    assert dag.has_on_failure_callback  # it writes the report when `report` never ran
     # a held-back source skips its check; what follows still runs to carry its snapshot forward
     for source in SOURCES:
         assert dag.get_task(f"{source}.standardise").trigger_rule == "none_failed"
@@ -129,14 +132,25 @@ def test_publish_emits_the_profiles_asset(dag) -> None:
         (datetime(2026, 11, 23, 18, 0, tzinfo=UTC), "2026-10-01", "2026-10-01"),  # the param wins
     ],
 )
-def test_business_date_is_the_previous_day_in_shanghai(dag, run_after, conf_date, expected) -> None:
+def test_business_date_is_the_previous_day_in_shanghai(
+    dag, run_after, conf_date, expected, tmp_path: Path
+) -> None:
     plan = dag.get_task("plan").python_callable
-    params = {"sources_dir": "/s", "lake_dir": "/l", "business_date": conf_date}
+    params = {"sources_dir": str(tmp_path), "lake_dir": "/l", "business_date": conf_date}
     assert plan(params=params, logical_date=run_after) == {
         "business_date": expected,
-        "sources_dir": "/s",
+        "sources_dir": str(tmp_path),
         "lake_dir": "/l",
     }
+
+
+def test_a_sources_folder_that_does_not_exist_fails_the_plan_at_once(dag, tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    plan = dag.get_task("plan").python_callable
+    params = {"sources_dir": str(tmp_path / "nowhere"), "lake_dir": "/l", "business_date": "2026-11-23"}
+    with pytest.raises(AirflowFailException, match="nowhere: no such folder"):
+        plan(params=params, logical_date=datetime(2026, 11, 23, 18, 0, tzinfo=UTC))
 
 
 def test_no_heavy_imports_at_the_top_of_the_dag_file() -> None:

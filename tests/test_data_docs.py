@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import sqlite3
 from datetime import date
@@ -91,11 +90,10 @@ def test_nothing_references_an_external_url(lake: Path) -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_pages_render_offline_in_chromium(lake: Path, browser, tmp_path: Path) -> None:  # noqa: ANN001
+def test_pages_render_offline_in_chromium(lake: Path, browser, screenshots: Path) -> None:  # noqa: ANN001
     """Styled and complete with nothing but the files: every request the pages make is a file://
-    one. CREDIT_SCREENSHOTS=<folder> keeps the screenshots."""
-    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    one. The screenshots stay in tests/artifacts/screenshots (conftest.py)."""
+    shots = screenshots
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))

@@ -93,3 +93,13 @@ def test_reference_is_the_case_number_for_court_records_and_the_record_id_otherw
         "市监罚〔2026〕1号",
         "C3",
     ]
+
+
+def test_every_entity_type_the_profiles_make_has_words_for_the_pages():
+    from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON
+    from serving.report import value_text
+
+    column = load_columns()["entity_type"]
+    made = {*ENTITY_TYPES.values(), NATURAL_PERSON, "other"}
+    assert made <= set(column.values or {}), made - set(column.values or {})
+    assert value_text("individual business", column) == "个体工商户"

@@ -145,10 +145,8 @@ def test_cli_export_slices_to_csv_and_excel(
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
     expected = profiles.filter((pl.col("grade") == "D") & pl.col("division").str.starts_with("3302"))
     target = tmp_path / "d.csv"
-    assert (
-        credit(["export", "--lake", str(lake), "--out", str(target), "--grade", "D", "--division", "3302"])
-        == 0
-    )
+    slice_options = ["--grade", "D", "--division", "3302", "--header", "names"]
+    assert credit(["export", "--lake", str(lake), "--out", str(target), *slice_options]) == 0
     exported = pl.read_csv(target, infer_schema=False)
     assert exported.height == expected.height > 0
     assert sorted(exported["entity_id"]) == sorted(expected["entity_id"])
@@ -159,6 +157,48 @@ def test_cli_export_slices_to_csv_and_excel(
     assert xlsx.read_bytes()[:2] == b"PK"  # an Office Open XML workbook
     assert credit(["export", "--lake", str(lake), "--out", str(tmp_path / "x.txt")]) == 1
     assert ".csv or .xlsx" in capsys.readouterr().err
+
+
+def test_export_headers_are_the_data_dictionarys_labels_unless_names_are_asked_for(
+    lake: Path, tmp_path: Path
+) -> None:
+    """By default a person gets 贷款金额（元） and shares in %; a script asks for --header names."""
+    import zipfile
+
+    from pipelines.dictionary import load_columns
+
+    columns = load_columns()
+    profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet").sort("entity_id")
+    labelled, named = tmp_path / "labels.csv", tmp_path / "names.csv"
+    assert credit(["export", "--lake", str(lake), "--out", str(labelled)]) == 0
+    assert credit(["export", "--lake", str(lake), "--out", str(named), "--header", "names"]) == 0
+    by_label = pl.read_csv(labelled, infer_schema=False)
+    by_name = pl.read_csv(named, infer_schema=False)
+    assert by_name.columns == profiles.columns  # what scripts read, as before
+    # the same columns in the same order, each headed by its label and unit from the dictionary
+    expected = []
+    for name in profiles.columns:
+        column = columns[name]
+        unit = "%" if column.ratio else column.unit
+        expected.append(f"{column.label}（{unit}）" if unit else column.label)
+    assert by_label.columns == expected
+    assert {"主体标识", "统一社会信用代码", "贷款金额（元）", "参保人数（人）", "欠缴月数（月）"} <= set(
+        by_label.columns
+    )
+    assert by_label["主体标识"].to_list() == by_name["entity_id"].to_list()
+    assert by_label["贷款金额（元）"].to_list() == by_name["lending_amount"].to_list()  # money as published
+    # a share 0-1 is shown as a percentage under its "%" header
+    share = next(n for n in profiles.columns if columns[n].ratio)
+    as_published = by_name[share].cast(pl.Float64)
+    in_percent = by_label[f"{columns[share].label}（%）"].cast(pl.Float64)
+    assert ((in_percent - as_published * 100).abs().fill_null(0) < 0.006).all()
+    assert (as_published.fill_null(0) <= 1).all() and (in_percent.fill_null(0) > 1).any()
+    # the workbook's header row too
+    xlsx = tmp_path / "labels.xlsx"
+    assert credit(["export", "--lake", str(lake), "--out", str(xlsx), "--grade", "D"]) == 0
+    with zipfile.ZipFile(xlsx) as book:
+        cells = book.read("xl/sharedStrings.xml").decode("utf-8")
+    assert "贷款金额（元）" in cells and "lending_amount" not in cells
 
 
 def test_each_run_leaves_a_report_and_data_docs(lake: Path) -> None:

@@ -184,7 +184,7 @@ def test_service_and_export_show_money_exactly(lake: Path, tmp_path: Path) -> No
             exact = json.loads(reply.text, parse_float=Decimal)["profile"]
             assert exact["lending_amount"] == firm["lending_amount"]
     out = tmp_path / "export.csv"
-    assert credit_main(["export", "--lake", str(lake), "--out", str(out)]) == 0
+    assert credit_main(["export", "--lake", str(lake), "--out", str(out), "--header", "names"]) == 0
     exported = pl.read_csv(out, infer_schema=False)
     row = exported.filter(pl.col("entity_id") == firm["entity_id"]).row(0, named=True)
     assert all(row[c] == str(firm[c]) for c in money_columns())

@@ -4,7 +4,6 @@ with poppler (pdftotext for its words, pdftoppm for how its first page looks).""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ TOOLS = ("chromium", "pdftotext", "pdftoppm")
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def lake(tmp_path_factory: pytest.TempPathFactory, screenshots: Path) -> dict:
     missing = [tool for tool in TOOLS if not shutil.which(tool)]
     if missing:
         skip_or_fail(
@@ -30,10 +29,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("report")
     _, lake = build_lake(root, entities=400)
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
-    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
-    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"\nreport screenshots under {shots}")
+    shots = screenshots
     return {"lake": lake, "profiles": profiles, "shots": shots}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,13 +26,10 @@ def close_pages(browser):  # noqa: ANN001 - Playwright browser
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def site(tmp_path_factory: pytest.TempPathFactory, screenshots: Path) -> dict:
     root = tmp_path_factory.mktemp("pages")
     sources, lake = build_lake(root, entities=800)
-    # CREDIT_SCREENSHOTS keeps them somewhere pytest does not rotate away
-    shots = Path(os.environ.get("CREDIT_SCREENSHOTS") or root) / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"\npage screenshots under {shots}")
+    shots = screenshots
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)
     )
@@ -260,6 +256,17 @@ def test_firm_page_labels_units_records_and_the_grade_arithmetic(browser, site: 
     assert page.locator("#history svg .record-mark").count() >= len(
         {r for d in firm["deductions"] for r in d["records"]}
     )
+    # every label of the timeline lies inside the chart (the last date was cut at the edge) and no
+    # two axis labels overlap
+    boxes = page.eval_on_selector_all(
+        "#history svg text", "ts => ts.map(t => { const b = t.getBBox(); return [b.x, b.y, b.width] })"
+    )
+    width = float(page.get_attribute("#history svg", "width"))
+    assert all(x >= 0 and x + w <= width for x, _, w in boxes), (boxes, width)
+    axis = sorted((x, x + w) for x, y, w in boxes if y == max(b[1] for b in boxes))
+    assert all(right < left for (_, right), (left, _) in zip(axis, axis[1:], strict=False)), axis
+    # the page does not scroll sideways: the evidence table scrolls inside its own box
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(site["shots"] / "firm-page-regulator.png"), full_page=True)
 
 
