@@ -2,6 +2,12 @@
 printing wall time, records per second and peak memory (RSS) per stage.
 
     .venv/bin/python bench/bench_pipeline.py --entities 100000
+    .venv/bin/python bench/bench_pipeline.py --entities 100000 --incremental-nights 3
+
+With ``--incremental-nights N`` the data are spread over ``--days`` days (a night then changes about
+1/days of the records); one lake runs the night N days before ``--date`` in full and the N nights
+after it incrementally, another runs ``--date`` from scratch (the full rebuild). Both are timed per
+stage, and the two lakes' links are compared record by record.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ if name == "generate":
     from pathlib import Path
     from datetime import date
     from pipelines.generate import generate
-    result = generate(Path(args[0]), entities=args[1], seed=args[2], end_date=date.fromisoformat(args[3]))
+    result = generate(
+        Path(args[0]), entities=args[1], seed=args[2], end_date=date.fromisoformat(args[3]), days=args[4]
+    )
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "result": result}, default=str))
@@ -39,6 +47,135 @@ def run_stage(name: str, *args: object) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_night(
+    sources: Path, lake: Path, day: str, full_relink: bool = False
+) -> list[tuple[str, float, int, float]]:
+    """Every stage of one night, each in its own process: (stage, seconds, records, peak MB) rows."""
+    from pipelines.sources import source_names
+
+    rows: list[tuple[str, float, int, float]] = []
+    for stage in ("extract_source", "check_source", "standardise_source", "validate_source"):
+        for source in source_names():
+            call = (
+                (source, str(sources), str(lake), day)
+                if stage == "extract_source"
+                else (source, str(lake), day)
+            )
+            res = run_stage(stage, *call)
+            n = res["result"].get("rows", res["result"].get("extracted", 0))
+            if stage == "check_source":
+                n = json.loads((lake / "reports" / day / "extract" / f"{source}.json").read_text())["rows"]
+            rows.append((f"{stage.split('_')[0]} {source}", res["seconds"], n, res["peak_mb"]))
+    for stage, call in (
+        ("resolve_entities", (str(lake), day, full_relink)),
+        ("build_profiles", (str(lake), day)),
+        ("validate_profiles", (str(lake), day)),
+        ("publish", (str(lake), day, f"bench-{day}")),
+    ):
+        res = run_stage(stage, *call)
+        result = res["result"]
+        n = result.get("changed_records") or result.get("profiles") or result.get("rows") or 0
+        rows.append((stage, res["seconds"], int(n), res["peak_mb"]))
+    return rows
+
+
+def agreement(a: Path, b: Path) -> dict[str, float]:
+    """How far two lakes' published links agree: the share of records with the same entity id, and
+    the pairwise scores of one partition against the other (ids aside)."""
+    import polars as pl
+
+    from entity_resolution.evaluate import evaluate
+
+    first = pl.read_parquet(a / "published" / "current" / "links" / "*.parquet")
+    second = pl.read_parquet(b / "published" / "current" / "links" / "*.parquet")
+    both = first.join(second, on=["source", "source_record_id"], suffix="_full")
+    scores = evaluate(first, second.rename({"entity_id": "entity_key"}))
+    return {
+        "records": both.height,
+        "same_entity_id": round(float((both["entity_id"] == both["entity_id_full"]).mean()), 6),
+        "records_differing": int((both["entity_id"] != both["entity_id_full"]).sum()),
+        "pairwise_precision": scores.pairwise_precision,
+        "pairwise_recall": scores.pairwise_recall,
+        "pairwise_f1": scores.pairwise_f1,
+    }
+
+
+def print_rows(title: str, rows: list[tuple[str, float, int, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'stage':<28}{'seconds':>9}{'records':>12}{'records/s':>12}{'peak MB':>10}")
+    for name, seconds, n, peak in rows:
+        rate = n / seconds if seconds and n else 0
+        print(f"{name:<28}{seconds:>9.1f}{n:>12,}{rate:>12,.0f}{peak:>10,.0f}")
+    print(f"{'all stages':<28}{sum(r[1] for r in rows):>9.1f}")
+
+
+def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list, records: int) -> int:
+    """A chain of incremental nights ending at --date against a full rebuild of --date."""
+    import os
+    import tomllib
+    from datetime import date, timedelta
+
+    from pipelines.settings import config_env, config_path
+
+    # the chain is incremental every night (no weekly full re-link inside it)
+    settings = tomllib.loads(config_path("resolution.toml").read_text("utf-8"))
+    config = args.workdir / "resolution-no-weekly.toml"
+    config.write_text(f'spec = "{settings["spec"]}"\nfull_relink_weekdays = []\n', "utf-8")
+    os.environ[config_env("resolution.toml")] = str(config)
+    end = date.fromisoformat(args.date)
+    nights = [(end - timedelta(days=k)).isoformat() for k in range(args.incremental_nights, -1, -1)]
+    first = run_night(sources, lake, nights[0])
+    chain = []
+    for day in nights[1:]:
+        start = time.perf_counter()
+        chain.append((day, run_night(sources, lake, day), time.perf_counter() - start))
+    full_lake = lake.with_name(lake.name + "-full")
+    shutil.rmtree(full_lake, ignore_errors=True)
+    start = time.perf_counter()
+    full = run_night(sources, full_lake, args.date)
+    full_wall = time.perf_counter() - start
+    last_day, last, last_wall = chain[-1]
+    resolution = json.loads((lake / "reports" / last_day / "resolution" / "entities.json").read_text())
+    print(f"\nbenchmark: {args.entities:,} firms, {records:,} source records over {args.days} days, 2 cores")
+    print(f"machine reference (20M-addition Python loop): {machine_reference():.2f} s")
+    print_rows(f"first night {nights[0]} (full)", first)
+    for day, night, wall in chain:
+        print(f"incremental night {day}: {sum(r[1] for r in night):.1f} s in stages, {wall:.1f} s wall")
+    print_rows(
+        f"last incremental night {last_day}: {resolution['changed_records']:,} of {resolution['records']:,} "
+        f"records new or changed ({resolution['changed_records'] / resolution['records']:.1%}), "
+        f"{resolution['touched_entities']:,} entities touched",
+        last,
+    )
+    print_rows(f"full rebuild of {args.date} (a fresh lake)", full)
+    incremental_seconds, full_seconds = sum(r[1] for r in last), sum(r[1] for r in full)
+    print(
+        f"\nwhole pipeline, stage seconds: incremental {incremental_seconds:.1f} s, full {full_seconds:.1f} s "
+        f"({incremental_seconds / full_seconds:.1%}); wall incl. process start-up: {last_wall:.1f} s vs "
+        f"{full_wall:.1f} s ({last_wall / full_wall:.1%})"
+    )
+    for stage in ("resolve_entities", "build_profiles", "validate_profiles", "publish"):
+        a = next(r[1] for r in last if r[0] == stage)
+        b = next(r[1] for r in full if r[0] == stage)
+        print(f"  {stage:<26}{a:>7.1f} s vs {b:>7.1f} s")
+    print(f"incremental chain vs full re-link, by record: {json.dumps(agreement(lake, full_lake))}")
+    import polars as pl
+
+    from entity_resolution.evaluate import evaluate
+
+    truth = pl.read_parquet(sources / "truth" / "records.parquet")
+    for label, folder in (("incremental chain", lake), ("full re-link", full_lake)):
+        scores = evaluate(pl.read_parquet(folder / "published" / "current" / "links" / "*.parquet"), truth)
+        print(
+            f"{label} vs truth: pairwise precision / recall / F1 {scores.pairwise_precision:.4f} / "
+            f"{scores.pairwise_recall:.4f} / {scores.pairwise_f1:.4f}"
+        )
+    if not args.keep:
+        shutil.rmtree(lake, ignore_errors=True)
+        shutil.rmtree(full_lake, ignore_errors=True)
+    return 0
 
 
 def validate_in_parallel(sources: list[str], lake: Path, day: str, workers: int = 2) -> float:
@@ -86,6 +223,14 @@ def main() -> int:
     parser.add_argument("--date", default="2026-11-23")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--keep", action="store_true", help="keep the generated data and lake")
+    parser.add_argument("--days", type=int, default=1, help="days the generated data spread over")
+    parser.add_argument(
+        "--incremental-nights",
+        type=int,
+        default=0,
+        help="time this many incremental nights ending at --date against a full rebuild (use --days 33 "
+        "for about 3 %% of the records changing per night)",
+    )
     parser.add_argument(
         "--validation-only",
         action="store_true",
@@ -93,7 +238,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    sources = args.workdir / f"sources-{args.entities}"
+    sources = args.workdir / f"sources-{args.entities}-{args.days}d"
     lake = args.workdir / f"lake-{args.entities}"
     if args.validation_only:
         if not (lake / "staged").exists():
@@ -111,43 +256,16 @@ def main() -> int:
     rows: list[tuple[str, float, int, float]] = []
     reference_before = machine_reference()
 
-    gen = run_stage("generate", str(sources), args.entities, args.seed, args.date)
+    gen = run_stage("generate", str(sources), args.entities, args.seed, args.date, args.days)
     records = sum(gen["result"]["rows"].values()) if isinstance(gen["result"].get("rows"), dict) else 0
     rows.append(("generate", gen["seconds"], records, gen["peak_mb"]))
 
     from pipelines.sources import source_names
 
+    if args.incremental_nights:
+        return incremental(args, sources, lake, rows, records)
     total_start = time.perf_counter()
-    for stage in ("extract_source", "check_source", "standardise_source", "validate_source"):
-        for source in source_names():
-            call = (
-                (source, str(sources), str(lake), args.date)
-                if stage == "extract_source"
-                else (source, str(lake), args.date)
-            )
-            res = run_stage(stage, *call)
-            n = res["result"].get("rows", res["result"].get("extracted", 0))
-            if stage == "check_source":
-                n = json.loads((lake / "reports" / args.date / "extract" / f"{source}.json").read_text())[
-                    "rows"
-                ]
-            rows.append((f"{stage.split('_')[0]} {source}", res["seconds"], n, res["peak_mb"]))
-    for stage, call in (
-        ("resolve_entities", (str(lake), args.date)),
-        ("explain_links", (str(lake), args.date)),
-        ("build_profiles", (str(lake), args.date)),
-        ("validate_profiles", (str(lake), args.date)),
-        ("publish", (str(lake), args.date, "bench")),
-    ):
-        res = run_stage(stage, *call)
-        n = (
-            res["result"].get("records")
-            or res["result"].get("links")
-            or res["result"].get("profiles")
-            or res["result"].get("rows")
-            or 0
-        )
-        rows.append((stage, res["seconds"], int(n), res["peak_mb"]))
+    rows += run_night(sources, lake, args.date)
     pipeline_seconds = time.perf_counter() - total_start
     parallel_validation = validate_in_parallel(source_names(), lake, args.date)
 

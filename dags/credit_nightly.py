@@ -289,13 +289,6 @@ def credit_nightly() -> None:
 
         return resolve(run["lake_dir"], run["business_date"])
 
-    @task(execution_timeout=task_timeout("explain_links"))
-    def explain_links(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
-        """Per link, the name and code as recorded and the match grade (code, name, legal rep)."""
-        from pipelines.stages import explain_links as explain
-
-        return explain(run["lake_dir"], run["business_date"])
-
     @task(execution_timeout=task_timeout("build_profiles"))
     def build_profiles(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
         """One credit profile per firm (`LAKE/work/<date>/profiles`)."""
@@ -349,7 +342,7 @@ def credit_nightly() -> None:
             checked >> staged
             validated.append(validate(run, source, staged))
     resolved = resolve_entities(run, validated)
-    published = publish(run, validate_profiles(run, build_profiles(run, explain_links(run, resolved))))
+    published = publish(run, validate_profiles(run, build_profiles(run, resolved)))
     reported = report(run)
     for planned_or_reported in (run, reported):
         planned_or_reported.operator.operator_extra_links = [RunReportLink()]

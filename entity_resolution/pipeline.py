@@ -1,21 +1,83 @@
-"""The declarative engine as the nightly pipeline's resolver (config/resolution.toml).
+"""The nightly pipeline's resolver: canonical records through the declarative engine (one engine).
 
-``link_canonical`` takes the canonical records the pipeline holds and returns links and entities
-in the same shapes as ``entity_resolution.resolve.resolve``, so the stages after it do not change.
+``resolve_canonical`` links a full snapshot; ``resolve_changes`` links only a night's new and changed
+records against the registry's entity representatives and keeps every other record's link as it was
+published. Both return (links, entities, stats) with the evidence a regulator sees per link taken
+from what this adapter already holds: the name and code as recorded (the records it was given) and
+the match grade (the engine's own comparisons; one letter per comparison of the spec). No second
+pass over the snapshot.
+
+The adapter adds what is about canonical records rather than about matching: a natural person's
+resident ID number is the person (never offered to the engine), the entities table (name, codes,
+former names), and ``match_method``, the kind of evidence that attached each record.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from entity_resolution.engine import link
 from entity_resolution.names import normalise_names
 from entity_resolution.registry import Registry
-from entity_resolution.resolve import CONFIDENCE, _entities, person_entity_id
 from entity_resolution.review import read_decisions, write_review
-from entity_resolution.spec import load_spec
+from entity_resolution.spec import Spec, load_spec
+from pipelines.identifiers import compact_code_expr
+
+#: the canonical columns resolution reads
+IDENTITY_COLUMNS = (
+    "source",
+    "source_record_id",
+    "subject_name",
+    "code_raw",
+    "uscc",
+    "org_code",
+    "reg_no",
+    "code_status",
+    "legal_rep",
+    "updated_at",
+)
+KEYS = ["source", "source_record_id"]
+
+#: match_method values, shown to regulators with each link (defined here once)
+MATCH_METHODS = {
+    "uscc": "the record's own valid USCC is the firm's",
+    "uscc_repaired": "the record's USCC, repaired, is the firm's",
+    "code_crosswalk": "the record's organization code or old registration number is the firm's",
+    "fellegi_sunter": "the engine matched its name, region, legal representative, ... (match_grade)",
+    "own_entity": "no other record matched it: a firm of its own",
+    "resident_id": "a natural person's resident ID number",
+}
+#: a resident ID number is the person: as sure as a valid USCC
+RESIDENT_ID_CONFIDENCE = 1.0
+
+
+def _hash_ids(prefix: str, keys: pl.Expr) -> pl.Expr:
+    """A deterministic id per key: a SHA-1 of it (stable across library versions, unlike Polars'
+    own hash), computed once per distinct key."""
+    return keys.map_batches(
+        lambda values: (
+            values.unique()
+            .to_frame("k")
+            .with_columns(
+                h=pl.col("k").map_elements(
+                    lambda k: prefix + hashlib.sha1(k.encode()).hexdigest()[:16], return_dtype=pl.String
+                )
+            )
+            .pipe(lambda t: values.to_frame("k").join(t, on="k", how="left", maintain_order="left")["h"])
+        ),
+        return_dtype=pl.String,
+    )
+
+
+def person_entity_id() -> pl.Expr:
+    """A natural person's entity id: a hash of the ID number as written, compacted (never the number)."""
+    return _hash_ids("X", pl.lit("P") + compact_code_expr(pl.col("code_raw")))
 
 
 def record_id() -> pl.Expr:
@@ -39,83 +101,311 @@ def enterprise_inputs() -> list[pl.Expr]:
     ]
 
 
-def link_canonical(
+def grade_letters(spec: Spec) -> str:
+    """What the grade's letters stand for, from the spec (the published dictionary and pages say it)."""
+    names = ", ".join(c.name for c in spec.comparisons)
+    return f"one letter per comparison of the {spec.name} spec ({names}): A same, B similar, F different, Z missing"
+
+
+class KnownEntitiesConflict(Exception):
+    """An incremental night cannot place its records without changing a known firm that has a USCC
+    (new evidence ties it to another USCC): the night needs a full re-link."""
+
+
+@dataclass
+class Resolution:
+    links: (
+        pl.DataFrame
+    )  # KEYS, entity_id, match_confidence, match_method, recorded_name, recorded_code, match_grade
+    entities: pl.DataFrame
+    touched: pl.DataFrame  # entity_id of every entity whose records changed (all of them in a full run)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_persons(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(firms' records, natural persons' records): a resident ID number is never matched with a firm."""
+    records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
+    person = pl.col("code_status") == "resident_id"
+    return records.filter(~person.fill_null(False)), records.filter(person.fill_null(False))
+
+
+#: how many times an incremental night frees the known firms its records conflict with before it
+#: gives up (a full re-link follows)
+RELINK_ROUNDS = 3
+#: suffix of a representative whose record changed tonight: its previous version still stands
+#: for its entity while the new version is placed afresh
+PREVIOUS_VERSION = "#previous"
+
+
+def _engine(
+    inputs: pl.DataFrame,
+    spec: Spec,
+    registry: Registry | None,
+    decisions: Path | None,
+    representatives: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, dict[str, str], Any]:
+    """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
+    only ``inputs`` are placed. Returns (links of ``inputs``, renamed known entities old id -> new
+    id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
+    must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
+    if representatives is None:
+        result = link(inputs, spec, must, cannot, anchors=registry.anchors() if registry else None)
+        return result.links, {}, result
+    changed = pl.col("record_id").is_in(inputs["record_id"].implode())
+    reps = representatives.with_columns(
+        pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
+    )
+    anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
+    combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
+    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True)
+    moved = (
+        reps.select("record_id", pl.col("entity_id").alias("anchor"))
+        .join(result.links.select("record_id", "entity_id"), on="record_id")
+        .filter(pl.col("entity_id") != pl.col("anchor"))
+        .unique("anchor")
+    )
+    renamed = dict(zip(moved["anchor"].to_list(), moved["entity_id"].to_list(), strict=True))
+    return result.links.join(inputs.select("record_id"), on="record_id", how="semi"), renamed, result
+
+
+def _firm_links(records: pl.DataFrame, engine_links: pl.DataFrame) -> pl.DataFrame:
+    """The engine's links with the evidence columns and match_method (vectorised over the records;
+    ``records`` must hold all records of the entities they belong to, the method looks at them)."""
+    org_in_uscc = pl.col("entity_id").str.slice(8, 9)
+    frame = records.with_columns(record_id().alias("record_id")).join(
+        engine_links, on="record_id", how="left", maintain_order="left"
+    )
+    # a code shared with another record of the entity, or the organization code inside its USCC
+    shared = lambda code: pl.col(code).is_not_null() & (pl.len().over("entity_id", code) > 1)  # noqa: E731
+    method = (
+        pl.when(pl.col("uscc").is_not_null() & (pl.col("uscc") == pl.col("entity_id")))
+        .then(
+            pl.when(pl.col("code_status") == "valid").then(pl.lit("uscc")).otherwise(pl.lit("uscc_repaired"))
+        )
+        .when(
+            (pl.col("org_code").is_not_null() & (pl.col("org_code") == org_in_uscc))
+            | shared("org_code")
+            | shared("reg_no")
+        )
+        .then(pl.lit("code_crosswalk"))
+        # the entity holds records written differently: the engine's comparisons put them together
+        .when(pl.struct("subject_name", "code_raw").n_unique().over("entity_id") > 1)
+        .then(pl.lit("fellegi_sunter"))
+        .otherwise(pl.lit("own_entity"))
+    )
+    return frame.select(
+        *KEYS,
+        "entity_id",
+        "match_confidence",
+        method.alias("match_method"),
+        pl.col("subject_name").alias("recorded_name"),
+        pl.col("code_raw").alias("recorded_code"),
+        "match_grade",
+    )
+
+
+def _person_links(persons: pl.DataFrame) -> pl.DataFrame:
+    """A person's records are linked by the ID number alone: no comparison, so no grade."""
+    return persons.select(
+        *KEYS,
+        person_entity_id().alias("entity_id"),
+        pl.lit(RESIDENT_ID_CONFIDENCE).alias("match_confidence"),
+        pl.lit("resident_id").alias("match_method"),
+        pl.col("subject_name").alias("recorded_name"),
+        pl.col("code_raw").alias("recorded_code"),
+        pl.lit(None, pl.String).alias("match_grade"),
+    )
+
+
+def entities_table(records: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
+    """One row per entity: its codes, its most used full name (a name seen with a valid code and a
+    legal form preferred, then the latest), up to three former names (another trade name, seen at
+    least twice), the record and source counts, whether it is a natural person."""
+    names = normalise_names(records["subject_name"])
+    linked = records.with_columns(names["core"].alias("core"), names["legal_form"].alias("legal_form")).join(
+        links.select(*KEYS, "entity_id", "match_confidence"), on=KEYS
+    )
+    name_rank = (
+        linked.filter(pl.col("subject_name").is_not_null())
+        .group_by("entity_id", "subject_name")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("updated_at").max().alias("last"),
+            pl.col("core").first(),
+            (
+                pl.col("code_status").is_in(["valid", "repaired"]).any().cast(pl.Int8)
+                + pl.col("legal_form").is_not_null().any().cast(pl.Int8)
+            ).alias("pref"),
+        )
+        .sort(["entity_id", "pref", "n", "last", "subject_name"], descending=[False, True, True, True, False])
+    )
+    primary = name_rank.group_by("entity_id", maintain_order=True).agg(
+        pl.col("subject_name").first().alias("name"), pl.col("core").first().alias("primary_core")
+    )
+    former = (
+        name_rank.join(primary, on="entity_id")
+        .filter(
+            pl.col("core").is_not_null() & (pl.col("core") != pl.col("primary_core")) & (pl.col("n") >= 2)
+        )
+        .group_by("entity_id")
+        .agg(pl.col("subject_name").sort().head(3).alias("former_names"))
+    )
+    codes = linked.group_by("entity_id").agg(
+        pl.col("uscc").drop_nulls().first(),
+        pl.col("org_code").drop_nulls().mode().sort().first(),
+        pl.col("reg_no").drop_nulls().mode().sort().first(),
+        pl.col("match_confidence").min().alias("min_match_confidence"),
+        # identified by a resident ID number: a natural person (自然人), not a firm
+        (pl.col("code_status") == "resident_id").any().alias("natural_person"),
+        pl.len().alias("record_count"),
+        pl.col("source").n_unique().alias("source_count"),
+    )
+    return (
+        codes.join(primary.drop("primary_core"), on="entity_id", how="left")
+        .join(former, on="entity_id", how="left")
+        .with_columns(pl.col("former_names").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+        .select(
+            "entity_id",
+            "uscc",
+            "org_code",
+            "reg_no",
+            "min_match_confidence",
+            "natural_person",
+            "record_count",
+            "source_count",
+            "name",
+            "former_names",
+        )
+        .sort("entity_id")
+    )
+
+
+def resolve_canonical(
     records: pl.DataFrame,
     spec_name: str = "enterprise",
     registry_dir: Path | None = None,
     review_dir: Path | None = None,
     decisions: Path | None = None,
     run: str = "run",
-) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """(links, entities, stats) for canonical records (source, source_record_id, subject_name,
-    code_raw, uscc, org_code, reg_no, code_status, legal_rep, updated_at)."""
-    # a natural person's ID number is the person: never offered to the engine to match with a firm
-    persons = records.filter(pl.col("code_status") == "resident_id")
-    records = records.filter(pl.col("code_status") != "resident_id")
+) -> Resolution:
+    """Link a whole snapshot of canonical records (IDENTITY_COLUMNS)."""
+    firms, persons = _split_persons(records)
+    records = pl.concat([firms, persons])
     spec = load_spec(spec_name)
-    rid = record_id()
-    inputs = records.select(*enterprise_inputs())
+    inputs = firms.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
-    must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
-    result = link(
-        inputs, spec, must_link=must, cannot_link=cannot, anchors=registry.anchors() if registry else None
-    )
-    changes = registry.update(result.links, inputs, run) if registry else None
+    engine_links, _, result = _engine(inputs, spec, registry, decisions)
+    changes = registry.update(engine_links, inputs, run) if registry else None
     if review_dir is not None:
         write_review(result.review, review_dir, run)
-    code_letter = result.links["match_grade"].str.slice(0, 1)
-    links = (
-        records.select("source", "source_record_id", rid.alias("record_id"))
-        .join(
-            result.links.with_columns(code_letter.alias("_code")),
-            on="record_id",
-            how="left",
-            maintain_order="left",
+    links = pl.concat([_firm_links(firms, engine_links), _person_links(persons)]).sort(KEYS)
+    entities = entities_table(records, links)
+    stats = {
+        **result.stats,
+        "mode": "full",
+        "registry_changes": 0 if changes is None else changes.height,
+    }
+    return Resolution(links, entities, entities.select("entity_id"), stats)
+
+
+def resolve_changes(
+    changed: pl.DataFrame,
+    previous_links: pl.DataFrame,
+    previous_entities: pl.DataFrame,
+    members_of: Callable[[pl.DataFrame], pl.DataFrame],
+    spec_name: str,
+    registry_dir: Path,
+    review_dir: Path | None = None,
+    decisions: Path | None = None,
+    run: str = "run",
+) -> Resolution:
+    """An incremental night: link the ``changed`` records (new or changed canonical records) against
+    the registry's representatives of the known entities, which stay as they are; every other
+    record keeps its published link. ``members_of(keys)`` returns the canonical records (all of the
+    snapshot's, IDENTITY_COLUMNS) with the given KEYS, to rebuild the touched entities' rows.
+    Known firms the night's records contradict are re-linked with them (``freed_entities``);
+    KnownEntitiesConflict when that does not settle it."""
+    registry = Registry(registry_dir)
+    representatives = registry.representatives()
+    if representatives is None:
+        raise ValueError(f"registry {registry_dir} has no representatives: run a full re-link first")
+    spec = load_spec(spec_name)
+    members = registry.members()
+    # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
+    # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
+    freed: list[str] = []
+    for _ in range(RELINK_ROUNDS):
+        if freed:
+            ids = members.filter(pl.col("entity_id").is_in(freed))["record_id"]
+            keys = ids.str.splitn(":", 2).struct.rename_fields(KEYS).struct.unnest()
+            changed = pl.concat([changed, members_of(keys.join(changed.select(KEYS), on=KEYS, how="anti"))])
+        firms, persons = _split_persons(changed)
+        inputs = firms.select(*enterprise_inputs())
+        reps = representatives.filter(~pl.col("entity_id").is_in(freed))
+        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps)
+        conflicts = [old for old in renamed if not old.startswith("X")]
+        if not conflicts:
+            break
+        freed += conflicts
+    else:
+        raise KnownEntitiesConflict(
+            f"tonight's records tie known firms to other firms' USCCs (e.g. {freed[:3]}) through "
+            f"{RELINK_ROUNDS} rounds of re-linking them: only a full re-link can take them apart"
         )
-        .select(
-            "source",
-            "source_record_id",
-            "entity_id",
-            "match_confidence",
-            pl.when(pl.col("_code") == "A")
-            .then(pl.lit("uscc"))
-            .when((pl.col("_code") == "B") & (pl.col("match_confidence") >= 1))
-            .then(pl.lit("code_crosswalk"))
-            .otherwise(pl.lit("fellegi_sunter"))
-            .alias("match_method"),
-        )
+    # a known entity that a new record gave its USCC takes that id with all its records
+    rename = pl.col("entity_id").replace(renamed)
+    previous_links = previous_links.with_columns(rename)
+    moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)
+    moved = moved.join(engine_links.select("record_id"), on="record_id", how="anti")
+    changes = registry.update(
+        pl.concat([engine_links.select("record_id", "entity_id"), moved.select("record_id", "entity_id")]),
+        inputs,
+        run,
+        partial=True,
     )
-    person_links = persons.select(
-        "source",
-        "source_record_id",
-        person_entity_id().alias("entity_id"),
-        pl.lit(CONFIDENCE["resident_id"]).alias("match_confidence"),
-        pl.lit("resident_id").alias("match_method"),
+    if review_dir is not None:
+        write_review(result.review, review_dir, run)
+    changed_keys = changed.select(KEYS)
+    now = pl.concat(
+        [
+            engine_links["entity_id"],
+            _person_links(persons)["entity_id"],
+            pl.Series(list(renamed), dtype=pl.String),
+        ]
     )
-    links = pl.concat([links, person_links], how="vertical_relaxed")
-    records = pl.concat([records, persons])
-    names = normalise_names(records["subject_name"])
-    linked = (
-        records.select(
-            "source",
-            "source_record_id",
-            "subject_name",
-            "uscc",
-            "org_code",
-            "reg_no",
-            "code_status",
-            "updated_at",
+    before = previous_links.join(changed_keys, on=KEYS, how="semi")["entity_id"]
+    touched = pl.concat([before, now]).unique().sort().to_frame("entity_id")
+    # the touched entities' other records, with the links they had (their method is looked at again)
+    kept = previous_links.join(touched, on="entity_id", how="semi").join(changed_keys, on=KEYS, how="anti")
+    kept_records = members_of(kept.select(KEYS))
+    if kept_records.height != kept.height:
+        raise ValueError(
+            f"{kept.height - kept_records.height} records linked in the previous version are missing from "
+            f"the accepted snapshot: run a full re-link"
         )
-        .with_columns(
-            names["core"].alias("core"),
-            names["legal_form"].alias("legal_form"),
-            pl.lit(1).alias("n"),
-        )
-        .join(
-            links.select("source", "source_record_id", "entity_id", "match_confidence"),
-            on=["source", "source_record_id"],
-        )
-    )
-    entities = _entities(linked, linked.select("entity_id", "source"))
-    stats = {**result.stats, "registry_changes": 0 if changes is None else changes.height}
-    return links, entities, stats
+    kept_firms, kept_persons = _split_persons(kept_records)
+    kept_engine = kept.select(record_id().alias("record_id"), "entity_id", "match_confidence", "match_grade")
+    rebuilt = pl.concat(
+        [
+            _firm_links(pl.concat([kept_firms, firms]), pl.concat([kept_engine, engine_links])),
+            _person_links(pl.concat([kept_persons, persons])),
+        ]
+    ).select(previous_links.columns)
+    links = pl.concat([previous_links.join(rebuilt.select(KEYS), on=KEYS, how="anti"), rebuilt]).sort(KEYS)
+    entities = pl.concat(
+        [
+            previous_entities.join(touched, on="entity_id", how="anti"),
+            entities_table(pl.concat([kept_records, firms, persons]), rebuilt).select(
+                previous_entities.columns
+            ),
+        ]
+    ).sort("entity_id")
+    stats = {
+        **result.stats,
+        "mode": "incremental",
+        "changed_records": changed.height,
+        "freed_entities": len(freed),
+        "touched_entities": touched.height,
+        "registry_changes": changes.height,
+    }
+    return Resolution(links, entities, touched, stats)

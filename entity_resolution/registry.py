@@ -9,8 +9,9 @@ a regulator never dangles: ``resolve_id`` follows the history to the entity that
 Files in the registry folder (Parquet, each written atomically):
 - ``members.parquet``: record_id, entity_id, first_seen, last_seen
 - ``history.parquet``: run, old_id, new_id, kind (merged | split | renumbered)
-- ``representatives.parquet``: per entity up to three of its records (the spec's input columns),
-  against which an incremental run links new records without re-linking everything
+- ``representatives.parquet``: per entity a record for each of its codes and up to three of its
+  names (the spec's input columns), against which an incremental run links new records without
+  re-linking everything
 """
 
 from __future__ import annotations
@@ -29,7 +30,30 @@ MEMBER_SCHEMA = {
     "first_seen": pl.String,
     "last_seen": pl.String,
 }
+#: names per entity an incremental run compares new records with (besides one record per code)
 REPRESENTATIVES = 3
+#: the columns whose values reach an entity by exact key: every value an entity holds keeps a
+#: representative, so a new record with an old registration number still meets the record that
+#: cross-walks it to the USCC
+CODE_COLUMNS = ("uscc", "org_code", "reg_no")
+
+
+def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
+    """Per entity: one record for each distinct code it holds and its first REPRESENTATIVES distinct
+    names (first by record id, so the choice is deterministic)."""
+    ordered = records.sort("entity_id", "record_id")
+    codes = [c for c in CODE_COLUMNS if c in records.columns]
+    by_code = [
+        ordered.filter(pl.col(c).is_not_null()).unique(["entity_id", c], keep="first", maintain_order=True)
+        for c in codes
+    ]
+    by_name = (
+        ordered.unique(["entity_id", "name"], keep="first", maintain_order=True)
+        .group_by("entity_id", maintain_order=True)
+        .head(REPRESENTATIVES)
+        .select(ordered.columns)
+    )
+    return pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")
 
 
 @dataclass
@@ -127,18 +151,18 @@ class Registry:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet(merged.select(list(MEMBER_SCHEMA)).sort("record_id"), self.members_path)
         write_parquet(pl.concat([self.history(), change_frame]), self.history_path)
-        reps = (
-            records.rename({id_column: "record_id"})
-            .join(now, on="record_id")
-            .sort("entity_id", "record_id")
-            .group_by("entity_id", maintain_order=True)
-            .head(REPRESENTATIVES)
-        )
+        reps = records.rename({id_column: "record_id"}).join(now, on="record_id")
         old_reps = self.representatives()
         if partial and old_reps is not None:
-            reps = pl.concat(
-                [old_reps.join(reps.select("entity_id").unique(), on="entity_id", how="anti"), reps],
-                how="diagonal_relaxed",
+            # the known representatives stay unless their record changed (it is among ``records``)
+            # (and a kept one follows its record when this run moved it, e.g. its entity was renumbered)
+            kept = (
+                old_reps.join(reps.select("record_id"), on="record_id", how="anti")
+                .join(now, on="record_id", how="left", suffix="_now")
+                .with_columns(pl.coalesce("entity_id_now", "entity_id").alias("entity_id"))
+                .drop("entity_id_now")
             )
+            reps = pl.concat([kept, reps.select(kept.columns)], how="vertical_relaxed")
+        reps = representatives_of(reps)
         write_parquet(reps, self.representatives_path)
         return change_frame

@@ -224,7 +224,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sources = Path(args.sources)
     business_date = args.date or default_business_date(sources)
-    results = run_all(str(sources), args.lake, business_date, run_id=args.run_id, progress=not args.quiet)
+    results = run_all(
+        str(sources),
+        args.lake,
+        business_date,
+        run_id=args.run_id,
+        progress=not args.quiet,
+        full_relink=args.full_relink,
+    )
     published = results["publish"]
     grades = results["build profiles"]["grades"]
     summary = {
@@ -382,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="business date to process (default: the generated data's end date, else yesterday)",
     )
     run.add_argument("--run-id", default=None, help="run identifier recorded in the manifest")
+    run.add_argument(
+        "--full-relink",
+        action="store_true",
+        help="re-link the whole snapshot instead of only the night's changes (config/resolution.toml "
+        "full_relink_weekdays does it on set weekdays)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_option(run)
     run.set_defaults(func=cmd_run)

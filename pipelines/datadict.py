@@ -156,7 +156,7 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
     one loan record resolved and profiled, the link and changes schemas."""
     from datetime import date, datetime
 
-    from entity_resolution.resolve import IDENTITY_COLUMNS, resolve
+    from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
     from pipelines.profiles import build_profiles
     from pipelines.publish import CHANGES_SCHEMA
     from pipelines.schema import LINK_SCHEMA, conform
@@ -176,8 +176,9 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
             }
         )
     ).collect()
-    links, entities = resolve(record.select(IDENTITY_COLUMNS))
-    profiles = build_profiles(record.lazy(), links.lazy(), entities.lazy(), date(2026, 1, 1))
+    resolution = resolve_canonical(record.select(IDENTITY_COLUMNS))
+    entities = resolution.entities
+    profiles = build_profiles(record.lazy(), resolution.links.lazy(), entities.lazy(), date(2026, 1, 1))
     return {
         "profiles": dict(profiles.schema),
         "links": dict(LINK_SCHEMA),

@@ -154,10 +154,10 @@ LINK_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
     "match_confidence": pl.Float64(),
     "match_method": pl.String(),
-    # evidence (entity_resolution/evidence.py)
+    # evidence, from the records and the engine's comparisons (entity_resolution/pipeline.py)
     "recorded_name": pl.String(),
     "recorded_code": pl.String(),
-    "match_grade": pl.String(),  # code, name, legal representative: A same, B similar, F different, Z missing
+    "match_grade": pl.String(),  # one letter per comparison of the resolution spec
 }
 
 

@@ -277,81 +277,140 @@ def resolution_settings() -> dict[str, Any]:
 
     path = config_path("resolution.toml")
     settings = tomllib.loads(path.read_text("utf-8"))
-    if settings.get("engine", "rules") not in ("rules", "fellegi_sunter"):
-        raise ValueError(f"{path}: engine must be 'rules' or 'fellegi_sunter'")
+    if settings.get("engine", "fellegi_sunter") != "fellegi_sunter":
+        raise ValueError(
+            f"{path}: engine = {settings['engine']!r}: the rules resolver is retired; the engine is "
+            f"'fellegi_sunter' (tune it through its spec)"
+        )
+    days = settings.get("full_relink_weekdays", [])
+    if not all(isinstance(d, int) and 1 <= d <= 7 for d in days):
+        raise ValueError(f"{path}: full_relink_weekdays must list ISO weekdays 1 (Monday) to 7 (Sunday)")
     return settings
 
 
-def resolve_entities(lake_dir: str, business_date: str) -> dict[str, Any]:
-    from entity_resolution.resolve import IDENTITY_COLUMNS, resolve
+#: where the entity registry of each published business date lives (LAKE/registry/<date>/)
+REGISTRY_DIR = "registry"
+#: the published version a registry belongs to (written beside it on publish)
+REGISTRY_VERSION_FILE = "published_version.json"
+
+
+def _registry_base(lake: Lake) -> tuple[Path, Path] | None:
+    """(registry, published version) of the latest published business date before this run's, or
+    None when there is none: a full re-link."""
+    root = lake.root / REGISTRY_DIR
+    if not root.is_dir():
+        return None
+    for day_dir in sorted((p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit()), reverse=True):
+        pointer = day_dir / REGISTRY_VERSION_FILE
+        if day_dir.name >= lake.business_date or not pointer.exists():
+            continue
+        version = lake.published / json.loads(pointer.read_text("utf-8"))["version"]
+        return (day_dir, version) if version.is_dir() else None
+    return None
+
+
+def _changed_records(lake: Lake, base_date: str) -> pl.LazyFrame | None:
+    """The night's new and changed accepted records over all sources (None when some source was not
+    upserted onto the same base date, e.g. a source seen for the first time: then a full re-link)."""
+    frames = []
+    for name in load_sources():
+        report = _read_report(lake, "validation", name)
+        if report.get("base_date") != base_date:
+            return None
+        delta = lake.work / "accepted_changes" / f"{name}.parquet"
+        if report.get("stale"):
+            continue  # held back: its snapshot is the base's, nothing changed
+        frames.append(pl.scan_parquet(delta))
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = False) -> dict[str, Any]:
+    """Link the accepted records to entities with the engine (config/resolution.toml's spec).
+
+    A night after a published one links only its new and changed records against the registry's
+    entity representatives; the first night, a ``full_relink`` and the ``full_relink_weekdays``
+    re-link the whole snapshot. The registry is updated aside (LAKE/work/<date>/registry) and
+    committed only when this run publishes; unsure pairs go to LAKE/review/<date>/.
+    """
+    from entity_resolution.pipeline import (
+        IDENTITY_COLUMNS,
+        KEYS,
+        KnownEntitiesConflict,
+        resolve_canonical,
+        resolve_changes,
+    )
 
     lake = _lake(lake_dir, business_date)
     settings = resolution_settings()
-    if settings.get("engine", "rules") == "fellegi_sunter":
-        from entity_resolution.pipeline import link_canonical
-
-        # the registry is updated aside and becomes the live one only when this run publishes
-        staged_registry = lake.work / "registry"
-        shutil.rmtree(staged_registry, ignore_errors=True)
-        if (lake.root / "registry").is_dir():
-            shutil.copytree(lake.root / "registry", staged_registry)
-        columns = [*IDENTITY_COLUMNS, "legal_rep"]
-        links, entities, stats = link_canonical(
-            _accepted(lake).select(columns).collect(),
-            settings.get("spec", "enterprise"),
-            registry_dir=staged_registry,
-            review_dir=lake.root / "review" / business_date,
-            decisions=lake.root / "review" / "decisions.csv",
-            run=business_date,
-        )
-        log.info("Fellegi-Sunter resolution: %s", stats)
-    else:
-        # no local reference to the records: resolve() drops them once it has the distinct signatures
-        links, entities = resolve(_accepted(lake).select(IDENTITY_COLUMNS).collect())
-    write_parquet(links, lake.work / "links.parquet")
-    write_parquet(entities, lake.work / "entities.parquet")
-    methods = dict(links.group_by("match_method").len().sort("match_method").iter_rows())
-    return {
-        "records": links.height,
-        "entities": entities.height,
-        "methods": methods,
-        "links_path": str(lake.work / "links.parquet"),
+    spec = settings.get("spec", "enterprise")
+    base = _registry_base(lake)
+    staged_registry = lake.work / "registry"
+    shutil.rmtree(staged_registry, ignore_errors=True)
+    if base:
+        shutil.copytree(base[0], staged_registry)
+        (staged_registry / REGISTRY_VERSION_FILE).unlink()
+    weekly = date.fromisoformat(business_date).isoweekday() in settings.get("full_relink_weekdays", [])
+    changed = _changed_records(lake, base[0].name) if base and not (full_relink or weekly) else None
+    review = {
+        "registry_dir": staged_registry,
+        "review_dir": lake.root / "review" / business_date,
+        "decisions": lake.root / "review" / "decisions.csv",
+        "run": business_date,
     }
-
-
-def explain_links(lake_dir: str, business_date: str) -> dict[str, Any]:
-    """Add the evidence a regulator sees per link: the name and code as recorded, and the match
-    grade (a stage of its own: it needs the records again, and resolution's memory is freed)."""
-    from entity_resolution.evidence import match_evidence
-
-    lake = _lake(lake_dir, business_date)
-    columns = [
-        "source",
-        "source_record_id",
-        "subject_name",
-        "code_raw",
-        "uscc",
-        "org_code",
-        "reg_no",
-        "code_status",
-        "legal_rep",
-    ]
-    links = match_evidence(
-        pl.scan_parquet(lake.work / "links.parquet").select(
-            "source", "source_record_id", "entity_id", "match_confidence", "match_method"
-        ),
-        _accepted(lake).select(columns),
-        pl.scan_parquet(lake.work / "entities.parquet"),
+    resolution = None
+    reason = (
+        "no earlier published night"
+        if not base
+        else "--full-relink"
+        if full_relink
+        else "full_relink_weekdays"
+        if weekly
+        else "a source not upserted onto the last published night"
+        if changed is None
+        else None
     )
-    count = write_parquet(links, lake.work / "links.parquet", engine="streaming")
+    if reason is None and changed is not None:
+        version = base[1]
+        try:
+            resolution = resolve_changes(
+                changed.select(IDENTITY_COLUMNS).collect(),
+                pl.read_parquet(version / "links" / "*.parquet"),
+                pl.read_parquet(version / "entities" / "*.parquet"),
+                lambda keys: (
+                    _accepted(lake).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
+                ),
+                spec,
+                **review,
+            )
+        except KnownEntitiesConflict as conflict:
+            log.warning("%s; re-linking the whole snapshot", conflict)
+            reason = str(conflict)
+    if resolution is None:
+        resolution = resolve_canonical(_accepted(lake).select(IDENTITY_COLUMNS).collect(), spec, **review)
+    log.info("resolution: %s", resolution.stats)
+    write_parquet(resolution.links, lake.work / "links.parquet")
+    write_parquet(resolution.entities, lake.work / "entities.parquet")
+    write_parquet(resolution.touched, lake.work / "touched_entities.parquet")
+    methods = dict(resolution.links.group_by("match_method").len().sort("match_method").iter_rows())
     grades = (
-        pl.scan_parquet(lake.work / "links.parquet")
+        resolution.links.drop_nulls("match_grade")
         .group_by(pl.col("match_grade").str.slice(0, 1).alias("code"))
         .len()
         .sort("code")
-        .collect()
     )
-    return {"links": count, "code_grades": dict(grades.iter_rows())}
+    result = {
+        "mode": resolution.stats["mode"],
+        "full_relink_reason": reason,
+        "records": resolution.links.height,
+        "changed_records": resolution.stats.get("changed_records", resolution.links.height),
+        "entities": resolution.entities.height,
+        "touched_entities": resolution.touched.height,
+        "methods": methods,
+        "code_grades": dict(grades.iter_rows()),
+        "links_path": str(lake.work / "links.parquet"),
+    }
+    write_json({**result, "stats": resolution.stats}, _report(lake, "resolution", "entities"))
+    return result
 
 
 def build_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
@@ -491,10 +550,11 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     if (lake.work / "registry").is_dir():
         from pipelines.lake import replace_dir
 
-        staging = lake.root / ".registry.new"
+        staging = lake.root / REGISTRY_DIR / f".{business_date}.new"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(lake.work / "registry", staging)
-        replace_dir(staging, lake.root / "registry")
+        write_json({"version": result["version"]}, staging / REGISTRY_VERSION_FILE)
+        replace_dir(staging, lake.root / REGISTRY_DIR / business_date)
     write_json(
         {
             "business_date": business_date,
@@ -514,9 +574,15 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
 
 
 def run_all(
-    sources_dir: str, lake_dir: str, business_date: str, run_id: str | None = None, progress: bool = False
+    sources_dir: str,
+    lake_dir: str,
+    business_date: str,
+    run_id: str | None = None,
+    progress: bool = False,
+    full_relink: bool = False,
 ) -> dict[str, Any]:
-    """The whole pipeline in-process, with the same stage functions and order as the DAG."""
+    """The whole pipeline in-process, with the same stage functions and order as the DAG
+    (``full_relink``: re-link the whole snapshot even after a published night)."""
     from tqdm import tqdm
 
     names = list(load_sources())
@@ -532,8 +598,7 @@ def run_all(
     for name in names:
         steps.append((f"validate {name}", lambda n=name: validate_source(n, lake_dir, business_date)))
     steps += [
-        ("resolve entities", lambda: resolve_entities(lake_dir, business_date)),
-        ("explain links", lambda: explain_links(lake_dir, business_date)),
+        ("resolve entities", lambda: resolve_entities(lake_dir, business_date, full_relink)),
         ("build profiles", lambda: build_profiles(lake_dir, business_date)),
         ("validate profiles", lambda: validate_profiles(lake_dir, business_date)),
         ("publish", lambda: publish(lake_dir, business_date, run_id or f"cli__{business_date}")),

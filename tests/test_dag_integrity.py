@@ -84,8 +84,8 @@ def test_tasks_present_and_ordered(dag) -> None:
         assert "resolve_entities" in dag.get_task(f"{source}.validate").downstream_task_ids
         # a source's failure stops its own chain only: no other source's tasks wait on it
         assert not {t for t in downstream(f"{source}.extract") if "." in t and not t.startswith(f"{source}.")}
-    assert "explain_links" in dag.get_task("resolve_entities").downstream_task_ids
-    assert "build_profiles" in dag.get_task("explain_links").downstream_task_ids
+    assert "build_profiles" in dag.get_task("resolve_entities").downstream_task_ids
+    assert "explain_links" not in dag.task_ids  # the evidence comes out of resolution itself
     assert "validate_profiles" in dag.get_task("build_profiles").downstream_task_ids
     assert dag.get_task("publish").upstream_task_ids == {"plan", "validate_profiles"}
     assert {"resolve_entities", "publish"} <= downstream("plan")

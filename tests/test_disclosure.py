@@ -17,7 +17,7 @@ import httpx
 import polars as pl
 import pytest
 
-from entity_resolution.resolve import resolve
+from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
 from pipelines.identifiers import (
     classify_codes,
     is_id_number_form,
@@ -114,8 +114,9 @@ def test_resolution_keys_a_person_by_the_id_alone() -> None:
             "updated_at": [datetime(2026, 11, 20, tzinfo=UTC).replace(tzinfo=None)] * 5,
         }
     )
-    records = classify_codes(raw, "code_raw").collect()
-    links, entities = resolve(records)
+    records = classify_codes(raw.with_columns(legal_rep=pl.lit(None, pl.String)), "code_raw").collect()
+    resolution = resolve_canonical(records.select(IDENTITY_COLUMNS))
+    links, entities = resolution.links, resolution.entities
     by_record = dict(zip(links["source_record_id"], links["entity_id"], strict=True))
     methods = dict(zip(links["source_record_id"], links["match_method"], strict=True))
     assert by_record["P1"] == by_record["P2"] != by_record["P3"]  # same ID, however written; a namesake apart

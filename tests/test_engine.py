@@ -13,7 +13,7 @@ import pytest
 
 from entity_resolution.engine import link
 from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
-from entity_resolution.pipeline import enterprise_inputs, record_id
+from entity_resolution.pipeline import MATCH_METHODS, enterprise_inputs, record_id
 from entity_resolution.registry import Registry
 from entity_resolution.review import read_decisions
 from entity_resolution.spec import load_spec
@@ -297,25 +297,32 @@ def test_credit_link_then_evaluate(
     assert same >= 0.95 * copies.height  # the new copies found their firms
 
 
-def test_the_nightly_pipeline_can_resolve_with_the_engine_and_keep_ids(
-    generated: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "resolution.toml"
-    config.write_text('engine = "fellegi_sunter"\nspec = "enterprise"\n', "utf-8")
-    monkeypatch.setenv("CREDIT_RESOLUTION_CONFIG", str(config))
+def test_the_nightly_pipeline_resolves_with_the_engine_and_keeps_ids(generated: dict, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-1")
-    assert (lake / "registry" / "members.parquet").exists()
+    assert (lake / "registry" / "2026-11-23" / "members.parquet").exists()  # committed with the version
     first = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
-    assert set(first["match_method"]) <= {"uscc", "code_crosswalk", "fellegi_sunter", "resident_id"}
+    assert set(first["match_method"]) <= set(MATCH_METHODS)
+    assert {"uscc", "code_crosswalk", "fellegi_sunter", "resident_id"} <= set(first["match_method"])
     truth = pl.read_parquet(generated["root"] / "sources" / "truth" / "records.parquet")
     # natural persons (自然人) are keyed by their ID number, never offered to the engine
     persons = truth.filter(pl.col("entity_key").str.starts_with("P")).join(
         first, on=["source", "source_record_id"]
     )
     assert persons.height and set(persons["match_method"]) == {"resident_id"}
+    assert persons["match_grade"].is_null().all()  # no comparison was made
+    # the evidence is the engine's: one letter per comparison of the spec, for every firm's record
+    firms = first.filter(pl.col("match_method") != "resident_id")
+    assert firms["match_grade"].str.contains(f"^[ABFZ]{{{len(ENTERPRISE.comparisons)}}}$").all()
+    accepted = pl.read_parquet(lake / "accepted" / "2026-11-23" / "*.parquet")
+    recorded = first.join(accepted, on=["source", "source_record_id"])
+    assert recorded["recorded_name"].equals(recorded["subject_name"], null_equal=True)
+    assert recorded["recorded_code"].equals(recorded["code_raw"], null_equal=True)
+    # a record on its own valid USCC has code letter A; the code letter is Z only without a code
+    own = firms.filter(pl.col("match_method") == "uscc")
+    assert own["match_grade"].str.slice(0, 1).is_in(["A", "Z"]).all()
     assert evaluate(first, truth).pairwise_f1 >= 0.99
-    stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # next night
+    stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # a re-run
     second = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
     kept = first.join(second, on=["source", "source_record_id"], suffix="_2")
     assert (kept["entity_id"] == kept["entity_id_2"]).mean() == 1.0  # ids survive the night

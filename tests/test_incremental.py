@@ -1,8 +1,10 @@
-"""Incremental, idempotent extraction: only changes are pulled, watermarks move only on publish."""
+"""Incremental, idempotent nights: only changes are pulled and linked (against the registry's
+entity representatives), watermarks and the registry move only on publish."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import polars as pl
 import pytest
 
 from pipelines import stages
+from pipelines.cli import main as credit
 from pipelines.errors import PublishError
 
 DAYS = ("2026-11-21", "2026-11-22", "2026-11-23")
@@ -25,6 +28,16 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_weekly_relink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The nights here fall on a Sunday, the default weekly full re-link: switch it off."""
+    config = tmp_path_factory.mktemp("config") / "resolution.toml"
+    config.write_text('spec = "enterprise"\nfull_relink_weekdays = []\n', "utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CREDIT_RESOLUTION_CONFIG", str(config))
+        yield config
+
+
 @pytest.fixture(scope="module")
 def nightly(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three nights in a row on one lake."""
@@ -32,6 +45,18 @@ def nightly(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for day in DAYS:
         stages.run_all(str(sources), str(lake), day, run_id=f"night-{day}")
     return lake
+
+
+@pytest.fixture(scope="module")
+def full(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The last night from scratch: everything re-linked."""
+    lake = tmp_path_factory.mktemp("full")
+    stages.run_all(str(sources), str(lake), DAYS[-1], run_id="full")
+    return lake
+
+
+def _resolution(lake: Path, day: str) -> dict:
+    return json.loads((lake / "reports" / day / "resolution" / "entities.json").read_text("utf-8"))
 
 
 def _published(lake: Path, name: str) -> pl.DataFrame:
@@ -48,22 +73,103 @@ def test_later_nights_pull_only_what_changed(nightly: Path) -> None:
     assert first["mode"] == "full" and first["rows"] == first["source_rows"]
 
 
-def test_incremental_nights_equal_one_full_run(nightly: Path, sources: Path, tmp_path: Path) -> None:
-    full = tmp_path / "full"
-    stages.run_all(str(sources), str(full), DAYS[-1], run_id="full")
-    for name in ("profiles", "links", "entities"):
-        assert _published(nightly, name).equals(_published(full, name)), name
+def test_later_nights_link_only_what_changed(nightly: Path) -> None:
+    assert _resolution(nightly, DAYS[0])["mode"] == "full"
+    incremental = 0
+    for before, day in zip(DAYS, DAYS[1:], strict=False):
+        report = _resolution(nightly, day)
+        # the registry and the review queue are always on, the registry committed per published night
+        assert (nightly / "registry" / day / "members.parquet").exists()
+        assert (nightly / "review" / day).is_dir()
+        if report["mode"] == "full":
+            # only when new evidence ties a known firm to another firm's USCC (a false merge to undo)
+            assert "known firm" in report["full_relink_reason"], report
+            continue
+        incremental += 1
+        assert report["mode"] == "incremental" and report["full_relink_reason"] is None, report
+        assert 0 < report["changed_records"] < report["records"]
+        assert 0 < report["touched_entities"] < report["entities"]
+        # every link outside the touched entities is the previous version's, as it was
+        links = pl.read_parquet(nightly / "work" / day / "links.parquet")
+        touched = pl.read_parquet(nightly / "work" / day / "touched_entities.parquet")
+        previous = _version_links(nightly, before)
+        untouched = links.join(touched, on="entity_id", how="anti")
+        assert untouched.height > 0  # (three days of data: most firms change every night)
+        assert untouched.join(previous, on=untouched.columns, how="anti", nulls_equal=True).is_empty()
+    assert incremental
+
+
+def _version_links(lake: Path, day: str) -> pl.DataFrame:
+    manifest = json.loads((lake / "registry" / day / "published_version.json").read_text("utf-8"))
+    return pl.read_parquet(lake / "published" / manifest["version"] / "links" / "*.parquet")
+
+
+def test_incremental_nights_agree_with_a_full_relink(nightly: Path, full: Path) -> None:
+    keys = ["source", "source_record_id"]
+    chain, relinked = _published(nightly, "links"), _published(full, "links")
+    both = chain.join(relinked, on=keys, suffix="_full")
+    assert both.height == chain.height == relinked.height
+    assert (both["entity_id"] == both["entity_id_full"]).mean() >= 0.999
+    # where an entity holds the same records both ways, its profile is the same
+    members = lambda links: links.group_by("entity_id").agg(pl.col("source_record_id").sort())  # noqa: E731
+    same = members(chain).join(members(relinked), on=["entity_id", "source_record_id"]).select("entity_id")
+    columns = [
+        "entity_id",
+        "name",
+        "record_count",
+        "lending_balance",
+        "tax_arrears_balance",
+        "score",
+        "grade",
+    ]
+    profiles = [
+        _published(lake, "profiles").join(same, on="entity_id").select(columns) for lake in (nightly, full)
+    ]
+    assert profiles[0].height > 0.99 * _published(full, "profiles").height
+    assert profiles[0].equals(profiles[1])
     for source in ("lending", "tax", "violations"):
         a = pl.read_parquet(nightly / "accepted" / DAYS[-1] / f"{source}.parquet")
         b = pl.read_parquet(full / "accepted" / DAYS[-1] / f"{source}.parquet")
         assert a.equals(b), source
 
 
+def test_a_full_relink_is_forced_by_flag_or_weekday(
+    nightly: Path, sources: Path, tmp_path: Path, no_weekly_relink: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    assert (
+        credit(
+            ["run", "--sources", str(sources), "--lake", str(lake), "--date", DAYS[-1], "--full-relink", "-q"]
+        )
+        == 0
+    )
+    assert _resolution(lake, DAYS[-1])["mode"] == "full"
+    weekday = date.fromisoformat(DAYS[-1]).isoweekday()
+    config = tmp_path / "resolution.toml"
+    config.write_text(f'spec = "enterprise"\nfull_relink_weekdays = [{weekday}]\n', "utf-8")
+    monkeypatch.setenv("CREDIT_RESOLUTION_CONFIG", str(config))
+    stages.run_all(str(sources), str(lake), DAYS[-1], run_id="weekly")
+    assert _resolution(lake, DAYS[-1])["mode"] == "full"
+    # a full re-link keeps the registry's ids
+    kept = _published(nightly, "links").join(_published(lake, "links"), on=["source", "source_record_id"])
+    assert (kept["entity_id"] == kept["entity_id_right"]).mean() >= 0.999
+    config.write_text('engine = "rules"\n', "utf-8")
+    with pytest.raises(ValueError, match="rules resolver is retired"):
+        stages.resolution_settings()
+
+
 def test_rerunning_a_night_changes_nothing_and_duplicates_nothing(nightly: Path, sources: Path) -> None:
-    before = {name: _published(nightly, name) for name in ("profiles", "links")}
+    before = {name: _published(nightly, name) for name in ("profiles", "links", "entities")}
+    members = pl.read_parquet(nightly / "registry" / DAYS[-1] / "members.parquet")
+    mode = _resolution(nightly, DAYS[-1])["mode"]
     stages.run_all(str(sources), str(nightly), DAYS[-1], run_id="rerun")
+    assert _resolution(nightly, DAYS[-1])["mode"] == mode
     for name, frame in before.items():
         assert _published(nightly, name).equals(frame), name
+    assert pl.read_parquet(nightly / "registry" / DAYS[-1] / "members.parquet").equals(members)
     for source in ("lending", "social_insurance", "contract"):
         ids = pl.read_parquet(nightly / "accepted" / DAYS[-1] / f"{source}.parquet")["source_record_id"]
         assert ids.is_unique().all(), source

@@ -1,21 +1,28 @@
-"""Entity resolution: codes first, names next, and never two valid USCCs in one firm."""
+"""The nightly resolver (the engine through entity_resolution/pipeline.py): codes, crosswalks,
+near-miss codes, names, and never two valid USCCs in one firm — the cases the retired rules
+resolver was tested on."""
 
-from datetime import datetime
+from datetime import date, datetime
 
 import polars as pl
+import pytest
 
 from entity_resolution.evaluate import evaluate
-from entity_resolution.resolve import resolve
-from pipelines.identifiers import uscc_check_char
+from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
+from pipelines import stages
+from pipelines.identifiers import is_valid_uscc, org_code_check_char, reg_no_check_digit, uscc_check_char
 
 
-def uscc(body17: str) -> str:
+def uscc(prefix: str, org_body: str) -> str:
+    """A valid USCC: 8 characters of registration authority and division, then a valid org code."""
+    body17 = prefix + org_body + org_code_check_char(org_body)
     return body17 + uscc_check_char(body17)
 
 
-HUAXING = uscc("91330203MA2A1B2C3")
-HUAXING_STAR = uscc("91330203MA2A1B2C4")
-BEIJING = uscc("91110108MA0B2C3D4")
+HUAXING = uscc("91330203", "MA2A1B2C")
+HUAXING_STAR = uscc("91330203", "MA2A1B2D")
+BEIJING = uscc("91110108", "MA0B2C3D")
+REG_NO = "33020300003063" + reg_no_check_digit("33020300003063")
 COLUMNS = [
     "source",
     "source_record_id",
@@ -30,7 +37,30 @@ COLUMNS = [
 
 def frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=COLUMNS, orient="row").with_columns(
-        updated_at=pl.lit(datetime(2026, 11, 1))
+        legal_rep=pl.lit(None, pl.String), updated_at=pl.lit(datetime(2026, 11, 1))
+    )
+
+
+@pytest.fixture(scope="module")
+def background(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    """Canonical records of 600 generated firms: the engine learns its model from data, so the
+    hand-made cases below are resolved among realistic records, as they would be in the nightly."""
+    from pipelines.generate import generate
+
+    root = tmp_path_factory.mktemp("resolve")
+    generate(root / "sources", entities=600, seed=13, end_date=date(2026, 11, 23), faults="none")
+    stages.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="background")
+    return pl.read_parquet(root / "lake" / "accepted" / "2026-11-23" / "*.parquet").select(IDENTITY_COLUMNS)
+
+
+def resolve(background: pl.DataFrame, records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Links and entities of the hand-made ``records`` resolved together with the background."""
+    records = records.select(IDENTITY_COLUMNS)
+    resolution = resolve_canonical(pl.concat([background, records], how="vertical_relaxed"))
+    ours = records.select("source", "source_record_id")
+    return (
+        resolution.links.join(ours, on=["source", "source_record_id"], how="semi"),
+        resolution.entities,
     )
 
 
@@ -38,13 +68,23 @@ def entity_of(links: pl.DataFrame, record_id: str) -> str:
     return links.filter(pl.col("source_record_id") == record_id)["entity_id"].item()
 
 
-def test_codes_names_and_hard_negatives() -> None:
+def test_codes_names_and_hard_negatives(background: pl.DataFrame) -> None:
     typo = HUAXING[:5] + ("1" if HUAXING[5] != "1" else "2") + HUAXING[6:]
+    assert all(map(is_valid_uscc, (HUAXING, HUAXING_STAR, BEIJING))) and not is_valid_uscc(typo)
     records = frame(
         [
-            ("lending", "1", "宁波海曙华兴电子科技有限公司", HUAXING, HUAXING, HUAXING[8:17], None, "valid"),
-            ("lending", "2", "华兴电子科技（宁波）有限公司", None, None, None, None, "missing"),
-            ("tax", "3", "華興電子科技有限責任公司", HUAXING[8:17], None, HUAXING[8:17], None, "org_code"),
+            (
+                "zz_lending",
+                "1",
+                "宁波海曙华兴电子科技有限公司",
+                HUAXING,
+                HUAXING,
+                HUAXING[8:17],
+                None,
+                "valid",
+            ),
+            ("zz_lending", "2", "华兴电子科技（宁波）有限公司", None, None, None, None, "missing"),
+            ("zz_tax", "3", "華興電子科技有限責任公司", HUAXING[8:17], None, HUAXING[8:17], None, "org_code"),
             (
                 "tax",
                 "4",
@@ -55,24 +95,33 @@ def test_codes_names_and_hard_negatives() -> None:
                 None,
                 "valid",
             ),
-            ("contract", "5", "华兴电子科技", typo, None, None, None, "invalid"),
-            ("violations", "6", "北京华兴电子科技有限公司", BEIJING, BEIJING, BEIJING[8:17], None, "valid"),
-            ("violations", "7", "华兴电子科技(北京)有限公司", None, None, None, None, "missing"),
-            ("violations", "8", "宁波华兴电子科技有限公司海曙分公司", None, None, None, None, "missing"),
-            ("tax", "9", "宁波华星电子科技有限公司", None, None, None, "330203000030639", "reg_no"),
+            ("zz_contract", "5", "华兴电子科技", typo, None, None, None, "invalid"),
             (
-                "tax",
+                "zz_violations",
+                "6",
+                "北京华兴电子科技有限公司",
+                BEIJING,
+                BEIJING,
+                BEIJING[8:17],
+                None,
+                "valid",
+            ),
+            ("zz_violations", "7", "华兴电子科技(北京)有限公司", None, None, None, None, "missing"),
+            ("zz_violations", "8", "宁波华兴电子科技有限公司海曙分公司", None, None, None, None, "missing"),
+            ("zz_tax", "9", "宁波华星电子科技有限公司", None, None, None, REG_NO, "reg_no"),
+            (
+                "zz_tax",
                 "10",
                 "宁波华星电子科技有限公司",
                 HUAXING_STAR,
                 HUAXING_STAR,
                 HUAXING_STAR[8:17],
-                "330203000030639",
+                REG_NO,
                 "valid",
             ),
         ]
     )
-    links, entities = resolve(records)
+    links, entities = resolve(background, records)
     assert links.height == records.height
     for rid in ("1", "2", "3", "5"):
         assert entity_of(links, rid) == HUAXING, rid
@@ -81,7 +130,10 @@ def test_codes_names_and_hard_negatives() -> None:
     assert entity_of(links, "6") == entity_of(links, "7") == BEIJING  # region in brackets decides
     assert entity_of(links, "8") not in (HUAXING, HUAXING_STAR)  # a branch is not its head office
     methods = dict(zip(links["source_record_id"], links["match_method"], strict=True))
-    assert methods["3"] == "org_code" and methods["5"] == "code_near+name" and methods["9"] == "reg_no"
+    assert methods["1"] == methods["4"] == methods["6"] == "uscc"
+    assert methods["3"] == methods["9"] == "code_crosswalk"  # organization code, old registration number
+    assert methods["2"] == methods["5"] == methods["7"] == "fellegi_sunter"  # name (and near-miss code)
+    assert methods["8"] == "own_entity"
     # no entity holds two different valid USCCs
     per_entity = (
         records.join(links, on=["source", "source_record_id"])
@@ -93,28 +145,28 @@ def test_codes_names_and_hard_negatives() -> None:
     assert entities.filter(pl.col("entity_id") == HUAXING)["name"].item() == "宁波海曙华兴电子科技有限公司"
 
 
-def test_ambiguous_name_is_not_guessed() -> None:
-    a, b = uscc("91330203MA2A1B2C5"), uscc("91330203MA2A1B2C6")
+def test_ambiguous_name_is_not_guessed(background: pl.DataFrame) -> None:
+    a, b = uscc("91330203", "MA2A1B2E"), uscc("91330203", "MA2A1B2F")
     records = frame(
         [
-            ("lending", "1", "宁波华兴电子科技有限公司", a, a, a[8:17], None, "valid"),
-            ("lending", "2", "宁波华星电子科技有限公司", b, b, b[8:17], None, "valid"),
-            ("lending", "3", "华杏电子科技有限公司", None, None, None, None, "missing"),
+            ("zz_lending", "1", "宁波华兴电子科技有限公司", a, a, a[8:17], None, "valid"),
+            ("zz_lending", "2", "宁波华星电子科技有限公司", b, b, b[8:17], None, "valid"),
+            ("zz_lending", "3", "华杏电子科技有限公司", None, None, None, None, "missing"),
         ]
     )
-    links, _ = resolve(records)
+    links, _ = resolve(background, records)
     assert entity_of(links, "3") not in (a, b)
 
 
-def test_ids_are_deterministic() -> None:
+def test_ids_are_deterministic(background: pl.DataFrame) -> None:
     records = frame(
         [
-            ("lending", str(i), f"宁波{name}电子科技有限公司", None, None, None, None, "missing")
+            ("zz_lending", str(i), f"宁波{name}电子科技有限公司", None, None, None, None, "missing")
             for i, name in enumerate(["华兴", "恒达", "华兴"])
         ]
     )
-    first, _ = resolve(records)
-    second, _ = resolve(records.reverse())
+    first, _ = resolve(background, records)
+    second, _ = resolve(background.reverse(), records.reverse())
     assert first.equals(second)
     assert entity_of(first, "0") == entity_of(first, "2") != entity_of(first, "1")
 

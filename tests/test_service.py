@@ -11,6 +11,7 @@ import httpx
 import polars as pl
 import pytest
 
+from entity_resolution.spec import load_spec
 from pipelines import stages
 from pipelines.profiles import PROFILE_COLUMNS
 from serving.app import audit_settings, load_config
@@ -169,7 +170,9 @@ def test_evidence_and_history(deployment: dict, profiles: pl.DataFrame) -> None:
     )
     evidence = get(deployment, f"/api/v1/profiles/{firm['uscc']}/evidence").json()["records"]
     assert len(evidence) == firm["record_count"]
-    assert all(len(r["match_grade"]) == 3 and set(r["match_grade"]) <= set("ABFZ") for r in evidence)
+    # one letter per comparison of the resolution spec
+    letters = len(load_spec(stages.resolution_settings()["spec"]).comparisons)
+    assert all(len(r["match_grade"]) == letters and set(r["match_grade"]) <= set("ABFZ") for r in evidence)
     assert all(0 < r["match_confidence"] <= 1 for r in evidence)
     history = get(deployment, f"/api/v1/profiles/{firm['uscc']}/history").json()["versions"]
     assert [str(v["as_of"]) for v in history] == list(DAYS)
