@@ -39,7 +39,9 @@ def signatures(frame: pl.DataFrame, spec: Spec) -> tuple[pl.DataFrame, pl.DataFr
     rid = spec.id_column
     fields = signature_fields(spec, frame.columns)
     per_record = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
-    sig = per_record.unique("_h", keep="first").sort(rid).with_row_index("sig")
+    # accuracy2 (determinism): each signature is numbered by its smallest record id, whatever the
+    # input order (the u sample draws signature numbers)
+    sig = per_record.sort(rid).unique("_h", keep="first", maintain_order=True).with_row_index("sig")
     per_record = per_record.select(rid, "_h").join(sig.select("_h", "sig"), on="_h").drop("_h")
     return sig, per_record
 
