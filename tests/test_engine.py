@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 from datetime import date
@@ -541,7 +542,9 @@ def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
             + ["宁波华兴电器科技有限公司"],
         }
     )
-    frame = normalise(records, ENTERPRISE)
+    assert normalise(records, ENTERPRISE)["name_core"][5] == "华兴电器科技"  # off by default
+    steps = tuple({**step, "correct_one_offs": True} for step in ENTERPRISE.normalise)
+    frame = normalise(records, dataclasses.replace(ENTERPRISE, normalise=steps))
     assert frame["name_core"].to_list() == ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电子科技"]
     assert frame["name_key"][5] == "华兴电子科技"
     assert frame["name_tokens"][5].to_list() == frame["name_tokens"][0].to_list()
