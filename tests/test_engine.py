@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 from datetime import date
@@ -573,3 +574,26 @@ def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
     spec.write_text('[spec]\nlink_type = "both"\n[[compare]]\nname = "t"\ncolumn = "t"\nmethod = "exact"\n')
     with pytest.raises(ValueError, match="link_type must be one of"):
         load_spec(spec)
+
+
+def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
+    from entity_resolution.internals.normalise import normalise, one_off_corrections
+
+    # 华兴 recurs (a firm) and 华星 (its sibling) too: both stay; 华兴电器 is on one record, one
+    # character from 华兴 only (a typo); 华新 is one character from both 华兴 and 华星: ambiguous, kept
+    cores = pl.Series(["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电器科技", "华新电子科技"])
+    assert one_off_corrections(cores) == {"华兴电器科技": "华兴电子科技"}
+    records = pl.DataFrame(
+        {
+            "record_id": [f"r{i}" for i in range(6)],
+            "name": ["宁波华兴电子科技有限公司"] * 3
+            + ["宁波华星电子科技有限公司"] * 2
+            + ["宁波华兴电器科技有限公司"],
+        }
+    )
+    assert normalise(records, ENTERPRISE)["name_core"][5] == "华兴电器科技"  # off by default
+    steps = tuple({**step, "correct_one_offs": True} for step in ENTERPRISE.normalise)
+    frame = normalise(records, dataclasses.replace(ENTERPRISE, normalise=steps))
+    assert frame["name_core"].to_list() == ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电子科技"]
+    assert frame["name_key"][5] == "华兴电子科技"
+    assert frame["name_tokens"][5].to_list() == frame["name_tokens"][0].to_list()

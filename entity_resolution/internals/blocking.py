@@ -53,19 +53,28 @@ def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int) -> tuple[p
     rid = spec.id_column
     per_record_parts, unique_parts = [], []
     height = records.select(pl.len()).collect().item()
+    if any(step.get("correct_one_offs") for step in spec.normalise):
+        chunk_records = max(height, 1)  # a spelling is one-off only among all the records
     for offset in range(0, max(height, 1), chunk_records):
         frame = normalise(records.slice(offset, chunk_records).collect(), spec)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame
         per_record_parts.append(part.select(rid, "_h"))
-        unique_parts.append(part.unique("_h", keep="first", maintain_order=True))
+        unique_parts.append(part.unique("_h", keep="first", maintain_order=True).drop(rid))
     per_record = pl.concat(per_record_parts)
-    sig = pl.concat(unique_parts).unique("_h", keep="first", maintain_order=True).sort(rid)
-    sig = sig.with_row_index("sig").rename({rid: "first_record"})
+    # each signature is numbered by its smallest record id, whatever the input order or chunking
+    # (the u sample draws signature numbers)
+    first = per_record.group_by("_h").agg(pl.col(rid).min().alias("first_record"))
+    sig = (
+        pl.concat(unique_parts)
+        .unique("_h", keep="first", maintain_order=True)
+        .join(first, on="_h")
+        .sort("first_record")
+        .with_row_index("sig")
+    )
     per_record = per_record.join(sig.select("_h", "sig"), on="_h").drop("_h")
-    first = per_record.group_by("sig").agg(pl.col(rid).min().alias("first_record"))
-    sig = sig.drop("_h", "first_record").join(first, on="sig").sort("sig")
+    sig = sig.drop("_h")
     return sig, per_record
 
 

@@ -18,6 +18,10 @@ def compared_columns(spec: Spec) -> list[str]:
     return list(dict.fromkeys(c.column for c in spec.comparisons))
 
 
+def _strings(values: pl.Series) -> list[str]:
+    return values.cast(pl.String).fill_null("").to_list()
+
+
 def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.ndarray:
     """The level of each pair for one comparison (NULL_LEVEL where either side is missing)."""
     null = (left.is_null() | right.is_null()).to_numpy()
@@ -55,8 +59,7 @@ def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.n
         score = (l_values - r_values).abs().cast(pl.Float64).fill_null(math.inf).to_numpy()
         higher_is_better = False
     else:
-        a = left.cast(pl.String).fill_null("").to_list()
-        b = right.cast(pl.String).fill_null("").to_list()
+        a, b = _strings(left), _strings(right)
         if comparison.method == "levenshtein":
             score = cpdist(a, b, scorer=distance.Levenshtein.distance, workers=-1).astype(float)
             higher_is_better = False
@@ -72,8 +75,8 @@ def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.n
     elif comparison.one_char_level:
         level = np.where(level > 0, level + 1, level)
     if comparison.one_char_level:
-        a = left.cast(pl.String).fill_null("").to_list()
-        b = right.cast(pl.String).fill_null("").to_list()
+        if comparison.method == "exact":
+            a, b = _strings(left), _strings(right)
         one_apart = cpdist(a, b, scorer=distance.Levenshtein.distance, workers=-1) == 1
         level = np.where(one_apart, 1, level)
     return np.where(null, NULL_LEVEL, level).astype(np.int8)

@@ -44,16 +44,55 @@ def _tokens(values: pl.Series) -> pl.Series:
     return _lookup(values, unique, tokens)
 
 
-def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
-    """The spec's normalisers applied to the input (new columns added, inputs kept)."""
-    from entity_resolution.names import normalise_names
-    from pipelines.identifiers import classify_codes
+def one_off_corrections(values: pl.Series) -> dict[str, str]:
+    """Spellings on one record only that are one character (a substitution) away from exactly one
+    spelling that recurs on other records: each mapped to that spelling.
 
+    A typo is one-off (each record is mistyped its own way), while a sibling firm's own name recurs
+    on its records; a one-off with two recurring neighbours (a firm and its sibling) is left as it
+    is. Neighbours are found by joining on the spelling with each character position masked."""
+    counts = pl.DataFrame({"value": values}).drop_nulls().group_by("value").len()
+    masked = (
+        counts.with_columns(pl.int_ranges(0, pl.col("value").str.len_chars()).alias("at"))
+        .explode("at")
+        .drop_nulls("at")
+        .with_columns(
+            (
+                pl.col("value").str.slice(0, pl.col("at"))
+                + "\x00"
+                + pl.col("value").str.slice(pl.col("at") + 1)
+            ).alias("masked")
+        )
+    )
+    once = masked.filter(pl.col("len") == 1).select("value", "masked")
+    recurring = masked.filter(pl.col("len") > 1).select(pl.col("value").alias("to"), "masked")
+    neighbours = (
+        once.join(recurring, on="masked")
+        .group_by("value")
+        .agg(pl.col("to").unique().alias("to"))
+        .filter(pl.col("to").list.len() == 1)
+        .sort("value")
+    )
+    return dict(zip(neighbours["value"].to_list(), neighbours["to"].list.first().to_list(), strict=True))
+
+
+def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """The spec's normalisers applied to the input (new columns added, inputs kept); a normaliser's
+    modules are imported only when a spec uses it (a person spec loads no name or code tables)."""
     for step in spec.normalise:
         kind = step["kind"]
         if kind == "company_name":
+            from entity_resolution.names import normalise_names
+
             column, out = step["column"], step.get("out", step["column"])
             names = normalise_names(frame[column].cast(pl.String))
+            if step.get("correct_one_offs"):  # a one-off spelling reads as the one recurring neighbour
+                corrections = one_off_corrections(names["core"])
+                core = names["core"].replace(corrections)
+                names = names.with_columns(
+                    core.alias("core"),
+                    (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
+                )
             region = names["region_codes"].list.first().str.slice(0, 4)
             frame = frame.with_columns(
                 names["core"].alias(f"{out}_core"),
@@ -64,6 +103,8 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
+            from pipelines.identifiers import classify_codes
+
             # every configured column is classified (a department may put any code in any column)
             sources = [
                 step[t] for t in ("uscc", "org_code", "reg_no") if step.get(t) and step[t] in frame.columns
