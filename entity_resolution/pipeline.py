@@ -387,7 +387,10 @@ def resolve_changes(
     kept_engine = kept.select(record_id().alias("record_id"), "entity_id", "match_confidence", "match_grade")
     rebuilt = pl.concat(
         [
-            _firm_links(pl.concat([kept_firms, firms]), pl.concat([kept_engine, engine_links])),
+            _firm_links(
+                pl.concat([kept_firms, firms]),
+                pl.concat([kept_engine, engine_links.select(kept_engine.columns)]),
+            ),
             _person_links(pl.concat([kept_persons, persons])),
         ]
     ).select(previous_links.columns)

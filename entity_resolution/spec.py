@@ -28,6 +28,7 @@ class Comparison:
     column: str
     method: str
     thresholds: tuple[float, ...]
+    label: str = ""  # how pages name the field in a match grade (the name when not given)
     # the top (exact) level weighs by the value's own frequency: a common value is weaker evidence
     tf_adjust: bool = False
     # level 1 is "differs in exactly one character" (a sibling name or a typo: the model decides)
@@ -115,6 +116,7 @@ def load_spec(path: str | Path) -> Spec:
                 ),
                 tf_adjust=bool(item.get("tf_adjust", False)),
                 one_char_level=bool(item.get("one_char_level", False)),
+                label=str(item.get("label", item["name"])),
             )
         )
         if comparisons[-1].tf_adjust and item["method"] not in (*STRING_METHODS, "prefix"):

@@ -13,7 +13,9 @@ up before the bundled ones.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: the checkout's root (meaningful only when running from a checkout, e.g. for the demo's AIRFLOW_HOME)
@@ -69,3 +71,18 @@ def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:
     if not Path(extra).is_dir():
         raise FileNotFoundError(f"{EXPECTATIONS_ENV}={extra}: no such folder of expectation suites")
     return [Path(extra), bundled]
+
+
+def resolution_settings() -> dict[str, Any]:
+    """config/resolution.toml (CREDIT_RESOLUTION_CONFIG points a deployment at its own)."""
+    path = config_path("resolution.toml")
+    settings = tomllib.loads(path.read_text("utf-8"))
+    if settings.get("engine", "fellegi_sunter") != "fellegi_sunter":
+        raise ValueError(
+            f"{path}: engine = {settings['engine']!r}: the rules resolver is retired; the engine is "
+            f"'fellegi_sunter' (tune it through its spec)"
+        )
+    days = settings.get("full_relink_weekdays", [])
+    if not all(isinstance(d, int) and 1 <= d <= 7 for d in days):
+        raise ValueError(f"{path}: full_relink_weekdays must list ISO weekdays 1 (Monday) to 7 (Sunday)")
+    return settings

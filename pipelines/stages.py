@@ -18,6 +18,7 @@ import polars as pl
 
 from pipelines.errors import PublishError
 from pipelines.lake import Lake, write_json, write_parquet
+from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
 from pipelines.sources import SourceConfig, load_sources
 
 log = logging.getLogger(__name__)
@@ -267,25 +268,6 @@ def _accepted(lake: Lake) -> pl.LazyFrame:
     if missing:
         raise FileNotFoundError(f"accepted data missing for {missing} in {lake.root}")
     return pl.concat([pl.scan_parquet(p) for p in paths], how="vertical_relaxed")
-
-
-def resolution_settings() -> dict[str, Any]:
-    """config/resolution.toml (CREDIT_RESOLUTION_CONFIG points a deployment at its own)."""
-    import tomllib
-
-    from pipelines.settings import config_path
-
-    path = config_path("resolution.toml")
-    settings = tomllib.loads(path.read_text("utf-8"))
-    if settings.get("engine", "fellegi_sunter") != "fellegi_sunter":
-        raise ValueError(
-            f"{path}: engine = {settings['engine']!r}: the rules resolver is retired; the engine is "
-            f"'fellegi_sunter' (tune it through its spec)"
-        )
-    days = settings.get("full_relink_weekdays", [])
-    if not all(isinstance(d, int) and 1 <= d <= 7 for d in days):
-        raise ValueError(f"{path}: full_relink_weekdays must list ISO weekdays 1 (Monday) to 7 (Sunday)")
-    return settings
 
 
 #: where the entity registry of each published business date lives (LAKE/registry/<date>/)

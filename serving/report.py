@@ -124,6 +124,14 @@ class FirmReport:
         return cls(store.version, view.role, found, records, history, view)
 
 
+def grade_fields() -> str:
+    """The fields a match grade's letters stand for, in order: the resolution spec's comparisons."""
+    from entity_resolution.spec import load_spec
+    from pipelines.settings import resolution_settings
+
+    return "、".join(c.label for c in load_spec(resolution_settings()["spec"]).comparisons)
+
+
 # ---------------------------------------------------------------- formatting
 def value_text(value: Any, column: Column | None) -> str:
     """A value with its unit: money to the cent in 元, shares as %, counts with their measure word."""
@@ -463,7 +471,8 @@ def fragment(report: FirmReport) -> str:
             + _records_table(report.records, counted, with_match=True)
             + _tag(
                 "p",
-                "匹配等级 match grade: 代码、名称、法定代表人 — A 相同 same, B 相似 similar, F 不同 different, Z 缺失 missing.",
+                f"匹配等级 match grade: {grade_fields()} — A 相同 same, B 相似 similar, F 不同 different, "
+                "Z 缺失 missing.",
                 class_="hint",
             ),
             id="evidence",

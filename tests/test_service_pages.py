@@ -10,8 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from entity_resolution.spec import load_spec
 from pipelines.dictionary import load_columns, load_domains
 from pipelines.profiles import list_labels, load_grading
+from pipelines.settings import resolution_settings
+from serving.report import grade_fields
 from tests.conftest import skip_or_fail
 from tests.service_support import build_lake, credit, first_page, serving
 
@@ -85,7 +88,10 @@ def test_search_then_profile_page_with_panels_grade_history_and_evidence(browser
     assert page.locator("#reasons li").count() >= 1
     assert page.locator("#history svg .history-point").count() == 2  # two published versions
     assert page.locator("#evidence tbody tr").count() == firm["record_count"]
-    assert all(len(g) == 3 for g in page.locator("#evidence tbody tr td:last-child").all_inner_texts())
+    letters = len(load_spec(resolution_settings()["spec"]).comparisons)  # one per comparison of the spec
+    grades = page.locator("#evidence tbody tr td:last-child").all_inner_texts()
+    assert grades and all(len(g) == letters for g in grades), grades
+    assert grade_fields() in page.inner_text("#evidence")
     assert errors == []
     page.screenshot(path=str(site["shots"] / "firm-page-search.png"), full_page=True)
 
