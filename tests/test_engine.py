@@ -63,8 +63,8 @@ def test_accuracy_on_the_generators_truth(generated: dict, linked) -> None:  # n
     assert entities_with_two_codes(linked.links, generated["codes"]) == 0
 
 
-def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
-    links = linked.links
+def assert_links_explained(links: pl.DataFrame) -> None:
+    """Every link says how it was made: exact keys at confidence 1, scored pairs above the threshold."""
     assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade", "match_rule"]
     assert set(links["match_rule"]) <= set(MATCH_RULES)
     # a record whose signature shares a valid code with another is linked by the exact key, at 1
@@ -72,6 +72,11 @@ def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
     assert coded.height > 0 and (coded["match_confidence"] == 1).all()
     scored = links.filter(pl.col("match_rule") == "probabilistic")
     assert scored.height > 0 and scored["match_confidence"].is_between(ENTERPRISE.link_threshold, 1).all()
+
+
+def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
+    links = linked.links
+    assert_links_explained(links)
     assert links["match_confidence"].is_between(0, 1).all()
     assert (links["match_grade"].str.len_chars() == len(ENTERPRISE.comparisons)).all()
     assert links["match_grade"].str.contains("^[ABFZ]+$").all()
@@ -298,13 +303,7 @@ def test_credit_link_then_evaluate(
     stats = json.loads(capsys.readouterr().out)
     assert stats["candidate_pairs"] > 0 and Path(stats["review"]).exists()
     links = pl.read_parquet(out)
-    assert links.columns == ["record_id", "entity_id", "match_confidence", "match_grade", "match_rule"]
-    assert set(links["match_rule"]) <= set(MATCH_RULES)
-    # a record whose signature shares a valid code with another is linked by the exact key, at 1
-    coded = links.filter(pl.col("match_rule") == "exact_key")
-    assert coded.height > 0 and (coded["match_confidence"] == 1).all()
-    scored = links.filter(pl.col("match_rule") == "probabilistic")
-    assert scored.height > 0 and scored["match_confidence"].is_between(ENTERPRISE.link_threshold, 1).all()
+    assert_links_explained(links)
     assert links.height == generated["records"].height
     truth = str(generated["root"] / "truth.parquet")
     assert credit(["evaluate", "--links", str(out), "--truth", truth, "--json"]) == 0
