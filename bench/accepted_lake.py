@@ -36,7 +36,7 @@ def main() -> int:
     lake = args.workdir / f"lake-{args.entities}"
     started = time.perf_counter()
     if not (sources / "truth" / "records.parquet").exists():
-        run_stage("generate", str(sources), args.entities, args.seed, args.date)
+        run_stage("generate", str(sources), args.entities, args.seed, args.date, 1)
         print(f"generated in {time.perf_counter() - started:.0f} s", flush=True)
 
     from pipelines.lake import Lake
