@@ -81,7 +81,9 @@ class Linkage:
     review: pl.DataFrame  # pairs between the review and link thresholds, with both records
     model: dict[str, Any]  # m, u, lambda per comparison level
     stats: dict[str, Any] = field(default_factory=dict)
-    assignments: pl.DataFrame | None = None  # record id -> signature, node (for blocking diagnostics)
+    # record id -> signature, node (blocking diagnostics): a scan of ``work_dir``'s record map, so
+    # the 10M rows of a city are read only when asked for
+    assignments: pl.LazyFrame | None = None
 
 
 def _stable_id(first_record: str) -> str:
@@ -165,10 +167,13 @@ def link(
     (work / "shards").mkdir(parents=True)
     (work / "partitions").mkdir(parents=True)
     try:
-        return _link(
+        result = _link(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
             keep_pairs, work, scale, step, started, timings, peaks, frequencies,
         )  # fmt: skip
+        if work_dir is None:  # the work files go: what the assignments scan is read now
+            result.assignments = result.assignments.collect().lazy()
+        return result
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -194,7 +199,10 @@ def _link(
 ) -> Linkage:
     rid = spec.id_column
     # 1. signatures: identical values on everything that matters are compared once
-    sig, per_record = signatures(records, spec, scale.normalise_records)
+    # each phase reads the columns it needs from the work files: the record -> signature map (which
+    # grows with the input) never sits in memory whole, nor do the signatures' first record ids
+    signature_file, record_file = signatures(records, spec, scale.normalise_records, work)
+    sig = pl.scan_parquet(signature_file).drop("first_record").collect()
     n = sig.height
     step("signatures")
 
@@ -233,9 +241,6 @@ def _link(
     if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
         frequencies = term_frequencies(sig, spec, unit="node")
 
-    def scored_shard(path: Path) -> pl.DataFrame:
-        return pl.read_parquet(path)
-
     kept = []  # pairs at or above the review threshold
     for path in shard_paths:  # every pair's probability, written back beside its pattern
         shard = pl.read_parquet(path)
@@ -255,20 +260,21 @@ def _link(
     )
     linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
     review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
+    shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
+    in_review = pl.concat([review["l"], review["r"]]).unique().to_frame("sig").lazy()
     review_pairs = _review_pairs(
         review.select("l", "r", "probability"),
         _decode(review["pattern"].to_numpy(), radix, spec),
-        sig.select(
-            "sig",
-            "first_record",
-            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
-        ),
+        pl.scan_parquet(signature_file)
+        .select("sig", "first_record", *shown)
+        .join(in_review, on="sig", how="semi")
+        .collect(),
         spec,
     )
     step("model")
 
     # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
-    sig_of = per_record.lazy()
+    sig_of = pl.scan_parquet(record_file)
     decision_rows = []
     for kind, pairs in (("must", must_link or []), ("cannot", cannot_link or [])):
         if pairs:
@@ -292,17 +298,19 @@ def _link(
         if anchors
         else None
     )
+    anchor_of = None
     if fixed_anchors and anchor_frame is not None:
         # each signature takes the first anchor of its records (in the anchors' order); the
         # signatures of one anchored entity are joined (forced) to its smallest one
         anchor_of = (
-            anchor_frame.join(per_record, on=rid)
+            anchor_frame.lazy()
+            .join(sig_of, on=rid)
             .sort("_order")
             .group_by("sig", maintain_order=True)
             .agg(pl.col("anchor").first())
             .sort("sig")
+            .collect()
         )
-        sig = sig.join(anchor_of, on="sig", how="left").sort("sig")
         firsts = anchor_of.with_columns(pl.col("sig").min().over("anchor").alias("first"))
         must_count = len(must_link or [])  # the steward's must-links come first
         forced = (
@@ -331,48 +339,61 @@ def _link(
     )
     partitions = int(partition.max()) + 1 if n else 0
     sizes = np.bincount(partition, minlength=partitions)
-    step("partition")
-
-    # every scored pair inside a component goes to its partition (average linkage needs them all)
-    inside = []
-    for path in shard_paths:
-        shard = scored_shard(path).drop("pattern")
-        left, right = shard["l"].to_numpy(), shard["r"].to_numpy()
-        same = component[left] == component[right]
-        if same.any():
-            inside.append(
-                shard.filter(pl.Series(same)).with_columns(pl.Series("part", partition[left[same]]))
-            )
-    inside_pairs = (
-        pl.concat(inside)
-        if inside
-        else pl.DataFrame(
-            schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64, "part": pl.Int64}
-        )
-    )
     columns = [
         "sig", "node", "first_record",
         *dict.fromkeys(
             c
-            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal, "anchor"]
+            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal]
             if c and c in sig.columns
         ),
     ]  # fmt: skip
-    sig = sig.select(columns)
-    order = np.argsort(partition, kind="stable")
-    bounds = np.searchsorted(partition[order], np.arange(partitions + 1))
-    pair_parts = inside_pairs.partition_by("part", as_dict=True, include_key=False)
+    del sig  # from here on a partition's signatures are read from the work files
+    step("partition")
+
+    # each partition's signatures and the scored pairs inside its components (average linkage
+    # needs them all), written by streaming queries into one folder per partition
+    part_of = pl.DataFrame(
+        {
+            "sig": pl.Series(np.arange(n), dtype=pl.UInt32),
+            "node": pl.Series(node, dtype=pl.Int64),
+            "component": component,
+            "part": partition,
+        }
+    )
+    signatures_of_parts = (
+        pl.scan_parquet(signature_file).join(part_of.lazy(), on="sig").select(*columns, "part")
+    )
+    if anchor_of is not None:
+        signatures_of_parts = signatures_of_parts.join(anchor_of.lazy(), on="sig", how="left")
+    signatures_of_parts.sink_parquet(_by_part(work / "partitions" / "signatures"), mkdir=True)
+    pairs_of_parts = (
+        pl.scan_parquet(shard_paths)
+        .select("l", "r", "probability")
+        .join(part_of.lazy().select(pl.col("sig").alias("l"), "component", "part"), on="l")
+        .join(
+            part_of.lazy().select(pl.col("sig").alias("r"), pl.col("component").alias("component_r")), on="r"
+        )
+        .filter(pl.col("component") == pl.col("component_r"))
+        .select("l", "r", "probability", "part")
+    )
+    if shard_paths:
+        pairs_of_parts.sink_parquet(_by_part(work / "partitions" / "scored"), mkdir=True)
     decision_part = decisions.with_columns(pl.Series("part", partition[decisions["l"].to_numpy()]))
     decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
+    largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
+    del part_of, component, partition
     counts = {"linked_pairs": 0, "refused_by_constraints": 0}
     results = []
-    empty_pairs = inside_pairs.drop("part").clear()
     empty_decisions = decisions.clear()
     for number in range(partitions):
         directory = work / "partitions" / f"part-{number:05d}"
         directory.mkdir(parents=True)
-        sig[order[bounds[number] : bounds[number + 1]]].write_parquet(directory / "signatures.parquet")
-        pair_parts.pop((number,), empty_pairs).write_parquet(directory / "scored.parquet")
+        _read_part(work / "partitions" / "signatures", number).sort("sig").write_parquet(
+            directory / "signatures.parquet"
+        )
+        _read_part(work / "partitions" / "scored", number, _SCORED_SCHEMA).sort("l", "r").write_parquet(
+            directory / "scored.parquet"
+        )
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
         for key, value in resolve_partition_files(directory, spec).items():
             counts[key] += value
@@ -401,42 +422,33 @@ def _link(
     anchor_ids: dict[int, str] = {}
     if anchor_frame is not None:
         anchored = (
-            anchor_frame.join(per_record, on=rid)
-            .join(resolved.select("sig", "cluster"), on="sig")
+            anchor_frame.lazy()
+            .join(sig_of, on=rid)
+            .join(resolved.lazy().select("sig", "cluster"), on="sig")
             .group_by("cluster", "anchor")
             .len()
+            .collect()
         )
         # an id goes to the one cluster that holds most of its records (the others are splits)
-        votes = anchored.sort(["len", "cluster"], descending=[True, False])
+        # (ties by cluster, then anchor: the group order of a join is not fixed)
+        votes = anchored.sort(["len", "cluster", "anchor"], descending=[True, False, False])
         claimed: set[str] = set()
         for cluster_id, anchor, _ in votes.iter_rows():
             if cluster_id not in anchor_ids and anchor not in claimed:
                 anchor_ids[cluster_id] = anchor
                 claimed.add(anchor)
-    anchored_ids = pl.DataFrame(
-        {"cluster": list(anchor_ids), "anchor": list(anchor_ids.values())},
-        schema={"cluster": resolved.schema["cluster"], "anchor": pl.String},
-    )
-    clusters = clusters.join(anchored_ids, on="cluster", how="left")
-    unnamed = clusters.filter(pl.col("cluster_value").is_null() & pl.col("anchor").is_null())
-    hashed = pl.DataFrame(
-        {
-            "cluster": unnamed["cluster"],
-            "hashed": [_stable_id(first) for first in unnamed["cluster_first_record"].to_list()],
-        },
-        schema={"cluster": resolved.schema["cluster"], "hashed": pl.String},
-    )
-    names = clusters.join(hashed, on="cluster", how="left").select(
-        "cluster", pl.coalesce("cluster_value", "anchor", "hashed").alias("entity_id")
-    )
+    names = _entity_names(clusters, anchor_ids)
     resolved = resolved.join(names, on="cluster")
     links = (
-        per_record.join(
-            resolved.select("sig", "entity_id", "match_confidence", "match_grade", "match_rule"), on="sig"
+        sig_of.join(
+            resolved.lazy().select("sig", "entity_id", "match_confidence", "match_grade", "match_rule"),
+            on="sig",
         )
         .select(rid, "entity_id", "match_confidence", "match_grade", "match_rule")
         .sort(rid)
+        .collect(engine="streaming")
     )
+    del resolved
     if recorded_columns:
         recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
         links = links.join(recorded, on=rid, how="left", maintain_order="left")
@@ -444,7 +456,7 @@ def _link(
 
     if keep_pairs:
         scored = (
-            pl.concat([scored_shard(path).drop("pattern") for path in shard_paths]).sort("l", "r")
+            pl.concat([pl.read_parquet(path).drop("pattern") for path in shard_paths]).sort("l", "r")
             if shard_paths
             else pl.DataFrame(schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64})
         )
@@ -452,7 +464,7 @@ def _link(
         scored = above_review.drop("pattern").sort("l", "r")
     step("total")
     stats = {
-        "records": per_record.height,
+        "records": links.height,
         "signatures": n,
         "candidate_pairs": candidates,
         "linked_pairs": counts["linked_pairs"],
@@ -463,7 +475,7 @@ def _link(
         "pair_shards": len(shard_paths),
         "partitions": partitions,
         "largest_partition": int(sizes.max()) if partitions else 0,
-        "largest_component": int(np.unique(component, return_counts=True)[1].max()) if n else 0,
+        "largest_component": largest_component,
         "match_rules": dict(links.group_by("match_rule").len().sort("match_rule").iter_rows()),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_mb": peaks,
@@ -477,7 +489,8 @@ def _link(
         for j, c in enumerate(spec.comparisons)
     }
     log.info("linked %s", stats)
-    assignments = per_record.with_columns(pl.Series("node", node[per_record["sig"].to_numpy()]))
+    nodes = pl.DataFrame({"sig": pl.Series(np.arange(n), dtype=pl.UInt32), "node": node})
+    assignments = sig_of.join(nodes.lazy(), on="sig", maintain_order="left")
     return Linkage(
         links=links,
         pairs=scored,
@@ -486,6 +499,54 @@ def _link(
         stats=stats,
         assignments=assignments,
     )
+
+
+def _entity_names(clusters: pl.DataFrame, anchor_ids: dict[int, str]) -> pl.DataFrame:
+    """Per cluster its entity id: its ``cluster_value`` (the USCC), its anchor, else the stable
+    hash of its first record. A hash that another cluster holds as its anchor (an entity split
+    after a merge kept the id minted from this cluster's record) goes back to the cluster it was
+    minted from, and the other takes its own: two entities never share an id."""
+    cluster_type = clusters.schema["cluster"]
+    anchor_ids = dict(anchor_ids)
+    while True:
+        anchored = pl.DataFrame(
+            {"cluster": list(anchor_ids), "anchor": list(anchor_ids.values())},
+            schema={"cluster": cluster_type, "anchor": pl.String},
+        )
+        named = clusters.join(anchored, on="cluster", how="left")
+        unnamed = named.filter(pl.col("cluster_value").is_null() & pl.col("anchor").is_null())
+        hashed = pl.DataFrame(
+            {
+                "cluster": unnamed["cluster"],
+                "hashed": [_stable_id(first) for first in unnamed["cluster_first_record"].to_list()],
+            },
+            schema={"cluster": cluster_type, "hashed": pl.String},
+        )
+        taken = hashed.join(anchored.rename({"cluster": "holder"}), left_on="hashed", right_on="anchor")
+        if taken.height == 0:
+            break
+        for cluster_id, hashed_id, holder in taken.sort("cluster").iter_rows():
+            del anchor_ids[holder]
+            anchor_ids[cluster_id] = hashed_id
+    return named.join(hashed, on="cluster", how="left").select(
+        "cluster", pl.coalesce("cluster_value", "anchor", "hashed").alias("entity_id")
+    )
+
+
+_SCORED_SCHEMA = {"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64}
+
+
+def _by_part(base: Path) -> pl.PartitionBy:
+    """A sink writing one folder of Parquet files per value of ``part`` (``base/part=N/``)."""
+    return pl.PartitionBy(base, key="part", include_key=False)
+
+
+def _read_part(base: Path, number: int, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Partition ``number``'s rows of a ``_by_part`` sink (none when it wrote no folder for it)."""
+    folder = base / f"part={number}"
+    if not folder.exists():
+        return pl.DataFrame(schema=schema)
+    return pl.read_parquet(folder / "*.parquet", hive_partitioning=False)
 
 
 def _review_pairs(review: pl.DataFrame, levels: np.ndarray, sig: pl.DataFrame, spec: Spec) -> pl.DataFrame:

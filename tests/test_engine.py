@@ -406,7 +406,7 @@ def test_term_frequency_a_common_name_counts_for_less() -> None:
         {"record_id": "rare-2", "given_name": "john", "surname": "zyglowski"},
     ]
     result = link(febrl_people(crowd + pairs), FEBRL)
-    ids = result.assignments.select("record_id", "sig")
+    ids = result.assignments.select("record_id", "sig").collect()
     sig = dict(ids.iter_rows())
     scored = {frozenset((a, b)): p for a, b, p in result.pairs.select("l", "r", "probability").iter_rows()}
     common = scored[frozenset((sig["common-1"], sig["common-2"]))]

@@ -9,7 +9,9 @@ holds all the pairs of a city.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -46,36 +48,61 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(signatures with a ``sig`` number and ``first_record``, the smallest record id holding it;
-    record id -> ``sig``). Records are normalised ``chunk_records`` at a time and only the
-    signature fields are kept, so the full-width normalised frame never exists for the whole input."""
+def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int, work: Path) -> tuple[Path, Path]:
+    """Parquet files under ``work``: (the signatures, sorted by their ``sig`` number, with
+    ``first_record``, the smallest record id holding each; the record id -> ``sig`` map).
+
+    Records are normalised ``chunk_records`` at a time and only the signature fields are kept; each
+    chunk's record -> hash map and its distinct signatures go to disk, and the two results are
+    built from those files by streaming queries, so neither the full-width normalised frame nor the
+    per-record map (which grows with the input, not with the signatures) ever sits in memory."""
     rid = spec.id_column
-    per_record_parts, unique_parts = [], []
+    parts = work / "signatures"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
     height = records.select(pl.len()).collect().item()
     if any(step.get("correct_one_offs") for step in spec.normalise):
         chunk_records = max(height, 1)  # a spelling is one-off only among all the records
-    for offset in range(0, max(height, 1), chunk_records):
+    for number, offset in enumerate(range(0, max(height, 1), chunk_records)):
         frame = normalise(records.slice(offset, chunk_records).collect(), spec)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame
-        per_record_parts.append(part.select(rid, "_h"))
-        unique_parts.append(part.unique("_h", keep="first", maintain_order=True).drop(rid))
-    per_record = pl.concat(per_record_parts)
+        part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
+        part.drop(rid).unique("_h", keep="first", maintain_order=True).write_parquet(
+            parts / f"unique-{number:05d}.parquet"
+        )
+        del part
     # each signature is numbered by its smallest record id, whatever the input order or chunking
-    # (the u sample draws signature numbers)
-    first = per_record.group_by("_h").agg(pl.col(rid).min().alias("first_record"))
-    sig = (
-        pl.concat(unique_parts)
-        .unique("_h", keep="first", maintain_order=True)
-        .join(first, on="_h")
+    # (the u sample draws signature numbers); a hash stands for its fields' values
+    numbered = (
+        pl.scan_parquet(parts / "records-*.parquet")
+        .group_by("_h")
+        .agg(pl.col(rid).min().alias("first_record"))
         .sort("first_record")
         .with_row_index("sig")
+        .collect(engine="streaming")
     )
-    per_record = per_record.join(sig.select("_h", "sig"), on="_h").drop("_h")
-    sig = sig.drop("_h")
-    return sig, per_record
+    per_record = work / "records.parquet"
+    (
+        pl.scan_parquet(parts / "records-*.parquet")
+        .join(numbered.lazy().select("_h", "sig"), on="_h")
+        .select(rid, "sig")
+        .sink_parquet(per_record)
+    )
+    signature_file = work / "signatures.parquet"
+    (
+        pl.scan_parquet(parts / "unique-*.parquet")
+        .unique("_h", keep="any")
+        .join(numbered.lazy(), on="_h")
+        .drop("_h")
+        .sort("sig")
+        .select("sig", pl.exclude("sig", "first_record"), "first_record")
+        .sink_parquet(signature_file)
+    )
+    del numbered
+    shutil.rmtree(parts, ignore_errors=True)
+    return signature_file, per_record
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
