@@ -201,8 +201,7 @@ def _link(
     # 1. signatures: identical values on everything that matters are compared once
     # each phase reads the columns it needs from the work files: the record -> signature map (which
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
-    signature_file, record_file = signatures(records, spec, scale.normalise_records, work)
-    sig = pl.scan_parquet(signature_file).drop("first_record").collect()
+    sig, signature_file, record_file = signatures(records, spec, scale.normalise_records, work)
     n = sig.height
     step("signatures")
 

@@ -48,14 +48,17 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int, work: Path) -> tuple[Path, Path]:
-    """Parquet files under ``work``: (the signatures, sorted by their ``sig`` number, with
-    ``first_record``, the smallest record id holding each; the record id -> ``sig`` map).
+def signatures(
+    records: pl.LazyFrame, spec: Spec, chunk_records: int, work: Path
+) -> tuple[pl.DataFrame, Path, Path]:
+    """(the signatures, a row per ``sig`` number in order, without their first record ids; the
+    Parquet file of the same with ``first_record``, the smallest record id holding each; the
+    Parquet file of the record id -> ``sig`` map), the files under ``work``.
 
     Records are normalised ``chunk_records`` at a time and only the signature fields are kept; each
-    chunk's record -> hash map and its distinct signatures go to disk, and the two results are
-    built from those files by streaming queries, so neither the full-width normalised frame nor the
-    per-record map (which grows with the input, not with the signatures) ever sits in memory."""
+    chunk's record -> hash map and its signatures not seen in an earlier chunk go to disk, so the
+    full-width normalised frame never exists for the whole input, and the per-record map (which
+    grows with the input, not with the signatures) is built and kept on disk by streaming queries."""
     rid = spec.id_column
     parts = work / "signatures"
     shutil.rmtree(parts, ignore_errors=True)
@@ -63,16 +66,19 @@ def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int, work: Path
     height = records.select(pl.len()).collect().item()
     if any(step.get("correct_one_offs") for step in spec.normalise):
         chunk_records = max(height, 1)  # a spelling is one-off only among all the records
+    seen = pl.Series("_h", [], dtype=pl.UInt64)
     for number, offset in enumerate(range(0, max(height, 1), chunk_records)):
         frame = normalise(records.slice(offset, chunk_records).collect(), spec)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame
         part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
-        part.drop(rid).unique("_h", keep="first", maintain_order=True).write_parquet(
-            parts / f"unique-{number:05d}.parquet"
-        )
+        new = part.drop(rid).unique("_h", keep="first", maintain_order=True).filter(~pl.col("_h").is_in(seen))
         del part
+        new.write_parquet(parts / f"unique-{number:05d}.parquet")
+        seen = pl.concat([seen, new["_h"]])
+        del new
+    del seen
     # each signature is numbered by its smallest record id, whatever the input order or chunking
     # (the u sample draws signature numbers); a hash stands for its fields' values
     numbered = (
@@ -83,26 +89,28 @@ def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int, work: Path
         .with_row_index("sig")
         .collect(engine="streaming")
     )
-    per_record = work / "records.parquet"
+    record_file = work / "records.parquet"
     (
         pl.scan_parquet(parts / "records-*.parquet")
         .join(numbered.lazy().select("_h", "sig"), on="_h")
         .select(rid, "sig")
-        .sink_parquet(per_record)
+        .sink_parquet(record_file)
     )
+    found = pl.read_parquet(parts / "unique-*.parquet")  # one row per signature, in no set order
+    order = (
+        found.select("_h")
+        .with_row_index("row")
+        .join(numbered.select("_h", "sig"), on="_h")
+        .sort("sig")["row"]
+    )
+    sig = found.drop("_h")[order]
+    del found, order
+    sig.insert_column(0, numbered["sig"])
     signature_file = work / "signatures.parquet"
-    (
-        pl.scan_parquet(parts / "unique-*.parquet")
-        .unique("_h", keep="any")
-        .join(numbered.lazy(), on="_h")
-        .drop("_h")
-        .sort("sig")
-        .select("sig", pl.exclude("sig", "first_record"), "first_record")
-        .sink_parquet(signature_file)
-    )
+    sig.with_columns(numbered["first_record"]).write_parquet(signature_file)
     del numbered
     shutil.rmtree(parts, ignore_errors=True)
-    return signature_file, per_record
+    return sig, signature_file, record_file
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
