@@ -382,7 +382,7 @@ def _link(
     largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
     del part_of, component, partition
     counts = {"linked_pairs": 0, "refused_by_constraints": 0}
-    results = []
+    results: list[Path] = []
     empty_decisions = decisions.clear()
     for number in range(partitions):
         directory = work / "partitions" / f"part-{number:05d}"
@@ -396,11 +396,12 @@ def _link(
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
         for key, value in resolve_partition_files(directory, spec).items():
             counts[key] += value
-        results.append(pl.read_parquet(directory / "links.parquet"))
+        results.append(directory / "links.parquet")
+    # each partition's result stays in its links.parquet: the entities are named from the files
     resolved = (
-        pl.concat(results).sort("sig")
+        pl.scan_parquet(results)
         if results
-        else pl.DataFrame(
+        else pl.LazyFrame(
             schema={
                 "sig": pl.UInt32,
                 "cluster": pl.UInt32,
@@ -415,15 +416,17 @@ def _link(
     step("cluster")
 
     # entity ids: the cannot-link value (the USCC) when there is one, an anchor's id, else a stable hash
-    clusters = resolved.group_by("cluster").agg(
-        pl.col("cluster_value").first(), pl.col("cluster_first_record").first()
+    clusters = (
+        resolved.group_by("cluster")
+        .agg(pl.col("cluster_value").first(), pl.col("cluster_first_record").first())
+        .collect(engine="streaming")
     )
     anchor_ids: dict[int, str] = {}
     if anchor_frame is not None:
         anchored = (
             anchor_frame.lazy()
             .join(sig_of, on=rid)
-            .join(resolved.lazy().select("sig", "cluster"), on="sig")
+            .join(resolved.select("sig", "cluster"), on="sig")
             .group_by("cluster", "anchor")
             .len()
             .collect()
@@ -437,17 +440,18 @@ def _link(
                 anchor_ids[cluster_id] = anchor
                 claimed.add(anchor)
     names = _entity_names(clusters, anchor_ids)
-    resolved = resolved.join(names, on="cluster")
     links = (
         sig_of.join(
-            resolved.lazy().select("sig", "entity_id", "match_confidence", "match_grade", "match_rule"),
+            resolved.join(names.lazy(), on="cluster").select(
+                "sig", "entity_id", "match_confidence", "match_grade", "match_rule"
+            ),
             on="sig",
         )
         .select(rid, "entity_id", "match_confidence", "match_grade", "match_rule")
         .sort(rid)
         .collect(engine="streaming")
     )
-    del resolved
+    del names
     if recorded_columns:
         recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
         links = links.join(recorded, on=rid, how="left", maintain_order="left")
