@@ -21,7 +21,12 @@ numpy for the model, scipy for connected components):
 8. pairs between the review and link thresholds are returned for the review queue.
 
 Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``) sets how the
-work is cut, which bounds memory and never changes the result.
+work is cut, which bounds memory and never changes the result. What grows with the input stays in
+the work directory between phases (Parquet, read by streaming queries): the record -> signature
+map (``records.parquet``), the signature table with its first record ids (``signatures.parquet``;
+blocking, comparisons and the model hold it in memory without those ids), the pair shards, and per
+partition its signatures, pairs, decisions and result (``partitions/part-N/``). Clustering holds
+only integer arrays per signature and one partition's frames.
 
 The evidence per link, from the engine's own comparisons (``links`` columns):
 
