@@ -23,5 +23,9 @@ class SourceFormatError(PipelineError):
         self.source = source
 
 
+class DataQualityError(PipelineError):
+    """A batch-level data-quality failure: not worth retrying, a person must look."""
+
+
 class PublishError(PipelineError):
     """A version cannot be published (incomplete, inconsistent, or the books do not balance)."""
