@@ -24,7 +24,8 @@ class SourceFormatError(PipelineError):
 
 
 class DataQualityError(PipelineError):
-    """A batch-level data-quality failure: not worth retrying, a person must look."""
+    """A batch-level data-quality failure (a suite that cannot judge rows, a batch held back, a
+    broken profile table): not worth retrying, a person must look."""
 
 
 class PublishError(PipelineError):
