@@ -136,6 +136,7 @@ WHOLE_NIGHT = tuple(stage for stage in STAGES if not stage.per_source)
 
 
 def stage_function(stage: Stage) -> Callable[..., dict[str, Any]]:
+    """The stage's plain function, imported now (not when the DAG file is parsed)."""
     module, _, name = stage.function.rpartition(".")
     return getattr(import_module(module), name)
 
