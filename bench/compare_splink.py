@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import FEBRL_COLUMNS, FEBRL_FILES, load_febrl  # noqa: E402
-from pipelines._vocab import NOISE_SETTINGS  # noqa: E402
+from credit_synthetic.vocab import NOISE_SETTINGS  # noqa: E402
 
 ENGINES = ("ours", "splink")
 DEFAULT_NOISE = ("default", "hard", "sparse")
@@ -91,9 +91,9 @@ def generator_folder(data: DataSet, cache: Path) -> Path:
     folder = cache / data.label
     if (folder / "records.parquet").exists():
         return folder
+    from credit_synthetic.generate import generate
     from entity_resolution.pipeline import enterprise_inputs, record_id
     from pipelines import stages
-    from pipelines.generate import generate
 
     print(f"preparing {folder} (generate {data.entities:,} firms, run the stages) ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)

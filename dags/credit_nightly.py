@@ -177,7 +177,7 @@ def notify_failure(context: Any) -> None:
 
 def _fail_on_quality(call: Any, *args: Any) -> Any:
     """Data-quality failures are not retried: a person has to look at the data."""
-    from pipelines.quality import DataQualityError
+    from pipelines.errors import DataQualityError
 
     try:
         return call(*args)

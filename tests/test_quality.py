@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.errors import DataQualityError
 from pipelines.profiles import MONEY
 from pipelines.quality import (
-    DataQualityError,
     load_suite,
     range_expectations,
     validate_profiles,
@@ -169,12 +169,8 @@ from pipelines import quality
 root, name, starts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 frame = pd.DataFrame({"_row": range(20), "subject_name": ["华兴"] * 19 + [None]})
 for _ in range(starts):  # each pass is a task starting afresh, as Airflow runs them
-    quality._context.cache_clear()
-    quality._batch_definition.cache_clear()
-    quality._load_suite.cache_clear()
-    quality.use_data_docs(root, run_name="2026-11-23")
-    suite = quality.load_suite(name)
-    quality._validate(suite, frame, {"result_format": "SUMMARY"}, {"business_day_end": "2026-11-24"})
+    runner = quality.SuiteRunner(quality.DataDocs(root, run_name="2026-11-23"))
+    runner.validate(runner.suite(name), frame, {"result_format": "SUMMARY"}, {"business_day_end": "2026-11-24"})
 """
 
 
