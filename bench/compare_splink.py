@@ -17,7 +17,7 @@ Each engine runs in a process of its own on each data set (peak memory is its ow
 seconds are linking only (reading the input excluded). Generator records go through the nightly's
 stages first (accepted records -> the enterprise spec's inputs, as tests/test_engine.py builds
 them) and are cached under ``--cache``/gen-<setting>-<seed>[-<entities>]/ so reruns are quick.
-Splink and FEBRL are bench extras: `.venv/bin/pip install -e '.[bench]' -c constraints.txt`.
+Splink and FEBRL are bench extras: `.venv/bin/pip install -e '.[bench]' -e ./synthetic -c constraints.txt`.
 
     nice .venv/bin/python bench/compare_splink.py                       # default, hard, sparse; FEBRL1-4
     nice .venv/bin/python bench/compare_splink.py --noise hard-sparse --entities 20000 --no-febrl

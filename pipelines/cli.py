@@ -361,13 +361,21 @@ def register_installed_commands(sub: argparse._SubParsersAction) -> None:
     none of them provides stays listed, and says how to get it."""
     from importlib.metadata import entry_points
 
-    registered = set()
+    registered: set[str] = set()
+    broken: dict[str, str] = {}  # metadata says installed, yet the code is not importable
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        if entry.name not in sub.choices:
-            entry.load()(sub)
-            registered.add(entry.name)
+        if entry.name in sub.choices:
+            continue
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            broken[entry.name] = f" ({entry.value} is registered but cannot be imported: {exc})"
+            continue
+        register(sub)
+        registered.add(entry.name)
     for name, (purpose, remedy) in OPTIONAL_COMMANDS.items():
         if name not in registered:
+            remedy += broken.get(name, "")
             missing = sub.add_parser(name, help=f"{purpose} (not installed)", description=remedy)
             missing.set_defaults(func=_not_installed(name, remedy), accepts_any_arguments=True)
 
