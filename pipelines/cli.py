@@ -142,7 +142,7 @@ def default_business_date(sources_dir: Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.stages import run_all
+    from pipelines.flow import run_all
 
     sources = Path(args.sources)
     business_date = args.date or default_business_date(sources)
