@@ -163,9 +163,7 @@ def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFram
     found = (
         pl.concat(candidates)
         .join(counties, on="token", how="inner")
-        .join(
-            lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="_i"
-        )
+        .join(lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="_i")
         .explode("codes")
         .explode("codes_right")
         .filter(pl.col("codes").str.starts_with(pl.col("codes_right")))

@@ -48,6 +48,7 @@ def _simplified(values: pl.Series) -> pl.Series:
 
 
 def _tokens(values: pl.Series) -> pl.Series:
+    """Per value its rjieba words, distinct and sorted (each distinct value segmented once)."""
     import rjieba
 
     rows, place = distinct_rows(values)
