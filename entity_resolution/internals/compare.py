@@ -122,7 +122,7 @@ class PairComparer:
         if len(at) == 0:
             return level
         # one representative pair per distinct (left code, right code), in order of first occurrence
-        key = code_l[at] * np.int64(len(codes)) + code_r[at]
+        key = code_l[at].astype(np.int64) * len(codes) + code_r[at]
         first = _first_rows(pl.Series(key))
         is_first = first == np.arange(len(at))
         representative = at[is_first]
@@ -143,8 +143,8 @@ def _first_rows(values: pl.Series) -> np.ndarray:
 
 def _value_codes(values: pl.Series) -> np.ndarray:
     """Per row a code of its value (the first row holding it: equal values, equal codes); -1 when
-    missing."""
-    return np.where(values.is_null().to_numpy(), -1, _first_rows(values))
+    missing. 32 bits: the codes of every compared column stay in memory while the pairs are compared."""
+    return np.where(values.is_null().to_numpy(), -1, _first_rows(values)).astype(np.int32)
 
 
 def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:
