@@ -9,6 +9,7 @@ import polars as pl
 from rapidfuzz import distance
 from rapidfuzz.process import cpdist
 
+from entity_resolution.internals.normalise import first_rows
 from entity_resolution.spec import PREFIX_SCORES, Comparison, Spec
 
 NULL_LEVEL = -1
@@ -123,7 +124,7 @@ class PairComparer:
             return level
         # one representative pair per distinct (left code, right code), in order of first occurrence
         key = code_l[at].astype(np.int64) * len(codes) + code_r[at]
-        first = _first_rows(pl.Series(key))
+        first = first_rows(pl.Series(key))
         is_first = first == np.arange(len(at))
         representative = at[is_first]
         slot = np.cumsum(is_first) - 1  # a representative's place among the representatives
@@ -135,16 +136,10 @@ class PairComparer:
         return level
 
 
-def _first_rows(values: pl.Series) -> np.ndarray:
-    """Per row the first row holding the same value (a hash grouping of the values themselves)."""
-    frame = values.to_frame("v").with_row_index("row").select(pl.col("row").min().over("v"))
-    return frame.to_series().cast(pl.Int64).to_numpy()
-
-
 def _value_codes(values: pl.Series) -> np.ndarray:
     """Per row a code of its value (the first row holding it: equal values, equal codes); -1 when
     missing. 32 bits: the codes of every compared column stay in memory while the pairs are compared."""
-    return np.where(values.is_null().to_numpy(), -1, _first_rows(values)).astype(np.int32)
+    return np.where(values.is_null().to_numpy(), -1, first_rows(values)).astype(np.int32)
 
 
 def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:
