@@ -248,6 +248,7 @@ def _link(
         sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), comparer=comparer
     )
     pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
+    del comparer  # its coded columns are a row per signature
 
     if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
         frequencies = term_frequencies(sig, spec, unit="node")
@@ -263,6 +264,7 @@ def _link(
         shard = shard.with_columns(pl.Series("probability", p))
         shard.write_parquet(path, compression="lz4")
         kept.append(shard.filter(pl.col("probability") >= spec.review_threshold))
+    del sig_frequencies
     above_review = (
         pl.concat(kept)
         if kept
