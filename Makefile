@@ -11,7 +11,7 @@ DEMO_SEED ?= 7
 SOURCES ?= $(CURDIR)/data/sources
 LAKE ?= $(CURDIR)/data/lake
 
-.PHONY: venv run test lint airflow-ui bench clean
+.PHONY: venv run test test-quick lint airflow-ui bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,9 +24,19 @@ venv: $(BIN)/.installed
 run: venv
 	$(BIN)/python -m pipelines.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, a module per worker at a time (tests/conftest.py
+# groups them; lakes built once are shared between workers). test-quick leaves out the modules
+# marked slow (real DAG runs, servers, browsers, the wheel, many pipeline runs): the inner loop.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
+
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-quick: venv
+	$(BIN)/ruff check .
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
