@@ -26,6 +26,8 @@ from serving.tokens import tokens_path
 from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, free_port, run_credit, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, published_lakes: PublishedLakes) -> dict:

@@ -32,6 +32,8 @@ from serving.store import LISTS, CodeError, _searchable, normalise_code
 from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 # a valid resident ID number that also passes the USCC check (about 1 in 341 do)
 ID_ALSO_USCC = "110105198001013014"
 

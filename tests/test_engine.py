@@ -23,6 +23,8 @@ from pipelines import stages
 from pipelines.cli import main as credit
 from tests.conftest import PublishedLakes, skip_or_fail
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 ENTERPRISE = load_spec("enterprise")
 
 

@@ -16,6 +16,8 @@ from pipelines.dictionary import load_columns
 from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, run_credit
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 TOOLS = ("chromium", "pdftotext", "pdftoppm")
 
 

@@ -21,6 +21,8 @@ from serving.models import ApiError
 from tests.conftest import PublishedLakes
 from tests.service_support import DAYS, build_lake, credit, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 
 @pytest.fixture(scope="module")
 def deployment(published_lakes: PublishedLakes) -> dict:

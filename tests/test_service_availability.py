@@ -22,6 +22,8 @@ from serving.limits import BucketTable
 from tests.conftest import PublishedLakes
 from tests.service_support import REPO, build_lake, credit, free_port, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 HEADER_TIMEOUT = 2.0
 ANONYMOUS_BURST = 5
 TOKEN_BURST = 20

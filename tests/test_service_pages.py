@@ -18,6 +18,8 @@ from serving.report import grade_fields
 from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 
 @pytest.fixture(autouse=True)
 def close_pages(browser):  # noqa: ANN001 - Playwright browser

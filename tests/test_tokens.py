@@ -17,6 +17,8 @@ from serving.tokens import create_token, tokens_path
 from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, run_credit, serving
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 
 @pytest.fixture(scope="module")
 def deployment(published_lakes: PublishedLakes) -> dict:
