@@ -24,11 +24,12 @@ venv: $(BIN)/.installed
 run: venv
 	$(BIN)/python -m pipelines.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
 
-# The suite runs on TEST_WORKERS pytest-xdist workers, a module per worker at a time (tests/conftest.py
-# groups them; lakes built once are shared between workers). test-quick leaves out the modules
+# The suite runs on TEST_WORKERS pytest-xdist workers, each module on one worker (--dist loadfile:
+# its module fixtures built once), slow modules first; the lakes of tests/conftest.py's
+# published_lakes are built once and shared by both workers. test-quick leaves out the tests
 # marked slow (real DAG runs, servers, browsers, the wheel, many pipeline runs): the inner loop.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test: venv
 	$(BIN)/ruff check .

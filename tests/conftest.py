@@ -37,15 +37,12 @@ if XDIST_WORKER:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs `--dist loadgroup`): every module is one group, kept on
-    one worker, so that its module-scoped fixtures are built once; and the modules marked slow are
-    handed out first, so that the workers finish about together rather than one waiting on the
-    other's last slow module. A plain `pytest` keeps the usual order."""
+    """Under pytest-xdist (`make test` runs `--dist loadfile`: a module's tests on one worker, so
+    that its module-scoped fixtures are built once) the modules with tests marked slow are handed
+    out first, so that the workers finish about together rather than one waiting on the other's
+    last slow module. A plain `pytest` keeps the usual order."""
     if not XDIST_WORKER:
         return
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow)  # stable: modules stay together
 
