@@ -1,7 +1,8 @@
 """The pipeline's stages as plain functions: paths and settings in, Parquet out, a small dict back.
 
-Airflow tasks (dags/credit_nightly.py) and ``credit run`` call exactly these functions, so the
-nightly DAG and the command line cannot drift apart. Each returns only paths and counts.
+Airflow tasks (dags/credit_nightly.py) and ``credit run`` call exactly these functions, in the
+order of one stage table (``pipelines.flow.STAGES``), so the nightly DAG and the command line
+cannot drift apart. Each returns only paths and counts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import PublishError
+from pipelines.errors import DataQualityError, PublishError
+from pipelines.flow import run_all  # noqa: F401 (stages.run_all: the night in-process, from the stage table)
 from pipelines.lake import Lake, write_json, write_parquet
 from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
 from pipelines.sources import SourceConfig, load_sources
@@ -42,11 +44,11 @@ def suite_parameters(business_date: str) -> dict[str, Any]:
     }
 
 
-def _data_docs(lake: Lake) -> None:
-    """Keep this run's GX validation results and Data Docs under LAKE/reports/<date>/gx."""
-    from pipelines import quality
+def _suite_runner(lake: Lake) -> Any:
+    """A suite runner keeping this run's GX validation results (for Data Docs) under LAKE/reports/<date>/gx."""
+    from pipelines.quality import DataDocs, SuiteRunner
 
-    quality.use_data_docs(lake.reports / "gx", run_name=lake.business_date)
+    return SuiteRunner(DataDocs(lake.reports / "gx", run_name=lake.business_date))
 
 
 def _report(lake: Lake, kind: str, source: str) -> Path:
@@ -141,8 +143,6 @@ def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, An
 
 def _judge_batch(lake: Lake, config: SourceConfig, problems: list[str]) -> dict[str, Any]:
     """Record the batch verdict; a held-back critical source stops the run."""
-    from pipelines.quality import DataQualityError
-
     result = {"source": config.name, "ok": not problems, "problems": problems, "critical": config.critical}
     write_json(result, _report(lake, "batch", config.name))
     if problems:
@@ -180,14 +180,14 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     from pipelines.state import previous
 
     lake = _lake(lake_dir, business_date)
-    _data_docs(lake)
+    runner = _suite_runner(lake)
     extracted = _read_report(lake, "extract", source)
     batch = _read_report(lake, "batch", source)
     if batch["ok"]:  # the raw suite, here because this task imports Great Expectations anyway
         from pipelines.batch import raw_suite_problems
 
         config = load_sources()[source]
-        batch = _judge_batch(lake, config, raw_suite_problems(config, lake.raw(source)))
+        batch = _judge_batch(lake, config, raw_suite_problems(config, lake.raw(source), runner))
     base = previous(lake.root, source, business_date)
     rejects = pl.read_parquet(rejects_path(lake, source))
     if batch["ok"]:
@@ -201,6 +201,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
             raw_path=lake.raw(source),
             rejects=rejects,
             parameters=suite_parameters(business_date),
+            runner=runner,
         )
         snapshot = (
             _merge_snapshot(base.snapshot, delta_path, lake.accepted(source)) if base else result["accepted"]
@@ -208,7 +209,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
         state = {"newest": extracted["newest"], "source_rows": extracted["source_rows"], "stale": False}
     else:
         if base is None:
-            raise quality.DataQualityError(
+            raise DataQualityError(
                 f"source '{source}' batch held back ({'; '.join(batch['problems'])}) and no earlier good "
                 f"snapshot exists to fall back on; nothing can be published"
             )
@@ -416,8 +417,9 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     from pipelines import quality
 
     lake = _lake(lake_dir, business_date)
-    _data_docs(lake)
-    return quality.validate_profiles(lake.work / "profiles.parquet", accepted_totals(lake))
+    return quality.validate_profiles(
+        lake.work / "profiles.parquet", accepted_totals(lake), runner=_suite_runner(lake)
+    )
 
 
 #: profile column -> (which accepted records, which value; None counts them): the totals that the
@@ -553,41 +555,3 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     log.info("run report: %s", report.resolve().as_uri())
     log.info("Great Expectations Data Docs: %s", docs.resolve().as_uri())
     return {**result, "report": str(report), "data_docs": str(docs)}
-
-
-def run_all(
-    sources_dir: str,
-    lake_dir: str,
-    business_date: str,
-    run_id: str | None = None,
-    progress: bool = False,
-    full_relink: bool = False,
-) -> dict[str, Any]:
-    """The whole pipeline in-process, with the same stage functions and order as the DAG
-    (``full_relink``: re-link the whole snapshot even after a published night)."""
-    from tqdm import tqdm
-
-    names = list(load_sources())
-    steps: list[tuple[str, Any]] = []
-    for name in names:
-        steps.append(
-            (f"extract {name}", lambda n=name: extract_source(n, sources_dir, lake_dir, business_date))
-        )
-    for name in names:
-        steps.append((f"check {name}", lambda n=name: check_source(n, lake_dir, business_date)))
-    for name in names:
-        steps.append((f"standardise {name}", lambda n=name: standardise_source(n, lake_dir, business_date)))
-    for name in names:
-        steps.append((f"validate {name}", lambda n=name: validate_source(n, lake_dir, business_date)))
-    steps += [
-        ("resolve entities", lambda: resolve_entities(lake_dir, business_date, full_relink)),
-        ("build profiles", lambda: build_profiles(lake_dir, business_date)),
-        ("validate profiles", lambda: validate_profiles(lake_dir, business_date)),
-        ("publish", lambda: publish(lake_dir, business_date, run_id or f"cli__{business_date}")),
-    ]
-    results: dict[str, Any] = {}
-    bar = tqdm(steps, desc="credit run", unit="step", disable=not progress)
-    for label, step in bar:
-        bar.set_postfix_str(label)
-        results[label] = step()
-    return results

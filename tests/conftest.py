@@ -185,7 +185,7 @@ class PublishedLakes:
         return copy
 
     def _sources(self, entities: int, seed: int, days: int, faults: str, end_date: date) -> Path:
-        from pipelines.generate import generate
+        from credit_synthetic.generate import generate
 
         key = {"entities": entities, "seed": seed, "days": days, "faults": faults, "end": end_date}
         return self._built(
