@@ -15,6 +15,8 @@ from pipelines import stages
 from pipelines.cli import main as credit
 from pipelines.errors import PublishError
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 DAYS = ("2026-11-21", "2026-11-22", "2026-11-23")
 
 
