@@ -121,14 +121,21 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
     frame = _strip_county(frame, tops, counties)
     token_codes = pl.concat([tops, counties]).explode("codes").unique()
     # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
-    tokens = pl.concat(
-        [
-            frame.select("name", pl.col("lead_tokens").alias("token")).explode("token"),
-            frame.select("name", pl.col("bracketed").alias("token")).explode("token"),
-        ]
-    ).drop_nulls("token")
+    # a leading region is a province or prefecture (西安 is also a county of 辽源), a bracketed one
+    # either, the county after it already has its codes
+    lead = frame.select("name", pl.col("lead_tokens").alias("token")).explode("token").drop_nulls("token")
+    bracketed = frame.select("name", pl.col("bracketed").alias("token")).explode("token").drop_nulls("token")
     exploded = (
-        tokens.join(token_codes, on="token", how="inner")
+        pl.concat(
+            [
+                lead.join(tops.explode("codes"), on="token", how="inner"),
+                bracketed.join(token_codes, on="token", how="inner"),
+            ]
+        )
+        .select("name", "codes")
+        .vstack(
+            frame.select("name", pl.col("county_codes").alias("codes")).explode("codes").drop_nulls("codes")
+        )
         .unique(["name", "codes"])
         .group_by("name")
         .agg(pl.col("codes").sort().alias("region_codes"))
@@ -166,18 +173,16 @@ def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFram
         .explode("codes_right")
         .filter(pl.col("codes").str.starts_with(pl.col("codes_right")))
         .filter(pl.col("rest").str.len_chars() - pl.col("length") >= 3)
+        .filter(pl.col("length") == pl.col("length").max().over("name"))
+        # the county's codes inside the leading region only (南山 is in 深圳 and in 鹤岗)
         .group_by("name")
-        .agg(pl.col("length").max(), pl.col("token").sort_by("length").last())
+        .agg(pl.col("length").first(), pl.col("codes").unique().sort().alias("county_codes"))
     )
     frame = frame.join(lead_codes.select("name", "lead_tokens"), on="name", how="left").join(
         found, on="name", how="left"
     )
     return frame.with_columns(
         rest=pl.col("rest").str.slice(pl.col("length").fill_null(0)),
-        lead_tokens=pl.concat_list(
-            pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-            pl.when(pl.col("token").is_not_null())
-            .then(pl.concat_list(pl.col("token")))
-            .otherwise(pl.lit([], dtype=pl.List(pl.String))),
-        ),
-    ).drop("length", "token")
+        lead_tokens=pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        county_codes=pl.col("county_codes").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+    ).drop("length")
