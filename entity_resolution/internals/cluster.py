@@ -236,7 +236,8 @@ def undecided_units(
     holds the partition's scored pairs (``l``, ``r`` as signature rows, ``probability``); ``fixed``
     marks units that never move (a valid code, a decision); ``value`` is each signature's entity's
     constraint value as an integer (-1: none). A pair with an undecided unit is no evidence for
-    that unit's entity: the undecided units are settled in rounds."""
+    that unit's entity: a second round leaves out the first round's undecided units (one round more
+    could undo the other's choices back and forth)."""
     n = len(unit)
     out = np.full(n, np.nan)
     if scored.height == 0 or n == 0:
@@ -260,7 +261,7 @@ def undecided_units(
         )
     )
     undecided = pl.DataFrame(schema={"unit": both.schema["unit"], "all": pl.Float64})
-    for _ in range(n):
+    for _ in range(2):  # with all the evidence, then without the first round's undecided units
         best = (
             both.join(undecided.select(pl.col("unit").alias("other")), on="other", how="anti")
             .group_by("unit", "entity")
@@ -288,8 +289,6 @@ def undecided_units(
             .select("unit", "all")
             .sort("unit")
         )
-        if found["unit"].equals(undecided["unit"]):
-            break
         undecided = found
     out[undecided["unit"].to_numpy()] = (1 / (1 + undecided["all"])).to_numpy()
     return out[unit]
