@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from entity_resolution.engine import link
+from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.names import normalise_names
 from entity_resolution.registry import Registry
 from entity_resolution.review import read_decisions, write_review
@@ -143,9 +144,10 @@ def _engine(
     registry: Registry | None,
     decisions: Path | None,
     representatives: pl.DataFrame | None = None,
+    spellings: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
-    only ``inputs`` are placed. Returns (links of ``inputs``, renamed known entities old id -> new
+    only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of ``inputs``, renamed known entities old id -> new
     id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     if representatives is None:
@@ -157,7 +159,7 @@ def _engine(
     )
     anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
     combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
-    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True)
+    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True, spellings=spellings)
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))
         .join(result.links.select("record_id", "entity_id"), on="record_id")
@@ -331,6 +333,17 @@ def resolve_changes(
         raise ValueError(f"registry {registry_dir} has no representatives: run a full re-link first")
     spec = load_spec(spec_name)
     members = registry.members()
+    # a spelling is one-off only among the whole snapshot's records (the published names, with
+    # tonight's in place of the versions they replace), as in a full re-link
+    firm_names = pl.concat(
+        [
+            previous_links.join(changed.select(KEYS), on=KEYS, how="anti")
+            .filter(pl.col("match_method") != "resident_id")
+            .select(pl.col("recorded_name").alias("name")),
+            _split_persons(changed)[0].select(pl.col("subject_name").alias("name")),
+        ]
+    )
+    spellings = {"name": spelling_counts(firm_names.group_by("name").len())}
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
     # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
     freed: list[str] = []
@@ -342,7 +355,7 @@ def resolve_changes(
         firms, persons = _split_persons(changed)
         inputs = firms.select(*enterprise_inputs())
         reps = representatives.filter(~pl.col("entity_id").is_in(freed))
-        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps)
+        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps, spellings)
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
             break
