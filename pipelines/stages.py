@@ -657,7 +657,17 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
         for name, counts in validation.items()
     }
-    result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources})
+    built = lake.reports / "profiles.json"
+    changed = None
+    if built.exists() and json.loads(built.read_text("utf-8")).get("mode") == "incremental":
+        # every other entity's links and profile are the previous version's (but for as_of)
+        changed = pl.concat(
+            [
+                pl.read_parquet(lake.work / "touched_entities.parquet", columns=["entity_id"]),
+                pl.read_parquet(lake.work / BUILT_PROFILES, columns=["entity_id"]),
+            ]
+        ).unique()
+    result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources}, changed)
     # Only now, with the version live, do the watermarks (and the entity registry) advance.
     record(lake.root, business_date, validation)
     if (lake.work / "registry").is_dir():

@@ -328,3 +328,52 @@ def test_a_profile_stays_the_same_until_its_valid_until(nightly: Path) -> None:
         after = on(until + timedelta(days=1)).filter(pl.col("entity_id") == entity_id)
         changed += not after.equals(base.filter(pl.col("entity_id") == entity_id))
     assert changed >= sample.height // 2, (changed, sample.height)
+
+
+@pytest.mark.parametrize("tamper", ["built_profile", "copied_twice"])
+def test_an_incremental_nights_profiles_are_still_validated(
+    nightly: Path, tmp_path: Path, tamper: str
+) -> None:
+    """The suite runs over the profiles built tonight, and no entity may have two profiles."""
+    import shutil
+
+    from pipelines.quality import DataQualityError
+
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    day = DAYS[-1]
+    assert stages.validate_profiles(str(lake), day)["mode"] == "incremental"
+    if tamper == "built_profile":
+        path = lake / "work" / day / stages.BUILT_PROFILES
+        built = pl.read_parquet(path)
+        built.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(-5).otherwise("score").alias("score")
+        ).write_parquet(path)
+        expected = "profiles failed validation"
+    else:
+        path = lake / "work" / day / "profiles.parquet"
+        profiles = pl.read_parquet(path)
+        pl.concat([profiles, profiles.head(1)]).write_parquet(path)
+        expected = "more than one profile"
+    with pytest.raises(DataQualityError, match=expected):
+        stages.validate_profiles(str(lake), day)
+
+
+def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nightly: Path) -> None:
+    """An incremental night compares only the touched and rebuilt entities with the previous
+    version: the changes are the same as comparing every firm and record."""
+    from pipelines.publish import compute_changes
+
+    day = DAYS[-1]
+    manifest = json.loads((nightly / "registry" / DAYS[-2] / "published_version.json").read_text("utf-8"))
+    previous = nightly / "published" / manifest["version"]
+    frames = {name: _published(nightly, name) for name in ("profiles", "links", "entities")}
+    changed = pl.concat(
+        [
+            pl.read_parquet(nightly / "work" / day / "touched_entities.parquet"),
+            pl.read_parquet(nightly / "work" / day / stages.BUILT_PROFILES).select("entity_id"),
+        ]
+    ).unique()
+    everything = compute_changes(previous, frames)
+    assert everything.height > 0 and "new_record" in set(everything["change"])
+    assert compute_changes(previous, frames, changed).equals(everything)
