@@ -510,7 +510,8 @@ def build_profiles_valid_until(
     """``build_profiles`` and each profile's ``valid_until`` (entity_id, valid_until), in one pass
     over the records: what a later night needs to rebuild only the profiles that changed."""
     grading = check_grading(grading) if grading is not None else load_grading()
-    recs = _linked_records(records, links)
+    # once: a dozen aggregations below read them (each would scan and join the records again)
+    recs = _linked_records(records, links).collect().lazy()
     day = pl.lit(as_of)
     rtype = pl.col("record_type")
     class_rank = pl.col("status").replace_strict(
