@@ -1,7 +1,10 @@
 """credit_nightly: pull the departmental sources, check them, resolve firms, publish profiles.
 
-Thin on purpose: every task calls one plain function in ``pipelines.stages`` (imported inside the
-task so that parsing this file stays cheap) and passes only paths and counts through XCom.
+Thin on purpose: the stages, their order and which may be retried come from the stage table in
+``pipelines/flow.py`` (the one ``credit run`` follows too); every stage's task calls its plain
+function (imported only when the task runs, so that parsing this file stays cheap) and passes only
+paths and counts through XCom. One retry policy on every task fails a data-quality failure or an
+unreadable delivery at once and retries a source that is down where the stage may be retried.
 
 Every run reports itself: `plan` (the run's setup) replaces the date's report with a "running"
 one, a failed task records what failed and why, and `report` (the run's teardown, which runs
@@ -9,8 +12,8 @@ whatever failed and does not decide the run's state) writes the final report and
 Airflow fails the run before `report` could run (the run timed out, or `plan` failed), the DAG's
 failure callback writes the report instead. The "Run report" button of `plan` and `report` opens
 the report over http in the Airflow API server (plugins/credit_run_reports.py). A source held back
-and carried forward from its last good snapshot shows its `check` task as skipped. Owner and
-timeouts come from config/nightly.toml.
+and carried forward from its last good snapshot shows its `check` task as skipped. Owner, timeouts
+and how often a retryable stage retries come from config/nightly.toml.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,13 @@ from airflow.sdk import (
     RetryAction,
     RetryRule,
     TaskGroup,
+    chain,
     dag,
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
 from pipelines.settings import airflow_lake, config_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,35 +48,30 @@ TIMEZONE = "Asia/Shanghai"
 # The source list comes from the declarative registry (a small TOML read, no database access).
 SOURCES_CONFIG = config_path("sources.toml")
 SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
-NIGHTLY_CONFIG = config_path("nightly.toml")
-NIGHTLY = tomllib.loads(NIGHTLY_CONFIG.read_text("utf-8"))
+NIGHTLY = nightly_settings()
 log = logging.getLogger(__name__)
-RUN_TIMEOUT = timedelta(minutes=NIGHTLY["run_timeout_minutes"])
 #: why Airflow failed a run (the `reason` of the DAG failure callback), as the run report says it
 RUN_FAILURE_REASONS = {
-    "timed_out": f"timed out: still running after its dagrun_timeout of {RUN_TIMEOUT}",
+    "timed_out": f"timed out: still running after its dagrun_timeout of {NIGHTLY.run_timeout}",
     "task_failure": "a task failed",
     "all_tasks_deadlocked": "no task could run (deadlock)",
 }
 PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/profiles")
+#: the asset a stage updates, for downstream DAGs (its event's extra says which version)
+OUTLETS = {"publish": PROFILES_ASSET}
 
-# A source that is down may come back: retry. One that delivers unreadable data will not: fail.
-EXTRACT_RETRY_POLICY = ExceptionRetryPolicy(
+# Every task: a data-quality failure or an unreadable delivery fails at once (a person has to look),
+# a source that is down is retried by a stage that may be retried; anything else follows the
+# task's own retries (none, but for the retryable stages).
+RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
-        RetryRule(
-            exception="pipelines.errors.SourceFormatError",
-            action=RetryAction.FAIL,
-            reason="the source delivered data that cannot be read; retrying will not help",
+        *(
+            RetryRule(exception=error, action=RetryAction.FAIL, reason=why)
+            for error, why in NEVER_RETRIED.items()
         ),
-        RetryRule(exception="pipelines.errors.SourceUnavailableError", action=RetryAction.RETRY),
+        RetryRule(exception=list(RETRIED), action=RetryAction.RETRY),
     ]
 )
-
-
-def task_timeout(name: str) -> timedelta:
-    """A task's execution_timeout from config/nightly.toml (its name without the source group)."""
-    minutes = NIGHTLY["task_timeout_minutes"]
-    return timedelta(minutes=minutes.get(name, minutes["default"]))
 
 
 def plan_of(context: Any) -> dict[str, str]:
@@ -175,14 +174,50 @@ def notify_failure(context: Any) -> None:
     )
 
 
-def _fail_on_quality(call: Any, *args: Any) -> Any:
-    """Data-quality failures are not retried: a person has to look at the data."""
-    from pipelines.quality import DataQualityError
+def stage_settings(stage: Stage) -> dict[str, Any]:
+    """A stage's task settings: its timeout, retries if it may be retried, and what else the table
+    says (runs after a held-back batch; updates an asset)."""
+    settings: dict[str, Any] = {
+        "task_id": stage.name,
+        "doc_md": stage.doc,
+        "execution_timeout": NIGHTLY.task_timeout(stage.name),
+    }
+    if stage.retryable:
+        settings |= {
+            "retries": NIGHTLY.retries,
+            "retry_delay": NIGHTLY.retry_delay,
+            "retry_exponential_backoff": NIGHTLY.retry_backoff,
+            "max_retry_delay": NIGHTLY.max_retry_delay,
+        }
+    if stage.after_held_back:  # a held-back source's `check` ends skipped; this still runs
+        settings["trigger_rule"] = "none_failed"
+    if stage.name in OUTLETS:
+        settings["outlets"] = [OUTLETS[stage.name]]
+    return settings
 
-    try:
-        return call(*args)
-    except DataQualityError as exc:
-        raise AirflowFailException(str(exc)) from exc
+
+def stage_task(stage: Stage) -> Any:
+    """The task that runs one stage of the table: its plain function over the run's folders."""
+
+    @task(**stage_settings(stage))
+    def execute(run: dict[str, str], source: str | None = None, **context: Any) -> dict[str, Any]:
+        result = run_stage(stage, {**run, "run_id": context["run_id"]}, source)
+        if stage.judges_batch and not result["ok"]:
+            raise AirflowSkipException(
+                f"source '{source}' held back ({'; '.join(result['problems'])}): its last good snapshot "
+                "is carried forward and its profiles are marked stale"
+            )
+        if stage.name in OUTLETS:  # downstream DAGs learn which version was published
+            context["outlet_events"][OUTLETS[stage.name]].extra = {
+                "version": result["version"],
+                "business_date": run["business_date"],
+                "profiles": result["profiles"],
+                "path": result["path"],
+                "report": result["report"],
+            }
+        return result
+
+    return execute
 
 
 @dag(
@@ -193,13 +228,14 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     max_active_runs=1,
     tags=["credit", "nightly"],
     doc_md=__doc__,
-    dagrun_timeout=RUN_TIMEOUT,
+    dagrun_timeout=NIGHTLY.run_timeout,
     on_failure_callback=report_failed_run,
     default_args={
-        "owner": NIGHTLY["owner"],
+        "owner": NIGHTLY.owner,
         "on_failure_callback": notify_failure,
         "retries": 0,
-        "execution_timeout": task_timeout("default"),
+        "retry_policy": RETRY_POLICY,
+        "execution_timeout": NIGHTLY.task_timeout("default"),
     },
     params={
         "sources_dir": Param(
@@ -221,7 +257,7 @@ def _fail_on_quality(call: Any, *args: Any) -> Any:
     },
 )
 def credit_nightly() -> None:
-    @task(execution_timeout=task_timeout("plan"))
+    @task(execution_timeout=NIGHTLY.task_timeout("plan"))
     def plan(**context: Any) -> dict[str, str]:
         """Fix the business date once: the run at 02:00 on day X processes day X - 1 (Asia/Shanghai),
         unless the `business_date` param says otherwise; the date's report now says "running"."""
@@ -235,90 +271,7 @@ def credit_nightly() -> None:
             raise AirflowFailException(f"sources_dir {run['sources_dir']}: no such folder")
         return run
 
-    @task(
-        retries=3,
-        retry_delay=timedelta(seconds=10),
-        retry_exponential_backoff=2.0,
-        max_retry_delay=timedelta(minutes=5),
-        retry_policy=EXTRACT_RETRY_POLICY,
-        execution_timeout=task_timeout("extract"),
-    )
-    def extract(run: dict[str, str], source: str) -> dict[str, Any]:
-        """Copy the source's records changed since the last published run into `LAKE/raw` (retried
-        while the source is unavailable; unreadable deliveries are judged by `check`)."""
-        from pipelines.stages import extract_source
-
-        return extract_source(source, run["sources_dir"], run["lake_dir"], run["business_date"])
-
-    @task(retries=0, execution_timeout=task_timeout("check"))
-    def check(run: dict[str, str], source: str, extracted: dict[str, Any]) -> dict[str, Any]:
-        """Batch checks (readable, every mapped column there, volume against the last run,
-        staleness). A failing batch is held back: a critical source fails here, any other falls back
-        to its last good snapshot and this task ends skipped, so the grid shows it at a glance."""
-        from pipelines.stages import check_source
-
-        result = _fail_on_quality(check_source, source, run["lake_dir"], run["business_date"])
-        if not result["ok"]:
-            raise AirflowSkipException(
-                f"source '{source}' held back ({'; '.join(result['problems'])}): its last good snapshot "
-                "is carried forward and its profiles are marked stale"
-            )
-        return result
-
-    # runs after a skipped `check` too: a held-back source is carried forward, not left out
-    @task(trigger_rule="none_failed", execution_timeout=task_timeout("standardise"))
-    def standardise(run: dict[str, str], source: str) -> dict[str, Any]:
-        """Map the raw records to the canonical schema (`LAKE/staged`)."""
-        from pipelines.stages import standardise_source
-
-        return standardise_source(source, run["lake_dir"], run["business_date"])
-
-    @task(retries=0, execution_timeout=task_timeout("validate"))
-    def validate(run: dict[str, str], source: str, staged: dict[str, Any]) -> dict[str, Any]:
-        """Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as
-        `check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to
-        `LAKE/quarantine`; a batch-level failure fails the task without retries."""
-        from pipelines.stages import validate_source
-
-        return _fail_on_quality(validate_source, source, run["lake_dir"], run["business_date"])
-
-    @task(execution_timeout=task_timeout("resolve_entities"))
-    def resolve_entities(run: dict[str, str], validated: list[dict[str, Any]]) -> dict[str, Any]:
-        """Link the accepted records of all sources to firms (`LAKE/work/<date>/links, entities`)."""
-        from pipelines.stages import resolve_entities as resolve
-
-        return resolve(run["lake_dir"], run["business_date"])
-
-    @task(execution_timeout=task_timeout("build_profiles"))
-    def build_profiles(run: dict[str, str], resolved: dict[str, Any]) -> dict[str, Any]:
-        """One credit profile per firm (`LAKE/work/<date>/profiles`)."""
-        from pipelines.stages import build_profiles as build
-
-        return build(run["lake_dir"], run["business_date"])
-
-    @task(retries=0, execution_timeout=task_timeout("validate_profiles"))
-    def validate_profiles(run: dict[str, str], built: dict[str, Any]) -> dict[str, Any]:
-        """Checks on the profile table; a failure stops the run before publishing, without retries."""
-        from pipelines.stages import validate_profiles as check
-
-        return _fail_on_quality(check, run["lake_dir"], run["business_date"])
-
-    @task(outlets=[PROFILES_ASSET], execution_timeout=task_timeout("publish"))
-    def publish(run: dict[str, str], checked: dict[str, Any], **context: Any) -> dict[str, Any]:
-        """Switch `current` to the new version and tell downstream DAGs which version it is."""
-        from pipelines.stages import publish as publish_version
-
-        result = publish_version(run["lake_dir"], run["business_date"], context["run_id"])
-        context["outlet_events"][PROFILES_ASSET].extra = {
-            "version": result["version"],
-            "business_date": run["business_date"],
-            "profiles": result["profiles"],
-            "path": result["path"],
-            "report": result["report"],
-        }
-        return result
-
-    @task(retries=0, execution_timeout=task_timeout("report"))
+    @task(execution_timeout=NIGHTLY.task_timeout("report"))
     def report(run: dict[str, str] | None, **context: Any) -> str:
         """Write the run's report, failed or not: every task's state and what failed, where and why
         (the run's teardown: it runs whatever happened upstream and does not decide the run's state;
@@ -334,19 +287,22 @@ def credit_nightly() -> None:
         return str(page.resolve())
 
     run = plan()
-    validated = []
+    last_per_source = []
     for source in SOURCES:
-        with TaskGroup(group_id=source, tooltip=f"extract, check, standardise and validate {source}"):
-            checked = check(run, source, extract(run, source))
-            staged = standardise(run, source)
-            checked >> staged
-            validated.append(validate(run, source, staged))
-    resolved = resolve_entities(run, validated)
-    published = publish(run, validate_profiles(run, build_profiles(run, resolved)))
+        stages = ", ".join(stage.name for stage in PER_SOURCE)
+        with TaskGroup(group_id=source, tooltip=f"{stages} {source}"):
+            tasks = [stage_task(stage)(run, source) for stage in PER_SOURCE]
+            chain(*tasks)
+            last_per_source.append(tasks[-1])
+    upstream: Any = last_per_source
+    for stage in WHOLE_NIGHT:
+        step = stage_task(stage)(run)
+        upstream >> step
+        upstream = step
     reported = report(run)
     for planned_or_reported in (run, reported):
         planned_or_reported.operator.operator_extra_links = [RunReportLink()]
-    [*validated, published] >> reported.as_teardown()
+    [*last_per_source, upstream] >> reported.as_teardown()
 
 
 credit_nightly()

@@ -220,7 +220,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.stages import run_all
+    from pipelines.flow import run_all
 
     sources = Path(args.sources)
     business_date = args.date or default_business_date(sources)

@@ -23,5 +23,10 @@ class SourceFormatError(PipelineError):
         self.source = source
 
 
+class DataQualityError(PipelineError):
+    """A batch-level data-quality failure (a suite that cannot judge rows, a batch held back, a
+    broken profile table): not worth retrying, a person must look."""
+
+
 class PublishError(PipelineError):
     """A version cannot be published (incomplete, inconsistent, or the books do not balance)."""

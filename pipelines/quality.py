@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import PipelineError
+from pipelines.errors import DataQualityError
 from pipelines.lake import write_parquet
 from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
 from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
@@ -36,10 +36,6 @@ ROW_ID = "_row"
 #: suite parameters every suite may use: the number grammar the raw suites check type drift with
 #: is the one standardisation reads numbers with
 DEFAULT_PARAMETERS: dict[str, Any] = {"number_text": NUMBER_TEXT}
-
-
-class DataQualityError(PipelineError):
-    """A batch-level data-quality failure: not worth retrying, a person must look."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The pipeline's stages as plain functions: paths and settings in, Parquet out, a small dict back.
 
-Airflow tasks (dags/credit_nightly.py) and ``credit run`` call exactly these functions, so the
-nightly DAG and the command line cannot drift apart. Each returns only paths and counts.
+Airflow tasks (dags/credit_nightly.py) and ``credit run`` call exactly these functions, in the
+order of one stage table (``pipelines.flow.STAGES``), so the nightly DAG and the command line
+cannot drift apart. Each returns only paths and counts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import PublishError
+from pipelines.flow import run_all  # noqa: F401 (stages.run_all: the night in-process, from the stage table)
 from pipelines.lake import Lake, write_json, write_parquet
 from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
 from pipelines.sources import SourceConfig, load_sources
@@ -697,41 +699,3 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     log.info("run report: %s", report.resolve().as_uri())
     log.info("Great Expectations Data Docs: %s", docs.resolve().as_uri())
     return {**result, "report": str(report), "data_docs": str(docs)}
-
-
-def run_all(
-    sources_dir: str,
-    lake_dir: str,
-    business_date: str,
-    run_id: str | None = None,
-    progress: bool = False,
-    full_relink: bool = False,
-) -> dict[str, Any]:
-    """The whole pipeline in-process, with the same stage functions and order as the DAG
-    (``full_relink``: re-link the whole snapshot even after a published night)."""
-    from tqdm import tqdm
-
-    names = list(load_sources())
-    steps: list[tuple[str, Any]] = []
-    for name in names:
-        steps.append(
-            (f"extract {name}", lambda n=name: extract_source(n, sources_dir, lake_dir, business_date))
-        )
-    for name in names:
-        steps.append((f"check {name}", lambda n=name: check_source(n, lake_dir, business_date)))
-    for name in names:
-        steps.append((f"standardise {name}", lambda n=name: standardise_source(n, lake_dir, business_date)))
-    for name in names:
-        steps.append((f"validate {name}", lambda n=name: validate_source(n, lake_dir, business_date)))
-    steps += [
-        ("resolve entities", lambda: resolve_entities(lake_dir, business_date, full_relink)),
-        ("build profiles", lambda: build_profiles(lake_dir, business_date)),
-        ("validate profiles", lambda: validate_profiles(lake_dir, business_date)),
-        ("publish", lambda: publish(lake_dir, business_date, run_id or f"cli__{business_date}")),
-    ]
-    results: dict[str, Any] = {}
-    bar = tqdm(steps, desc="credit run", unit="step", disable=not progress)
-    for label, step in bar:
-        bar.set_postfix_str(label)
-        results[label] = step()
-    return results

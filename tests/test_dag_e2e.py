@@ -209,6 +209,47 @@ def test_missing_source_fails_its_task_and_publishes_nothing(
     assert "failed at " in page and "(a task failed)" in page
 
 
+def test_a_data_quality_failure_is_not_retried_while_a_source_that_is_down_is(
+    airflow_db: Path, sources: Path, tmp_path: Path
+) -> None:
+    """The DAG's retry policy decides from the error, whatever a task's retries: a critical source
+    whose batch fails its checks (a data-quality failure) fails at its first try even where retries
+    are allowed, while a source that is down is retried and, once its export has arrived, goes on."""
+    import sqlite3
+
+    src = tmp_path / "sources"
+    shutil.copytree(sources, src)
+    lake = tmp_path / "lake"
+    with sqlite3.connect(src / "lending" / "lending.db") as con:  # schema drift in a critical source
+        con.execute("ALTER TABLE loans RENAME COLUMN five_class TO risk_class")
+    court = src / "contract" / "enforcement.csv"
+    late = tmp_path / "enforcement.csv"
+    court.rename(late)  # the court's export is late: not there at the first try
+    dag = load_dag()
+    check = dag.get_task("lending.check")
+    check.retries, check.retry_delay = 2, timedelta(0)  # retries allowed, and they would come at once
+    extract = dag.get_task("contract.extract")
+    assert extract.retries > 0
+    extract.retry_delay, extract.retry_exponential_backoff = timedelta(0), 0  # no waiting in a test
+    extract.on_retry_callback = [lambda context: late.rename(court)]  # delivered before the retry
+    with dag_processor_supervisor():
+        run = dag.test(
+            logical_date=RUN_AT,
+            run_conf={"sources_dir": str(src), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+        )
+    tries = {ti.task_id: (state(ti), ti.try_number) for ti in run.get_task_instances()}
+    assert tries["lending.check"] == ("failed", 1)
+    assert tries["contract.extract"] == ("success", 2)
+    assert tries["contract.validate"] == ("success", 1)
+    assert state(run) == "failed" and tries["publish"][0] == "upstream_failed"
+    page = run_report(lake)
+    assert (
+        "<tr><td>lending.check</td><td>check</td><td>lending</td>"
+        "<td>DataQualityError: source &#x27;lending&#x27; batch held back: schema drift" in page
+    )
+    assert "<td>contract.extract</td><td>extract</td>" not in page  # a retried failure is no failure
+
+
 def test_a_held_back_source_shows_its_check_skipped_and_the_night_still_publishes(
     airflow_db: Path, sources: Path, tmp_path: Path
 ) -> None:

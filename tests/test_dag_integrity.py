@@ -19,8 +19,9 @@ DAGS = REPO / "dags"
 DAG_FILE = DAGS / "credit_nightly.py"
 SOURCES = tuple(tomllib.loads((REPO / "config" / "sources.toml").read_text("utf-8"))["sources"])
 HEAVY = {"polars", "pandas", "numpy", "great_expectations", "pyarrow", "rapidfuzz", "entity_resolution"}
-#: first-party modules the DAG may import at parse time: standard library only (where the settings are)
-LIGHT = {"pipelines.errors", "pipelines.settings"}
+#: first-party modules the DAG may import at parse time: standard library only (the settings, the
+#: errors its retry policy names, the stage table)
+LIGHT = {"pipelines.errors", "pipelines.settings", "pipelines.flow"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,48 @@ def test_tasks_present_and_ordered(dag) -> None:
     # a held-back source skips its check; what follows still runs to carry its snapshot forward
     for source in SOURCES:
         assert dag.get_task(f"{source}.standardise").trigger_rule == "none_failed"
+
+
+def test_the_tasks_are_the_stage_table(dag) -> None:
+    """The DAG is shaped from pipelines/flow.py, the table `credit run` follows: each source's
+    stages in a chain, then the whole-night stages in a chain, between `plan` and `report`."""
+    from pipelines.flow import PER_SOURCE, WHOLE_NIGHT
+
+    per_source = [stage.name for stage in PER_SOURCE]
+    whole_night = [stage.name for stage in WHOLE_NIGHT]
+    assert set(dag.task_ids) == {
+        "plan",
+        "report",
+        *whole_night,
+        *(f"{source}.{name}" for source in SOURCES for name in per_source),
+    }
+    for source in SOURCES:
+        chained = [f"{source}.{name}" for name in per_source]
+        for before, after in zip(chained, chained[1:], strict=False):
+            assert dag.get_task(after).upstream_task_ids == {"plan", before}
+        assert chained[-1] in dag.get_task(whole_night[0]).upstream_task_ids
+    for before, after in zip(whole_night, whole_night[1:], strict=False):
+        assert dag.get_task(after).upstream_task_ids == {"plan", before}
+    for stage in (*PER_SOURCE, *WHOLE_NIGHT):
+        for task in dag.tasks:
+            if task.task_id.rpartition(".")[2] == stage.name:
+                assert (task.retries > 0) == stage.retryable, task.task_id
+                assert task.doc_md == stage.doc
+
+
+def test_every_task_fails_a_data_quality_failure_at_once_and_retries_an_outage(dag) -> None:
+    """One retry policy (Airflow 3.3's ExceptionRetryPolicy) on every task, from the flow's lists
+    of failures never retried and retried; anything else follows the task's own retries."""
+    from airflow.sdk import RetryAction
+
+    from pipelines.errors import DataQualityError, SourceFormatError, SourceUnavailableError
+
+    for task in dag.tasks:
+        decide = task.retry_policy.evaluate
+        assert decide(DataQualityError("batch held back"), 1, 4).action == RetryAction.FAIL, task.task_id
+        assert decide(SourceFormatError("tax", "not GBK"), 1, 4).action == RetryAction.FAIL
+        assert decide(SourceUnavailableError("tax", "down"), 1, 4).action == RetryAction.RETRY
+        assert decide(OSError("disk full"), 1, 4).action == RetryAction.DEFAULT
 
 
 def test_owner_and_timeouts_come_from_configuration(dag) -> None:

@@ -1,0 +1,231 @@
+"""The night's stages, in order: the one table the Airflow DAG (dags/credit_nightly.py) and
+``credit run`` (``run_all`` here) both read, so the two cannot drift apart.
+
+A stage names its plain function by import path, imported only when the stage runs: the DAG file
+imports this module while it is parsed, so it holds nothing but the standard library and the
+settings. Which failures may be retried is declared here too (``NEVER_RETRIED``, ``RETRIED``);
+the DAG turns it into an Airflow retry policy. How often and how long (retries, timeouts, owner)
+is tuned in config/nightly.toml.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import import_module
+from typing import Any
+
+from pipelines.errors import DataQualityError, SourceFormatError, SourceUnavailableError
+from pipelines.settings import config_path
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the night. Its function takes, by parameter name, what it needs of the run:
+    ``source`` (per-source stages), ``sources_dir``, ``lake_dir``, ``business_date``, ``run_id``,
+    ``full_relink``; it returns a small JSON-able dict (paths and counts)."""
+
+    #: the Airflow task id (inside the source's task group when per_source) and the progress label
+    name: str
+    #: "module.function", imported when the stage runs
+    function: str
+    #: once for every registered source, or once for the whole night
+    per_source: bool
+    #: what it does, shown as the task's documentation in the Airflow UI
+    doc: str
+    #: may a failure be retried (the transient ones: RETRIED)? config/nightly.toml [retry] says how
+    retryable: bool = False
+    #: returns {"ok": False, "problems": [...]} when the source's batch is held back (the DAG shows
+    #: the task skipped); the run goes on with the source's last good snapshot
+    judges_batch: bool = False
+    #: runs for a held-back source too, to carry its last good snapshot forward
+    after_held_back: bool = False
+
+    def label(self, source: str | None = None) -> str:
+        """The stage's name for people: "extract lending", "resolve entities"."""
+        return " ".join(filter(None, (self.name.replace("_", " "), source)))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "extract",
+        "pipelines.stages.extract_source",
+        per_source=True,
+        retryable=True,
+        doc="Copy the source's records changed since the last published run into `LAKE/raw` (retried "
+        "while the source is unavailable; unreadable deliveries are judged by `check`).",
+    ),
+    Stage(
+        "check",
+        "pipelines.stages.check_source",
+        per_source=True,
+        judges_batch=True,
+        doc="Batch checks (readable, every mapped column there, volume against the last run, "
+        "staleness). A failing batch is held back: a critical source fails here, any other falls back "
+        "to its last good snapshot and this task ends skipped, so the grid shows it at a glance.",
+    ),
+    Stage(
+        "standardise",
+        "pipelines.stages.standardise_source",
+        per_source=True,
+        after_held_back=True,
+        doc="Map the raw records to the canonical schema (`LAKE/staged`); runs after a held-back "
+        "batch too, which is carried forward rather than left out.",
+    ),
+    Stage(
+        "validate",
+        "pipelines.stages.validate_source",
+        per_source=True,
+        doc="Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as "
+        "`check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to "
+        "`LAKE/quarantine`; a batch-level failure fails the task without retries.",
+    ),
+    Stage(
+        "resolve_entities",
+        "pipelines.stages.resolve_entities",
+        per_source=False,
+        doc="Link the accepted records of all sources to firms (`LAKE/work/<date>/links, entities`).",
+    ),
+    Stage(
+        "build_profiles",
+        "pipelines.stages.build_profiles",
+        per_source=False,
+        doc="One credit profile per firm (`LAKE/work/<date>/profiles`).",
+    ),
+    Stage(
+        "validate_profiles",
+        "pipelines.stages.validate_profiles",
+        per_source=False,
+        doc="Checks on the profile table; a failure stops the run before publishing, without retries.",
+    ),
+    Stage(
+        "publish",
+        "pipelines.stages.publish",
+        per_source=False,
+        doc="Switch `current` to the new version and tell downstream DAGs which version it is.",
+    ),
+)
+
+#: failures a retry cannot mend, and why: the DAG's retry policy fails the task at once
+NEVER_RETRIED: dict[type[Exception], str] = {
+    DataQualityError: "a data-quality failure: a person has to look at the data; retrying will not change it",
+    SourceFormatError: "the source delivered data that cannot be read; retrying will not help",
+}
+#: transient failures: a retryable stage retries them (every other failure follows the stage's retries)
+RETRIED: tuple[type[Exception], ...] = (SourceUnavailableError,)
+
+
+def _check_order(stages: tuple[Stage, ...]) -> None:
+    """The DAG chains each source's stages, then joins the sources for the whole-night stages: a
+    per-source stage after a whole-night one has no place in that shape."""
+    names = [stage.name for stage in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pipelines.flow.STAGES: stage names repeat: {names}")
+    kinds = [stage.per_source for stage in stages]
+    first_whole_night = kinds.index(False) if False in kinds else 0
+    if not first_whole_night or any(kinds[first_whole_night:]):
+        raise ValueError(f"pipelines.flow.STAGES: per-source stages first, then whole-night ones: {names}")
+
+
+_check_order(STAGES)
+PER_SOURCE = tuple(stage for stage in STAGES if stage.per_source)
+WHOLE_NIGHT = tuple(stage for stage in STAGES if not stage.per_source)
+
+
+def stage_function(stage: Stage) -> Callable[..., dict[str, Any]]:
+    """The stage's plain function, imported now (not when the DAG file is parsed)."""
+    module, _, name = stage.function.rpartition(".")
+    return getattr(import_module(module), name)
+
+
+def run_stage(stage: Stage, run: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Call the stage's function with what it asks of ``run`` (its parameters, by name) and, for a
+    per-source stage, the source."""
+    function = stage_function(stage)
+    values = {**run, "source": source} if stage.per_source else dict(run)
+    parameters = inspect.signature(function).parameters
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if name not in values and parameter.default is inspect.Parameter.empty
+    ]
+    if missing:
+        raise TypeError(
+            f"stage {stage.name} ({stage.function}) needs {missing}; the run gives {sorted(values)}"
+        )
+    return function(**{name: values[name] for name in parameters if name in values})
+
+
+def run_all(
+    sources_dir: str,
+    lake_dir: str,
+    business_date: str,
+    run_id: str | None = None,
+    progress: bool = False,
+    full_relink: bool = False,
+) -> dict[str, Any]:
+    """The whole night in-process, stage by stage in the table's order (each per-source stage for
+    every source before the next stage), with the same functions the DAG's tasks call; the results
+    by stage label ("extract lending", "publish"). ``full_relink``: re-link the whole snapshot even
+    after a published night."""
+    from tqdm import tqdm
+
+    from pipelines.sources import source_names
+
+    run = {
+        "sources_dir": sources_dir,
+        "lake_dir": lake_dir,
+        "business_date": business_date,
+        "run_id": run_id or f"cli__{business_date}",
+        "full_relink": full_relink,
+    }
+    sources = source_names()
+    steps = [(stage, source) for stage in PER_SOURCE for source in sources]
+    steps += [(stage, None) for stage in WHOLE_NIGHT]
+    results: dict[str, Any] = {}
+    bar = tqdm(steps, desc="credit run", unit="step", disable=not progress)
+    for stage, source in bar:
+        label = stage.label(source)
+        bar.set_postfix_str(label)
+        results[label] = run_stage(stage, run, source)
+    return results
+
+
+@dataclass(frozen=True)
+class NightlySettings:
+    """config/nightly.toml: the DAG's owner, timeouts and how a retryable stage retries."""
+
+    owner: str
+    run_timeout: timedelta
+    task_timeouts: dict[str, timedelta]
+    retries: int
+    retry_delay: timedelta
+    retry_backoff: float
+    max_retry_delay: timedelta
+
+    def task_timeout(self, task: str) -> timedelta:
+        """A task's execution_timeout, by its name without the source group."""
+        return self.task_timeouts.get(task, self.task_timeouts["default"])
+
+
+def nightly_settings() -> NightlySettings:
+    """config/nightly.toml (CREDIT_NIGHTLY_CONFIG points a deployment at its own)."""
+    path = config_path("nightly.toml")
+    settings = tomllib.loads(path.read_text("utf-8"))
+    try:
+        retry, timeouts = settings["retry"], settings["task_timeout_minutes"]
+        timeouts["default"]  # every task not listed gets it
+        return NightlySettings(
+            owner=settings["owner"],
+            run_timeout=timedelta(minutes=settings["run_timeout_minutes"]),
+            task_timeouts={task: timedelta(minutes=minutes) for task, minutes in timeouts.items()},
+            retries=retry["retries"],
+            retry_delay=timedelta(seconds=retry["delay_seconds"]),
+            retry_backoff=float(retry["backoff"]),
+            max_retry_delay=timedelta(minutes=retry["max_delay_minutes"]),
+        )
+    except KeyError as missing:
+        raise KeyError(f"{path}: no setting {missing}") from None
