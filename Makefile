@@ -13,16 +13,18 @@ LAKE ?= $(CURDIR)/data/lake
 
 .PHONY: venv run test lint airflow-ui bench clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# the pipeline with its dev extra, and next to it the synthetic source systems (synthetic/: `credit
+# generate`, the demo), which tests and benchmarks use and the pipeline's wheel does not carry
+$(BIN)/.installed: pyproject.toml synthetic/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' -e ./synthetic
 	touch $@
 
 venv: $(BIN)/.installed
 
 run: venv
-	$(BIN)/python -m pipelines.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
+	$(BIN)/python -m credit_synthetic.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
 
 test: venv
 	$(BIN)/ruff check .

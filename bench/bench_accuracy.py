@@ -68,9 +68,9 @@ def febrl_records(name: str):  # noqa: ANN201 - (records, spec, truth)
 
 def generator_records(noise: str, seed: int, entities: int, folder: Path):  # noqa: ANN201
     """(records, truth, valid USCC per record) from a generated city run through the stages."""
+    from credit_synthetic.generate import generate
     from entity_resolution.pipeline import enterprise_inputs, record_id
     from pipelines import stages
-    from pipelines.generate import generate
 
     options = {} if noise == "default" else {"noise": noise}
     generate(folder / "sources", entities=entities, seed=seed, end_date=date(2026, 11, 23), **options)

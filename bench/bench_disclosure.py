@@ -39,8 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     lake = args.lake
     if lake is None:
+        from credit_synthetic.generate import generate
         from pipelines import stages
-        from pipelines.generate import generate
 
         root = Path(tempfile.mkdtemp(prefix="bench-disclosure-"))
         generate(root / "sources", entities=3000, seed=7, end_date=date(2026, 11, 23))

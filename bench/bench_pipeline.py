@@ -30,7 +30,7 @@ result = getattr(stages, name)(*args) if name != "generate" else None
 if name == "generate":
     from pathlib import Path
     from datetime import date
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
     result = generate(
         Path(args[0]), entities=args[1], seed=args[2], end_date=date.fromisoformat(args[3]), days=args[4]
     )

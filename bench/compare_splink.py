@@ -17,7 +17,7 @@ Each engine runs in a process of its own on each data set (peak memory is its ow
 seconds are linking only (reading the input excluded). Generator records go through the nightly's
 stages first (accepted records -> the enterprise spec's inputs, as tests/test_engine.py builds
 them) and are cached under ``--cache``/gen-<setting>-<seed>[-<entities>]/ so reruns are quick.
-Splink and FEBRL are bench extras: `.venv/bin/pip install -e '.[bench]' -c constraints.txt`.
+Splink and FEBRL are bench extras: `.venv/bin/pip install -e '.[bench]' -e ./synthetic -c constraints.txt`.
 
     nice .venv/bin/python bench/compare_splink.py                       # default, hard, sparse; FEBRL1-4
     nice .venv/bin/python bench/compare_splink.py --noise hard-sparse --entities 20000 --no-febrl
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import FEBRL_COLUMNS, FEBRL_FILES, load_febrl  # noqa: E402
-from pipelines._vocab import NOISE_SETTINGS  # noqa: E402
+from credit_synthetic.vocab import NOISE_SETTINGS  # noqa: E402
 
 ENGINES = ("ours", "splink")
 DEFAULT_NOISE = ("default", "hard", "sparse")
@@ -91,9 +91,9 @@ def generator_folder(data: DataSet, cache: Path) -> Path:
     folder = cache / data.label
     if (folder / "records.parquet").exists():
         return folder
+    from credit_synthetic.generate import generate
     from entity_resolution.pipeline import enterprise_inputs, record_id
     from pipelines import stages
-    from pipelines.generate import generate
 
     print(f"preparing {folder} (generate {data.entities:,} firms, run the stages) ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)

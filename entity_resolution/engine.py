@@ -59,8 +59,9 @@ import polars as pl
 from entity_resolution.internals.blocking import _components, candidate_shards, exact_nodes, signatures
 from entity_resolution.internals.cluster import cross_input_pairs
 from entity_resolution.internals.compare import (
-    compare_pairs,
+    PairComparer,
     compared_columns,
+    signature_frequencies,
     term_frequencies,
     value_frequencies,
 )
@@ -140,12 +141,14 @@ def link(
     ``frequencies`` are the term-frequency tables (``term_frequencies``) of the whole input when
     ``records`` is one part of it; by default they are computed from ``records``.
     """
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of all threads: on a loaded machine, wall time says little
 
     def step(name: str) -> None:
         timings[name] = time.perf_counter() - started
+        cpu[name] = round(time.process_time() - cpu_started, 2)
         peaks[name] = round(_peak_mb())
 
     rid = spec.id_column
@@ -165,10 +168,12 @@ def link(
     (work / "shards").mkdir(parents=True)
     (work / "partitions").mkdir(parents=True)
     try:
-        return _link(
+        linkage = _link(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
             keep_pairs, work, scale, step, started, timings, peaks, frequencies,
         )  # fmt: skip
+        linkage.stats["cpu_seconds"] = cpu
+        return linkage
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -208,10 +213,11 @@ def _link(
     shard_paths: list[Path] = []
     pattern_parts: list[pl.DataFrame] = []
     candidates = 0
+    comparer = PairComparer(sig, spec)  # the compared columns coded once, for every shard
     for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
         if spec.link_only:  # accuracy hook: only pairs across the two inputs
             pairs = cross_input_pairs(sig, pairs, spec.source_column)
-        code = _encode(compare_pairs(sig, pairs, spec), radix)
+        code = _encode(comparer.levels(pairs), radix)
         path = work / "shards" / f"shard-{number:05d}.parquet"
         pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
         shard_paths.append(path)
@@ -227,11 +233,14 @@ def _link(
     # 5. the model, then every pair's probability from its pattern
     pattern_codes = patterns["pattern"].to_numpy()
     pattern_levels = _decode(pattern_codes, radix, spec)
-    m, u, prior = estimate(sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy())
+    m, u, prior = estimate(
+        sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), comparer=comparer
+    )
     pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
 
     if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
         frequencies = term_frequencies(sig, spec, unit="node")
+    sig_frequencies = signature_frequencies(sig, frequencies)  # per signature, once for every shard
 
     def scored_shard(path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
@@ -241,7 +250,7 @@ def _link(
         shard = pl.read_parquet(path)
         index = np.searchsorted(pattern_codes, shard["pattern"].to_numpy())
         levels = pattern_levels[index]
-        adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig, shard, spec, frequencies))
+        adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig_frequencies, shard))
         p = probability(pattern_weights[index] + adjustment, prior) if len(index) else np.zeros(0)
         shard = shard.with_columns(pl.Series("probability", p))
         shard.write_parquet(path, compression="lz4")

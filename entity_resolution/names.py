@@ -76,8 +76,12 @@ def region_codes(token: str) -> list[str]:
 
 def normalise_names(names: pl.Series) -> pl.DataFrame:
     """Normalise names; returns one row per input: name, core, branch, name_key, legal_form, region_codes."""
+    from entity_resolution.internals.normalise import distinct_rows
+
     tops, counties, pattern = _region_tables()
-    unique = pl.DataFrame({"name": names.unique().drop_nulls()})
+    # each distinct name once; "_i" (its place) keys the joins below, cheaper than the name itself
+    rows, place = distinct_rows(names)
+    unique = pl.DataFrame({"name": names.gather(rows)}).with_row_index("_i")
     text = to_simplified(unique["name"].str.normalize("NFKC"))
     frame = unique.with_columns(
         text=text.str.replace_all(_PUNCTUATION, "")
@@ -119,58 +123,70 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
         .with_columns(rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()))
     )
     frame = _strip_county(frame, tops, counties)
-    token_codes = pl.concat([tops, counties]).explode("codes").unique()
-    # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
-    tokens = pl.concat(
-        [
-            frame.select("name", pl.col("lead_tokens").alias("token")).explode("token"),
-            frame.select("name", pl.col("bracketed").alias("token")).explode("token"),
-        ]
-    ).drop_nulls("token")
-    exploded = (
-        tokens.join(token_codes, on="token", how="inner")
-        .unique(["name", "codes"])
-        .group_by("name")
-        .agg(pl.col("codes").sort().alias("region_codes"))
+    # region codes per distinct (leading regions, bracketed parts): a few thousand, not one per name
+    regions = frame.select(pl.struct("lead_tokens", "bracketed").alias("regions"))["regions"]
+    rows, region_place = distinct_rows(regions)
+    frame = frame.with_columns(
+        _region_codes(regions.gather(rows).struct.unnest(), tops, counties).gather(region_place)
     )
-    frame = frame.join(exploded, on="name", how="left").with_columns(
+    frame = frame.with_columns(
         core=pl.col("rest"),
         name_key=pl.col("rest")
         + pl.when(pl.col("is_branch")).then("#" + pl.col("branch")).otherwise(pl.lit("")),
     )
-    out = frame.select("name", "core", "branch", "is_branch", "name_key", "legal_form", "region_codes")
-    return pl.DataFrame({"name": names}).join(out, on="name", how="left", maintain_order="left")
+    out = frame.sort("_i").select("core", "branch", "is_branch", "name_key", "legal_form", "region_codes")
+    return out.select(pl.all().gather(place)).insert_column(0, names.alias("name"))
+
+
+def _region_codes(regions: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFrame) -> pl.Series:
+    """Per row of ``lead_tokens`` and ``bracketed`` lists, the sorted distinct division codes its
+    region names mean (null when none)."""
+    token_codes = pl.concat([tops, counties]).explode("codes").unique()
+    regions = regions.with_row_index("_r")
+    # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
+    tokens = pl.concat(
+        [
+            regions.select("_r", pl.col("lead_tokens").alias("token")).explode("token"),
+            regions.select("_r", pl.col("bracketed").alias("token")).explode("token"),
+        ]
+    ).drop_nulls("token")
+    exploded = (
+        tokens.join(token_codes, on="token", how="inner")
+        .unique(["_r", "codes"])
+        .group_by("_r")
+        .agg(pl.col("codes").sort().alias("region_codes"))
+    )
+    return regions.join(exploded, on="_r", how="left", maintain_order="left")["region_codes"]
 
 
 def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFrame) -> pl.DataFrame:
     """Remove a county name right after the leading region when it lies in that region (宁波海曙)."""
     lead_codes = (
-        frame.select("name", "lead")
+        frame.select("_i", "lead")
         .filter(pl.col("lead") != "")
         .with_columns(lead_tokens=pl.col("lead").str.extract_all(_region_tables()[2][4:-3]))
     )
-    candidates = []
-    for length in (2, 3, 4, 5):
-        candidates.append(
-            frame.select("name", "rest").with_columns(
-                token=pl.col("rest").str.slice(0, length), length=pl.lit(length)
-            )
+    # only a name with a leading region can have a county after it, leaving a 3-character rest
+    led = frame.filter(pl.col("lead") != "").select("_i", "rest", rest_length=pl.col("rest").str.len_chars())
+    candidates = [
+        led.filter(pl.col("rest_length") - length >= 3).select(
+            "_i", "rest", token=pl.col("rest").str.slice(0, length), length=pl.lit(length)
         )
+        for length in (2, 3, 4, 5)
+    ]
     found = (
         pl.concat(candidates)
         .join(counties, on="token", how="inner")
-        .join(
-            lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="name"
-        )
+        .join(lead_codes.explode("lead_tokens").join(tops, left_on="lead_tokens", right_on="token"), on="_i")
         .explode("codes")
         .explode("codes_right")
         .filter(pl.col("codes").str.starts_with(pl.col("codes_right")))
         .filter(pl.col("rest").str.len_chars() - pl.col("length") >= 3)
-        .group_by("name")
+        .group_by("_i")
         .agg(pl.col("length").max(), pl.col("token").sort_by("length").last())
     )
-    frame = frame.join(lead_codes.select("name", "lead_tokens"), on="name", how="left").join(
-        found, on="name", how="left"
+    frame = frame.join(lead_codes.select("_i", "lead_tokens"), on="_i", how="left").join(
+        found, on="_i", how="left"
     )
     return frame.with_columns(
         rest=pl.col("rest").str.slice(pl.col("length").fill_null(0)),

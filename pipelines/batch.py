@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from pipelines.sources import SourceConfig
 from pipelines.state import Watermark
+
+if TYPE_CHECKING:
+    from pipelines.quality import SuiteRunner
 
 #: rows of the raw batch the raw suite looks at (schema and type drift show in any sample)
 RAW_SAMPLE_ROWS = 20_000
@@ -40,13 +43,14 @@ def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def raw_suite_problems(source: SourceConfig, raw_path: Path) -> list[str]:
-    """Failures of the source's raw suite on a sample of the batch, as readable sentences."""
+def raw_suite_problems(source: SourceConfig, raw_path: Path, runner: SuiteRunner | None = None) -> list[str]:
+    """Failures of the source's raw suite on a sample of the batch, as readable sentences
+    (``runner``: the stage's suite runner, else one in memory)."""
     from pipelines.quality import ROW_ID, run_suite
 
     suite = source.raw_suite or f"{source.name}.raw"
     sample = _as_text(pl.scan_parquet(raw_path).head(RAW_SAMPLE_ROWS).collect())
-    outcome = run_suite(sample.with_row_index(ROW_ID), suite)
+    outcome = run_suite(sample.with_row_index(ROW_ID), suite, runner=runner)
     problems = list(outcome.batch_failures)
     if outcome.row_failures.height:  # "mostly" expectations report rows only when they fail as a whole
         by_reason = outcome.row_failures.group_by("reason").len().sort("len", descending=True)

@@ -1,4 +1,7 @@
-"""The ``credit`` command line: generate source systems, run the pipeline, evaluate linkage.
+"""The ``credit`` command line: run the pipeline, evaluate linkage, export, serve.
+
+Commands of other installed distributions join through the ``credit.commands`` entry-point group
+(``credit generate`` comes with the synthetic source systems, ``credit-synthetic``).
 
 Unix manners: results on stdout (``--json``: one JSON document and nothing else), progress bars,
 logs and error messages on stderr, and the exit codes in ``EXIT_CODES`` (shown by ``credit --help``).
@@ -13,12 +16,10 @@ import os
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines._vocab import DEFAULT_FAULTS, FAULT_LEVELS, NOISE_SETTINGS, noise_knobs, noise_setting
 from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 #: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
@@ -116,58 +117,14 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def _date(text: str) -> str:
+def iso_date(text: str) -> str:
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
 
 
-def _faults(text: str) -> str:
-    """``--faults``: checked here so a typo is a usage error, not a traceback."""
-    from pipelines.generate import fault_share
-
-    try:
-        fault_share(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _noise_override(text: str) -> tuple[str, str]:
-    """``--noise-set KNOB=VALUE``: the knob and value checked here so a typo is a usage error."""
-    knob, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
-    try:
-        noise_setting("default", {knob.strip(): value.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return knob.strip(), value.strip()
-
-
-def _knob_value(value: float | bool) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
-
-
-def _noise_help() -> tuple[str, str]:
-    """The presets and knobs for ``credit generate --help``, from pipelines._vocab (defined once)."""
-    default = asdict(NOISE_SETTINGS["default"])
-    presets = "; ".join(
-        f"{name} (the generator as it always was; used without --noise)"
-        if name == "default"
-        else f"{name} ("
-        + ", ".join(f"{k}={_knob_value(v)}" for k, v in asdict(preset).items() if v != default[k])
-        + ")"
-        for name, preset in NOISE_SETTINGS.items()
-    )
-    knobs = "; ".join(
-        f"{knob} ({_knob_value(default[knob])}): {text}" for knob, text in noise_knobs().items()
-    )
-    return presets.replace("%", "%%"), knobs.replace("%", "%%")
-
-
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -182,41 +139,6 @@ def default_business_date(sources_dir: Path) -> str:
         if end:
             return str(end)
     return (date.today() - timedelta(days=1)).isoformat()
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from pipelines.generate import generate
-
-    urls = {
-        name: url
-        for name, url in (
-            ("lending", args.lending_url),
-            ("social_insurance", args.social_insurance_url),
-            ("tax", args.tax_url),
-        )
-        if url
-    }
-    manifest = generate(
-        Path(args.out),
-        entities=args.entities,
-        seed=args.seed,
-        days=args.days,
-        end_date=date.fromisoformat(args.end_date) if args.end_date else None,
-        db_urls=urls or None,
-        progress=not args.quiet,
-        faults=args.faults,
-        noise=noise_setting(args.noise, dict(args.noise_set)) if args.noise_set else args.noise,
-    )
-    rows = ", ".join(f"{source} {count:,}" for source, count in manifest["rows"].items())
-    emit(
-        args,
-        manifest,
-        f"generated {manifest['entities']:,} firms, {manifest['records']:,} records in {args.out} "
-        f"(end date {manifest['end_date']}): {rows}; "
-        f"{sum(n for kinds in manifest['faults'].values() for n in kinds.values()):,} bad records ({args.faults}); "
-        f"noise {manifest['noise']['setting']}",
-    )
-    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -323,57 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser(
-        "generate",
-        help="write six realistic departmental source systems and their truth",
-        description="Write lending and social-insurance databases (SQLAlchemy; SQLite files by default), a tax "
-        "database, GBK court CSV, product-quality JSON Lines and 双公示 penalty CSV, plus DIR/truth/.",
-    )
-    gen.add_argument("--entities", type=_positive, default=20_000, help="number of firms in the universe")
-    gen.add_argument("--seed", type=int, default=7, help="random seed; same seed and settings, same data")
-    gen.add_argument("--out", default=str(DEFAULT_SOURCES), help="folder to write the source systems into")
-    gen.add_argument(
-        "--days",
-        type=_positive,
-        default=1,
-        help="spread updated_at over this many days ending at --end-date (new firms, renames, "
-        "changed balances appear day by day for incremental runs)",
-    )
-    gen.add_argument("--end-date", type=_date, default=None, help="last day of data (default: yesterday)")
-    gen.add_argument("--lending-url", help="SQLAlchemy URL for the lending database instead of a SQLite file")
-    gen.add_argument("--social-insurance-url", help="SQLAlchemy URL for the social-insurance database")
-    gen.add_argument("--tax-url", help="SQLAlchemy URL for the tax database")
-    gen.add_argument(
-        "--faults",
-        type=_faults,
-        default=DEFAULT_FAULTS,
-        help="bad records departments send, as validation quarantines them: "
-        + ", ".join(
-            f"{name} ({share * 100:g}%% of each source's records)" for name, share in FAULT_LEVELS.items()
-        )
-        + ", or a share between 0 and 1; none for clean data",
-    )
-    presets, knobs = _noise_help()
-    gen.add_argument(
-        "--noise",
-        choices=list(NOISE_SETTINGS),
-        default="default",
-        metavar="SETTING",
-        help=f"how hard the records are to link (hard negatives, missing regions and codes): {presets}",
-    )
-    gen.add_argument(
-        "--noise-set",
-        type=_noise_override,
-        action="append",
-        default=[],
-        metavar="KNOB=VALUE",
-        help=f"override one knob of --noise (repeatable), e.g. --noise hard --noise-set missing_codes=0.4. "
-        f"Shares are between 0 and 1; in brackets the value in the default setting: {knobs}",
-    )
-    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    add_json_option(gen)
-    gen.set_defaults(func=cmd_generate)
-
     run = sub.add_parser(
         "run",
         help="run the whole pipeline in-process (the same stages as the Airflow DAG)",
@@ -384,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder (raw, staged, published, ...)")
     run.add_argument(
         "--date",
-        type=_date,
+        type=iso_date,
         default=None,
         help="business date to process (default: the generated data's end date, else yesterday)",
     )
@@ -468,12 +339,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_link_commands(sub)
     register_service_commands(sub)
+    register_installed_commands(sub)
     return parser
+
+
+#: the entry-point group through which other distributions add commands: ``name = "module:register"``,
+#: ``register(subparsers)`` adding the command ``name``
+COMMANDS_GROUP = "credit.commands"
+#: commands that come with another distribution, and how to get it when it is missing
+OPTIONAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": (
+        "write six realistic departmental source systems and their truth",
+        "the synthetic source systems are not installed: `pip install -e ./synthetic` in a checkout "
+        "(`make venv` does it), or install the credit-synthetic wheel next to this package",
+    ),
+}
+
+
+def register_installed_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the commands installed distributions register in ``COMMANDS_GROUP``; an optional command
+    none of them provides stays listed, and says how to get it."""
+    from importlib.metadata import entry_points
+
+    registered: set[str] = set()
+    broken: dict[str, str] = {}  # metadata says installed, yet the code is not importable
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if entry.name in sub.choices:
+            continue
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            broken[entry.name] = f" ({entry.value} is registered but cannot be imported: {exc})"
+            continue
+        register(sub)
+        registered.add(entry.name)
+    for name, (purpose, remedy) in OPTIONAL_COMMANDS.items():
+        if name not in registered:
+            remedy += broken.get(name, "")
+            missing = sub.add_parser(name, help=f"{purpose} (not installed)", description=remedy)
+            missing.set_defaults(func=_not_installed(name, remedy), accepts_any_arguments=True)
+
+
+def _not_installed(name: str, remedy: str) -> Any:
+    def command(args: argparse.Namespace) -> int:
+        print(f"credit {name}: error: {remedy}", file=sys.stderr)
+        return EXIT_FAILED
+
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (EXIT_CODES), argparse exits 2 itself on a usage error."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_any_arguments", False):
+        parser.parse_args(argv)  # exits 2, naming the arguments it does not know
     logging.basicConfig(  # to stderr: stdout holds only the result
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

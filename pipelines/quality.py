@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +45,14 @@ class SuiteOutcome:
     statistics: dict[str, Any] = field(default_factory=dict)
 
 
-#: where GX keeps validation results and builds Data Docs (None: in memory, no docs)
-_docs_root: Path | None = None
-_docs_run_name: str | None = None
+@dataclass(frozen=True)
+class DataDocs:
+    """Where a run keeps its validation results for the offline Data Docs site
+    (``pipelines.data_docs``): a file-backed GX project under ``root`` (``LAKE/reports/<date>/gx``),
+    each result under ``run_name`` (the business date)."""
 
-
-def use_data_docs(root: Path | None, run_name: str | None = None) -> None:
-    """Validate through a file-backed GX project under ``root``: every validation result is kept
-    under ``run_name`` (the business date) for the offline Data Docs site (``pipelines.data_docs``).
-    Each process (Airflow task) sets it."""
-    global _docs_root, _docs_run_name
-    _docs_root, _docs_run_name = root, run_name
+    root: Path
+    run_name: str
 
 
 @contextmanager
@@ -79,29 +75,6 @@ def _project_lock(root: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@cache
-def _context(root: Path | None = None) -> Any:
-    import great_expectations as gx
-
-    with _project_lock(root):
-        context = (
-            gx.get_context(mode="file", project_root_dir=str(root))
-            if root
-            else gx.get_context(mode="ephemeral")
-        )
-        # GX draws a progress bar per validation; nightly logs should not fill up with them
-        context.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    return context
-
-
-@cache
-def _batch_definition(root: Path | None = None) -> Any:
-    context = _context(root)
-    with _project_lock(root):
-        source = context.data_sources.add_or_update_pandas("credit")
-        return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
-
-
 #: expectations that read only the table's column names, not its values
 SCHEMA_EXPECTATIONS = frozenset(
     {
@@ -114,126 +87,198 @@ SCHEMA_EXPECTATIONS = frozenset(
 )
 
 
-def _validate(
-    suite: Any,
-    frame: Any,
-    result_format: dict[str, Any],
-    parameters: dict[str, Any],
-    schema_frame: Any = None,
-) -> Any:
-    """One GX validation of ``suite``; with ``schema_frame`` (the table's columns, no rows) the
-    schema expectations are judged on it and the rest on ``frame`` (only the columns they read:
-    GX filters the whole frame for every column expectation), merged into one suite result.
-    With Data Docs on, the result is stored (under the project lock: other tasks of the run share
-    the project); ``pipelines.data_docs`` renders the stored results."""
-    from great_expectations import __version__ as gx_version
-    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
-    from great_expectations.execution_engine import pandas_execution_engine
-    from great_expectations.util import convert_to_json_serializable
-    from great_expectations.validator.v1_validator import Validator
-    from great_expectations.validator.validator import calc_validation_statistics
+class SuiteRunner:
+    """Validates frames with the suites through one GX Data Context of its own: in memory, or with
+    ``docs`` file-backed, keeping every result for the Data Docs site. A stage makes one and passes
+    it to what it validates (the context is built on first use, each suite loaded once); nothing is
+    shared between runners, so two runs in one process cannot see each other's project."""
 
-    # GX fingerprints every pandas batch under 1 GB with an md5 over hash_pandas_object (4 s for
-    # 3M rows); it is batch metadata only, which GX already skips for larger frames.
-    pandas_execution_engine.HASH_THRESHOLD = 0
-    root = _docs_root
-    configs = suite.expectation_configurations
-    on_schema = [schema_frame is not None and c.type in SCHEMA_EXPECTATIONS for c in configs]
+    def __init__(self, docs: DataDocs | None = None) -> None:
+        self.docs = docs
+        self._context: Any = None
+        self._batch_definition: Any = None
+        self._suites: dict[str, Any] = {}
 
-    def judge(data: Any, chosen: list[Any]) -> tuple[Any, list[Any]]:
-        # one batch, as GX's ValidationDefinition makes it (Batch.validate would build a second)
-        validator = Validator(
-            batch_definition=_batch_definition(root),
-            batch_parameters={"dataframe": data},
-            result_format=result_format,
-        )
-        if not chosen:
-            return validator, []
-        return validator, validator._validate_expectation_configs(
-            expectation_configs=chosen, expectation_parameters={**DEFAULT_PARAMETERS, **parameters}
-        )
+    @property
+    def _root(self) -> Path | None:
+        return self.docs.root if self.docs else None
 
-    # GX filters its whole batch (every column) for each column expectation, so each group of
-    # expectations reading the same columns gets a batch of only those (plus the row ids)
-    ids = list(result_format.get("unexpected_index_column_names") or [])
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for index, (config, schema_only) in enumerate(zip(configs, on_schema, strict=True)):
-        if not schema_only:
-            read = _expectation_columns(config.kwargs)
-            key = tuple(c for c in frame.columns if c in read or c in ids)
-            groups.setdefault(key, []).append(index)
-    results: list[Any] = [None] * len(configs)
-    validator = None
-    for columns, indexes in groups.items():
-        validator, judged = judge(frame[list(columns)], [configs[i] for i in indexes])
-        for index, outcome in zip(indexes, judged, strict=True):
-            results[index] = outcome
-    schema_indexes = [i for i, schema_only in enumerate(on_schema) if schema_only]
-    schema_validator, judged = judge(schema_frame, [configs[i] for i in schema_indexes])
-    for index, outcome in zip(schema_indexes, judged, strict=True):
-        results[index] = outcome
-    validator = validator or schema_validator
-    statistics = calc_validation_statistics(results)
-    wrapped = validator._wrapped_validator
-    result = ExpectationSuiteValidationResult(
-        results=results,
-        success=statistics.success,
-        suite_name=suite.name,
-        statistics={
-            "evaluated_expectations": statistics.evaluated_expectations,
-            "successful_expectations": statistics.successful_expectations,
-            "unsuccessful_expectations": statistics.unsuccessful_expectations,
-            "success_percent": statistics.success_percent,
-        },
-        meta={  # as GX's Validator.validate_expectation_suite writes it
-            "great_expectations_version": gx_version,
-            "batch_spec": convert_to_json_serializable(wrapped.active_batch_spec),
-            "batch_markers": wrapped.active_batch_markers,
-            "active_batch_definition": convert_to_json_serializable(wrapped.active_batch_definition),
-        },
-        batch_id=validator.active_batch_id,
-    )
-    if root is None:
+    @property
+    def context(self) -> Any:
+        """The GX Data Context (file-backed under ``docs.root``, else ephemeral)."""
+        if self._context is None:
+            import great_expectations as gx
+
+            with _project_lock(self._root):
+                context = (
+                    gx.get_context(mode="file", project_root_dir=str(self._root))
+                    if self._root
+                    else gx.get_context(mode="ephemeral")
+                )
+                # GX draws a progress bar per validation; nightly logs should not fill up with them
+                context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+            self._context = context
+        return self._context
+
+    @property
+    def batch_definition(self) -> Any:
+        """A whole-dataframe batch definition: each validation passes its frame as a batch parameter."""
+        if self._batch_definition is None:
+            context = self.context
+            with _project_lock(self._root):
+                source = context.data_sources.add_or_update_pandas("credit")
+                asset = source.add_dataframe_asset("frame")
+                self._batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+        return self._batch_definition
+
+    def suite(self, name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
+        """The suite ``name`` from its JSON file, with the derived range checks (``range_expectations``)."""
+        if name not in self._suites:
+            import great_expectations as gx
+
+            spec = read_suite(name, expectations_dir)
+            expectations = [*spec["expectations"], *range_expectations(spec["name"])]
+            suite = gx.ExpectationSuite(name=spec["name"], expectations=expectations, meta=spec.get("meta"))
+            if self._root is not None:
+                # kept in the project beside its results; the JSON file is the truth, an earlier copy
+                # is replaced (the context is built first: building it takes the lock too)
+                context = self.context
+                with _project_lock(self._root):
+                    suite = context.suites.add_or_update(suite)
+            self._suites[name] = suite
+        return self._suites[name]
+
+    def validate(
+        self,
+        suite: Any,
+        frame: Any,
+        result_format: dict[str, Any],
+        parameters: dict[str, Any],
+        schema_frame: Any = None,
+    ) -> Any:
+        """One GX validation of ``suite``; with ``schema_frame`` (the table's columns, no rows) the
+        schema expectations are judged on it and the rest on ``frame``, each group of expectations
+        on only the columns it reads (GX filters the whole batch for every column expectation), the
+        groups' results merged into one suite result. With Data Docs on, the result is stored."""
+        import great_expectations as gx
+        from great_expectations.execution_engine import pandas_execution_engine
+        from great_expectations.validator.v1_validator import Validator
+
+        # GX fingerprints every pandas batch under 1 GB with an md5 over hash_pandas_object (4 s for
+        # 3M rows); the fingerprint is batch metadata only, and GX already skips it for larger
+        # frames. GX offers no setting for it, so its module's threshold is set (no private member).
+        pandas_execution_engine.HASH_THRESHOLD = 0
+        configs = suite.expectation_configurations
+        on_schema = [schema_frame is not None and c.type in SCHEMA_EXPECTATIONS for c in configs]
+        ids = list(result_format.get("unexpected_index_column_names") or [])
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        for index, (config, schema_only) in enumerate(zip(configs, on_schema, strict=True)):
+            if schema_only:
+                groups.setdefault(None, []).append(index)
+            else:
+                read = _expectation_columns(config.kwargs)
+                key = tuple(c for c in frame.columns if c in read or c in ids)
+                groups.setdefault(key, []).append(index)
+        results: list[Any] = [None] * len(configs)
+        judged: Any = None
+        for columns, indexes in groups.items():
+            data = schema_frame if columns is None else frame[list(columns)]
+            part = gx.ExpectationSuite(name=suite.name, expectations=[configs[i] for i in indexes])
+            # one batch per group, as GX's ValidationDefinition makes it (Batch.validate builds two)
+            validator = Validator(
+                batch_definition=self.batch_definition,
+                batch_parameters={"dataframe": data},
+                result_format=result_format,
+            )
+            judged = validator.validate_expectation_suite(
+                part, expectation_parameters={**DEFAULT_PARAMETERS, **parameters}
+            )
+            for index, outcome in zip(indexes, judged.results, strict=True):
+                results[index] = outcome
+        if judged is None:  # a suite without expectations: judged on the columns alone
+            validator = Validator(
+                batch_definition=self.batch_definition,
+                batch_parameters={"dataframe": schema_frame if schema_frame is not None else frame},
+                result_format=result_format,
+            )
+            judged = validator.validate_expectation_suite(suite)
+        result = _merged(suite.name, results, judged)
+        if self.docs is not None:
+            self._store(result)
         return result
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier,
-        ValidationResultIdentifier,
-    )
 
-    run_id = RunIdentifier(run_name=_docs_run_name, run_time=datetime.now(UTC))
-    result.meta.update(
-        run_id=run_id, validation_time=run_id.run_time, batch_parameters={"dataframe": "<dataframe>"}
-    )
-    suite_id = ExpectationSuiteIdentifier(name=suite.name)
-    result_id = ValidationResultIdentifier(
-        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=validator.active_batch_id
-    )
-    context = _context(root)
-    with _project_lock(root):
-        context.validation_results_store.store_validation_results(
-            suite_validation_result=result,
-            suite_validation_result_identifier=result_id,
-            expectation_suite_identifier=suite_id,
+    def _store(self, result: Any) -> None:
+        """Keep ``result`` in the project under the run's name (under the project lock: the run's
+        other tasks share the project)."""
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
         )
-    return result
+
+        assert self.docs is not None
+        run_id = RunIdentifier(run_name=self.docs.run_name, run_time=datetime.now(UTC))
+        result.meta.update(
+            run_id=run_id, validation_time=run_id.run_time, batch_parameters={"dataframe": "<dataframe>"}
+        )
+        suite_id = ExpectationSuiteIdentifier(name=result.suite_name)
+        result_id = ValidationResultIdentifier(
+            expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id
+        )
+        context = self.context  # built before the lock: building it takes the lock too
+        with _project_lock(self._root):
+            context.validation_results_store.store_validation_results(
+                suite_validation_result=result,
+                suite_validation_result_identifier=result_id,
+                expectation_suite_identifier=suite_id,
+            )
+
+    def run(
+        self,
+        frame: pl.DataFrame,
+        suite_name: str,
+        id_column: str = ROW_ID,
+        parameters: dict[str, Any] | None = None,
+    ) -> SuiteOutcome:
+        """``run_suite`` through this runner's context."""
+        return run_suite(frame, suite_name, id_column, parameters, runner=self)
 
 
-@cache
-def _suite_json(name: str, expectations_dir: Path) -> str:
-    # CREDIT_EXPECTATIONS_DIR adds a deployment's own suites (looked up first, then ours)
+def _merged(suite_name: str, results: list[Any], last: Any) -> Any:
+    """The groups' results as one suite result, as GX writes one (statistics over all of them; the
+    batch metadata of the last group's batch, all of one frame)."""
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+
+    evaluated = len(results)
+    successful = sum(bool(r.success) for r in results)
+    return ExpectationSuiteValidationResult(
+        results=results,
+        success=successful == evaluated,
+        suite_name=suite_name,
+        statistics={
+            "evaluated_expectations": evaluated,
+            "successful_expectations": successful,
+            "unsuccessful_expectations": evaluated - successful,
+            "success_percent": successful / evaluated * 100 if evaluated else None,  # as GX computes it
+        },
+        meta=last.meta,
+        batch_id=last.batch_id,
+    )
+
+
+def read_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> dict[str, Any]:
+    """A suite's JSON as written: CREDIT_EXPECTATIONS_DIR's suites first (a deployment's own), then ours."""
     folders = expectation_dirs(expectations_dir)
     for folder in folders:
         path = folder / f"{name}.json"
         if path.exists():
-            return path.read_text("utf-8")
+            return json.loads(path.read_text("utf-8"))
     raise DataQualityError(f"expectation suite '{name}' not found in {[str(f) for f in folders]}")
 
 
 def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
-    """Load a suite from its JSON file (registered once in the process's GX context)."""
-
-    return _load_suite(name, expectations_dir, _docs_root)
+    """The suite ``name`` as GX runs it (its JSON with the derived range checks), in memory."""
+    return SuiteRunner().suite(name, expectations_dir)
 
 
 def range_expectations(suite_name: str) -> list[dict[str, Any]]:
@@ -263,19 +308,6 @@ def range_expectations(suite_name: str) -> list[dict[str, Any]]:
 
 def _bound(value: float | None) -> str:
     return "open" if value is None else f"{value:,.15g}"
-
-
-@cache
-def _load_suite(name: str, expectations_dir: Path, root: Path | None) -> Any:
-    import great_expectations as gx
-
-    spec = json.loads(_suite_json(name, expectations_dir))
-    expectations = [*spec["expectations"], *range_expectations(spec["name"])]
-    suite = gx.ExpectationSuite(name=spec["name"], expectations=expectations, meta=spec.get("meta"))
-    context = _context(root)
-    # the JSON file is the truth: a stored copy from an earlier run is replaced
-    with _project_lock(root):
-        return context.suites.add_or_update(suite)
 
 
 def _expectation_columns(kwargs: dict[str, Any]) -> set[str]:
@@ -325,11 +357,17 @@ def _to_pandas_for_gx(frame: pl.DataFrame) -> Any:
 
 
 def run_suite(
-    frame: pl.DataFrame, suite_name: str, id_column: str = ROW_ID, parameters: dict[str, Any] | None = None
+    frame: pl.DataFrame,
+    suite_name: str,
+    id_column: str = ROW_ID,
+    parameters: dict[str, Any] | None = None,
+    runner: SuiteRunner | None = None,
 ) -> SuiteOutcome:
     """Validate ``frame`` with a suite; row failures carry ``id_column`` values. ``parameters``
-    fill the suite's ``{"$PARAMETER": name}`` values (e.g. the business date's end)."""
-    suite = load_suite(suite_name)
+    fill the suite's ``{"$PARAMETER": name}`` values (e.g. the business date's end). ``runner``:
+    the stage's (its Data Docs project), else one in memory for this call."""
+    runner = runner or SuiteRunner()
+    suite = runner.suite(suite_name)
     needed = _columns_needed(suite)
     columns = [c for c in frame.columns if c in needed]
     pandas_frame = _to_pandas_for_gx(frame.select(*dict.fromkeys([id_column, *columns])))
@@ -337,7 +375,7 @@ def run_suite(
     schema_frame = None
     if any(e.configuration.type in SCHEMA_EXPECTATIONS for e in suite.expectations):
         schema_frame = frame.head(0).to_pandas()
-    result = _validate(
+    result = runner.validate(
         suite,
         pandas_frame,
         {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
@@ -426,9 +464,11 @@ def validate_source(
     raw_path: Path | None = None,
     rejects: pl.DataFrame | None = None,
     parameters: dict[str, Any] | None = None,
+    runner: SuiteRunner | None = None,
 ) -> dict[str, Any]:
     """Split one source's standardised rows into accepted and quarantined (with reasons and the
-    row's original values from ``raw_path``); ``rejects`` (unreadable lines) join the quarantine."""
+    row's original values from ``raw_path``); ``rejects`` (unreadable lines) join the quarantine.
+    ``runner``: the stage's suite runner (its Data Docs project), else one in memory."""
     staged = pl.read_parquet(staged_path)
     missing = [c for c in CANONICAL_COLUMNS if c not in staged.columns]
     if missing:
@@ -441,7 +481,10 @@ def validate_source(
         tomorrow = datetime.combine(date.today() + timedelta(days=1), datetime.min.time())
         parameters = {"business_day_end": tomorrow}
     outcome = run_suite(
-        frame, configured.suite if configured else f"{source}.standardised", parameters=parameters
+        frame,
+        configured.suite if configured else f"{source}.standardised",
+        parameters=parameters,
+        runner=runner,
     )
     if outcome.batch_failures:
         raise DataQualityError(
@@ -507,7 +550,9 @@ def totals_parameters(totals: dict[str, float], tolerance: dict[str, float]) -> 
     return out
 
 
-def validate_profiles(profiles_path: Path, totals: dict[str, float] | None = None) -> dict[str, Any]:
+def validate_profiles(
+    profiles_path: Path, totals: dict[str, float] | None = None, runner: SuiteRunner | None = None
+) -> dict[str, Any]:
     """Fail the run on any broken profile, naming the expectations and up to 10 firms.
 
     ``totals``: per profile column, what the accepted records add up to; the suite checks that the
@@ -527,7 +572,7 @@ def validate_profiles(profiles_path: Path, totals: dict[str, float] | None = Non
     totals = {**own, **(totals or {})}
     # money is exact (decimal); GX sums it as float64, off by far less than half a fen
     tolerance = {c: 0.005 for c, dtype in profiles.schema.items() if isinstance(dtype, pl.Decimal)}
-    outcome = run_suite(frame, "profiles", parameters=totals_parameters(totals, tolerance))
+    outcome = run_suite(frame, "profiles", parameters=totals_parameters(totals, tolerance), runner=runner)
     if outcome.batch_failures or outcome.row_failures.height:
         bad = outcome.row_failures.join(frame.select(ROW_ID, "entity_id"), on=ROW_ID, how="left")
         examples = bad["entity_id"].unique(maintain_order=True).head(10).to_list()

@@ -90,7 +90,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text("utf-8")) if path.exists() else {}
 
 
-def _quarantine_reasons(lake: Lake, sources: list[str]) -> list[tuple[str, float]]:
+def quarantine_reasons(lake: Lake, sources: list[str]) -> list[tuple[str, float]]:
     paths = [lake.quarantine(s) for s in sources if lake.quarantine(s).exists()]
     if not paths:
         return []
@@ -298,7 +298,7 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
         )
     )
     sections.append(
-        _bars("Quarantine by reason (this run)", _quarantine_reasons(lake, sources), colour=_COLOURS[4])
+        _bars("Quarantine by reason (this run)", quarantine_reasons(lake, sources), colour=_COLOURS[4])
     )
 
     links = lake.work / "links.parquet"

@@ -9,10 +9,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import config_path
+from pipelines import settings
 
-# CREDIT_SOURCES_CONFIG points a deployment at its own registry (an added source needs no code).
-DEFAULT_CONFIG = config_path("sources.toml")
+#: the registry's file in config/; CREDIT_SOURCES_CONFIG points a deployment at its own (an added
+#: source needs no code), read when the registry is asked for, like every settings override
+REGISTRY_FILE = "sources.toml"
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,15 @@ def connection_url(conn_id: str) -> str:
     return f"{_AIRFLOW_SCHEMES.get(scheme, scheme)}{sep}{rest}"
 
 
+def load_sources(config_path: Path | None = None) -> dict[str, SourceConfig]:
+    """The source registry: ``config_path``, else the one the settings resolve (config/sources.toml
+    or CREDIT_SOURCES_CONFIG's), read and checked once per file."""
+    return _read_registry(Path(config_path) if config_path else settings.config_path(REGISTRY_FILE))
+
+
 @cache
-def load_sources(config_path: Path = DEFAULT_CONFIG) -> dict[str, SourceConfig]:
-    """Read and check the registry once per process."""
-    raw = tomllib.loads(Path(config_path).read_text("utf-8"))
+def _read_registry(config_path: Path) -> dict[str, SourceConfig]:
+    raw = tomllib.loads(config_path.read_text("utf-8"))
     sources: dict[str, SourceConfig] = {}
     for name, spec in raw.get("sources", {}).items():
         spec = dict(spec)
@@ -99,5 +105,5 @@ def load_sources(config_path: Path = DEFAULT_CONFIG) -> dict[str, SourceConfig]:
     return sources
 
 
-def source_names(config_path: Path = DEFAULT_CONFIG) -> list[str]:
+def source_names(config_path: Path | None = None) -> list[str]:
     return list(load_sources(config_path))

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import PublishError
+from pipelines.errors import DataQualityError, PublishError
 from pipelines.flow import run_all  # noqa: F401 (stages.run_all: the night in-process, from the stage table)
 from pipelines.lake import Lake, write_json, write_parquet
 from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
@@ -44,11 +44,11 @@ def suite_parameters(business_date: str) -> dict[str, Any]:
     }
 
 
-def _data_docs(lake: Lake) -> None:
-    """Keep this run's GX validation results and Data Docs under LAKE/reports/<date>/gx."""
-    from pipelines import quality
+def _suite_runner(lake: Lake) -> Any:
+    """A suite runner keeping this run's GX validation results (for Data Docs) under LAKE/reports/<date>/gx."""
+    from pipelines.quality import DataDocs, SuiteRunner
 
-    quality.use_data_docs(lake.reports / "gx", run_name=lake.business_date)
+    return SuiteRunner(DataDocs(lake.reports / "gx", run_name=lake.business_date))
 
 
 def _report(lake: Lake, kind: str, source: str) -> Path:
@@ -143,8 +143,6 @@ def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, An
 
 def _judge_batch(lake: Lake, config: SourceConfig, problems: list[str]) -> dict[str, Any]:
     """Record the batch verdict; a held-back critical source stops the run."""
-    from pipelines.quality import DataQualityError
-
     result = {"source": config.name, "ok": not problems, "problems": problems, "critical": config.critical}
     write_json(result, _report(lake, "batch", config.name))
     if problems:
@@ -182,14 +180,14 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     from pipelines.state import previous
 
     lake = _lake(lake_dir, business_date)
-    _data_docs(lake)
+    runner = _suite_runner(lake)
     extracted = _read_report(lake, "extract", source)
     batch = _read_report(lake, "batch", source)
     if batch["ok"]:  # the raw suite, here because this task imports Great Expectations anyway
         from pipelines.batch import raw_suite_problems
 
         config = load_sources()[source]
-        batch = _judge_batch(lake, config, raw_suite_problems(config, lake.raw(source)))
+        batch = _judge_batch(lake, config, raw_suite_problems(config, lake.raw(source), runner))
     base = previous(lake.root, source, business_date)
     rejects = pl.read_parquet(rejects_path(lake, source))
     if batch["ok"]:
@@ -203,6 +201,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
             raw_path=lake.raw(source),
             rejects=rejects,
             parameters=suite_parameters(business_date),
+            runner=runner,
         )
         snapshot = (
             _merge_snapshot(base.snapshot, delta_path, lake.accepted(source)) if base else result["accepted"]
@@ -210,7 +209,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
         state = {"newest": extracted["newest"], "source_rows": extracted["source_rows"], "stale": False}
     else:
         if base is None:
-            raise quality.DataQualityError(
+            raise DataQualityError(
                 f"source '{source}' batch held back ({'; '.join(batch['problems'])}) and no earlier good "
                 f"snapshot exists to fall back on; nothing can be published"
             )
@@ -527,11 +526,11 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     from pipelines import quality
 
     lake = _lake(lake_dir, business_date)
-    _data_docs(lake)
+    runner = _suite_runner(lake)
     report = lake.reports / "profiles.json"
     built = json.loads(report.read_text("utf-8")) if report.exists() else {}
     if built.get("mode") != "incremental":
-        return quality.validate_profiles(lake.work / "profiles.parquet", accepted_totals(lake))
+        return quality.validate_profiles(lake.work / "profiles.parquet", accepted_totals(lake), runner=runner)
     twice = (
         pl.scan_parquet(lake.work / "profiles.parquet")
         .group_by("entity_id")
@@ -540,11 +539,11 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
         .collect()
     )
     if twice.height:
-        raise quality.DataQualityError(
+        raise DataQualityError(
             f"profiles failed validation: {twice.height} entities have more than one profile, e.g. "
             f"{twice['entity_id'].head(10).to_list()}"
         )
-    result = quality.validate_profiles(lake.work / BUILT_PROFILES)
+    result = quality.validate_profiles(lake.work / BUILT_PROFILES, runner=runner)
     return {
         **result,
         "validated_rows": result["profiles"],

@@ -19,8 +19,8 @@ DAYS = ("2026-11-22", "2026-11-23")
 
 
 def build_lake(root: Path, entities: int = 1500) -> tuple[Path, Path]:
+    from credit_synthetic.generate import generate
     from pipelines import stages
-    from pipelines.generate import generate
 
     sources, lake = root / "sources", root / "lake"
     generate(sources, entities=entities, seed=17, days=2, end_date=date(2026, 11, 23))

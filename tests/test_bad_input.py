@@ -21,8 +21,7 @@ import polars as pl
 import pytest
 
 from pipelines import stages
-from pipelines.errors import SourceUnavailableError
-from pipelines.quality import DataQualityError
+from pipelines.errors import DataQualityError, SourceUnavailableError
 
 DAY = "2026-11-23"
 PREVIOUS_DAY = "2026-11-22"
@@ -31,7 +30,7 @@ STAMP = "2026-11-23 12:00:00"
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("clean")
     # clean: the catalogue's own injections are the only bad rows, so each can be told apart

@@ -23,7 +23,7 @@ PREVIOUS_DATE = "2026-11-22"
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("dag-sources")
     generate(out, entities=1500, seed=11, days=2, end_date=date(2026, 11, 23))

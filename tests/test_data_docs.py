@@ -26,7 +26,7 @@ EXTERNAL = re.compile(
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     sources = tmp_path_factory.mktemp("docs-sources")
     generate(sources, entities=500, seed=29, days=2, end_date=date(2026, 11, 23), faults="none")

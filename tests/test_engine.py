@@ -28,7 +28,7 @@ ENTERPRISE = load_spec("enterprise")
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Enterprise records as the departments wrote them, with the generator's truth."""
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("engine")
     generate(root / "sources", entities=3000, seed=29, end_date=date(2026, 11, 23))

@@ -42,7 +42,7 @@ FILE_SOURCES = ("contract", "violations", "product_quality")
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[dict], pl.DataFrame]]:
     """Per file source: generated records that a clean run accepts, and their canonical rows."""
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("fuzz_templates")
     generate(root / "sources", entities=80, seed=5, end_date=date(2026, 11, 23))

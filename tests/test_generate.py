@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from pipelines.generate import NOISE_SETTINGS, Noise, generate, noise_setting, write_sql_table
+from credit_synthetic.generate import NOISE_SETTINGS, Noise, generate, noise_setting, write_sql_table
 from pipelines.identifiers import is_valid_uscc, repair_code
 from tests.service_support import credit, run_credit
 

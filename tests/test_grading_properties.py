@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from credit_synthetic.generate import generate
 from pipelines import stages
-from pipelines.generate import generate
 from pipelines.profiles import build_profiles, list_labels, load_grading
 
 SEEDS = (13, 29, 71)

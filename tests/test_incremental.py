@@ -20,7 +20,7 @@ DAYS = ("2026-11-21", "2026-11-22", "2026-11-23")
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("incremental_sources")
     # clean: a bad delivery is held back by its night but quarantined row by row in a full run

@@ -1,5 +1,6 @@
-"""The package installs: the wheel carries code, settings, suites, specs and page assets, declares
-every package it imports, and works from a fresh virtual environment outside the checkout.
+"""The package installs: the wheel carries code, settings, suites, specs and page assets (and not the
+synthetic source systems, a distribution of their own in synthetic/), declares every package it
+imports, and works from a fresh virtual environment outside the checkout.
 
 The fresh environment reuses the shared venv's third-party packages through a .pth path line (no
 network, no minutes of installing); a path line does not run the shared venv's own .pth files, so
@@ -31,6 +32,9 @@ from tests.service_support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
+#: the synthetic source systems: their own distribution, for development, tests and benchmarks
+SYNTHETIC = REPO / "synthetic"
+SYNTHETIC_PYPROJECT = tomllib.loads((SYNTHETIC / "pyproject.toml").read_text("utf-8"))
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 #: the top-level import packages the wheel ships (pipelines, serving, entity_resolution)
 TOP_LEVEL = sorted({name.partition(".")[0] for name in SETUPTOOLS["packages"]})
@@ -61,23 +65,47 @@ def checkout_files() -> list[str]:
     return sorted(name for name in listed.split("\0") if name and (REPO / name).is_file())
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip wheel --no-deps` of a clean copy of the checkout (an in-tree build/ could carry stale files)."""
-    root = tmp_path_factory.mktemp("wheel")
+def build_wheel(root: Path, folder: str = "") -> Path:
+    """`pip wheel --no-deps` of ``folder`` (the checkout's root, or synthetic) in a clean copy of the
+    checkout (an in-tree build/ could carry stale files)."""
     source = root / "source"
     for name in checkout_files():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, source / name, follow_symlinks=False)
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
-        + ["--wheel-dir", str(root / "dist"), str(source)],
+        + ["--wheel-dir", str(root / "dist"), str(source / folder)],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (built,) = (root / "dist").glob("*.whl")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("synthetic-wheel"), "synthetic")
+
+
+def test_the_wheel_does_not_carry_the_generator(wheel: Path, synthetic_wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = sorted(p.name for p in (SYNTHETIC / "credit_synthetic").glob("*.py"))
+    assert {"generate.py", "vocab.py", "demo.py"} <= set(modules)  # the check sees what it must
+    # neither the package nor the modules where they lived before (pipelines/generate.py, ...)
+    generator = {"generate.py", "vocab.py", "_vocab.py", "demo.py"}
+    carried = [n for n in names if n.startswith("credit_synthetic/") or n.rpartition("/")[2] in generator]
+    assert not carried, f"the runtime wheel carries the synthetic source systems: {carried}"
+    # they ship in their own wheel, which registers `credit generate`
+    synthetic = zipfile.ZipFile(synthetic_wheel)
+    assert {f"credit_synthetic/{m}" for m in modules} <= set(synthetic.namelist())
+    (entry_points,) = [n for n in synthetic.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    assert "[credit.commands]" in synthetic.read(entry_points).decode()
 
 
 def test_wheel_carries_code_settings_suites_specs_and_pages(wheel: Path) -> None:
@@ -153,6 +181,31 @@ def test_every_imported_package_is_declared() -> None:
     ) | set(imported_packages(REPO / "dags"))
 
 
+def test_the_synthetic_distribution_declares_what_it_imports() -> None:
+    providers = metadata.packages_distributions()
+    declared = {requirement_name(r) for r in SYNTHETIC_PYPROJECT["project"]["dependencies"]}
+    found: dict[str, set[str]] = {}
+    for path in sorted((SYNTHETIC / "credit_synthetic").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top not in sys.stdlib_module_names and top != "credit_synthetic":
+                    found.setdefault(top, set()).add(path.name)
+    assert "pipelines" in found and "numpy" in found  # the scan sees what it must
+    undeclared = {
+        module: sorted(files)
+        for module, files in found.items()
+        if not {canonical(d) for d in providers.get(module, [])} & declared
+    }
+    assert not undeclared, f"imported but not declared in synthetic/pyproject.toml: {undeclared}"
+
+
 def clean_environment(venv_bin: Path) -> dict[str, str]:
     """The environment of someone who installed the wheel: no checkout on the path, no overrides."""
     env = {
@@ -166,7 +219,9 @@ def clean_environment(venv_bin: Path) -> dict[str, str]:
     return env
 
 
-def test_installed_wheel_generates_runs_and_serves(wheel: Path, tmp_path: Path) -> None:
+def test_installed_wheel_generates_runs_and_serves(
+    wheel: Path, synthetic_wheel: Path, tmp_path: Path
+) -> None:
     started = time.monotonic()
     target = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(target)
@@ -190,14 +245,18 @@ def test_installed_wheel_generates_runs_and_serves(wheel: Path, tmp_path: Path) 
             check=True,
         ).stdout.strip()
     )
-    (site_packages / "shared-third-party.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", "utf-8")
+    # (every site-packages folder this interpreter reads: a venv may itself reach another by a path line)
+    shared = [sysconfig.get_paths()["purelib"]] + [
+        p for p in sys.path if p.endswith("site-packages") and p != sysconfig.get_paths()["purelib"]
+    ]
+    (site_packages / "shared-third-party.pth").write_text("\n".join(shared) + "\n", "utf-8")
     work = tmp_path / "elsewhere"  # outside the checkout: nothing is found through it
     work.mkdir()
     env = clean_environment(target / "bin")
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, timeout: float = 300, status: int = 0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"{args}:\n{done.stderr[-3000:]}"
+        assert done.returncode == status, f"{args}:\n{done.stderr[-3000:]}"
         return done
 
     where = json.loads(
@@ -219,11 +278,32 @@ def test_installed_wheel_generates_runs_and_serves(wheel: Path, tmp_path: Path) 
     version = run(credit, "--version").stdout
     assert PYPROJECT["project"]["version"] in version and PYPROJECT["project"]["name"] in version
 
-    generated = json.loads(
-        run(
-            credit, "generate", "--entities", "40", "--seed", "5", "--end-date", BUSINESS_DATE, "-q", "--json"
-        ).stdout
+    generate = (
+        credit,
+        "generate",
+        "--entities",
+        "40",
+        "--seed",
+        "5",
+        "--end-date",
+        BUSINESS_DATE,
+        "-q",
+        "--json",
     )
+    # the runtime wheel alone has no generator: the command says where to get it, and fails
+    missing = run(*generate, status=1)
+    assert missing.stdout == "" and "credit-synthetic" in missing.stderr and "./synthetic" in missing.stderr
+    assert "generate" in run(credit, "--help").stdout  # still listed, marked as not installed
+    # with the synthetic source systems' own wheel installed next to it, `credit generate` is there
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index"]
+        + [str(synthetic_wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    generated = json.loads(run(*generate).stdout)
     assert generated["entities"] == 40 and (work / "data" / "sources" / "manifest.json").exists()
     published = json.loads(run(credit, "run", "-q", "--json").stdout)  # the defaults: ./data/...
     assert published["business_date"] == BUSINESS_DATE and published["profiles"] > 0

@@ -19,7 +19,7 @@ BUSINESS_DATE = "2026-11-23"
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("sources")
     generate(out, entities=1500, seed=5, days=3, end_date=date(2026, 11, 23))

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.errors import DataQualityError
 from pipelines.profiles import MONEY
 from pipelines.quality import (
-    DataQualityError,
     load_suite,
     range_expectations,
     validate_profiles,
@@ -169,12 +169,8 @@ from pipelines import quality
 root, name, starts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 frame = pd.DataFrame({"_row": range(20), "subject_name": ["华兴"] * 19 + [None]})
 for _ in range(starts):  # each pass is a task starting afresh, as Airflow runs them
-    quality._context.cache_clear()
-    quality._batch_definition.cache_clear()
-    quality._load_suite.cache_clear()
-    quality.use_data_docs(root, run_name="2026-11-23")
-    suite = quality.load_suite(name)
-    quality._validate(suite, frame, {"result_format": "SUMMARY"}, {"business_day_end": "2026-11-24"})
+    runner = quality.SuiteRunner(quality.DataDocs(root, run_name="2026-11-23"))
+    runner.validate(runner.suite(name), frame, {"result_format": "SUMMARY"}, {"business_day_end": "2026-11-24"})
 """
 
 
@@ -316,3 +312,72 @@ def test_standardise_joins_lists_whatever_their_delivery(failed_items: list, det
         pl.Series("failed_items", failed_items, strict=False)
     )
     assert standardise_frame(raw.lazy(), source).collect()["detail"].to_list() == detail
+
+
+def test_each_runner_keeps_its_results_in_its_own_project(tmp_path: Path) -> None:
+    """No process-wide state: two runs validating in one process (interleaved) each store their
+    results in their own Data Docs project, and a runner without one stores nothing."""
+    import pandas as pd
+
+    from pipelines.data_docs import RESULTS_DIR
+    from pipelines.quality import DataDocs, SuiteRunner
+
+    frame = pd.DataFrame({"_row": range(3), "subject_name": ["华兴", "华星", None]})
+    nights = {night: tmp_path / night / "gx" for night in ("2026-11-22", "2026-11-23")}
+    runners = {night: SuiteRunner(DataDocs(root, run_name=night)) for night, root in nights.items()}
+    for suite in ("lending.raw", "tax.raw"):
+        for runner in runners.values():
+            runner.validate(runner.suite(suite), frame, {"result_format": "SUMMARY"}, {})
+    in_memory = SuiteRunner()
+    in_memory.validate(in_memory.suite("contract.raw"), frame, {"result_format": "SUMMARY"}, {})
+    for night, root in nights.items():
+        stored = sorted((root / RESULTS_DIR).rglob("*.json"))
+        assert len(stored) == 2 and all(night in str(path.relative_to(root)) for path in stored)
+        assert not [path for path in stored if "contract" in str(path)]
+
+
+def test_judging_expectations_by_the_columns_they_read_equals_one_gx_validation() -> None:
+    """SuiteRunner validates each group of expectations on only its columns (for speed) and merges
+    the results: the verdicts, failing rows and statistics are those of GX validating the whole
+    frame at once."""
+    from great_expectations.validator.v1_validator import Validator
+
+    from pipelines.quality import DEFAULT_PARAMETERS, ROW_ID, SuiteRunner, _to_pandas_for_gx
+
+    frame = _to_pandas_for_gx(
+        loans(
+            [
+                {"source_record_id": "good"},
+                {"source_record_id": "negative", "amount": -5.0},
+                {"source_record_id": "bad-class", "status": "优秀"},
+                {"source_record_id": "late", "event_date": date(2027, 1, 1)},
+                {"source_record_id": "good"},  # a duplicate id
+            ]
+        ).with_row_index(ROW_ID)
+    )
+    runner = SuiteRunner()
+    suite = runner.suite("lending.standardised")
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]}
+    parameters = {"business_day_end": datetime(2026, 11, 24)}
+    # the table's columns judged on its header, as run_suite passes them
+    grouped = runner.validate(suite, frame, result_format, parameters, schema_frame=frame.head(0))
+    whole = Validator(
+        batch_definition=runner.batch_definition,
+        batch_parameters={"dataframe": frame},
+        result_format=result_format,
+    ).validate_expectation_suite(suite, expectation_parameters={**DEFAULT_PARAMETERS, **parameters})
+
+    def verdicts(result: object) -> list[tuple]:  # in a fixed order: GX orders its results as it runs them
+        return sorted(
+            (
+                r.expectation_config.type,
+                json.dumps(r.expectation_config.kwargs, sort_keys=True, default=str),
+                r.success,
+                sorted(e[ROW_ID] for e in (r.result or {}).get("unexpected_index_list") or []),
+            )
+            for r in result.results
+        )
+
+    assert verdicts(grouped) == verdicts(whole)
+    assert not grouped.success and grouped.statistics == whole.statistics
+    assert any(failed for *_, failed in verdicts(grouped))  # the frame's bad rows were seen

@@ -45,7 +45,7 @@ def frame(rows: list[tuple]) -> pl.DataFrame:
 def background(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
     """Canonical records of 600 generated firms: the engine learns its model from data, so the
     hand-made cases below are resolved among realistic records, as they would be in the nightly."""
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("resolve")
     generate(root / "sources", entities=600, seed=13, end_date=date(2026, 11, 23), faults="none")

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from credit_synthetic.generate import generate
     from pipelines import stages
-    from pipelines.generate import generate
 
     sources = tmp_path_factory.mktemp("reports-sources")
     generate(sources, entities=300, seed=5, days=1, end_date=date(2026, 11, 23))

@@ -38,7 +38,7 @@ status = { const = "全部未履行" }
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("seventh")
     sources = root / "sources"

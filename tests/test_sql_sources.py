@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from credit_synthetic.generate import write_sql_table
 from pipelines import stages
 from pipelines.extract import extract
-from pipelines.generate import write_sql_table
 from pipelines.sources import load_sources
 from pipelines.stages import cutoff_for
 
@@ -22,7 +22,7 @@ BUSINESS_DATE = "2026-11-23"
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.generate import generate
+    from credit_synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("sql-sources")
     generate(out, entities=800, seed=21, days=2, end_date=date(2026, 11, 23))

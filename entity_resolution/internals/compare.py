@@ -9,6 +9,7 @@ import polars as pl
 from rapidfuzz import distance
 from rapidfuzz.process import cpdist
 
+from entity_resolution.internals.normalise import first_rows
 from entity_resolution.spec import PREFIX_SCORES, Comparison, Spec
 
 NULL_LEVEL = -1
@@ -82,16 +83,69 @@ def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.n
     return np.where(null, NULL_LEVEL, level).astype(np.int8)
 
 
+class PairComparer:
+    """The spec's comparisons over one signature table, for any number of pair batches.
+
+    Each compared column is coded once (a row's code is the first row holding the same value; -1
+    when missing), so a batch needs no strings per pair: a pair with a missing side is NULL_LEVEL
+    without being looked at, and a comparison is computed once per distinct (left value, right
+    value) among the rest. Candidate pairs repeat value pairs a lot (signatures sharing a trade
+    name differ in another field), and ``levels_of`` is a function of the two values alone, so the
+    levels are exactly those of comparing every pair.
+    """
+
+    def __init__(self, sig: pl.DataFrame, spec: Spec) -> None:
+        self.sig = sig
+        self.spec = spec
+        self.codes = {column: _value_codes(sig[column]) for column in compared_columns(spec)}
+        self.empty = {  # a token comparison reads an empty token list as missing too
+            c.column: (sig[c.column].list.len().fill_null(0) == 0).to_numpy()
+            for c in spec.comparisons
+            if c.method == "token_jaccard"
+        }
+
+    def levels(self, pairs: pl.DataFrame) -> np.ndarray:
+        """Levels, one column per comparison, for pairs (l, r) of signature rows."""
+        if not len(pairs):
+            return np.zeros((0, len(self.spec.comparisons)), dtype=np.int8)
+        left, right = pairs["l"].to_numpy().astype(np.int64), pairs["r"].to_numpy().astype(np.int64)
+        return np.column_stack([self._levels(c, left, right) for c in self.spec.comparisons])
+
+    def _levels(self, comparison: Comparison, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        codes = self.codes[comparison.column]
+        code_l, code_r = codes[left], codes[right]
+        present = (code_l >= 0) & (code_r >= 0)
+        empty = self.empty.get(comparison.column)
+        if empty is not None:
+            present &= ~empty[left] & ~empty[right]
+        level = np.full(len(left), NULL_LEVEL, dtype=np.int8)
+        at = np.flatnonzero(present)
+        if len(at) == 0:
+            return level
+        # one representative pair per distinct (left code, right code), in order of first occurrence
+        key = code_l[at].astype(np.int64) * len(codes) + code_r[at]
+        first = first_rows(pl.Series(key))
+        is_first = first == np.arange(len(at))
+        representative = at[is_first]
+        slot = np.cumsum(is_first) - 1  # a representative's place among the representatives
+        column = self.sig[comparison.column]
+        distinct = levels_of(
+            comparison, column.gather(left[representative]), column.gather(right[representative])
+        )
+        level[at] = distinct[slot[first]]
+        return level
+
+
+def _value_codes(values: pl.Series) -> np.ndarray:
+    """Per row a code of its value (the first row holding it: equal values, equal codes); -1 when
+    missing. 32 bits: the codes of every compared column stay in memory while the pairs are compared."""
+    return np.where(values.is_null().to_numpy(), -1, first_rows(values)).astype(np.int32)
+
+
 def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:
-    """Levels, one column per comparison, for pairs (l, r) of signature rows."""
-    columns = compared_columns(spec)
-    left = sig.select(columns)[pairs["l"].to_numpy()]
-    right = sig.select(columns)[pairs["r"].to_numpy()]
-    return (
-        np.column_stack([levels_of(c, left[c.column], right[c.column]) for c in spec.comparisons])
-        if len(pairs)
-        else np.zeros((0, len(spec.comparisons)), dtype=np.int8)
-    )
+    """Levels, one column per comparison, for pairs (l, r) of signature rows (one batch: a caller
+    with many batches over one table keeps a ``PairComparer``)."""
+    return PairComparer(sig, spec).levels(pairs)
 
 
 def term_frequencies(frame: pl.DataFrame, spec: Spec, unit: str | None = None) -> dict[str, pl.DataFrame]:
@@ -113,13 +167,16 @@ def term_frequencies(frame: pl.DataFrame, spec: Spec, unit: str | None = None) -
     return tables
 
 
-def value_frequencies(
-    sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec, tables: dict[str, pl.DataFrame]
-) -> dict[str, np.ndarray]:
+def signature_frequencies(sig: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> dict[str, np.ndarray]:
+    """Per ``tf_adjust`` column, each signature's term frequency (NaN if unknown), looked up once
+    for all the pair shards."""
+    return {
+        column: sig.select(column).join(table, on=column, how="left", maintain_order="left")["tf"].to_numpy()
+        for column, table in tables.items()
+    }
+
+
+def value_frequencies(frequencies: dict[str, np.ndarray], pairs: pl.DataFrame) -> dict[str, np.ndarray]:
     """Per ``tf_adjust`` column, the larger term frequency of the pair's two values (NaN if unknown)."""
-    out = {}
-    for column, table in tables.items():
-        tf = sig.select("sig", column).join(table, on=column, how="left").sort("sig")["tf"].to_numpy()
-        left, right = tf[pairs["l"].to_numpy()], tf[pairs["r"].to_numpy()]
-        out[column] = np.fmax(left, right)
-    return out
+    left, right = pairs["l"].to_numpy(), pairs["r"].to_numpy()
+    return {column: np.fmax(tf[left], tf[right]) for column, tf in frequencies.items()}

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.compare import compare_pairs
+from entity_resolution.internals.compare import PairComparer
 from entity_resolution.spec import Spec
 
 
@@ -57,21 +57,28 @@ def probability(weights: np.ndarray, prior: float) -> np.ndarray:
 
 
 def estimate(
-    sig: pl.DataFrame, levels: np.ndarray, spec: Spec, seed: int, counts: np.ndarray | None = None
+    sig: pl.DataFrame,
+    levels: np.ndarray,
+    spec: Spec,
+    seed: int,
+    counts: np.ndarray | None = None,
+    comparer: PairComparer | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(m, u, lambda): u from random signature pairs, m from known matches (two signatures of one
     node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest; lambda is
     the prior of a match among all pairs.
 
     ``counts``: ``levels`` are distinct level patterns of the candidates and ``counts`` how many
-    candidates have each (EM needs no row per candidate pair)."""
+    candidates have each (EM needs no row per candidate pair). ``comparer``: the one the candidates
+    were compared with (its columns are coded already), else one is made for ``sig``."""
+    comparer = comparer or PairComparer(sig, spec)
     counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
     n = sig.height
     rng = np.random.default_rng(seed)
     random_pairs = pl.DataFrame(
         {"l": rng.integers(0, n, spec.u_sample_pairs), "r": rng.integers(0, n, spec.u_sample_pairs)}
     ).filter(pl.col("l") != pl.col("r"))
-    u = frequencies(compare_pairs(sig, random_pairs, spec), spec)
+    u = frequencies(comparer.levels(random_pairs), spec)
     # scale hook: nodes in a fixed order, so the known matches sampled never change between runs
     members = sig.group_by("node", maintain_order=True).agg("sig").filter(pl.col("sig").list.len() > 1)
     known = (
@@ -79,7 +86,7 @@ def estimate(
         .select(pl.col("pair").list.get(0).alias("l"), pl.col("pair").list.get(1).alias("r"))
         .head(spec.m_sample_pairs)
     )
-    known_levels = compare_pairs(sig, known, spec)
+    known_levels = comparer.levels(known)
     m = (
         frequencies(known_levels, spec)
         if len(known_levels)

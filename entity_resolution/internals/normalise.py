@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import opencc
 import polars as pl
 
@@ -12,36 +13,51 @@ def _text(expr: pl.Expr) -> pl.Expr:
     return expr.cast(pl.String).str.normalize("NFKC").str.replace_all(r"\s+", "").str.to_lowercase()
 
 
-def _simplified(values: pl.Series) -> pl.Series:
-    if values.len() == 0:
-        return values
-    converter = opencc.OpenCC("t2s")
-    unique = values.unique().drop_nulls()
-    if unique.len() == 0:
-        return values
-    joined = converter.convert("\n".join(unique.str.replace_all("\n", " ").to_list())).split("\n")
-    return _lookup(values, unique, pl.Series(joined, dtype=pl.String))
+def first_rows(values: pl.Series) -> np.ndarray:
+    """Per row the first row holding the same value (a hash grouping of the values themselves;
+    nulls are one value)."""
+    frame = values.to_frame("v").with_row_index("row").select(pl.col("row").min().over("v"))
+    return frame.to_series().cast(pl.Int64).to_numpy()
 
 
-def _lookup(values: pl.Series, keys: pl.Series, mapped: pl.Series) -> pl.Series:
-    """``values`` mapped through the table ``keys`` -> ``mapped`` (null where absent): a join,
-    which is many times faster than ``replace_strict`` with a Python dict of a million entries."""
-    table = pl.DataFrame({"v": keys, "m": mapped})
+def distinct_rows(values: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(the row where each distinct non-null value first occurs, in row order; per row the place of
+    its value among those, null for a null value).
+
+    A normaliser works on ``values.gather(rows)`` and its result is spread back with
+    ``result.gather(place)``: one hash grouping and two gathers, where a join back on the value
+    (a string) costs several times more."""
+    first = first_rows(values)
+    present = ~values.is_null().to_numpy()
+    is_first = (first == np.arange(len(first))) & present
+    place = pl.DataFrame({"place": (np.cumsum(is_first) - 1)[first], "present": present})
     return (
-        pl.DataFrame({"v": values})
-        .join(table, on="v", how="left", maintain_order="left")["m"]
-        .alias(values.name)
+        pl.Series("row", np.flatnonzero(is_first), dtype=pl.UInt32),
+        place.select(pl.when("present").then(pl.col("place").cast(pl.UInt32))).to_series(),
     )
 
 
+def _simplified(values: pl.Series) -> pl.Series:
+    rows, place = distinct_rows(values)
+    if rows.len() == 0:
+        return values
+    unique = values.gather(rows)
+    converter = opencc.OpenCC("t2s")
+    joined = converter.convert("\n".join(unique.str.replace_all("\n", " ").to_list())).split("\n")
+    return pl.Series(values.name, joined, dtype=pl.String).gather(place)
+
+
 def _tokens(values: pl.Series) -> pl.Series:
+    """Per value its rjieba words, distinct and sorted (each distinct value segmented once)."""
     import rjieba
 
-    unique = values.unique().drop_nulls()
+    rows, place = distinct_rows(values)
     # one joined string per value, split by Polars: building a list column from Python lists is slow
-    joined = pl.Series(["\x1f".join(sorted(set(rjieba.cut(v)))) for v in unique.to_list()], dtype=pl.String)
+    joined = pl.Series(
+        ["\x1f".join(sorted(set(rjieba.cut(v)))) for v in values.gather(rows).to_list()], dtype=pl.String
+    )
     tokens = joined.str.split("\x1f").list.eval(pl.element().filter(pl.element() != ""))
-    return _lookup(values, unique, tokens)
+    return tokens.gather(place).alias(values.name)
 
 
 def one_off_corrections(values: pl.Series) -> dict[str, str]:
@@ -103,17 +119,17 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
-            from pipelines.identifiers import classify_codes
+            from pipelines.identifiers import classify_values
 
             # every configured column is classified (a department may put any code in any column)
             sources = [
                 step[t] for t in ("uscc", "org_code", "reg_no") if step.get(t) and step[t] in frame.columns
             ]
             found: dict[str, list[pl.Series]] = {"uscc": [], "org_code": [], "reg_no": []}
-            for source in sources:
-                codes = classify_codes(
-                    frame.select(pl.col(source).cast(pl.String).alias("c")).lazy(), "c"
-                ).collect()
+            for source in sources:  # each distinct code classified once
+                values = frame[source].cast(pl.String)
+                rows, place = distinct_rows(values)
+                codes = classify_values(values.gather(rows)).select(pl.all().gather(place))
                 for target in found:
                     found[target].append(codes[target])
             frame = frame.with_columns(

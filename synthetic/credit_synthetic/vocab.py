@@ -11,7 +11,7 @@ from typing import Any
 # (宁波): most firms are registered in its districts; the rest come from elsewhere in China.
 #: share of each source's records a department gets wrong (``credit generate --faults``): real
 #: deliveries are never clean, so by default a few records in a thousand carry a fault that
-#: validation quarantines (pipelines.generate.spoil)
+#: validation quarantines (credit_synthetic.generate.spoil)
 FAULT_LEVELS: dict[str, float] = {"none": 0.0, "realistic": 0.002, "heavy": 0.02}
 DEFAULT_FAULTS = "realistic"
 HOME_CITY = "宁波"

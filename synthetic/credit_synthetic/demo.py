@@ -1,7 +1,7 @@
 """`make run`: generate a demo dataset if none exists, run the real DAG for its last nights, print
 what each night did.
 
-The data is generated as departments send it (``pipelines.generate``: a few bad records in every
+The data is generated as departments send it (``credit_synthetic.generate``: a few bad records in every
 source, and a bad court delivery on the last day), over two days, so the two nightly runs show
 quarantine by reason, a held-back batch carried forward and books that still balance. The DAG runs
 through `airflow dags test`, the same code path as a scheduled run, with the repository as
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import polars as pl
 
+from credit_synthetic.generate import generate
 from pipelines.cli import default_business_date
 from pipelines.lake import REPO_ROOT, Lake
-from pipelines.report import _quarantine_reasons
+from pipelines.report import quarantine_reasons
 
 
 def _airflow(*args: str) -> None:
@@ -41,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not (args.sources / "manifest.json").exists():
-        from pipelines.generate import generate
-
         print(f"generating {args.entities} firms over {args.days} days into {args.sources} ...", flush=True)
         generate(args.sources, entities=args.entities, seed=args.seed, days=args.days, progress=True)
     manifest = json.loads((args.sources / "manifest.json").read_text("utf-8"))
@@ -84,7 +83,7 @@ def _print_night(lake: Path, business_date: str) -> None:
         )
         for problem in (counts.get("problems") or [])[:1]:
             print(f"  {'':<17} {problem}")
-    reasons = _quarantine_reasons(Lake(lake, business_date), list(summary["sources"]))
+    reasons = quarantine_reasons(Lake(lake, business_date), list(summary["sources"]))
     if reasons:
         print("quarantine by reason")
         for reason, count in reasons:

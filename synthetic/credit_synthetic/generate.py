@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from tqdm import tqdm
 
-from pipelines import _vocab as V
+from credit_synthetic import vocab as V
 from pipelines.identifiers import (
     USCC_ALPHABET,
     org_code_check_expr,
@@ -123,6 +123,31 @@ def _traditional(values: list[str]) -> dict[str, str]:
     return dict(zip(values, converted, strict=True))
 
 
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def _ordinal_dates(ordinals: pl.Series | pl.Expr) -> pl.Series | pl.Expr:
+    """Proleptic Gregorian ordinals (``date.toordinal()``) as Polars dates."""
+    return pl.from_epoch((ordinals - _EPOCH) * 86400, "s").dt.date()
+
+
+def _given_names(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Chinese given names: one character, or two for 60% of people."""
+    return _pick(rng, list(V.GIVEN), n) + np.where(rng.random(n) < 0.6, _pick(rng, list(V.GIVEN), n), "")
+
+
+def _mobile_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The ten digits after a mobile number's leading 1 (the second digit 3-9), as integers."""
+    return rng.integers(3, 10, n) * 10**9 + rng.integers(0, 10**9, n)
+
+
+def _divisions() -> pl.DataFrame:
+    """The division table of ``V.DIVISIONS``, a row per division in its order."""
+    return pl.DataFrame(
+        [dict(zip(("division", "province", "city", "county"), d, strict=True)) for d in V.DIVISIONS]
+    )
+
+
 # --------------------------------------------------------------------------- the firm universe
 def build_firms(n: int, draw: _Draw, end: date, days: int, noise: Noise = V.DEFAULT_NOISE) -> pl.DataFrame:
     rng = draw("firms")
@@ -163,9 +188,7 @@ def build_firms(n: int, draw: _Draw, end: date, days: int, noise: Noise = V.DEFA
     if days > 1:  # some firms are founded inside the window, for incremental runs to pick up
         new = rng2.random(n) < 0.01
         founded = np.where(new, end.toordinal() - rng2.integers(0, days, n), founded)
-    divisions = pl.DataFrame(
-        [dict(zip(("division", "province", "city", "county"), d, strict=True)) for d in V.DIVISIONS]
-    ).with_row_index("division_idx")
+    divisions = _divisions().with_row_index("division_idx")
     industries = pl.DataFrame(
         {"industry": [i[0] for i in V.INDUSTRIES], "manufacturer": [i[1] for i in V.INDUSTRIES]}
     ).with_row_index("industry_idx")
@@ -180,21 +203,14 @@ def build_firms(n: int, draw: _Draw, end: date, days: int, noise: Noise = V.DEFA
             legal_form=pl.Series(_pick(rng2, V.LEGAL_FORMS, n, V.LEGAL_FORM_WEIGHTS).astype(str)),
             region_style=pl.Series(rng2.choice(3, size=n, p=(0.55, 0.3, 0.15))),
             surname=pl.Series(_pick(rng2, list(V.SURNAMES), n).astype(str)),
-            given=pl.Series(
-                (
-                    _pick(rng2, list(V.GIVEN), n)
-                    + np.where(rng2.random(n) < 0.6, _pick(rng2, list(V.GIVEN), n), "")
-                ).astype(str)
-            ),
+            given=pl.Series(_given_names(rng2, n).astype(str)),
             shop=pl.Series(_pick(rng2, V.SHOP_TYPES, n).astype(str)),
             coop=pl.Series(_pick(rng2, V.COOP_WORDS, n).astype(str)),
             road=pl.Series(_pick(rng2, V.ROADS, n).astype(str)),
             number=pl.Series(rng2.integers(1, 999, n)),
-            phone=pl.Series(rng2.integers(3, 10, n) * 10**9 + rng2.integers(0, 10**9, n)),
+            phone=pl.Series(_mobile_numbers(rng2, n)),
         )
-        .with_columns(
-            founded=pl.from_epoch((pl.col("founded") - date(1970, 1, 1).toordinal()) * 86400, "s").dt.date()
-        )
+        .with_columns(founded=_ordinal_dates(pl.col("founded")))
     )
     region = (
         pl.when(pl.col("region_style") == 0)
@@ -246,13 +262,13 @@ def _phone(number: pl.Expr) -> pl.Expr:
 def _own_details(firms: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
     """``firms`` with a legal representative, address (in their own city) and phone of their own."""
     n = firms.height
-    given = _pick(rng, list(V.GIVEN), n) + np.where(rng.random(n) < 0.6, _pick(rng, list(V.GIVEN), n), "")
+    given = _given_names(rng, n)
     return firms.with_columns(
         legal_rep=pl.Series((_pick(rng, list(V.SURNAMES), n) + given).astype(str), dtype=pl.String),
         address=_address(
             pl.Series(_pick(rng, V.ROADS, n).astype(str), dtype=pl.String), pl.Series(rng.integers(1, 999, n))
         ),
-        phone=_phone(pl.Series(rng.integers(3, 10, n) * 10**9 + rng.integers(0, 10**9, n))),
+        phone=_phone(pl.Series(_mobile_numbers(rng, n))),
     )
 
 
@@ -280,9 +296,7 @@ def _add_hard_negatives(firms: pl.DataFrame, draw: _Draw, noise: Noise) -> pl.Da
     k = _hard_negative_count(n, noise.cross_city_reuse)
     other_src = enterprises.sample(n=min(k, enterprises.height), seed=int(rng.integers(1 << 31)))
     other_div = rng.integers(0, len(V.DIVISIONS), other_src.height)
-    divisions = pl.DataFrame(
-        [dict(zip(("division", "province", "city", "county"), d, strict=True)) for d in V.DIVISIONS]
-    )
+    divisions = _divisions()
     moved = (
         other_src.drop("division", "province", "city", "county")
         .with_columns(_d=pl.Series(other_div).cast(pl.UInt32))
@@ -370,9 +384,7 @@ def _add_renames(firms: pl.DataFrame, draw: _Draw, end: date, days: int) -> pl.D
         former_name=pl.when(pl.Series(renamed)).then(
             pl.col("region") + pl.Series(old_trade) + pl.col("industry") + pl.col("legal_form")
         ),
-        renamed_on=pl.when(pl.Series(renamed)).then(
-            pl.from_epoch((pl.Series(rename_day) - date(1970, 1, 1).toordinal()) * 86400, "s").dt.date()
-        ),
+        renamed_on=pl.when(pl.Series(renamed)).then(_ordinal_dates(pl.Series(rename_day))),
     )
 
 
@@ -390,9 +402,9 @@ def _updated_at(
     seconds = rng.integers(6 * 3600, 22 * 3600, n)
     day = np.asarray(end.toordinal() - offset_days, dtype=np.int64)
     if earliest is not None:
-        floor = earliest.to_physical().to_numpy().astype(np.int64) + date(1970, 1, 1).toordinal()
+        floor = earliest.to_physical().to_numpy().astype(np.int64) + _EPOCH
         day = np.maximum(day, floor)
-    stamp = (day - date(1970, 1, 1).toordinal()) * 86400 + seconds
+    stamp = (day - _EPOCH) * 86400 + seconds
     return pl.from_epoch(pl.Series(stamp), "s").dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -400,9 +412,7 @@ def _dates_before(
     rng: np.random.Generator, n: int, end: date, max_days_back: int, min_days_back: int = 0
 ) -> pl.Series:
     back = rng.integers(min_days_back, max_days_back, n)
-    return pl.from_epoch(
-        pl.Series((end.toordinal() - back - date(1970, 1, 1).toordinal()) * 86400), "s"
-    ).dt.date()
+    return _ordinal_dates(pl.Series(end.toordinal() - back))
 
 
 def _names(
@@ -553,25 +563,91 @@ def _firm_weights(firms: pl.DataFrame, rng: np.random.Generator) -> np.ndarray:
     return rng.beta(0.6, 6.0, firms.height)
 
 
-def gen_lending(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("lending")
+@dataclass(frozen=True)
+class World:
+    """What every source draws its records from: the firms and their latent risk, the traditional
+    spellings of their names, the last day and the number of days of data, the noise setting and
+    the named random streams."""
+
+    firms: pl.DataFrame
+    draw: _Draw
+    end: date
+    days: int
+    trad: dict[str, str]
+    risk: np.ndarray
+    noise: Noise = V.DEFAULT_NOISE
+
+    def records(self, rng: np.random.Generator, *parts: tuple[np.ndarray, dict[str, Any]]) -> SourceRecords:
+        """One source's records: for each part, every firm repeated its ``counts`` times with the
+        part's own columns (a constant, or a value per record); a source with one kind of record has
+        one part, without columns."""
+        frames = [
+            _records(self.firms, counts).with_columns(
+                **{k: pl.lit(v) if isinstance(v, str) else pl.Series(v) for k, v in columns.items()}
+            )
+            for counts, columns in parts
+        ]
+        risk = np.concatenate([np.repeat(self.risk, counts) for counts, _ in parts])
+        return SourceRecords(self, rng, pl.concat(frames, how="diagonal_relaxed"), risk)
+
+
+@dataclass
+class SourceRecords:
+    """A source's records being drawn, from the source's own random stream. The draws happen in
+    the order the source's generator calls these methods, and that order fixes the bytes."""
+
+    world: World
+    rng: np.random.Generator
+    recs: pl.DataFrame
+    #: the latent risk of each record's firm
+    risk: np.ndarray
+    updated: pl.Series | None = None
+
+    @property
+    def n(self) -> int:
+        return self.recs.height
+
+    def updated_at(self) -> pl.Series:
+        """When each record last changed (within the window of days, never before its firm was
+        founded); the names drawn after this follow renames by it."""
+        self.updated = _updated_at(self.rng, self.n, self.world.end, self.world.days, self.recs["founded"])
+        return self.updated
+
+    def names(self) -> pl.Series:
+        """How the department writes each record's firm name (as of the record's update)."""
+        if self.updated is None:
+            raise RuntimeError("draw updated_at() before names(): a name depends on when it was written")
+        when = self.updated.str.to_date("%Y-%m-%d %H:%M:%S")
+        return _names(self.recs, self.rng, self.world.trad, when, self.world.noise)
+
+    def codes(self) -> pl.Series:
+        """How the department holds each record's firm code."""
+        return _codes(self.recs, self.rng, self.world.noise)
+
+    def pick(self, options: tuple | list, p: tuple | None = None) -> np.ndarray:
+        """One of ``options`` per record, as text."""
+        return _pick(self.rng, options, self.n, p).astype(str)
+
+    def dates_before(self, max_days_back: int, min_days_back: int = 0) -> pl.Series:
+        return _dates_before(self.rng, self.n, self.world.end, max_days_back, min_days_back)
+
+    def frame(self, columns: dict[str, Any]) -> pl.DataFrame:
+        """The source's table, with each record's firm (``entity_key``, for the truth)."""
+        return pl.DataFrame(columns).with_columns(entity_key=self.recs["entity_key"])
+
+
+def gen_lending(world: World) -> pl.DataFrame:
+    rng = world.draw("lending")
+    firms = world.firms
     borrows = rng.random(firms.height) < np.where(firms["kind"].to_numpy() == 1, 0.25, 0.62)
-    counts = np.where(borrows, rng.integers(1, 6, firms.height), 0)
-    recs = _records(firms, counts)
-    n = recs.height
-    frisk = np.repeat(risk, counts)
-    start = _dates_before(rng, n, end, 1800, 20)
+    loans = world.records(rng, (np.where(borrows, rng.integers(1, 6, firms.height), 0), {}))
+    n, recs = loans.n, loans.recs
+    start = loans.dates_before(1800, 20)
     term = rng.choice([180, 365, 730, 1095, 1825], size=n)
     amount = np.round(rng.lognormal(13.5, 1.2, n) / 1000) * 1000
-    overdue_days = np.where(rng.random(n) < frisk * 1.5, rng.choice([15, 45, 100, 200, 300, 400], size=n), 0)
+    overdue_days = np.where(
+        rng.random(n) < loans.risk * 1.5, rng.choice([15, 45, 100, 200, 300, 400], size=n), 0
+    )
     five = np.select(
         [overdue_days > 360, overdue_days > 270, overdue_days > 90, overdue_days > 0, rng.random(n) < 0.03],
         ["损失", "可疑", "次级", "关注", "关注"],
@@ -579,17 +655,17 @@ def gen_lending(
     )
     balance = np.round(amount * rng.uniform(0.05, 1.0, n), 2)
     overdue_principal = np.where(overdue_days > 0, np.round(balance * rng.uniform(0.1, 1.0, n), 2), 0.0)
-    updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame(
+    updated = loans.updated_at()
+    return loans.frame(
         {
             "loan_id": _ids("L", n),
-            "borrower_code": _codes(recs, rng, noise),
-            "borrower_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "borrower_code": loans.codes(),
+            "borrower_name": loans.names(),
             "borrower_type": np.where(recs["kind"].to_numpy() == 1, "individual_business", "enterprise"),
-            "lender": _pick(rng, V.LENDERS, n).astype(str) + recs["city"].to_numpy().astype(str) + "分行",
+            "lender": loans.pick(V.LENDERS) + recs["city"].to_numpy().astype(str) + "分行",
             "contract_no": _ids("HT", n, 10),
-            "loan_type": _pick(rng, V.LOAN_TYPES, n).astype(str),
-            "guarantee_type": _pick(rng, V.GUARANTEE_TYPES, n).astype(str),
+            "loan_type": loans.pick(V.LOAN_TYPES),
+            "guarantee_type": loans.pick(V.GUARANTEE_TYPES),
             "amount": amount,
             "balance": balance,
             "start_date": start.dt.strftime("%Y-%m-%d"),
@@ -601,41 +677,32 @@ def gen_lending(
             "overdue_principal": overdue_principal,
             "updated_at": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
 
 
-def gen_social_insurance(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("social_insurance")
+def gen_social_insurance(world: World) -> pl.DataFrame:
+    rng = world.draw("social_insurance")
+    firms, end = world.firms, world.end
     insured = rng.random(firms.height) < 0.7
     counts = np.where(insured, 6, 0)
-    recs = _records(firms, counts)
-    n = recs.height
+    months = world.records(rng, (counts, {}))
+    n = months.n
     month_back = np.tile(np.arange(6), int(insured.sum()))
-    year, month = end.year, end.month
-    total = year * 12 + (month - 1) - month_back
+    total = end.year * 12 + (end.month - 1) - month_back
     period = pl.Series((total // 12) * 100 + total % 12 + 1).cast(pl.String)
     heads = np.repeat(np.maximum(1, rng.lognormal(2.5, 1.1, firms.height).astype(np.int64)), counts)
     base = np.round(np.repeat(rng.uniform(3500, 12000, firms.height), counts), 2)
     due = np.round(heads * base * 0.3, 2)
-    frisk = np.repeat(risk, counts)
-    in_arrears = np.repeat(rng.random(firms.height), counts) < frisk * 0.25
+    in_arrears = np.repeat(rng.random(firms.height), counts) < months.risk * 0.25
     paid = np.where(in_arrears & (month_back < 3), np.round(due * rng.uniform(0, 0.8, n), 2), due)
     arrears = np.round(due - paid, 2)
     arrears_months = np.where(arrears > 0, 3 - month_back, 0)
-    updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame(
+    updated = months.updated_at()
+    return months.frame(
         {
             "record_id": _ids("S", n),
-            "unit_code": _codes(recs, rng, noise),
-            "unit_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "unit_code": months.codes(),
+            "unit_name": months.names(),
             "period": period,
             "insured_pension": heads,
             "insured_medical": heads,
@@ -648,81 +715,59 @@ def gen_social_insurance(
             "arrears_months": arrears_months.astype(np.int64),
             "updated_at": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
 
 
-def gen_tax(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("tax")
-    h = firms.height
+def gen_tax(world: World) -> pl.DataFrame:
+    rng = world.draw("tax")
+    h, end, risk = world.firms.height, world.end, world.risk
     rated = rng.random(h) < 0.92
     rating_counts = np.where(rated, 3, 0)
     arrears_counts = np.where(rng.random(h) < risk * 0.35, rng.integers(1, 3, h), 0)
     major_counts = np.where(rng.random(h) < risk * 0.02, 1, 0)
-    parts = []
-    for kind, counts in (
-        ("rating", rating_counts),
-        ("arrears", arrears_counts),
-        ("major_violation", major_counts),
-    ):
-        recs = _records(firms, counts).with_columns(record_kind=pl.lit(kind))
-        if kind == "rating":
-            recs = recs.with_columns(
-                rating_year=pl.Series(np.tile(np.arange(end.year - 3, end.year), int(rated.sum())))
-            )
-        parts.append((recs, np.repeat(risk, counts)))
-    recs = pl.concat([p[0] for p in parts], how="diagonal_relaxed")
-    frisk = np.concatenate([p[1] for p in parts])
-    n = recs.height
+    rating_years = np.tile(np.arange(end.year - 3, end.year), int(rated.sum()))
+    taxes = world.records(
+        rng,
+        (rating_counts, {"record_kind": "rating", "rating_year": rating_years}),
+        (arrears_counts, {"record_kind": "arrears"}),
+        (major_counts, {"record_kind": "major_violation"}),
+    )
+    n, recs = taxes.n, taxes.recs
     kind = recs["record_kind"].to_numpy()
-    score = np.clip(rng.normal(88 - frisk * 120, 8, n), 0, 100).round(1)
+    score = np.clip(rng.normal(88 - taxes.risk * 120, 8, n), 0, 100).round(1)
     rating = np.select([score >= 90, score >= 70, score >= 40], ["A", "B", "C"], default="D")
     rating = np.where(rng.random(n) < 0.04, "M", rating)
-    updated = _updated_at(rng, n, end, days, recs["founded"])
-    listed = _dates_before(rng, n, end, 1000).dt.strftime("%Y-%m-%d")
+    updated = taxes.updated_at()
+    listed = taxes.dates_before(1000).dt.strftime("%Y-%m-%d")
     is_rating, is_arrears, is_major = kind == "rating", kind == "arrears", kind == "major_violation"
-    case = _pick(rng, V.TAX_CASES, n).astype(str)
-    return pl.DataFrame(
+    case = taxes.pick(V.TAX_CASES)
+    return taxes.frame(
         {
             "record_id": _ids("T", n),
-            "taxpayer_id": _codes(recs, rng, noise),
+            "taxpayer_id": taxes.codes(),
             "old_reg_no": _masked(rng.random(n) < 0.7, recs["reg_no"]),
-            "taxpayer_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
+            "taxpayer_name": taxes.names(),
             "record_kind": kind,
             "rating_year": _masked(is_rating, recs["rating_year"].fill_null(0)).cast(pl.Int64),
             "rating": _masked(is_rating, rating),
             "rating_score": _masked(is_rating & (rating != "M"), score).cast(pl.Float64),
-            "tax_type": _masked(is_arrears, _pick(rng, V.TAX_TYPES, n).astype(str)),
+            "tax_type": _masked(is_arrears, taxes.pick(V.TAX_TYPES)),
             "arrears_balance": _masked(is_arrears, np.round(rng.lognormal(10, 1.3, n), 2)).cast(pl.Float64),
             "case_nature": _masked(is_major, case),
             "case_facts": _masked(is_major, np.char.add(np.char.add("经查，该单位", case), "，涉案金额较大")),
             "listed_date": _masked(is_major, listed),
             "updated_at": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
 
 
-def gen_contract(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("contract")
-    h = firms.height
-    counts = np.where(rng.random(h) < 0.02 + risk * 0.25, rng.integers(1, 4, h), 0)
-    recs = _records(firms, counts)
-    n = recs.height
+def gen_contract(world: World) -> pl.DataFrame:
+    rng = world.draw("contract")
+    h = world.firms.height
+    cases = world.records(
+        rng, (np.where(rng.random(h) < 0.02 + world.risk * 0.25, rng.integers(1, 4, h), 0), {})
+    )
+    n, recs = cases.n, cases.recs
     kind = rng.choice(3, size=n, p=(0.3, 0.55, 0.15))
     record_type = np.asarray(["失信被执行人", "被执行人", "合同违约"], dtype=object)[kind]
     performance = np.where(
@@ -730,7 +775,7 @@ def gen_contract(
         _pick(rng, ("全部未履行", "部分未履行"), n, (0.7, 0.3)),
         _pick(rng, ("全部未履行", "部分未履行", "已履行"), n, (0.4, 0.3, 0.3)),
     )
-    filed = _dates_before(rng, n, end, 1500, 30)
+    filed = cases.dates_before(1500, 30)
     year = filed.dt.year().cast(pl.String)
     county_code = recs["division"].str.slice(0, 2) + recs["division"].str.slice(4, 2)
     case_no = (
@@ -744,19 +789,19 @@ def gen_contract(
         + pl.Series(rng.integers(1, 3000, n)).cast(pl.String)
         + "号"
     )
-    updated = _updated_at(rng, n, end, days, recs["founded"])
+    updated = cases.updated_at()
     amount = np.round(rng.lognormal(11, 1.4, n), 2)
     unperformed = np.where(
         performance == "已履行", 0.0, np.where(performance == "部分未履行", np.round(amount * 0.5, 2), amount)
     )
-    return pl.DataFrame(
+    return cases.frame(
         {
             "记录编号": _ids("C", n),
             "案号": case_no,
             "执行法院": recs["city"] + recs["county"] + "区人民法院",
             "立案日期": filed.dt.strftime("%Y-%m-%d"),
-            "被执行人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
-            "统一社会信用代码": _codes(recs, rng, noise),
+            "被执行人名称": cases.names(),
+            "统一社会信用代码": cases.codes(),
             "法定代表人": recs["legal_rep"],
             "执行依据确定的义务": pl.Series(np.where(kind == 2, "支付合同欠款", "给付申请执行人款项")),
             "履行情况": performance.astype(str),
@@ -765,100 +810,83 @@ def gen_contract(
             "记录类型": record_type.astype(str),
             "更新时间": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
 
 
-def gen_product_quality(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("product_quality")
-    h = firms.height
+def gen_product_quality(world: World) -> pl.DataFrame:
+    rng = world.draw("product_quality")
+    firms = world.firms
     manufacturer = firms["manufacturer"].fill_null(False).to_numpy() & (firms["kind"].to_numpy() == 0)
-    counts = np.where(manufacturer & (rng.random(h) < 0.45), rng.integers(1, 5, h), 0)
-    recs = _records(firms, counts)
-    n = recs.height
-    frisk = np.repeat(risk, counts)
+    checks = world.records(
+        rng,
+        (np.where(manufacturer & (rng.random(firms.height) < 0.45), rng.integers(1, 5, firms.height), 0), {}),
+    )
+    n = checks.n
     r = rng.random(n)
-    result = np.where(r < 0.015, "拒检", np.where(r < 0.06 + frisk * 0.5, "不合格", "合格"))
+    result = np.where(r < 0.015, "拒检", np.where(r < 0.06 + checks.risk * 0.5, "不合格", "合格"))
     items = rng.integers(0, len(V.FAILED_ITEMS), (n, 2))
     failed = pl.Series(
         [[V.FAILED_ITEMS[a]] if res == "不合格" else [] for a, res in zip(items[:, 0], result, strict=True)]
     )
-    updated = _updated_at(rng, n, end, days, recs["founded"])
-    return pl.DataFrame(
+    updated = checks.updated_at()
+    return checks.frame(
         {
             "report_no": _ids("Q", n),
-            "plan_level": _pick(rng, V.PLAN_LEVELS, n, (0.2, 0.35, 0.3, 0.15)).astype(str),
-            "testing_body": _pick(rng, V.TESTING_BODIES, n).astype(str),
-            "enterprise_name": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
-            "enterprise_code": _codes(recs, rng, noise),
-            "product": _pick(rng, V.PRODUCTS, n).astype(str),
+            "plan_level": checks.pick(V.PLAN_LEVELS, (0.2, 0.35, 0.3, 0.15)),
+            "testing_body": checks.pick(V.TESTING_BODIES),
+            "enterprise_name": checks.names(),
+            "enterprise_code": checks.codes(),
+            "product": checks.pick(V.PRODUCTS),
             "model": pl.Series(rng.integers(100, 9999, n)).cast(pl.String).str.replace(r"^", "XH-"),
             "batch": pl.Series(rng.integers(10**7, 10**8, n)).cast(pl.String),
-            "check_date": _dates_before(rng, n, end, 1400, 1).dt.strftime("%Y-%m-%d"),
+            "check_date": checks.dates_before(1400, 1).dt.strftime("%Y-%m-%d"),
             "result": result.astype(str),
             "failed_items": failed,
             "rectified": pl.Series(np.where(result == "合格", True, rng.random(n) < 0.7)),
             "recalled": pl.Series((result == "不合格") & (rng.random(n) < 0.1)),
             "updated_at": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
 
 
-def gen_violations(
-    firms: pl.DataFrame,
-    draw: _Draw,
-    end: date,
-    days: int,
-    trad: dict[str, str],
-    risk: np.ndarray,
-    noise: Noise = V.DEFAULT_NOISE,
-) -> pl.DataFrame:
-    rng = draw("violations")
-    h = firms.height
+def gen_violations(world: World) -> pl.DataFrame:
+    rng = world.draw("violations")
+    h, risk = world.firms.height, world.risk
     penalty_counts = np.where(rng.random(h) < 0.05 + risk * 0.4, rng.integers(1, 3, h), 0)
     abnormal_counts = np.where(rng.random(h) < 0.01 + risk * 0.15, 1, 0)
     serious_counts = np.where(rng.random(h) < risk * 0.02, 1, 0)
-    parts = []
-    for label, counts in (
-        ("行政处罚", penalty_counts),
-        ("经营异常名录", abnormal_counts),
-        ("严重违法失信名单", serious_counts),
-    ):
-        parts.append(_records(firms, counts).with_columns(数据类别=pl.lit(label)))
-    recs = pl.concat(parts, how="vertical_relaxed")
-    n = recs.height
+    cases = world.records(
+        rng,
+        (penalty_counts, {"数据类别": "行政处罚"}),
+        (abnormal_counts, {"数据类别": "经营异常名录"}),
+        (serious_counts, {"数据类别": "严重违法失信名单"}),
+    )
+    n, recs = cases.n, cases.recs
     is_penalty = (recs["数据类别"] == "行政处罚").to_numpy()
-    category = _pick(rng, V.PENALTY_CATEGORIES, n, V.PENALTY_WEIGHTS).astype(str)
+    category = cases.pick(V.PENALTY_CATEGORIES, V.PENALTY_WEIGHTS)
     fined = np.isin(category, ["罚款", "没收违法所得"])
-    decided = _dates_before(rng, n, end, 1000, 1)
+    decided = cases.dates_before(1000, 1)
     serious = np.isin(category, ["吊销许可证件", "责令停产停业", "责令关闭"])
     publicity = np.where(serious | ~is_penalty, rng.integers(183, 1095, n), rng.integers(90, 365, n))
-    updated = _updated_at(rng, n, end, days, recs["founded"])
+    updated = cases.updated_at()
     year = decided.dt.year().cast(pl.String)
     decision_no = recs["city"].str.slice(0, 1) + "市监处罚〔" + year + "〕" + _ids("", n, 8) + "号"
     blank = pl.lit(None, dtype=pl.String)
-    frame = pl.DataFrame(
+    frame = cases.frame(
         {
             "行政处罚决定书文号": decision_no,
             "数据类别": recs["数据类别"],
             "行政相对人类别": pl.Series(
                 np.where(recs["kind"].to_numpy() == 1, "个体工商户", "法人及非法人组织")
             ),
-            "行政相对人名称": _names(recs, rng, trad, updated.str.to_date("%Y-%m-%d %H:%M:%S"), noise),
-            "统一社会信用代码": _codes(recs, rng, noise),
+            "行政相对人名称": cases.names(),
+            "统一社会信用代码": cases.codes(),
             "法定代表人": recs["legal_rep"],
-            "违法行为类型": _pick(rng, V.VIOLATION_TYPES, n).astype(str),
+            "违法行为类型": cases.pick(V.VIOLATION_TYPES),
             "违法事实": pl.Series(
                 np.where(is_penalty, "经查，当事人存在违法行为，事实清楚，证据确凿", "通过登记的住所无法联系")
             ),
-            "处罚依据": _pick(rng, V.LEGAL_BASES, n).astype(str),
+            "处罚依据": cases.pick(V.LEGAL_BASES),
             "处罚类别": _masked(is_penalty, category),
             "罚款金额（万元）": _masked(is_penalty & fined, np.round(rng.lognormal(0.5, 1.2, n), 2))
             .cast(pl.Float64)
@@ -871,15 +899,17 @@ def gen_violations(
             "处罚机关统一社会信用代码": "11" + recs["division"] + "MB0000000X",
             "更新时间": updated,
         }
-    ).with_columns(entity_key=recs["entity_key"])
+    )
     frame = frame.with_columns(
         pl.when(pl.col("数据类别") == "行政处罚")
         .then(pl.col("违法行为类型"))
         .otherwise(blank)
         .alias("违法行为类型"),
     )
-    frame = _leak_owner_contacts(frame, draw, firms)
-    frame = pl.concat([frame, _natural_person_penalties(frame, draw, end, days)], how="vertical")
+    frame = _leak_owner_contacts(frame, world.draw, world.firms)
+    frame = pl.concat(
+        [frame, _natural_person_penalties(frame, world.draw, world.end, world.days)], how="vertical"
+    )
     # decision numbers are the record id: make them unique
     return frame.unique("行政处罚决定书文号", keep="first", maintain_order=True)
 
@@ -888,19 +918,11 @@ def _people(rng: np.random.Generator, n: int) -> pl.DataFrame:
     """Natural persons: name, resident ID (GB 11643, valid check character), its old 15-digit form
     and a mobile phone number."""
     region = _pick(rng, [d[0] for d in V.DIVISIONS], n).astype(str)
-    born = pl.from_epoch(
-        pl.Series(
-            (date(1950, 1, 1).toordinal() + rng.integers(0, 50 * 365, n) - date(1970, 1, 1).toordinal())
-            * 86400
-        ),
-        "s",
-    ).dt.date()
+    born = _ordinal_dates(pl.Series(date(1950, 1, 1).toordinal() + rng.integers(0, 50 * 365, n)))
     seq = pl.Series(rng.integers(0, 1000, n)).cast(pl.String).str.zfill(3)
     first17 = pl.Series(region) + born.dt.strftime("%Y%m%d") + seq
-    phone = (
-        pl.Series(rng.integers(3, 10, n) * 10**9 + rng.integers(0, 10**9, n)).cast(pl.String).str.zfill(10)
-    )
-    given = _pick(rng, list(V.GIVEN), n) + np.where(rng.random(n) < 0.6, _pick(rng, list(V.GIVEN), n), "")
+    phone = pl.Series(_mobile_numbers(rng, n)).cast(pl.String).str.zfill(10)
+    given = _given_names(rng, n)
     return pl.select(
         name=pl.Series((_pick(rng, list(V.SURNAMES), n) + given).astype(str)),
         resident_id=first17 + resident_id_check_expr(first17),
@@ -1117,10 +1139,9 @@ BAD_DELIVERY = ("contract", "未履行金额", "更新时间")
 
 def _tolerated_share(source: str, column: str) -> float:
     """The share of a batch's values the raw suite lets fail for ``column`` (1 - its ``mostly``)."""
-    from pipelines.quality import _suite_json  # the suite the pipeline will run (and where it looks)
-    from pipelines.settings import EXPECTATIONS_DIR
+    from pipelines.quality import read_suite  # the suite the pipeline will run (and where it looks)
 
-    suite = json.loads(_suite_json(f"{source}.raw", EXPECTATIONS_DIR))
+    suite = read_suite(f"{source}.raw")
     mostly = [
         e["kwargs"]["mostly"]
         for e in suite["expectations"]
@@ -1144,7 +1165,7 @@ def bad_delivery(frame: pl.DataFrame, draw: _Draw, end: date) -> tuple[pl.DataFr
     return frame.with_columns(unit.alias(column)), count
 
 
-GENERATORS: dict[str, tuple[Callable[..., pl.DataFrame], str]] = {
+GENERATORS: dict[str, tuple[Callable[[World], pl.DataFrame], str]] = {
     "lending": (gen_lending, "loan_id"),
     "tax": (gen_tax, "record_id"),
     "contract": (gen_contract, "记录编号"),
@@ -1247,16 +1268,14 @@ def generate(
         | set(firms["trade_name"].unique())
         | set(firms["name"].unique())
     )
-    trad = _traditional(vocab)
+    world = World(firms, draw, end, days, _traditional(vocab), risk, setting)
     steps.update()
     truth_parts = []
     rows: dict[str, int] = {}
     spoiled: dict[str, dict[str, int]] = {}
     for source, (make, key) in GENERATORS.items():
         steps.set_postfix_str(source)
-        frame, spoiled[source] = spoil(
-            make(firms, draw, end, days, trad, risk, setting), source, share, draw, end
-        )
+        frame, spoiled[source] = spoil(make(world), source, share, draw, end)
         if source == BAD_DELIVERY[0] and share > 0 and days > 1:
             frame, late = bad_delivery(frame, draw, end)
             spoiled[source][f"{BAD_DELIVERY[1]} written with its unit (the {end} delivery)"] = late
@@ -1334,7 +1353,7 @@ def generate(
         "db_urls": {
             k: sa.engine.make_url(v).render_as_string(hide_password=True) for k, v in db_urls.items()
         },
-        "generated_by": "pipelines.generate",
+        "generated_by": "credit_synthetic",
     }
     _atomic_write(
         out_dir / "manifest.json",
@@ -1350,6 +1369,7 @@ __all__ = [
     "fault_share",
     "generate",
     "build_firms",
+    "World",
     "noise_setting",
     "spoil",
     "write_sql_table",
