@@ -11,7 +11,7 @@ DEMO_SEED ?= 7
 SOURCES ?= $(CURDIR)/data/sources
 LAKE ?= $(CURDIR)/data/lake
 
-.PHONY: venv run test lint airflow-ui bench clean
+.PHONY: venv run test test-quick lint airflow-ui bench clean
 
 # the pipeline with its dev extra, and next to it the synthetic source systems (synthetic/: `credit
 # generate`, the demo), which tests and benchmarks use and the pipeline's wheel does not carry
@@ -26,9 +26,20 @@ venv: $(BIN)/.installed
 run: venv
 	$(BIN)/python -m credit_synthetic.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, each module on one worker (--dist loadfile:
+# its module fixtures built once), slow modules first; the lakes of tests/conftest.py's
+# published_lakes are built once and shared by both workers. test-quick leaves out the tests
+# marked slow (real DAG runs, servers, browsers, the wheel, many pipeline runs): the inner loop.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
+
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-quick: venv
+	$(BIN)/ruff check .
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

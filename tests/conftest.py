@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,6 +27,24 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ["AIRFLOW_HOME"] = str(REPO)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("TQDM_DISABLE", "1")
+#: the pytest-xdist worker this process is (gw0, gw1, ...), or None without xdist
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+#: Airflow's metadata database: with xdist each worker has its own (SQLite takes one writer at a time,
+#: and two workers' DAG runs would otherwise share one), beside airflow.db and git-ignored like it
+AIRFLOW_DB = REPO / (f"airflow.db-{XDIST_WORKER}" if XDIST_WORKER else "airflow.db")
+if XDIST_WORKER:
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{AIRFLOW_DB}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs `--dist loadfile`: a module's tests on one worker, so
+    that its module-scoped fixtures are built once) the modules with tests marked slow are handed
+    out first, so that the workers finish about together rather than one waiting on the other's
+    last slow module. A plain `pytest` keeps the usual order."""
+    if not XDIST_WORKER:
+        return
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)  # stable: modules stay together
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +54,7 @@ def airflow_db() -> Path:
     done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         pytest.fail(f"airflow db migrate failed:\n{done.stderr[-3000:]}")
-    return REPO / "airflow.db"
+    return AIRFLOW_DB
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,3 +118,129 @@ def browser():  # noqa: ANN201 - a Playwright Browser
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
         chromium.close()
+
+
+# ---------------------------------------------------------------- generated sources and published lakes
+
+#: the business date every generated data set ends on unless a test says otherwise
+END_DATE = date(2026, 11, 23)
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this pytest run sees: the run's base folder, or with pytest-xdist
+    the folder above the workers' own (each worker has a base folder of its own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (a file) against the other xdist workers."""
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _settings_in_force() -> dict[str, str]:
+    """The environment overrides that change what a run publishes: part of a cached build's key."""
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("CREDIT_") and k.endswith(("_CONFIG", "_DIR"))
+    }
+
+
+@dataclass
+class PublishedLakes:
+    """Generated sources and lakes published from them, each built once per test run and shared by
+    every module (and xdist worker) that asks for the same one; a caller gets its own copy, free to
+    change. Building is the expensive part (generate, then the whole pipeline per night); a copy is
+    a few megabytes."""
+
+    cache: Path
+    scratch: pytest.TempPathFactory
+
+    def _built(self, kind: str, key: dict, build: Callable[[Path], None]) -> Path:
+        """The cached folder for ``key``, built by ``build`` by the first process that asks for it while
+        the others wait. Built in place (a lake's reports name their own absolute paths), and marked
+        done afterwards: a build that failed half-way is started again, not shared."""
+        name = (
+            f"{kind}-"
+            + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        )
+        target, done = self.cache / name, self.cache / f"{name}.done"
+        with _exclusive(self.cache / f"{name}.lock"):
+            if not done.exists():
+                shutil.rmtree(target, ignore_errors=True)
+                build(target)
+                done.write_text(json.dumps(key, default=str))
+        return target
+
+    def _copy(self, built: Path, label: str) -> Path:
+        copy = self.scratch.mktemp(label)
+        shutil.copytree(built, copy, symlinks=True, dirs_exist_ok=True)
+        return copy
+
+    def _sources(self, entities: int, seed: int, days: int, faults: str, end_date: date) -> Path:
+        from credit_synthetic.generate import generate
+
+        key = {"entities": entities, "seed": seed, "days": days, "faults": faults, "end": end_date}
+        return self._built(
+            "sources",
+            key,
+            lambda out: generate(
+                out, entities=entities, seed=seed, days=days, end_date=end_date, faults=faults
+            ),
+        )
+
+    def sources(
+        self, entities: int, seed: int, *, days: int = 1, faults: str = "realistic", end_date: date = END_DATE
+    ) -> Path:
+        """A copy of ``credit generate``'s six source systems (and truth) for these arguments."""
+        return self._copy(self._sources(entities, seed, days, faults, end_date), "sources")
+
+    def lake(
+        self,
+        entities: int,
+        seed: int,
+        *,
+        days: int = 1,
+        faults: str = "realistic",
+        end_date: date = END_DATE,
+        nights: Sequence[str] | None = None,
+    ) -> tuple[Path, Path]:
+        """Copies of generated sources and of the lake ``credit run`` published from them, night by
+        night (``nights``: business dates, by default the last day only): (sources, lake)."""
+        nights = tuple(nights or (end_date.isoformat(),))
+        generated = self._sources(entities, seed, days, faults, end_date)
+
+        def publish(out: Path) -> None:
+            from pipelines import stages
+
+            # built beside copies of the sources, so that the paths a run records stay under one root
+            shutil.copytree(generated, out / "sources")
+            for night in nights:
+                stages.run_all(str(out / "sources"), str(out / "lake"), night, run_id=f"night {night}")
+
+        key = {
+            "entities": entities,
+            "seed": seed,
+            "days": days,
+            "faults": faults,
+            "end": end_date,
+            "nights": nights,
+            "settings": _settings_in_force(),
+        }
+        copy = self._copy(self._built("lake", key, publish), "published")
+        return copy / "sources", copy / "lake"
+
+
+@pytest.fixture(scope="session")
+def published_lakes(tmp_path_factory: pytest.TempPathFactory) -> PublishedLakes:
+    """The factory of generated sources and published lakes shared across modules (see PublishedLakes)."""
+    cache = _shared_root(tmp_path_factory) / "published-lakes"
+    cache.mkdir(exist_ok=True)
+    return PublishedLakes(cache, tmp_path_factory)

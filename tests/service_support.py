@@ -14,19 +14,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.conftest import PublishedLakes
+
 REPO = Path(__file__).resolve().parent.parent
 DAYS = ("2026-11-22", "2026-11-23")
 
 
-def build_lake(root: Path, entities: int = 1500) -> tuple[Path, Path]:
-    from credit_synthetic.generate import generate
-    from pipelines import stages
-
-    sources, lake = root / "sources", root / "lake"
-    generate(sources, entities=entities, seed=17, days=2, end_date=date(2026, 11, 23))
-    for day in DAYS:
-        stages.run_all(str(sources), str(lake), day, run_id=f"service-{day}")
-    return sources, lake
+def build_lake(lakes: PublishedLakes, entities: int = 1500) -> tuple[Path, Path]:
+    """A copy of generated sources and of the lake published from them over two nights (so the
+    service has a version before the current one): (sources, lake)."""
+    return lakes.lake(entities, seed=17, days=2, end_date=date(2026, 11, 23), nights=DAYS)
 
 
 def free_port() -> int:

@@ -23,13 +23,16 @@ import sqlalchemy as sa
 from serving.app import audit_settings, load_config
 from serving.audit import ANCHOR_ENV, KEY_ENV, AuditLog, audit_path, entry_hash, load_key
 from serving.tokens import tokens_path
+from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, free_port, run_credit, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def deployment(tmp_path_factory: pytest.TempPathFactory, published_lakes: PublishedLakes) -> dict:
     root = tmp_path_factory.mktemp("audit")
-    _, lake = build_lake(root, entities=300)
+    _, lake = build_lake(published_lakes, entities=400)
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)
     )

@@ -23,6 +23,8 @@ import pytest
 from pipelines import stages
 from pipelines.errors import DataQualityError, SourceUnavailableError
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 DAY = "2026-11-23"
 PREVIOUS_DAY = "2026-11-22"
 STAMP = "2026-11-23 12:00:00"

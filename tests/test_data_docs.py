@@ -15,6 +15,8 @@ import pytest
 from pipelines import stages
 from pipelines.data_docs import SITE_DIR
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 REPO = Path(__file__).resolve().parent.parent
 NIGHTS = ("2026-11-22", "2026-11-23")
 #: anything a page would fetch from elsewhere: an absolute or protocol-relative URL in an attribute or CSS

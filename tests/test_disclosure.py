@@ -29,7 +29,10 @@ from pipelines.profiles import DEDUCTION, NATURAL_PERSON, VETO, load_grading
 from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
 from serving.store import LISTS, CodeError, _searchable, normalise_code
+from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 # a valid resident ID number that also passes the USCC check (about 1 in 341 do)
 ID_ALSO_USCC = "110105198001013014"
@@ -298,8 +301,8 @@ def test_a_policy_naming_what_does_not_exist_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    sources, lake = build_lake(tmp_path_factory.mktemp("disclosure"))
+def deployment(published_lakes: PublishedLakes) -> dict:
+    sources, lake = build_lake(published_lakes)
     tokens = {
         role: credit("token", "create", "--role", role, "--name", f"{role} test", "--lake", str(lake))
         for role in ("public", "regulator")

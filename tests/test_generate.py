@@ -248,6 +248,7 @@ def test_a_bad_fault_level_is_a_usage_error(faults: str, tmp_path: Path) -> None
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # generates and runs four times: left out by make test-quick
 def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_path: Path) -> None:
     """`credit generate` (default faults, two days) then `credit run`: every spoiled record is in
     quarantine with a reason and the books balance; run night by night, the last night's court

@@ -19,6 +19,8 @@ from credit_synthetic.generate import generate
 from pipelines import stages
 from pipelines.profiles import build_profiles, list_labels, load_grading
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 SEEDS = (13, 29, 71)
 BUSINESS_DATE = date(2026, 11, 20)
 #: grading days: the night itself, and later nights when many listings and deductions have ended

@@ -30,6 +30,8 @@ import pytest
 
 from tests.service_support import free_port
 
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
+
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
 #: the synthetic source systems: their own distribution, for development, tests and benchmarks

@@ -28,13 +28,14 @@ from pipelines.errors import PublishError
 from pipelines.profiles import MONEY
 from pipelines.publish import current_version, publish_version, row_group_rows
 from pipelines.stages import RECONCILED_TOTALS
+from tests.conftest import PublishedLakes
 from tests.service_support import DAYS, build_lake, credit, serving
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lake(published_lakes: PublishedLakes) -> Path:
     """Two real nights (so `changes` has rows) over 400 generated firms."""
-    return build_lake(tmp_path_factory.mktemp("published_data"), entities=400)[1]
+    return build_lake(published_lakes, entities=400)[1]
 
 
 def files(lake: Path, table: str) -> str:

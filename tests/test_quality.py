@@ -174,6 +174,7 @@ for _ in range(starts):  # each pass is a task starting afresh, as Airflow runs 
 """
 
 
+@pytest.mark.slow  # several processes validating at once: left out by make test-quick
 def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
     """The DAG validates sources side by side in separate processes against one GX project per run:
     none may read another's half-written project files, and every result reaches the docs."""

@@ -12,7 +12,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from pipelines.identifiers import is_valid_uscc
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

@@ -13,21 +13,22 @@ import polars as pl
 import pytest
 
 from pipelines.dictionary import load_columns
-from tests.conftest import skip_or_fail
+from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, run_credit
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 TOOLS = ("chromium", "pdftotext", "pdftoppm")
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory, screenshots: Path) -> dict:
+def lake(published_lakes: PublishedLakes, screenshots: Path) -> dict:
     missing = [tool for tool in TOOLS if not shutil.which(tool)]
     if missing:
         skip_or_fail(
             f"{missing} not installed (scripts/install-chromium.sh installs chromium and poppler-utils)"
         )
-    root = tmp_path_factory.mktemp("report")
-    _, lake = build_lake(root, entities=400)
+    _, lake = build_lake(published_lakes, entities=400)
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
     shots = screenshots
     return {"lake": lake, "profiles": profiles, "shots": shots}

@@ -18,13 +18,15 @@ from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
 from serving.models import ApiError
+from tests.conftest import PublishedLakes
 from tests.service_support import DAYS, build_lake, credit, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("service")
-    sources, lake = build_lake(root)
+def deployment(published_lakes: PublishedLakes) -> dict:
+    sources, lake = build_lake(published_lakes)
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector wang", "--lake", str(lake)
     )

@@ -19,7 +19,10 @@ import httpx
 import pytest
 
 from serving.limits import BucketTable
+from tests.conftest import PublishedLakes
 from tests.service_support import REPO, build_lake, credit, free_port, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 HEADER_TIMEOUT = 2.0
 ANONYMOUS_BURST = 5
@@ -46,9 +49,9 @@ requests_in_flight_per_client = {IN_FLIGHT}
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def service(tmp_path_factory: pytest.TempPathFactory, published_lakes: PublishedLakes) -> dict:
     root = tmp_path_factory.mktemp("availability")
-    _, lake = build_lake(root)
+    _, lake = build_lake(published_lakes, entities=400)  # the attacks need a lake, not many firms
     tokens = {
         name: credit("token", "create", "--role", "public", "--name", name, "--lake", str(lake))
         for name in ("flooder", "shared", "behind-attacker", "impatient", *WELL_BEHAVED)

@@ -15,8 +15,10 @@ from pipelines.dictionary import load_columns, load_domains
 from pipelines.profiles import list_labels, load_grading
 from pipelines.settings import resolution_settings
 from serving.report import grade_fields
-from tests.conftest import skip_or_fail
+from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +31,8 @@ def close_pages(browser):  # noqa: ANN001 - Playwright browser
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, screenshots: Path) -> dict:
-    root = tmp_path_factory.mktemp("pages")
-    sources, lake = build_lake(root, entities=800)
+def site(published_lakes: PublishedLakes, screenshots: Path) -> dict:
+    sources, lake = build_lake(published_lakes, entities=800)
     shots = screenshots
     regulator = credit(
         "token", "create", "--role", "regulator", "--name", "inspector li", "--lake", str(lake)

@@ -14,13 +14,15 @@ import pytest
 
 from serving.audit import audit_path
 from serving.tokens import create_token, tokens_path
+from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, run_credit, serving
+
+pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("tokens")
-    _, lake = build_lake(root, entities=300)
+def deployment(published_lakes: PublishedLakes) -> dict:
+    _, lake = build_lake(published_lakes, entities=400)
     with serving(lake) as base:
         yield {"lake": lake, "base": base}
 
