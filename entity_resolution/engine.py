@@ -18,7 +18,10 @@ numpy for the model, scipy for connected components):
 7. clustering: pairs above the link threshold are joined strongest first, refusing any join that
    would put two different ``cannot_link_on`` values (two valid USCCs) or two different branches in
    one entity — also through chains; steward decisions become must-link and cannot-link;
-8. pairs between the review and link thresholds are returned for the review queue.
+8. a unit (a record, or signatures sharing a code) that matches another entity about as well as
+   its own stands alone, ``undecided`` (``internals/cluster.py`` ``undecided_units``);
+9. pairs between the review and link thresholds, and the linked pairs of undecided records, are
+   returned for the review queue.
 
 Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``) sets how the
 work is cut, which bounds memory and never changes the result.
@@ -26,16 +29,18 @@ work is cut, which bounds memory and never changes the result.
 The evidence per link, from the engine's own comparisons (``links`` columns):
 
 - ``match_grade``: one letter per ``[[compare]]``, in the spec's order, comparing the record's
-  signature with its entity's representative (the entity's smallest signature): **A** same (the
-  comparison's top level), **B** similar (a level in between), **F** different (level 0), **Z**
-  missing on either side. With the enterprise spec: code, name, legal form, region, name tokens,
+  signature with its entity's representative (the entity's smallest signature holding its code,
+  else its smallest signature): **A** same (the comparison's top level), **B** similar (a level in
+  between), **F** different (level 0), **Z** missing on either side. With the enterprise spec: code, name, legal form, region, name tokens,
   legal representative, address, phone.
 - ``match_rule``: how the record came to its entity: ``exact_key`` (its signature shares an exact
   key, a valid code, with another), ``probabilistic`` (a scored pair at or above the link
   threshold), ``decision`` (a steward's must-link or the registry's fixed entity), ``identical``
-  (its entity is its signature alone: the records in it agree on every field the spec uses).
+  (its entity is its signature alone: the records in it agree on every field the spec uses),
+  ``undecided`` (it matches two entities about equally well, so it stands alone for review).
 - ``match_confidence``: 1 for exact keys and lone signatures, else the match probability of the
-  strongest accepted pair touching its signature.
+  strongest accepted pair touching its signature; for an undecided record, the chance that it is
+  a firm of its own.
 - ``recorded_columns`` given to ``link`` are copied from the input as recorded (e.g. the name and
   code the source wrote).
 """
@@ -125,6 +130,7 @@ def link(
     work_dir: Path | None = None,
     scale: Scale | None = None,
     frequencies: dict[str, pl.DataFrame] | None = None,
+    spellings: dict[str, pl.DataFrame] | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
@@ -139,7 +145,10 @@ def link(
     pairs of a city do not fit in memory). ``work_dir`` keeps the pair shards and partitions there
     (default: a temporary directory, removed); ``scale`` overrides the spec's ``[scale]``.
     ``frequencies`` are the term-frequency tables (``term_frequencies``) of the whole input when
-    ``records`` is one part of it; by default they are computed from ``records``.
+    ``records`` is one part of it; by default they are computed from ``records``. ``spellings``
+    likewise: per company-name input column, how many records of the whole input carry each
+    spelling (``internals.normalise.spelling_counts``), by which ``correct_one_offs`` tells a
+    one-off spelling; by default counted over ``records``.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
@@ -170,7 +179,7 @@ def link(
     try:
         linkage = _link(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, step, started, timings, peaks, frequencies,
+            keep_pairs, work, scale, step, started, timings, peaks, frequencies, spellings,
         )  # fmt: skip
         linkage.stats["cpu_seconds"] = cpu
         return linkage
@@ -196,10 +205,11 @@ def _link(
     timings: dict[str, float],
     peaks: dict[str, float],
     frequencies: dict[str, pl.DataFrame] | None,
+    spellings: dict[str, pl.DataFrame] | None,
 ) -> Linkage:
     rid = spec.id_column
     # 1. signatures: identical values on everything that matters are compared once
-    sig, per_record = signatures(records, spec, scale.normalise_records)
+    sig, per_record = signatures(records, spec, scale.normalise_records, spellings)
     n = sig.height
     step("signatures")
 
@@ -264,16 +274,6 @@ def _link(
     )
     linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
     review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
-    review_pairs = _review_pairs(
-        review.select("l", "r", "probability"),
-        _decode(review["pattern"].to_numpy(), radix, spec),
-        sig.select(
-            "sig",
-            "first_record",
-            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
-        ),
-        spec,
-    )
     step("model")
 
     # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
@@ -400,6 +400,25 @@ def _link(
                 "cluster_first_record": pl.String,
             }
         )  # fmt: skip
+    )
+    # the review queue: pairs between the review and link thresholds, and the linked pairs of the
+    # signatures left undecided (they match two entities about equally well)
+    undecided = resolved.filter(pl.col("match_rule") == "undecided")["sig"].implode()
+    review = pl.concat(
+        [
+            review,
+            linked.filter(pl.col("l").is_in(undecided) | pl.col("r").is_in(undecided)).select(review.columns),
+        ]
+    ).sort("l", "r")
+    review_pairs = _review_pairs(
+        review.select("l", "r", "probability"),
+        _decode(review["pattern"].to_numpy(), radix, spec),
+        sig.select(
+            "sig",
+            "first_record",
+            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
+        ),
+        spec,
     )
     step("cluster")
 

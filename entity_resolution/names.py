@@ -123,8 +123,9 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
         .with_columns(rest=pl.col("body").str.slice(pl.col("lead").str.len_chars()))
     )
     frame = _strip_county(frame, tops, counties)
-    # region codes per distinct (leading regions, bracketed parts): a few thousand, not one per name
-    regions = frame.select(pl.struct("lead_tokens", "bracketed").alias("regions"))["regions"]
+    # region codes per distinct (leading regions, bracketed parts, county codes): a few thousand,
+    # not one per name
+    regions = frame.select(pl.struct("lead_tokens", "bracketed", "county_codes").alias("regions"))["regions"]
     rows, region_place = distinct_rows(regions)
     frame = frame.with_columns(
         _region_codes(regions.gather(rows).struct.unnest(), tops, counties).gather(region_place)
@@ -139,19 +140,25 @@ def normalise_names(names: pl.Series) -> pl.DataFrame:
 
 
 def _region_codes(regions: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFrame) -> pl.Series:
-    """Per row of ``lead_tokens`` and ``bracketed`` lists, the sorted distinct division codes its
-    region names mean (null when none)."""
+    """Per row of ``lead_tokens``, ``bracketed`` and ``county_codes`` lists, the sorted distinct
+    division codes its region names mean (null when none): a leading region is a province or
+    prefecture (西安 is also a county of 辽源), a bracketed one either, the county after a leading
+    region already has its codes."""
     token_codes = pl.concat([tops, counties]).explode("codes").unique()
     regions = regions.with_row_index("_r")
     # (list.unique on a million short lists is slow in Polars 2; exploding and joining is not)
-    tokens = pl.concat(
-        [
-            regions.select("_r", pl.col("lead_tokens").alias("token")).explode("token"),
-            regions.select("_r", pl.col("bracketed").alias("token")).explode("token"),
-        ]
-    ).drop_nulls("token")
+    lead = regions.select("_r", pl.col("lead_tokens").alias("token")).explode("token").drop_nulls("token")
+    bracketed = regions.select("_r", pl.col("bracketed").alias("token")).explode("token").drop_nulls("token")
     exploded = (
-        tokens.join(token_codes, on="token", how="inner")
+        pl.concat(
+            [
+                lead.join(tops.explode("codes"), on="token", how="inner").select("_r", "codes"),
+                bracketed.join(token_codes, on="token", how="inner").select("_r", "codes"),
+                regions.select("_r", pl.col("county_codes").alias("codes"))
+                .explode("codes")
+                .drop_nulls("codes"),
+            ]
+        )
         .unique(["_r", "codes"])
         .group_by("_r")
         .agg(pl.col("codes").sort().alias("region_codes"))
@@ -182,18 +189,16 @@ def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFram
         .explode("codes_right")
         .filter(pl.col("codes").str.starts_with(pl.col("codes_right")))
         .filter(pl.col("rest").str.len_chars() - pl.col("length") >= 3)
+        .filter(pl.col("length") == pl.col("length").max().over("_i"))
+        # the county's codes inside the leading region only (南山 is in 深圳 and in 鹤岗)
         .group_by("_i")
-        .agg(pl.col("length").max(), pl.col("token").sort_by("length").last())
+        .agg(pl.col("length").first(), pl.col("codes").unique().sort().alias("county_codes"))
     )
     frame = frame.join(lead_codes.select("_i", "lead_tokens"), on="_i", how="left").join(
         found, on="_i", how="left"
     )
     return frame.with_columns(
         rest=pl.col("rest").str.slice(pl.col("length").fill_null(0)),
-        lead_tokens=pl.concat_list(
-            pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-            pl.when(pl.col("token").is_not_null())
-            .then(pl.concat_list(pl.col("token")))
-            .otherwise(pl.lit([], dtype=pl.List(pl.String))),
-        ),
-    ).drop("length", "token")
+        lead_tokens=pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        county_codes=pl.col("county_codes").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+    ).drop("length")

@@ -22,9 +22,11 @@ from typing import Any
 
 import polars as pl
 
-from entity_resolution.engine import link
+from entity_resolution.engine import link, normalise
+from entity_resolution.internals.blocking import key_expr
+from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.names import normalise_names
-from entity_resolution.registry import Registry
+from entity_resolution.registry import BLOCK_KEYS, Registry
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from pipelines.identifiers import compact_code_expr
@@ -101,6 +103,68 @@ def enterprise_inputs() -> list[pl.Expr]:
     ]
 
 
+def blocking_keys(inputs: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """(record id, ``BLOCK_KEYS``): every value through which the engine can bring a record
+    together with another, normalised as the engine normalises: its exact keys and each blocking
+    rule's key (rule number and values). A new record can only meet a known entity's
+    representatives that share one of these."""
+    rid = spec.id_column
+    frame = normalise(inputs, spec)
+    parts = [
+        frame.select(rid, (pl.lit(f"{key}=") + pl.col(key).cast(pl.String)).alias("key"))
+        for key in spec.exact_keys
+        if key in frame.columns
+    ]
+    for number, rule in enumerate(spec.blocking):
+        if not all(k.column in frame.columns for k in rule):
+            continue
+        values = [key_expr(k) for k in rule]
+        usable = pl.all_horizontal(v.is_not_null() & (v != "") for v in values)
+        parts.append(
+            frame.filter(usable).select(
+                rid, pl.concat_str([pl.lit(f"{number}="), *values], separator="\x1f").alias("key")
+            )
+        )
+    keys = pl.concat(parts) if parts else pl.DataFrame(schema={rid: pl.String, "key": pl.String})
+    return (
+        keys.drop_nulls("key")
+        .group_by(rid)
+        .agg(pl.col("key").unique().sort().alias(BLOCK_KEYS))
+        .rename({rid: "record_id"})
+    )
+
+
+def _within_reach(representatives: pl.DataFrame, input_keys: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """The representatives of every known entity one of whose representatives shares a key with
+    the inputs (``input_keys``, from ``blocking_keys``): all of such an entity's, so its codes still
+    constrain the engine. A blocking key more than ``max_block_size`` representatives hold is
+    passed over: its block has at least as many signatures in the snapshot, so a full run drops it
+    too (exact keys always count). Every representative when the registry does not hold their keys
+    (written by an older version)."""
+    if BLOCK_KEYS not in representatives.columns or representatives[BLOCK_KEYS].null_count():
+        return representatives
+    wanted = input_keys.select(pl.col(BLOCK_KEYS).alias("key")).explode("key").unique()
+    held = (
+        representatives.select("entity_id", pl.col(BLOCK_KEYS).alias("key"))
+        .explode("key")
+        .join(wanted, on="key", how="semi")
+    )
+    blocking = pl.col("key").str.slice(0, 1).str.contains("[0-9]")
+    hit = held.filter(~blocking | (pl.len().over("key") <= spec.max_block_size)).select("entity_id").unique()
+    return representatives.join(hit, on="entity_id", how="semi")
+
+
+def _keys_from(known: pl.DataFrame, spec: Spec) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """``blocking_keys`` that takes the keys of records already in ``known`` from there."""
+
+    def keys_of(reps: pl.DataFrame) -> pl.DataFrame:
+        have = known.join(reps.select("record_id"), on="record_id", how="semi")
+        rest = reps.join(have.select("record_id"), on="record_id", how="anti")
+        return pl.concat([have, blocking_keys(rest, spec)]) if rest.height else have
+
+    return keys_of
+
+
 def grade_letters(spec: Spec) -> str:
     """What the grade's letters stand for, from the spec (the published dictionary and pages say it)."""
     names = ", ".join(c.name for c in spec.comparisons)
@@ -143,10 +207,11 @@ def _engine(
     registry: Registry | None,
     decisions: Path | None,
     representatives: pl.DataFrame | None = None,
+    spellings: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
-    only ``inputs`` are placed. Returns (links of ``inputs``, renamed known entities old id -> new
-    id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
+    only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of
+    ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     if representatives is None:
         result = link(inputs, spec, must, cannot, anchors=registry.anchors() if registry else None)
@@ -157,7 +222,7 @@ def _engine(
     )
     anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
     combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
-    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True)
+    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True, spellings=spellings)
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))
         .join(result.links.select("record_id", "entity_id"), on="record_id")
@@ -296,6 +361,8 @@ def resolve_canonical(
     registry = Registry(registry_dir) if registry_dir else None
     engine_links, _, result = _engine(inputs, spec, registry, decisions)
     changes = registry.update(engine_links, inputs, run) if registry else None
+    if registry:
+        registry.key_representatives(lambda reps: blocking_keys(reps, spec))
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     links = pl.concat([_firm_links(firms, engine_links), _person_links(persons)]).sort(KEYS)
@@ -331,6 +398,17 @@ def resolve_changes(
         raise ValueError(f"registry {registry_dir} has no representatives: run a full re-link first")
     spec = load_spec(spec_name)
     members = registry.members()
+    # a spelling is one-off only among the whole snapshot's records (the published names, with
+    # tonight's in place of the versions they replace), as in a full re-link
+    firm_names = pl.concat(
+        [
+            previous_links.join(changed.select(KEYS), on=KEYS, how="anti")
+            .filter(pl.col("match_method") != "resident_id")
+            .select(pl.col("recorded_name").alias("name")),
+            _split_persons(changed)[0].select(pl.col("subject_name").alias("name")),
+        ]
+    )
+    spellings = {"name": spelling_counts(firm_names.group_by("name").len())}
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
     # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
     freed: list[str] = []
@@ -341,8 +419,9 @@ def resolve_changes(
             changed = pl.concat([changed, members_of(keys.join(changed.select(KEYS), on=KEYS, how="anti"))])
         firms, persons = _split_persons(changed)
         inputs = firms.select(*enterprise_inputs())
-        reps = representatives.filter(~pl.col("entity_id").is_in(freed))
-        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps)
+        input_keys = blocking_keys(inputs, spec)
+        reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), input_keys, spec)
+        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps, spellings)
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
             break
@@ -363,6 +442,7 @@ def resolve_changes(
         run,
         partial=True,
     )
+    registry.key_representatives(_keys_from(input_keys, spec))
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     changed_keys = changed.select(KEYS)
@@ -408,6 +488,8 @@ def resolve_changes(
         "mode": "incremental",
         "changed_records": changed.height,
         "freed_entities": len(freed),
+        "representatives_compared": reps.height,
+        "representatives": representatives.height,
         "touched_entities": touched.height,
         "registry_changes": changes.height,
     }

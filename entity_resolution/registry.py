@@ -16,6 +16,7 @@ Files in the registry folder (Parquet, each written atomically):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ REPRESENTATIVES = 3
 #: representative, so a new record with an old registration number still meets the record that
 #: cross-walks it to the USCC
 CODE_COLUMNS = ("uscc", "org_code", "reg_no")
+#: a representative's blocking and exact keys as the engine normalises them (a list of strings),
+#: so an incremental run compares new records only with the representatives they can meet
+BLOCK_KEYS = "block_keys"
 
 
 def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
@@ -54,6 +58,10 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
         .select(ordered.columns)
     )
     return pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")
+
+
+def _input_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c != BLOCK_KEYS]
 
 
 @dataclass
@@ -162,7 +170,39 @@ class Registry:
                 .with_columns(pl.coalesce("entity_id_now", "entity_id").alias("entity_id"))
                 .drop("entity_id_now")
             )
+            if BLOCK_KEYS in kept.columns:  # tonight's are keyed after (key_representatives)
+                reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
             reps = pl.concat([kept, reps.select(kept.columns)], how="vertical_relaxed")
-        reps = representatives_of(reps)
+            # only the entities that gained, lost or changed records choose their representatives
+            # again (representatives_of is per entity and keeps its own choice)
+            affected = pl.concat(
+                [now["entity_id"], previous.join(now, on="record_id", how="semi")["entity_id"]]
+            )
+            again = pl.col("entity_id").is_in(affected.unique().implode())
+            reps = pl.concat([reps.filter(~again), representatives_of(reps.filter(again))]).sort(
+                "entity_id", "record_id"
+            )
+        else:
+            reps = representatives_of(reps)
         write_parquet(reps, self.representatives_path)
         return change_frame
+
+    def key_representatives(self, keys_of: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+        """Store each representative's ``BLOCK_KEYS`` (``keys_of``: input rows -> record_id,
+        BLOCK_KEYS), computed only for the representatives that lack them."""
+        reps = self.representatives()
+        if reps is None:
+            return
+        if BLOCK_KEYS not in reps.columns:
+            reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
+        missing = reps.filter(pl.col(BLOCK_KEYS).is_null())
+        if missing.is_empty():
+            return
+        keys = keys_of(missing.select(_input_columns(missing)).drop("entity_id"))
+        keyed = (
+            missing.drop(BLOCK_KEYS)
+            .join(keys, on="record_id", how="left")
+            .with_columns(pl.col(BLOCK_KEYS).fill_null(pl.lit([], pl.List(pl.String))))
+        )
+        reps = pl.concat([reps.filter(pl.col(BLOCK_KEYS).is_not_null()), keyed.select(reps.columns)])
+        write_parquet(reps.sort("entity_id", "record_id"), self.representatives_path)

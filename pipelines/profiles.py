@@ -226,8 +226,9 @@ def _entries(grading: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [("list", e) for e in grading.get("lists", [])] + [("rule", e) for e in grading.get("rules", [])]
 
 
-def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
-    """Every (firm, list or rule, record) in force on ``as_of``: the one place this is decided.
+def _membership_windows(records: pl.LazyFrame, grading: dict[str, Any]) -> pl.LazyFrame:
+    """Every (firm, list or rule, record) with the days it counts, from ``_date`` to ``until``:
+    the one place this is decided (``memberships`` picks a day, ``valid_until`` the next change).
 
     ``records`` come from ``with_record_dates``. A record counts from its date until its own end
     date (``expires_at_end_date``) or ``expires_after_days`` later, unless ``removed_when`` holds or
@@ -238,7 +239,7 @@ def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> 
         until = pl.col("_date") + pl.duration(days=int(entry.get("expires_after_days", 365)))
         if entry.get("expires_at_end_date"):
             until = pl.coalesce(pl.col("end_date"), until)
-        condition = pl.sql_expr(entry["when"]) & (pl.col("_date") <= as_of) & (until >= as_of)
+        condition = pl.sql_expr(entry["when"]).fill_null(False)
         if entry.get("removed_when"):
             condition &= ~pl.sql_expr(entry["removed_when"]).fill_null(False)
         if entry.get("latest_only"):
@@ -258,6 +259,7 @@ def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> 
                 "source",
                 (pl.col("source") + ":" + pl.col("source_record_id")).alias("record"),
                 (pl.lit("listed " if kind == "list" else "") + _dated_text()).alias("dated"),
+                "_date",
                 until.alias("until"),
             )
         )
@@ -273,9 +275,16 @@ def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> 
         "source": pl.String,
         "record": pl.String,
         "dated": pl.String,
+        "_date": pl.Date,
         "until": pl.Date,
     }
     return pl.concat(frames) if frames else pl.LazyFrame(schema=schema)
+
+
+def memberships(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
+    """Every (firm, list or rule, record) in force on ``as_of`` (``_membership_windows``)."""
+    windows = _membership_windows(records, grading)
+    return windows.filter((pl.col("_date") <= as_of) & (pl.col("until") >= as_of)).drop("_date")
 
 
 def grade(records: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
@@ -407,6 +416,72 @@ def narrow_money(profiles: pl.DataFrame) -> pl.DataFrame:
     return profiles.with_columns(pl.col(wide).cast(MONEY))
 
 
+#: the trailing windows profile figures count records in: name -> (record types, months). A figure
+#: changes on the day a record leaves its window, so ``valid_until`` derives from these as well.
+WINDOWS: dict[str, tuple[tuple[str, ...], int]] = {
+    "quality_36m": (("spot_check",), 36),
+    "violations_12m": (("penalty",), 12),
+}
+
+
+def window_days(window: str) -> int:
+    """A window's length in days (months of 30.44 days)."""
+    return round(WINDOWS[window][1] * 30.44)
+
+
+def _in_window(window: str, as_of: date) -> pl.Expr:
+    """The record is of the window's types and dated within it on ``as_of``."""
+    types, _ = WINDOWS[window]
+    return pl.col("record_type").is_in(list(types)) & (
+        pl.col("_date") > pl.lit(as_of - timedelta(days=window_days(window)))
+    )
+
+
+def _linked_records(records: pl.LazyFrame, links: pl.LazyFrame) -> pl.LazyFrame:
+    """The accepted records with their firm, duplicate flag, date and latest flag (what both the
+    profile and its ``valid_until`` read)."""
+    recs = records.join(
+        links.select("source", "source_record_id", "entity_id", "match_confidence"),
+        on=["source", "source_record_id"],
+        how="inner",
+    ).with_columns(
+        # the same fact reported twice under different record ids (double reporting)
+        _duplicate=pl.len().over("entity_id", *CONTENT_KEY) > 1,
+    )
+    return with_record_dates(recs)
+
+
+def valid_until(recs: pl.LazyFrame, as_of: date, grading: dict[str, Any]) -> pl.LazyFrame:
+    """Per firm, the last day its profile built on ``as_of`` stays the same but for ``as_of``
+    itself (null: no date changes it), from the same rules the profile applies: a list or rule
+    membership starts on its record's ``_date`` and ends the day after ``until``
+    (``_membership_windows``); a record leaves a trailing window (``WINDOWS``) its length after its
+    date. ``recs`` come from ``_linked_records``. Anything else in a profile changes only with its
+    records, or with the sources held back (``stale``), which the caller compares."""
+    windows = _membership_windows(recs, grading).select(
+        "entity_id", pl.concat_list(pl.col("_date"), pl.col("until") + pl.duration(days=1)).alias("day")
+    )
+    leaving = [
+        recs.filter(pl.col("record_type").is_in(list(types))).select(
+            "entity_id", pl.concat_list(pl.col("_date") + pl.duration(days=window_days(name))).alias("day")
+        )
+        for name, (types, _) in WINDOWS.items()
+    ]
+    changes = pl.concat([windows, *leaving]).explode("day").filter(pl.col("day") > pl.lit(as_of))
+    return (
+        recs.select("entity_id")
+        .unique()
+        .join(
+            changes.group_by("entity_id").agg(
+                (pl.col("day").min() - pl.duration(days=1)).alias("valid_until")
+            ),
+            on="entity_id",
+            how="left",
+        )
+        .sort("entity_id")
+    )
+
+
 def build_profiles(
     records: pl.LazyFrame,
     links: pl.LazyFrame,
@@ -421,29 +496,34 @@ def build_profiles(
     published figures are exact, add up to the accepted records' totals and are the same bytes on
     every run (float addition in a parallel group-by is not associative).
     """
+    return build_profiles_valid_until(records, links, entities, as_of, stale_sources, grading)[0]
+
+
+def build_profiles_valid_until(
+    records: pl.LazyFrame,
+    links: pl.LazyFrame,
+    entities: pl.LazyFrame,
+    as_of: date,
+    stale_sources: frozenset[str] = frozenset(),
+    grading: dict[str, Any] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``build_profiles`` and each profile's ``valid_until`` (entity_id, valid_until), in one pass
+    over the records: what a later night needs to rebuild only the profiles that changed."""
     grading = check_grading(grading) if grading is not None else load_grading()
-    recs = records.join(
-        links.select("source", "source_record_id", "entity_id", "match_confidence"),
-        on=["source", "source_record_id"],
-        how="inner",
-    ).with_columns(
-        # the same fact reported twice under different record ids (double reporting)
-        _duplicate=pl.len().over("entity_id", *CONTENT_KEY) > 1,
-    )
-    recs = with_record_dates(recs)
+    # once: a dozen aggregations below read them (each would scan and join the records again)
+    recs = _linked_records(records, links).collect().lazy()
     day = pl.lit(as_of)
     rtype = pl.col("record_type")
-    in_months = lambda months: pl.col("_date") > pl.lit(as_of - timedelta(days=round(months * 30.44)))  # noqa: E731
     class_rank = pl.col("status").replace_strict(
         {c: i for i, c in enumerate(FIVE_CLASS)}, default=None, return_dtype=pl.Int8
     )
     loans = rtype == "loan"
     ratings = rtype == "tax_rating"
     contract = rtype.is_in(["dishonest_debtor", "enforcement", "contract_default"])
-    checks = (rtype == "spot_check") & in_months(36)
+    checks = _in_window("quality_36m", as_of)
     si = rtype == "si_contribution"
     latest_si_period = pl.col("period").filter(si).max()
-    penalties_12m = (rtype == "penalty") & in_months(12)
+    penalties_12m = _in_window("violations_12m", as_of)
     latest_rating = ratings & pl.col("_latest")
 
     summary = recs.group_by("entity_id").agg(
@@ -548,7 +628,10 @@ def build_profiles(
         quality_uniqueness=pl.col("_uniqueness").round(4),
         as_of=day,
     )
-    return narrow_money(profile.select(profile_columns(grading)).sort("entity_id").collect())
+    profiles, expiry = pl.collect_all(
+        [profile.select(profile_columns(grading)).sort("entity_id"), valid_until(recs, as_of, grading)]
+    )
+    return narrow_money(profiles), expiry.join(profiles.select("entity_id"), on="entity_id", how="semi")
 
 
 #: the profile's columns but for the list flags and rule counts config/grading.toml names

@@ -53,13 +53,18 @@ def publish_version(
     run_id: str,
     frames: dict[str, pl.DataFrame],
     metadata: dict[str, Any],
+    changed_entities: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Write ``frames`` (profiles, links, entities) as a new version and make it ``current``."""
+    """Write ``frames`` (profiles, links, entities) as a new version and make it ``current``
+    (``changed_entities``: see ``compute_changes``)."""
     missing = [name for name in DATASETS if name not in frames]
     if missing:
         raise PublishError(f"version for {business_date} lacks datasets {missing}; nothing published")
     previous = published_root / "current"
-    frames = {**frames, "changes": compute_changes(previous if previous.exists() else None, frames)}
+    frames = {
+        **frames,
+        "changes": compute_changes(previous if previous.exists() else None, frames, changed_entities),
+    }
     version = version_name(business_date, run_id)
     published_root.mkdir(parents=True, exist_ok=True)
     # A version directory is never rewritten in place (`current` may point at it): a re-publish of
@@ -127,19 +132,34 @@ def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_grou
     )
 
 
-def compute_changes(previous: Path | None, frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def compute_changes(
+    previous: Path | None, frames: dict[str, pl.DataFrame], changed_entities: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Per firm, what changed since the previous version: grade, firms and records that came or went,
-    and records that moved between firms (merges and splits, old id -> new id)."""
+    and records that moved between firms (merges and splits, old id -> new id).
+
+    ``changed_entities`` (entity_id): when given, every other entity's profile (but for ``as_of``)
+    and links are known to be the previous version's (an incremental night), so only these are
+    compared; the result is the same."""
     if previous is None:
         return pl.DataFrame(schema=CHANGES_SCHEMA)
-    old_profiles = pl.read_parquet(previous / "profiles" / "*.parquet")
-    reasons = _reason_changes(old_profiles, frames["profiles"])
+
+    def only(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return (
+            frame
+            if changed_entities is None
+            else frame.join(changed_entities.lazy(), on="entity_id", how="semi")
+        )
+
+    old_profiles = only(pl.scan_parquet(previous / "profiles" / "*.parquet")).collect()
+    new_profiles = only(frames["profiles"].lazy()).collect()
+    reasons = _reason_changes(old_profiles, new_profiles)
     old_profiles = old_profiles.select("entity_id", "grade", "score")
-    old_links = pl.read_parquet(
-        previous / "links" / "*.parquet", columns=["source", "source_record_id", "entity_id"]
-    )
-    new_profiles = frames["profiles"].select("entity_id", "grade", "score")
-    new_links = frames["links"].select("source", "source_record_id", "entity_id")
+    old_links = only(
+        pl.scan_parquet(previous / "links" / "*.parquet").select("source", "source_record_id", "entity_id")
+    ).collect()
+    new_profiles = new_profiles.select("entity_id", "grade", "score")
+    new_links = only(frames["links"].lazy().select("source", "source_record_id", "entity_id")).collect()
     both = old_profiles.join(new_profiles, on="entity_id", how="full", coalesce=True, suffix="_new")
     grade = both.filter(
         pl.col("grade").is_not_null()

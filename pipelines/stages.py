@@ -330,7 +330,10 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     staged_registry = lake.work / "registry"
     shutil.rmtree(staged_registry, ignore_errors=True)
     if base:
-        shutil.copytree(base[0], staged_registry)
+        # (tonight's profiles write their own valid-until and basis: not the base night's)
+        shutil.copytree(
+            base[0], staged_registry, ignore=shutil.ignore_patterns(PROFILE_VALID_UNTIL, PROFILE_BASIS)
+        )
         (staged_registry / REGISTRY_VERSION_FILE).unlink()
     weekly = date.fromisoformat(business_date).isoweekday() in settings.get("full_relink_weekdays", [])
     changed = _changed_records(lake, base[0].name) if base and not (full_relink or weekly) else None
@@ -396,30 +399,157 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     return result
 
 
+#: beside each published night's registry: every profile's last unchanged day, and what its
+#: profiles rest on besides their records (an incremental night copies what is still valid)
+PROFILE_VALID_UNTIL = "profile_valid_until.parquet"
+PROFILE_BASIS = "profile_basis.json"
+#: the profiles an incremental night built (the others are the previous version's rows)
+BUILT_PROFILES = "profiles_built.parquet"
+
+
+def _profile_basis(business_date: str, stale: frozenset[str]) -> dict[str, Any]:
+    """What every profile depends on besides its own records and the day: the sources held back
+    and the grading, industries and code that turn records into a profile."""
+    import hashlib
+
+    from pipelines import profiles
+
+    digest = hashlib.sha256()
+    for path in (profiles.DEFAULT_GRADING, profiles.DEFAULT_INDUSTRIES, Path(profiles.__file__)):
+        digest.update(Path(path).read_bytes())
+    return {"as_of": business_date, "stale_sources": sorted(stale), "rules": digest.hexdigest()}
+
+
+def _profiles_to_rebuild(lake: Lake, basis: dict[str, Any]) -> tuple[Path, pl.DataFrame] | None:
+    """(previous version, entity ids whose profiles must be built tonight), or None when every
+    profile must be built: after a full re-link, or when the previous night's profiles rest on
+    another basis (other sources held back, other rules)."""
+    resolution = _read_report(lake, "resolution", "entities")
+    base = _registry_base(lake)
+    if resolution["mode"] != "incremental" or base is None:
+        return None
+    registry, version = base
+    if not (registry / PROFILE_BASIS).exists() or not (registry / PROFILE_VALID_UNTIL).exists():
+        return None
+    before = json.loads((registry / PROFILE_BASIS).read_text("utf-8"))
+    if before.get("rules") != basis["rules"]:
+        return None
+    # a source held back tonight and not last night (or the other way round): the profiles with
+    # its records show another freshness
+    restated = sorted(set(before.get("stale_sources", [])) ^ set(basis["stale_sources"]))
+    restated_firms = (
+        pl.scan_parquet(lake.work / "links.parquet")
+        .filter(pl.col("source").is_in(restated))
+        .select("entity_id")
+    )
+    expired = (
+        pl.scan_parquet(registry / PROFILE_VALID_UNTIL)
+        .filter(pl.col("valid_until") < date.fromisoformat(lake.business_date))
+        .select("entity_id")
+    )
+    published = pl.scan_parquet(version / "profiles" / "*.parquet").select("entity_id")
+    new = (
+        pl.scan_parquet(lake.work / "entities.parquet")
+        .select("entity_id")
+        .join(published, on="entity_id", how="anti")
+    )
+    touched = pl.scan_parquet(lake.work / "touched_entities.parquet").select("entity_id")
+    ids = pl.concat([touched, expired, new, restated_firms])
+    return version, ids.unique().sort("entity_id").collect()
+
+
 def build_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
-    from pipelines.profiles import build_profiles as build
+    """One profile per entity. After an incremental resolution only the touched entities' profiles
+    and those whose time-dependent figures change by tonight (``valid_until``) are built; every
+    other row is the previous version's, as of tonight."""
+    from pipelines.profiles import build_profiles_valid_until as build
 
     lake = _lake(lake_dir, business_date)
     stale = frozenset(name for name in load_sources() if _read_report(lake, "validation", name).get("stale"))
-    profiles = build(
-        _accepted(lake),
-        pl.scan_parquet(lake.work / "links.parquet"),
-        pl.scan_parquet(lake.work / "entities.parquet"),
-        as_of=date.fromisoformat(business_date),
-        stale_sources=stale,
+    basis = _profile_basis(business_date, stale)
+    plan = _profiles_to_rebuild(lake, basis)
+    links = pl.scan_parquet(lake.work / "links.parquet")
+    entities = pl.scan_parquet(lake.work / "entities.parquet")
+    records = _accepted(lake)
+    if plan is not None:
+        rebuild = plan[1].lazy()
+        links = links.join(rebuild, on="entity_id", how="semi")
+        entities = entities.join(rebuild, on="entity_id", how="semi")
+        records = records.join(
+            links.select("source", "source_record_id"), on=["source", "source_record_id"], how="semi"
+        )
+    profiles, valid_until = build(
+        records, links, entities, as_of=date.fromisoformat(business_date), stale_sources=stale
     )
+    built = profiles.height
+    if plan is not None:
+        version, rebuild = plan
+        registry = _registry_base(lake)[0]  # type: ignore[index]
+        current = pl.scan_parquet(lake.work / "entities.parquet").select("entity_id")
+        kept = (
+            pl.scan_parquet(version / "profiles" / "*.parquet")
+            .join(rebuild.lazy(), on="entity_id", how="anti")
+            .join(current, on="entity_id", how="semi")
+            .with_columns(as_of=pl.lit(date.fromisoformat(business_date)))
+            .collect()
+        )
+        profiles = pl.concat([kept, profiles.select(kept.columns)]).sort("entity_id")
+        valid_until = pl.concat(
+            [
+                pl.read_parquet(registry / PROFILE_VALID_UNTIL).join(
+                    kept.select("entity_id"), on="entity_id", how="semi"
+                ),
+                valid_until,
+            ]
+        ).sort("entity_id")
     write_parquet(profiles, lake.work / "profiles.parquet")
+    if plan is not None:  # what validate_profiles checks: the copied rows were checked when published
+        write_parquet(profiles.join(plan[1], on="entity_id", how="semi"), lake.work / BUILT_PROFILES)
+    write_parquet(valid_until, lake.work / PROFILE_VALID_UNTIL)
+    write_json(basis, lake.work / PROFILE_BASIS)
     grades = dict(profiles.group_by("grade").len().sort("grade").iter_rows())
-    return {"profiles": profiles.height, "grades": grades, "path": str(lake.work / "profiles.parquet")}
+    result = {
+        "profiles": profiles.height,
+        "built": built,
+        "mode": "full" if plan is None else "incremental",
+        "grades": grades,
+        "path": str(lake.work / "profiles.parquet"),
+    }
+    write_json(result, lake.reports / "profiles.json")
+    return result
 
 
 def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
+    """The profiles suite over the night's profiles. After an incremental build, over the profiles
+    built tonight (the copied rows passed it when published), and one row per entity over all;
+    the totals are reconciled with the accepted records by publish's books either way."""
     from pipelines import quality
 
     lake = _lake(lake_dir, business_date)
-    return quality.validate_profiles(
-        lake.work / "profiles.parquet", accepted_totals(lake), runner=_suite_runner(lake)
+    runner = _suite_runner(lake)
+    report = lake.reports / "profiles.json"
+    built = json.loads(report.read_text("utf-8")) if report.exists() else {}
+    if built.get("mode") != "incremental":
+        return quality.validate_profiles(lake.work / "profiles.parquet", accepted_totals(lake), runner=runner)
+    twice = (
+        pl.scan_parquet(lake.work / "profiles.parquet")
+        .group_by("entity_id")
+        .len()
+        .filter(pl.col("len") > 1)
+        .collect()
     )
+    if twice.height:
+        raise DataQualityError(
+            f"profiles failed validation: {twice.height} entities have more than one profile, e.g. "
+            f"{twice['entity_id'].head(10).to_list()}"
+        )
+    result = quality.validate_profiles(lake.work / BUILT_PROFILES, runner=runner)
+    return {
+        **result,
+        "validated_rows": result["profiles"],
+        "profiles": built["profiles"],
+        "mode": "incremental",
+    }
 
 
 #: profile column -> (which accepted records, which value; None counts them): the totals that the
@@ -528,7 +658,17 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
         for name, counts in validation.items()
     }
-    result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources})
+    built = lake.reports / "profiles.json"
+    changed = None
+    if built.exists() and json.loads(built.read_text("utf-8")).get("mode") == "incremental":
+        # every other entity's links and profile are the previous version's (but for as_of)
+        changed = pl.concat(
+            [
+                pl.read_parquet(lake.work / "touched_entities.parquet", columns=["entity_id"]),
+                pl.read_parquet(lake.work / BUILT_PROFILES, columns=["entity_id"]),
+            ]
+        ).unique()
+    result = publish_version(lake.published, business_date, run_id, frames, {"sources": sources}, changed)
     # Only now, with the version live, do the watermarks (and the entity registry) advance.
     record(lake.root, business_date, validation)
     if (lake.work / "registry").is_dir():
@@ -537,6 +677,9 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         staging = lake.root / REGISTRY_DIR / f".{business_date}.new"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(lake.work / "registry", staging)
+        for name in (PROFILE_VALID_UNTIL, PROFILE_BASIS):  # what tomorrow's profiles build on
+            if (lake.work / name).exists():
+                shutil.copyfile(lake.work / name, staging / name)
         write_json({"version": result["version"]}, staging / REGISTRY_VERSION_FILE)
         replace_dir(staging, lake.root / REGISTRY_DIR / business_date)
     write_json(

@@ -261,9 +261,16 @@ def test_registry_keeps_ids_and_records_merges_and_splits(generated: dict, tmp_p
 
 
 def test_review_queue_and_decisions(generated: dict, tmp_path: Path) -> None:
-    review = link(generated["records"], ENTERPRISE).review
+    result = link(generated["records"], ENTERPRISE)
+    review = result.review
     if review.height:
-        assert review["probability"].is_between(ENTERPRISE.review_threshold, ENTERPRISE.link_threshold).all()
+        # pairs between the thresholds, and the linked pairs of records left undecided
+        undecided = result.links.filter(pl.col("match_rule") == "undecided")["record_id"].implode()
+        above = review.filter(pl.col("probability") >= ENTERPRISE.link_threshold)
+        assert above.filter(
+            ~pl.col("record_id_l").is_in(undecided) & ~pl.col("record_id_r").is_in(undecided)
+        ).is_empty()
+        assert review["probability"].is_between(ENTERPRISE.review_threshold, 1).all()
         assert {"record_id_l", "record_id_r", "name_core_l", "name_core_r", "level_name"} <= set(
             review.columns
         )
@@ -440,6 +447,44 @@ def test_a_namesake_in_another_city_is_not_merged(generated: dict) -> None:
     assert ids["t:wz"] == ids["t:wz2"] and ids["t:wz"] not in (USCC_A, hangzhou)
 
 
+def test_a_record_two_firms_fit_equally_is_left_undecided_for_review(generated: dict) -> None:
+    """One trade name in two cities: a record without code or city fits both firms equally, so it
+    stands alone (undecided, its pairs in the review queue) rather than being guessed; written with
+    its city it joins its firm."""
+    from pipelines.identifiers import org_code_check_char, uscc_check_char
+
+    org = "MA2AJ6NH" + org_code_check_char("MA2AJ6NH")
+    nanjing = "91320106" + org + uscc_check_char("91320106" + org)
+    extra = records(
+        [
+            {"record_id": "t:nb", "name": "宁波华兴电子科技有限公司", "uscc": USCC_A},
+            {"record_id": "t:nb2", "name": "华兴电子科技有限公司", "uscc": USCC_A},
+            {"record_id": "t:nj", "name": "南京华兴电子科技有限公司", "uscc": nanjing},
+            {"record_id": "t:nj2", "name": "华兴电子科技有限公司", "uscc": nanjing},
+            {"record_id": "t:bare", "name": "华兴电子科技有限公司"},
+            {"record_id": "t:city", "name": "华兴电子科技（宁波）有限公司"},
+        ]
+    )
+    result = link(pl.concat([generated["records"].head(3000), extra]), ENTERPRISE)
+    links = {
+        row["record_id"]: row
+        for row in result.links.filter(pl.col("record_id").str.starts_with("t:")).to_dicts()
+    }
+    assert links["t:city"]["entity_id"] == USCC_A and links["t:nj"]["entity_id"] == nanjing
+    bare = links["t:bare"]
+    assert bare["match_rule"] == "undecided" and bare["entity_id"] not in (USCC_A, nanjing)
+    assert bare["match_confidence"] < 1 - ENTERPRISE.link_threshold  # hardly a firm of its own
+    undecided = result.links.filter(pl.col("match_rule") == "undecided")["record_id"]
+    assert "t:bare" in undecided and not undecided.is_in(["t:nb", "t:nb2", "t:nj", "t:nj2", "t:city"]).any()
+    in_review = result.review.filter(pl.col("record_id_l").eq("t:bare") | pl.col("record_id_r").eq("t:bare"))
+    assert in_review.height >= 2  # its pairs with both firms, for a steward to decide
+    # a steward's decision settles it: must-link to the Ningbo firm
+    decided = link(
+        pl.concat([generated["records"].head(3000), extra]), ENTERPRISE, must_link=[("t:bare", "t:nb")]
+    )
+    assert dict(decided.links.select("record_id", "entity_id").iter_rows())["t:bare"] == USCC_A
+
+
 def test_a_chain_through_one_weak_link_is_not_collapsed() -> None:
     from entity_resolution.internals.cluster import Clusters, cluster
 
@@ -591,9 +636,34 @@ def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
             + ["宁波华兴电器科技有限公司"],
         }
     )
-    assert normalise(records, ENTERPRISE)["name_core"][5] == "华兴电器科技"  # off by default
-    steps = tuple({**step, "correct_one_offs": True} for step in ENTERPRISE.normalise)
-    frame = normalise(records, dataclasses.replace(ENTERPRISE, normalise=steps))
+    steps = tuple({**step, "correct_one_offs": False} for step in ENTERPRISE.normalise)
+    assert (
+        normalise(records, dataclasses.replace(ENTERPRISE, normalise=steps))["name_core"][5] == "华兴电器科技"
+    )
+    frame = normalise(records, ENTERPRISE)  # on in the enterprise spec
     assert frame["name_core"].to_list() == ["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电子科技"]
     assert frame["name_key"][5] == "华兴电子科技"
     assert frame["name_tokens"][5].to_list() == frame["name_tokens"][0].to_list()
+
+
+def test_one_off_spellings_are_counted_over_the_whole_input() -> None:
+    """A part of the input (an incremental night, a chunk) judges a spelling by the whole input's
+    counts: the same records are corrected alike however the input is cut."""
+    from entity_resolution.internals.blocking import signatures, spellings_of
+    from entity_resolution.internals.normalise import normalise, spelling_counts
+
+    names = ["宁波华兴电子科技有限公司"] * 3 + ["宁波华兴电器科技有限公司", "华兴电子科技"]
+    records = pl.DataFrame({"record_id": [f"r{i}" for i in range(5)], "name": names})
+    night = records[3:4]  # the typo alone: here its neighbour does not recur
+    assert normalise(night, ENTERPRISE)["name_core"][0] == "华兴电器科技"
+    whole = spellings_of(records.lazy(), ENTERPRISE)
+    assert whole["name"].sort("value").rows() == [("华兴电器科技", 1), ("华兴电子科技", 4)]
+    assert whole["name"].sort("value").equals(spelling_counts(records.group_by("name").len()).sort("value"))
+    assert normalise(night, ENTERPRISE, whole)["name_core"][0] == "华兴电子科技"
+    # a spelling the whole input holds twice is no typo, even where the part holds it once
+    twice = pl.DataFrame({"value": ["华兴电器科技", "华兴电子科技"], "len": [2, 4]})
+    assert normalise(night, ENTERPRISE, {"name": twice})["name_core"][0] == "华兴电器科技"
+    # normalised a record at a time, the records still count among all of them
+    one_by_one, per_record = signatures(records.lazy(), ENTERPRISE, 1)
+    cores = per_record.join(one_by_one, on="sig").sort("record_id")["name_core"].to_list()
+    assert cores == ["华兴电子科技"] * 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -234,3 +234,148 @@ def test_a_run_whose_books_do_not_balance_does_not_publish(
     summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
     assert summary["published"] is False and not summary["books"]["balanced"]
     assert any(expected in problem for problem in summary["books"]["problems"])
+
+
+#: a night long after the data: 12-month windows, yearly deductions and two-year listings have
+#: ended, so many profiles change without any record changing
+LATE = "2028-02-15"
+
+
+@pytest.fixture(scope="module")
+def late(nightly: Path, sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three nights, then one long after them, on a copy of the nightly lake."""
+    import shutil
+    from dataclasses import replace
+
+    lake = tmp_path_factory.mktemp("late") / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    with pytest.MonkeyPatch.context() as patch:
+        # the departments sent nothing new since: not a stale feed to hold back here
+        patient = {n: replace(c, max_age_days=10_000) for n, c in stages.load_sources().items()}
+        patch.setattr(stages, "load_sources", lambda: patient)
+        stages.run_all(str(sources), str(lake), LATE, run_id=f"night-{LATE}")
+    return lake
+
+
+def _profiles_from_scratch(lake: Path, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every profile of a night built anew from its accepted records and links (and valid_until)."""
+    from pipelines.lake import Lake
+    from pipelines.profiles import build_profiles_valid_until
+
+    stale = frozenset(
+        name
+        for name in stages.load_sources()
+        if json.loads((lake / "reports" / day / "validation" / f"{name}.json").read_text("utf-8"))["stale"]
+    )
+    return build_profiles_valid_until(
+        stages._accepted(Lake(lake, day)),
+        pl.scan_parquet(lake / "work" / day / "links.parquet"),
+        pl.scan_parquet(lake / "work" / day / "entities.parquet"),
+        date.fromisoformat(day),
+        stale,
+    )
+
+
+@pytest.mark.parametrize("night", ["last", "late"])
+def test_incremental_profiles_equal_profiles_built_from_scratch(
+    nightly: Path, late: Path, night: str
+) -> None:
+    """Only the touched and the expiring profiles are built on an incremental night; the others are
+    copied: the published table equals every profile built anew on the same links, row for row."""
+    lake, day = (nightly, DAYS[-1]) if night == "last" else (late, LATE)
+    assert _resolution(lake, day)["mode"] == "incremental"
+    published = _published(lake, "profiles")
+    scratch, valid_until = _profiles_from_scratch(lake, day)
+    assert published.equals(scratch)
+    assert pl.read_parquet(lake / "work" / day / stages.PROFILE_VALID_UNTIL).equals(valid_until)
+    summary = json.loads((lake / "reports" / day / "profiles.json").read_text("utf-8"))
+    assert summary["mode"] == "incremental"
+    assert 0 < summary["built"] < summary["profiles"] == published.height
+    if night == "late":
+        # the late night changed a handful of records: it built mostly what expired since
+        touched = pl.read_parquet(lake / "work" / day / "touched_entities.parquet").height
+        before = pl.read_parquet(nightly / "registry" / DAYS[-1] / stages.PROFILE_VALID_UNTIL)
+        expired = before.filter(pl.col("valid_until") < date.fromisoformat(LATE)).height
+        assert touched < expired <= summary["built"] <= expired + touched
+
+
+def test_a_profile_stays_the_same_until_its_valid_until(nightly: Path) -> None:
+    """Profiles built on later days equal the night's wherever the later day is within valid_until;
+    the day after it, something in the profile has moved (a listing, a deduction, a window)."""
+    profiles, valid_until = _profiles_from_scratch(nightly, DAYS[-1])
+    night = date.fromisoformat(DAYS[-1])
+    assert valid_until.height == profiles.height and valid_until["valid_until"].null_count() < profiles.height
+    from pipelines.lake import Lake
+    from pipelines.profiles import build_profiles
+
+    def on(day: date) -> pl.DataFrame:
+        return build_profiles(
+            stages._accepted(Lake(nightly, DAYS[-1])),
+            pl.scan_parquet(nightly / "work" / DAYS[-1] / "links.parquet"),
+            pl.scan_parquet(nightly / "work" / DAYS[-1] / "entities.parquet"),
+            day,
+        ).drop("as_of")
+
+    base = profiles.drop("as_of")
+    for later in (night + timedelta(days=d) for d in (1, 30, 200, 400, 800)):
+        moved = on(later).join(base, on=base.columns, how="anti", nulls_equal=True).select("entity_id")
+        still = valid_until.filter(pl.col("valid_until").is_null() | (pl.col("valid_until") >= later))
+        assert moved.join(still, on="entity_id", how="semi").is_empty(), later
+    # and the day after valid_until, most profiles have changed (one that moved only within a
+    # capped deduction need not show it)
+    ends = valid_until.drop_nulls("valid_until").filter(pl.col("valid_until") < night + timedelta(days=900))
+    sample = ends.sort("valid_until", "entity_id").gather_every(max(1, ends.height // 20))
+    changed = 0
+    for entity_id, until in sample.iter_rows():
+        after = on(until + timedelta(days=1)).filter(pl.col("entity_id") == entity_id)
+        changed += not after.equals(base.filter(pl.col("entity_id") == entity_id))
+    assert changed >= sample.height // 2, (changed, sample.height)
+
+
+@pytest.mark.parametrize("tamper", ["built_profile", "copied_twice"])
+def test_an_incremental_nights_profiles_are_still_validated(
+    nightly: Path, tmp_path: Path, tamper: str
+) -> None:
+    """The suite runs over the profiles built tonight, and no entity may have two profiles."""
+    import shutil
+
+    from pipelines.quality import DataQualityError
+
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    day = DAYS[-1]
+    assert stages.validate_profiles(str(lake), day)["mode"] == "incremental"
+    if tamper == "built_profile":
+        path = lake / "work" / day / stages.BUILT_PROFILES
+        built = pl.read_parquet(path)
+        built.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(-5).otherwise("score").alias("score")
+        ).write_parquet(path)
+        expected = "profiles failed validation"
+    else:
+        path = lake / "work" / day / "profiles.parquet"
+        profiles = pl.read_parquet(path)
+        pl.concat([profiles, profiles.head(1)]).write_parquet(path)
+        expected = "more than one profile"
+    with pytest.raises(DataQualityError, match=expected):
+        stages.validate_profiles(str(lake), day)
+
+
+def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nightly: Path) -> None:
+    """An incremental night compares only the touched and rebuilt entities with the previous
+    version: the changes are the same as comparing every firm and record."""
+    from pipelines.publish import compute_changes
+
+    day = DAYS[-1]
+    manifest = json.loads((nightly / "registry" / DAYS[-2] / "published_version.json").read_text("utf-8"))
+    previous = nightly / "published" / manifest["version"]
+    frames = {name: _published(nightly, name) for name in ("profiles", "links", "entities")}
+    changed = pl.concat(
+        [
+            pl.read_parquet(nightly / "work" / day / "touched_entities.parquet"),
+            pl.read_parquet(nightly / "work" / day / stages.BUILT_PROFILES).select("entity_id"),
+        ]
+    ).unique()
+    everything = compute_changes(previous, frames)
+    assert everything.height > 0 and "new_record" in set(everything["change"])
+    assert compute_changes(previous, frames, changed).equals(everything)

@@ -32,7 +32,10 @@ def _signatures(rows: int, seed: int) -> pl.DataFrame:
     token_lists = [["华兴", "电子", "科技"], ["华星", "电子"], [], ["永安", "塑料"], ["电子"]]
     return pl.DataFrame(
         {
-            "uscc": pick(["91110000600037341L", "91110000600037341X", "91330282L07196379D"], 0.6),
+            # the column the spec's code comparison reads
+            next(c.column for c in ENTERPRISE.comparisons if c.name == "code"): pick(
+                ["91110000600037341L", "91110000600037341X", "91330282L07196379D"], 0.6
+            ),
             "name_core": pick(cores),
             "name_legal_form": pick(["有限公司", "股份有限公司", "有限责任公司"]),
             "region": pick(["3302", "33", "330203", "11", "1101"]),

@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 
 from entity_resolution.internals.cluster import Clusters
 from entity_resolution.internals.compare import compared_columns
-from entity_resolution.internals.normalise import normalise
+from entity_resolution.internals.normalise import normalise, spelling_counts
 from entity_resolution.spec import BlockKey, Spec
 
 
@@ -46,17 +46,33 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def signatures(records: pl.LazyFrame, spec: Spec, chunk_records: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def spellings_of(records: pl.LazyFrame, spec: Spec) -> dict[str, pl.DataFrame]:
+    """Per company-name column whose normaliser corrects one-off spellings, how many records carry
+    each spelling (``spelling_counts``): a spelling is one-off only among all the records."""
+    columns = records.collect_schema().names()
+    return {
+        step["column"]: spelling_counts(
+            records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
+        )
+        for step in spec.normalise
+        if step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
+    }
+
+
+def signatures(
+    records: pl.LazyFrame, spec: Spec, chunk_records: int, spellings: dict[str, pl.DataFrame] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(signatures with a ``sig`` number and ``first_record``, the smallest record id holding it;
     record id -> ``sig``). Records are normalised ``chunk_records`` at a time and only the
-    signature fields are kept, so the full-width normalised frame never exists for the whole input."""
+    signature fields are kept, so the full-width normalised frame never exists for the whole input.
+    ``spellings``: the whole input's spelling counts (``spellings_of``) when ``records`` is a part of it."""
     rid = spec.id_column
     per_record_parts, unique_parts = [], []
     height = records.select(pl.len()).collect().item()
-    if any(step.get("correct_one_offs") for step in spec.normalise):
-        chunk_records = max(height, 1)  # a spelling is one-off only among all the records
+    if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
+        spellings = spellings_of(records, spec)
     for offset in range(0, max(height, 1), chunk_records):
-        frame = normalise(records.slice(offset, chunk_records).collect(), spec)
+        frame = normalise(records.slice(offset, chunk_records).collect(), spec, spellings)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame

@@ -69,14 +69,15 @@ class Clusters:
 
     def join(self, a: int, b: int, force: bool = False) -> bool:
         """Join the components of ``a`` and ``b`` unless a constraint forbids it (``force``: a
-        steward's must-link or one anchored entity, which only anchors can refuse)."""
+        steward's must-link or one anchored entity, which only anchors and two different
+        ``cannot_link_on`` values can refuse: two valid USCCs are two firms whatever joins them)."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True
         va, vb = self.component_value.get(ra), self.component_value.get(rb)
+        if va and vb and va != vb:
+            return False
         if not force:
-            if va and vb and va != vb:
-                return False
             if self.branch_of and self.component_branch.get(ra) != self.component_branch.get(rb):
                 return False
             if rb in self.separated.get(ra, set()):
@@ -210,3 +211,84 @@ def cluster(clusters: Clusters, scored: pl.DataFrame, linked: pl.DataFrame, spec
     if linked.height == 0:
         return []
     return (roots[linked["l"].to_numpy()] == roots[linked["r"].to_numpy()]).tolist()
+
+
+def undecided_units(
+    unit: np.ndarray,
+    entity: np.ndarray,
+    scored: pl.DataFrame,
+    threshold: float,
+    fixed: np.ndarray,
+    value: np.ndarray,
+) -> np.ndarray:
+    """Per signature, NaN when its unit (its exact-key node) is decided, else the chance that the
+    unit is an entity of its own: a unit that joined an entity but matches another entity that
+    cannot be the same (another ``cannot_link_on`` value: another valid USCC) about as well, so that
+    it is not at least ``threshold`` likely to be its entity's rather than the other's (a rival
+    entity is one it has a pair at or above ``threshold`` with, so the partition holds both).
+
+    A unit belongs to at most one of them: with p_E the mean match probability of its pairs with
+    entity E's signatures (average linkage's measure) and o_E = p_E / (1 - p_E), the chance that it
+    is its own entity C's is o_C / (1 + o_C + sum of the others' o_E). A record with a trade name
+    that two firms in different cities carry, and no code, region or anything else to tell them
+    apart, matches both equally: it is left on its own (for review), not guessed. ``unit`` and
+    ``entity`` give each signature's smallest signature of its node and of its entity; ``scored``
+    holds the partition's scored pairs (``l``, ``r`` as signature rows, ``probability``); ``fixed``
+    marks units that never move (a valid code, a decision); ``value`` is each signature's entity's
+    constraint value as an integer (-1: none). A pair with an undecided unit is no evidence for
+    that unit's entity: a second round leaves out the first round's undecided units (one round more
+    could undo the other's choices back and forth)."""
+    n = len(unit)
+    out = np.full(n, np.nan)
+    if scored.height == 0 or n == 0:
+        return out
+    left, right = scored["l"].to_numpy(), scored["r"].to_numpy()
+    p = scored["probability"].to_numpy()
+    both = pl.DataFrame(
+        {
+            "unit": np.concatenate([unit[left], unit[right]]),
+            "other": np.concatenate([unit[right], unit[left]]),
+            "entity": np.concatenate([entity[right], entity[left]]),
+            "p": np.tile(p, 2),
+        }
+    ).filter(pl.col("unit") != pl.col("other"))
+    mine, theirs = value[both["unit"].to_numpy()], value[both["entity"].to_numpy()]
+    both = both.filter(
+        pl.Series(~fixed[both["unit"].to_numpy()])
+        & (
+            (pl.col("entity") == pl.Series(entity[both["unit"].to_numpy()]))
+            | pl.Series((mine >= 0) & (theirs >= 0) & (mine != theirs))
+        )
+    )
+    undecided = pl.DataFrame(schema={"unit": both.schema["unit"], "all": pl.Float64})
+    for _ in range(2):  # with all the evidence, then without the first round's undecided units
+        best = (
+            both.join(undecided.select(pl.col("unit").alias("other")), on="other", how="anti")
+            .group_by("unit", "entity")
+            .agg(pl.col("p").mean().clip(1e-12, 1 - 1e-12), pl.col("p").max().alias("top"))
+            .with_columns((pl.col("p") / (1 - pl.col("p"))).alias("odds"))
+        )
+        best = best.with_columns(pl.Series("own", entity[best["unit"].to_numpy()]))
+        # a rival: another entity it has a linked pair with (so one partition holds both)
+        rival = (pl.col("entity") != pl.col("own")) & (pl.col("top") >= threshold)
+        rated = (
+            best.filter((pl.col("entity") == pl.col("own")) | rival)
+            .group_by("unit")
+            .agg(
+                pl.col("odds").filter(pl.col("entity") == pl.col("own")).max().alias("mine"),
+                pl.col("odds").sum().alias("all"),
+                pl.len().alias("entities"),
+            )
+        )
+        found = (
+            rated.filter(
+                pl.col("mine").is_not_null()
+                & (pl.col("entities") > 1)
+                & (pl.col("mine") / (1 + pl.col("all")) < threshold)
+            )
+            .select("unit", "all")
+            .sort("unit")
+        )
+        undecided = found
+    out[undecided["unit"].to_numpy()] = (1 / (1 + undecided["all"])).to_numpy()
+    return out[unit]

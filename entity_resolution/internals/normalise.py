@@ -60,30 +60,40 @@ def _tokens(values: pl.Series) -> pl.Series:
     return tokens.gather(place).alias(values.name)
 
 
-def one_off_corrections(values: pl.Series) -> dict[str, str]:
+def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -> dict[str, str]:
     """Spellings on one record only that are one character (a substitution) away from exactly one
     spelling that recurs on other records: each mapped to that spelling.
 
     A typo is one-off (each record is mistyped its own way), while a sibling firm's own name recurs
     on its records; a one-off with two recurring neighbours (a firm and its sibling) is left as it
-    is. Neighbours are found by joining on the spelling with each character position masked."""
-    counts = pl.DataFrame({"value": values}).drop_nulls().group_by("value").len()
-    masked = (
-        counts.with_columns(pl.int_ranges(0, pl.col("value").str.len_chars()).alias("at"))
-        .explode("at")
-        .drop_nulls("at")
-        .with_columns(
-            (
-                pl.col("value").str.slice(0, pl.col("at"))
-                + "\x00"
-                + pl.col("value").str.slice(pl.col("at") + 1)
-            ).alias("masked")
+    is. Neighbours are found by joining on the spelling with each character position masked.
+    ``counts`` (``value``, ``len``): how many records carry each spelling in the whole input when
+    ``values`` are one part of it (an incremental night, a chunk); by default ``values``' own."""
+    present = pl.DataFrame({"value": values}).drop_nulls()
+    if counts is None:
+        counts = present.group_by("value").len()
+    counts = counts.select("value", pl.col("len").cast(pl.Int64))
+
+    def masked(frame: pl.DataFrame) -> pl.DataFrame:
+        return (
+            frame.with_columns(pl.int_ranges(0, pl.col("value").str.len_chars()).alias("at"))
+            .explode("at")
+            .drop_nulls("at")
+            .with_columns(
+                (
+                    pl.col("value").str.slice(0, pl.col("at"))
+                    + "\x00"
+                    + pl.col("value").str.slice(pl.col("at") + 1)
+                ).alias("masked")
+            )
         )
-    )
-    once = masked.filter(pl.col("len") == 1).select("value", "masked")
-    recurring = masked.filter(pl.col("len") > 1).select(pl.col("value").alias("to"), "masked")
+
+    # a spelling of these values that no other record of the whole input carries
+    once = masked(counts.filter(pl.col("len") == 1).join(present.unique(), on="value", how="semi"))
+    recurring = masked(counts.filter(pl.col("len") > 1)).select(pl.col("value").alias("to"), "masked")
     neighbours = (
-        once.join(recurring, on="masked")
+        once.select("value", "masked")
+        .join(recurring, on="masked")
         .group_by("value")
         .agg(pl.col("to").unique().alias("to"))
         .filter(pl.col("to").list.len() == 1)
@@ -92,9 +102,27 @@ def one_off_corrections(values: pl.Series) -> dict[str, str]:
     return dict(zip(neighbours["value"].to_list(), neighbours["to"].list.first().to_list(), strict=True))
 
 
-def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
+    """Company names as written with how many records carry each (``name``, ``len``) as the
+    spellings of their cores (``value``, ``len``): what ``one_off_corrections`` counts."""
+    from entity_resolution.names import normalise_names
+
+    cores = normalise_names(names["name"].cast(pl.String))["core"]
+    return (
+        pl.DataFrame({"value": cores, "len": names["len"].cast(pl.Int64)})
+        .drop_nulls("value")
+        .group_by("value")
+        .agg(pl.col("len").sum())
+    )
+
+
+def normalise(
+    frame: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
     """The spec's normalisers applied to the input (new columns added, inputs kept); a normaliser's
-    modules are imported only when a spec uses it (a person spec loads no name or code tables)."""
+    modules are imported only when a spec uses it (a person spec loads no name or code tables).
+    ``spellings``: per company-name input column, the whole input's spelling counts
+    (``spelling_counts``) when ``frame`` is one part of it; ``correct_one_offs`` judges by them."""
     for step in spec.normalise:
         kind = step["kind"]
         if kind == "company_name":
@@ -103,7 +131,7 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
             column, out = step["column"], step.get("out", step["column"])
             names = normalise_names(frame[column].cast(pl.String))
             if step.get("correct_one_offs"):  # a one-off spelling reads as the one recurring neighbour
-                corrections = one_off_corrections(names["core"])
+                corrections = one_off_corrections(names["core"], (spellings or {}).get(column))
                 core = names["core"].replace(corrections)
                 names = names.with_columns(
                     core.alias("core"),
@@ -119,12 +147,22 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
-            from pipelines.identifiers import classify_values
+            from pipelines.identifiers import classify_values, compact_code_expr
 
             # every configured column is classified (a department may put any code in any column)
             sources = [
                 step[t] for t in ("uscc", "org_code", "reg_no") if step.get(t) and step[t] in frame.columns
             ]
+            # the USCC as written where it is none (a mistyped character fails the check): a near
+            # miss of a firm's code is evidence for comparisons, never an identity (uscc)
+            written = frame.select(
+                pl.coalesce(
+                    pl.when(code.str.len_chars() == 18).then(code)
+                    for code in (compact_code_expr(pl.col(source).cast(pl.String)) for source in sources)
+                ).alias("w")
+                if sources
+                else pl.lit(None, pl.String).alias("w")
+            )["w"]
             found: dict[str, list[pl.Series]] = {"uscc": [], "org_code": [], "reg_no": []}
             for source in sources:  # each distinct code classified once
                 values = frame[source].cast(pl.String)
@@ -138,6 +176,7 @@ def normalise(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
             ).with_columns(
                 pl.col("uscc").str.slice(2, 4).alias("uscc_division"),
                 pl.col("reg_no").str.slice(0, 4).alias("reg_no_division"),  # accuracy: codes' division
+                pl.coalesce(pl.col("uscc"), pl.lit(written)).alias("uscc_written"),
             )
         elif kind == "text":
             column, out = step["column"], step.get("out", step["column"])

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.cluster import Clusters, cluster
+from entity_resolution.internals.cluster import Clusters, cluster, undecided_units
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
 
 # how each record came to its entity (links' ``match_rule``)
-MATCH_RULES = ("exact_key", "probabilistic", "decision", "identical")
+MATCH_RULES = ("exact_key", "probabilistic", "decision", "identical", "undecided")
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ def pack(component: np.ndarray, limit: int) -> np.ndarray:
 
 def grades(frame: pl.DataFrame, cluster_row: np.ndarray, spec: Spec) -> pl.Series:
     """Per signature (a row of ``frame``) its match grade against its entity's representative (the
-    row ``cluster_row``, the entity's smallest signature): one letter per comparison, A same
-    (top level), B similar (a level in between), F different (level 0), Z missing on either side."""
+    row ``cluster_row``: the entity's smallest signature holding its code, else its smallest): one
+    letter per comparison, A same (top level), B similar (a level in between), F different
+    (level 0), Z missing on either side."""
     pairs = pl.DataFrame({"l": np.arange(frame.height), "r": cluster_row})
     levels = pl.DataFrame(compare_pairs(frame, pairs, spec), schema=[c.name for c in spec.comparisons])
     letters = [
@@ -155,13 +156,45 @@ def resolve_partition(
         )
 
     # accuracy hook: average linkage (or one-to-one) over the partition's active signatures
-    accepted = np.array(cluster(clusters, on_rows(scored), on_rows(linked), spec), dtype=bool)
+    joined = np.array(cluster(clusters, on_rows(scored), on_rows(linked), spec), dtype=bool)
     cluster_row = node.copy()  # the smallest row (signature) of each cluster; untouched: its node
     if len(active):
         roots = clusters.roots()
         smallest = np.full(len(active), n, dtype=np.int64)
         np.minimum.at(smallest, roots, active)
         cluster_row[active] = smallest[roots]
+    # a unit that matches another entity about as well as its own is left on its own (undecided)
+    fixed = np.zeros(n, dtype=bool)
+    if bad and bad in sig.columns:
+        fixed |= sig[bad].is_not_null().to_numpy()
+    if "anchor" in sig.columns:
+        fixed |= sig["anchor"].is_not_null().to_numpy()
+    fixed[local(pl.concat([forced_rows["l"], forced_rows["r"]]))] = True
+    fixed = np.bincount(node, weights=fixed, minlength=n)[node] > 0  # per unit: any of its signatures
+    value = np.full(n, -1, dtype=np.int64)  # each signature's entity's constraint value
+    if bad and bad in sig.columns:
+        code = sig[bad].rank("dense").fill_null(0).cast(pl.Int64).to_numpy() - 1
+        np.maximum.at(value, cluster_row, code)
+        value = value[cluster_row]
+    alone = (
+        undecided_units(
+            node,
+            cluster_row,
+            scored.with_columns(pl.Series("l", local(scored["l"])), pl.Series("r", local(scored["r"]))),
+            spec.link_threshold,
+            fixed,
+            value,
+        )
+        if not spec.link_only
+        else np.full(n, np.nan)
+    )
+    undecided = ~np.isnan(alone)
+    if undecided.any():
+        label = np.where(undecided, n + node, cluster_row)
+        smallest = np.full(2 * n, n, dtype=np.int64)
+        np.minimum.at(smallest, label, np.arange(n))
+        cluster_row = smallest[label]
+    accepted = cluster_row[left] == cluster_row[right]
 
     # confidence: 1 for exact keys and lone signatures; else the strongest accepted pair touching it
     strongest = np.full(n, np.nan)
@@ -172,18 +205,31 @@ def resolve_partition(
     node_size = np.bincount(node, minlength=n)[node]
     cluster_size = np.bincount(cluster_row, minlength=n)[cluster_row]
     by_key = node_size > 1
-    confidence = np.where(by_key | np.isnan(strongest), 1.0, strongest).round(4)
+    confidence = np.where(undecided, alone, np.where(by_key | np.isnan(strongest), 1.0, strongest)).round(4)
     rule = np.where(
-        by_key,
-        "exact_key",
-        np.where(~np.isnan(strongest), "probabilistic", np.where(cluster_size > 1, "decision", "identical")),
+        undecided,
+        "undecided",
+        np.where(
+            by_key,
+            "exact_key",
+            np.where(
+                ~np.isnan(strongest), "probabilistic", np.where(cluster_size > 1, "decision", "identical")
+            ),
+        ),
     )
+    # the representative: the entity's smallest signature holding its code, else its smallest
+    representative = cluster_row.copy()
+    if bad and bad in sig.columns:
+        coded = np.flatnonzero(sig[bad].is_not_null().to_numpy())
+        first_coded = np.full(n, n, dtype=np.int64)
+        np.minimum.at(first_coded, cluster_row[coded], coded)
+        representative = np.where(first_coded[cluster_row] < n, first_coded[cluster_row], cluster_row)
     out = pl.DataFrame(
         {
             "sig": global_ids,
             "cluster": global_ids[cluster_row],
             "match_confidence": confidence,
-            "match_grade": grades(sig, cluster_row, spec),
+            "match_grade": grades(sig, representative, spec),
             "match_rule": pl.Series(rule, dtype=pl.String),
             "_value": sig[bad] if bad and bad in sig.columns else pl.Series([None] * n, dtype=pl.String),
             "_first": sig["first_record"],
@@ -193,7 +239,7 @@ def resolve_partition(
         pl.col("_value").drop_nulls().first().over("cluster").alias("cluster_value"),
         pl.col("_first").min().over("cluster").alias("cluster_first_record"),
     ).drop("_value", "_first")
-    return out, {"linked_pairs": int(accepted.sum()), "refused_by_constraints": int((~accepted).sum())}
+    return out, {"linked_pairs": int(accepted.sum()), "refused_by_constraints": int((~joined).sum())}
 
 
 def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
