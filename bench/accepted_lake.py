@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_pipeline import run_stage  # noqa: E402
+from pipelines.flow import PER_SOURCE  # noqa: E402
 
-STAGES = ("extract", "check", "standardise", "validate")
+STAGES = tuple(stage.name for stage in PER_SOURCE)  # the table's per-source stages, in order
 
 
 def main() -> int:
@@ -51,15 +52,10 @@ def main() -> int:
             "standardise": paths.staged(source).exists(),
             "validate": paths.accepted(source).exists(),
         }
+        night = {"sources_dir": str(sources), "lake_dir": str(lake), "business_date": args.date}
         for stage in stages:
-            if done[stage]:
-                continue
-            call = (
-                (source, str(sources), str(lake), args.date)
-                if stage == "extract"
-                else (source, str(lake), args.date)
-            )
-            run_stage(f"{stage}_source", *call)
+            if not done[stage]:
+                run_stage(stage, night, source)
         print(f"{source} through {args.until} at {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

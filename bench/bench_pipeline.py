@@ -23,10 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_RUNNER = """
 import json, resource, sys, time
-from pipelines import stages
 name, args = sys.argv[1], json.loads(sys.argv[2])
 start = time.perf_counter()
-result = getattr(stages, name)(*args) if name != "generate" else None
 if name == "generate":
     from pathlib import Path
     from datetime import date
@@ -34,6 +32,10 @@ if name == "generate":
     result = generate(
         Path(args[0]), entities=args[1], seed=args[2], end_date=date.fromisoformat(args[3]), days=args[4]
     )
+else:  # a stage of pipelines.flow.STAGES, called as the DAG's task and credit run call it
+    from pipelines import flow
+    stage = next(stage for stage in flow.STAGES if stage.name == name)
+    result = flow.run_stage(stage, args[0], args[1])
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "cpu_seconds": usage.ru_utime + usage.ru_stime,
@@ -43,6 +45,9 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 
 def run_stage(name: str, *args: object) -> dict:
+    """``generate`` (out dir, entities, seed, end date, days) or a stage of the stage table (the
+    night's values, the source or None) in a process of its own: seconds, CPU seconds, peak MB and
+    the stage's result."""
     out = subprocess.run(
         [sys.executable, "-c", STAGE_RUNNER, name, json.dumps(args)], cwd=ROOT, capture_output=True, text=True
     )
@@ -52,39 +57,35 @@ def run_stage(name: str, *args: object) -> dict:
 
 
 Row = tuple[str, float, int, float, float]
+#: the count a stage's result reports, in this order of preference
+COUNTED = ("changed_records", "profiles", "rows", "extracted")
 
 
 def run_night(sources: Path, lake: Path, day: str, full_relink: bool = False) -> list[Row]:
     """Every stage of one night, each in its own process: (stage, seconds, records, peak MB, CPU
     seconds of the whole process, start-up included) rows. CPU seconds hardly depend on what else
     runs on the machine, wall seconds do."""
+    from pipelines.flow import PER_SOURCE, WHOLE_NIGHT
     from pipelines.sources import source_names
 
+    night = {
+        "sources_dir": str(sources),
+        "lake_dir": str(lake),
+        "business_date": day,
+        "run_id": f"bench-{day}",
+        "full_relink": full_relink,
+    }
+    steps = [(stage, source) for stage in PER_SOURCE for source in source_names()]
+    steps += [(stage, None) for stage in WHOLE_NIGHT]
     rows: list[Row] = []
-    for stage in ("extract_source", "check_source", "standardise_source", "validate_source"):
-        for source in source_names():
-            call = (
-                (source, str(sources), str(lake), day)
-                if stage == "extract_source"
-                else (source, str(lake), day)
-            )
-            res = run_stage(stage, *call)
-            n = res["result"].get("rows", res["result"].get("extracted", 0))
-            if stage == "check_source":
-                n = json.loads((lake / "reports" / day / "extract" / f"{source}.json").read_text())["rows"]
-            rows.append(
-                (f"{stage.split('_')[0]} {source}", res["seconds"], n, res["peak_mb"], res["cpu_seconds"])
-            )
-    for stage, call in (
-        ("resolve_entities", (str(lake), day, full_relink)),
-        ("build_profiles", (str(lake), day)),
-        ("validate_profiles", (str(lake), day)),
-        ("publish", (str(lake), day, f"bench-{day}")),
-    ):
-        res = run_stage(stage, *call)
+    for stage, source in steps:
+        res = run_stage(stage.name, night, source)
         result = res["result"]
-        n = result.get("changed_records") or result.get("profiles") or result.get("rows") or 0
-        rows.append((stage, res["seconds"], int(n), res["peak_mb"], res["cpu_seconds"]))
+        if stage.name == "check":  # a batch check reports problems, the rows are extract's
+            n = json.loads((lake / "reports" / day / "extract" / f"{source}.json").read_text())["rows"]
+        else:
+            n = next((result[key] for key in COUNTED if result.get(key)), 0)
+        rows.append((stage.label(source), res["seconds"], int(n), res["peak_mb"], res["cpu_seconds"]))
     return rows
 
 
@@ -165,12 +166,15 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
         f"{full_wall:.1f} s ({last_wall / full_wall:.1%}); CPU seconds incl. start-up: {incremental_cpu:.1f} "
         f"vs {full_cpu:.1f} ({incremental_cpu / full_cpu:.1%})"
     )
-    per_source = ("extract", "check", "standardise", "validate")
-    for stage in (*per_source, "resolve_entities", "build_profiles", "validate_profiles", "publish"):
-        mine = [r for r in last if r[0].split(" ")[0] == stage]
-        theirs = [r for r in full if r[0].split(" ")[0] == stage]
+    from pipelines.flow import STAGES
+    from pipelines.sources import source_names
+
+    for stage in STAGES:
+        labels = {stage.label(source) for source in source_names()} if stage.per_source else {stage.label()}
+        mine = [r for r in last if r[0] in labels]
+        theirs = [r for r in full if r[0] in labels]
         print(
-            f"  {stage + (' (all sources)' if stage in per_source else ''):<30}"
+            f"  {stage.label() + (' (all sources)' if stage.per_source else ''):<30}"
             f"{sum(r[1] for r in mine):>7.1f} s vs {sum(r[1] for r in theirs):>7.1f} s; CPU "
             f"{sum(r[4] for r in mine):>7.1f} s vs {sum(r[4] for r in theirs):>7.1f} s"
         )
@@ -198,8 +202,9 @@ def validate_in_parallel(sources: list[str], lake: Path, day: str, workers: int 
     from concurrent.futures import ThreadPoolExecutor
 
     def one(source: str) -> None:
-        run_stage("check_source", source, str(lake), day)
-        run_stage("validate_source", source, str(lake), day)
+        night = {"lake_dir": str(lake), "business_date": day}
+        run_stage("check", night, source)
+        run_stage("validate", night, source)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from credit_synthetic.generate import NOISE_SETTINGS, Noise, generate, noise_setting, write_sql_table
 from pipelines.identifiers import is_valid_uscc, repair_code
+from tests.conftest import PublishedLakes
 from tests.service_support import credit, run_credit
 
 END = date(2026, 11, 23)
@@ -248,14 +249,20 @@ def test_a_bad_fault_level_is_a_usage_error(faults: str, tmp_path: Path) -> None
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow  # generates and runs four times: left out by make test-quick
-def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_path: Path) -> None:
+@pytest.mark.slow  # generates twice and publishes four nights: left out by make test-quick
+def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(
+    tmp_path: Path, published_lakes: PublishedLakes
+) -> None:
     """`credit generate` (default faults, two days) then `credit run`: every spoiled record is in
     quarantine with a reason and the books balance; run night by night, the last night's court
-    delivery is held back and carried forward; the same data generated clean quarantines nothing."""
+    delivery is held back and carried forward; the same data generated clean quarantines nothing.
+
+    The faulty data goes through both commands; the clean run and the night-by-night runs are the
+    same pipeline (`credit run` calls it) on the same bytes, shown by digest, built in this process
+    by the shared ``published_lakes``: a `credit` process of its own per night costs its start-up."""
     runs = {}
     for faults in ("realistic", "none"):
-        sources, lake = tmp_path / faults / "sources", tmp_path / faults / "lake"
+        sources = tmp_path / faults / "sources"
         level = [] if faults == "realistic" else ["--faults", faults]  # the default is the faulty one
         credit(
             "generate",
@@ -270,8 +277,15 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
             "-q",
             *level,
         )
-        credit("run", "--sources", str(sources), "--lake", str(lake), "-q")
         day = json.loads((sources / "manifest.json").read_text("utf-8"))["end_date"]
+        if faults == "realistic":
+            lake = tmp_path / faults / "lake"
+            credit("run", "--sources", str(sources), "--lake", str(lake), "-q")
+        else:  # `credit run` with no --date: the generated data's end date, one night
+            built, lake = published_lakes.lake(
+                1200, 5, days=2, faults=faults, end_date=date.fromisoformat(day)
+            )
+            assert _digest(built) == _digest(sources)
         summary = json.loads((lake / "reports" / day / "summary.json").read_text("utf-8"))
         assert summary["published"] and summary["books"]["balanced"], summary["books"]
         runs[faults] = (sources, lake, summary)
@@ -294,10 +308,10 @@ def test_a_default_generate_and_run_quarantine_every_fault_with_its_reason(tmp_p
     assert sum(c["quarantined"] for c in clean["sources"].values()) == 0
     assert sum(pl.read_parquet(p).height for p in (runs["none"][1] / "quarantine").glob("*/*.parquet")) == 0
 
-    nightly = tmp_path / "nightly"
     last = date.fromisoformat(summary["business_date"])
-    for night in (last - timedelta(days=1), last):
-        credit("run", "--sources", str(sources), "--lake", str(nightly), "--date", night.isoformat(), "-q")
+    nights = [(last - timedelta(days=1)).isoformat(), last.isoformat()]  # as `credit run --date` each night
+    built, nightly = published_lakes.lake(1200, 5, days=2, end_date=last, nights=nights)
+    assert _digest(built) == _digest(sources)
     second = json.loads((nightly / "reports" / last.isoformat() / "summary.json").read_text("utf-8"))
     assert second["published"] and second["books"]["balanced"]
     held = {name for name, counts in second["sources"].items() if counts["stale"]}
