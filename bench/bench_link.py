@@ -44,7 +44,7 @@ start = time.perf_counter()
 result = link(records, load_spec("enterprise"), keep_pairs=False, work_dir=Path(sys.argv[3]))
 seconds = time.perf_counter() - start
 result.links.write_parquet(sys.argv[2])
-result.assignments.write_parquet(sys.argv[4])
+result.assignments.sink_parquet(sys.argv[4])
 print(json.dumps({"seconds": seconds, "load": load, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "input_mb": loaded, "stats": result.stats}))
 """

@@ -24,7 +24,12 @@ numpy for the model, scipy for connected components):
    returned for the review queue.
 
 Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``) sets how the
-work is cut, which bounds memory and never changes the result.
+work is cut, which bounds memory and never changes the result. What grows with the input stays in
+the work directory between phases (Parquet, read by streaming queries): the record -> signature
+map (``records.parquet``), the signature table with its first record ids (``signatures.parquet``;
+blocking, comparisons and the model hold it in memory without those ids), the pair shards, and per
+partition its signatures, pairs, decisions and result (``partitions/part-N/``). Clustering holds
+only integer arrays per signature and one partition's frames.
 
 The evidence per link, from the engine's own comparisons (``links`` columns):
 
@@ -87,7 +92,9 @@ class Linkage:
     review: pl.DataFrame  # pairs between the review and link thresholds, with both records
     model: dict[str, Any]  # m, u, lambda per comparison level
     stats: dict[str, Any] = field(default_factory=dict)
-    assignments: pl.DataFrame | None = None  # record id -> signature, node (for blocking diagnostics)
+    # record id -> signature, node (blocking diagnostics): a scan of ``work_dir``'s record map, so
+    # the 10M rows of a city are read only when asked for
+    assignments: pl.LazyFrame | None = None
 
 
 def _stable_id(first_record: str) -> str:
@@ -182,6 +189,8 @@ def link(
             keep_pairs, work, scale, step, started, timings, peaks, frequencies, spellings,
         )  # fmt: skip
         linkage.stats["cpu_seconds"] = cpu
+        if work_dir is None:  # the work files go: what the assignments scan is read now
+            linkage.assignments = linkage.assignments.collect().lazy()
         return linkage
     finally:
         if work_dir is None:
@@ -209,7 +218,9 @@ def _link(
 ) -> Linkage:
     rid = spec.id_column
     # 1. signatures: identical values on everything that matters are compared once
-    sig, per_record = signatures(records, spec, scale.normalise_records, spellings)
+    # each phase reads the columns it needs from the work files: the record -> signature map (which
+    # grows with the input) never sits in memory whole, nor do the signatures' first record ids
+    sig, signature_file, record_file = signatures(records, spec, scale.normalise_records, work, spellings)
     n = sig.height
     step("signatures")
 
@@ -247,13 +258,11 @@ def _link(
         sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), comparer=comparer
     )
     pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
+    del comparer  # its coded columns are a row per signature
 
     if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
         frequencies = term_frequencies(sig, spec, unit="node")
     sig_frequencies = signature_frequencies(sig, frequencies)  # per signature, once for every shard
-
-    def scored_shard(path: Path) -> pl.DataFrame:
-        return pl.read_parquet(path)
 
     kept = []  # pairs at or above the review threshold
     for path in shard_paths:  # every pair's probability, written back beside its pattern
@@ -265,6 +274,7 @@ def _link(
         shard = shard.with_columns(pl.Series("probability", p))
         shard.write_parquet(path, compression="lz4")
         kept.append(shard.filter(pl.col("probability") >= spec.review_threshold))
+    del sig_frequencies
     above_review = (
         pl.concat(kept)
         if kept
@@ -277,7 +287,7 @@ def _link(
     step("model")
 
     # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
-    sig_of = per_record.lazy()
+    sig_of = pl.scan_parquet(record_file)
     decision_rows = []
     for kind, pairs in (("must", must_link or []), ("cannot", cannot_link or [])):
         if pairs:
@@ -301,17 +311,19 @@ def _link(
         if anchors
         else None
     )
+    anchor_of = None
     if fixed_anchors and anchor_frame is not None:
         # each signature takes the first anchor of its records (in the anchors' order); the
         # signatures of one anchored entity are joined (forced) to its smallest one
         anchor_of = (
-            anchor_frame.join(per_record, on=rid)
+            anchor_frame.lazy()
+            .join(sig_of, on=rid)
             .sort("_order")
             .group_by("sig", maintain_order=True)
             .agg(pl.col("anchor").first())
             .sort("sig")
+            .collect()
         )
-        sig = sig.join(anchor_of, on="sig", how="left").sort("sig")
         firsts = anchor_of.with_columns(pl.col("sig").min().over("anchor").alias("first"))
         must_count = len(must_link or [])  # the steward's must-links come first
         forced = (
@@ -340,56 +352,71 @@ def _link(
     )
     partitions = int(partition.max()) + 1 if n else 0
     sizes = np.bincount(partition, minlength=partitions)
-    step("partition")
-
-    # every scored pair inside a component goes to its partition (average linkage needs them all)
-    inside = []
-    for path in shard_paths:
-        shard = scored_shard(path).drop("pattern")
-        left, right = shard["l"].to_numpy(), shard["r"].to_numpy()
-        same = component[left] == component[right]
-        if same.any():
-            inside.append(
-                shard.filter(pl.Series(same)).with_columns(pl.Series("part", partition[left[same]]))
-            )
-    inside_pairs = (
-        pl.concat(inside)
-        if inside
-        else pl.DataFrame(
-            schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64, "part": pl.Int64}
-        )
-    )
     columns = [
         "sig", "node", "first_record",
         *dict.fromkeys(
             c
-            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal, "anchor"]
+            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal]
             if c and c in sig.columns
         ),
     ]  # fmt: skip
-    sig = sig.select(columns)
-    order = np.argsort(partition, kind="stable")
-    bounds = np.searchsorted(partition[order], np.arange(partitions + 1))
-    pair_parts = inside_pairs.partition_by("part", as_dict=True, include_key=False)
+    shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
+    del sig  # from here on a partition's signatures are read from the work files
+    step("partition")
+
+    # each partition's signatures and the scored pairs inside its components (average linkage
+    # needs them all), written by streaming queries into one folder per partition
+    part_of = pl.DataFrame(
+        {
+            "sig": pl.Series(np.arange(n), dtype=pl.UInt32),
+            "node": pl.Series(node, dtype=pl.Int64),
+            "component": component,
+            "part": partition,
+        }
+    )
+    signatures_of_parts = (
+        pl.scan_parquet(signature_file).join(part_of.lazy(), on="sig").select(*columns, "part")
+    )
+    if anchor_of is not None:
+        signatures_of_parts = signatures_of_parts.join(anchor_of.lazy(), on="sig", how="left")
+    signatures_of_parts.sink_parquet(_by_part(work / "partitions" / "signatures"), mkdir=True)
+    pairs_of_parts = (
+        pl.scan_parquet(shard_paths)
+        .select("l", "r", "probability")
+        .join(part_of.lazy().select(pl.col("sig").alias("l"), "component", "part"), on="l")
+        .join(
+            part_of.lazy().select(pl.col("sig").alias("r"), pl.col("component").alias("component_r")), on="r"
+        )
+        .filter(pl.col("component") == pl.col("component_r"))
+        .select("l", "r", "probability", "part")
+    )
+    if shard_paths:
+        pairs_of_parts.sink_parquet(_by_part(work / "partitions" / "scored"), mkdir=True)
     decision_part = decisions.with_columns(pl.Series("part", partition[decisions["l"].to_numpy()]))
     decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
+    largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
+    del part_of, component, partition
     counts = {"linked_pairs": 0, "refused_by_constraints": 0}
-    results = []
-    empty_pairs = inside_pairs.drop("part").clear()
+    results: list[Path] = []
     empty_decisions = decisions.clear()
     for number in range(partitions):
         directory = work / "partitions" / f"part-{number:05d}"
         directory.mkdir(parents=True)
-        sig[order[bounds[number] : bounds[number + 1]]].write_parquet(directory / "signatures.parquet")
-        pair_parts.pop((number,), empty_pairs).write_parquet(directory / "scored.parquet")
+        _read_part(work / "partitions" / "signatures", number).sort("sig").write_parquet(
+            directory / "signatures.parquet"
+        )
+        _read_part(work / "partitions" / "scored", number, _SCORED_SCHEMA).sort("l", "r").write_parquet(
+            directory / "scored.parquet"
+        )
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
         for key, value in resolve_partition_files(directory, spec).items():
             counts[key] += value
-        results.append(pl.read_parquet(directory / "links.parquet"))
+        results.append(directory / "links.parquet")
+    # each partition's result stays in its links.parquet: the entities are named from the files
     resolved = (
-        pl.concat(results).sort("sig")
+        pl.scan_parquet(results)
         if results
-        else pl.DataFrame(
+        else pl.LazyFrame(
             schema={
                 "sig": pl.UInt32,
                 "cluster": pl.UInt32,
@@ -403,7 +430,7 @@ def _link(
     )
     # the review queue: pairs between the review and link thresholds, and the linked pairs of the
     # signatures left undecided (they match two entities about equally well)
-    undecided = resolved.filter(pl.col("match_rule") == "undecided")["sig"].implode()
+    undecided = resolved.filter(pl.col("match_rule") == "undecided").select("sig").collect()["sig"].implode()
     review = pl.concat(
         [
             review,
@@ -413,58 +440,51 @@ def _link(
     review_pairs = _review_pairs(
         review.select("l", "r", "probability"),
         _decode(review["pattern"].to_numpy(), radix, spec),
-        sig.select(
-            "sig",
-            "first_record",
-            *[c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)],
-        ),
+        pl.scan_parquet(signature_file)
+        .select("sig", "first_record", *shown)
+        .join(pl.concat([review["l"], review["r"]]).unique().to_frame("sig").lazy(), on="sig", how="semi")
+        .collect(),
         spec,
     )
     step("cluster")
 
     # entity ids: the cannot-link value (the USCC) when there is one, an anchor's id, else a stable hash
-    clusters = resolved.group_by("cluster").agg(
-        pl.col("cluster_value").first(), pl.col("cluster_first_record").first()
+    clusters = (
+        resolved.group_by("cluster")
+        .agg(pl.col("cluster_value").first(), pl.col("cluster_first_record").first())
+        .collect(engine="streaming")
     )
     anchor_ids: dict[int, str] = {}
     if anchor_frame is not None:
         anchored = (
-            anchor_frame.join(per_record, on=rid)
+            anchor_frame.lazy()
+            .join(sig_of, on=rid)
             .join(resolved.select("sig", "cluster"), on="sig")
             .group_by("cluster", "anchor")
             .len()
+            .collect()
         )
         # an id goes to the one cluster that holds most of its records (the others are splits)
-        votes = anchored.sort(["len", "cluster"], descending=[True, False])
+        # (ties by cluster, then anchor: the group order of a join is not fixed)
+        votes = anchored.sort(["len", "cluster", "anchor"], descending=[True, False, False])
         claimed: set[str] = set()
         for cluster_id, anchor, _ in votes.iter_rows():
             if cluster_id not in anchor_ids and anchor not in claimed:
                 anchor_ids[cluster_id] = anchor
                 claimed.add(anchor)
-    anchored_ids = pl.DataFrame(
-        {"cluster": list(anchor_ids), "anchor": list(anchor_ids.values())},
-        schema={"cluster": resolved.schema["cluster"], "anchor": pl.String},
-    )
-    clusters = clusters.join(anchored_ids, on="cluster", how="left")
-    unnamed = clusters.filter(pl.col("cluster_value").is_null() & pl.col("anchor").is_null())
-    hashed = pl.DataFrame(
-        {
-            "cluster": unnamed["cluster"],
-            "hashed": [_stable_id(first) for first in unnamed["cluster_first_record"].to_list()],
-        },
-        schema={"cluster": resolved.schema["cluster"], "hashed": pl.String},
-    )
-    names = clusters.join(hashed, on="cluster", how="left").select(
-        "cluster", pl.coalesce("cluster_value", "anchor", "hashed").alias("entity_id")
-    )
-    resolved = resolved.join(names, on="cluster")
+    names = _entity_names(clusters, anchor_ids)
     links = (
-        per_record.join(
-            resolved.select("sig", "entity_id", "match_confidence", "match_grade", "match_rule"), on="sig"
+        sig_of.join(
+            resolved.join(names.lazy(), on="cluster").select(
+                "sig", "entity_id", "match_confidence", "match_grade", "match_rule"
+            ),
+            on="sig",
         )
         .select(rid, "entity_id", "match_confidence", "match_grade", "match_rule")
         .sort(rid)
+        .collect(engine="streaming")
     )
+    del names
     if recorded_columns:
         recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
         links = links.join(recorded, on=rid, how="left", maintain_order="left")
@@ -472,7 +492,7 @@ def _link(
 
     if keep_pairs:
         scored = (
-            pl.concat([scored_shard(path).drop("pattern") for path in shard_paths]).sort("l", "r")
+            pl.concat([pl.read_parquet(path).drop("pattern") for path in shard_paths]).sort("l", "r")
             if shard_paths
             else pl.DataFrame(schema={"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64})
         )
@@ -480,7 +500,7 @@ def _link(
         scored = above_review.drop("pattern").sort("l", "r")
     step("total")
     stats = {
-        "records": per_record.height,
+        "records": links.height,
         "signatures": n,
         "candidate_pairs": candidates,
         "linked_pairs": counts["linked_pairs"],
@@ -491,7 +511,7 @@ def _link(
         "pair_shards": len(shard_paths),
         "partitions": partitions,
         "largest_partition": int(sizes.max()) if partitions else 0,
-        "largest_component": int(np.unique(component, return_counts=True)[1].max()) if n else 0,
+        "largest_component": largest_component,
         "match_rules": dict(links.group_by("match_rule").len().sort("match_rule").iter_rows()),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_mb": peaks,
@@ -505,7 +525,8 @@ def _link(
         for j, c in enumerate(spec.comparisons)
     }
     log.info("linked %s", stats)
-    assignments = per_record.with_columns(pl.Series("node", node[per_record["sig"].to_numpy()]))
+    nodes = pl.DataFrame({"sig": pl.Series(np.arange(n), dtype=pl.UInt32), "node": node})
+    assignments = sig_of.join(nodes.lazy(), on="sig", maintain_order="left")
     return Linkage(
         links=links,
         pairs=scored,
@@ -514,6 +535,54 @@ def _link(
         stats=stats,
         assignments=assignments,
     )
+
+
+def _entity_names(clusters: pl.DataFrame, anchor_ids: dict[int, str]) -> pl.DataFrame:
+    """Per cluster its entity id: its ``cluster_value`` (the USCC), its anchor, else the stable
+    hash of its first record. A hash that another cluster holds as its anchor (an entity split
+    after a merge kept the id minted from this cluster's record) goes back to the cluster it was
+    minted from, and the other takes its own: two entities never share an id."""
+    cluster_type = clusters.schema["cluster"]
+    anchor_ids = dict(anchor_ids)
+    while True:
+        anchored = pl.DataFrame(
+            {"cluster": list(anchor_ids), "anchor": list(anchor_ids.values())},
+            schema={"cluster": cluster_type, "anchor": pl.String},
+        )
+        named = clusters.join(anchored, on="cluster", how="left")
+        unnamed = named.filter(pl.col("cluster_value").is_null() & pl.col("anchor").is_null())
+        hashed = pl.DataFrame(
+            {
+                "cluster": unnamed["cluster"],
+                "hashed": [_stable_id(first) for first in unnamed["cluster_first_record"].to_list()],
+            },
+            schema={"cluster": cluster_type, "hashed": pl.String},
+        )
+        taken = hashed.join(anchored.rename({"cluster": "holder"}), left_on="hashed", right_on="anchor")
+        if taken.height == 0:
+            break
+        for cluster_id, hashed_id, holder in taken.sort("cluster").iter_rows():
+            del anchor_ids[holder]
+            anchor_ids[cluster_id] = hashed_id
+    return named.join(hashed, on="cluster", how="left").select(
+        "cluster", pl.coalesce("cluster_value", "anchor", "hashed").alias("entity_id")
+    )
+
+
+_SCORED_SCHEMA = {"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64}
+
+
+def _by_part(base: Path) -> pl.PartitionBy:
+    """A sink writing one folder of Parquet files per value of ``part`` (``base/part=N/``)."""
+    return pl.PartitionBy(base, key="part", include_key=False)
+
+
+def _read_part(base: Path, number: int, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Partition ``number``'s rows of a ``_by_part`` sink (none when it wrote no folder for it)."""
+    folder = base / f"part={number}"
+    if not folder.exists():
+        return pl.DataFrame(schema=schema)
+    return pl.read_parquet(folder / "*.parquet", hive_partitioning=False)
 
 
 def _review_pairs(review: pl.DataFrame, levels: np.ndarray, sig: pl.DataFrame, spec: Spec) -> pl.DataFrame:

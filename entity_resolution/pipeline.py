@@ -214,7 +214,9 @@ def _engine(
     ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     if representatives is None:
-        result = link(inputs, spec, must, cannot, anchors=registry.anchors() if registry else None)
+        result = link(
+            inputs, spec, must, cannot, anchors=registry.anchors() if registry else None, keep_pairs=False
+        )
         return result.links, {}, result
     changed = pl.col("record_id").is_in(inputs["record_id"].implode())
     reps = representatives.with_columns(
@@ -222,7 +224,16 @@ def _engine(
     )
     anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
     combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
-    result = link(combined, spec, must, cannot, anchors=anchors, fixed_anchors=True, spellings=spellings)
+    result = link(
+        combined,
+        spec,
+        must,
+        cannot,
+        anchors=anchors,
+        fixed_anchors=True,
+        spellings=spellings,
+        keep_pairs=False,
+    )
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))
         .join(result.links.select("record_id", "entity_id"), on="record_id")

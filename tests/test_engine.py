@@ -123,6 +123,60 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
     assert whole.stats["linked_pairs"] == cut.stats["linked_pairs"] > 0
 
 
+def test_no_phase_holds_a_row_per_record_or_signature_only_its_chunk_or_partition(
+    generated: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record -> signature map and the signature table live in the engine's work files
+    between phases: while a chunk is normalised the largest frame alive is the chunk, and while a
+    partition is clustered no frame holds a row per record or per signature (the frames alive are
+    counted, not the memory, which a test cannot pin down)."""
+    import gc
+
+    from entity_resolution.internals import blocking, partition
+
+    scale = Scale(normalise_records=2_000, shard_pairs=2_000, partition_signatures=500)
+    earlier = [o for o in gc.get_objects() if isinstance(o, pl.DataFrame)]  # held: ids stay unique
+    earlier_ids = {id(o) for o in earlier}
+    largest: dict[str, int] = {}
+
+    def count(phase: str, exempt: tuple = ()) -> None:
+        gc.collect()
+        skip = earlier_ids | {id(o) for o in exempt}
+        alive = (o for o in gc.get_objects() if isinstance(o, pl.DataFrame) and id(o) not in skip)
+        largest[phase] = max(largest.get(phase, 0), *(frame.height for frame in alive))
+
+    normalise, resolve = blocking.normalise, partition.resolve_partition
+
+    def normalising(frame: pl.DataFrame, spec, spellings=None):  # noqa: ANN001, ANN202
+        # the whole input's spelling counts (a row per distinct name) are needed by every chunk
+        count("normalise", tuple((spellings or {}).values()))
+        return normalise(frame, spec, spellings)
+
+    def resolving(*frames, **options):  # noqa: ANN002, ANN003, ANN202
+        count("cluster")
+        return resolve(*frames, **options)
+
+    monkeypatch.setattr(blocking, "normalise", normalising)
+    monkeypatch.setattr(partition, "resolve_partition", resolving)
+    work = tmp_path / "work"
+    result = link(
+        pl.scan_parquet(generated["path"]), ENTERPRISE, scale=scale, work_dir=work, keep_pairs=False
+    )
+    records_linked, signatures = result.stats["records"], result.stats["signatures"]
+    assert records_linked == generated["records"].height > 5 * scale.normalise_records
+    assert result.stats["partitions"] > 5
+    assert largest["normalise"] == scale.normalise_records  # the chunk being normalised, nothing larger
+    assert largest["cluster"] < signatures < records_linked, (largest, signatures)
+    # what is not in memory is in the work files, and the assignments are read from there
+    assert pl.scan_parquet(work / "records.parquet").select(pl.len()).collect().item() == records_linked
+    assert pl.scan_parquet(work / "signatures.parquet").select(pl.len()).collect().item() == signatures
+    assert str(work / "records.parquet") in result.assignments.explain()
+    assert result.assignments.select(pl.len()).collect().item() == records_linked
+    parts = sorted((work / "partitions").glob("part-*/signatures.parquet"))
+    assert len(parts) == result.stats["partitions"]
+    assert max(pl.read_parquet(p).height for p in parts) == result.stats["largest_partition"] < signatures
+
+
 def records(rows: list[dict]) -> pl.DataFrame:
     columns = ["record_id", "name", "uscc", "org_code", "reg_no", "address", "legal_rep", "phone"]
     return pl.DataFrame(
@@ -413,7 +467,7 @@ def test_term_frequency_a_common_name_counts_for_less() -> None:
         {"record_id": "rare-2", "given_name": "john", "surname": "zyglowski"},
     ]
     result = link(febrl_people(crowd + pairs), FEBRL)
-    ids = result.assignments.select("record_id", "sig")
+    ids = result.assignments.select("record_id", "sig").collect()
     sig = dict(ids.iter_rows())
     scored = {frozenset((a, b)): p for a, b, p in result.pairs.select("l", "r", "probability").iter_rows()}
     common = scored[frozenset((sig["common-1"], sig["common-2"]))]
@@ -646,7 +700,7 @@ def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
     assert frame["name_tokens"][5].to_list() == frame["name_tokens"][0].to_list()
 
 
-def test_one_off_spellings_are_counted_over_the_whole_input() -> None:
+def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> None:
     """A part of the input (an incremental night, a chunk) judges a spelling by the whole input's
     counts: the same records are corrected alike however the input is cut."""
     from entity_resolution.internals.blocking import signatures, spellings_of
@@ -664,6 +718,7 @@ def test_one_off_spellings_are_counted_over_the_whole_input() -> None:
     twice = pl.DataFrame({"value": ["华兴电器科技", "华兴电子科技"], "len": [2, 4]})
     assert normalise(night, ENTERPRISE, {"name": twice})["name_core"][0] == "华兴电器科技"
     # normalised a record at a time, the records still count among all of them
-    one_by_one, per_record = signatures(records.lazy(), ENTERPRISE, 1)
+    one_by_one, _, record_file = signatures(records.lazy(), ENTERPRISE, 1, tmp_path)
+    per_record = pl.read_parquet(record_file)
     cores = per_record.join(one_by_one, on="sig").sort("record_id")["name_core"].to_list()
     assert cores == ["华兴电子科技"] * 5

@@ -9,7 +9,9 @@ holds all the pairs of a city.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -60,38 +62,73 @@ def spellings_of(records: pl.LazyFrame, spec: Spec) -> dict[str, pl.DataFrame]:
 
 
 def signatures(
-    records: pl.LazyFrame, spec: Spec, chunk_records: int, spellings: dict[str, pl.DataFrame] | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(signatures with a ``sig`` number and ``first_record``, the smallest record id holding it;
-    record id -> ``sig``). Records are normalised ``chunk_records`` at a time and only the
-    signature fields are kept, so the full-width normalised frame never exists for the whole input.
+    records: pl.LazyFrame,
+    spec: Spec,
+    chunk_records: int,
+    work: Path,
+    spellings: dict[str, pl.DataFrame] | None = None,
+) -> tuple[pl.DataFrame, Path, Path]:
+    """(the signatures, a row per ``sig`` number in order, without their first record ids; the
+    Parquet file of the same with ``first_record``, the smallest record id holding each; the
+    Parquet file of the record id -> ``sig`` map), the files under ``work``.
+
+    Records are normalised ``chunk_records`` at a time and only the signature fields are kept; each
+    chunk's record -> hash map and its signatures not seen in an earlier chunk go to disk, so the
+    full-width normalised frame never exists for the whole input, and the per-record map (which
+    grows with the input, not with the signatures) is built and kept on disk by streaming queries.
     ``spellings``: the whole input's spelling counts (``spellings_of``) when ``records`` is a part of it."""
     rid = spec.id_column
-    per_record_parts, unique_parts = [], []
+    parts = work / "signatures"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
     height = records.select(pl.len()).collect().item()
     if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
         spellings = spellings_of(records, spec)
-    for offset in range(0, max(height, 1), chunk_records):
+    seen = pl.Series("_h", [], dtype=pl.UInt64)
+    for number, offset in enumerate(range(0, max(height, 1), chunk_records)):
         frame = normalise(records.slice(offset, chunk_records).collect(), spec, spellings)
         fields = signature_fields(spec, frame.columns)
         part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
         del frame
-        per_record_parts.append(part.select(rid, "_h"))
-        unique_parts.append(part.unique("_h", keep="first", maintain_order=True).drop(rid))
-    per_record = pl.concat(per_record_parts)
+        part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
+        new = part.drop(rid).unique("_h", keep="first", maintain_order=True).filter(~pl.col("_h").is_in(seen))
+        del part
+        new.write_parquet(parts / f"unique-{number:05d}.parquet")
+        seen = pl.concat([seen, new["_h"]])
+        del new
+    del seen
     # each signature is numbered by its smallest record id, whatever the input order or chunking
-    # (the u sample draws signature numbers)
-    first = per_record.group_by("_h").agg(pl.col(rid).min().alias("first_record"))
-    sig = (
-        pl.concat(unique_parts)
-        .unique("_h", keep="first", maintain_order=True)
-        .join(first, on="_h")
+    # (the u sample draws signature numbers); a hash stands for its fields' values
+    numbered = (
+        pl.scan_parquet(parts / "records-*.parquet")
+        .group_by("_h")
+        .agg(pl.col(rid).min().alias("first_record"))
         .sort("first_record")
         .with_row_index("sig")
+        .collect(engine="streaming")
     )
-    per_record = per_record.join(sig.select("_h", "sig"), on="_h").drop("_h")
-    sig = sig.drop("_h")
-    return sig, per_record
+    record_file = work / "records.parquet"
+    (
+        pl.scan_parquet(parts / "records-*.parquet")
+        .join(numbered.lazy().select("_h", "sig"), on="_h")
+        .select(rid, "sig")
+        .sink_parquet(record_file)
+    )
+    found = pl.read_parquet(parts / "unique-*.parquet")  # one row per signature, in no set order
+    order = (
+        found.select("_h")
+        .with_row_index("row")
+        .join(numbered.select("_h", "sig"), on="_h")
+        .sort("sig")["row"]
+    )
+    sig = found.drop("_h")[order]
+    del found, order
+    sig.insert_column(0, numbered["sig"])
+    signature_file = work / "signatures.parquet"
+    sig.with_columns(numbered["first_record"]).write_parquet(signature_file)
+    del numbered
+    shutil.rmtree(parts, ignore_errors=True)
+    return sig, signature_file, record_file
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
