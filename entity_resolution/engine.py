@@ -397,7 +397,7 @@ def _link(
     largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
     del part_of, component, partition
     counts = {"linked_pairs": 0, "refused_by_constraints": 0}
-    results: list[Path] = []
+    directories: list[Path] = []
     empty_decisions = decisions.clear()
     for number in range(partitions):
         directory = work / "partitions" / f"part-{number:05d}"
@@ -409,9 +409,11 @@ def _link(
             directory / "scored.parquet"
         )
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
-        for key, value in resolve_partition_files(directory, spec).items():
+        directories.append(directory)
+    for partition_counts in _resolve_partitions(directories, spec, scale.partition_workers):
+        for key, value in partition_counts.items():
             counts[key] += value
-        results.append(directory / "links.parquet")
+    results = [directory / "links.parquet" for directory in directories]
     # each partition's result stays in its links.parquet: the entities are named from the files
     resolved = (
         pl.scan_parquet(results)
@@ -535,6 +537,21 @@ def _link(
         stats=stats,
         assignments=assignments,
     )
+
+
+def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> list[dict[str, int]]:
+    """Each partition directory resolved by the plain function a worker runs; with ``workers`` > 1
+    several at once, each in a fresh process (spawned: forking a process that holds Polars' thread
+    pool is unsafe). Partitions are independent and each writes its own file, so the result is the
+    same however many run at once."""
+    if workers <= 1 or len(directories) <= 1:
+        return [resolve_partition_files(directory, spec) for directory in directories]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(directories)), mp_context=context) as pool:
+        return list(pool.map(resolve_partition_files, directories, [spec] * len(directories)))
 
 
 def _entity_names(clusters: pl.DataFrame, anchor_ids: dict[int, str]) -> pl.DataFrame:

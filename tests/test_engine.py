@@ -110,7 +110,7 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
         data,
         ENTERPRISE,
         **decisions,
-        scale=Scale(normalise_records=4_999, shard_pairs=2_000, partition_signatures=40),
+        scale=Scale(normalise_records=4_999, shard_pairs=2_000, partition_signatures=40, partition_workers=2),
     )
     # whole: one partition, one shard per blocking rule at most
     assert whole.stats["partitions"] == 1 and whole.stats["pair_shards"] <= len(ENTERPRISE.blocking)
