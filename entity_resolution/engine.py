@@ -102,7 +102,18 @@ def _stable_id(first_record: str) -> str:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The largest resident set of this process or of a partition worker it ran (``ru_maxrss`` of
+    the children is the largest child's, not their sum)."""
+    own, children = (
+        resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return max(own, children) / 1024
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process's threads and of the partition workers it ran and waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _pattern_radix(spec: Spec) -> np.ndarray:
@@ -157,14 +168,14 @@ def link(
     spelling (``internals.normalise.spelling_counts``), by which ``correct_one_offs`` tells a
     one-off spelling; by default counted over ``records``.
     """
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
     cpu: dict[str, float] = {}  # CPU seconds of all threads: on a loaded machine, wall time says little
 
     def step(name: str) -> None:
         timings[name] = time.perf_counter() - started
-        cpu[name] = round(time.process_time() - cpu_started, 2)
+        cpu[name] = round(_cpu_seconds() - cpu_started, 2)
         peaks[name] = round(_peak_mb())
 
     rid = spec.id_column
