@@ -33,16 +33,19 @@ run: venv
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
+# lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]: the layers).
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(PYTEST)
 
 test-quick: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(PYTEST) -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 # standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
 # The DAG starts paused (airflow.cfg); UNPAUSED=1 creates it unpaused, so the scheduler starts the
