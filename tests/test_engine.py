@@ -734,4 +734,5 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
         pl.scan_parquet(tmp_path / "input.parquet"), ENTERPRISE, 1, tmp_path / "workers", workers=2
     )
     assert in_workers.equals(one_by_one)
-    assert pl.read_parquet(worker_file).equals(per_record)
+    # (the record map's row order is not set: a streaming join writes it)
+    assert pl.read_parquet(worker_file).sort("record_id").equals(per_record.sort("record_id"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,30 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def spellings_of(records: pl.LazyFrame, spec: Spec) -> dict[str, pl.DataFrame]:
+def spellings_of(
+    records: pl.LazyFrame, spec: Spec, pool: Executor | None = None, pieces: int = 1
+) -> dict[str, pl.DataFrame]:
     """Per company-name column whose normaliser corrects one-off spellings, how many records carry
-    each spelling (``spelling_counts``): a spelling is one-off only among all the records."""
+    each spelling (``spelling_counts``): a spelling is one-off only among all the records. With a
+    ``pool``, the distinct names are cut in ``pieces`` counted at once (counts of a core add up)."""
     columns = records.collect_schema().names()
-    return {
-        step["column"]: spelling_counts(
-            records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
+    counts = {}
+    for step in spec.normalise:
+        if not (
+            step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
+        ):
+            continue
+        names = records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
+        if pool is None or pieces <= 1 or names.height < pieces:
+            counts[step["column"]] = spelling_counts(names)
+            continue
+        size = -(-names.height // pieces)
+        slices = [names.slice(start, size) for start in range(0, names.height, size)]
+        del names
+        counts[step["column"]] = (
+            pl.concat(list(pool.map(spelling_counts, slices))).group_by("value").agg(pl.col("len").sum())
         )
-        for step in spec.normalise
-        if step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
-    }
+    return counts
 
 
 # a lazy input whose plan serialises smaller than this (a file scan) goes to a normalising worker
@@ -99,14 +113,11 @@ def _normalise_in_workers(
     chunk_records: int,
     parts: Path,
     spellings: dict[str, pl.DataFrame] | None,
-    workers: int,
+    pool: Executor,
 ) -> None:
-    """``_normalise_chunk`` over the chunks, ``workers`` at once, each in a fresh process (spawned:
-    forking a process that holds Polars' thread pool is unsafe). A file scan's chunks go as sliced
-    plans; any other input is written aside a chunk at a time; the spelling counts once, as files."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    """``_normalise_chunk`` over the chunks, run by the ``pool``'s workers. A file scan's chunks go
+    as sliced plans; any other input is written aside a chunk at a time; the spelling counts once,
+    as files."""
     try:
         plan_bytes = len(records.serialize())
     except Exception:  # noqa: BLE001 (a plan that cannot be serialised, e.g. a Python function in it)
@@ -115,18 +126,16 @@ def _normalise_in_workers(
     for number, (column, counts) in enumerate((spellings or {}).items()):
         spelling_files[column] = parts / f"spellings-{number}.parquet"
         counts.write_parquet(spelling_files[column])
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=context) as pool:
-        futures = []
-        for number, offset in enumerate(offsets):
-            chunk: pl.LazyFrame | Path = records.slice(offset, chunk_records)
-            if plan_bytes >= _PLAN_BYTES:
-                path = parts / f"input-{number:05d}.parquet"
-                chunk.sink_parquet(path)
-                chunk = path
-            futures.append(pool.submit(_normalise_chunk, chunk, spec, spelling_files, parts, number))
-        for future in futures:
-            future.result()  # a worker's error surfaces here
+    futures = []
+    for number, offset in enumerate(offsets):
+        chunk: pl.LazyFrame | Path = records.slice(offset, chunk_records)
+        if plan_bytes >= _PLAN_BYTES:
+            path = parts / f"input-{number:05d}.parquet"
+            chunk.sink_parquet(path)
+            chunk = path
+        futures.append(pool.submit(_normalise_chunk, chunk, spec, spelling_files, parts, number))
+    for future in futures:
+        future.result()  # a worker's error surfaces here
 
 
 def signatures(
@@ -154,12 +163,20 @@ def signatures(
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     height = records.select(pl.len()).collect().item()
-    if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
-        spellings = spellings_of(records, spec)
     offsets = list(range(0, max(height, 1), chunk_records))
     if workers > 1 and len(offsets) > 1:
-        _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, workers)
+        # spawned: forking a process that holds Polars' thread pool is unsafe
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=context) as pool:
+            if spellings is None:
+                spellings = spellings_of(records, spec, pool, min(workers, len(offsets)))
+            _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool)
     else:
+        if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
+            spellings = spellings_of(records, spec)
         for number, offset in enumerate(offsets):
             _normalise_chunk(records.slice(offset, chunk_records), spec, spellings, parts, number)
     # per chunk, which of its signatures no earlier chunk holds (a hash stands for its fields)
