@@ -144,10 +144,11 @@ def test_wheel_metadata_has_licence_readme_classifiers_and_version(wheel: Path) 
     assert declared == {requirement_name(r) for r in project["dependencies"]}
 
 
-def imported_packages(folder: Path) -> dict[str, set[str]]:
-    """Top-level third-party modules imported anywhere under ``folder`` (inside functions too) -> files."""
+def imported_packages(folder: Path, first_party: frozenset[str] | None = None) -> dict[str, set[str]]:
+    """Top-level modules imported anywhere under ``folder`` (inside functions too) -> files, other
+    than the standard library and ``first_party`` (by default the project's own packages)."""
     found: dict[str, set[str]] = {}
-    first_party = {*TOP_LEVEL, *DEPLOYED_BESIDE}
+    first_party = first_party if first_party is not None else frozenset({*TOP_LEVEL, *DEPLOYED_BESIDE})
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text("utf-8"), str(path))):
             if isinstance(node, ast.Import):
@@ -186,19 +187,7 @@ def test_every_imported_package_is_declared() -> None:
 def test_the_synthetic_distribution_declares_what_it_imports() -> None:
     providers = metadata.packages_distributions()
     declared = {requirement_name(r) for r in SYNTHETIC_PYPROJECT["project"]["dependencies"]}
-    found: dict[str, set[str]] = {}
-    for path in sorted((SYNTHETIC / "credit_synthetic").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text("utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-            else:
-                continue
-            for module in modules:
-                top = module.partition(".")[0]
-                if top not in sys.stdlib_module_names and top != "credit_synthetic":
-                    found.setdefault(top, set()).add(path.name)
+    found = imported_packages(SYNTHETIC / "credit_synthetic", first_party=frozenset({"credit_synthetic"}))
     assert "pipelines" in found and "numpy" in found  # the scan sees what it must
     undeclared = {
         module: sorted(files)
