@@ -23,8 +23,9 @@ numpy for the model, scipy for connected components):
 9. pairs between the review and link thresholds, and the linked pairs of undecided records, are
    returned for the review queue.
 
-Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``) sets how the
-work is cut, which bounds memory and never changes the result. What grows with the input stays in
+Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``, and how many
+normalising chunks and partitions run at once, ``normalise_workers`` and ``partition_workers``,
+each in a process of its own) sets how the work is cut, which bounds memory and never changes the result. What grows with the input stays in
 the work directory between phases (Parquet, read by streaming queries): the record -> signature
 map (``records.parquet``), the signature table with its first record ids (``signatures.parquet``;
 blocking, comparisons and the model hold it in memory without those ids), the pair shards, and per
@@ -231,7 +232,9 @@ def _link(
     # 1. signatures: identical values on everything that matters are compared once
     # each phase reads the columns it needs from the work files: the record -> signature map (which
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
-    sig, signature_file, record_file = signatures(records, spec, scale.normalise_records, work, spellings)
+    sig, signature_file, record_file = signatures(
+        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers
+    )
     n = sig.height
     step("signatures")
 

@@ -78,8 +78,8 @@ class Spec:
     link_type: str = "dedupe"
     source_column: str = "source_dataset"
     source: Path = field(default=Path("."))
-    # how the work is cut ([scale]: normalise_records, shard_pairs, partition_signatures,
-    # partition_workers); never changes the result, see entity_resolution/internals/partition.py
+    # how the work is cut ([scale]: the settings of Scale in entity_resolution/internals/partition.py);
+    # never changes the result
     scale: dict[str, int] = field(default_factory=dict)
 
     @property

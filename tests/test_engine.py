@@ -110,7 +110,13 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
         data,
         ENTERPRISE,
         **decisions,
-        scale=Scale(normalise_records=4_999, shard_pairs=2_000, partition_signatures=40, partition_workers=2),
+        scale=Scale(
+            normalise_records=4_999,
+            shard_pairs=2_000,
+            partition_signatures=40,
+            partition_workers=2,
+            normalise_workers=2,
+        ),
     )
     # whole: one partition, one shard per blocking rule at most
     assert whole.stats["partitions"] == 1 and whole.stats["pair_shards"] <= len(ENTERPRISE.blocking)
@@ -722,3 +728,11 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     per_record = pl.read_parquet(record_file)
     cores = per_record.join(one_by_one, on="sig").sort("record_id")["name_core"].to_list()
     assert cores == ["华兴电子科技"] * 5
+    # and in two worker processes, from a file scan (a chunk goes as its sliced plan): the same
+    records.write_parquet(tmp_path / "input.parquet")
+    in_workers, _, worker_file = signatures(
+        pl.scan_parquet(tmp_path / "input.parquet"), ENTERPRISE, 1, tmp_path / "workers", workers=2
+    )
+    assert in_workers.equals(one_by_one)
+    # (the record map's row order is not set: a streaming join writes it)
+    assert pl.read_parquet(worker_file).sort("record_id").equals(per_record.sort("record_id"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,93 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def spellings_of(records: pl.LazyFrame, spec: Spec) -> dict[str, pl.DataFrame]:
+def spellings_of(
+    records: pl.LazyFrame, spec: Spec, pool: Executor | None = None, pieces: int = 1
+) -> dict[str, pl.DataFrame]:
     """Per company-name column whose normaliser corrects one-off spellings, how many records carry
-    each spelling (``spelling_counts``): a spelling is one-off only among all the records."""
+    each spelling (``spelling_counts``): a spelling is one-off only among all the records. With a
+    ``pool``, the distinct names are cut in ``pieces`` counted at once (counts of a core add up)."""
     columns = records.collect_schema().names()
-    return {
-        step["column"]: spelling_counts(
-            records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
+    counts = {}
+    for step in spec.normalise:
+        if not (
+            step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
+        ):
+            continue
+        names = records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
+        if pool is None or pieces <= 1 or names.height < pieces:
+            counts[step["column"]] = spelling_counts(names)
+            continue
+        size = -(-names.height // pieces)
+        slices = [names.slice(start, size) for start in range(0, names.height, size)]
+        del names
+        counts[step["column"]] = (
+            pl.concat(list(pool.map(spelling_counts, slices))).group_by("value").agg(pl.col("len").sum())
         )
-        for step in spec.normalise
-        if step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
-    }
+    return counts
+
+
+# a lazy input whose plan serialises smaller than this (a file scan) goes to a normalising worker
+# as its sliced plan; a larger one (it holds its data) as a Parquet file of its chunk
+_PLAN_BYTES = 1 << 20
+
+
+def _normalise_chunk(
+    chunk: pl.LazyFrame | Path,
+    spec: Spec,
+    spellings: dict[str, pl.DataFrame] | dict[str, Path] | None,
+    parts: Path,
+    number: int,
+) -> None:
+    """Normalise one chunk of records (a lazy slice, or a Parquet file of it) and write its
+    record -> hash map (``records-N``) and its signatures, each once (``unique-N``), under
+    ``parts``: the plain function a normalising worker runs (spellings may be Parquet files)."""
+    rid = spec.id_column
+    frame = chunk.collect() if isinstance(chunk, pl.LazyFrame) else pl.read_parquet(chunk)
+    if spellings:
+        spellings = {
+            c: s if isinstance(s, pl.DataFrame) else pl.read_parquet(s) for c, s in spellings.items()
+        }
+    frame = normalise(frame, spec, spellings)
+    fields = signature_fields(spec, frame.columns)
+    part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
+    del frame
+    part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
+    part.drop(rid).unique("_h", keep="first", maintain_order=True).write_parquet(
+        parts / f"unique-{number:05d}.parquet"
+    )
+
+
+def _normalise_in_workers(
+    records: pl.LazyFrame,
+    spec: Spec,
+    offsets: list[int],
+    chunk_records: int,
+    parts: Path,
+    spellings: dict[str, pl.DataFrame] | None,
+    pool: Executor,
+) -> None:
+    """``_normalise_chunk`` over the chunks, run by the ``pool``'s workers. A file scan's chunks go
+    as sliced plans; any other input is written aside a chunk at a time; the spelling counts once,
+    as files."""
+    try:
+        plan_bytes = len(records.serialize())
+    except Exception:  # noqa: BLE001 (a plan that cannot be serialised, e.g. a Python function in it)
+        plan_bytes = _PLAN_BYTES
+    spelling_files: dict[str, Path] = {}
+    for number, (column, counts) in enumerate((spellings or {}).items()):
+        spelling_files[column] = parts / f"spellings-{number}.parquet"
+        counts.write_parquet(spelling_files[column])
+    futures = []
+    for number, offset in enumerate(offsets):
+        chunk: pl.LazyFrame | Path = records.slice(offset, chunk_records)
+        if plan_bytes >= _PLAN_BYTES:
+            path = parts / f"input-{number:05d}.parquet"
+            chunk.sink_parquet(path)
+            chunk = path
+        futures.append(pool.submit(_normalise_chunk, chunk, spec, spelling_files, parts, number))
+    for future in futures:
+        future.result()  # a worker's error surfaces here
 
 
 def signatures(
@@ -67,35 +144,49 @@ def signatures(
     chunk_records: int,
     work: Path,
     spellings: dict[str, pl.DataFrame] | None = None,
+    workers: int = 1,
 ) -> tuple[pl.DataFrame, Path, Path]:
     """(the signatures, a row per ``sig`` number in order, without their first record ids; the
     Parquet file of the same with ``first_record``, the smallest record id holding each; the
     Parquet file of the record id -> ``sig`` map), the files under ``work``.
 
-    Records are normalised ``chunk_records`` at a time and only the signature fields are kept; each
-    chunk's record -> hash map and its signatures not seen in an earlier chunk go to disk, so the
-    full-width normalised frame never exists for the whole input, and the per-record map (which
-    grows with the input, not with the signatures) is built and kept on disk by streaming queries.
-    ``spellings``: the whole input's spelling counts (``spellings_of``) when ``records`` is a part of it."""
+    Records are normalised ``chunk_records`` at a time, ``workers`` chunks at once (each in a
+    process of its own), and only the signature fields are kept; each chunk's record -> hash map
+    and its signatures go to disk, so the full-width normalised frame never exists for the whole
+    input, and the per-record map (which grows with the input, not with the signatures) is built
+    and kept on disk by streaming queries. A signature is kept from the first chunk holding it (its
+    fields are equal in every chunk), so the result never depends on ``chunk_records`` or
+    ``workers``. ``spellings``: the whole input's spelling counts (``spellings_of``) when
+    ``records`` is a part of it."""
     rid = spec.id_column
     parts = work / "signatures"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     height = records.select(pl.len()).collect().item()
-    if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
-        spellings = spellings_of(records, spec)
+    offsets = list(range(0, max(height, 1), chunk_records))
+    if workers > 1 and len(offsets) > 1:
+        # spawned: forking a process that holds Polars' thread pool is unsafe
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=context) as pool:
+            if spellings is None:
+                spellings = spellings_of(records, spec, pool, min(workers, len(offsets)))
+            _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool)
+    else:
+        if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
+            spellings = spellings_of(records, spec)
+        for number, offset in enumerate(offsets):
+            _normalise_chunk(records.slice(offset, chunk_records), spec, spellings, parts, number)
+    # per chunk, which of its signatures no earlier chunk holds (a hash stands for its fields)
     seen = pl.Series("_h", [], dtype=pl.UInt64)
-    for number, offset in enumerate(range(0, max(height, 1), chunk_records)):
-        frame = normalise(records.slice(offset, chunk_records).collect(), spec, spellings)
-        fields = signature_fields(spec, frame.columns)
-        part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
-        del frame
-        part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
-        new = part.drop(rid).unique("_h", keep="first", maintain_order=True).filter(~pl.col("_h").is_in(seen))
-        del part
-        new.write_parquet(parts / f"unique-{number:05d}.parquet")
-        seen = pl.concat([seen, new["_h"]])
-        del new
+    first_seen: list[pl.Series] = []
+    for number in range(len(offsets)):
+        hashes = pl.read_parquet(parts / f"unique-{number:05d}.parquet", columns=["_h"])["_h"]
+        new = ~hashes.is_in(seen)
+        first_seen.append(new)
+        seen = pl.concat([seen, hashes.filter(new)])
     del seen
     # each signature is numbered by its smallest record id, whatever the input order or chunking
     # (the u sample draws signature numbers); a hash stands for its fields' values
@@ -114,7 +205,13 @@ def signatures(
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
-    found = pl.read_parquet(parts / "unique-*.parquet")  # one row per signature, in no set order
+    found = pl.concat(  # one row per signature, in no set order
+        [
+            pl.read_parquet(parts / f"unique-{number:05d}.parquet").filter(new)
+            for number, new in enumerate(first_seen)
+        ]
+    )
+    del first_seen
     order = (
         found.select("_h")
         .with_row_index("row")
