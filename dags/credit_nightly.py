@@ -19,6 +19,7 @@ and how often a retryable stage retries come from config/nightly.toml.
 from __future__ import annotations
 
 import logging
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,21 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
-from pipelines.settings import airflow_lake, airflow_sources
-from pipelines.sources import load_sources
+from pipelines.settings import airflow_lake, airflow_sources, config_path
 
 TIMEZONE = "Asia/Shanghai"
 # Airflow builds the DAG by running this file, so what is read here (through pipelines.settings) is
 # read each time the file is parsed; a changed setting shows at the next parse.
 NIGHTLY = nightly_settings()
 log = logging.getLogger(__name__)
+
+
+def registry_sources() -> tuple[str, ...]:
+    """The sources of the declarative registry (config/sources.toml or CREDIT_SOURCES_CONFIG's): a
+    small TOML read, no database access and no import of pipelines.sources while Airflow parses."""
+    return tuple(tomllib.loads(config_path("sources.toml").read_text("utf-8"))["sources"])
+
+
 #: why Airflow failed a run (the `reason` of the DAG failure callback), as the run report says it
 RUN_FAILURE_REASONS = {
     "timed_out": f"timed out: still running after its dagrun_timeout of {NIGHTLY.run_timeout}",
@@ -285,8 +293,7 @@ def credit_nightly() -> None:
 
     run = plan()
     last_per_source = []
-    # the source list comes from the declarative registry (a small TOML read, no database access)
-    for source in load_sources():
+    for source in registry_sources():
         stages = ", ".join(stage.name for stage in PER_SOURCE)
         with TaskGroup(group_id=source, tooltip=f"{stages} {source}"):
             tasks = [stage_task(stage)(run, source) for stage in PER_SOURCE]
