@@ -19,7 +19,6 @@ and how often a retryable stage retries come from config/nightly.toml.
 from __future__ import annotations
 
 import logging
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,21 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
-from pipelines.settings import airflow_lake, config_path
+from pipelines.settings import airflow_lake, airflow_sources, config_path
 
-REPO = Path(__file__).resolve().parent.parent
 TIMEZONE = "Asia/Shanghai"
-# The source list comes from the declarative registry (a small TOML read, no database access).
-SOURCES_CONFIG = config_path("sources.toml")
-SOURCES = tuple(tomllib.loads(SOURCES_CONFIG.read_text("utf-8"))["sources"])
+# Airflow builds the DAG by running this file, so what is read here (through pipelines.settings) is
+# read each time the file is parsed; a changed setting shows at the next parse.
 NIGHTLY = nightly_settings()
 log = logging.getLogger(__name__)
+
+
+def registry_sources() -> tuple[str, ...]:
+    """The sources of the declarative registry (config/sources.toml or CREDIT_SOURCES_CONFIG's): a
+    small TOML read, no database access and no import of pipelines.sources while Airflow parses."""
+    return tuple(tomllib.loads(config_path("sources.toml").read_text("utf-8"))["sources"])
+
+
 #: why Airflow failed a run (the `reason` of the DAG failure callback), as the run report says it
 RUN_FAILURE_REASONS = {
     "timed_out": f"timed out: still running after its dagrun_timeout of {NIGHTLY.run_timeout}",
@@ -239,7 +244,7 @@ def stage_task(stage: Stage) -> Any:
     },
     params={
         "sources_dir": Param(
-            os.environ.get("CREDIT_SOURCES") or str(REPO / "data" / "sources"),
+            str(airflow_sources()),
             type="string",
             description="folder of the file-drop sources and default SQLite databases",
         ),
@@ -288,7 +293,7 @@ def credit_nightly() -> None:
 
     run = plan()
     last_per_source = []
-    for source in SOURCES:
+    for source in registry_sources():
         stages = ", ".join(stage.name for stage in PER_SOURCE)
         with TaskGroup(group_id=source, tooltip=f"{stages} {source}"):
             tasks = [stage_task(stage)(run, source) for stage in PER_SOURCE]

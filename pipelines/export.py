@@ -19,8 +19,6 @@ from pipelines.dictionary import Column, load_columns
 from pipelines.lake import atomic_path
 from pipelines.profiles import list_labels
 
-#: the lists a profile can be on, as config/grading.toml defines them
-LIST_NAMES = tuple(list_labels())
 #: --header: the data dictionary's labels and units (for people), or the column names (for scripts)
 HEADERS = ("labels", "names")
 
@@ -36,9 +34,10 @@ def select_profiles(
     if grades:
         frame = frame.filter(pl.col("grade").is_in(grades))
     if lists:
-        unknown = sorted(set(lists) - set(LIST_NAMES))
+        known = tuple(list_labels())  # the lists the grading the settings name defines
+        unknown = sorted(set(lists) - set(known))
         if unknown:
-            raise ValueError(f"unknown list(s) {unknown}; known: {', '.join(LIST_NAMES)}")
+            raise ValueError(f"unknown list(s) {unknown}; known: {', '.join(known)}")
         frame = frame.filter(pl.col("lists").list.eval(pl.element().is_in(lists)).list.any())
     if divisions:
         frame = frame.filter(pl.any_horizontal([pl.col("division").str.starts_with(d) for d in divisions]))

@@ -19,8 +19,8 @@ from pipelines.divisions import divisions
 from pipelines.schema import CANONICAL_SCHEMA
 from pipelines.settings import config_path
 
-DEFAULT_GRADING = config_path("grading.toml")
-DEFAULT_INDUSTRIES = config_path("industries.toml")
+GRADING_FILE = "grading.toml"
+INDUSTRIES_FILE = "industries.toml"
 FIVE_CLASS = ("正常", "关注", "次级", "可疑", "损失")
 CONTENT_KEY = ("source", "record_type", "event_date", "period", "status", "category", "amount", "balance")
 ENTITY_TYPES = {
@@ -119,9 +119,25 @@ def check_grading(grading: dict[str, Any], origin: str = "grading") -> dict[str,
     return grading
 
 
+def grading_path() -> Path:
+    """config/grading.toml, or CREDIT_GRADING_CONFIG's file (resolved at call time)."""
+    return config_path(GRADING_FILE)
+
+
+def industries_path() -> Path:
+    """config/industries.toml, or CREDIT_INDUSTRIES_CONFIG's file (resolved at call time)."""
+    return config_path(INDUSTRIES_FILE)
+
+
+def load_grading(path: Path | None = None) -> dict[str, Any]:
+    """The grading definition at ``path``, else the one the settings name now; every consumer derives
+    from this one file."""
+    return _load_grading(Path(path) if path else grading_path())
+
+
 @cache
-def load_grading(path: Path = DEFAULT_GRADING) -> dict[str, Any]:
-    """The grading definition, checked once (every consumer derives from this one file)."""
+def _load_grading(path: Path) -> dict[str, Any]:
+    """Read and check one grading file, once per path."""
     try:
         grading = tomllib.loads(Path(path).read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -135,9 +151,13 @@ def list_labels(grading: dict[str, Any] | None = None) -> dict[str, tuple[str, s
     return {entry["id"]: (entry["label"], entry["label_en"]) for entry in grading.get("lists", [])}
 
 
+def load_industries(path: Path | None = None) -> dict[str, str]:
+    """keyword -> GB/T 4754 section, from ``path``, else the industries file the settings name now."""
+    return _load_industries(Path(path) if path else industries_path())
+
+
 @cache
-def load_industries(path: Path = DEFAULT_INDUSTRIES) -> dict[str, str]:
-    """keyword -> GB/T 4754 section, from config/industries.toml."""
+def _load_industries(path: Path) -> dict[str, str]:
     sections = tomllib.loads(Path(path).read_text("utf-8")).get("sections", {})
     return {word: section for section, words in sections.items() for word in words}
 
@@ -687,12 +707,11 @@ BASE_COLUMNS = (
 )
 
 
-def profile_columns(grading: dict[str, Any]) -> tuple[str, ...]:
-    """The profile's columns: the list flags and rule counts the grading names go before ``lists``."""
+def profile_columns(grading: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The profile's columns: the list flags and rule counts the grading (by default the one the
+    settings name now) names go before ``lists``."""
+    grading = grading if grading is not None else load_grading()
     derived = [e["flag"] for e in grading.get("lists", []) if "flag" in e]
     derived += [e["count"] for e in grading.get("rules", []) if "count" in e]
     at = BASE_COLUMNS.index("lists")
     return (*BASE_COLUMNS[:at], *derived, *BASE_COLUMNS[at:])
-
-
-PROFILE_COLUMNS = profile_columns(load_grading())

@@ -25,7 +25,7 @@ from pipelines.settings import config_path
 
 log = logging.getLogger(__name__)
 DATASETS = ("profiles", "links", "entities")
-PUBLISHING_CONFIG = config_path("publishing.toml")
+PUBLISHING_FILE = "publishing.toml"
 CHANGES_SCHEMA = {
     "entity_id": pl.String,
     "change": pl.String,
@@ -267,12 +267,15 @@ def _reason_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def retention_days(config: Path = PUBLISHING_CONFIG) -> int:
+def retention_days(config: Path | None = None) -> int:
+    """Days a version is kept (config/publishing.toml, or CREDIT_PUBLISHING_CONFIG's, resolved now)."""
+    config = config or config_path(PUBLISHING_FILE)
     return int(tomllib.loads(config.read_text("utf-8")).get("retention_days", 30))
 
 
-def row_group_rows(config: Path = PUBLISHING_CONFIG) -> int:
-    """Rows per row group of the published Parquet files (config/publishing.toml)."""
+def row_group_rows(config: Path | None = None) -> int:
+    """Rows per row group of the published Parquet files (config/publishing.toml, resolved now)."""
+    config = config or config_path(PUBLISHING_FILE)
     rows = tomllib.loads(config.read_text("utf-8")).get("row_group_rows", 100_000)
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
         raise PublishError(f"{config}: row_group_rows must be a whole number of rows >= 1, not {rows!r}")

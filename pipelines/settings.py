@@ -7,7 +7,8 @@ copy wins when it exists, so the code works the same from a checkout and from an
 A deployment points any one file elsewhere with an environment variable (read at call time):
 ``CREDIT_<NAME>_CONFIG`` for ``config/<name>.toml`` (``CREDIT_SOURCES_CONFIG``,
 ``CREDIT_DISCLOSURE_CONFIG``, ...) and ``CREDIT_EXPECTATIONS_DIR`` for suites of its own, looked
-up before the bundled ones.
+up before the bundled ones. Every module asks these functions when it needs a setting, never when it
+is imported (tests/test_settings.py checks), so an override set later in the process still counts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ DEFAULT_SOURCES = Path("data") / "sources"
 DEFAULT_LAKE = Path("data") / "lake"
 #: the lake the Airflow deployment's DAG writes by default and its run-report pages serve
 AIRFLOW_LAKE_ENV = "CREDIT_LAKE"
+#: the sources folder the Airflow deployment's DAG reads by default
+AIRFLOW_SOURCES_ENV = "CREDIT_SOURCES"
 
 
 def bundled_folder(name: str) -> Path:
@@ -61,6 +64,11 @@ def config_path(file_name: str) -> Path:
 def airflow_lake() -> Path:
     """The Airflow deployment's lake: CREDIT_LAKE, else the checkout's data/lake (read at call time)."""
     return Path(os.environ.get(AIRFLOW_LAKE_ENV) or REPO_ROOT / DEFAULT_LAKE)
+
+
+def airflow_sources() -> Path:
+    """The Airflow deployment's sources: CREDIT_SOURCES, else the checkout's data/sources (read at call time)."""
+    return Path(os.environ.get(AIRFLOW_SOURCES_ENV) or REPO_ROOT / DEFAULT_SOURCES)
 
 
 def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:

@@ -415,7 +415,7 @@ def _profile_basis(business_date: str, stale: frozenset[str]) -> dict[str, Any]:
     from pipelines import profiles
 
     digest = hashlib.sha256()
-    for path in (profiles.DEFAULT_GRADING, profiles.DEFAULT_INDUSTRIES, Path(profiles.__file__)):
+    for path in (profiles.grading_path(), profiles.industries_path(), Path(profiles.__file__)):
         digest.update(Path(path).read_bytes())
     return {"as_of": business_date, "stale_sources": sorted(stale), "rules": digest.hexdigest()}
 

@@ -34,19 +34,18 @@ from serving.models import SOURCE_COUNT_FIELDS, ApiError, ApiModels, ListCatalog
 from serving.report import FirmReport, ReportError, print_pdf
 from serving.report import document as report_document
 from serving.report import fragment as report_fragment
+from serving.server import SERVICE_FILE
 from serving.store import (
-    GRADES,
     HISTORY_COLUMNS,
-    LIST_LABELS,
-    LISTS,
     SUMMARY_COLUMNS,
     CodeError,
     VersionStore,
+    grades,
+    offered_lists,
 )
 from serving.tokens import Principal, TokenBook, TokenRefused, TokensDamaged
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = config_path("service.toml")
 PAGES = Path(__file__).resolve().parent / "pages"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
 #: the OpenAPI security scheme: "Authorize" in /docs sends ``Authorization: Bearer <token>``; the
@@ -117,7 +116,8 @@ def _watch(current: Current, interval: float, stop: threading.Event) -> None:
 
 
 def load_config(path: Path | None = None) -> dict[str, Any]:
-    return tomllib.loads((path or DEFAULT_CONFIG).read_text("utf-8"))
+    """``path``, else config/service.toml or CREDIT_SERVICE_CONFIG's file (resolved at call time)."""
+    return tomllib.loads((path or config_path(SERVICE_FILE)).read_text("utf-8"))
 
 
 def audit_settings(config: dict[str, Any]) -> AuditSettings:
@@ -134,6 +134,9 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     limits = config.get("limits", {})
     max_query = int(limits.get("max_query_chars", 100))
     max_page = int(limits.get("max_page_size", 200))
+    # the lists and grades this app offers: the grading the settings name when it is created
+    offered, grade_names = offered_lists(), grades()
+    list_names = tuple(offered)
     current = Current(lake)
     tokens = TokenBook(lake)  # TokensDamaged / AuditDamaged here: `credit serve` refuses to start
     settings = audit_settings(config)
@@ -425,8 +428,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     def list_catalogue(who: Who) -> FastJSON:
         return reply(
             {
-                "lists": [{"name": n, "label": zh, "label_en": en} for n, (zh, en) in LIST_LABELS.items()],
-                "grades": list(GRADES),
+                "lists": [{"name": n, "label": zh, "label_en": en} for n, (zh, en) in offered.items()],
+                "grades": list(grade_names),
             }
         )
 
@@ -438,10 +441,10 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     )
     def listing(
         who: Who,
-        name: Annotated[str, PathParam(pattern="^(" + "|".join(LISTS) + ")$")],
+        name: Annotated[str, PathParam(pattern="^(" + "|".join(list_names) + ")$")],
         division: Annotated[str | None, Query(pattern=r"^\d{2,6}$")] = None,
         industry: Annotated[str | None, Query(max_length=40)] = None,
-        grade: Annotated[str | None, Query(pattern="^(" + "|".join(GRADES) + ")$")] = None,
+        grade: Annotated[str | None, Query(pattern="^(" + "|".join(grade_names) + ")$")] = None,
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         size: Annotated[int, Query(ge=1)] = 50,
     ) -> FastJSON:

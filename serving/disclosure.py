@@ -25,11 +25,11 @@ from typing import Any
 import polars as pl
 
 from pipelines.identifiers import is_id_number_form
-from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON, load_grading
+from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON, grading_path, load_grading
 from pipelines.schema import RECORD_TYPES
-from pipelines.settings import CONFIG_DIR, config_path
+from pipelines.settings import config_path
 
-DEFAULT_POLICY = CONFIG_DIR / "disclosure.toml"
+POLICY_FILE = "disclosure.toml"
 #: the entity types a policy may name (those pipelines/profiles.py gives a profile)
 KNOWN_ENTITY_TYPES = frozenset(ENTITY_TYPES.values()) | {NATURAL_PERSON, "other"}
 #: the key each response row carries: the domains withheld from it (the pages show them as not public)
@@ -326,17 +326,18 @@ class Policy:
 
 
 def load_policy(path: Path | None = None, grading: Path | None = None) -> Policy:
-    """The policy at ``path``, else ``CREDIT_DISCLOSURE_CONFIG``, else config/disclosure.toml."""
-    return _load_policy(Path(path or config_path(DEFAULT_POLICY.name)), grading)
+    """The policy at ``path``, else ``CREDIT_DISCLOSURE_CONFIG``, else config/disclosure.toml; checked
+    against the grading at ``grading``, else the one the settings name (both resolved at call time)."""
+    return _load_policy(Path(path or config_path(POLICY_FILE)), Path(grading) if grading else grading_path())
 
 
 @cache
-def _load_policy(path: Path, grading: Path | None) -> Policy:
+def _load_policy(path: Path, grading: Path) -> Policy:
     """Read and check the policy: every domain, field list, entity type and role it names must exist."""
     from serving.tokens import ROLES
 
     raw = tomllib.loads(Path(path).read_text("utf-8"))
-    rules = load_grading(grading) if grading else load_grading()
+    rules = load_grading(grading)
     domains: dict[str, Domain] = {}
     for name, spec in raw.get("domains", {}).items():
         if not spec.get("sources"):

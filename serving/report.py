@@ -32,7 +32,7 @@ from pipelines.dictionary import (
     load_record_types,
 )
 from pipelines.lake import atomic_path
-from pipelines.profiles import PROFILE_COLUMNS, list_labels
+from pipelines.profiles import list_labels, profile_columns
 from serving.disclosure import Domain, Policy, View, load_policy
 from serving.store import HISTORY_COLUMNS, VersionStore
 
@@ -88,8 +88,9 @@ def panels(policy: Policy | None = None) -> tuple[Panel, ...]:
     policy = policy or load_policy()
     titles = load_domains()
     out = [Panel("identity", "基本信息", "identity", IDENTITY_FIELDS)]
+    columns = profile_columns()
     for domain in _policy_domains(policy.path):
-        fields = tuple(c for c in PROFILE_COLUMNS if domain.matches(c) and c not in SHOWN_WITH.values())
+        fields = tuple(c for c in columns if domain.matches(c) and c not in SHOWN_WITH.values())
         title = titles.get(domain.name)
         out.append(
             Panel(

@@ -19,16 +19,18 @@ from typing import Any
 
 from pipelines.settings import config_path
 
-DEFAULT_CONFIG = config_path("service.toml")
+#: the service's settings file in config/ (CREDIT_SERVICE_CONFIG points a deployment at its own)
+SERVICE_FILE = "service.toml"
 STATE_ENV = "CREDIT_SERVE_STATE"
 
 
 def load_settings(
     path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The repository's ``config/service.toml`` with a deployment's file and then ``overrides``
-    laid over it, key by key within each table: every setting has one default, in that file."""
-    merged = tomllib.loads(DEFAULT_CONFIG.read_text("utf-8"))
+    """The repository's ``config/service.toml`` (or CREDIT_SERVICE_CONFIG's, resolved at call time)
+    with a deployment's file and then ``overrides`` laid over it, key by key within each table:
+    every setting has one default, in that file."""
+    merged = tomllib.loads(config_path(SERVICE_FILE).read_text("utf-8"))
     layers = [tomllib.loads(path.read_text("utf-8")) if path else {}, overrides or {}]
     for layer in layers:
         for section, values in layer.items():

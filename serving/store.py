@@ -28,19 +28,34 @@ from serving.search import NameIndex
 log = logging.getLogger(__name__)
 ENTITY_ID = re.compile(r"X[0-9a-f]{16}")
 VERSION_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_[0-9a-f]{10}(-\d+)?$")
-#: list name in the API -> the profile condition: every list config/grading.toml defines, and the
-#: firms in the lowest grade
-GRADES = tuple(g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"]))
-LOWEST_GRADE = GRADES[-1]
-LISTS: dict[str, pl.Expr] = {
-    **{name: pl.col("lists").list.contains(name) for name in list_labels()},
-    f"grade_{LOWEST_GRADE.lower()}": pl.col("grade") == LOWEST_GRADE,
-}
-#: list name -> (Chinese label, English label), as the pages and the API offer them
-LIST_LABELS: dict[str, tuple[str, str]] = {
-    **list_labels(),
-    f"grade_{LOWEST_GRADE.lower()}": (f"{LOWEST_GRADE} 级", f"grade {LOWEST_GRADE}"),
-}
+
+
+def grades() -> tuple[str, ...]:
+    """The grades of config/grading.toml (or CREDIT_GRADING_CONFIG's, resolved now), best first."""
+    return tuple(g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"]))
+
+
+def _lowest_grade_list() -> tuple[str, str]:
+    """(list name, grade) of the list of the firms in the lowest grade: ("grade_d", "D")."""
+    lowest = grades()[-1]
+    return f"grade_{lowest.lower()}", lowest
+
+
+def offered_lists() -> dict[str, tuple[str, str]]:
+    """List name in the API -> (Chinese label, English label): every list the grading defines, and
+    the firms in the lowest grade; as the pages and the API offer them."""
+    name, lowest = _lowest_grade_list()
+    return {**list_labels(), name: (f"{lowest} 级", f"grade {lowest}")}
+
+
+def list_condition(name: str) -> pl.Expr:
+    """The profile condition of the list ``name`` (one of ``offered_lists()``)."""
+    if name in list_labels():
+        return pl.col("lists").list.contains(name)
+    lowest_name, lowest = _lowest_grade_list()
+    if name == lowest_name:
+        return pl.col("grade") == lowest
+    raise KeyError(name)
 
 
 #: what a search hit or a list row shows (the full profile is one lookup away)
@@ -216,7 +231,7 @@ class VersionStore:
         view: View,
     ) -> tuple[int, pl.DataFrame]:
         """A page of a list as ``view`` sees it: its grade and list memberships, its firms only."""
-        condition = LISTS[name]
+        condition = list_condition(name)
         if division:
             condition &= pl.col("division").str.starts_with(division)
         if industry:

@@ -15,13 +15,14 @@ from pipelines.dictionary import (
     load_record_types,
     reference_expr,
 )
-from pipelines.profiles import PROFILE_COLUMNS, load_grading
+from pipelines.profiles import load_grading, profile_columns
 from pipelines.schema import RECORD_TYPES
-from serving.disclosure import DEFAULT_POLICY, Domain
+from pipelines.settings import config_path
+from serving.disclosure import POLICY_FILE, Domain
 
 
 def test_every_profile_column_is_described_and_nothing_else():
-    missing, unknown = coverage(load_columns(), PROFILE_COLUMNS)
+    missing, unknown = coverage(load_columns(), profile_columns())
     assert missing == [], f"profile columns without an entry in config/profile_columns.toml: {missing}"
     assert unknown == [], f"config/profile_columns.toml describes columns the profile lacks: {unknown}"
     for column in load_columns().values():
@@ -37,7 +38,7 @@ def test_list_flags_take_their_label_from_grading():
 def test_domains_agree_with_the_disclosure_policy():
     """A column the dictionary puts in a domain is a field of that domain in config/disclosure.toml
     and the other way round (list flags aside: they follow their list), and every domain has a title."""
-    policy = tomllib.loads(DEFAULT_POLICY.read_text("utf-8"))["domains"]
+    policy = tomllib.loads(config_path(POLICY_FILE).read_text("utf-8"))["domains"]
     domains = {name: Domain(name, (), tuple(spec["fields"]), ()) for name, spec in policy.items()}
     assert set(load_domains()) == set(domains)
     flags = {entry["flag"] for entry in load_grading()["lists"]}

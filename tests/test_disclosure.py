@@ -28,7 +28,7 @@ from pipelines.identifiers import (
 from pipelines.profiles import DEDUCTION, NATURAL_PERSON, VETO, load_grading
 from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
-from serving.store import LISTS, CodeError, _searchable, normalise_code
+from serving.store import CodeError, _searchable, normalise_code, offered_lists
 from tests.conftest import PublishedLakes
 from tests.service_support import build_lake, credit, serving
 
@@ -362,7 +362,7 @@ def _requests(corpus: dict) -> list[tuple[str, dict[str, str]]]:
             ("/api/v1/search", {"q": secret}),
             ("/api/v1/lists/grade_d", {"division": secret}),
         ]
-    for name in LISTS:
+    for name in offered_lists():
         asks += [(f"/api/v1/lists/{name}", {"size": "200", "page": str(page)}) for page in (1, 2, 3)]
     return asks
 

@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 
 from pipelines.profiles import (
-    DEFAULT_GRADING,
-    PROFILE_COLUMNS,
     GradingError,
     build_profiles,
+    grading_path,
     list_labels,
     load_grading,
+    profile_columns,
 )
 from pipelines.schema import conform
 
@@ -108,7 +108,7 @@ def entities() -> pl.LazyFrame:
 
 def test_profile_summaries_and_grades() -> None:
     profiles = build_profiles(records(), links(), entities(), AS_OF)
-    assert tuple(profiles.columns) == PROFILE_COLUMNS
+    assert tuple(profiles.columns) == profile_columns()
     a = profiles.filter(pl.col("entity_id") == "A").row(0, named=True)
     b = profiles.filter(pl.col("entity_id") == "B").row(0, named=True)
     assert (
@@ -394,7 +394,7 @@ def test_a_broken_grading_file_is_refused_naming_file_entry_and_problem(
     tmp_path: Path, line: str, replacement: str, message: str
 ) -> None:
     path = tmp_path / "grading.toml"
-    path.write_text(DEFAULT_GRADING.read_text("utf-8").replace(line, replacement, 1), "utf-8")
+    path.write_text(grading_path().read_text("utf-8").replace(line, replacement, 1), "utf-8")
     with pytest.raises(GradingError) as caught:
         load_grading(path)
     text = str(caught.value)
@@ -403,11 +403,12 @@ def test_a_broken_grading_file_is_refused_naming_file_entry_and_problem(
 
 def test_every_place_that_offers_lists_offers_the_configured_ones() -> None:
     from pipelines.cli import build_parser
-    from pipelines.export import LIST_NAMES
-    from serving.store import LIST_LABELS, LISTS
+    from serving.store import list_condition, offered_lists
 
     configured = list(list_labels())
-    assert configured == list(LIST_NAMES) == [name for name in LISTS if name != "grade_d"]
+    offered = offered_lists()
+    assert configured == [name for name in offered if name != "grade_d"]
+    assert str(list_condition("grade_d")) == str(pl.col("grade") == "D")
     export = next(
         a for a in build_parser()._subparsers._group_actions[0].choices["export"]._actions if a.dest == "list"
     )
@@ -415,6 +416,6 @@ def test_every_place_that_offers_lists_offers_the_configured_ones() -> None:
     # the search page's pickers are filled from the API, which derives them from the same config
     page = (Path(__file__).resolve().parent.parent / "serving" / "pages" / "search.html").read_text("utf-8")
     assert re.search(r'<select id="list"></select>', page), "the list picker must not restate the lists"
-    assert list(LIST_LABELS) == list(LISTS)
     for name in configured:
-        assert LIST_LABELS[name] == list_labels()[name]
+        assert offered[name] == list_labels()[name]
+        assert str(list_condition(name)) == str(pl.col("lists").list.contains(name))

@@ -13,7 +13,7 @@ import pytest
 
 from entity_resolution.spec import load_spec
 from pipelines import stages
-from pipelines.profiles import PROFILE_COLUMNS
+from pipelines.profiles import profile_columns
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
@@ -275,7 +275,7 @@ def test_openapi_documents_the_api(deployment: dict) -> None:
     # the public role never gets legal_rep or an individual business's lending: not required
     assert {"legal_rep", "lending_amount", "quality_score"}.isdisjoint(profile.get("required", []))
     assert {"entity_id", "entity_type"} <= set(profile["required"])
-    assert set(PROFILE_COLUMNS) <= set(profile["properties"])
+    assert set(profile_columns()) <= set(profile["properties"])
     assert httpx.get(deployment["base"] + "/docs").status_code == 200
 
 

@@ -319,7 +319,7 @@ def test_an_unread_request_body_does_not_hold_the_connection(service: dict) -> N
 
 
 def test_settings_come_from_the_repository_file_a_deployment_file_and_overrides(tmp_path: Path) -> None:
-    from serving.server import DEFAULT_CONFIG, load_settings
+    from serving.server import SERVICE_FILE, load_settings
 
     defaults = load_settings()
     deployment = tmp_path / "service.toml"
@@ -329,7 +329,7 @@ def test_settings_come_from_the_repository_file_a_deployment_file_and_overrides(
     assert settings["limits"]["header_timeout_seconds"] == 3  # then the deployment's file
     assert settings["limits"]["max_header_bytes"] == defaults["limits"]["max_header_bytes"]
     assert settings["server"]["trusted_proxies"] == defaults["server"]["trusted_proxies"]  # unset: default
-    assert DEFAULT_CONFIG.name == "service.toml"
+    assert SERVICE_FILE == "service.toml"
 
 
 def test_headers_over_the_cap_are_refused_with_431(service: dict) -> None:
