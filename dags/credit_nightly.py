@@ -19,7 +19,6 @@ and how often a retryable stage retries come from config/nightly.toml.
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +39,14 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
-from pipelines.settings import airflow_lake, airflow_sources, config_path
+from pipelines.settings import airflow_lake, airflow_sources
+from pipelines.sources import source_names  # the registry: a small TOML read, standard library only
 
 TIMEZONE = "Asia/Shanghai"
 # Airflow builds the DAG by running this file, so what is read here (through pipelines.settings) is
 # read each time the file is parsed; a changed setting shows at the next parse.
 NIGHTLY = nightly_settings()
 log = logging.getLogger(__name__)
-
-
-def registry_sources() -> tuple[str, ...]:
-    """The sources of the declarative registry (config/sources.toml or CREDIT_SOURCES_CONFIG's): a
-    small TOML read, no database access and no import of pipelines.sources while Airflow parses."""
-    return tuple(tomllib.loads(config_path("sources.toml").read_text("utf-8"))["sources"])
 
 
 #: why Airflow failed a run (the `reason` of the DAG failure callback), as the run report says it
@@ -293,7 +287,7 @@ def credit_nightly() -> None:
 
     run = plan()
     last_per_source = []
-    for source in registry_sources():
+    for source in source_names():
         stages = ", ".join(stage.name for stage in PER_SOURCE)
         with TaskGroup(group_id=source, tooltip=f"{stages} {source}"):
             tasks = [stage_task(stage)(run, source) for stage in PER_SOURCE]

@@ -21,7 +21,7 @@ SOURCES = tuple(tomllib.loads((REPO / "config" / "sources.toml").read_text("utf-
 HEAVY = {"polars", "pandas", "numpy", "great_expectations", "pyarrow", "rapidfuzz", "entity_resolution"}
 #: first-party modules the DAG may import at parse time: standard library only (the settings, the
 #: errors its retry policy names, the stage table)
-LIGHT = {"pipelines.errors", "pipelines.settings", "pipelines.flow"}
+LIGHT = {"pipelines.errors", "pipelines.settings", "pipelines.flow", "pipelines.sources"}
 
 
 @pytest.fixture(scope="module")
