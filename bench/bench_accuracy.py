@@ -73,11 +73,11 @@ def generator_records(noise: str, seed: int, entities: int, folder: Path):  # no
     """(records, truth, valid USCC per record) from a generated city run through the stages."""
     from credit_synthetic.generate import generate
     from entity_resolution.pipeline import enterprise_inputs, record_id
-    from pipelines import stages
+    from pipelines import flow
 
     options = {} if noise == "default" else {"noise": noise}
     generate(folder / "sources", entities=entities, seed=seed, end_date=date(2026, 11, 23), **options)
-    stages.run_all(str(folder / "sources"), str(folder / "lake"), "2026-11-23", run_id="accuracy")
+    flow.run_all(str(folder / "sources"), str(folder / "lake"), "2026-11-23", run_id="accuracy")
     accepted = pl.concat(
         [pl.read_parquet(f) for f in sorted(glob.glob(str(folder / "lake" / "accepted" / "*" / "*")))],
         how="vertical_relaxed",

@@ -40,11 +40,11 @@ def main() -> None:
     lake = args.lake
     if lake is None:
         from credit_synthetic.generate import generate
-        from pipelines import stages
+        from pipelines import flow
 
         root = Path(tempfile.mkdtemp(prefix="bench-disclosure-"))
         generate(root / "sources", entities=3000, seed=7, end_date=date(2026, 11, 23))
-        stages.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="bench")
+        flow.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="bench")
         lake = root / "lake"
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")
     big = pl.concat([profiles] * max(1, args.rows // profiles.height)).rechunk()

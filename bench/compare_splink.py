@@ -93,14 +93,14 @@ def generator_folder(data: DataSet, cache: Path) -> Path:
         return folder
     from credit_synthetic.generate import generate
     from entity_resolution.pipeline import enterprise_inputs, record_id
-    from pipelines import stages
+    from pipelines import flow
 
     print(f"preparing {folder} (generate {data.entities:,} firms, run the stages) ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=f".{data.label}.") as tmp:
         work = Path(tmp)
         generate(work / "sources", entities=data.entities, seed=data.seed, end_date=END, noise=data.name)
-        stages.run_all(str(work / "sources"), str(work / "lake"), END.isoformat(), run_id="compare")
+        flow.run_all(str(work / "sources"), str(work / "lake"), END.isoformat(), run_id="compare")
         accepted = pl.concat(
             [pl.read_parquet(f) for f in sorted(glob.glob(str(work / "lake" / "accepted" / "*" / "*")))],
             how="vertical_relaxed",

@@ -18,7 +18,6 @@ from typing import Any
 import polars as pl
 
 from pipelines.errors import DataQualityError, PublishError
-from pipelines.flow import run_all  # noqa: F401 (stages.run_all: the night in-process, from the stage table)
 from pipelines.lake import Lake, write_json, write_parquet
 from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
 from pipelines.sources import SourceConfig, load_sources

@@ -218,12 +218,12 @@ class PublishedLakes:
         generated = self._sources(entities, seed, days, faults, end_date)
 
         def publish(out: Path) -> None:
-            from pipelines import stages
+            from pipelines import flow
 
             # built beside copies of the sources, so that the paths a run records stay under one root
             shutil.copytree(generated, out / "sources")
             for night in nights:
-                stages.run_all(str(out / "sources"), str(out / "lake"), night, run_id=f"night {night}")
+                flow.run_all(str(out / "sources"), str(out / "lake"), night, run_id=f"night {night}")
 
         key = {
             "entities": entities,

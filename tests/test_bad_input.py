@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines import stages
+from pipelines import flow, stages
 from pipelines.errors import DataQualityError, SourceUnavailableError
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
@@ -44,7 +44,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clean_lake(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The clean sources run in full for DAY: the reference for 'no good row lost'."""
     lake = tmp_path_factory.mktemp("clean_lake")
-    stages.run_all(str(clean), str(lake), DAY, run_id="clean")
+    flow.run_all(str(clean), str(lake), DAY, run_id="clean")
     return lake
 
 
@@ -52,7 +52,7 @@ def clean_lake(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def published_yesterday(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lake where PREVIOUS_DAY was published: the last good snapshot for the fallbacks."""
     lake = tmp_path_factory.mktemp("yesterday")
-    stages.run_all(str(clean), str(lake), PREVIOUS_DAY, run_id="yesterday")
+    flow.run_all(str(clean), str(lake), PREVIOUS_DAY, run_id="yesterday")
     return lake
 
 
@@ -401,7 +401,7 @@ def dirty_run(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     _inject_row_kinds(src)
     _inject_department_kinds(src)
     lake = src.parent / "lake"
-    results = stages.run_all(str(src), str(lake), DAY, run_id="dirty")
+    results = flow.run_all(str(src), str(lake), DAY, run_id="dirty")
     return lake, results
 
 
@@ -623,7 +623,7 @@ def test_a_fallback_publishes_with_the_affected_profiles_marked_stale(
 ) -> None:
     src, lake = next_day
     _renamed_column(src)
-    stages.run_all(str(src), str(lake), DAY, run_id="fallback")
+    flow.run_all(str(src), str(lake), DAY, run_id="fallback")
     summary = json.loads((lake / "reports" / DAY / "summary.json").read_text("utf-8"))
     assert summary["published"] and summary["sources"]["violations"]["stale"]
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet")

@@ -255,12 +255,12 @@ def test_a_held_back_source_shows_its_check_skipped_and_the_night_still_publishe
 ) -> None:
     """A non-critical source's bad delivery is carried forward from its last good snapshot: its
     `check` ends skipped (pink in the grid), the rest of its chain and the night go on."""
-    from pipelines import stages
+    from pipelines import flow
 
     src = tmp_path / "sources"
     shutil.copytree(sources, src)
     lake = tmp_path / "lake"
-    stages.run_all(str(src), str(lake), PREVIOUS_DATE, run_id="the night before")
+    flow.run_all(str(src), str(lake), PREVIOUS_DATE, run_id="the night before")
     penalties = src / "violations" / "penalties.csv"  # schema drift: a mapped column renamed
     penalties.write_bytes(penalties.read_bytes().replace("罚款金额（万元）".encode(), "罚款金额".encode(), 1))
     run = load_dag().test(

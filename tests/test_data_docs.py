@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import stages
+from pipelines import flow
 from pipelines.data_docs import SITE_DIR
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
@@ -33,7 +33,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sources = tmp_path_factory.mktemp("docs-sources")
     generate(sources, entities=500, seed=29, days=2, end_date=date(2026, 11, 23), faults="none")
     lake = tmp_path_factory.mktemp("docs-lake")
-    stages.run_all(str(sources), str(lake), NIGHTS[0], run_id=f"night {NIGHTS[0]}")
+    flow.run_all(str(sources), str(lake), NIGHTS[0], run_id=f"night {NIGHTS[0]}")
     # the second night a bank delivers a loan with a negative amount: one failed expectation
     with sqlite3.connect(sources / "lending" / "lending.db") as con:
         con.row_factory = sqlite3.Row
@@ -42,7 +42,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
         con.execute(
             f"INSERT INTO loans ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         )
-    stages.run_all(str(sources), str(lake), NIGHTS[1], run_id=f"night {NIGHTS[1]}")
+    flow.run_all(str(sources), str(lake), NIGHTS[1], run_id=f"night {NIGHTS[1]}")
     return lake
 
 

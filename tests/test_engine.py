@@ -19,7 +19,7 @@ from entity_resolution.pipeline import MATCH_METHODS, enterprise_inputs, record_
 from entity_resolution.registry import Registry
 from entity_resolution.review import read_decisions
 from entity_resolution.spec import load_spec
-from pipelines import stages
+from pipelines import flow
 from pipelines.cli import main as credit
 from tests.conftest import PublishedLakes, skip_or_fail
 
@@ -439,7 +439,7 @@ def test_the_nightly_pipeline_resolves_with_the_engine_and_keeps_ids(generated: 
     own = firms.filter(pl.col("match_method") == "uscc")
     assert own["match_grade"].str.slice(0, 1).is_in(["A", "Z"]).all()
     assert evaluate(first, truth).pairwise_f1 >= 0.99
-    stages.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # a re-run
+    flow.run_all(str(generated["root"] / "sources"), str(lake), "2026-11-23", run_id="fs-2")  # a re-run
     second = pl.read_parquet(lake / "published" / "current" / "links" / "*.parquet")
     kept = first.join(second, on=["source", "source_record_id"], suffix="_2")
     assert (kept["entity_id"] == kept["entity_id_2"]).mean() == 1.0  # ids survive the night

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from credit_synthetic.generate import generate
-from pipelines import stages
+from pipelines import flow, stages
 from pipelines.profiles import build_profiles, list_labels, load_grading
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
@@ -33,7 +33,7 @@ def lake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """Generated sources through the whole pipeline to a published version."""
     root = tmp_path_factory.mktemp(f"seed{request.param}")
     generate(root / "sources", entities=900, seed=request.param, days=2, end_date=BUSINESS_DATE)
-    stages.run_all(str(root / "sources"), str(root / "lake"), BUSINESS_DATE.isoformat(), run_id="props")
+    flow.run_all(str(root / "sources"), str(root / "lake"), BUSINESS_DATE.isoformat(), run_id="props")
     return root / "lake"
 
 

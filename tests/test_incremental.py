@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines import stages
+from pipelines import flow, stages
 from pipelines.cli import main as credit
 from pipelines.errors import PublishError
 
@@ -45,7 +45,7 @@ def nightly(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three nights in a row on one lake."""
     lake = tmp_path_factory.mktemp("nightly")
     for day in DAYS:
-        stages.run_all(str(sources), str(lake), day, run_id=f"night-{day}")
+        flow.run_all(str(sources), str(lake), day, run_id=f"night-{day}")
     return lake
 
 
@@ -53,7 +53,7 @@ def nightly(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def full(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The last night from scratch: everything re-linked."""
     lake = tmp_path_factory.mktemp("full")
-    stages.run_all(str(sources), str(lake), DAYS[-1], run_id="full")
+    flow.run_all(str(sources), str(lake), DAYS[-1], run_id="full")
     return lake
 
 
@@ -153,7 +153,7 @@ def test_a_full_relink_is_forced_by_flag_or_weekday(
     config = tmp_path / "resolution.toml"
     config.write_text(f'spec = "enterprise"\nfull_relink_weekdays = [{weekday}]\n', "utf-8")
     monkeypatch.setenv("CREDIT_RESOLUTION_CONFIG", str(config))
-    stages.run_all(str(sources), str(lake), DAYS[-1], run_id="weekly")
+    flow.run_all(str(sources), str(lake), DAYS[-1], run_id="weekly")
     assert _resolution(lake, DAYS[-1])["mode"] == "full"
     # a full re-link keeps the registry's ids
     kept = _published(nightly, "links").join(_published(lake, "links"), on=["source", "source_record_id"])
@@ -167,7 +167,7 @@ def test_rerunning_a_night_changes_nothing_and_duplicates_nothing(nightly: Path,
     before = {name: _published(nightly, name) for name in ("profiles", "links", "entities")}
     members = pl.read_parquet(nightly / "registry" / DAYS[-1] / "members.parquet")
     mode = _resolution(nightly, DAYS[-1])["mode"]
-    stages.run_all(str(sources), str(nightly), DAYS[-1], run_id="rerun")
+    flow.run_all(str(sources), str(nightly), DAYS[-1], run_id="rerun")
     assert _resolution(nightly, DAYS[-1])["mode"] == mode
     for name, frame in before.items():
         assert _published(nightly, name).equals(frame), name
@@ -181,7 +181,7 @@ def test_watermarks_advance_only_after_a_successful_publish(
     sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = tmp_path / "lake"
-    stages.run_all(str(sources), str(lake), DAYS[0], run_id="ok")
+    flow.run_all(str(sources), str(lake), DAYS[0], run_id="ok")
     state_file = lake / "state" / "watermarks.json"
     state = state_file.read_text("utf-8")
 
@@ -190,10 +190,10 @@ def test_watermarks_advance_only_after_a_successful_publish(
 
     monkeypatch.setattr("pipelines.publish.publish_version", broken_publish)
     with pytest.raises(PublishError, match="disk full"):
-        stages.run_all(str(sources), str(lake), DAYS[1], run_id="fails")
+        flow.run_all(str(sources), str(lake), DAYS[1], run_id="fails")
     assert state_file.read_text("utf-8") == state, "a failed run must not move the watermarks"
     monkeypatch.undo()
-    stages.run_all(str(sources), str(lake), DAYS[1], run_id="retry")
+    flow.run_all(str(sources), str(lake), DAYS[1], run_id="retry")
     advanced = json.loads(state_file.read_text("utf-8"))
     assert set(advanced["lending"]) == {DAYS[0], DAYS[1]}
     # the retried night pulled from the last *published* watermark, so nothing was skipped
@@ -253,7 +253,7 @@ def late(nightly: Path, sources: Path, tmp_path_factory: pytest.TempPathFactory)
         # the departments sent nothing new since: not a stale feed to hold back here
         patient = {n: replace(c, max_age_days=10_000) for n, c in stages.load_sources().items()}
         patch.setattr(stages, "load_sources", lambda: patient)
-        stages.run_all(str(sources), str(lake), LATE, run_id=f"night-{LATE}")
+        flow.run_all(str(sources), str(lake), LATE, run_id=f"night-{LATE}")
     return lake
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from entity_resolution.evaluate import evaluate
-from pipelines import stages
+from pipelines import flow, stages
 from pipelines.cli import main as credit
 from pipelines.errors import SourceUnavailableError
 from pipelines.schema import CANONICAL_COLUMNS
@@ -29,7 +29,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lake(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     lake = tmp_path_factory.mktemp("lake")
-    stages.run_all(str(sources), str(lake), BUSINESS_DATE, run_id="test-run")
+    flow.run_all(str(sources), str(lake), BUSINESS_DATE, run_id="test-run")
     return lake
 
 
@@ -80,7 +80,7 @@ def test_no_entity_holds_two_valid_usccs(lake: Path) -> None:
 
 def test_rerunning_a_date_gives_identical_profiles(lake: Path, sources: Path, tmp_path: Path) -> None:
     again = tmp_path / "lake"
-    stages.run_all(str(sources), str(again), BUSINESS_DATE, run_id="another-run")
+    flow.run_all(str(sources), str(again), BUSINESS_DATE, run_id="another-run")
     for name in ("profiles", "links", "entities"):
         first = pl.read_parquet(lake / "published" / "current" / name / "*.parquet")
         second = pl.read_parquet(again / "published" / "current" / name / "*.parquet")

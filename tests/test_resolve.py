@@ -9,7 +9,7 @@ import pytest
 
 from entity_resolution.evaluate import evaluate
 from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
-from pipelines import stages
+from pipelines import flow
 from pipelines.identifiers import is_valid_uscc, org_code_check_char, reg_no_check_digit, uscc_check_char
 
 
@@ -49,7 +49,7 @@ def background(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
 
     root = tmp_path_factory.mktemp("resolve")
     generate(root / "sources", entities=600, seed=13, end_date=date(2026, 11, 23), faults="none")
-    stages.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="background")
+    flow.run_all(str(root / "sources"), str(root / "lake"), "2026-11-23", run_id="background")
     return pl.read_parquet(root / "lake" / "accepted" / "2026-11-23" / "*.parquet").select(IDENTITY_COLUMNS)
 
 

@@ -27,12 +27,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from credit_synthetic.generate import generate
-    from pipelines import stages
+    from pipelines import flow
 
     sources = tmp_path_factory.mktemp("reports-sources")
     generate(sources, entities=300, seed=5, days=1, end_date=date(2026, 11, 23))
     lake = tmp_path_factory.mktemp("reports-lake")
-    stages.run_all(str(sources), str(lake), NIGHT, run_id=f"night {NIGHT}")
+    flow.run_all(str(sources), str(lake), NIGHT, run_id=f"night {NIGHT}")
     # something that is no report, beside the reports: it must never be served
     (lake / "reports" / "secret.html").write_text("<p>not a report</p>")
     return lake

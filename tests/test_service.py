@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from entity_resolution.spec import load_spec
-from pipelines import stages
+from pipelines import flow, stages
 from pipelines.profiles import profile_columns
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
@@ -347,7 +347,7 @@ def test_a_new_version_is_served_without_a_restart_or_failed_queries(
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for thread in threads:
             thread.start()
-        stages.run_all(str(deployment["sources"]), str(lake), DAYS[-1], run_id="republish")  # a new version
+        flow.run_all(str(deployment["sources"]), str(lake), DAYS[-1], run_id="republish")  # a new version
         after = (lake / "published" / "current").resolve().name
         import time
 

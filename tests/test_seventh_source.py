@@ -105,7 +105,7 @@ def run(code: str, env: dict[str, str]) -> str:
 
 def test_seventh_source_flows_through_every_stage(deployment) -> None:
     run(
-        f"from pipelines.stages import run_all; run_all({str(deployment['sources'])!r}, "
+        f"from pipelines.flow import run_all; run_all({str(deployment['sources'])!r}, "
         f"{str(deployment['lake'])!r}, {BUSINESS_DATE!r})",
         deployment["env"],
     )
