@@ -33,7 +33,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     from entity_resolution.registry import Registry
     from entity_resolution.review import read_decisions, write_review
     from entity_resolution.spec import load_spec
-    from pipelines.lake import write_parquet
+    from foundation.lake import write_parquet
 
     spec = load_spec(args.spec)
     if args.link_type:

@@ -15,7 +15,7 @@ from functools import cache
 import opencc
 import polars as pl
 
-from pipelines.divisions import divisions, short_name
+from foundation.divisions import divisions, short_name
 
 LEGAL_FORMS = (
     "股份有限公司",

@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
+from foundation.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 #: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
 EXIT_CODES: dict[int, str] = {
@@ -194,7 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.export import export_profiles, select_profiles
+    from pipelines.profiles.export import export_profiles, select_profiles
 
     version_dir = Path(args.lake) / "published" / (args.version or "current")
     if not (version_dir / "profiles").is_dir():
@@ -213,7 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dictionary(args: argparse.Namespace) -> int:
-    from pipelines.datadict import published_schemas, render_markdown, write_dictionary
+    from pipelines.publish.datadict import published_schemas, render_markdown, write_dictionary
 
     target = Path(args.out)
     if args.check:
@@ -291,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
     ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
-    from pipelines.profiles import list_labels, load_grading  # the grades and lists grading.toml defines
+    from pipelines.profiles.build import (  # the grades and lists grading.toml defines
+        list_labels,
+        load_grading,
+    )
 
     grades = [g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"])]
     ex.add_argument("--grade", action="append", choices=grades, help="keep these grades")
@@ -308,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
     )
     ex.add_argument("--version", default=None, help="a published version instead of current")
-    from pipelines.export import HEADERS
+    from pipelines.profiles.export import HEADERS
 
     ex.add_argument(
         "--header",
@@ -321,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_option(ex)
     ex.set_defaults(func=cmd_export)
 
-    from pipelines.datadict import DICTIONARY_FILE
+    from pipelines.publish.datadict import DICTIONARY_FILE
 
     dd = sub.add_parser(
         "dictionary",

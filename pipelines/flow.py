@@ -18,8 +18,8 @@ from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
-from pipelines.errors import DataQualityError, SourceFormatError, SourceUnavailableError
-from pipelines.settings import config_path
+from foundation.errors import DataQualityError, SourceFormatError, SourceUnavailableError
+from foundation.settings import config_path
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def run_all(
     after a published night."""
     from tqdm import tqdm
 
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     run = {
         "sources_dir": sources_dir,

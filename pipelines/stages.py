@@ -17,10 +17,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import DataQualityError, PublishError
-from pipelines.lake import Lake, write_json, write_parquet
-from pipelines.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
-from pipelines.sources import SourceConfig, load_sources
+from foundation.errors import DataQualityError, PublishError
+from foundation.lake import Lake, write_json, write_parquet
+from foundation.settings import resolution_settings  # noqa: F401 (stages.resolution_settings)
+from pipelines.sources.registry import SourceConfig, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def suite_parameters(business_date: str) -> dict[str, Any]:
 
 def _suite_runner(lake: Lake) -> Any:
     """A suite runner keeping this run's GX validation results (for Data Docs) under LAKE/reports/<date>/gx."""
-    from pipelines.quality import DataDocs, SuiteRunner
+    from pipelines.quality.suites import DataDocs, SuiteRunner
 
     return SuiteRunner(DataDocs(lake.reports / "gx", run_name=lake.business_date))
 
@@ -73,10 +73,10 @@ def extract_source(source: str, sources_dir: str, lake_dir: str, business_date: 
 
     An unreachable source raises SourceUnavailableError (worth retrying); a delivery that cannot be
     read as a whole is recorded as the batch's problem for the check stage to judge."""
-    from pipelines.errors import SourceFormatError
-    from pipelines.extract import REJECT_SCHEMA, extract
-    from pipelines.lake import write_parquet as write
-    from pipelines.state import previous
+    from foundation.errors import SourceFormatError
+    from foundation.lake import write_parquet as write
+    from pipelines.publish.watermarks import previous
+    from pipelines.sources.extract import REJECT_SCHEMA, extract
 
     lake = _lake(lake_dir, business_date)
     config = load_sources()[source]
@@ -130,8 +130,8 @@ def extract_source(source: str, sources_dir: str, lake_dir: str, business_date: 
 def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
     """Batch checks (readable, columns, volume, staleness; the raw suite runs in the validate task).
     A critical source's failure stops the run."""
-    from pipelines.batch import check_batch
-    from pipelines.state import previous
+    from pipelines.publish.watermarks import previous
+    from pipelines.sources.check import check_batch
 
     lake = _lake(lake_dir, business_date)
     config = load_sources()[source]
@@ -153,7 +153,7 @@ def _judge_batch(lake: Lake, config: SourceConfig, problems: list[str]) -> dict[
 
 
 def standardise_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
-    from pipelines.standardise import standardise
+    from pipelines.sources.standardise import standardise
 
     lake = _lake(lake_dir, business_date)
     if not _read_report(lake, "batch", source)["ok"]:
@@ -175,15 +175,15 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     """Promote a batch: GX row checks on the changes, quarantine with reasons, upsert into the
     snapshot. A batch the check stage held back is quarantined whole and the last good snapshot
     is carried forward (stale)."""
-    from pipelines import quality
-    from pipelines.state import previous
+    from pipelines.publish.watermarks import previous
+    from pipelines.quality import suites as quality
 
     lake = _lake(lake_dir, business_date)
     runner = _suite_runner(lake)
     extracted = _read_report(lake, "extract", source)
     batch = _read_report(lake, "batch", source)
     if batch["ok"]:  # the raw suite, here because this task imports Great Expectations anyway
-        from pipelines.batch import raw_suite_problems
+        from pipelines.sources.check import raw_suite_problems
 
         config = load_sources()[source]
         batch = _judge_batch(lake, config, raw_suite_problems(config, lake.raw(source), runner))
@@ -411,7 +411,7 @@ def _profile_basis(business_date: str, stale: frozenset[str]) -> dict[str, Any]:
     and the grading, industries and code that turn records into a profile."""
     import hashlib
 
-    from pipelines import profiles
+    from pipelines.profiles import build as profiles
 
     digest = hashlib.sha256()
     for path in (profiles.grading_path(), profiles.industries_path(), Path(profiles.__file__)):
@@ -461,7 +461,7 @@ def build_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     """One profile per entity. After an incremental resolution only the touched entities' profiles
     and those whose time-dependent figures change by tonight (``valid_until``) are built; every
     other row is the previous version's, as of tonight."""
-    from pipelines.profiles import build_profiles_valid_until as build
+    from pipelines.profiles.build import build_profiles_valid_until as build
 
     lake = _lake(lake_dir, business_date)
     stale = frozenset(name for name in load_sources() if _read_report(lake, "validation", name).get("stale"))
@@ -522,7 +522,7 @@ def validate_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
     """The profiles suite over the night's profiles. After an incremental build, over the profiles
     built tonight (the copied rows passed it when published), and one row per entity over all;
     the totals are reconciled with the accepted records by publish's books either way."""
-    from pipelines import quality
+    from pipelines.quality import suites as quality
 
     lake = _lake(lake_dir, business_date)
     runner = _suite_runner(lake)
@@ -565,8 +565,8 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
 
 def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
     """What the accepted records add up to, per reconciled profile column: counts, and money summed
-    exactly as the profiles sum it (``pipelines.profiles.money``: each record to the fen)."""
-    from pipelines.profiles import money
+    exactly as the profiles sum it (``pipelines.profiles.build.money``: each record to the fen)."""
+    from pipelines.profiles.build import money
 
     wanted = []
     for column, (types, value) in RECONCILED_TOTALS.items():
@@ -618,10 +618,10 @@ def reconcile(
 
 
 def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
-    from pipelines.data_docs import build_site
-    from pipelines.publish import publish_version
-    from pipelines.report import build_run_report
-    from pipelines.state import record
+    from pipelines.publish.report import build_run_report
+    from pipelines.publish.versions import publish_version
+    from pipelines.publish.watermarks import record
+    from pipelines.quality.data_docs import build_site
 
     lake = _lake(lake_dir, business_date)
     validation = {}
@@ -671,7 +671,7 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
     # Only now, with the version live, do the watermarks (and the entity registry) advance.
     record(lake.root, business_date, validation)
     if (lake.work / "registry").is_dir():
-        from pipelines.lake import replace_dir
+        from foundation.lake import replace_dir
 
         staging = lake.root / REGISTRY_DIR / f".{business_date}.new"
         shutil.rmtree(staging, ignore_errors=True)

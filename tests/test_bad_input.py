@@ -20,8 +20,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from foundation.errors import DataQualityError, SourceUnavailableError
 from pipelines import flow, stages
-from pipelines.errors import DataQualityError, SourceUnavailableError
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
@@ -406,7 +406,7 @@ def dirty_run(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 
 def _source_file(lake: Path, source: str) -> tuple[Path, str]:
-    from pipelines.sources import load_sources
+    from pipelines.sources.registry import load_sources
 
     config = load_sources()[source]
     return config.file_path(lake.parent / "sources"), config.encoding

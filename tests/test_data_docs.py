@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import flow
-from pipelines.data_docs import SITE_DIR
+from pipelines.quality.data_docs import SITE_DIR
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 

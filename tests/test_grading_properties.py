@@ -17,7 +17,7 @@ import pytest
 
 from credit_synthetic.generate import generate
 from pipelines import flow, stages
-from pipelines.profiles import build_profiles, list_labels, load_grading
+from pipelines.profiles.build import build_profiles, list_labels, load_grading
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from foundation.errors import PublishError
 from pipelines import flow, stages
 from pipelines.cli import main as credit
-from pipelines.errors import PublishError
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
@@ -188,7 +188,7 @@ def test_watermarks_advance_only_after_a_successful_publish(
     def broken_publish(*args: object, **kwargs: object) -> None:
         raise PublishError("disk full while publishing")
 
-    monkeypatch.setattr("pipelines.publish.publish_version", broken_publish)
+    monkeypatch.setattr("pipelines.publish.versions.publish_version", broken_publish)
     with pytest.raises(PublishError, match="disk full"):
         flow.run_all(str(sources), str(lake), DAYS[1], run_id="fails")
     assert state_file.read_text("utf-8") == state, "a failed run must not move the watermarks"
@@ -259,8 +259,8 @@ def late(nightly: Path, sources: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def _profiles_from_scratch(lake: Path, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Every profile of a night built anew from its accepted records and links (and valid_until)."""
-    from pipelines.lake import Lake
-    from pipelines.profiles import build_profiles_valid_until
+    from foundation.lake import Lake
+    from pipelines.profiles.build import build_profiles_valid_until
 
     stale = frozenset(
         name
@@ -305,8 +305,8 @@ def test_a_profile_stays_the_same_until_its_valid_until(nightly: Path) -> None:
     profiles, valid_until = _profiles_from_scratch(nightly, DAYS[-1])
     night = date.fromisoformat(DAYS[-1])
     assert valid_until.height == profiles.height and valid_until["valid_until"].null_count() < profiles.height
-    from pipelines.lake import Lake
-    from pipelines.profiles import build_profiles
+    from foundation.lake import Lake
+    from pipelines.profiles.build import build_profiles
 
     def on(day: date) -> pl.DataFrame:
         return build_profiles(
@@ -339,7 +339,7 @@ def test_an_incremental_nights_profiles_are_still_validated(
     """The suite runs over the profiles built tonight, and no entity may have two profiles."""
     import shutil
 
-    from pipelines.quality import DataQualityError
+    from pipelines.quality.suites import DataQualityError
 
     lake = tmp_path / "lake"
     shutil.copytree(nightly, lake, symlinks=True)
@@ -364,7 +364,7 @@ def test_an_incremental_nights_profiles_are_still_validated(
 def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nightly: Path) -> None:
     """An incremental night compares only the touched and rebuilt entities with the previous
     version: the changes are the same as comparing every firm and record."""
-    from pipelines.publish import compute_changes
+    from pipelines.publish.versions import compute_changes
 
     day = DAYS[-1]
     manifest = json.loads((nightly / "registry" / DAYS[-2] / "published_version.json").read_text("utf-8"))

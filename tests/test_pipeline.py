@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from entity_resolution.evaluate import evaluate
+from foundation.errors import SourceUnavailableError
+from foundation.schema import CANONICAL_COLUMNS
 from pipelines import flow, stages
 from pipelines.cli import main as credit
-from pipelines.errors import SourceUnavailableError
-from pipelines.schema import CANONICAL_COLUMNS
 
 BUSINESS_DATE = "2026-11-23"
 
@@ -165,7 +165,7 @@ def test_export_headers_are_the_data_dictionarys_labels_unless_names_are_asked_f
     """By default a person gets 贷款金额（元） and shares in %; a script asks for --header names."""
     import zipfile
 
-    from pipelines.dictionary import load_columns
+    from pipelines.profiles.dictionary import load_columns
 
     columns = load_columns()
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet").sort("entity_id")
@@ -229,7 +229,7 @@ def test_a_new_run_replaces_the_report_at_once_and_a_failed_one_says_where(
 ) -> None:
     """The moment a run starts, the date's page says "running" (the earlier attempt's "published" is
     gone); when it ends failed, the page names the failed task, its stage, source and error."""
-    from pipelines import report
+    from pipelines.publish import report
 
     copy = tmp_path / "lake"
     shutil.copytree(lake / "reports", copy / "reports")

@@ -7,7 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.profiles import (
+from foundation.schema import conform
+from pipelines.profiles.build import (
     GradingError,
     build_profiles,
     grading_path,
@@ -15,7 +16,6 @@ from pipelines.profiles import (
     load_grading,
     profile_columns,
 )
-from pipelines.schema import conform
 
 AS_OF = date(2026, 11, 23)
 

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from credit_synthetic.generate import write_sql_table
 from pipelines import stages
-from pipelines.extract import extract
-from pipelines.sources import load_sources
+from pipelines.sources.extract import extract
+from pipelines.sources.registry import load_sources
 from pipelines.stages import cutoff_for
 
 BUSINESS_DATE = "2026-11-23"
@@ -71,7 +71,7 @@ def test_postgresql_source_extracts_like_sqlite(
 def test_unreachable_database_names_the_source(
     sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.errors import SourceUnavailableError
+    from foundation.errors import SourceUnavailableError
 
     monkeypatch.setenv("CREDIT_LENDING_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/none")
     with pytest.raises(SourceUnavailableError, match="source 'lending' is unavailable: cannot connect"):

@@ -147,7 +147,7 @@ def normalise(
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
-            from pipelines.identifiers import classify_values, compact_code_expr
+            from foundation.identifiers import classify_values, compact_code_expr
 
             # every configured column is classified (a department may put any code in any column)
             sources = [

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pipelines.sources import SourceConfig
-from pipelines.state import Watermark
+from pipelines.publish.watermarks import Watermark
+from pipelines.sources.registry import SourceConfig
 
 if TYPE_CHECKING:
-    from pipelines.quality import SuiteRunner
+    from pipelines.quality.suites import SuiteRunner
 
 #: rows of the raw batch the raw suite looks at (schema and type drift show in any sample)
 RAW_SAMPLE_ROWS = 20_000
@@ -46,7 +46,7 @@ def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
 def raw_suite_problems(source: SourceConfig, raw_path: Path, runner: SuiteRunner | None = None) -> list[str]:
     """Failures of the source's raw suite on a sample of the batch, as readable sentences
     (``runner``: the stage's suite runner, else one in memory)."""
-    from pipelines.quality import ROW_ID, run_suite
+    from pipelines.quality.suites import ROW_ID, run_suite
 
     suite = source.raw_suite or f"{source.name}.raw"
     sample = _as_text(pl.scan_parquet(raw_path).head(RAW_SAMPLE_ROWS).collect())

@@ -1,6 +1,6 @@
 """The published tables' column dictionary: Parquet field metadata and docs/data_dictionary.md.
 
-Profiles are described by config/profile_columns.toml (``pipelines.dictionary.load_columns``), the
+Profiles are described by config/profile_columns.toml (``pipelines.profiles.dictionary.load_columns``), the
 other published tables by config/published_columns.toml in the same format. Publishing writes each
 column's label, unit and description into the Parquet schema, so any reader (pyarrow, DuckDB,
 Spark) finds them in the file; the Markdown data dictionary is generated from the same definition
@@ -17,11 +17,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipelines.dictionary import _COLUMN_KEYS, Column, DictionaryError, _checked, load_columns
-from pipelines.lake import REPO_ROOT
-from pipelines.profiles import MONEY
-from pipelines.publish import row_group_rows
-from pipelines.settings import config_path
+from foundation.lake import REPO_ROOT
+from foundation.settings import config_path
+from pipelines.profiles.build import MONEY
+from pipelines.profiles.dictionary import _COLUMN_KEYS, Column, DictionaryError, _checked, load_columns
+from pipelines.publish.versions import row_group_rows
 
 PUBLISHED_COLUMNS_FILE = "published_columns.toml"
 #: the generated data dictionary, relative to the checkout (and `credit dictionary`'s folder)
@@ -157,9 +157,9 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
     from datetime import date, datetime
 
     from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
-    from pipelines.profiles import build_profiles
-    from pipelines.publish import CHANGES_SCHEMA
-    from pipelines.schema import LINK_SCHEMA, conform
+    from foundation.schema import LINK_SCHEMA, conform
+    from pipelines.profiles.build import build_profiles
+    from pipelines.publish.versions import CHANGES_SCHEMA
 
     record = conform(
         pl.LazyFrame(
@@ -189,7 +189,7 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
 
 def write_dictionary(target: Path = DATA_DICTIONARY) -> Path:
     """(Re)generate docs/data_dictionary.md atomically."""
-    from pipelines.lake import atomic_path
+    from foundation.lake import atomic_path
 
     with atomic_path(target) as tmp:
         tmp.write_text(render_markdown(published_schemas()), "utf-8")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import atomic_path
+from foundation.lake import atomic_path
 
 #: the site's folder under ``LAKE/reports`` (beside the per-night folders)
 SITE_DIR = "data-docs"

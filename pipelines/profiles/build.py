@@ -15,9 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.divisions import divisions
-from pipelines.schema import CANONICAL_SCHEMA
-from pipelines.settings import config_path
+from foundation.divisions import divisions
+from foundation.schema import CANONICAL_SCHEMA
+from foundation.settings import config_path
 
 GRADING_FILE = "grading.toml"
 INDUSTRIES_FILE = "industries.toml"

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa: F401 - re-exported
+from foundation.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

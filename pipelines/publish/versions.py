@@ -19,9 +19,9 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import PublishError
-from pipelines.lake import write_json
-from pipelines.settings import config_path
+from foundation.errors import PublishError
+from foundation.lake import write_json
+from foundation.settings import config_path
 
 log = logging.getLogger(__name__)
 DATASETS = ("profiles", "links", "entities")
@@ -115,8 +115,8 @@ def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_grou
     """One published file: each column's label, unit and description in its Parquet field metadata
     (config/profile_columns.toml, config/published_columns.toml), row groups of ``rows_per_group``
     rows with min/max statistics. Written into the staging directory (renamed whole later)."""
-    from pipelines.datadict import DICTIONARY_FILE, described_schema
-    from pipelines.dictionary import DictionaryError
+    from pipelines.profiles.dictionary import DictionaryError
+    from pipelines.publish.datadict import DICTIONARY_FILE, described_schema
 
     try:
         schema = described_schema(frame, table)

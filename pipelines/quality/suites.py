@@ -21,10 +21,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import DataQualityError
-from pipelines.lake import write_parquet
-from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
-from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
+from foundation.errors import DataQualityError
+from foundation.lake import write_parquet
+from foundation.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
+from foundation.settings import EXPECTATIONS_DIR, expectation_dirs
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class SuiteOutcome:
 @dataclass(frozen=True)
 class DataDocs:
     """Where a run keeps its validation results for the offline Data Docs site
-    (``pipelines.data_docs``): a file-backed GX project under ``root`` (``LAKE/reports/<date>/gx``),
+    (``pipelines.quality.data_docs``): a file-backed GX project under ``root`` (``LAKE/reports/<date>/gx``),
     each result under ``run_name`` (the business date)."""
 
     root: Path
@@ -285,7 +285,7 @@ def range_expectations(suite_name: str) -> list[dict[str, Any]]:
     """The range checks of a source's standardised suite, derived from the ranges of the number
     columns its mapping fills (schema.NUMBER_RANGES, narrowed by the source's ``ranges`` in
     config/sources.toml): never written into the suite's JSON, so there is one definition."""
-    from pipelines.sources import load_sources
+    from pipelines.sources.registry import load_sources
 
     for source in load_sources().values():
         if source.suite != suite_name:
@@ -297,7 +297,7 @@ def range_expectations(suite_name: str) -> list[dict[str, Any]]:
                 "kwargs": {"column": column, "min_value": low, "max_value": high},
                 "meta": {
                     "reason": f"{column} outside its range [{_bound(low)}, {_bound(high)}]",
-                    "derived_from": f"the range of '{column}' (pipelines/schema.py NUMBER_RANGES, "
+                    "derived_from": f"the range of '{column}' (foundation/schema.py NUMBER_RANGES, "
                     f"config/sources.toml [sources.{source.name}.ranges])",
                 },
             }
@@ -474,7 +474,7 @@ def validate_source(
     if missing:
         raise DataQualityError(f"source '{source}': standardised data lacks canonical columns {missing}")
     frame = staged.with_row_index(ROW_ID)
-    from pipelines.sources import load_sources
+    from pipelines.sources.registry import load_sources
 
     configured = load_sources().get(source)
     if parameters is None:  # ad-hoc validation: nothing may lie after today

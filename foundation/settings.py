@@ -1,7 +1,7 @@
 """Where the settings files and expectation suites are: the one place every module asks.
 
 The repository keeps them in its top-level ``config/`` and ``expectations/`` folders; the wheel
-carries the same folders inside the package (``pipelines/config``, ``pipelines/expectations``,
+carries the same folders inside the package (``foundation/config``, ``foundation/expectations``,
 mapped in pyproject.toml), because an installed package has no checkout around it. The bundled
 copy wins when it exists, so the code works the same from a checkout and from an installed wheel.
 A deployment points any one file elsewhere with an environment variable (read at call time):
