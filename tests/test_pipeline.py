@@ -11,8 +11,9 @@ import pytest
 from entity_resolution.evaluate import evaluate
 from foundation.errors import SourceUnavailableError
 from foundation.schema import CANONICAL_COLUMNS
-from pipelines import flow, stages
+from pipelines import flow
 from pipelines.cli import main as credit
+from pipelines.sources import stages as source_stages
 
 BUSINESS_DATE = "2026-11-23"
 
@@ -88,8 +89,8 @@ def test_rerunning_a_date_gives_identical_profiles(lake: Path, sources: Path, tm
 
 
 def test_earlier_business_date_sees_fewer_records(sources: Path, tmp_path: Path) -> None:
-    full = stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)["rows"]
-    earlier = stages.extract_source("lending", str(sources), str(tmp_path), "2026-11-21")["rows"]
+    full = source_stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)["rows"]
+    earlier = source_stages.extract_source("lending", str(sources), str(tmp_path), "2026-11-21")["rows"]
     assert 0 < earlier < full
 
 
@@ -98,10 +99,10 @@ def test_missing_source_names_the_source(sources: Path, tmp_path: Path) -> None:
     shutil.copytree(sources, broken)
     (broken / "contract" / "enforcement.csv").unlink()
     with pytest.raises(SourceUnavailableError, match="contract"):
-        stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+        source_stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
     (broken / "lending" / "lending.db").unlink()
     with pytest.raises(SourceUnavailableError, match="lending"):
-        stages.extract_source("lending", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+        source_stages.extract_source("lending", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
 
 
 def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:

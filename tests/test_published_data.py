@@ -26,8 +26,8 @@ from pipelines.publish.datadict import (
     render_markdown,
     table_columns,
 )
+from pipelines.publish.reconciliation import RECONCILED_TOTALS
 from pipelines.publish.versions import current_version, publish_version, row_group_rows
-from pipelines.stages import RECONCILED_TOTALS
 from tests.conftest import PublishedLakes
 from tests.service_support import DAYS, build_lake, credit, serving
 

@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 
 from entity_resolution.spec import load_spec
-from pipelines import flow, stages
+from foundation import settings
+from pipelines import flow
 from pipelines.profiles.build import profile_columns
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
@@ -173,7 +174,7 @@ def test_evidence_and_history(deployment: dict, profiles: pl.DataFrame) -> None:
     evidence = get(deployment, f"/api/v1/profiles/{firm['uscc']}/evidence").json()["records"]
     assert len(evidence) == firm["record_count"]
     # one letter per comparison of the resolution spec
-    letters = len(load_spec(stages.resolution_settings()["spec"]).comparisons)
+    letters = len(load_spec(settings.resolution_settings()["spec"]).comparisons)
     assert all(len(r["match_grade"]) == letters and set(r["match_grade"]) <= set("ABFZ") for r in evidence)
     assert all(0 < r["match_confidence"] <= 1 for r in evidence)
     history = get(deployment, f"/api/v1/profiles/{firm['uscc']}/history").json()["versions"]

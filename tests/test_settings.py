@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from foundation import settings
-from pipelines import stages
 
 # imported before any override is set, as a long-running process has them
 from pipelines.profiles import build as profiles
+from pipelines.profiles import stages as profile_stages
 from pipelines.publish import versions as publish
 from serving import app, disclosure, server, store
 
@@ -72,7 +72,7 @@ def test_publishing_settings_are_read_at_call_time(tmp_path: Path, monkeypatch: 
 def test_grading_and_industries_are_read_at_call_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    basis_before = stages._profile_basis("2026-11-23", frozenset())
+    basis_before = profile_stages._profile_basis("2026-11-23", frozenset())
     grading = own_copy(tmp_path, "grading.toml", 'label = "失信被执行人"', 'label = "失信被执行人（本地）"')
     industries = tmp_path / "industries.toml"
     industries.write_text('[sections]\n"Z 测试" = ["测试词"]\n', "utf-8")
@@ -82,7 +82,7 @@ def test_grading_and_industries_are_read_at_call_time(
     assert profiles.list_labels()["dishonest_debtor"][0] == "失信被执行人（本地）"
     assert profiles.load_industries() == {"测试词": "Z 测试"}
     # what depends on them: the basis of incremental profiles, the lists the service offers
-    assert stages._profile_basis("2026-11-23", frozenset())["rules"] != basis_before["rules"]
+    assert profile_stages._profile_basis("2026-11-23", frozenset())["rules"] != basis_before["rules"]
     assert store.offered_lists()["dishonest_debtor"][0] == "失信被执行人（本地）"
 
 
