@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from entity_resolution.spec import LINK_TYPES
-from pipelines.cli import add_json_option, emit, key_values
+from foundation.console import add_json_option, emit, key_values
 
 
 def read_inputs(paths: list[str], source_column: str | None = None):  # noqa: ANN201 - a Polars frame

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from foundation.console import add_json_option, emit
 from foundation.lake import DEFAULT_LAKE
-from pipelines.cli import add_json_option, emit
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -24,10 +24,10 @@ from typing import Any
 
 import polars as pl
 
+from foundation.grading import ENTITY_TYPES, NATURAL_PERSON, grading_path, load_grading
 from foundation.identifiers import is_id_number_form
 from foundation.schema import RECORD_TYPES
 from foundation.settings import config_path
-from pipelines.profiles.build import ENTITY_TYPES, NATURAL_PERSON, grading_path, load_grading
 
 POLICY_FILE = "disclosure.toml"
 #: the entity types a policy may name (those pipelines/profiles/build.py gives a profile)

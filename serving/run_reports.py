@@ -23,8 +23,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from foundation.lake import SITE_DIR
 from foundation.settings import airflow_lake
-from pipelines.quality.data_docs import SITE_DIR
 
 DAG_ID = "credit_nightly"
 #: where the app is mounted in the Airflow API server

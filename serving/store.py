@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from foundation.dictionary import reference_expr
+from foundation.grading import list_labels, load_grading
 from foundation.identifiers import repair_code
 from foundation.schema import CANONICAL_SCHEMA
-from pipelines.profiles.build import list_labels, load_grading
-from pipelines.profiles.dictionary import reference_expr
 from serving.disclosure import View, load_policy, mask_text
 from serving.search import NameIndex
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, JSON_HELP, build_parser
+from foundation.console import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, JSON_HELP
+from pipelines.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 

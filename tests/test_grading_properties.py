@@ -16,8 +16,9 @@ import polars as pl
 import pytest
 
 from credit_synthetic.generate import generate
+from foundation.grading import list_labels, load_grading
 from pipelines import flow, night
-from pipelines.profiles.build import build_profiles, list_labels, load_grading
+from pipelines.profiles.build import build_profiles
 from pipelines.sources import snapshot
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick

@@ -166,7 +166,7 @@ def test_export_headers_are_the_data_dictionarys_labels_unless_names_are_asked_f
     """By default a person gets 贷款金额（元） and shares in %; a script asks for --header names."""
     import zipfile
 
-    from pipelines.profiles.dictionary import load_columns
+    from foundation.dictionary import load_columns
 
     columns = load_columns()
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet").sort("entity_id")

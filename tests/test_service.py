@@ -13,8 +13,8 @@ import pytest
 
 from entity_resolution.spec import load_spec
 from foundation import settings
+from foundation.grading import profile_columns
 from pipelines import flow
-from pipelines.profiles.build import profile_columns
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
@@ -156,7 +156,7 @@ def test_lists_filter_and_paginate(deployment: dict, profiles: pl.DataFrame) -> 
 
 
 def test_the_list_catalogue_comes_from_the_grading_config(deployment: dict) -> None:
-    from pipelines.profiles.build import list_labels, load_grading
+    from foundation.grading import list_labels, load_grading
 
     catalogue = get(deployment, "/api/v1/lists").json()
     names = [entry["name"] for entry in catalogue["lists"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation import grading as grading_module
 from foundation import settings
 
 # imported before any override is set, as a long-running process has them
@@ -78,8 +79,8 @@ def test_grading_and_industries_are_read_at_call_time(
     industries.write_text('[sections]\n"Z 测试" = ["测试词"]\n', "utf-8")
     point(monkeypatch, grading)
     point(monkeypatch, industries)
-    assert profiles.grading_path() == grading and profiles.industries_path() == industries
-    assert profiles.list_labels()["dishonest_debtor"][0] == "失信被执行人（本地）"
+    assert grading_module.grading_path() == grading and profiles.industries_path() == industries
+    assert grading_module.list_labels()["dishonest_debtor"][0] == "失信被执行人（本地）"
     assert profiles.load_industries() == {"测试词": "Z 测试"}
     # what depends on them: the basis of incremental profiles, the lists the service offers
     assert profile_stages._profile_basis("2026-11-23", frozenset())["rules"] != basis_before["rules"]
@@ -89,10 +90,10 @@ def test_grading_and_industries_are_read_at_call_time(
 def test_a_renamed_list_flag_changes_the_profile_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = profiles.profile_columns()
-    flag = next(e["flag"] for e in profiles.load_grading()["lists"] if "flag" in e)
+    before = grading_module.profile_columns()
+    flag = next(e["flag"] for e in grading_module.load_grading()["lists"] if "flag" in e)
     point(monkeypatch, own_copy(tmp_path, "grading.toml", f'flag = "{flag}"', f'flag = "{flag}_local"'))
-    after = profiles.profile_columns()
+    after = grading_module.profile_columns()
     assert flag in before and flag not in after and f"{flag}_local" in after
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import polars as pl
 
+from foundation import grading
+from foundation.grading import grading_path
 from foundation.lake import Lake, write_json, write_parquet
 from pipelines.night import (
     BUILT_PROFILES,
@@ -31,7 +33,7 @@ def _profile_basis(business_date: str, stale: frozenset[str]) -> dict[str, Any]:
     """What every profile depends on besides its own records and the day: the sources held back
     and the grading, industries and code that turn records into a profile."""
     digest = hashlib.sha256()
-    for path in (profiles.grading_path(), profiles.industries_path(), Path(profiles.__file__)):
+    for path in (grading_path(), profiles.industries_path(), Path(profiles.__file__), Path(grading.__file__)):
         digest.update(Path(path).read_bytes())
     return {"as_of": business_date, "stale_sources": sorted(stale), "rules": digest.hexdigest()}
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import polars as pl
 
+from foundation.dictionary import load_columns
 from foundation.lake import Lake, atomic_path, write_json
-from pipelines.profiles.dictionary import load_columns
 from pipelines.quality.data_docs import build_site, site_index
 from pipelines.sources.registry import load_sources
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import polars as pl
 
+from foundation.grading import load_grading
 from foundation.schema import CANONICAL_SCHEMA, RECORD_TYPES
 from foundation.settings import config_path
-from pipelines.profiles.build import load_grading
 
 #: the dictionary's file name under config/ (CREDIT_PROFILE_COLUMNS_CONFIG points elsewhere)
 COLUMNS_FILE = "profile_columns.toml"
