@@ -16,6 +16,7 @@ from foundation.lake import Lake
 
 
 def night_lake(lake_dir: str | Path, business_date: str) -> Lake:
+    """The lake of one night; a malformed date fails here, before any stage writes."""
     date.fromisoformat(business_date)  # fail early on a malformed date
     return Lake(Path(lake_dir), business_date)
 

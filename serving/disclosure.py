@@ -30,7 +30,7 @@ from foundation.schema import RECORD_TYPES
 from foundation.settings import config_path
 
 POLICY_FILE = "disclosure.toml"
-#: the entity types a policy may name (those pipelines/profiles/build.py gives a profile)
+#: the entity types a policy may name (foundation/grading.py ENTITY_TYPES)
 KNOWN_ENTITY_TYPES = frozenset(ENTITY_TYPES.values()) | {NATURAL_PERSON, "other"}
 #: the key each response row carries: the domains withheld from it (the pages show them as not public)
 WITHHELD = "withheld"
