@@ -38,7 +38,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
 SYNTHETIC = REPO / "synthetic"
 SYNTHETIC_PYPROJECT = tomllib.loads((SYNTHETIC / "pyproject.toml").read_text("utf-8"))
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-#: the top-level import packages the wheel ships (pipelines, serving, entity_resolution)
+#: the top-level import packages the wheel ships (foundation, pipelines, serving, entity_resolution)
 TOP_LEVEL = sorted({name.partition(".")[0] for name in SETUPTOOLS["packages"]})
 #: checkout folder -> where the wheel puts it (config/ -> foundation/config/, ...)
 MAPPED = {folder: package.replace(".", "/") for package, folder in SETUPTOOLS["package-dir"].items()}
