@@ -25,8 +25,7 @@ numpy for the model, scipy for connected components):
 
 Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``, and how many
 normalising chunks and partitions run at once, ``normalise_workers`` and ``partition_workers``,
-each in a process of its own; the partition workers also compare the pair shards while blocking finds
-the next ones) sets how the work is cut, which bounds memory and never changes the result. What grows with the input stays in
+each in a process of its own) sets how the work is cut, which bounds memory and never changes the result. What grows with the input stays in
 the work directory between phases (Parquet, read by streaming queries): the record -> signature
 map (``records.parquet``), the signature table with its first record ids (``signatures.parquet``;
 blocking, comparisons and the model hold it in memory without those ids), the pair shards, and per
@@ -60,9 +59,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,26 +252,15 @@ def _link(
     pattern_parts: list[pl.DataFrame] = []
     candidates = 0
     comparer = PairComparer(sig, spec)  # the compared columns coded once, for every shard
-    # with partition workers, they compare the shards while this process finds the next ones
-    pool = _pool(scale.partition_workers) if scale.partition_workers > 1 else None
-    pending: deque[Future[pl.DataFrame]] = deque()
-    try:
-        for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
-            if spec.link_only:  # accuracy hook: only pairs across the two inputs
-                pairs = cross_input_pairs(sig, pairs, spec.source_column)
-            path = work / "shards" / f"shard-{number:05d}.parquet"
-            shard_paths.append(path)
-            candidates += pairs.height
-            if pool is None:
-                pattern_parts.append(compare_shard(comparer, pairs, path, radix))
-                continue
-            pending.append(pool.submit(compare_shard, signature_file, pairs, path, radix, spec))
-            while len(pending) > 2 * scale.partition_workers:  # a few shards in flight, not all
-                pattern_parts.append(pending.popleft().result())
-        pattern_parts.extend(future.result() for future in pending)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
+        if spec.link_only:  # accuracy hook: only pairs across the two inputs
+            pairs = cross_input_pairs(sig, pairs, spec.source_column)
+        code = _encode(comparer.levels(pairs), radix)
+        path = work / "shards" / f"shard-{number:05d}.parquet"
+        pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
+        shard_paths.append(path)
+        pattern_parts.append(pl.DataFrame({"pattern": code}).group_by("pattern").len())
+        candidates += pairs.height
     patterns = (
         pl.concat(pattern_parts).group_by("pattern").agg(pl.col("len").sum()).sort("pattern")
         if pattern_parts
@@ -570,38 +556,6 @@ def _link(
     )
 
 
-def compare_shard(
-    comparer: PairComparer | Path,
-    pairs: pl.DataFrame,
-    path: Path,
-    radix: np.ndarray,
-    spec: Spec | None = None,
-) -> pl.DataFrame:
-    """Each pair's levels as its pattern code, written beside the pairs to ``path``; returns the
-    shard's pattern counts (EM needs no more). ``comparer``: a ``PairComparer``, or in a worker the
-    signature file and ``spec`` to build one from (once per process: it serves every shard)."""
-    if isinstance(comparer, Path):
-        key = str(comparer)
-        if key not in _COMPARERS:
-            _COMPARERS.clear()
-            _COMPARERS[key] = PairComparer(pl.read_parquet(comparer, columns=compared_columns(spec)), spec)
-        comparer = _COMPARERS[key]
-    code = _encode(comparer.levels(pairs), radix)
-    pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
-    return pl.DataFrame({"pattern": code}).group_by("pattern").len()
-
-
-_COMPARERS: dict[str, PairComparer] = {}  # a comparing worker's one comparer
-
-
-def _pool(workers: int) -> Executor:
-    """Worker processes, spawned: forking a process that holds Polars' thread pool is unsafe."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> list[dict[str, int]]:
     """Each partition directory resolved by the plain function a worker runs; with ``workers`` > 1
     several at once, each in a fresh process (spawned: forking a process that holds Polars' thread
@@ -609,7 +563,11 @@ def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> li
     same however many run at once."""
     if workers <= 1 or len(directories) <= 1:
         return [resolve_partition_files(directory, spec) for directory in directories]
-    with _pool(min(workers, len(directories))) as pool:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(directories)), mp_context=context) as pool:
         return list(pool.map(resolve_partition_files, directories, [spec] * len(directories)))
 
 

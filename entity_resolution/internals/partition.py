@@ -42,9 +42,7 @@ class Scale:
     normalise_records: int = 1_000_000  # records normalised at a time
     shard_pairs: int = 5_000_000  # candidate pairs compared at a time
     partition_signatures: int = 1_000_000  # signatures clustered and graded at a time
-    partition_workers: int = (
-        1  # partitions resolved (and pair shards compared) at once, each in a process of its own
-    )
+    partition_workers: int = 1  # partitions resolved at once, each in a process of its own
     normalise_workers: int = 1  # chunks of records normalised at once, each in a process of its own
 
     @classmethod
