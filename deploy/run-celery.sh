@@ -50,7 +50,8 @@ stop() {
   sleep 5
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
-trap stop EXIT INT TERM
+trap stop EXIT
+trap 'echo "run-celery: stopping"; exit 0' INT TERM
 
 start scheduler airflow scheduler
 start dag-processor airflow dag-processor
