@@ -114,24 +114,34 @@ class Host:
     """A worker host: a network namespace joined to this machine by a veth pair."""
 
     name: str
-    namespace: str
-    address: str  # this machine's end of the link: where the host finds the servers
+    index: int
     forwarders: list[subprocess.Popen] = field(default_factory=list)
 
+    @property
+    def tag(self) -> str:
+        return f"{os.getpid() % 100000}{self.index}"
 
-def add_host(name: str, index: int, ports: tuple[int, ...]) -> Host:
+    @property
+    def namespace(self) -> str:
+        return f"credit-celery-{self.tag}"
+
+    @property
+    def address(self) -> str:
+        """This machine's end of the link: where the host finds the servers."""
+        return f"{SUBNET}.{self.index}.1"
+
+
+def connect_host(host: Host, ports: tuple[int, ...]) -> None:
     """Namespace, veth pair (10.213.N.1 here, .2 there) and one socat per port forwarding the
     host's connections to the server on 127.0.0.1 (so PostgreSQL's loopback trust applies)."""
-    tag = f"{os.getpid() % 100000}{index}"
-    host = Host(name, f"credit-celery-{tag}", f"{SUBNET}.{index}.1")
-    outside, inside = f"ccel{tag}h", f"ccel{tag}n"
+    outside, inside = f"ccel{host.tag}h", f"ccel{host.tag}n"
     run("ip", "netns", "add", host.namespace)
     run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
     run("ip", "link", "set", inside, "netns", host.namespace)
     run("ip", "addr", "add", f"{host.address}/24", "dev", outside)
     run("ip", "link", "set", outside, "up")
     inns = ("ip", "netns", "exec", host.namespace)
-    run(*inns, "ip", "addr", "add", f"{SUBNET}.{index}.2/24", "dev", inside)
+    run(*inns, "ip", "addr", "add", f"{SUBNET}.{host.index}.2/24", "dev", inside)
     run(*inns, "ip", "link", "set", inside, "up")
     run(*inns, "ip", "link", "set", "lo", "up")
     for port in ports:
@@ -141,7 +151,6 @@ def add_host(name: str, index: int, ports: tuple[int, ...]) -> Host:
                 start_new_session=True,
             )
         )
-    return host
 
 
 def kill_host_processes(host: Host) -> None:
@@ -157,6 +166,7 @@ def remove_host(host: Host) -> None:
     for forwarder in host.forwarders:
         stop_group(forwarder)
     run("ip", "netns", "del", host.namespace, check=False)  # takes the veth pair with it
+    run("ip", "link", "del", f"ccel{host.tag}h", check=False)  # unless it never got there
 
 
 def stop_group(process: subprocess.Popen, grace: float = 5) -> None:
@@ -287,7 +297,8 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         start("api-server", [AIRFLOW, "api-server"])
         workers = {}
         for index, name in enumerate(WORKERS, start=1):
-            host = hosts[name] = add_host(name, index, (5432, 6379, port))
+            host = hosts[name] = Host(name, index)  # registered first: removed whatever fails next
+            connect_host(host, (5432, 6379, port))
             # a host of its own: its own UTS namespace and hostname, which task instances record
             workers[name] = start(
                 name,
@@ -321,6 +332,9 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         for host in hosts.values():
             remove_host(host)
         database.dispose()
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
 
 
 def task_rows(deployment: Deployment) -> list[Any]:
