@@ -227,8 +227,10 @@ def undecided_units(
     it is not at least ``threshold`` likely to be its entity's rather than the other's (a rival
     entity is one it has a pair at or above ``threshold`` with, so the partition holds both).
 
-    A unit belongs to at most one of them: with p_E the mean match probability of its pairs with
-    entity E's signatures (average linkage's measure) and o_E = p_E / (1 - p_E), the chance that it
+    A unit belongs to at most one of them: with p_E its fit to entity E as average linkage measures
+    it (the mean match probability of its pairs with E's signatures, or its best pair with E's
+    coded unit when that is higher: a firm's code-less records, e.g. a monthly record repeating the
+    firm's figures, dilute the mean without saying anything against it) and o_E = p_E / (1 - p_E), the chance that it
     is its own entity C's is o_C / (1 + o_C + sum of the others' o_E). A record with a trade name
     that two firms in different cities carry, and no code, region or anything else to tell them
     apart, matches both equally: it is left on its own (for review), not guessed. ``unit`` and
@@ -250,6 +252,9 @@ def undecided_units(
             "other": np.concatenate([unit[right], unit[left]]),
             "entity": np.concatenate([entity[right], entity[left]]),
             "p": np.tile(p, 2),
+            # the other side holds its entity's code: average linkage's coded unit
+            "coded": fixed[np.concatenate([unit[right], unit[left]])]
+            & (value[np.concatenate([right, left])] >= 0),
         }
     ).filter(pl.col("unit") != pl.col("other"))
     mine, theirs = value[both["unit"].to_numpy()], value[both["entity"].to_numpy()]
@@ -265,7 +270,12 @@ def undecided_units(
         best = (
             both.join(undecided.select(pl.col("unit").alias("other")), on="other", how="anti")
             .group_by("unit", "entity")
-            .agg(pl.col("p").mean().clip(1e-12, 1 - 1e-12), pl.col("p").max().alias("top"))
+            .agg(
+                pl.max_horizontal(pl.col("p").mean(), pl.col("p").filter("coded").max())
+                .clip(1e-12, 1 - 1e-12)
+                .alias("p"),
+                pl.col("p").max().alias("top"),
+            )
             .with_columns((pl.col("p") / (1 - pl.col("p"))).alias("odds"))
         )
         best = best.with_columns(pl.Series("own", entity[best["unit"].to_numpy()]))

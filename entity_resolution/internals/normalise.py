@@ -137,7 +137,15 @@ def normalise(
                     core.alias("core"),
                     (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
                 )
-            region = names["region_codes"].list.first().str.slice(0, 4)
+            # the most specific division the name states (江苏南京: 3201, not 32)
+            region = (
+                names["region_codes"]
+                .list.eval(
+                    pl.element().sort_by(pl.element().str.len_chars(), descending=True, maintain_order=True)
+                )
+                .list.first()
+                .str.slice(0, 4)
+            )
             frame = frame.with_columns(
                 names["core"].alias(f"{out}_core"),
                 names["name_key"].alias(f"{out}_key"),
@@ -203,6 +211,14 @@ def normalise(
                 else pl.lit(None, pl.Date)
             )
             frame = frame.with_columns(value.alias(out))
+        elif kind == "place":  # the division of the last province or prefecture a text names
+            column, out = step["column"], step.get("out", step["column"])
+            if column not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, pl.String).alias(out))
+            else:
+                from entity_resolution.names import place_divisions
+
+                frame = frame.with_columns(place_divisions(frame[column].cast(pl.String)).alias(out))
         elif kind == "coalesce":
             present = [pl.col(c) for c in step["columns"] if c in frame.columns]
             frame = frame.with_columns(pl.coalesce(present).alias(step["out"]))
