@@ -510,7 +510,7 @@ def resolve_changes(
     entities = pl.concat(
         [
             previous_entities.join(touched, on="entity_id", how="anti"),
-            entities_table(pl.concat([kept_records, firms, persons]), rebuilt).select(
+            entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(
                 previous_entities.columns
             ),
         ]

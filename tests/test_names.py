@@ -55,18 +55,6 @@ def test_region_hints_are_division_prefixes() -> None:
     assert "3302" in region_codes("宁波")
 
 
-def test_a_name_region_reads_as_its_most_specific_division() -> None:
-    # 江苏南京 names the province (32) and the city (3201): the city is the firm's region, so a
-    # namesake in 新乡 (4107) disagrees with it rather than only failing to be its prefix
-    from entity_resolution.engine import normalise
-    from entity_resolution.spec import load_spec
-
-    frame = pl.DataFrame(
-        {"record_id": ["a", "b"], "name": ["江苏南京远锦农业开发有限公司", "远锦农业开发有限公司"]}
-    )
-    assert normalise(frame, load_spec("enterprise"))["name_region"].to_list() == ["3201", None]
-
-
 def test_an_authority_places_a_record_at_the_last_province_or_city_it_names() -> None:
     from entity_resolution.names import place_divisions
 

@@ -137,15 +137,7 @@ def normalise(
                     core.alias("core"),
                     (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
                 )
-            # the most specific division the name states (江苏南京: 3201, not 32)
-            region = (
-                names["region_codes"]
-                .list.eval(
-                    pl.element().sort_by(pl.element().str.len_chars(), descending=True, maintain_order=True)
-                )
-                .list.first()
-                .str.slice(0, 4)
-            )
+            region = names["region_codes"].list.first().str.slice(0, 4)
             frame = frame.with_columns(
                 names["core"].alias(f"{out}_core"),
                 names["name_key"].alias(f"{out}_key"),
