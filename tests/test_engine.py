@@ -759,3 +759,17 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     assert in_workers.equals(one_by_one)
     # (the record map's row order is not set: a streaming join writes it)
     assert pl.read_parquet(worker_file).sort("record_id").equals(per_record.sort("record_id"))
+
+
+def test_a_night_reads_representatives_stored_before_an_input_column_existed(generated: dict) -> None:
+    """A registry written before the enterprise inputs gained ``authority`` and ``figures`` holds
+    representatives without them: an incremental night reads them as unknown, not as an error."""
+    from entity_resolution.pipeline import _engine
+
+    base = generated["records"].head(3000)
+    old = (
+        base.head(300).drop("authority", "figures").with_columns(entity_id=pl.lit("E:") + pl.col("record_id"))
+    )
+    inputs = base.slice(300)
+    links, _, _ = _engine(inputs, ENTERPRISE, None, None, representatives=old)
+    assert links["record_id"].sort().to_list() == inputs["record_id"].sort().to_list()
