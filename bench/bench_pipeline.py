@@ -66,7 +66,7 @@ def run_night(sources: Path, lake: Path, day: str, full_relink: bool = False) ->
     seconds of the whole process, start-up included) rows. CPU seconds hardly depend on what else
     runs on the machine, wall seconds do."""
     from pipelines.flow import PER_SOURCE, WHOLE_NIGHT
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     night = {
         "sources_dir": str(sources),
@@ -125,7 +125,7 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
     import tomllib
     from datetime import date, timedelta
 
-    from pipelines.settings import config_env, config_path
+    from foundation.settings import config_env, config_path
 
     # the chain is incremental every night (no weekly full re-link inside it)
     settings = tomllib.loads(config_path("resolution.toml").read_text("utf-8"))
@@ -167,7 +167,7 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
         f"vs {full_cpu:.1f} ({incremental_cpu / full_cpu:.1%})"
     )
     from pipelines.flow import STAGES
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     for stage in STAGES:
         labels = {stage.label(source) for source in source_names()} if stage.per_source else {stage.label()}
@@ -268,7 +268,7 @@ def main() -> int:
     if args.validation_only:
         if not (lake / "staged").exists():
             raise SystemExit(f"no kept lake at {lake}: run with --entities {args.entities} --keep first")
-        from pipelines.sources import source_names
+        from pipelines.sources.registry import source_names
 
         reference = machine_reference()
         wall = validate_in_parallel(source_names(), lake, args.date)
@@ -290,7 +290,7 @@ def main() -> int:
         records = sum(gen["result"]["rows"].values()) if isinstance(gen["result"].get("rows"), dict) else 0
         rows.append(("generate", gen["seconds"], records, gen["peak_mb"], gen["cpu_seconds"]))
 
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     if args.incremental_nights:
         return incremental(args, sources, lake, rows, records)
