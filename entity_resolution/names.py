@@ -208,8 +208,6 @@ def place_divisions(texts: pl.Series) -> pl.Series:
     (4 digits, 2 for a province) of the last province or prefecture it names (a county name may
     mean places in several provinces), null when it names none. The last, because a bank may carry
     a city in its own name (宁波银行杭州分行 is a branch in 杭州)."""
-    from entity_resolution.internals.normalise import distinct_rows
-
     tops, _, _ = _region_tables()
     # a name several divisions carried: the smallest code (重庆 is 50, not the 5102 it was before 1997)
     codes = tops.select("token", pl.col("codes").list.min().str.slice(0, 4))
