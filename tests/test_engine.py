@@ -153,11 +153,10 @@ def test_no_phase_holds_a_row_per_record_or_signature_only_its_chunk_or_partitio
 
     normalise, resolve = blocking.normalise, partition.resolve_partition
 
-    def normalising(frame: pl.DataFrame, spec, spellings=None, names=None):  # noqa: ANN001, ANN202
-        # the whole input's spelling counts and its names' fields (a row per distinct name) serve
-        # every chunk
-        count("normalise", (*(spellings or {}).values(), *(names or {}).values()))
-        return normalise(frame, spec, spellings, names)
+    def normalising(frame: pl.DataFrame, spec, spellings=None):  # noqa: ANN001, ANN202
+        # the whole input's spelling counts (a row per distinct name) are needed by every chunk
+        count("normalise", tuple((spellings or {}).values()))
+        return normalise(frame, spec, spellings)
 
     def resolving(*frames, **options):  # noqa: ANN002, ANN003, ANN202
         count("cluster")

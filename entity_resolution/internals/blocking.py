@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,7 @@ from scipy.sparse.csgraph import connected_components
 
 from entity_resolution.internals.cluster import Clusters
 from entity_resolution.internals.compare import compared_columns
-from entity_resolution.internals.normalise import (
-    company_name_fields,
-    normalise,
-    one_off_corrections,
-    spelling_counts,
-)
+from entity_resolution.internals.normalise import normalise, spelling_counts
 from entity_resolution.spec import BlockKey, Spec
 
 
@@ -81,96 +75,6 @@ def spellings_of(
     return counts
 
 
-def _names_of_piece(names: pl.DataFrame, path: Path) -> None:
-    """``normalise_names`` of one piece of the distinct names (``name``, ``len``), written to
-    ``path`` beside them: the plain function a worker runs."""
-    from entity_resolution.names import normalise_names
-
-    normalised = normalise_names(names["name"])
-    normalised.with_columns(names["len"]).write_parquet(path)
-
-
-def _fields_of_piece(path: Path, correct: bool, corrections: dict[str, str] | None, out: Path) -> None:
-    """``company_name_fields`` of one piece of normalised names (``_names_of_piece``), with the
-    whole input's one-off corrections, written to ``out`` with their ``name``."""
-    names = pl.read_parquet(path)
-    fields = company_name_fields(names["name"], correct=correct, corrections=corrections, names=names)
-    fields.insert_column(0, names["name"]).write_parquet(out)
-
-
-def name_tables(
-    records: pl.LazyFrame,
-    spec: Spec,
-    work: Path,
-    spellings: dict[str, pl.DataFrame] | None = None,
-    pool: Executor | None = None,
-    pieces: int = 1,
-) -> tuple[dict[str, pl.DataFrame], dict[str, list[Path]]]:
-    """(the spelling counts ``spellings_of`` gives, unless ``spellings`` are given; per company-name
-    column, Parquet files of ``company_name_fields`` for each distinct name of ``records``, under
-    ``work``). A chunk of records then looks its names up instead of normalising them again: a
-    firm's name recurs in many chunks. The counts come from the same normalised names (a name's
-    core), the one-off corrections are found once; the distinct names are cut in ``pieces``,
-    normalised at once by the ``pool``'s workers."""
-    columns = records.collect_schema().names()
-    counts = dict(spellings or {})
-    tables: dict[str, list[Path]] = {}
-    for number, step in enumerate(spec.normalise):
-        column = step.get("column")
-        if step.get("kind") != "company_name" or column not in columns or column in tables:
-            continue
-        names = (
-            records.group_by(pl.col(column).cast(pl.String).alias("name"))
-            .len()
-            .drop_nulls("name")
-            .sort("name")  # a fixed order: the pieces do not depend on the hash grouping
-            .collect(engine="streaming")
-        )
-        size = max(-(-names.height // max(pieces, 1)), 1)
-        normalised = [
-            work / f"names-{number}-{piece:03d}.parquet" for piece in range(-(-names.height // size))
-        ]
-        slices = [names.slice(piece * size, size) for piece in range(len(normalised))]
-        del names
-        if pool is None or len(slices) <= 1:
-            for piece, path in zip(slices, normalised, strict=True):
-                _names_of_piece(piece, path)
-        else:
-            for future in [
-                pool.submit(_names_of_piece, *args) for args in zip(slices, normalised, strict=True)
-            ]:
-                future.result()
-        del slices
-        correct = bool(step.get("correct_one_offs"))
-        corrections = None
-        if correct:
-            cores = (
-                pl.scan_parquet(normalised).select(pl.col("core").alias("value"), "len").drop_nulls("value")
-            )
-            if column not in counts:
-                counts[column] = cores.group_by("value").agg(pl.col("len").cast(pl.Int64).sum()).collect()
-            present = cores.select("value").unique().collect()["value"]
-            corrections = one_off_corrections(present, counts[column])
-            del present
-        tables[column] = [path.with_name(path.stem + "-fields.parquet") for path in normalised]
-        arguments = [
-            (path, correct, corrections, out) for path, out in zip(normalised, tables[column], strict=True)
-        ]
-        if pool is None or len(arguments) <= 1:
-            for args in arguments:
-                _fields_of_piece(*args)
-        else:
-            for future in [pool.submit(_fields_of_piece, *args) for args in arguments]:
-                future.result()
-    return counts, tables
-
-
-@lru_cache(maxsize=2)
-def _read_table(paths: tuple[Path, ...]) -> pl.DataFrame:
-    """A name table's files, read once per normalising worker (it serves every chunk the worker gets)."""
-    return pl.concat([pl.read_parquet(path) for path in paths])
-
-
 # a lazy input whose plan serialises smaller than this (a file scan) goes to a normalising worker
 # as its sliced plan; a larger one (it holds its data) as a Parquet file of its chunk
 _PLAN_BYTES = 1 << 20
@@ -182,23 +86,17 @@ def _normalise_chunk(
     spellings: dict[str, pl.DataFrame] | dict[str, Path] | None,
     parts: Path,
     number: int,
-    names: dict[str, pl.DataFrame] | dict[str, tuple[Path, ...]] | None = None,
 ) -> None:
     """Normalise one chunk of records (a lazy slice, or a Parquet file of it) and write its
     record -> hash map (``records-N``) and its signatures, each once (``unique-N``), under
-    ``parts``: the plain function a normalising worker runs (spellings may be Parquet files, the
-    name tables of ``name_tables`` their files)."""
+    ``parts``: the plain function a normalising worker runs (spellings may be Parquet files)."""
     rid = spec.id_column
     frame = chunk.collect() if isinstance(chunk, pl.LazyFrame) else pl.read_parquet(chunk)
     if spellings:
         spellings = {
             c: s if isinstance(s, pl.DataFrame) else pl.read_parquet(s) for c, s in spellings.items()
         }
-    if names:
-        names = {c: t if isinstance(t, pl.DataFrame) else _read_table(tuple(t)) for c, t in names.items()}
-        frame = normalise(frame, spec, spellings, names)
-    else:
-        frame = normalise(frame, spec, spellings)
+    frame = normalise(frame, spec, spellings)
     fields = signature_fields(spec, frame.columns)
     part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
     del frame
@@ -216,7 +114,6 @@ def _normalise_in_workers(
     parts: Path,
     spellings: dict[str, pl.DataFrame] | None,
     pool: Executor,
-    names: dict[str, list[Path]] | None = None,
 ) -> None:
     """``_normalise_chunk`` over the chunks, run by the ``pool``'s workers. A file scan's chunks go
     as sliced plans; any other input is written aside a chunk at a time; the spelling counts once,
@@ -236,17 +133,7 @@ def _normalise_in_workers(
             path = parts / f"input-{number:05d}.parquet"
             chunk.sink_parquet(path)
             chunk = path
-        futures.append(
-            pool.submit(
-                _normalise_chunk,
-                chunk,
-                spec,
-                spelling_files,
-                parts,
-                number,
-                {c: tuple(paths) for c, paths in (names or {}).items()},
-            )
-        )
+        futures.append(pool.submit(_normalise_chunk, chunk, spec, spelling_files, parts, number))
     for future in futures:
         future.result()  # a worker's error surfaces here
 
@@ -284,19 +171,14 @@ def signatures(
 
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=context) as pool:
-            spellings, names = name_tables(records, spec, parts, spellings, pool, min(workers, len(offsets)))
-            spellings = {c: v for c, v in spellings.items() if c not in names}  # (the tables hold them)
-            _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool, names)
+            if spellings is None:
+                spellings = spellings_of(records, spec, pool, min(workers, len(offsets)))
+            _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool)
     else:
-        tables: dict[str, pl.DataFrame] = {}
-        if height > chunk_records:  # (one chunk counts its own spellings and normalises its names)
-            spellings, names = name_tables(records, spec, parts, spellings)
-            spellings = {c: v for c, v in spellings.items() if c not in names}  # (the tables hold them)
-            tables = {c: _read_table(tuple(paths)) for c, paths in names.items()}
-            _read_table.cache_clear()
+        if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
+            spellings = spellings_of(records, spec)
         for number, offset in enumerate(offsets):
-            _normalise_chunk(records.slice(offset, chunk_records), spec, spellings, parts, number, tables)
-        del tables
+            _normalise_chunk(records.slice(offset, chunk_records), spec, spellings, parts, number)
     # per chunk, which of its signatures no earlier chunk holds (a hash stands for its fields)
     seen = pl.Series("_h", [], dtype=pl.UInt64)
     first_seen: list[pl.Series] = []

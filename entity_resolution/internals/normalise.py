@@ -97,45 +97,6 @@ def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -
     return dict(zip(neighbours["value"].to_list(), neighbours["to"].list.first().to_list(), strict=True))
 
 
-def company_name_fields(
-    values: pl.Series,
-    counts: pl.DataFrame | None = None,
-    correct: bool = False,
-    corrections: dict[str, str] | None = None,
-    names: pl.DataFrame | None = None,
-) -> pl.DataFrame:
-    """Per company name (a row per value): its ``core``, ``key`` (core and branch), ``branch``,
-    ``is_branch``, ``legal_form``, ``region`` (the first division its name states, 4 digits) and
-    ``tokens`` (rjieba words of the core). With ``correct``, a one-off spelling of the core reads as
-    its one recurring neighbour (``one_off_corrections`` by ``counts``), unless ``corrections`` are
-    given (found once over the whole input). ``names``: ``normalise_names`` of the values, when
-    already computed. Every field is a function of the name alone (and of the whole input's
-    counts), so looking it up in a table of the distinct names gives the same fields."""
-    if names is None:
-        from entity_resolution.names import normalise_names
-
-        names = normalise_names(values)
-    if correct or corrections is not None:
-        if corrections is None:
-            corrections = one_off_corrections(names["core"], counts)
-        core = names["core"].replace(corrections)
-        names = names.with_columns(
-            core.alias("core"),
-            (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
-        )
-    return pl.DataFrame(
-        {
-            "core": names["core"],
-            "key": names["name_key"],
-            "branch": names["branch"],
-            "is_branch": names["is_branch"],
-            "legal_form": names["legal_form"],
-            "region": names["region_codes"].list.first().str.slice(0, 4),
-            "tokens": _tokens(names["core"]),
-        }
-    )
-
-
 def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
     """Company names as written with how many records carry each (``name``, ``len``) as the
     spellings of their cores (``value``, ``len``): what ``one_off_corrections`` counts."""
@@ -151,39 +112,35 @@ def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
 
 
 def normalise(
-    frame: pl.DataFrame,
-    spec: Spec,
-    spellings: dict[str, pl.DataFrame] | None = None,
-    names: dict[str, pl.DataFrame] | None = None,
+    frame: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
 ) -> pl.DataFrame:
     """The spec's normalisers applied to the input (new columns added, inputs kept); a normaliser's
     modules are imported only when a spec uses it (a person spec loads no name or code tables).
     ``spellings``: per company-name input column, the whole input's spelling counts
-    (``spelling_counts``) when ``frame`` is one part of it; ``correct_one_offs`` judges by them.
-    ``names``: per company-name input column, its fields for every distinct name of the whole input
-    (``company_name_fields`` of them with a ``name`` column, ``blocking.name_tables``), looked up
-    instead of normalising the names again in every chunk that holds them."""
+    (``spelling_counts``) when ``frame`` is one part of it; ``correct_one_offs`` judges by them."""
     for step in spec.normalise:
         kind = step["kind"]
         if kind == "company_name":
+            from entity_resolution.names import normalise_names
+
             column, out = step["column"], step.get("out", step["column"])
-            table = (names or {}).get(column)
-            if table is not None:  # each distinct name normalised once for the whole input
-                fields = frame.select(pl.col(column).cast(pl.String).alias("name")).join(
-                    table, on="name", how="left", maintain_order="left"
+            names = normalise_names(frame[column].cast(pl.String))
+            if step.get("correct_one_offs"):  # a one-off spelling reads as the one recurring neighbour
+                corrections = one_off_corrections(names["core"], (spellings or {}).get(column))
+                core = names["core"].replace(corrections)
+                names = names.with_columns(
+                    core.alias("core"),
+                    (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
                 )
-            else:
-                fields = company_name_fields(
-                    frame[column].cast(pl.String), (spellings or {}).get(column), step.get("correct_one_offs")
-                )
+            region = names["region_codes"].list.first().str.slice(0, 4)
             frame = frame.with_columns(
-                fields["core"].alias(f"{out}_core"),
-                fields["key"].alias(f"{out}_key"),
-                fields["branch"].fill_null("").alias(f"{out}_branch"),
-                fields["is_branch"].fill_null(False).alias(f"{out}_is_branch"),
-                fields["legal_form"].alias(f"{out}_legal_form"),
-                fields["region"].alias(f"{out}_region"),
-            ).with_columns(fields["tokens"].alias(f"{out}_tokens"))
+                names["core"].alias(f"{out}_core"),
+                names["name_key"].alias(f"{out}_key"),
+                names["branch"].fill_null("").alias(f"{out}_branch"),
+                names["is_branch"].fill_null(False).alias(f"{out}_is_branch"),
+                names["legal_form"].alias(f"{out}_legal_form"),
+                region.alias(f"{out}_region"),
+            ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
             from foundation.identifiers import classify_values, compact_code_expr
 
