@@ -50,9 +50,11 @@ print(json.dumps({"seconds": seconds, "load": load, "peak_mb": resource.getrusag
 """
 
 
-def build_input(
-    lake: Path, sources: Path, share: int, out: Path, layer: str = "accepted"
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def build_input(lake: Path, sources: Path, share: int, out: Path, layer: str = "accepted") -> tuple[int, int]:
+    """Write the records to link (``out``), their valid codes (``codes.parquet``: record id, uscc)
+    and the truth of the firms kept (``truth.parquet``) beside it. Run in a process of its own: a
+    process started from one that held the input would inherit its peak memory (``ru_maxrss``
+    survives fork and exec), so the engine's figure would be the benchmark's, not its own."""
     truth = pl.read_parquet(sources / "truth" / "records.parquet").select(
         (pl.col("source") + ":" + pl.col("source_record_id")).alias("record_id"), "entity_key"
     )
@@ -67,7 +69,11 @@ def build_input(
         .collect()
     )
     accepted.drop("_valid_uscc").write_parquet(out)
-    return accepted.select("record_id", pl.col("_valid_uscc").alias("uscc")), keep
+    accepted.select("record_id", pl.col("_valid_uscc").alias("uscc")).write_parquet(
+        out.parent / "codes.parquet"
+    )
+    keep.write_parquet(out.parent / "truth.parquet")
+    return accepted.height, keep["entity_key"].n_unique()
 
 
 def blocking_recall(truth: pl.DataFrame, assignments: pl.DataFrame, pairs: pl.LazyFrame) -> float:
@@ -126,13 +132,22 @@ def main() -> int:
         default="accepted",
         help="link the accepted records, or the staged ones of a lake built without validation",
     )
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "bench" / "out" / "link", help="the engine's work directory"
+    )
     args = parser.parse_args()
-    work = ROOT / "bench" / "out" / "link"
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    codes, truth = build_input(args.lake, args.sources, args.share, work / "records.parquet", args.layer)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        records, firms = pool.submit(
+            build_input, args.lake, args.sources, args.share, work / "records.parquet", args.layer
+        ).result()
     print(
-        f"input: {codes.height:,} records of {truth['entity_key'].n_unique():,} true firms "
+        f"input: {records:,} records of {firms:,} true firms "
         f"({time.perf_counter() - started:.1f} s to prepare)"
     )
     out = subprocess.run(
@@ -152,6 +167,7 @@ def main() -> int:
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     run = json.loads(out.stdout.strip().splitlines()[-1])
+    codes, truth = pl.read_parquet(work / "codes.parquet"), pl.read_parquet(work / "truth.parquet")
 
     from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
 

@@ -126,7 +126,10 @@ def _pattern_radix(spec: Spec) -> np.ndarray:
 
 def _encode(levels: np.ndarray, radix: np.ndarray) -> np.ndarray:
     """Each pair's levels as one integer (its pattern)."""
-    return (levels.astype(np.int64) + 1) @ radix
+    code = np.zeros(len(levels), dtype=np.int64)
+    for j, place in enumerate(radix.tolist()):  # (an integer matrix product has no fast kernel)
+        code += (levels[:, j].astype(np.int64) + 1) * place
+    return code
 
 
 def _decode(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:

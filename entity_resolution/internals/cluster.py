@@ -43,8 +43,16 @@ class Clusters:
         return x
 
     def roots(self) -> np.ndarray:
-        n = len(self.parent)
-        return np.fromiter((self.find(i) for i in range(n)), dtype=np.int64, count=n)
+        """Each member's root, by pointer jumping over the whole parent array at once (numpy, not a
+        ``find`` per member); every path is then compressed, which changes no root."""
+        parent = np.asarray(self.parent, dtype=np.int64)
+        while len(parent):
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        self.parent = parent.tolist()
+        return parent
 
     def join_exact(self, a: int, b: int) -> None:
         """Signatures sharing an exact key, unless their components hold two different values."""
@@ -59,8 +67,9 @@ class Clusters:
 
     def start_linking(self, forbidden: set[frozenset[int]], anchor_of: dict[int, str]) -> None:
         """After the exact keys: the branch of each component, steward cannot-links and anchors."""
-        if self.branch_of:
-            self.component_branch = {self.find(i): self.branch_of.get(i) for i in range(len(self.parent))}
+        if self.branch_of:  # (a component's branch: its last member's, in member order)
+            branches = map(self.branch_of.get, range(len(self.parent)))
+            self.component_branch = dict(zip(self.roots().tolist(), branches, strict=True))
         for pair in forbidden:
             a, b = tuple(pair)
             self.separated.setdefault(self.find(a), set()).add(self.find(b))
@@ -141,16 +150,26 @@ def average_linkage(clusters: Clusters, scored: pl.DataFrame, threshold: float) 
 
     # the links between two clusters: [sum, count], one list shared by both sides
     between: dict[int, dict[int, list[float]]] = {}
-    heap: list[tuple[float, int, int]] = []
     for (a, b), p in unit_link.items():
         stats = [p, 1]
         between.setdefault(a, {})[b] = stats
         between.setdefault(b, {})[a] = stats
-        if p >= threshold:
-            heap.append((-p, a, b))
-    heapq.heapify(heap)
-    while heap:
-        negative, a, b = heapq.heappop(heap)
+    # the candidates, best first: the unit links at or above the threshold sorted once (numpy),
+    # merged with a heap of the scores recomputed after joins; popping the smaller of the two heads
+    # is popping one heap holding both (ties between equal entries do not matter)
+    strong = edges.filter(pl.col("p") >= threshold).sort(
+        pl.col("p").neg(), "a", "b", maintain_order=True
+    )  # (the order of the tuples (-p, a, b))
+    initial = list(zip((-strong["p"]).to_list(), strong["a"].to_list(), strong["b"].to_list(), strict=True))
+    del strong
+    heap: list[tuple[float, int, int]] = []
+    at = 0
+    while at < len(initial) or heap:
+        if heap and (at == len(initial) or heap[0] < initial[at]):
+            negative, a, b = heapq.heappop(heap)
+        else:
+            negative, a, b = initial[at]
+            at += 1
         stats = between.get(a, {}).get(b)
         if stats is None or clusters.find(a) != a or clusters.find(b) != b:
             continue

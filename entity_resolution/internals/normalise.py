@@ -23,16 +23,35 @@ def _simplified(values: pl.Series) -> pl.Series:
     return pl.Series(values.name, joined, dtype=pl.String).gather(place)
 
 
-def _tokens(values: pl.Series) -> pl.Series:
-    """Per value its rjieba words, distinct and sorted (each distinct value segmented once)."""
+_BATCH = 20_000  # values segmented by one rjieba call
+
+
+def _words(values: list[str]) -> list[str]:
+    """Per value its rjieba words joined by ``\x1f``, in rjieba's order. Values are segmented
+    ``_BATCH`` at a time by one call over them joined by newlines: rjieba segments each run of
+    characters between two separators on its own, so a value's words are those of cutting it
+    alone (a value holding a separator, or a batch that does not split back into its values, is
+    cut value by value)."""
     import rjieba
 
+    out: list[str] = []
+    for start in range(0, len(values), _BATCH):
+        batch = values[start : start + _BATCH]
+        pieces = "\x1f".join(rjieba.cut("\n".join(batch))).split("\n")
+        if len(pieces) != len(batch) or any("\n" in v or "\x1f" in v for v in batch):
+            pieces = ["\x1f".join(rjieba.cut(v)) for v in batch]
+        out.extend(pieces)
+    return out
+
+
+def _tokens(values: pl.Series) -> pl.Series:
+    """Per value its rjieba words, distinct and sorted (each distinct value segmented once)."""
     rows, place = distinct_rows(values)
     # one joined string per value, split by Polars: building a list column from Python lists is slow
-    joined = pl.Series(
-        ["\x1f".join(sorted(set(rjieba.cut(v)))) for v in values.gather(rows).to_list()], dtype=pl.String
-    )
-    tokens = joined.str.split("\x1f").list.eval(pl.element().filter(pl.element() != ""))
+    joined = pl.Series(_words(values.gather(rows).to_list()), dtype=pl.String)
+    tokens = joined.str.split("\x1f").list.eval(
+        pl.element().filter(pl.element() != "").unique().sort()
+    )  # (sorted as Python sorts strings: by code point, which is UTF-8's byte order)
     return tokens.gather(place).alias(values.name)
 
 

@@ -103,14 +103,15 @@ def resolve_partition(
     decisions = decisions.sort("order")
     forced_rows = decisions.filter(pl.col("kind") == "must")
     forbidden_rows = decisions.filter(pl.col("kind") == "cannot")
+    # the pairs on the partition's rows, looked up once (rows keep the signatures' order)
+    scored = scored.with_columns(pl.Series("l", local(scored["l"])), pl.Series("r", local(scored["r"])))
     linked = scored.filter(pl.col("probability") >= spec.link_threshold).sort(
         ["probability", "l", "r"], descending=[True, False, False]
     )
+    left, right = linked["l"].to_numpy(), linked["r"].to_numpy()
     # only nodes a linked pair or a must-link touches can join others: the union-find (a Python
     # object per signature) runs over their signatures alone, the rest stay their node
-    touched = np.unique(
-        node[local(pl.concat([linked["l"], linked["r"], forced_rows["l"], forced_rows["r"]]))]
-    )
+    touched = np.unique(node[np.concatenate([left, right, local(forced_rows["l"]), local(forced_rows["r"])])])
     active = np.flatnonzero(np.isin(node, touched))
     row_of = np.full(n, -1, dtype=np.int64)
     row_of[active] = np.arange(len(active))
@@ -130,9 +131,10 @@ def resolve_partition(
         if column in sig.columns:
             branch_of = dict(enumerate(active_sig[column].to_list()))
     clusters = Clusters(len(active), value_of, branch_of)
-    for head, member in zip(row_of[node[active]].tolist(), range(len(active)), strict=True):
-        if head != member:
-            clusters.join_exact(head, member)
+    heads, members = row_of[node[active]], np.arange(len(active))
+    joining = heads != members  # (a node's head joins nothing)
+    for head, member in zip(heads[joining].tolist(), members[joining].tolist(), strict=True):
+        clusters.join_exact(head, member)
     forced = list(
         zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
     )
@@ -150,11 +152,10 @@ def resolve_partition(
     clusters.start_linking(forbidden, anchor_of)
     for a, b in forced:
         clusters.join(a, b, force=True)
-    left, right = local(linked["l"]), local(linked["r"])
 
     def on_rows(pairs: pl.DataFrame) -> pl.DataFrame:
         return pairs.with_columns(
-            pl.Series("l", row_of[local(pairs["l"])]), pl.Series("r", row_of[local(pairs["r"])])
+            pl.Series("l", row_of[pairs["l"].to_numpy()]), pl.Series("r", row_of[pairs["r"].to_numpy()])
         )
 
     # accuracy hook: average linkage (or one-to-one) over the partition's active signatures
@@ -182,7 +183,7 @@ def resolve_partition(
         undecided_units(
             node,
             cluster_row,
-            scored.with_columns(pl.Series("l", local(scored["l"])), pl.Series("r", local(scored["r"]))),
+            scored,
             spec.link_threshold,
             fixed,
             value,
