@@ -30,7 +30,14 @@ from foundation.settings import config_path
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter, retry_after
-from serving.models import SOURCE_COUNT_FIELDS, ApiError, ApiModels, ListCatalogue, RunsResponse
+from serving.models import (
+    SOURCE_COUNT_FIELDS,
+    UNPUBLISHED_SCHEMA,
+    ApiError,
+    ApiModels,
+    ListCatalogue,
+    RunsResponse,
+)
 from serving.report import FirmReport, ReportError, print_pdf
 from serving.report import document as report_document
 from serving.report import fragment as report_fragment
@@ -146,7 +153,8 @@ def create_app(lake: Path, config: dict[str, Any] | None = None, watch: bool = T
     stop = threading.Event()
     policy = load_policy()
 
-    models = ApiModels(policy)
+    # the profile model is the schema of the version served at start (the pipeline's, not restated)
+    models = ApiModels(policy, current.store.profiles.schema if current.store else UNPUBLISHED_SCHEMA)
     app = FastAPI(
         title="Enterprise credit profiles",
         version="1",

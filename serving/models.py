@@ -1,9 +1,10 @@
 """Response models of the query API, for its OpenAPI description (``/openapi.json``, ``/docs``).
 
 The handlers still answer with msgspec-encoded bytes (``serving.app.FastJSON``); these models only
-document what those bytes hold. Nothing is restated here: a profile's fields and types come from
-the code that builds profiles (``pipelines.profiles.build.build_profiles`` run on empty inputs, so a new
-column or list flag in config/grading.toml shows up by itself), the evidence fields from
+document what those bytes hold. Nothing is restated here: a profile's fields and types are those of
+the version being served (its Parquet schema, as the pipeline built it: a new column or list flag in
+config/grading.toml shows up by itself; serving never imports the code that builds profiles), the
+evidence fields from
 ``foundation.schema.LINK_SCHEMA``, the summary and history fields from ``serving.store``, and which
 fields a caller may not get from the disclosure policy (config/disclosure.toml): every field some
 role's view can withhold is optional, so the public role's masked view is a valid instance too.
@@ -13,40 +14,19 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from functools import cache
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from foundation.schema import CANONICAL_SCHEMA, LINK_SCHEMA
-from pipelines.profiles.build import build_profiles
+from foundation.schema import LINK_SCHEMA
 from serving.disclosure import WITHHELD, Policy
 from serving.store import HISTORY_COLUMNS, SUMMARY_COLUMNS
 
-#: the columns of resolution's entity table that build_profiles reads
-_ENTITY_INPUT = {
-    "entity_id": pl.String(),
-    "uscc": pl.String(),
-    "org_code": pl.String(),
-    "reg_no": pl.String(),
-    "name": pl.String(),
-    "former_names": pl.List(pl.String()),
-}
 #: fields every visible profile row has, whatever the role (the row's identity)
 _ALWAYS = ("entity_id", "entity_type")
-
-
-@cache
-def profile_schema() -> pl.Schema:
-    """The published profile's columns and types, from the code that builds them."""
-    empty = build_profiles(
-        pl.LazyFrame(schema=CANONICAL_SCHEMA),
-        pl.LazyFrame(schema=LINK_SCHEMA),
-        pl.LazyFrame(schema=_ENTITY_INPUT),
-        dt.date(2000, 1, 1),
-    )
-    return empty.schema
+#: what is known of a profile before anything is published: its identity (the rest is allowed)
+UNPUBLISHED_SCHEMA = pl.Schema({"entity_id": pl.String(), "entity_type": pl.String()})
 
 
 def _python_type(dtype: pl.DataType, name: str) -> Any:
@@ -71,10 +51,10 @@ def _python_type(dtype: pl.DataType, name: str) -> Any:
     return str
 
 
-def withholdable(policy: Policy) -> frozenset[str]:
-    """Profile fields some role's view may drop from a response, so they cannot be required: asked of
-    each view itself, with every domain it may withhold withheld."""
-    columns = profile_schema().names()
+def withholdable(policy: Policy, schema: pl.Schema) -> frozenset[str]:
+    """Profile fields (of ``schema``) some role's view may drop from a response, so they cannot be
+    required: asked of each view itself, with every domain it may withhold withheld."""
+    columns = schema.names()
     out: set[str] = set()
     for view in policy.views.values():
         every_hidden = tuple(dict.fromkeys(d.name for hidden in view.hidden.values() for d in hidden))
@@ -82,9 +62,10 @@ def withholdable(policy: Policy) -> frozenset[str]:
     return frozenset(out)
 
 
-def _row_model(name: str, columns: tuple[str, ...], optional: frozenset[str], doc: str) -> type[BaseModel]:
+def _row_model(
+    name: str, schema: pl.Schema, columns: tuple[str, ...], optional: frozenset[str], doc: str
+) -> type[BaseModel]:
     """A model of response rows holding ``columns`` of the profile (plus ``withheld``)."""
-    schema = profile_schema()
     fields: dict[str, Any] = {}
     for column in columns:
         kind = _python_type(schema[column], column) if column in schema else str
@@ -102,16 +83,21 @@ def _row_model(name: str, columns: tuple[str, ...], optional: frozenset[str], do
 
 
 class ApiModels:
-    """Every response model of the API, built once per disclosure policy."""
+    """Every response model of the API, built once per disclosure policy and profile schema (that of
+    the version served when the app starts; ``UNPUBLISHED_SCHEMA`` before anything is published)."""
 
-    def __init__(self, policy: Policy) -> None:
-        optional = withholdable(policy)
-        columns = tuple(profile_schema().names())
+    def __init__(self, policy: Policy, schema: pl.Schema) -> None:
+        optional = withholdable(policy, schema)
+        columns = tuple(schema.names())
         self.profile_row = _row_model(
-            "Profile", columns, optional, "A firm's unified credit profile as the caller's role may see it."
+            "Profile",
+            schema,
+            columns,
+            optional,
+            "A firm's unified credit profile as the caller's role may see it.",
         )
         self.summary_row = _row_model(
-            "FirmSummary", SUMMARY_COLUMNS, optional, "What a list row or search hit shows of a firm."
+            "FirmSummary", schema, SUMMARY_COLUMNS, optional, "What a list row or search hit shows of a firm."
         )
         self.search_hit = create_model(
             "SearchHit",
@@ -120,7 +106,9 @@ class ApiModels:
         )
         self.history_row = create_model(
             "HistoryEntry",
-            __base__=_row_model("HistoryFields", HISTORY_COLUMNS, optional, "The firm in one kept version."),
+            __base__=_row_model(
+                "HistoryFields", schema, HISTORY_COLUMNS, optional, "The firm in one kept version."
+            ),
             version=(str, ...),
         )
         link_fields = {c: (_python_type(t, c) | None, None) for c, t in LINK_SCHEMA.items()}

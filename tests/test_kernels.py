@@ -44,6 +44,7 @@ def _signatures(rows: int, seed: int) -> pl.DataFrame:
             "legal_rep": pick(["蒋成凯", "蒋成楷", "曾宁洋"]),
             "address_tokens": pick(token_lists, 0.5),
             "phone": pick(["057487654321", "057487654320"], 0.5),
+            "figures": pick(["12|4200", "12|4300", "85|6100"], 0.7),
             "amount": pick([1.0, 5.0, 25.0, 100.0]),
             "born": pick([0, 10, 45, 400]),
         },

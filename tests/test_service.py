@@ -280,6 +280,17 @@ def test_openapi_documents_the_api(deployment: dict) -> None:
     assert httpx.get(deployment["base"] + "/docs").status_code == 200
 
 
+def test_before_anything_is_published_the_profile_model_holds_the_identity(tmp_path: Path) -> None:
+    """The profile model is the served version's schema; with no version yet the app still starts and
+    documents what every profile has (the service never imports the code that builds profiles)."""
+    from serving.app import create_app
+
+    app = create_app(tmp_path / "lake", watch=False)
+    profile = app.openapi()["components"]["schemas"]["Profile"]
+    assert set(profile["properties"]) == {"entity_id", "entity_type", "withheld"}
+    assert set(profile["required"]) == {"entity_id", "entity_type"}
+
+
 def create_app_routes(deployment: dict) -> list:
     """The routes of an app built like the served one (over the same lake)."""
     from serving.app import create_app
@@ -292,7 +303,7 @@ def test_every_answer_fits_its_documented_model(deployment: dict, profiles: pl.D
     from serving.disclosure import load_policy
     from serving.models import ApiModels, ListCatalogue, RunsResponse
 
-    models = ApiModels(load_policy())
+    models = ApiModels(load_policy(), profiles.schema)
     individual = profiles.filter(pl.col("entity_type") == "individual business")
     firm = (individual if individual.height else profiles).row(0, named=True)
     code = firm["entity_id"]
