@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -167,8 +168,12 @@ def _merge_snapshot(base: Path, delta: Path, target: Path) -> int:
     (a record's newest accepted version wins; a record whose new version was quarantined keeps its
     last good version)."""
     changed = pl.scan_parquet(delta)
-    kept = pl.scan_parquet(base).join(changed.select("source_record_id"), on="source_record_id", how="anti")
-    return write_parquet(pl.concat([kept, changed]).sort("source_record_id", maintain_order=True), target)
+    kept = pl.scan_parquet(base).join(
+        changed.select("source_record_id"), on="source_record_id", how="anti", maintain_order="left"
+    )
+    # both are sorted by record id (snapshots are written so, the accepted changes too) and hold no
+    # id in common: merged, not sorted again (the snapshot is the night's largest file per source)
+    return write_parquet(kept.merge_sorted(changed, key="source_record_id"), target)
 
 
 def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
@@ -276,6 +281,15 @@ REGISTRY_DIR = "registry"
 REGISTRY_VERSION_FILE = "published_version.json"
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """``copy_function`` for a folder whose files are replaced whole, never written in place: a
+    hard link (no bytes copied), a copy where the file system refuses one."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def _registry_base(lake: Lake) -> tuple[Path, Path] | None:
     """(registry, published version) of the latest published business date before this run's, or
     None when there is none: a full re-link."""
@@ -329,9 +343,13 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     staged_registry = lake.work / "registry"
     shutil.rmtree(staged_registry, ignore_errors=True)
     if base:
-        # (tonight's profiles write their own valid-until and basis: not the base night's)
+        # (tonight's profiles write their own valid-until and basis: not the base night's); hard
+        # links, not copies: the registry's files are only ever replaced whole (atomic writes)
         shutil.copytree(
-            base[0], staged_registry, ignore=shutil.ignore_patterns(PROFILE_VALID_UNTIL, PROFILE_BASIS)
+            base[0],
+            staged_registry,
+            ignore=shutil.ignore_patterns(PROFILE_VALID_UNTIL, PROFILE_BASIS),
+            copy_function=_link_or_copy,
         )
         (staged_registry / REGISTRY_VERSION_FILE).unlink()
     weekly = date.fromisoformat(business_date).isoweekday() in settings.get("full_relink_weekdays", [])
@@ -566,6 +584,12 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
 def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
     """What the accepted records add up to, per reconciled profile column: counts, and money summed
     exactly as the profiles sum it (``pipelines.profiles.money``: each record to the fen)."""
+    return accepted_figures(lake)[0]
+
+
+def accepted_figures(lake: Lake) -> tuple[dict[str, Decimal | int], dict[str, Any]]:
+    """(``accepted_totals``, each source's newest ``updated_at``) in one pass over the snapshots:
+    publish needs both, and the snapshots are the night's largest input."""
     from pipelines.profiles import money
 
     wanted = []
@@ -576,15 +600,24 @@ def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
         rows = pl.col("record_type").is_in(list(types))
         total = money(pl.col(value).fill_null(0)).filter(rows).sum() if value else rows.sum()
         wanted.append(total.alias(column))
-    totals = _accepted(lake).select(wanted).collect().row(0, named=True)
-    return {k: v if v is not None else 0 for k, v in totals.items()}
+    per_source = (
+        _accepted(lake).group_by("source").agg(*wanted, pl.col("updated_at").max()).sort("source").collect()
+    )
+    totals = per_source.select(pl.col(c).sum() for c in RECONCILED_TOTALS).row(0, named=True)
+    newest = dict(per_source.select("source", "updated_at").iter_rows())
+    return {k: v if v is not None else 0 for k, v in totals.items()}, newest
 
 
 def reconcile(
-    lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame, validation: dict[str, dict[str, Any]]
+    lake: Lake,
+    profiles: pl.DataFrame,
+    links: pl.DataFrame,
+    validation: dict[str, dict[str, Any]],
+    expected: dict[str, Decimal | int] | None = None,
 ) -> dict[str, Any]:
     """The books: per source extracted = accepted + quarantined, one link per snapshot record, and
-    the profiles' totals equal to the accepted records' (money exactly, as decimals; counts exactly)."""
+    the profiles' totals equal to the accepted records' (money exactly, as decimals; counts exactly;
+    ``expected``: ``accepted_totals``, when the caller has them)."""
     problems = []
     for name, counts in validation.items():
         if counts["extracted"] != counts["accepted"] + counts["quarantined"]:
@@ -595,7 +628,7 @@ def reconcile(
     snapshot_records = sum(v["snapshot_records"] for v in validation.values())
     if links.height != snapshot_records:
         problems.append(f"{snapshot_records} accepted records but {links.height} links")
-    expected = accepted_totals(lake)
+    expected = accepted_totals(lake) if expected is None else expected
     totals: dict[str, Any] = {}
     for column in RECONCILED_TOTALS:
         published = profiles[column].fill_null(0).sum()
@@ -637,7 +670,8 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         "links": pl.read_parquet(lake.work / "links.parquet"),
         "entities": pl.read_parquet(lake.work / "entities.parquet"),
     }
-    books = reconcile(lake, frames["profiles"], frames["links"], validation)
+    expected, newest = accepted_figures(lake)
+    books = reconcile(lake, frames["profiles"], frames["links"], validation, expected)
     if not books["balanced"]:
         write_json(
             {
@@ -651,8 +685,6 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         )
         log.error("run report: %s", build_run_report(lake.root, business_date).resolve().as_uri())
         raise PublishError("books do not balance: " + "; ".join(books["problems"]) + "; nothing published")
-    as_of = _accepted(lake).group_by("source").agg(pl.col("updated_at").max()).collect()
-    newest = dict(as_of.iter_rows())
     sources = {
         name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
         for name, counts in validation.items()
@@ -675,7 +707,7 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
 
         staging = lake.root / REGISTRY_DIR / f".{business_date}.new"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(lake.work / "registry", staging)
+        shutil.copytree(lake.work / "registry", staging, copy_function=_link_or_copy)
         for name in (PROFILE_VALID_UNTIL, PROFILE_BASIS):  # what tomorrow's profiles build on
             if (lake.work / name).exists():
                 shutil.copyfile(lake.work / name, staging / name)

@@ -101,6 +101,21 @@ def test_later_nights_link_only_what_changed(nightly: Path) -> None:
     assert incremental
 
 
+def test_each_nights_spelling_counts_are_those_of_its_whole_snapshot(nightly: Path) -> None:
+    """The registry keeps the spelling counts the next night updates with its own records only:
+    every night's equal the counts over all of its published firm records' names."""
+    from entity_resolution.internals.normalise import spelling_counts
+    from entity_resolution.pipeline import SPELLINGS_FILE
+
+    assert any(_resolution(nightly, day)["mode"] == "incremental" for day in DAYS[1:])
+    for day in DAYS:
+        links = _version_links(nightly, day).filter(pl.col("match_method") != "resident_id")
+        scratch = spelling_counts(links.group_by(pl.col("recorded_name").alias("name")).len())
+        kept = pl.read_parquet(nightly / "registry" / day / SPELLINGS_FILE)
+        assert kept.height > 0
+        assert kept.equals(scratch.select("value", pl.col("len").cast(pl.Int64)).sort("value")), day
+
+
 def _version_links(lake: Path, day: str) -> pl.DataFrame:
     manifest = json.loads((lake / "registry" / day / "published_version.json").read_text("utf-8"))
     return pl.read_parquet(lake / "published" / manifest["version"] / "links" / "*.parquet")
