@@ -4,6 +4,10 @@ The suites are the single source of truth for what a good row is. Row-level fail
 to quarantine with a readable reason (the expectation's ``meta.reason`` plus the offending value);
 failures GX cannot pin on rows (a missing column, say) fail the whole batch with DataQualityError.
 Polars does the data work; pandas appears only at the GX boundary, with just the needed columns.
+
+A night validates only the rows its extract pulled (new and changed records since the last
+published night): every other row of the accepted snapshot passed the same suites the night it
+arrived, and the upsert that builds tonight's snapshot does not validate it again.
 """
 
 from __future__ import annotations
