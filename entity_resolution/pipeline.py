@@ -465,10 +465,18 @@ def _upserted(previous: pl.DataFrame, new: pl.DataFrame, keys: list[str]) -> pl.
     *leading, last = keys
     if not leading:
         return kept.merge_sorted(new, key=last)
+
+    def part(frame: pl.DataFrame, values: tuple[Any, ...]) -> pl.DataFrame:
+        """The rows with these leading values: a slice of the sorted frame (no copy) by binary search."""
+        if len(leading) > 1:
+            return frame.filter(
+                pl.all_horizontal(pl.col(k) == v for k, v in zip(leading, values, strict=True))
+            )
+        column = frame[leading[0]]
+        start, end = (int(column.search_sorted(values[0], side=side)) for side in ("left", "right"))
+        return frame.slice(start, end - start)
+
     groups = pl.concat([kept.select(leading), new.select(leading)]).unique().sort(leading).rows()
-    part = lambda frame, values: frame.filter(  # noqa: E731
-        pl.all_horizontal(pl.col(k) == v for k, v in zip(leading, values, strict=True))
-    )
     return pl.concat([part(kept, values).merge_sorted(part(new, values), key=last) for values in groups])
 
 
