@@ -40,8 +40,8 @@ def main() -> int:
         run_stage("generate", str(sources), args.entities, args.seed, args.date, 1)
         print(f"generated in {time.perf_counter() - started:.0f} s", flush=True)
 
-    from pipelines.lake import Lake
-    from pipelines.sources import source_names
+    from foundation.lake import Lake
+    from pipelines.sources.registry import source_names
 
     paths = Lake(lake, args.date)
     stages = STAGES[: STAGES.index(args.until) + 1]

@@ -16,8 +16,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.extract import extract
-from pipelines.sources import load_sources
+from pipelines.sources.extract import extract
+from pipelines.sources.registry import load_sources
 
 
 def _enlarge(path: Path, copies: int, encoding: str, header: bool) -> None:

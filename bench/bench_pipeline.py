@@ -66,7 +66,7 @@ def run_night(sources: Path, lake: Path, day: str, full_relink: bool = False) ->
     seconds of the whole process, start-up included) rows. CPU seconds hardly depend on what else
     runs on the machine, wall seconds do."""
     from pipelines.flow import PER_SOURCE, WHOLE_NIGHT
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     night = {
         "sources_dir": str(sources),
@@ -125,7 +125,7 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
     import tomllib
     from datetime import date, timedelta
 
-    from pipelines.settings import config_env, config_path
+    from foundation.settings import config_env, config_path
 
     # the chain is incremental every night (no weekly full re-link inside it)
     settings = tomllib.loads(config_path("resolution.toml").read_text("utf-8"))
@@ -134,7 +134,7 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
     os.environ[config_env("resolution.toml")] = str(config)
     end = date.fromisoformat(args.date)
     nights = [(end - timedelta(days=k)).isoformat() for k in range(args.incremental_nights, -1, -1)]
-    from pipelines.stages import REGISTRY_DIR, REGISTRY_VERSION_FILE
+    from pipelines.night import REGISTRY_DIR, REGISTRY_VERSION_FILE
 
     published_first = lake / REGISTRY_DIR / nights[0] / REGISTRY_VERSION_FILE
     if args.reuse_lake and published_first.exists():
@@ -176,7 +176,7 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
         f"vs {full_cpu:.1f} ({incremental_cpu / full_cpu:.1%})"
     )
     from pipelines.flow import STAGES
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     for stage in STAGES:
         labels = {stage.label(source) for source in source_names()} if stage.per_source else {stage.label()}
@@ -247,8 +247,8 @@ def start_up_reference() -> dict[str, float]:
     import resource
 
     programs = {
-        "bare": "import polars, pipelines.flow, pipelines.stages",
-        "gx": "import polars, pipelines.flow, pipelines.stages, pipelines.quality, great_expectations",
+        "bare": "import polars, pipelines.flow, pipelines.night",
+        "gx": "import polars, pipelines.flow, pipelines.night, pipelines.quality.suites, great_expectations",
     }
     out = {}
     for name, program in programs.items():
@@ -315,7 +315,7 @@ def main() -> int:
     if args.validation_only:
         if not (lake / "staged").exists():
             raise SystemExit(f"no kept lake at {lake}: run with --entities {args.entities} --keep first")
-        from pipelines.sources import source_names
+        from pipelines.sources.registry import source_names
 
         reference = machine_reference()
         wall = validate_in_parallel(source_names(), lake, args.date)
@@ -338,7 +338,7 @@ def main() -> int:
         records = sum(gen["result"]["rows"].values()) if isinstance(gen["result"].get("rows"), dict) else 0
         rows.append(("generate", gen["seconds"], records, gen["peak_mb"], gen["cpu_seconds"]))
 
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     if args.incremental_nights:
         return incremental(args, sources, lake, rows, records)

@@ -38,12 +38,12 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from foundation.settings import airflow_lake, airflow_sources
 from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
-from pipelines.settings import airflow_lake, airflow_sources
-from pipelines.sources import source_names  # the registry: a small TOML read, standard library only
+from pipelines.sources.registry import source_names  # the registry: a small TOML read, standard library only
 
 TIMEZONE = "Asia/Shanghai"
-# Airflow builds the DAG by running this file, so what is read here (through pipelines.settings) is
+# Airflow builds the DAG by running this file, so what is read here (through foundation.settings) is
 # read each time the file is parsed; a changed setting shows at the next parse.
 NIGHTLY = nightly_settings()
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def report_failed_run(context: Any) -> None:
     """DAG failure callback: Airflow failed the run. When that happened before the `report` task
     could run (the run timed out: Airflow skips what is unfinished; or `plan` failed), the report is
     written here, naming the task the timeout stopped; otherwise the report gains the reason."""
-    from pipelines.report import finish_failed_run
+    from pipelines.publish.report import finish_failed_run
 
     reason = str(context.get("reason") or "failed")
     if "params" not in context:  # no task instance in the context: nothing says which lake and date
@@ -146,12 +146,12 @@ def report_failed_run(context: Any) -> None:
 def notify_failure(context: Any) -> None:
     """Failure callback: log which task failed and why, keep it for the run report, and send the
     same as a JSON alert (to the webhook in CREDIT_ALERT_WEBHOOK if set)."""
-    from pipelines.notify import send_alert
+    from foundation.notify import send_alert
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
     if task_id is not None:
-        from pipelines.report import record_failure
+        from pipelines.publish.report import record_failure
 
         run = plan_of(context)
         record_failure(run["lake_dir"], run["business_date"], context["run_id"], task_id, error)
@@ -262,7 +262,7 @@ def credit_nightly() -> None:
         unless the `business_date` param says otherwise; the date's report now says "running"."""
         run = plan_of(context)
         if "run_id" in context:  # a real run (not a unit test calling the function)
-            from pipelines.report import start_run
+            from pipelines.publish.report import start_run
 
             start_run(run["lake_dir"], run["business_date"], context["run_id"])
         if not Path(run["sources_dir"]).is_dir():
@@ -275,7 +275,7 @@ def credit_nightly() -> None:
         """Write the run's report, failed or not: every task's state and what failed, where and why
         (the run's teardown: it runs whatever happened upstream and does not decide the run's state;
         after a failed `plan` it works out the run's date and folders itself)."""
-        from pipelines.report import finish_run
+        from pipelines.publish.report import finish_run
 
         run = run or plan_of(context)
         ti = context["ti"]

@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from entity_resolution.spec import LINK_TYPES
-from pipelines.cli import add_json_option, emit, key_values
+from foundation.console import add_json_option, emit, key_values
 
 
 def read_inputs(paths: list[str], source_column: str | None = None):  # noqa: ANN201 - a Polars frame
@@ -33,7 +33,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     from entity_resolution.registry import Registry
     from entity_resolution.review import read_decisions, write_review
     from entity_resolution.spec import load_spec
-    from pipelines.lake import write_parquet
+    from foundation.lake import write_parquet
 
     spec = load_spec(args.spec)
     if args.link_type:

@@ -15,7 +15,8 @@ from functools import cache
 import opencc
 import polars as pl
 
-from pipelines.divisions import divisions, short_name
+from entity_resolution.internals.distinct import distinct_rows
+from foundation.divisions import divisions, short_name
 
 LEGAL_FORMS = (
     "股份有限公司",
@@ -76,8 +77,6 @@ def region_codes(token: str) -> list[str]:
 
 def normalise_names(names: pl.Series) -> pl.DataFrame:
     """Normalise names; returns one row per input: name, core, branch, name_key, legal_form, region_codes."""
-    from entity_resolution.internals.normalise import distinct_rows
-
     tops, counties, pattern = _region_tables()
     # each distinct name once; "_i" (its place) keys the joins below, cheaper than the name itself
     rows, place = distinct_rows(names)

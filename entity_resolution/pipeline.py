@@ -29,8 +29,8 @@ from entity_resolution.names import normalise_names
 from entity_resolution.registry import BLOCK_KEYS, Registry
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
-from pipelines.identifiers import compact_code_expr
-from pipelines.lake import write_parquet
+from foundation.identifiers import compact_code_expr
+from foundation.lake import write_parquet
 
 #: the canonical columns resolution reads
 IDENTITY_COLUMNS = (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.lake import write_parquet
+from foundation.lake import write_parquet
 
 HISTORY_SCHEMA = {"run": pl.String, "old_id": pl.String, "new_id": pl.String, "kind": pl.String}
 MEMBER_SCHEMA = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.lake import write_parquet
+from foundation.lake import write_parquet
 
 DECISIONS = ("match", "no_match")
 

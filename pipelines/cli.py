@@ -15,24 +15,22 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import DEFAULT_LAKE, DEFAULT_SOURCES
-
-#: every exit status ``credit`` uses, and what it means (the --help epilog and the README show these)
-EXIT_CODES: dict[int, str] = {
-    0: "success",
-    1: "the command failed; stderr says why in one line (-v for the trace): bad input, a missing file, "
-    "a run stopped by a data-quality failure",
-    2: "usage error (an unknown option, a bad or missing value); `credit audit verify`: the audit trail "
-    "is not intact",
-    130: "interrupted (Ctrl-C)",
-}
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = EXIT_CODES
-JSON_HELP = "print the result as one JSON document on stdout (progress and messages go to stderr)"
+from foundation.console import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_json_option,
+    emit,
+    iso_date,
+    key_values,
+)
+from foundation.lake import DEFAULT_LAKE, DEFAULT_SOURCES
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,50 +83,6 @@ class VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         print(f"{parser.prog} {installed_version()}")  # on stdout, like argparse's own "version" action
         parser.exit()
-
-
-def add_json_option(parser: argparse.ArgumentParser) -> None:
-    """The ``--json`` flag of a command that prints a result."""
-    parser.add_argument("--json", action="store_true", help=JSON_HELP)
-
-
-def emit(args: argparse.Namespace, document: Any, text: str) -> None:
-    """Print a command's result: ``document`` as JSON with --json, else ``text`` for people."""
-    if getattr(args, "json", False):
-        print(json.dumps(document, ensure_ascii=False, indent=2, default=_json_value))
-    else:
-        print(text)
-
-
-def _json_value(value: Any) -> str:
-    """Dates and times in ISO 8601 (what scripts parse), anything else as its text (paths)."""
-    return value.isoformat() if isinstance(value, date) else str(value)
-
-
-def key_values(mapping: Mapping[str, Any]) -> str:
-    """Aligned ``key  value`` lines of a flat mapping, for people."""
-    width = max((len(key) for key in mapping), default=0)
-    return "\n".join(f"{key.ljust(width)}  {_number(value)}" for key, value in mapping.items())
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-
-def iso_date(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def default_business_date(sources_dir: Path) -> str:
@@ -194,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.export import export_profiles, select_profiles
+    from pipelines.profiles.export import export_profiles, select_profiles
 
     version_dir = Path(args.lake) / "published" / (args.version or "current")
     if not (version_dir / "profiles").is_dir():
@@ -213,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dictionary(args: argparse.Namespace) -> int:
-    from pipelines.datadict import published_schemas, render_markdown, write_dictionary
+    from pipelines.publish.datadict import published_schemas, render_markdown, write_dictionary
 
     target = Path(args.out)
     if args.check:
@@ -291,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--lake", default=str(DEFAULT_LAKE), help="lake folder holding published/")
     ex.add_argument("--out", required=True, help="target file: .csv (UTF-8 with BOM) or .xlsx")
-    from pipelines.profiles import list_labels, load_grading  # the grades and lists grading.toml defines
+    # the grades and lists grading.toml defines
+    from foundation.grading import list_labels, load_grading
 
     grades = [g["grade"] for g in sorted(load_grading()["grades"], key=lambda g: -g["min_score"])]
     ex.add_argument("--grade", action="append", choices=grades, help="keep these grades")
@@ -308,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep firms whose division code starts with this (e.g. 3302 for 宁波)",
     )
     ex.add_argument("--version", default=None, help="a published version instead of current")
-    from pipelines.export import HEADERS
+    from pipelines.profiles.export import HEADERS
 
     ex.add_argument(
         "--header",
@@ -321,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_option(ex)
     ex.set_defaults(func=cmd_export)
 
-    from pipelines.datadict import DICTIONARY_FILE
+    from pipelines.publish.datadict import DICTIONARY_FILE
 
     dd = sub.add_parser(
         "dictionary",

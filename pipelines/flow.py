@@ -18,8 +18,8 @@ from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
-from pipelines.errors import DataQualityError, SourceFormatError, SourceUnavailableError
-from pipelines.settings import config_path
+from foundation.errors import DataQualityError, SourceFormatError, SourceUnavailableError
+from foundation.settings import config_path
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage(
         "extract",
-        "pipelines.stages.extract_source",
+        "pipelines.sources.stages.extract_source",
         per_source=True,
         retryable=True,
         doc="Copy the source's records changed since the last published run into `LAKE/raw` (retried "
@@ -60,7 +60,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "check",
-        "pipelines.stages.check_source",
+        "pipelines.sources.stages.check_source",
         per_source=True,
         judges_batch=True,
         doc="Batch checks (readable, every mapped column there, volume against the last run, "
@@ -69,7 +69,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "standardise",
-        "pipelines.stages.standardise_source",
+        "pipelines.sources.stages.standardise_source",
         per_source=True,
         after_held_back=True,
         doc="Map the raw records to the canonical schema (`LAKE/staged`); runs after a held-back "
@@ -77,7 +77,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "validate",
-        "pipelines.stages.validate_source",
+        "pipelines.quality.stages.validate_source",
         per_source=True,
         doc="Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as "
         "`check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to "
@@ -85,25 +85,25 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "resolve_entities",
-        "pipelines.stages.resolve_entities",
+        "pipelines.resolution.stages.resolve_entities",
         per_source=False,
         doc="Link the accepted records of all sources to firms (`LAKE/work/<date>/links, entities`).",
     ),
     Stage(
         "build_profiles",
-        "pipelines.stages.build_profiles",
+        "pipelines.profiles.stages.build_profiles",
         per_source=False,
         doc="One credit profile per firm (`LAKE/work/<date>/profiles`).",
     ),
     Stage(
         "validate_profiles",
-        "pipelines.stages.validate_profiles",
+        "pipelines.publish.stages.validate_profiles",
         per_source=False,
         doc="Checks on the profile table; a failure stops the run before publishing, without retries.",
     ),
     Stage(
         "publish",
-        "pipelines.stages.publish",
+        "pipelines.publish.stages.publish",
         per_source=False,
         doc="Switch `current` to the new version and tell downstream DAGs which version it is.",
     ),
@@ -173,7 +173,7 @@ def run_all(
     after a published night."""
     from tqdm import tqdm
 
-    from pipelines.sources import source_names
+    from pipelines.sources.registry import source_names
 
     run = {
         "sources_dir": sources_dir,

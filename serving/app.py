@@ -26,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from pipelines.settings import config_path
+from foundation.settings import config_path
 from serving.audit import AuditDamaged, AuditLog, AuditSettings, RefusalTally
 from serving.disclosure import View, load_policy, mask_value
 from serving.limits import RateLimiter, retry_after

@@ -42,13 +42,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.schema import CreateTable
 
+from foundation import settings
 from serving.tokens import service_dir
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
-KEY_ENV = "CREDIT_AUDIT_KEY_FILE"
-ANCHOR_ENV = "CREDIT_AUDIT_ANCHOR_URL"
+KEY_ENV, ANCHOR_ENV = settings.AUDIT_KEY_ENV, settings.AUDIT_ANCHOR_ENV
 _TAIL_LIMIT = 1 << 20  # a log whose last MiB holds no complete entry is damaged, not torn
 
 _metadata = sa.MetaData()
@@ -87,16 +87,17 @@ class AuditSettings:
 
     @classmethod
     def from_sections(cls, *sections: dict[str, Any]) -> AuditSettings:
-        """Later sections override earlier ones key by key (defaults first, then the user's file)."""
+        """Later sections override earlier ones key by key (defaults first, then the user's file, then
+        the environment through foundation.settings)."""
         merged: dict[str, Any] = {}
-        for section in sections:
+        for section in (*sections, settings.audit_overrides()):
             merged.update(section)
         missing = [f.name for f in fields(cls) if f.name not in merged]
         if missing:
             raise ValueError(f"service config: [audit] lacks {', '.join(missing)}")
         return cls(
-            key_file=Path(os.environ.get(KEY_ENV) or merged["key_file"]).expanduser(),
-            anchor_url=os.environ.get(ANCHOR_ENV) or merged["anchor_url"],
+            key_file=Path(merged["key_file"]).expanduser(),
+            anchor_url=merged["anchor_url"],
             tally_window_seconds=float(merged["tally_window_seconds"]),
             tally_callers_per_window=int(merged["tally_callers_per_window"]),
             tallied_statuses=frozenset(int(s) for s in merged["tallied_statuses"]),

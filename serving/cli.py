@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.cli import add_json_option, emit
-from pipelines.lake import DEFAULT_LAKE
+from foundation.console import add_json_option, emit
+from foundation.lake import DEFAULT_LAKE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

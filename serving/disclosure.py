@@ -4,7 +4,7 @@ The policy is declarative, in config/disclosure.toml: the fields a role never se
 personal data masked, and per entity type whether the entity is shown at all and which domains
 (groups of sources with their profile fields and lists) are hidden. Everything here is derived
 from that file, from the grading rules (config/grading.toml, for recomputing a score and grade
-without the hidden records) and from the record types of pipelines/schema.py.
+without the hidden records) and from the record types of foundation/schema.py.
 
 Two halves: ``View.restrict`` works on Polars frames (a whole version when the service loads it,
 so lists and search see the same grade and membership a lookup shows; a handful of rows per
@@ -24,13 +24,13 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.identifiers import is_id_number_form
-from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON, grading_path, load_grading
-from pipelines.schema import RECORD_TYPES
-from pipelines.settings import config_path
+from foundation.grading import ENTITY_TYPES, NATURAL_PERSON, grading_path, load_grading
+from foundation.identifiers import is_id_number_form
+from foundation.schema import RECORD_TYPES
+from foundation.settings import config_path
 
 POLICY_FILE = "disclosure.toml"
-#: the entity types a policy may name (those pipelines/profiles.py gives a profile)
+#: the entity types a policy may name (foundation/grading.py ENTITY_TYPES)
 KNOWN_ENTITY_TYPES = frozenset(ENTITY_TYPES.values()) | {NATURAL_PERSON, "other"}
 #: the key each response row carries: the domains withheld from it (the pages show them as not public)
 WITHHELD = "withheld"

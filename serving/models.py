@@ -2,9 +2,9 @@
 
 The handlers still answer with msgspec-encoded bytes (``serving.app.FastJSON``); these models only
 document what those bytes hold. Nothing is restated here: a profile's fields and types come from
-the code that builds profiles (``pipelines.profiles.build_profiles`` run on empty inputs, so a new
+the code that builds profiles (``pipelines.profiles.build.build_profiles`` run on empty inputs, so a new
 column or list flag in config/grading.toml shows up by itself), the evidence fields from
-``pipelines.schema.LINK_SCHEMA``, the summary and history fields from ``serving.store``, and which
+``foundation.schema.LINK_SCHEMA``, the summary and history fields from ``serving.store``, and which
 fields a caller may not get from the disclosure policy (config/disclosure.toml): every field some
 role's view can withhold is optional, so the public role's masked view is a valid instance too.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from pipelines.profiles import build_profiles
-from pipelines.schema import CANONICAL_SCHEMA, LINK_SCHEMA
+from foundation.schema import CANONICAL_SCHEMA, LINK_SCHEMA
+from pipelines.profiles.build import build_profiles
 from serving.disclosure import WITHHELD, Policy
 from serving.store import HISTORY_COLUMNS, SUMMARY_COLUMNS
 

@@ -3,7 +3,7 @@
 The report is built from one role's view only (``serving.disclosure``): the profile, the records
 behind it (``VersionStore.evidence``: date, amount, authority, number, status, end) and the
 history, each already passed through ``View.rows``/``View.records``. Every label, unit and panel
-is derived: column labels and units from config/profile_columns.toml (``pipelines.dictionary``),
+is derived: column labels and units from config/profile_columns.toml (``foundation.dictionary``),
 panels from the domains of config/disclosure.toml, grade bands and list labels from
 config/grading.toml. The page shows the same HTML fragment the PDF prints, so the two never
 disagree. The PDF is printed by a real engine: headless Chromium's print-to-PDF.
@@ -24,15 +24,15 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from pipelines.dictionary import (
+from foundation.dictionary import (
     Column,
     load_columns,
     load_domains,
     load_evidence_fields,
     load_record_types,
 )
-from pipelines.lake import atomic_path
-from pipelines.profiles import list_labels, profile_columns
+from foundation.grading import list_labels, profile_columns
+from foundation.lake import atomic_path
 from serving.disclosure import Domain, Policy, View, load_policy
 from serving.store import HISTORY_COLUMNS, VersionStore
 
@@ -128,7 +128,7 @@ class FirmReport:
 def grade_fields() -> str:
     """The fields a match grade's letters stand for, in order: the resolution spec's comparisons."""
     from entity_resolution.spec import load_spec
-    from pipelines.settings import resolution_settings
+    from foundation.settings import resolution_settings
 
     return "、".join(c.label for c in load_spec(resolution_settings()["spec"]).comparisons)
 

@@ -23,8 +23,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pipelines.data_docs import SITE_DIR
-from pipelines.settings import airflow_lake
+from foundation.lake import SITE_DIR
+from foundation.settings import airflow_lake
 
 DAG_ID = "credit_nightly"
 #: where the app is mounted in the Airflow API server

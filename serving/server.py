@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import config_path
+from foundation.settings import config_path
 
 #: the service's settings file in config/ (CREDIT_SERVICE_CONFIG points a deployment at its own)
 SERVICE_FILE = "service.toml"

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.dictionary import reference_expr
-from pipelines.identifiers import repair_code
-from pipelines.profiles import list_labels, load_grading
-from pipelines.schema import CANONICAL_SCHEMA
+from foundation.dictionary import reference_expr
+from foundation.grading import list_labels, load_grading
+from foundation.identifiers import repair_code
+from foundation.schema import CANONICAL_SCHEMA
 from serving.disclosure import View, load_policy, mask_text
 from serving.search import NameIndex
 

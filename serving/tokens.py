@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import atomic_path
+from foundation.lake import atomic_path
 
 ROLES = ("regulator", "public")
 HASH_PREFIX_CHARS = 12  # what `credit token list` shows and the audit trail records of a token

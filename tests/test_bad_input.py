@@ -20,8 +20,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines import flow, stages
-from pipelines.errors import DataQualityError, SourceUnavailableError
+from foundation.errors import DataQualityError, SourceUnavailableError
+from pipelines import flow
+from pipelines.quality import stages as quality_stages
+from pipelines.sources import stages as source_stages
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
@@ -406,7 +408,7 @@ def dirty_run(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 
 def _source_file(lake: Path, source: str) -> tuple[Path, str]:
-    from pipelines.sources import load_sources
+    from pipelines.sources.registry import load_sources
 
     config = load_sources()[source]
     return config.file_path(lake.parent / "sources"), config.encoding
@@ -575,10 +577,10 @@ BATCH_KINDS = [
 
 
 def _source_stages(src: Path, lake: Path, source: str) -> dict:
-    stages.extract_source(source, str(src), str(lake), DAY)
-    stages.check_source(source, str(lake), DAY)
-    stages.standardise_source(source, str(lake), DAY)
-    return stages.validate_source(source, str(lake), DAY)
+    source_stages.extract_source(source, str(src), str(lake), DAY)
+    source_stages.check_source(source, str(lake), DAY)
+    source_stages.standardise_source(source, str(lake), DAY)
+    return quality_stages.validate_source(source, str(lake), DAY)
 
 
 @pytest.mark.parametrize(("kind", "source", "inject", "reason"), BATCH_KINDS, ids=[k[0] for k in BATCH_KINDS])
@@ -642,9 +644,9 @@ def test_a_critical_source_with_a_bad_batch_stops_the_run(
     src, lake = next_day
     with sqlite3.connect(src / "lending" / "lending.db") as con:
         con.execute("ALTER TABLE loans RENAME COLUMN five_class TO risk_class")
-    stages.extract_source("lending", str(src), str(lake), DAY)
+    source_stages.extract_source("lending", str(src), str(lake), DAY)
     with pytest.raises(DataQualityError, match=r"source 'lending' batch held back: schema drift.*critical"):
-        stages.check_source("lending", str(lake), DAY)
+        source_stages.check_source("lending", str(lake), DAY)
 
 
 def test_a_critical_source_failing_its_raw_suite_stops_the_run(
@@ -655,11 +657,11 @@ def test_a_critical_source_failing_its_raw_suite_stops_the_run(
     src, lake = next_day
     with sqlite3.connect(src / "lending" / "lending.db") as con:
         con.execute("UPDATE loans SET amount = 'n/a'")
-    stages.extract_source("lending", str(src), str(lake), DAY)
-    assert stages.check_source("lending", str(lake), DAY)["ok"]  # columns, volume and age are fine
-    stages.standardise_source("lending", str(lake), DAY)
+    source_stages.extract_source("lending", str(src), str(lake), DAY)
+    assert source_stages.check_source("lending", str(lake), DAY)["ok"]  # columns, volume and age are fine
+    source_stages.standardise_source("lending", str(lake), DAY)
     with pytest.raises(DataQualityError, match=r"source 'lending' batch held back: .*type drift.*critical"):
-        stages.validate_source("lending", str(lake), DAY)
+        quality_stages.validate_source("lending", str(lake), DAY)
     batch = json.loads((lake / "reports" / DAY / "batch" / "lending.json").read_text("utf-8"))
     assert not batch["ok"] and any("type drift" in p for p in batch["problems"])
     assert not (lake / "accepted" / DAY / "lending.parquet").exists()
@@ -671,14 +673,14 @@ def test_a_missing_table_names_the_source_and_table(clean: Path, tmp_path: Path)
     with sqlite3.connect(src / "social_insurance" / "social_insurance.db") as con:
         con.execute("DROP TABLE contributions")
     with pytest.raises(SourceUnavailableError, match=r"social_insurance.*table 'contributions' not found"):
-        stages.extract_source("social_insurance", str(src), str(tmp_path / "lake"), DAY)
+        source_stages.extract_source("social_insurance", str(src), str(tmp_path / "lake"), DAY)
 
 
 def test_a_first_run_without_a_good_snapshot_cannot_fall_back(clean: Path, tmp_path: Path) -> None:
     src, lake = tmp_path / "sources", tmp_path / "lake"
     shutil.copytree(clean, src)
     _empty_file(src)
-    stages.extract_source("product_quality", str(src), str(lake), DAY)
-    stages.check_source("product_quality", str(lake), DAY)
+    source_stages.extract_source("product_quality", str(src), str(lake), DAY)
+    source_stages.check_source("product_quality", str(lake), DAY)
     with pytest.raises(DataQualityError, match=r"product_quality.*is empty.*no earlier good snapshot"):
-        stages.validate_source("product_quality", str(lake), DAY)
+        quality_stages.validate_source("product_quality", str(lake), DAY)

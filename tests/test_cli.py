@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, JSON_HELP, build_parser
+from foundation.console import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, JSON_HELP
+from pipelines.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,7 +150,7 @@ def test_readme_documents_each_exit_code(code: int) -> None:
 def test_settings_are_found_in_one_place_with_their_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines import settings
+    from foundation import settings
 
     for path in sorted(settings.CONFIG_DIR.glob("*.toml")):
         assert settings.config_path(path.name) == path
@@ -176,13 +177,13 @@ def test_no_module_but_settings_builds_a_path_to_config_or_expectations() -> Non
     joins = re.compile(r"""(/\s*|Path\(\s*)["'](config|expectations)["'/]""")
     offenders = [
         f"{path.relative_to(REPO)}:{number}"
-        for folder in ("pipelines", "serving", "entity_resolution", "dags")
+        for folder in ("foundation", "pipelines", "serving", "entity_resolution", "dags")
         for path in sorted((REPO / folder).rglob("*.py"))
         if path.name != "settings.py"
         for number, line in enumerate(path.read_text("utf-8").splitlines(), 1)
         if joins.search(line) and not line.lstrip().startswith("#")
     ]
-    assert offenders == [], "ask pipelines.settings for settings paths"
+    assert offenders == [], "ask foundation.settings for settings paths"
 
 
 def test_token_commands_answer_in_json(tmp_path: Path) -> None:
@@ -211,10 +212,10 @@ def test_token_commands_answer_in_json(tmp_path: Path) -> None:
 
 
 def test_settings_import_only_the_standard_library() -> None:
-    """The DAG file asks pipelines.settings where the source registry is while Airflow parses it."""
+    """The DAG file asks foundation.settings where the source registry is while Airflow parses it."""
     import ast
 
-    tree = ast.parse((REPO / "pipelines" / "settings.py").read_text("utf-8"))
+    tree = ast.parse((REPO / "foundation" / "settings.py").read_text("utf-8"))
     imported = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).partition(".")[0]
         for node in ast.walk(tree)

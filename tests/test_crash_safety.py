@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.publish import current_version, verify_version
+from pipelines.publish.versions import current_version, verify_version
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISH_FOREVER = """
 import sys
 import polars as pl
-from pipelines.publish import publish_version
+from pipelines.publish.versions import publish_version
 root, start = sys.argv[1], int(sys.argv[2])
 n = 200_000
 for i in range(start, start + 1000):

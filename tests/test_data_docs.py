@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from foundation.lake import SITE_DIR
 from pipelines import flow
-from pipelines.data_docs import SITE_DIR
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.dictionary import (
+from foundation.dictionary import (
     DictionaryError,
     coverage,
     load_columns,
@@ -15,9 +15,9 @@ from pipelines.dictionary import (
     load_record_types,
     reference_expr,
 )
-from pipelines.profiles import load_grading, profile_columns
-from pipelines.schema import RECORD_TYPES
-from pipelines.settings import config_path
+from foundation.grading import load_grading, profile_columns
+from foundation.schema import RECORD_TYPES
+from foundation.settings import config_path
 from serving.disclosure import POLICY_FILE, Domain
 
 
@@ -97,7 +97,7 @@ def test_reference_is_the_case_number_for_court_records_and_the_record_id_otherw
 
 
 def test_every_entity_type_the_profiles_make_has_words_for_the_pages():
-    from pipelines.profiles import ENTITY_TYPES, NATURAL_PERSON
+    from foundation.grading import ENTITY_TYPES, NATURAL_PERSON
     from serving.report import value_text
 
     column = load_columns()["entity_type"]

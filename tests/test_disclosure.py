@@ -18,14 +18,15 @@ import polars as pl
 import pytest
 
 from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
-from pipelines.identifiers import (
+from foundation.grading import NATURAL_PERSON, load_grading
+from foundation.identifiers import (
     classify_codes,
     is_id_number_form,
     is_valid_resident_id,
     is_valid_uscc,
     repair_code,
 )
-from pipelines.profiles import DEDUCTION, NATURAL_PERSON, VETO, load_grading
+from pipelines.profiles.build import DEDUCTION, VETO
 from serving.disclosure import PolicyError, _load_policy, load_policy, mask_text
 from serving.search import NameIndex
 from serving.store import CodeError, _searchable, normalise_code, offered_lists

@@ -191,7 +191,7 @@ def records(rows: list[dict]) -> pl.DataFrame:
 
 
 def make_uscc(body: str) -> str:
-    from pipelines.identifiers import org_code_check_char, uscc_check_char
+    from foundation.identifiers import org_code_check_char, uscc_check_char
 
     org = body + org_code_check_char(body)
     return "91330203" + org + uscc_check_char("91330203" + org)
@@ -201,7 +201,7 @@ USCC_A, USCC_B = make_uscc("MA2AJ5YK"), make_uscc("MA2AJ6NH")
 
 
 def test_two_valid_codes_never_merge_not_even_through_a_chain(generated: dict) -> None:
-    from pipelines.identifiers import is_valid_uscc
+    from foundation.identifiers import is_valid_uscc
 
     assert is_valid_uscc(USCC_A) and is_valid_uscc(USCC_B)
     base = generated["records"].head(3000)
@@ -483,7 +483,7 @@ def test_term_frequency_a_common_name_counts_for_less() -> None:
 
 def test_a_namesake_in_another_city_is_not_merged(generated: dict) -> None:
     # one trade name in three cities: the city in the name or the code's division tells them apart
-    from pipelines.identifiers import is_valid_uscc, org_code_check_char, uscc_check_char
+    from foundation.identifiers import is_valid_uscc, org_code_check_char, uscc_check_char
 
     org = "MA2AJ6NH" + org_code_check_char("MA2AJ6NH")
     hangzhou = "91330106" + org + uscc_check_char("91330106" + org)
@@ -511,7 +511,7 @@ def test_a_record_two_firms_fit_equally_is_left_undecided_for_review(generated: 
     """One trade name in two cities: a record without code or city fits both firms equally, so it
     stands alone (undecided, its pairs in the review queue) rather than being guessed; written with
     its city it joins its firm."""
-    from pipelines.identifiers import org_code_check_char, uscc_check_char
+    from foundation.identifiers import org_code_check_char, uscc_check_char
 
     org = "MA2AJ6NH" + org_code_check_char("MA2AJ6NH")
     nanjing = "91320106" + org + uscc_check_char("91320106" + org)

@@ -50,16 +50,16 @@ def test_a_stage_missing_what_its_function_needs_says_which_stage_and_what(tmp_p
     check = next(stage for stage in STAGES if stage.name == "check")
     run = {"sources_dir": str(tmp_path), "business_date": "2026-11-23", "run_id": "r"}  # no lake_dir
     with pytest.raises(
-        TypeError, match=r"stage check \(pipelines.stages.check_source\) needs \['lake_dir'\]"
+        TypeError, match=r"stage check \(pipelines.sources.stages.check_source\) needs \['lake_dir'\]"
     ):
         run_stage(check, run, "lending")
 
 
 def test_a_stage_gets_only_the_parameters_its_function_declares(tmp_path: Path) -> None:
     """What the function does not take (run_id, full_relink, the folders) is left out."""
-    from pipelines.stages import cutoff_for
+    from pipelines.night import cutoff_for
 
-    cutoff = Stage("cutoff", "pipelines.stages.cutoff_for", per_source=False, doc="the night's cut-off")
+    cutoff = Stage("cutoff", "pipelines.night.cutoff_for", per_source=False, doc="the night's cut-off")
     run = {
         "sources_dir": str(tmp_path),
         "lake_dir": str(tmp_path / "lake"),

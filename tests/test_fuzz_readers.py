@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import SourceFormatError
-from pipelines.extract import MAX_FIELD_CHARS, extract
-from pipelines.quality import validate_source
-from pipelines.sources import SourceConfig, load_sources
-from pipelines.standardise import standardise
+from foundation.errors import SourceFormatError
+from pipelines.quality.suites import validate_source
+from pipelines.sources.extract import MAX_FIELD_CHARS, extract
+from pipelines.sources.registry import SourceConfig, load_sources
+from pipelines.sources.standardise import standardise
 
 CUTOFF = datetime(2026, 11, 24)
 STAMP = "2026-11-23 12:00:00"

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from credit_synthetic.generate import NOISE_SETTINGS, Noise, generate, noise_setting, write_sql_table
-from pipelines.identifiers import is_valid_uscc, repair_code
+from foundation.identifiers import is_valid_uscc, repair_code
 from tests.conftest import PublishedLakes
 from tests.service_support import credit, run_credit
 

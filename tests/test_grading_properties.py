@@ -16,8 +16,10 @@ import polars as pl
 import pytest
 
 from credit_synthetic.generate import generate
-from pipelines import flow, stages
-from pipelines.profiles import build_profiles, list_labels, load_grading
+from foundation.grading import list_labels, load_grading
+from pipelines import flow, night
+from pipelines.profiles.build import build_profiles
+from pipelines.sources import snapshot
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
@@ -167,7 +169,7 @@ def test_published_profiles_never_contradict_themselves(lake: Path) -> None:
     version = lake / "published" / "current"
     profiles = pl.read_parquet(version / "profiles" / "*.parquet")
     links = pl.read_parquet(version / "links" / "*.parquet")
-    records = stages._accepted(stages._lake(str(lake), BUSINESS_DATE.isoformat())).collect()
+    records = snapshot.accepted_records(night.night_lake(str(lake), BUSINESS_DATE.isoformat())).collect()
     # the data must exercise what is checked: vetoes, list deductions and many-rule firms
     assert (profiles["vetoes"].list.len() > 0).sum() >= 3
     assert profiles["lists"].list.contains("abnormal_operation").sum() >= 3
@@ -178,8 +180,8 @@ def test_published_profiles_never_contradict_themselves(lake: Path) -> None:
 @pytest.mark.parametrize("later", LATER, ids=lambda d: f"+{d.days}d")
 def test_profiles_graded_on_later_days_never_contradict_themselves(lake: Path, later: timedelta) -> None:
     """Graded later, listings and deductions run out on their own days; still no contradiction."""
-    work = stages._lake(str(lake), BUSINESS_DATE.isoformat())
-    records = stages._accepted(work).collect()
+    work = night.night_lake(str(lake), BUSINESS_DATE.isoformat())
+    records = snapshot.accepted_records(work).collect()
     links = pl.read_parquet(work.work / "links.parquet")
     profiles = build_profiles(
         records.lazy(),

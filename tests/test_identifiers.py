@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum.cn import uscc as stdnum_uscc
 
-from pipelines.identifiers import (
+from foundation.identifiers import (
     USCC_ALPHABET,
     classify_codes,
     is_valid_org_code,

@@ -11,9 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines import flow, stages
+from foundation import settings
+from foundation.errors import PublishError
+from pipelines import flow
+from pipelines import night as night_files
 from pipelines.cli import main as credit
-from pipelines.errors import PublishError
+from pipelines.publish import stages as publish_stages
+from pipelines.quality import stages as quality_stages
+from pipelines.sources import snapshot
+from pipelines.sources import stages as source_stages
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 
@@ -175,7 +181,7 @@ def test_a_full_relink_is_forced_by_flag_or_weekday(
     assert (kept["entity_id"] == kept["entity_id_right"]).mean() >= 0.999
     config.write_text('engine = "rules"\n', "utf-8")
     with pytest.raises(ValueError, match="rules resolver is retired"):
-        stages.resolution_settings()
+        settings.resolution_settings()
 
 
 def test_rerunning_a_night_changes_nothing_and_duplicates_nothing(nightly: Path, sources: Path) -> None:
@@ -203,7 +209,7 @@ def test_watermarks_advance_only_after_a_successful_publish(
     def broken_publish(*args: object, **kwargs: object) -> None:
         raise PublishError("disk full while publishing")
 
-    monkeypatch.setattr("pipelines.publish.publish_version", broken_publish)
+    monkeypatch.setattr("pipelines.publish.stages.publish_version", broken_publish)
     with pytest.raises(PublishError, match="disk full"):
         flow.run_all(str(sources), str(lake), DAYS[1], run_id="fails")
     assert state_file.read_text("utf-8") == state, "a failed run must not move the watermarks"
@@ -242,7 +248,7 @@ def test_a_run_whose_books_do_not_balance_does_not_publish(
     watermarks = (lake / "state" / "watermarks.json").read_text("utf-8")
 
     with pytest.raises(PublishError, match=f"books do not balance: .*{expected}.*nothing published"):
-        stages.publish(str(lake), day, "unbalanced")
+        publish_stages.publish(str(lake), day, "unbalanced")
     assert (lake / "published" / "current").resolve() == current
     assert sorted(p.name for p in (lake / "published").iterdir()) == versions
     assert (lake / "state" / "watermarks.json").read_text("utf-8") == watermarks
@@ -266,24 +272,24 @@ def late(nightly: Path, sources: Path, tmp_path_factory: pytest.TempPathFactory)
     shutil.copytree(nightly, lake, symlinks=True)
     with pytest.MonkeyPatch.context() as patch:
         # the departments sent nothing new since: not a stale feed to hold back here
-        patient = {n: replace(c, max_age_days=10_000) for n, c in stages.load_sources().items()}
-        patch.setattr(stages, "load_sources", lambda: patient)
+        patient = {n: replace(c, max_age_days=10_000) for n, c in source_stages.load_sources().items()}
+        patch.setattr(source_stages, "load_sources", lambda: patient)
         flow.run_all(str(sources), str(lake), LATE, run_id=f"night-{LATE}")
     return lake
 
 
 def _profiles_from_scratch(lake: Path, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Every profile of a night built anew from its accepted records and links (and valid_until)."""
-    from pipelines.lake import Lake
-    from pipelines.profiles import build_profiles_valid_until
+    from foundation.lake import Lake
+    from pipelines.profiles.build import build_profiles_valid_until
 
     stale = frozenset(
         name
-        for name in stages.load_sources()
+        for name in source_stages.load_sources()
         if json.loads((lake / "reports" / day / "validation" / f"{name}.json").read_text("utf-8"))["stale"]
     )
     return build_profiles_valid_until(
-        stages._accepted(Lake(lake, day)),
+        snapshot.accepted_records(Lake(lake, day)),
         pl.scan_parquet(lake / "work" / day / "links.parquet"),
         pl.scan_parquet(lake / "work" / day / "entities.parquet"),
         date.fromisoformat(day),
@@ -302,14 +308,14 @@ def test_incremental_profiles_equal_profiles_built_from_scratch(
     published = _published(lake, "profiles")
     scratch, valid_until = _profiles_from_scratch(lake, day)
     assert published.equals(scratch)
-    assert pl.read_parquet(lake / "work" / day / stages.PROFILE_VALID_UNTIL).equals(valid_until)
+    assert pl.read_parquet(lake / "work" / day / night_files.PROFILE_VALID_UNTIL).equals(valid_until)
     summary = json.loads((lake / "reports" / day / "profiles.json").read_text("utf-8"))
     assert summary["mode"] == "incremental"
     assert 0 < summary["built"] < summary["profiles"] == published.height
     if night == "late":
         # the late night changed a handful of records: it built mostly what expired since
         touched = pl.read_parquet(lake / "work" / day / "touched_entities.parquet").height
-        before = pl.read_parquet(nightly / "registry" / DAYS[-1] / stages.PROFILE_VALID_UNTIL)
+        before = pl.read_parquet(nightly / "registry" / DAYS[-1] / night_files.PROFILE_VALID_UNTIL)
         expired = before.filter(pl.col("valid_until") < date.fromisoformat(LATE)).height
         assert touched < expired <= summary["built"] <= expired + touched
 
@@ -320,12 +326,12 @@ def test_a_profile_stays_the_same_until_its_valid_until(nightly: Path) -> None:
     profiles, valid_until = _profiles_from_scratch(nightly, DAYS[-1])
     night = date.fromisoformat(DAYS[-1])
     assert valid_until.height == profiles.height and valid_until["valid_until"].null_count() < profiles.height
-    from pipelines.lake import Lake
-    from pipelines.profiles import build_profiles
+    from foundation.lake import Lake
+    from pipelines.profiles.build import build_profiles
 
     def on(day: date) -> pl.DataFrame:
         return build_profiles(
-            stages._accepted(Lake(nightly, DAYS[-1])),
+            snapshot.accepted_records(Lake(nightly, DAYS[-1])),
             pl.scan_parquet(nightly / "work" / DAYS[-1] / "links.parquet"),
             pl.scan_parquet(nightly / "work" / DAYS[-1] / "entities.parquet"),
             day,
@@ -354,14 +360,14 @@ def test_an_incremental_nights_profiles_are_still_validated(
     """The suite runs over the profiles built tonight, and no entity may have two profiles."""
     import shutil
 
-    from pipelines.quality import DataQualityError
+    from pipelines.quality.suites import DataQualityError
 
     lake = tmp_path / "lake"
     shutil.copytree(nightly, lake, symlinks=True)
     day = DAYS[-1]
-    assert stages.validate_profiles(str(lake), day)["mode"] == "incremental"
+    assert publish_stages.validate_profiles(str(lake), day)["mode"] == "incremental"
     if tamper == "built_profile":
-        path = lake / "work" / day / stages.BUILT_PROFILES
+        path = lake / "work" / day / night_files.BUILT_PROFILES
         built = pl.read_parquet(path)
         built.with_columns(
             pl.when(pl.int_range(pl.len()) == 0).then(-5).otherwise("score").alias("score")
@@ -373,13 +379,13 @@ def test_an_incremental_nights_profiles_are_still_validated(
         pl.concat([profiles, profiles.head(1)]).write_parquet(path)
         expected = "more than one profile"
     with pytest.raises(DataQualityError, match=expected):
-        stages.validate_profiles(str(lake), day)
+        publish_stages.validate_profiles(str(lake), day)
 
 
 def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nightly: Path) -> None:
     """An incremental night compares only the touched and rebuilt entities with the previous
     version: the changes are the same as comparing every firm and record."""
-    from pipelines.publish import compute_changes
+    from pipelines.publish.versions import compute_changes
 
     day = DAYS[-1]
     manifest = json.loads((nightly / "registry" / DAYS[-2] / "published_version.json").read_text("utf-8"))
@@ -388,7 +394,7 @@ def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nigh
     changed = pl.concat(
         [
             pl.read_parquet(nightly / "work" / day / "touched_entities.parquet"),
-            pl.read_parquet(nightly / "work" / day / stages.BUILT_PROFILES).select("entity_id"),
+            pl.read_parquet(nightly / "work" / day / night_files.BUILT_PROFILES).select("entity_id"),
         ]
     ).unique()
     everything = compute_changes(previous, frames)
@@ -422,7 +428,7 @@ def test_an_incremental_night_validates_only_its_changes_and_quarantines_a_bad_o
     ).write_parquet(staged_path)
     shutil.rmtree(lake / "reports" / day / "gx", ignore_errors=True)
 
-    result = stages.validate_source(source, str(lake), day)
+    result = quality_stages.validate_source(source, str(lake), day)
     quarantine = pl.read_parquet(lake / "quarantine" / source / f"{day}.parquet")
     assert victim in quarantine.filter(pl.col("stage") == "validate")["source_record_id"].to_list()
     snapshot = pl.read_parquet(lake / "accepted" / day / f"{source}.parquet")

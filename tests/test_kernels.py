@@ -10,7 +10,8 @@ import polars as pl
 import rjieba
 
 from entity_resolution.internals.compare import PairComparer, compare_pairs, levels_of
-from entity_resolution.internals.normalise import _tokens, distinct_rows
+from entity_resolution.internals.distinct import distinct_rows
+from entity_resolution.internals.normalise import _tokens
 from entity_resolution.spec import Comparison, load_spec
 
 ENTERPRISE = load_spec("enterprise")

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from pipelines.notify import send_alert
+from foundation.notify import send_alert
 
 
 class Recorder(BaseHTTPRequestHandler):

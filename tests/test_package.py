@@ -38,9 +38,9 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
 SYNTHETIC = REPO / "synthetic"
 SYNTHETIC_PYPROJECT = tomllib.loads((SYNTHETIC / "pyproject.toml").read_text("utf-8"))
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-#: the top-level import packages the wheel ships (pipelines, serving, entity_resolution)
+#: the top-level import packages the wheel ships (foundation, pipelines, serving, entity_resolution)
 TOP_LEVEL = sorted({name.partition(".")[0] for name in SETUPTOOLS["packages"]})
-#: checkout folder -> where the wheel puts it (config/ -> pipelines/config/, ...)
+#: checkout folder -> where the wheel puts it (config/ -> foundation/config/, ...)
 MAPPED = {folder: package.replace(".", "/") for package, folder in SETUPTOOLS["package-dir"].items()}
 #: code that runs in production without being in the wheel (Airflow reads the DAG from its folder)
 DEPLOYED_BESIDE = ["dags"]
@@ -254,8 +254,8 @@ def test_installed_wheel_generates_runs_and_serves(
         run(
             str(python),
             "-c",
-            "import json, pipelines, serving, entity_resolution, pipelines.settings as s, "
-            "pipelines.profiles as p; print(json.dumps({'code': [m.__file__ for m in "
+            "import json, pipelines, serving, entity_resolution, foundation.settings as s, "
+            "pipelines.profiles.build as p; print(json.dumps({'code': [m.__file__ for m in "
             "(pipelines, serving, entity_resolution)], 'config': str(s.CONFIG_DIR), "
             "'expectations': str(s.EXPECTATIONS_DIR), 'grades': len(p.load_grading()['grades'])}))",
         ).stdout

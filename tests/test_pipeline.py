@@ -9,10 +9,11 @@ import polars as pl
 import pytest
 
 from entity_resolution.evaluate import evaluate
-from pipelines import flow, stages
+from foundation.errors import SourceUnavailableError
+from foundation.schema import CANONICAL_COLUMNS
+from pipelines import flow
 from pipelines.cli import main as credit
-from pipelines.errors import SourceUnavailableError
-from pipelines.schema import CANONICAL_COLUMNS
+from pipelines.sources import stages as source_stages
 
 BUSINESS_DATE = "2026-11-23"
 
@@ -88,8 +89,8 @@ def test_rerunning_a_date_gives_identical_profiles(lake: Path, sources: Path, tm
 
 
 def test_earlier_business_date_sees_fewer_records(sources: Path, tmp_path: Path) -> None:
-    full = stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)["rows"]
-    earlier = stages.extract_source("lending", str(sources), str(tmp_path), "2026-11-21")["rows"]
+    full = source_stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)["rows"]
+    earlier = source_stages.extract_source("lending", str(sources), str(tmp_path), "2026-11-21")["rows"]
     assert 0 < earlier < full
 
 
@@ -98,10 +99,10 @@ def test_missing_source_names_the_source(sources: Path, tmp_path: Path) -> None:
     shutil.copytree(sources, broken)
     (broken / "contract" / "enforcement.csv").unlink()
     with pytest.raises(SourceUnavailableError, match="contract"):
-        stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+        source_stages.extract_source("contract", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
     (broken / "lending" / "lending.db").unlink()
     with pytest.raises(SourceUnavailableError, match="lending"):
-        stages.extract_source("lending", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
+        source_stages.extract_source("lending", str(broken), str(tmp_path / "lake"), BUSINESS_DATE)
 
 
 def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,7 +166,7 @@ def test_export_headers_are_the_data_dictionarys_labels_unless_names_are_asked_f
     """By default a person gets 贷款金额（元） and shares in %; a script asks for --header names."""
     import zipfile
 
-    from pipelines.dictionary import load_columns
+    from foundation.dictionary import load_columns
 
     columns = load_columns()
     profiles = pl.read_parquet(lake / "published" / "current" / "profiles" / "*.parquet").sort("entity_id")
@@ -229,7 +230,7 @@ def test_a_new_run_replaces_the_report_at_once_and_a_failed_one_says_where(
 ) -> None:
     """The moment a run starts, the date's page says "running" (the earlier attempt's "published" is
     gone); when it ends failed, the page names the failed task, its stage, source and error."""
-    from pipelines import report
+    from pipelines.publish import report
 
     copy = tmp_path / "lake"
     shutil.copytree(lake / "reports", copy / "reports")

@@ -7,15 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.profiles import (
-    GradingError,
-    build_profiles,
-    grading_path,
-    list_labels,
-    load_grading,
-    profile_columns,
-)
-from pipelines.schema import conform
+from foundation.grading import GradingError, grading_path, list_labels, load_grading, profile_columns
+from foundation.schema import conform
+from pipelines.profiles.build import build_profiles
 
 AS_OF = date(2026, 11, 23)
 

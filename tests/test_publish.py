@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.errors import PublishError
-from pipelines.publish import current_version, prune_versions, publish_version, verify_version
+from foundation.errors import PublishError
+from pipelines.publish.versions import current_version, prune_versions, publish_version, verify_version
 
 
 def frames(n: int) -> dict[str, pl.DataFrame]:

@@ -15,8 +15,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from foundation.errors import PublishError
 from pipelines.cli import main as credit_main
-from pipelines.datadict import (
+from pipelines.profiles.build import MONEY
+from pipelines.publish.datadict import (
     DATA_DICTIONARY,
     TABLES,
     field_metadata,
@@ -24,10 +26,8 @@ from pipelines.datadict import (
     render_markdown,
     table_columns,
 )
-from pipelines.errors import PublishError
-from pipelines.profiles import MONEY
-from pipelines.publish import current_version, publish_version, row_group_rows
-from pipelines.stages import RECONCILED_TOTALS
+from pipelines.publish.reconciliation import RECONCILED_TOTALS
+from pipelines.publish.versions import current_version, publish_version, row_group_rows
 from tests.conftest import PublishedLakes
 from tests.service_support import DAYS, build_lake, credit, serving
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.errors import DataQualityError
-from pipelines.profiles import MONEY
-from pipelines.quality import (
+from foundation.errors import DataQualityError
+from foundation.schema import NUMBER_RANGES, SOURCES, conform
+from pipelines.profiles.build import MONEY
+from pipelines.quality.suites import (
     load_suite,
     range_expectations,
     validate_profiles,
     validate_source,
 )
-from pipelines.schema import NUMBER_RANGES, SOURCES, conform
 
 REPO = Path(__file__).resolve().parent.parent
 USCC = "91330203MA2A1B2C3X"
@@ -134,7 +134,7 @@ def profiles(rows: list[dict]) -> pl.DataFrame:
         vetoes=[],
     )
     frame = pl.DataFrame([{**base, **row} for row in rows])
-    # money as published: decimal 元 (pipelines.profiles.MONEY)
+    # money as published: decimal 元 (pipelines.profiles.build.MONEY)
     return frame.with_columns(pl.col("lending_balance", "lending_amount", "tax_arrears_balance").cast(MONEY))
 
 
@@ -164,7 +164,7 @@ PARALLEL_TASK = """
 import sys
 from pathlib import Path
 import pandas as pd
-from pipelines import quality
+from pipelines.quality import suites as quality
 
 root, name, starts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 frame = pd.DataFrame({"_row": range(20), "subject_name": ["华兴"] * 19 + [None]})
@@ -195,7 +195,7 @@ def test_parallel_tasks_share_one_data_docs_project(tmp_path: Path) -> None:
     ]
     outcomes = [(task.wait(timeout=600), task.stderr.read()[-2000:]) for task in tasks]
     assert all(code == 0 for code, _ in outcomes), [err for code, err in outcomes if code]
-    from pipelines.data_docs import RESULTS_DIR, build_site
+    from pipelines.quality.data_docs import RESULTS_DIR, build_site
 
     stored = list((root / RESULTS_DIR).rglob("*.json"))
     assert len(stored) == 6 * len(suites)
@@ -229,7 +229,7 @@ def test_range_checks_derive_from_one_definition() -> None:
     file restates a range of its own."""
     import tomllib
 
-    from pipelines.schema import number_ranges
+    from foundation.schema import number_ranges
 
     for path in (REPO / "expectations").glob("*.standardised.json"):
         for expectation in json.loads(path.read_text("utf-8"))["expectations"]:
@@ -252,8 +252,8 @@ def test_range_checks_derive_from_one_definition() -> None:
 def test_standardise_reads_numbers_and_dates_as_departments_write_them() -> None:
     """Thousands separators and full-width digits are read; a decimal comma, NaN, infinity, 1e400
     (also once scaled from 万元), a fractional count and a date out of range are reported unreadable."""
-    from pipelines.sources import load_sources
-    from pipelines.standardise import standardise_frame
+    from pipelines.sources.registry import load_sources
+    from pipelines.sources.standardise import standardise_frame
 
     source = load_sources()["violations"]
     template = {column: None for column in ("行政处罚决定书文号", "更新时间", "数据类别")}
@@ -303,8 +303,8 @@ def test_standardise_reads_numbers_and_dates_as_departments_write_them() -> None
     ],
 )
 def test_standardise_joins_lists_whatever_their_delivery(failed_items: list, detail: list[str]) -> None:
-    from pipelines.sources import load_sources
-    from pipelines.standardise import standardise_frame
+    from pipelines.sources.registry import load_sources
+    from pipelines.sources.standardise import standardise_frame
 
     source = load_sources()["product_quality"]
     mapped = [spec if isinstance(spec, str) else spec.get("column") for spec in source.mapping.values()]
@@ -320,8 +320,8 @@ def test_each_runner_keeps_its_results_in_its_own_project(tmp_path: Path) -> Non
     results in their own Data Docs project, and a runner without one stores nothing."""
     import pandas as pd
 
-    from pipelines.data_docs import RESULTS_DIR
-    from pipelines.quality import DataDocs, SuiteRunner
+    from pipelines.quality.data_docs import RESULTS_DIR
+    from pipelines.quality.suites import DataDocs, SuiteRunner
 
     frame = pd.DataFrame({"_row": range(3), "subject_name": ["华兴", "华星", None]})
     nights = {night: tmp_path / night / "gx" for night in ("2026-11-22", "2026-11-23")}
@@ -343,7 +343,7 @@ def test_judging_expectations_by_the_columns_they_read_equals_one_gx_validation(
     frame at once."""
     from great_expectations.validator.v1_validator import Validator
 
-    from pipelines.quality import DEFAULT_PARAMETERS, ROW_ID, SuiteRunner, _to_pandas_for_gx
+    from pipelines.quality.suites import DEFAULT_PARAMETERS, ROW_ID, SuiteRunner, _to_pandas_for_gx
 
     frame = _to_pandas_for_gx(
         loans(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.identifiers import is_valid_uscc
+from foundation.identifiers import is_valid_uscc
 
 pytestmark = pytest.mark.slow  # end to end: left out by make test-quick
 

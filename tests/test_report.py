@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.dictionary import load_columns
+from foundation.dictionary import load_columns
 from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, run_credit
 

@@ -9,8 +9,8 @@ import pytest
 
 from entity_resolution.evaluate import evaluate
 from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
+from foundation.identifiers import is_valid_uscc, org_code_check_char, reg_no_check_digit, uscc_check_char
 from pipelines import flow
-from pipelines.identifiers import is_valid_uscc, org_code_check_char, reg_no_check_digit, uscc_check_char
 
 
 def uscc(prefix: str, org_body: str) -> str:

@@ -12,8 +12,9 @@ import polars as pl
 import pytest
 
 from entity_resolution.spec import load_spec
-from pipelines import flow, stages
-from pipelines.profiles import profile_columns
+from foundation import settings
+from foundation.grading import profile_columns
+from pipelines import flow
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
@@ -84,7 +85,7 @@ def test_malformed_and_unknown_codes_get_clear_4xx(deployment: dict) -> None:
     assert response.status_code == 400 and "malformed code" in response.json()["error"]
     wrong_check = "913302001440000000"
     assert get(deployment, f"/api/v1/profiles/{wrong_check}").status_code == 400
-    from pipelines.identifiers import is_valid_uscc, org_code_check_char, uscc_check_char
+    from foundation.identifiers import is_valid_uscc, org_code_check_char, uscc_check_char
 
     org = "MA2A0000" + org_code_check_char("MA2A0000")
     valid_unknown = "91330200" + org + uscc_check_char("91330200" + org)
@@ -155,7 +156,7 @@ def test_lists_filter_and_paginate(deployment: dict, profiles: pl.DataFrame) -> 
 
 
 def test_the_list_catalogue_comes_from_the_grading_config(deployment: dict) -> None:
-    from pipelines.profiles import list_labels, load_grading
+    from foundation.grading import list_labels, load_grading
 
     catalogue = get(deployment, "/api/v1/lists").json()
     names = [entry["name"] for entry in catalogue["lists"]]
@@ -173,7 +174,7 @@ def test_evidence_and_history(deployment: dict, profiles: pl.DataFrame) -> None:
     evidence = get(deployment, f"/api/v1/profiles/{firm['uscc']}/evidence").json()["records"]
     assert len(evidence) == firm["record_count"]
     # one letter per comparison of the resolution spec
-    letters = len(load_spec(stages.resolution_settings()["spec"]).comparisons)
+    letters = len(load_spec(settings.resolution_settings()["spec"]).comparisons)
     assert all(len(r["match_grade"]) == letters and set(r["match_grade"]) <= set("ABFZ") for r in evidence)
     assert all(0 < r["match_confidence"] <= 1 for r in evidence)
     history = get(deployment, f"/api/v1/profiles/{firm['uscc']}/history").json()["versions"]

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from entity_resolution.spec import load_spec
-from pipelines.dictionary import load_columns, load_domains
-from pipelines.profiles import list_labels, load_grading
-from pipelines.settings import resolution_settings
+from foundation.dictionary import load_columns, load_domains
+from foundation.grading import list_labels, load_grading
+from foundation.settings import resolution_settings
 from serving.report import grade_fields
 from tests.conftest import PublishedLakes, skip_or_fail
 from tests.service_support import build_lake, credit, first_page, serving

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from credit_synthetic.generate import write_sql_table
-from pipelines import stages
-from pipelines.extract import extract
-from pipelines.sources import load_sources
-from pipelines.stages import cutoff_for
+from pipelines.night import cutoff_for
+from pipelines.sources import stages as source_stages
+from pipelines.sources.extract import extract
+from pipelines.sources.registry import load_sources
 
 BUSINESS_DATE = "2026-11-23"
 
@@ -37,20 +37,24 @@ def test_postgresql_source_extracts_like_sqlite(
         loans = pl.read_database("SELECT * FROM loans", connection, infer_schema_length=None)
     write_sql_table(loans, postgres_url, "loans", "loan_id")
     try:
-        sqlite_rows = stages.extract_source("lending", str(sources), str(tmp_path / "a"), BUSINESS_DATE)
+        sqlite_rows = source_stages.extract_source(
+            "lending", str(sources), str(tmp_path / "a"), BUSINESS_DATE
+        )
         monkeypatch.setenv("CREDIT_LENDING_URL", postgres_url)  # the registry's url_env override
-        pg_rows = stages.extract_source("lending", str(sources), str(tmp_path / "b"), BUSINESS_DATE)
+        pg_rows = source_stages.extract_source("lending", str(sources), str(tmp_path / "b"), BUSINESS_DATE)
         assert pg_rows["rows"] == sqlite_rows["rows"] > 0
         # raw keeps each backend's own types (SQLite's are text); the canonical rows are identical
         for lake in ("a", "b"):
-            stages.check_source("lending", str(tmp_path / lake), BUSINESS_DATE)
-            stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
+            source_stages.check_source("lending", str(tmp_path / lake), BUSINESS_DATE)
+            source_stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
         staged = [
             pl.read_parquet(tmp_path / lake / "staged" / BUSINESS_DATE / "lending.parquet")
             for lake in ("a", "b")
         ]
         assert staged[0].equals(staged[1])
-        earlier = stages.extract_source("lending", str(sources), str(tmp_path / "c"), "2026-11-22")["rows"]
+        earlier = source_stages.extract_source("lending", str(sources), str(tmp_path / "c"), "2026-11-22")[
+            "rows"
+        ]
         assert 0 < earlier < pg_rows["rows"]  # the watermark filter runs in PostgreSQL too
         # an Airflow connection (here from the environment, as AIRFLOW_CONN_<ID>) instead of a URL
         monkeypatch.delenv("CREDIT_LENDING_URL")
@@ -71,8 +75,8 @@ def test_postgresql_source_extracts_like_sqlite(
 def test_unreachable_database_names_the_source(
     sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.errors import SourceUnavailableError
+    from foundation.errors import SourceUnavailableError
 
     monkeypatch.setenv("CREDIT_LENDING_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/none")
     with pytest.raises(SourceUnavailableError, match="source 'lending' is unavailable: cannot connect"):
-        stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)
+        source_stages.extract_source("lending", str(sources), str(tmp_path), BUSINESS_DATE)

@@ -9,7 +9,7 @@ import polars as pl
 from rapidfuzz import distance
 from rapidfuzz.process import cpdist
 
-from entity_resolution.internals.normalise import first_rows
+from entity_resolution.internals.distinct import first_rows
 from entity_resolution.spec import PREFIX_SCORES, Comparison, Spec
 
 NULL_LEVEL = -1

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import opencc
 import polars as pl
 
+from entity_resolution.internals.distinct import distinct_rows
 from entity_resolution.spec import Spec
 
 
 def _text(expr: pl.Expr) -> pl.Expr:
     return expr.cast(pl.String).str.normalize("NFKC").str.replace_all(r"\s+", "").str.to_lowercase()
-
-
-def first_rows(values: pl.Series) -> np.ndarray:
-    """Per row the first row holding the same value (a hash grouping of the values themselves;
-    nulls are one value)."""
-    frame = values.to_frame("v").with_row_index("row").select(pl.col("row").min().over("v"))
-    return frame.to_series().cast(pl.Int64).to_numpy()
-
-
-def distinct_rows(values: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """(the row where each distinct non-null value first occurs, in row order; per row the place of
-    its value among those, null for a null value).
-
-    A normaliser works on ``values.gather(rows)`` and its result is spread back with
-    ``result.gather(place)``: one hash grouping and two gathers, where a join back on the value
-    (a string) costs several times more."""
-    first = first_rows(values)
-    present = ~values.is_null().to_numpy()
-    is_first = (first == np.arange(len(first))) & present
-    place = pl.DataFrame({"place": (np.cumsum(is_first) - 1)[first], "present": present})
-    return (
-        pl.Series("row", np.flatnonzero(is_first), dtype=pl.UInt32),
-        place.select(pl.when("present").then(pl.col("place").cast(pl.UInt32))).to_series(),
-    )
 
 
 def _simplified(values: pl.Series) -> pl.Series:
@@ -147,7 +123,7 @@ def normalise(
                 region.alias(f"{out}_region"),
             ).with_columns(_tokens(names["core"]).alias(f"{out}_tokens"))
         elif kind == "codes":
-            from pipelines.identifiers import classify_values, compact_code_expr
+            from foundation.identifiers import classify_values, compact_code_expr
 
             # every configured column is classified (a department may put any code in any column)
             sources = [

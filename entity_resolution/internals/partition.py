@@ -247,7 +247,7 @@ def resolve_partition(
 def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
     """``resolve_partition`` over a partition directory: reads its three inputs and writes
     ``links.parquet`` beside them (atomically); a plain function of paths, as a worker runs it."""
-    from pipelines.lake import write_parquet
+    from foundation.lake import write_parquet
 
     directory = Path(directory)
     out, counts = resolve_partition(

@@ -10,8 +10,8 @@ from datetime import date
 from pathlib import Path
 
 from credit_synthetic.vocab import DEFAULT_FAULTS, FAULT_LEVELS, NOISE_SETTINGS, noise_knobs, noise_setting
-from pipelines.cli import EXIT_OK, add_json_option, emit, iso_date, positive_int
-from pipelines.lake import DEFAULT_SOURCES
+from foundation.console import EXIT_OK, add_json_option, emit, iso_date, positive_int
+from foundation.lake import DEFAULT_SOURCES
 
 
 def _faults(text: str) -> str:

@@ -21,9 +21,9 @@ from pathlib import Path
 import polars as pl
 
 from credit_synthetic.generate import generate
+from foundation.lake import REPO_ROOT, Lake
 from pipelines.cli import default_business_date
-from pipelines.lake import REPO_ROOT, Lake
-from pipelines.report import quarantine_reasons
+from pipelines.publish.report import quarantine_reasons
 
 
 def _airflow(*args: str) -> None:

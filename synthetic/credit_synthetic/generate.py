@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from credit_synthetic import vocab as V
-from pipelines.identifiers import (
+from foundation.identifiers import (
     USCC_ALPHABET,
     org_code_check_expr,
     reg_no_check_expr,
@@ -1139,7 +1139,7 @@ BAD_DELIVERY = ("contract", "未履行金额", "更新时间")
 
 def _tolerated_share(source: str, column: str) -> float:
     """The share of a batch's values the raw suite lets fail for ``column`` (1 - its ``mostly``)."""
-    from pipelines.quality import read_suite  # the suite the pipeline will run (and where it looks)
+    from pipelines.quality.suites import read_suite  # the suite the pipeline will run (and where it looks)
 
     suite = read_suite(f"{source}.raw")
     mostly = [

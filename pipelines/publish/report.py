@@ -24,10 +24,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.data_docs import build_site, site_index
-from pipelines.dictionary import load_columns
-from pipelines.lake import Lake, atomic_path, write_json
-from pipelines.sources import load_sources
+from foundation.dictionary import load_columns
+from foundation.lake import Lake, atomic_path, write_json
+from pipelines.quality.data_docs import build_site, site_index
+from pipelines.sources.registry import load_sources
 
 RUN_RECORD = "run.json"
 FAILURES_DIR = "failures"

@@ -1,7 +1,7 @@
 """Where the settings files and expectation suites are: the one place every module asks.
 
 The repository keeps them in its top-level ``config/`` and ``expectations/`` folders; the wheel
-carries the same folders inside the package (``pipelines/config``, ``pipelines/expectations``,
+carries the same folders inside the package (``foundation/config``, ``foundation/expectations``,
 mapped in pyproject.toml), because an installed package has no checkout around it. The bundled
 copy wins when it exists, so the code works the same from a checkout and from an installed wheel.
 A deployment points any one file elsewhere with an environment variable (read at call time):
@@ -31,6 +31,10 @@ DEFAULT_LAKE = Path("data") / "lake"
 AIRFLOW_LAKE_ENV = "CREDIT_LAKE"
 #: the sources folder the Airflow deployment's DAG reads by default
 AIRFLOW_SOURCES_ENV = "CREDIT_SOURCES"
+#: the audit trail's HMAC key file and anchor database, when a deployment keeps them elsewhere
+#: than config/service.toml's [audit] says
+AUDIT_KEY_ENV = "CREDIT_AUDIT_KEY_FILE"
+AUDIT_ANCHOR_ENV = "CREDIT_AUDIT_ANCHOR_URL"
 
 
 def bundled_folder(name: str) -> Path:
@@ -69,6 +73,12 @@ def airflow_lake() -> Path:
 def airflow_sources() -> Path:
     """The Airflow deployment's sources: CREDIT_SOURCES, else the checkout's data/sources (read at call time)."""
     return Path(os.environ.get(AIRFLOW_SOURCES_ENV) or REPO_ROOT / DEFAULT_SOURCES)
+
+
+def audit_overrides() -> dict[str, str]:
+    """The audit settings the environment overrides now (``key_file``, ``anchor_url``; read at call time)."""
+    found = {"key_file": os.environ.get(AUDIT_KEY_ENV), "anchor_url": os.environ.get(AUDIT_ANCHOR_ENV)}
+    return {key: value for key, value in found.items() if value}
 
 
 def expectation_dirs(bundled: Path = EXPECTATIONS_DIR) -> list[Path]:

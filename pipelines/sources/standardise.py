@@ -11,10 +11,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import SourceFormatError
-from pipelines.identifiers import classify_codes, reg_no_check_expr
-from pipelines.lake import write_parquet
-from pipelines.schema import (
+from foundation.errors import SourceFormatError
+from foundation.identifiers import classify_codes, reg_no_check_expr
+from foundation.lake import write_parquet
+from foundation.schema import (
     CANONICAL_SCHEMA,
     DATE_RANGE,
     FULL_WIDTH_NUMBER,
@@ -22,7 +22,7 @@ from pipelines.schema import (
     NUMBER_TEXT,
     conform,
 )
-from pipelines.sources import SourceConfig
+from pipelines.sources.registry import SourceConfig
 
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%Y年%m月%d日")
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y/%m/%d %H:%M:%S", "%Y-%m-%d")

@@ -22,10 +22,12 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import DataQualityError
-from pipelines.lake import write_parquet
-from pipelines.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
-from pipelines.settings import EXPECTATIONS_DIR, expectation_dirs
+from foundation.errors import DataQualityError
+from foundation.lake import Lake, atomic_path, write_parquet
+from foundation.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
+from foundation.settings import EXPECTATIONS_DIR, expectation_dirs
+from pipelines.quality.data_docs import RESULTS_DIR
+from pipelines.sources.registry import SourceConfig, load_sources
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class SuiteOutcome:
 @dataclass(frozen=True)
 class DataDocs:
     """Where a run keeps its validation results for the offline Data Docs site
-    (``pipelines.data_docs``): under ``root`` (``LAKE/reports/<date>/gx``), in the layout of a
+    (``pipelines.quality.data_docs``): under ``root`` (``LAKE/reports/<date>/gx``), in the layout of a
     file-backed GX project's validations store, each result under ``run_name`` (the business date)."""
 
     root: Path
@@ -182,9 +184,6 @@ class SuiteRunner:
         it (``<suite as folders>/<run name>/<run time>/<batch id>.json``), written atomically."""
         from great_expectations.core.run_identifier import RunIdentifier
 
-        from pipelines.data_docs import RESULTS_DIR
-        from pipelines.lake import atomic_path
-
         assert self.docs is not None
         run_id = RunIdentifier(run_name=self.docs.run_name, run_time=datetime.now(UTC))
         result.meta.update(
@@ -253,7 +252,6 @@ def range_expectations(suite_name: str) -> list[dict[str, Any]]:
     """The range checks of a source's standardised suite, derived from the ranges of the number
     columns its mapping fills (schema.NUMBER_RANGES, narrowed by the source's ``ranges`` in
     config/sources.toml): never written into the suite's JSON, so there is one definition."""
-    from pipelines.sources import load_sources
 
     for source in load_sources().values():
         if source.suite != suite_name:
@@ -265,7 +263,7 @@ def range_expectations(suite_name: str) -> list[dict[str, Any]]:
                 "kwargs": {"column": column, "min_value": low, "max_value": high},
                 "meta": {
                     "reason": f"{column} outside its range [{_bound(low)}, {_bound(high)}]",
-                    "derived_from": f"the range of '{column}' (pipelines/schema.py NUMBER_RANGES, "
+                    "derived_from": f"the range of '{column}' (foundation/schema.py NUMBER_RANGES, "
                     f"config/sources.toml [sources.{source.name}.ranges])",
                 },
             }
@@ -312,7 +310,7 @@ def _to_pandas_for_gx(frame: pl.DataFrame) -> Any:
     nanosecond datetimes vectorised and any other date unit row by row in Python (9 s of a 30 s
     validation of 1.9M loans). Decimal money goes as float64: pandas holds decimals as Python
     objects (or Arrow arrays) that GX checks row by row, minutes for 20,000 profiles instead of
-    a second; the exact sums are the books' job (``pipelines.stages.reconcile``)."""
+    a second; the exact sums are the books' job (``pipelines.publish.reconciliation.reconcile``)."""
     casts = []
     for name, dtype in frame.schema.items():
         if isinstance(dtype, pl.Decimal):
@@ -442,7 +440,6 @@ def validate_source(
     if missing:
         raise DataQualityError(f"source '{source}': standardised data lacks canonical columns {missing}")
     frame = staged.with_row_index(ROW_ID)
-    from pipelines.sources import load_sources
 
     configured = load_sources().get(source)
     if parameters is None:  # ad-hoc validation: nothing may lie after today
@@ -550,3 +547,39 @@ def validate_profiles(
             f"entity ids: {examples}"
         )
     return {"profiles": profiles.height, "validated": True}
+
+
+#: rows of the raw batch the raw suite looks at (schema and type drift show in any sample)
+RAW_SAMPLE_ROWS = 20_000
+
+
+def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Raw values as the source wrote them, as text (the raw suite checks their shape)."""
+    return frame.select(
+        [
+            (
+                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",")
+                if isinstance(dtype, pl.List)
+                else pl.col(name).cast(pl.String)
+            ).alias(name)
+            for name, dtype in frame.schema.items()
+        ]
+    )
+
+
+def raw_suite_problems(source: SourceConfig, raw_path: Path, runner: SuiteRunner | None = None) -> list[str]:
+    """Failures of the source's raw suite on a sample of the batch, as readable sentences
+    (``runner``: the stage's suite runner, else one in memory)."""
+    suite = source.raw_suite or f"{source.name}.raw"
+    sample = _as_text(pl.scan_parquet(raw_path).head(RAW_SAMPLE_ROWS).collect())
+    outcome = run_suite(sample.with_row_index(ROW_ID), suite, runner=runner)
+    problems = list(outcome.batch_failures)
+    if outcome.row_failures.height:  # "mostly" expectations report rows only when they fail as a whole
+        by_reason = outcome.row_failures.group_by("reason").len().sort("len", descending=True)
+        problems += [f"{r} ({n} of {sample.height} sampled rows)" for r, n in by_reason.iter_rows()]
+    return problems
+
+
+def stage_runner(lake: Lake) -> SuiteRunner:
+    """A suite runner keeping this run's GX validation results (for Data Docs) under LAKE/reports/<date>/gx."""
+    return SuiteRunner(DataDocs(lake.reports / "gx", run_name=lake.business_date))

@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipelines import settings
+from foundation import settings
 
 #: the registry's file in config/; CREDIT_SOURCES_CONFIG points a deployment at its own (an added
 #: source needs no code), read when the registry is asked for, like every settings override

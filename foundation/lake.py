@@ -14,7 +14,11 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa: F401 - re-exported
+from foundation.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa: F401 - re-exported
+
+#: the Data Docs site's folder under ``LAKE/reports`` (beside the per-night folders): built by
+#: pipelines.quality.data_docs, served by serving.run_reports
+SITE_DIR = "data-docs"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ List columns (reasons, former names, lists) are joined into readable text; neste
 written as JSON text, so every cell opens in a spreadsheet.
 
 Headers are for the reader: by default (``labels``) each column is headed by its label and unit
-from the data dictionary (config/profile_columns.toml, ``pipelines.dictionary``), 贷款金额（元）,
+from the data dictionary (config/profile_columns.toml, ``foundation.dictionary``), 贷款金额（元）,
 and shares 0-1 are shown as percentages; ``names`` keeps the column names and values as published
 (lending_amount), for scripts.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.dictionary import Column, load_columns
-from pipelines.lake import atomic_path
-from pipelines.profiles import list_labels
+from foundation.dictionary import Column, load_columns
+from foundation.grading import list_labels
+from foundation.lake import atomic_path
 
 #: --header: the data dictionary's labels and units (for people), or the column names (for scripts)
 HEADERS = ("labels", "names")

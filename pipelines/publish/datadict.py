@@ -1,6 +1,6 @@
 """The published tables' column dictionary: Parquet field metadata and docs/data_dictionary.md.
 
-Profiles are described by config/profile_columns.toml (``pipelines.dictionary.load_columns``), the
+Profiles are described by config/profile_columns.toml (``foundation.dictionary.load_columns``), the
 other published tables by config/published_columns.toml in the same format. Publishing writes each
 column's label, unit and description into the Parquet schema, so any reader (pyarrow, DuckDB,
 Spark) finds them in the file; the Markdown data dictionary is generated from the same definition
@@ -17,14 +17,21 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipelines.dictionary import _COLUMN_KEYS, Column, DictionaryError, _checked, load_columns
-from pipelines.lake import REPO_ROOT
-from pipelines.profiles import MONEY
-from pipelines.publish import row_group_rows
-from pipelines.settings import config_path
+from foundation.dictionary import _COLUMN_KEYS, Column, DictionaryError, _checked, load_columns
+from foundation.errors import PublishError
+from foundation.lake import REPO_ROOT
+from foundation.settings import config_path
+from pipelines.profiles.build import MONEY
 
 PUBLISHED_COLUMNS_FILE = "published_columns.toml"
 #: the generated data dictionary, relative to the checkout (and `credit dictionary`'s folder)
+PUBLISHING_FILE = "publishing.toml"
+CHANGES_SCHEMA = {
+    "entity_id": pl.String,
+    "change": pl.String,
+    "detail": pl.String,
+    "related_entity_id": pl.String,
+}
 DICTIONARY_FILE = Path("docs") / "data_dictionary.md"
 DATA_DICTIONARY = REPO_ROOT / DICTIONARY_FILE
 #: the published tables, in the order the data dictionary shows them
@@ -157,9 +164,8 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
     from datetime import date, datetime
 
     from entity_resolution.pipeline import IDENTITY_COLUMNS, resolve_canonical
-    from pipelines.profiles import build_profiles
-    from pipelines.publish import CHANGES_SCHEMA
-    from pipelines.schema import LINK_SCHEMA, conform
+    from foundation.schema import LINK_SCHEMA, conform
+    from pipelines.profiles.build import build_profiles
 
     record = conform(
         pl.LazyFrame(
@@ -189,8 +195,17 @@ def published_schemas() -> dict[str, dict[str, pl.DataType]]:
 
 def write_dictionary(target: Path = DATA_DICTIONARY) -> Path:
     """(Re)generate docs/data_dictionary.md atomically."""
-    from pipelines.lake import atomic_path
+    from foundation.lake import atomic_path
 
     with atomic_path(target) as tmp:
         tmp.write_text(render_markdown(published_schemas()), "utf-8")
     return target
+
+
+def row_group_rows(config: Path | None = None) -> int:
+    """Rows per row group of the published Parquet files (config/publishing.toml, resolved now)."""
+    config = config or config_path(PUBLISHING_FILE)
+    rows = tomllib.loads(config.read_text("utf-8")).get("row_group_rows", 100_000)
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise PublishError(f"{config}: row_group_rows must be a whole number of rows >= 1, not {rows!r}")
+    return rows

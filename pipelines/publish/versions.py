@@ -19,19 +19,20 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.errors import PublishError
-from pipelines.lake import write_json
-from pipelines.settings import config_path
+from foundation.dictionary import DictionaryError
+from foundation.errors import PublishError
+from foundation.lake import write_json
+from foundation.settings import config_path
+from pipelines.publish.datadict import (
+    CHANGES_SCHEMA,
+    DICTIONARY_FILE,
+    PUBLISHING_FILE,
+    described_schema,
+    row_group_rows,
+)
 
 log = logging.getLogger(__name__)
 DATASETS = ("profiles", "links", "entities")
-PUBLISHING_FILE = "publishing.toml"
-CHANGES_SCHEMA = {
-    "entity_id": pl.String,
-    "change": pl.String,
-    "detail": pl.String,
-    "related_entity_id": pl.String,
-}
 
 
 def file_sha256(path: Path) -> str:
@@ -115,9 +116,6 @@ def write_described(frame: pl.DataFrame, table: str, target: Path, rows_per_grou
     """One published file: each column's label, unit and description in its Parquet field metadata
     (config/profile_columns.toml, config/published_columns.toml), row groups of ``rows_per_group``
     rows with min/max statistics. Written into the staging directory (renamed whole later)."""
-    from pipelines.datadict import DICTIONARY_FILE, described_schema
-    from pipelines.dictionary import DictionaryError
-
     try:
         schema = described_schema(frame, table)
     except DictionaryError as exc:
@@ -271,15 +269,6 @@ def retention_days(config: Path | None = None) -> int:
     """Days a version is kept (config/publishing.toml, or CREDIT_PUBLISHING_CONFIG's, resolved now)."""
     config = config or config_path(PUBLISHING_FILE)
     return int(tomllib.loads(config.read_text("utf-8")).get("retention_days", 30))
-
-
-def row_group_rows(config: Path | None = None) -> int:
-    """Rows per row group of the published Parquet files (config/publishing.toml, resolved now)."""
-    config = config or config_path(PUBLISHING_FILE)
-    rows = tomllib.loads(config.read_text("utf-8")).get("row_group_rows", 100_000)
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
-        raise PublishError(f"{config}: row_group_rows must be a whole number of rows >= 1, not {rows!r}")
-    return rows
 
 
 def prune_versions(

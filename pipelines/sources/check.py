@@ -6,56 +6,24 @@ mapped column is there, the volume did not drop by more than the source's ``max_
 against the last published run, and the newest record is not older than ``max_age_days``. Then, in
 the validate task, which imports Great Expectations anyway (~5 s a process), the raw suite
 (``expectations/<source>.raw.json``: schema and types, on a sample) must pass before the
-standardised suite runs (``raw_suite_problems``). A batch that fails either is held back: a
+standardised suite runs (``pipelines.quality.suites.raw_suite_problems``). A batch that fails either is held back: a
 critical source fails the run, any other falls back to its last good snapshot and the profiles it
 feeds are marked stale.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import polars as pl
+from foundation.errors import DataQualityError
+from foundation.lake import Lake, write_json
+from pipelines.night import report_path
+from pipelines.sources.registry import SourceConfig
+from pipelines.sources.watermarks import Watermark
 
-from pipelines.sources import SourceConfig
-from pipelines.state import Watermark
-
-if TYPE_CHECKING:
-    from pipelines.quality import SuiteRunner
-
-#: rows of the raw batch the raw suite looks at (schema and type drift show in any sample)
-RAW_SAMPLE_ROWS = 20_000
-
-
-def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
-    """Raw values as the source wrote them, as text (the raw suite checks their shape)."""
-    return frame.select(
-        [
-            (
-                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",")
-                if isinstance(dtype, pl.List)
-                else pl.col(name).cast(pl.String)
-            ).alias(name)
-            for name, dtype in frame.schema.items()
-        ]
-    )
-
-
-def raw_suite_problems(source: SourceConfig, raw_path: Path, runner: SuiteRunner | None = None) -> list[str]:
-    """Failures of the source's raw suite on a sample of the batch, as readable sentences
-    (``runner``: the stage's suite runner, else one in memory)."""
-    from pipelines.quality import ROW_ID, run_suite
-
-    suite = source.raw_suite or f"{source.name}.raw"
-    sample = _as_text(pl.scan_parquet(raw_path).head(RAW_SAMPLE_ROWS).collect())
-    outcome = run_suite(sample.with_row_index(ROW_ID), suite, runner=runner)
-    problems = list(outcome.batch_failures)
-    if outcome.row_failures.height:  # "mostly" expectations report rows only when they fail as a whole
-        by_reason = outcome.row_failures.group_by("reason").len().sort("len", descending=True)
-        problems += [f"{r} ({n} of {sample.height} sampled rows)" for r, n in by_reason.iter_rows()]
-    return problems
+log = logging.getLogger(__name__)
 
 
 def check_batch(
@@ -102,3 +70,15 @@ def _mapped_columns(source: SourceConfig) -> set[str]:
         elif isinstance(spec, dict):
             columns.update([spec["column"]] if "column" in spec else spec.get("coalesce", []))
     return columns
+
+
+def judge_batch(lake: Lake, config: SourceConfig, problems: list[str]) -> dict[str, Any]:
+    """Record the batch verdict; a held-back critical source stops the run."""
+    result = {"source": config.name, "ok": not problems, "problems": problems, "critical": config.critical}
+    write_json(result, report_path(lake, "batch", config.name))
+    if problems:
+        message = f"source '{config.name}' batch held back: " + "; ".join(problems)
+        if config.critical:
+            raise DataQualityError(message + " (the source is critical: the run stops)")
+        log.warning("%s; its last good snapshot will be used and its profiles marked stale", message)
+    return result

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from pipelines.errors import SourceFormatError, SourceUnavailableError
-from pipelines.lake import atomic_path, write_parquet
-from pipelines.sources import SourceConfig
+from foundation.errors import SourceFormatError, SourceUnavailableError
+from foundation.lake import atomic_path, write_parquet
+from pipelines.sources.registry import SourceConfig
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000

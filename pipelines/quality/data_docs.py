@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import atomic_path
+from foundation.lake import SITE_DIR, atomic_path
 
-#: the site's folder under ``LAKE/reports`` (beside the per-night folders)
-SITE_DIR = "data-docs"
 #: where, under a night's GX project root, GX keeps its validation results
 RESULTS_DIR = Path("gx") / "uncommitted" / "validations"
 

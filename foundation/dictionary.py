@@ -16,9 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.profiles import load_grading
-from pipelines.schema import CANONICAL_SCHEMA, RECORD_TYPES
-from pipelines.settings import config_path
+from foundation.grading import load_grading
+from foundation.schema import CANONICAL_SCHEMA, RECORD_TYPES
+from foundation.settings import config_path
 
 #: the dictionary's file name under config/ (CREDIT_PROFILE_COLUMNS_CONFIG points elsewhere)
 COLUMNS_FILE = "profile_columns.toml"
@@ -142,14 +142,14 @@ def coverage(columns: dict[str, Column], profile_columns: tuple[str, ...]) -> tu
 
 
 def load_record_types(path: Path | None = None) -> dict[str, dict[str, str]]:
-    """Record type -> {label, label_en, reference}: one entry per type of pipelines/schema.py."""
+    """Record type -> {label, label_en, reference}: one entry per type of foundation/schema.py."""
     path = _resolve(path)
     out = {}
     for name, table in _parse(path).get("record_types", {}).items():
         where = f"{path}: [record_types.{name}]"
         _checked(table, _RECORD_TYPE_KEYS, ("label", "label_en"), where)
         if name not in RECORD_TYPES:
-            raise DictionaryError(f"{where}: not a record type of pipelines/schema.py")
+            raise DictionaryError(f"{where}: not a record type of foundation/schema.py")
         if table.get("reference", "detail") not in CANONICAL_SCHEMA:
             raise DictionaryError(f"{where}: reference {table['reference']!r} is not a canonical column")
         out[name] = {"reference": "source_record_id", **table}
@@ -164,7 +164,7 @@ def load_evidence_fields(path: Path | None = None) -> dict[str, dict[str, str]]:
         where = f"{path}: [evidence.{name}]"
         _checked(table, _EVIDENCE_KEYS, ("label", "label_en", "description"), where)
         if name not in CANONICAL_SCHEMA and name != "reference":
-            raise DictionaryError(f"{where}: not a canonical column (pipelines/schema.py) nor reference")
+            raise DictionaryError(f"{where}: not a canonical column (foundation/schema.py) nor reference")
         out[name] = dict(table)
     return out
 

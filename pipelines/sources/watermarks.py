@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import write_json
+from foundation.lake import write_json
 
 
 @dataclass(frozen=True)

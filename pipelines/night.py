@@ -1,0 +1,87 @@
+"""The night's lake and the files its stages hand each other: the one place that names them.
+
+Every stage group's glue (``pipelines/<group>/stages.py``) finds the night's lake, its reports and
+the files kept beside the published registry here, so no group imports another's glue for a path.
+Imports nothing of pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from foundation.lake import Lake
+
+
+def night_lake(lake_dir: str | Path, business_date: str) -> Lake:
+    """The lake of one night; a malformed date fails here, before any stage writes."""
+    date.fromisoformat(business_date)  # fail early on a malformed date
+    return Lake(Path(lake_dir), business_date)
+
+
+def cutoff_for(business_date: str) -> datetime:
+    """Records of business date D are those last changed before D + 1 day, 00:00."""
+    return datetime.combine(date.fromisoformat(business_date) + timedelta(days=1), datetime.min.time())
+
+
+def suite_parameters(business_date: str) -> dict[str, Any]:
+    """Values the suites refer to as ``{"$PARAMETER": ...}``: nothing may happen after the business date."""
+    return {
+        "business_day_end": cutoff_for(business_date),
+        "business_period": business_date[:7].replace("-", ""),
+    }
+
+
+def report_path(lake: Lake, kind: str, source: str) -> Path:
+    return lake.reports / kind / f"{source}.json"
+
+
+def read_report(lake: Lake, kind: str, source: str) -> dict[str, Any]:
+    path = report_path(lake, kind, source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"source '{source}': no {kind} report for {lake.business_date} at {path}; "
+            f"run the earlier stages first"
+        )
+    return json.loads(path.read_text("utf-8"))
+
+
+def rejects_path(lake: Lake, source: str) -> Path:
+    return lake.raw(source).with_name(f"{source}.rejects.parquet")
+
+
+#: where the entity registry of each published business date lives (LAKE/registry/<date>/)
+REGISTRY_DIR = "registry"
+
+
+#: the published version a registry belongs to (written beside it on publish)
+REGISTRY_VERSION_FILE = "published_version.json"
+
+
+def registry_base(lake: Lake) -> tuple[Path, Path] | None:
+    """(registry, published version) of the latest published business date before this run's, or
+    None when there is none: a full re-link."""
+    root = lake.root / REGISTRY_DIR
+    if not root.is_dir():
+        return None
+    for day_dir in sorted((p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit()), reverse=True):
+        pointer = day_dir / REGISTRY_VERSION_FILE
+        if day_dir.name >= lake.business_date or not pointer.exists():
+            continue
+        version = lake.published / json.loads(pointer.read_text("utf-8"))["version"]
+        return (day_dir, version) if version.is_dir() else None
+    return None
+
+
+#: beside each published night's registry: every profile's last unchanged day, and what its
+#: profiles rest on besides their records (an incremental night copies what is still valid)
+PROFILE_VALID_UNTIL = "profile_valid_until.parquet"
+
+
+PROFILE_BASIS = "profile_basis.json"
+
+
+#: the profiles an incremental night built (the others are the previous version's rows)
+BUILT_PROFILES = "profiles_built.parquet"

@@ -1,0 +1,1 @@
+"""Publish: versions, watermarks, the reconciliation of the books, the run report, the data dictionary."""

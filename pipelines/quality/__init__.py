@@ -1,0 +1,1 @@
+"""Quality: the Great Expectations suites and the offline Data Docs site."""

@@ -1,0 +1,1 @@
+"""Resolution: the stage that calls the entity-resolution engine on the accepted snapshots."""

@@ -1,0 +1,1 @@
+"""Sources: the registry (config/sources.toml), extract, the batch check, standardise."""

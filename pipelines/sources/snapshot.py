@@ -1,0 +1,33 @@
+"""A source's accepted snapshot: the last one with the night's accepted changes upserted, and all
+sources' snapshots read together (what resolution, profiles and the books read).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from foundation.lake import Lake, write_parquet
+from pipelines.sources.registry import load_sources
+
+
+def merge_snapshot(base: Path, delta: Path, target: Path) -> int:
+    """The source's full accepted state: the last snapshot with this run's accepted rows upserted
+    (a record's newest accepted version wins; a record whose new version was quarantined keeps its
+    last good version)."""
+    changed = pl.scan_parquet(delta)
+    kept = pl.scan_parquet(base).join(
+        changed.select("source_record_id"), on="source_record_id", how="anti", maintain_order="left"
+    )
+    # both are sorted by record id (snapshots are written so, the accepted changes too) and hold no
+    # id in common: merged, not sorted again (the snapshot is the night's largest file per source)
+    return write_parquet(kept.merge_sorted(changed, key="source_record_id"), target)
+
+
+def accepted_records(lake: Lake) -> pl.LazyFrame:
+    paths = [lake.accepted(name) for name in load_sources()]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"accepted data missing for {missing} in {lake.root}")
+    return pl.concat([pl.scan_parquet(p) for p in paths], how="vertical_relaxed")
