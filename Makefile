@@ -11,7 +11,7 @@ DEMO_SEED ?= 7
 SOURCES ?= $(CURDIR)/data/sources
 LAKE ?= $(CURDIR)/data/lake
 
-.PHONY: venv run test test-quick lint airflow-ui bench clean
+.PHONY: venv run run-celery test test-quick lint airflow-ui bench clean
 
 # the pipeline with its dev extra, and next to it the synthetic source systems (synthetic/: `credit
 # generate`, the demo), which tests and benchmarks use and the pipeline's wheel does not carry
@@ -53,6 +53,13 @@ lint: venv
 airflow-ui: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" CREDIT_SOURCES=$(SOURCES) CREDIT_LAKE=$(LAKE) \
 	  $(if $(UNPAUSED),AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False) $(BIN)/airflow standalone
+
+# The production-shaped deployment: scheduler, DAG processor, API server, triggerer and WORKERS
+# Celery workers, with Airflow's metadata on PostgreSQL and Redis as broker, as deploy/celery.env
+# sets them (environment variables win over it). `make run` keeps SQLite and one machine.
+WORKERS ?= 2
+run-celery: venv
+	deploy/run-celery.sh $(WORKERS)
 
 bench: venv
 	$(BIN)/python bench/bench_pipeline.py --entities $${ENTITIES:-100000}

@@ -3,8 +3,9 @@
 Thin on purpose: the stages, their order and which may be retried come from the stage table in
 ``pipelines/flow.py`` (the one ``credit run`` follows too); every stage's task calls its plain
 function (imported only when the task runs, so that parsing this file stays cheap) and passes only
-paths and counts through XCom. One retry policy on every task fails a data-quality failure or an
-unreadable delivery at once and retries a source that is down where the stage may be retried.
+paths and counts through XCom. The retry policies fail a data-quality failure or an unreadable
+delivery at once and retry a source that is down where the stage may be retried; any task whose
+worker was lost (a host gone, under the CeleryExecutor of deploy/) is run again on another.
 
 Every run reports itself: `plan` (the run's setup) replaces the date's report with a "running"
 one, a failed task records what failed and why, and `report` (the run's teardown, which runs
@@ -59,18 +60,18 @@ PROFILES_ASSET = Asset(name="credit_profiles", uri="credit://published/current/p
 #: the asset a stage updates, for downstream DAGs (its event's extra says which version)
 OUTLETS = {"publish": PROFILES_ASSET}
 
-# Every task: a data-quality failure or an unreadable delivery fails at once (a person has to look),
-# a source that is down is retried by a stage that may be retried; anything else follows the
-# task's own retries (none, but for the retryable stages).
+# A data-quality failure or an unreadable delivery fails at once (a person has to look). A stage
+# that may be retried retries a source that is down, and anything else as its retries say. Every
+# other task fails at once on any error it raises: its retries (config/nightly.toml
+# lost_task_retries) serve only a task whose worker was lost, which the scheduler fails without an
+# error from the task and so without asking the policy.
+NEVER_RETRIED_RULES = [
+    RetryRule(exception=error, action=RetryAction.FAIL, reason=why) for error, why in NEVER_RETRIED.items()
+]
 RETRY_POLICY = ExceptionRetryPolicy(
-    rules=[
-        *(
-            RetryRule(exception=error, action=RetryAction.FAIL, reason=why)
-            for error, why in NEVER_RETRIED.items()
-        ),
-        RetryRule(exception=list(RETRIED), action=RetryAction.RETRY),
-    ]
+    rules=[*NEVER_RETRIED_RULES, RetryRule(exception=list(RETRIED), action=RetryAction.RETRY)]
 )
+FAIL_POLICY = ExceptionRetryPolicy(rules=NEVER_RETRIED_RULES, default=RetryAction.FAIL)
 
 
 def plan_of(context: Any) -> dict[str, str]:
@@ -183,7 +184,8 @@ def stage_settings(stage: Stage) -> dict[str, Any]:
     }
     if stage.retryable:
         settings |= {
-            "retries": NIGHTLY.retries,
+            "retry_policy": RETRY_POLICY,
+            "retries": max(NIGHTLY.retries, NIGHTLY.lost_task_retries),
             "retry_delay": NIGHTLY.retry_delay,
             "retry_exponential_backoff": NIGHTLY.retry_backoff,
             "max_retry_delay": NIGHTLY.max_retry_delay,
@@ -232,8 +234,9 @@ def stage_task(stage: Stage) -> Any:
     default_args={
         "owner": NIGHTLY.owner,
         "on_failure_callback": notify_failure,
-        "retries": 0,
-        "retry_policy": RETRY_POLICY,
+        "retries": NIGHTLY.lost_task_retries,
+        "retry_delay": NIGHTLY.retry_delay,
+        "retry_policy": FAIL_POLICY,
         "execution_timeout": NIGHTLY.task_timeout("default"),
     },
     params={

@@ -38,7 +38,7 @@ The evidence per link, from the engine's own comparisons (``links`` columns):
   signature with its entity's representative (the entity's smallest signature holding its code,
   else its smallest signature): **A** same (the comparison's top level), **B** similar (a level in
   between), **F** different (level 0), **Z** missing on either side. With the enterprise spec: code, name, legal form, region, name tokens,
-  legal representative, address, phone.
+  legal representative, address, phone, unit figures.
 - ``match_rule``: how the record came to its entity: ``exact_key`` (its signature shares an exact
   key, a valid code, with another), ``probabilistic`` (a scored pair at or above the link
   threshold), ``decision`` (a steward's must-link or the registry's fixed entity), ``identical``

@@ -201,3 +201,19 @@ def _strip_county(frame: pl.DataFrame, tops: pl.DataFrame, counties: pl.DataFram
         lead_tokens=pl.col("lead_tokens").fill_null(pl.lit([], dtype=pl.List(pl.String))),
         county_codes=pl.col("county_codes").fill_null(pl.lit([], dtype=pl.List(pl.String))),
     ).drop("length")
+
+
+def place_divisions(texts: pl.Series) -> pl.Series:
+    """Per text (an authority: 中国银行宁波分行, 宁波海曙区人民法院, 宁波市市场监督管理局), the division
+    (4 digits, 2 for a province) of the last province or prefecture it names (a county name may
+    mean places in several provinces), null when it names none. The last, because a bank may carry
+    a city in its own name (宁波银行杭州分行 is a branch in 杭州)."""
+    tops, _, _ = _region_tables()
+    # a name several divisions carried: the smallest code (重庆 is 50, not the 5102 it was before 1997)
+    codes = tops.select("token", pl.col("codes").list.min().str.slice(0, 4))
+    pattern = "|".join(sorted(map(re.escape, codes["token"].to_list()), key=len, reverse=True))
+    rows, place = distinct_rows(texts)
+    unique = pl.DataFrame({"text": to_simplified(texts.gather(rows).cast(pl.String).str.normalize("NFKC"))})
+    last = unique.select(pl.col("text").str.extract_all(pattern).list.last().alias("token"))
+    found = last.join(codes, on="token", how="left", maintain_order="left")["codes"]
+    return found.gather(place).alias(texts.name)

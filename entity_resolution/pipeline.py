@@ -43,6 +43,9 @@ IDENTITY_COLUMNS = (
     "reg_no",
     "code_status",
     "legal_rep",
+    "authority",
+    "headcount",
+    "score",
     "updated_at",
 )
 KEYS = ["source", "source_record_id"]
@@ -146,7 +149,23 @@ def enterprise_inputs() -> list[pl.Expr]:
         pl.lit(None, pl.String).alias("address"),
         "legal_rep",
         pl.lit(None, pl.String).alias("phone"),
+        "authority",  # the lender, court or penalty authority: where the firm was seen
+        unit_figures().alias("figures"),
     ]
+
+
+def unit_figures() -> pl.Expr:
+    """The figures a record states about its firm itself, not about an event: a social insurance
+    contribution's insured headcount and contribution base (its ``score``). A unit's monthly
+    records repeat them (the base is fixed for the year), so two records stating the same figures
+    in one source are likely one unit; the engine learns from records sharing a valid code how
+    often a firm's records agree on them. Null for a record that states no headcount."""
+    return pl.when(pl.col("headcount").is_not_null() & pl.col("score").is_not_null()).then(
+        pl.concat_str(
+            [pl.col("source"), pl.col("headcount").cast(pl.String), pl.col("score").cast(pl.String)],
+            separator="|",
+        )
+    )
 
 
 def blocking_keys(inputs: pl.DataFrame, spec: Spec) -> pl.DataFrame:
@@ -275,7 +294,9 @@ def _engine(
         pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
     )
     anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
-    combined = pl.concat([inputs, reps.select(inputs.columns)], how="vertical_relaxed")
+    # (a registry written before an input column existed holds none of it)
+    missing = [pl.lit(None, pl.String).alias(c) for c in inputs.columns if c not in reps.columns]
+    combined = pl.concat([inputs, reps.with_columns(missing).select(inputs.columns)], how="vertical_relaxed")
     result = link(
         combined,
         spec,
@@ -575,7 +596,9 @@ def resolve_changes(
     links = _upserted(previous_links, rebuilt, KEYS)
     entities = _upserted(
         previous_entities.join(touched, on="entity_id", how="anti", maintain_order="left"),
-        entities_table(pl.concat([kept_records, firms, persons]), rebuilt).select(previous_entities.columns),
+        entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(
+            previous_entities.columns
+        ),
         ["entity_id"],
     )
     stats = {

@@ -18,7 +18,7 @@ LINK_TYPES = ("dedupe", "link_only")
 METHODS = ("exact", "levenshtein", "jaro_winkler", "token_jaccard", "numeric", "date_days", "prefix")
 # scores of the prefix method: equal, one a prefix of the other (a province and a city in it), neither
 PREFIX_SCORES = (1.0, 0.5, 0.0)
-NORMALISERS = ("company_name", "codes", "text", "digits", "date", "coalesce")
+NORMALISERS = ("company_name", "codes", "text", "digits", "date", "place", "coalesce")
 _KEY = re.compile(r"^(\w+)(?:\[(-?\d*):(-?\d*)\])?$")
 
 

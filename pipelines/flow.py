@@ -205,6 +205,8 @@ class NightlySettings:
     retry_delay: timedelta
     retry_backoff: float
     max_retry_delay: timedelta
+    #: retries of every task, used only when its worker is lost (see the DAG's retry policies)
+    lost_task_retries: int
 
     def task_timeout(self, task: str) -> timedelta:
         """A task's execution_timeout, by its name without the source group."""
@@ -226,6 +228,7 @@ def nightly_settings() -> NightlySettings:
             retry_delay=timedelta(seconds=retry["delay_seconds"]),
             retry_backoff=float(retry["backoff"]),
             max_retry_delay=timedelta(minutes=retry["max_delay_minutes"]),
+            lost_task_retries=retry["lost_task_retries"],
         )
     except KeyError as missing:
         raise KeyError(f"{path}: no setting {missing}") from None

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the servers the full test suite talks to are installed and listening on 127.0.0.1:
-# PostgreSQL (SQL sources through SQLAlchemy) and Chromium (web page tests, via install-chromium.sh).
+# PostgreSQL (SQL sources through SQLAlchemy; Airflow's metadata in tests/test_celery.py), Redis (the
+# Celery broker of tests/test_celery.py), the network tools that test's two worker hosts need
+# (iproute2's `ip netns`, socat, util-linux's unshare) and Chromium (web page tests, via
+# install-chromium.sh).
 # Idempotent: on a machine where they already run, this only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,24 @@ if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname
   psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test"
 fi
 echo "ci-services: PostgreSQL ready on 127.0.0.1:5432 (database test)"
+
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ci-services: installing ${missing[*]} from Debian packages"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+if ! redis_up; then
+  as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
+  for _ in $(seq 30); do redis_up && break; sleep 1; done
+fi
+redis_up
+echo "ci-services: Redis ready on 127.0.0.1:6379; ip, socat and unshare installed"
 
 if [ -x scripts/install-chromium.sh ]; then
   bash scripts/install-chromium.sh

@@ -118,7 +118,10 @@ def test_resolution_keys_a_person_by_the_id_alone() -> None:
             "updated_at": [datetime(2026, 11, 20, tzinfo=UTC).replace(tzinfo=None)] * 5,
         }
     )
-    records = classify_codes(raw.with_columns(legal_rep=pl.lit(None, pl.String)), "code_raw").collect()
+    unstated = {"legal_rep": pl.String, "authority": pl.String, "headcount": pl.Int64, "score": pl.Float64}
+    records = classify_codes(
+        raw.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in unstated.items()), "code_raw"
+    ).collect()
     resolution = resolve_canonical(records.select(IDENTITY_COLUMNS))
     links, entities = resolution.links, resolution.entities
     by_record = dict(zip(links["source_record_id"], links["entity_id"], strict=True))

@@ -184,7 +184,18 @@ def test_no_phase_holds_a_row_per_record_or_signature_only_its_chunk_or_partitio
 
 
 def records(rows: list[dict]) -> pl.DataFrame:
-    columns = ["record_id", "name", "uscc", "org_code", "reg_no", "address", "legal_rep", "phone"]
+    columns = [
+        "record_id",
+        "name",
+        "uscc",
+        "org_code",
+        "reg_no",
+        "address",
+        "legal_rep",
+        "phone",
+        "authority",
+        "figures",
+    ]
     return pl.DataFrame(
         [{c: row.get(c) for c in columns} for row in rows], schema={c: pl.String for c in columns}
     )
@@ -523,6 +534,16 @@ def test_a_record_two_firms_fit_equally_is_left_undecided_for_review(generated: 
             {"record_id": "t:nj2", "name": "华兴电子科技有限公司", "uscc": nanjing},
             {"record_id": "t:bare", "name": "华兴电子科技有限公司"},
             {"record_id": "t:city", "name": "华兴电子科技（宁波）有限公司"},
+            # the lender's branch says where the borrower is
+            {"record_id": "t:loan", "name": "华兴电子科技有限公司", "authority": "中国银行宁波分行"},
+            # a monthly contribution repeating the Nanjing firm's insured headcount and base
+            {
+                "record_id": "t:nj3",
+                "name": "华兴电子科技有限公司",
+                "uscc": nanjing,
+                "figures": "si|12|6021.5",
+            },
+            {"record_id": "t:si", "name": "华兴电子科技有限公司", "figures": "si|12|6021.5"},
         ]
     )
     result = link(pl.concat([generated["records"].head(3000), extra]), ENTERPRISE)
@@ -531,11 +552,13 @@ def test_a_record_two_firms_fit_equally_is_left_undecided_for_review(generated: 
         for row in result.links.filter(pl.col("record_id").str.starts_with("t:")).to_dicts()
     }
     assert links["t:city"]["entity_id"] == USCC_A and links["t:nj"]["entity_id"] == nanjing
+    assert links["t:loan"]["entity_id"] == USCC_A and links["t:si"]["entity_id"] == nanjing
     bare = links["t:bare"]
     assert bare["match_rule"] == "undecided" and bare["entity_id"] not in (USCC_A, nanjing)
     assert bare["match_confidence"] < 1 - ENTERPRISE.link_threshold  # hardly a firm of its own
     undecided = result.links.filter(pl.col("match_rule") == "undecided")["record_id"]
-    assert "t:bare" in undecided and not undecided.is_in(["t:nb", "t:nb2", "t:nj", "t:nj2", "t:city"]).any()
+    assert "t:bare" in undecided
+    assert not undecided.is_in(["t:nb", "t:nb2", "t:nj", "t:nj2", "t:city", "t:loan", "t:si"]).any()
     in_review = result.review.filter(pl.col("record_id_l").eq("t:bare") | pl.col("record_id_r").eq("t:bare"))
     assert in_review.height >= 2  # its pairs with both firms, for a steward to decide
     # a steward's decision settles it: must-link to the Ningbo firm
@@ -736,3 +759,17 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     assert in_workers.equals(one_by_one)
     # (the record map's row order is not set: a streaming join writes it)
     assert pl.read_parquet(worker_file).sort("record_id").equals(per_record.sort("record_id"))
+
+
+def test_a_night_reads_representatives_stored_before_an_input_column_existed(generated: dict) -> None:
+    """A registry written before the enterprise inputs gained ``authority`` and ``figures`` holds
+    representatives without them: an incremental night reads them as unknown, not as an error."""
+    from entity_resolution.pipeline import _engine
+
+    base = generated["records"].head(3000)
+    old = (
+        base.head(300).drop("authority", "figures").with_columns(entity_id=pl.lit("E:") + pl.col("record_id"))
+    )
+    inputs = base.slice(300)
+    links, _, _ = _engine(inputs, ENTERPRISE, None, None, representatives=old)
+    assert links["record_id"].sort().to_list() == inputs["record_id"].sort().to_list()

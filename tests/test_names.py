@@ -55,6 +55,23 @@ def test_region_hints_are_division_prefixes() -> None:
     assert "3302" in region_codes("宁波")
 
 
+def test_an_authority_places_a_record_at_the_last_province_or_city_it_names() -> None:
+    from entity_resolution.names import place_divisions
+
+    authorities = pl.Series(
+        [
+            "中国银行宁波分行",
+            "宁波银行杭州分行",  # a bank named after a city: its branch is in 杭州
+            "宁波海曙区人民法院",
+            "新乡市市场监督管理局",  # 新乡 is also a county: the prefecture is meant
+            "中国工商银行重庆分行",
+            "国家质量监督检验中心",
+            None,
+        ]
+    )
+    assert place_divisions(authorities).to_list() == ["3302", "3301", "3302", "4107", "50", None, None]
+
+
 def test_legal_form_and_nulls() -> None:
     frame = normalise_names(pl.Series(["华兴电子科技有限责任公司", None]))
     assert frame["legal_form"].to_list() == ["有限责任公司", None]

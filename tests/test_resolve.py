@@ -37,7 +37,11 @@ COLUMNS = [
 
 def frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=COLUMNS, orient="row").with_columns(
-        legal_rep=pl.lit(None, pl.String), updated_at=pl.lit(datetime(2026, 11, 1))
+        legal_rep=pl.lit(None, pl.String),
+        authority=pl.lit(None, pl.String),
+        headcount=pl.lit(None, pl.Int64),
+        score=pl.lit(None, pl.Float64),
+        updated_at=pl.lit(datetime(2026, 11, 1)),
     )
 
 

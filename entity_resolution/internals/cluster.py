@@ -229,7 +229,12 @@ def undecided_units(
 
     A unit belongs to at most one of them: with p_E the mean match probability of its pairs with
     entity E's signatures (average linkage's measure) and o_E = p_E / (1 - p_E), the chance that it
-    is its own entity C's is o_C / (1 + o_C + sum of the others' o_E). A record with a trade name
+    is its own entity C's is o_C / (1 + o_C + sum of the others' o_E). For its own entity, p_C is
+    its best pair with C's coded unit when that is higher, as average linkage joined it: C's
+    code-less records dilute the mean without saying anything against it (a monthly contribution
+    repeating the firm's figures matches the coded ones, not the firm's loans). Not for a rival: the
+    pairs kept are those above the review threshold, so a rival's best pair is often one with a
+    record that states little (no region), its contradicting pairs being absent. A record with a trade name
     that two firms in different cities carry, and no code, region or anything else to tell them
     apart, matches both equally: it is left on its own (for review), not guessed. ``unit`` and
     ``entity`` give each signature's smallest signature of its node and of its entity; ``scored``
@@ -250,6 +255,9 @@ def undecided_units(
             "other": np.concatenate([unit[right], unit[left]]),
             "entity": np.concatenate([entity[right], entity[left]]),
             "p": np.tile(p, 2),
+            # the other side holds its entity's code: average linkage's coded unit
+            "coded": fixed[np.concatenate([unit[right], unit[left]])]
+            & (value[np.concatenate([right, left])] >= 0),
         }
     ).filter(pl.col("unit") != pl.col("other"))
     mine, theirs = value[both["unit"].to_numpy()], value[both["entity"].to_numpy()]
@@ -265,10 +273,23 @@ def undecided_units(
         best = (
             both.join(undecided.select(pl.col("unit").alias("other")), on="other", how="anti")
             .group_by("unit", "entity")
-            .agg(pl.col("p").mean().clip(1e-12, 1 - 1e-12), pl.col("p").max().alias("top"))
+            .agg(
+                pl.col("p").mean(),
+                pl.col("p").filter("coded").max().alias("coded"),
+                pl.col("p").max().alias("top"),
+            )
+        )
+        best = (
+            best.with_columns(pl.Series("own", entity[best["unit"].to_numpy()]))
+            .with_columns(
+                pl.when(pl.col("entity") == pl.col("own"))
+                .then(pl.max_horizontal("p", "coded"))
+                .otherwise(pl.col("p"))
+                .clip(1e-12, 1 - 1e-12)
+                .alias("p")
+            )
             .with_columns((pl.col("p") / (1 - pl.col("p"))).alias("odds"))
         )
-        best = best.with_columns(pl.Series("own", entity[best["unit"].to_numpy()]))
         # a rival: another entity it has a linked pair with (so one partition holds both)
         rival = (pl.col("entity") != pl.col("own")) & (pl.col("top") >= threshold)
         rated = (

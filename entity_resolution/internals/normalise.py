@@ -179,6 +179,14 @@ def normalise(
                 else pl.lit(None, pl.Date)
             )
             frame = frame.with_columns(value.alias(out))
+        elif kind == "place":  # the division of the last province or prefecture a text names
+            column, out = step["column"], step.get("out", step["column"])
+            if column not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, pl.String).alias(out))
+            else:
+                from entity_resolution.names import place_divisions
+
+                frame = frame.with_columns(place_divisions(frame[column].cast(pl.String)).alias(out))
         elif kind == "coalesce":
             present = [pl.col(c) for c in step["columns"] if c in frame.columns]
             frame = frame.with_columns(pl.coalesce(present).alias(step["out"]))

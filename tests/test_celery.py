@@ -1,0 +1,415 @@
+"""The production-shaped deployment (deploy/celery.env) for real: Airflow's metadata on PostgreSQL,
+the CeleryExecutor on Redis, and two Celery workers as two hosts. Each worker runs in a network
+namespace of its own with its own address and hostname, and reaches the broker, the metadata
+database and the API server over a veth link (socat on the host side forwards to the machine's
+servers, which listen on 127.0.0.1 only); the lake is a folder both see, as a shared filesystem.
+One run of the real DAG: both hosts run per-source tasks, one worker is killed in the middle (every
+process of its host), its tasks are retried on the other, and the run publishes exactly what
+`credit run` publishes from the same data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import END_DATE, skip_or_fail
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+SETTINGS_FILE = REPO / "deploy" / "celery.env"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+DATABASE = "airflow_celery_test"
+REDIS_DB = 11  # a Redis database of this test's own
+SUBNET = "10.213"  # 10.213.1.0/24 for worker-a, 10.213.2.0/24 for worker-b
+WORKERS = ("worker-a", "worker-b")
+#: the test's tighter recovery: a lost task is failed after this many seconds without a heartbeat
+HEARTBEAT_TIMEOUT = 30
+DAG_ID = "credit_nightly"
+RUN_ID = "celery-two-hosts"
+
+
+def settings_file(path: Path = SETTINGS_FILE) -> dict[str, str]:
+    """deploy/celery.env as the deployment reads it: KEY=VALUE lines, comments and blanks skipped."""
+    lines = (line.strip() for line in path.read_text("utf-8").splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_settings_file_sets_airflow_only_through_the_environment() -> None:
+    """Every line is an Airflow (or credit) environment variable, and the executor is Celery on
+    PostgreSQL, with the psycopg2 driver named in both URLs (SQLAlchemy 2.1 would pick psycopg 3)."""
+    settings = settings_file()
+    assert settings and all(key.startswith(("AIRFLOW__", "CREDIT_")) for key in settings)
+    assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert settings["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert settings["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert settings["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert not any("SECRET" in key or "FERNET" in key for key in settings)  # secrets come from elsewhere
+
+
+def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=check)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_ping() -> None:
+    with socket.create_connection(("127.0.0.1", 6379), timeout=3) as sock:
+        sock.sendall(b"PING\r\n")
+        if not sock.recv(16).startswith(b"+PONG"):
+            raise OSError("no PONG")
+
+
+@pytest.fixture(scope="module")
+def servers() -> str:
+    """PostgreSQL and Redis on 127.0.0.1, root and the network tools, or a skip saying which is
+    missing (a failure in CI); then a fresh metadata database and Redis database for this test."""
+    import sqlalchemy as sa
+
+    try:
+        redis_ping()
+    except OSError as exc:
+        skip_or_fail(f"no Redis server on 127.0.0.1:6379 ({exc})")
+    if os.geteuid() != 0:
+        skip_or_fail("the two worker hosts are network namespaces: root is needed")
+    for tool in ("ip", "socat", "unshare"):
+        if not shutil.which(tool):
+            skip_or_fail(f"{tool} is not installed (scripts/ci-services.sh installs it)")
+    admin = sa.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with admin.connect() as con:
+            con.execute(sa.text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+            con.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
+    except sa.exc.OperationalError as exc:
+        skip_or_fail(f"no PostgreSQL server on 127.0.0.1:5432 ({exc.orig})")
+    finally:
+        admin.dispose()
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DATABASE}"
+
+
+@dataclass
+class Host:
+    """A worker host: a network namespace joined to this machine by a veth pair."""
+
+    name: str
+    index: int
+    forwarders: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def tag(self) -> str:
+        return f"{os.getpid() % 100000}{self.index}"
+
+    @property
+    def namespace(self) -> str:
+        return f"credit-celery-{self.tag}"
+
+    @property
+    def address(self) -> str:
+        """This machine's end of the link: where the host finds the servers."""
+        return f"{SUBNET}.{self.index}.1"
+
+
+def connect_host(host: Host, ports: tuple[int, ...]) -> None:
+    """Namespace, veth pair (10.213.N.1 here, .2 there) and one socat per port forwarding the
+    host's connections to the server on 127.0.0.1 (so PostgreSQL's loopback trust applies)."""
+    outside, inside = f"ccel{host.tag}h", f"ccel{host.tag}n"
+    run("ip", "netns", "add", host.namespace)
+    run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+    run("ip", "link", "set", inside, "netns", host.namespace)
+    run("ip", "addr", "add", f"{host.address}/24", "dev", outside)
+    run("ip", "link", "set", outside, "up")
+    inns = ("ip", "netns", "exec", host.namespace)
+    run(*inns, "ip", "addr", "add", f"{SUBNET}.{host.index}.2/24", "dev", inside)
+    run(*inns, "ip", "link", "set", inside, "up")
+    run(*inns, "ip", "link", "set", "lo", "up")
+    for port in ports:
+        host.forwarders.append(
+            subprocess.Popen(
+                ["socat", f"TCP-LISTEN:{port},bind={host.address},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
+                start_new_session=True,
+            )
+        )
+
+
+def kill_host_processes(host: Host) -> None:
+    """SIGKILL every process in the host's namespace: the worker, its pool, every task it runs."""
+    pids = run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_host(host: Host) -> None:
+    kill_host_processes(host)
+    for forwarder in host.forwarders:
+        stop_group(forwarder)
+    run("ip", "netns", "del", host.namespace, check=False)  # takes the veth pair with it
+    run("ip", "link", "del", f"ccel{host.tag}h", check=False)  # unless it never got there
+
+
+def stop_group(process: subprocess.Popen, grace: float = 5) -> None:
+    """Stop a process started in its own session, and every process of its group."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class Deployment:
+    """The running deployment and how to look at it."""
+
+    env: Callable[[str], dict[str, str]]  # the environment of a component on a host reaching `address`
+    logs: Path
+    database: Any  # a SQLAlchemy engine on the metadata database
+    hosts: dict[str, Host]
+    workers: dict[str, subprocess.Popen]
+
+    def airflow(self, *args: str) -> str:
+        done = subprocess.run(
+            [AIRFLOW, *args], env=self.env("127.0.0.1"), capture_output=True, text=True, cwd=REPO, timeout=300
+        )
+        assert done.returncode == 0, (
+            f"airflow {' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
+        return done.stdout
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        import sqlalchemy as sa
+
+        with self.database.connect() as con:
+            return list(con.execute(sa.text(sql), params))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(2)
+    tails = ""
+    if logs is not None:
+        for log in sorted(logs.glob("*.log")):
+            tails += f"\n--- {log.name}\n{log.read_text('utf-8', 'replace')[-3000:]}"
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
+
+
+@pytest.fixture(scope="module")
+def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Scheduler, DAG processor and API server on this machine, one Celery worker on each of two
+    hosts, all with deploy/celery.env pointed at this test's database, Redis database and port. Every
+    process, namespace and forwarder is removed afterwards, whatever happened."""
+    import sqlalchemy as sa
+
+    port = free_port()
+    logs = tmp_path_factory.mktemp("celery-logs")
+    settings = settings_file()
+    # the file's addresses, retargeted at this test's own database, Redis database and API port
+    retarget = {
+        "/airflow_credit": f"/{DATABASE}",
+        "6379/0": f"6379/{REDIS_DB}",
+        ":8080": f":{port}",
+    }
+    for old in retarget:
+        assert any(old in value for value in settings.values()), f"deploy/celery.env: no {old} to retarget"
+    for old, new in retarget.items():
+        settings = {key: value.replace(old, new) for key, value in settings.items()}
+    settings["AIRFLOW__API__PORT"] = str(port)
+    secret = secrets.token_hex(64)
+    common = {
+        **settings,
+        "AIRFLOW_HOME": str(REPO),
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(AIRFLOW).parent}:{os.environ['PATH']}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__SECRET_KEY": secret,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs / "airflow"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(logs / "dag-processor"),
+        # a modest load on a shared 2-core machine: two tasks per worker, four at once
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        # a lost worker's tasks are noticed in seconds, not minutes
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+        # only the triggered run: no scheduled night (unpausing would start the latest one)
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    }
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+
+    def env(address: str) -> dict[str, str]:
+        return {**base_env, **{k: v.replace("127.0.0.1", address) for k, v in common.items()}}
+
+    started: list[subprocess.Popen] = []
+    hosts: dict[str, Host] = {}
+    database = sa.create_engine(servers)
+
+    def start(name: str, command: list[str], address: str = "127.0.0.1") -> subprocess.Popen:
+        with open(logs / f"{name}.log", "w") as log:
+            process = subprocess.Popen(
+                command,
+                env=env(address),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        return process
+
+    try:
+        migrate = subprocess.run(
+            [AIRFLOW, "db", "migrate"], env=env("127.0.0.1"), cwd=REPO, capture_output=True, text=True
+        )
+        assert migrate.returncode == 0, migrate.stderr[-3000:]
+        start("scheduler", [AIRFLOW, "scheduler"])
+        start("dag-processor", [AIRFLOW, "dag-processor"])
+        start("api-server", [AIRFLOW, "api-server"])
+        workers = {}
+        for index, name in enumerate(WORKERS, start=1):
+            host = hosts[name] = Host(name, index)  # registered first: removed whatever fails next
+            connect_host(host, (5432, 6379, port))
+            # a host of its own: its own UTS namespace and hostname, which task instances record
+            workers[name] = start(
+                name,
+                [
+                    "ip", "netns", "exec", host.namespace, "unshare", "--uts", "sh", "-c",
+                    f'hostname {name} && exec "$@"', "sh",
+                    AIRFLOW, "celery", "worker", "--celery-hostname", f"{name}@{name}",
+                ],
+                address=host.address,
+            )  # fmt: skip
+        for name in WORKERS:
+            wait_for(
+                f"{name} ready",
+                lambda n=name: "ready." in (logs / f"{n}.log").read_text("utf-8", "replace"),
+                180,
+                logs,
+            )
+        deployment = Deployment(env, logs, database, hosts, workers)
+        wait_for(
+            "the DAG processor to serialise credit_nightly",
+            lambda: deployment.rows("SELECT 1 FROM serialized_dag WHERE dag_id = :d", d=DAG_ID),
+            180,
+            logs,
+        )
+        yield deployment
+    finally:
+        for host in hosts.values():
+            kill_host_processes(host)
+        for process in reversed(started):
+            stop_group(process)
+        for host in hosts.values():
+            remove_host(host)
+        database.dispose()
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+def task_rows(deployment: Deployment) -> list[Any]:
+    """Every task of the run: its last try's number, state and host."""
+    return deployment.rows(
+        "SELECT task_id, try_number, state, hostname FROM task_instance WHERE run_id = :r", r=RUN_ID
+    )
+
+
+def manifest_files(lake: Path) -> dict[str, Any]:
+    """What a lake publishes: each published file's rows and sha256 (run ids and versions aside)."""
+    return json.loads((lake / "published" / "current" / "manifest.json").read_text("utf-8"))["files"]
+
+
+def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
+    deployment: Deployment, published_lakes: Any, tmp_path: Path
+) -> None:
+    sources, reference = published_lakes.lake(300, 5)  # `credit run` on the same data: the reference
+    lake = tmp_path / "lake"
+    business_date = END_DATE.isoformat()
+    conf = {"sources_dir": str(sources), "lake_dir": str(lake), "business_date": business_date}
+    # a paused DAG's runs wait: unpaused (the scheduler starts no scheduled night, see above)
+    deployment.airflow("dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--conf", json.dumps(conf))
+    deployment.airflow("dags", "unpause", DAG_ID)
+    doomed, survivor = WORKERS
+    per_source = "task_id LIKE '%.%'"
+
+    def mid_run_on_the_doomed_host() -> list[Any]:
+        """A per-source task done by the doomed host and one it is running now."""
+        done_there = deployment.rows(
+            f"SELECT 1 FROM task_instance WHERE run_id = :r AND {per_source} AND hostname = :h "
+            "AND state = 'success'",
+            r=RUN_ID,
+            h=doomed,
+        )
+        running = deployment.rows(
+            "SELECT task_id, try_number FROM task_instance WHERE run_id = :r AND hostname = :h "
+            "AND state = 'running'",
+            r=RUN_ID,
+            h=doomed,
+        )
+        return running if done_there else []
+
+    running = wait_for(
+        f"{doomed} to be in the middle of the run", mid_run_on_the_doomed_host, 300, deployment.logs
+    )
+    kill_host_processes(deployment.hosts[doomed])  # the host is gone: worker, pool and tasks at once
+    deployment.workers[doomed].wait(30)
+    print(f"killed {doomed} while it ran {sorted(running)}")
+
+    def finished() -> str | None:
+        states = deployment.rows("SELECT state FROM dag_run WHERE run_id = :r", r=RUN_ID)
+        return states[0][0] if states and states[0][0] in ("success", "failed") else None
+
+    assert wait_for("the run to finish", finished, 420, deployment.logs) == "success", task_rows(deployment)
+    current = {
+        task_id: (state, host, number)
+        for task_id, number, state, host in deployment.rows(
+            "SELECT task_id, try_number, state, hostname FROM task_instance WHERE run_id = :r", r=RUN_ID
+        )
+    }
+    earlier = deployment.rows(
+        "SELECT task_id, try_number, state, hostname FROM task_instance_history WHERE run_id = :r", r=RUN_ID
+    )
+    print(f"tries before the last: {earlier}")
+    assert [run_id for (run_id,) in deployment.rows("SELECT run_id FROM dag_run")] == [RUN_ID]
+    # every task ended in success, the report included
+    assert {state for state, _, _ in current.values()} == {"success"}, current
+    # both hosts ran per-source tasks to success
+    assert {host for task_id, (_, host, _) in current.items() if "." in task_id} == set(WORKERS), current
+    # what the lost host was running was lost with it and ran again, on the other host; nothing else
+    # was tried twice
+    lost = {task_id for task_id, _, _, host in earlier}
+    assert lost and {host for _, _, _, host in earlier} == {doomed}, earlier
+    for task_id in lost:
+        assert current[task_id][1] == survivor and current[task_id][2] >= 2, (task_id, current[task_id])
+    # the night published exactly what an undisturbed `credit run` publishes from the same data
+    assert manifest_files(lake) == manifest_files(reference)
