@@ -23,13 +23,14 @@ from typing import Any
 import polars as pl
 
 from entity_resolution.engine import link, normalise
-from entity_resolution.internals.blocking import key_expr
+from entity_resolution.internals.blocking import key_expr, spellings_of
 from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.names import normalise_names
 from entity_resolution.registry import BLOCK_KEYS, Registry
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from foundation.identifiers import compact_code_expr
+from foundation.lake import write_parquet
 
 #: the canonical columns resolution reads
 IDENTITY_COLUMNS = (
@@ -48,6 +49,51 @@ IDENTITY_COLUMNS = (
     "updated_at",
 )
 KEYS = ["source", "source_record_id"]
+#: beside the registry: how many of the snapshot's firm records carry each spelling of a company
+#: name's core (``spelling_counts``), so an incremental night counts only its own records' names
+#: rather than normalising every name of the snapshot again
+SPELLINGS_FILE = "spellings.parquet"
+
+
+def _write_spellings(registry_dir: Path, counts: pl.DataFrame) -> None:
+    write_parquet(
+        counts.select("value", pl.col("len").cast(pl.Int64)).sort("value"), registry_dir / SPELLINGS_FILE
+    )
+
+
+def _counted(names: pl.DataFrame) -> pl.DataFrame:
+    """``spelling_counts`` of a column ``name`` (one row per record)."""
+    return spelling_counts(names.group_by("name").len())
+
+
+def _snapshot_spellings(
+    registry_dir: Path, previous_links: pl.DataFrame, changed: pl.DataFrame
+) -> pl.DataFrame:
+    """The spelling counts of tonight's snapshot (the published firm records' names, with tonight's
+    in place of the versions they replace): the last night's stored counts, less the replaced
+    versions' names, plus tonight's; counted over all published names when none are stored (a
+    registry an older version wrote). The same counts either way."""
+    replaced = previous_links.join(changed.select(KEYS), on=KEYS, how="semi")
+    firm = pl.col("match_method") != "resident_id"
+    tonight = _split_persons(changed)[0].select(pl.col("subject_name").alias("name"))
+    stored = registry_dir / SPELLINGS_FILE
+    if not stored.exists():
+        kept = previous_links.join(changed.select(KEYS), on=KEYS, how="anti").filter(firm)
+        return _counted(pl.concat([kept.select(pl.col("recorded_name").alias("name")), tonight]))
+    gone = _counted(replaced.filter(firm).select(pl.col("recorded_name").alias("name")))
+    return (
+        pl.concat(
+            [
+                pl.read_parquet(stored),
+                _counted(tonight),
+                gone.with_columns(-pl.col("len")),
+            ]
+        )
+        .group_by("value")
+        .agg(pl.col("len").sum())
+        .filter(pl.col("len") > 0)
+    )
+
 
 #: match_method values, shown to regulators with each link (defined here once)
 MATCH_METHODS = {
@@ -234,7 +280,13 @@ def _engine(
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     if representatives is None:
         result = link(
-            inputs, spec, must, cannot, anchors=registry.anchors() if registry else None, keep_pairs=False
+            inputs,
+            spec,
+            must,
+            cannot,
+            anchors=registry.anchors() if registry else None,
+            keep_pairs=False,
+            spellings=spellings,
         )
         return result.links, {}, result
     changed = pl.col("record_id").is_in(inputs["record_id"].implode())
@@ -391,10 +443,14 @@ def resolve_canonical(
     spec = load_spec(spec_name)
     inputs = firms.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
-    engine_links, _, result = _engine(inputs, spec, registry, decisions)
+    # counted here rather than inside the engine (the same counts) to be kept for the next night
+    spellings = spellings_of(inputs.lazy(), spec) if registry else None
+    engine_links, _, result = _engine(inputs, spec, registry, decisions, spellings=spellings)
     changes = registry.update(engine_links, inputs, run) if registry else None
     if registry:
         registry.key_representatives(lambda reps: blocking_keys(reps, spec))
+        if spellings and "name" in spellings:
+            _write_spellings(registry.folder, spellings["name"])
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     links = pl.concat([_firm_links(firms, engine_links), _person_links(persons)]).sort(KEYS)
@@ -405,6 +461,44 @@ def resolve_canonical(
         "registry_changes": 0 if changes is None else changes.height,
     }
     return Resolution(links, entities, entities.select("entity_id"), stats)
+
+
+def _sorted_by(frame: pl.DataFrame, keys: list[str]) -> bool:
+    """Are ``frame``'s rows in ``keys`` order (one vectorised pass, no sort)?"""
+    earlier = pl.lit(False)
+    ties = pl.lit(True)
+    for key in keys:
+        before = pl.col(key).shift(1)
+        earlier = earlier | (ties & (pl.col(key) < before))
+        ties = ties & (pl.col(key) == before)
+    return not frame.select(earlier.any()).item()
+
+
+def _upserted(previous: pl.DataFrame, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """``previous`` with ``new``'s rows in place of those with their keys, in ``keys`` order. The
+    previous version's rows are in that order already (it was written so): the night's few rows are
+    sorted and merged in, per value of the leading keys, rather than the whole table sorted again
+    (the same rows in the same order; a table found out of order is sorted)."""
+    kept = previous.join(new.select(keys), on=keys, how="anti", maintain_order="left")
+    if not _sorted_by(kept, keys):
+        return pl.concat([kept, new]).sort(keys)
+    new = new.sort(keys)
+    *leading, last = keys
+    if not leading:
+        return kept.merge_sorted(new, key=last)
+
+    def part(frame: pl.DataFrame, values: tuple[Any, ...]) -> pl.DataFrame:
+        """The rows with these leading values: a slice of the sorted frame (no copy) by binary search."""
+        if len(leading) > 1:
+            return frame.filter(
+                pl.all_horizontal(pl.col(k) == v for k, v in zip(leading, values, strict=True))
+            )
+        column = frame[leading[0]]
+        start, end = (int(column.search_sorted(values[0], side=side)) for side in ("left", "right"))
+        return frame.slice(start, end - start)
+
+    groups = pl.concat([kept.select(leading), new.select(leading)]).unique().sort(leading).rows()
+    return pl.concat([part(kept, values).merge_sorted(part(new, values), key=last) for values in groups])
 
 
 def resolve_changes(
@@ -432,15 +526,7 @@ def resolve_changes(
     members = registry.members()
     # a spelling is one-off only among the whole snapshot's records (the published names, with
     # tonight's in place of the versions they replace), as in a full re-link
-    firm_names = pl.concat(
-        [
-            previous_links.join(changed.select(KEYS), on=KEYS, how="anti")
-            .filter(pl.col("match_method") != "resident_id")
-            .select(pl.col("recorded_name").alias("name")),
-            _split_persons(changed)[0].select(pl.col("subject_name").alias("name")),
-        ]
-    )
-    spellings = {"name": spelling_counts(firm_names.group_by("name").len())}
+    spellings = {"name": _snapshot_spellings(registry_dir, previous_links, changed)}
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
     # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
     freed: list[str] = []
@@ -475,6 +561,7 @@ def resolve_changes(
         partial=True,
     )
     registry.key_representatives(_keys_from(input_keys, spec))
+    _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     changed_keys = changed.select(KEYS)
@@ -506,15 +593,14 @@ def resolve_changes(
             _person_links(pl.concat([kept_persons, persons])),
         ]
     ).select(previous_links.columns)
-    links = pl.concat([previous_links.join(rebuilt.select(KEYS), on=KEYS, how="anti"), rebuilt]).sort(KEYS)
-    entities = pl.concat(
-        [
-            previous_entities.join(touched, on="entity_id", how="anti"),
-            entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(
-                previous_entities.columns
-            ),
-        ]
-    ).sort("entity_id")
+    links = _upserted(previous_links, rebuilt, KEYS)
+    entities = _upserted(
+        previous_entities.join(touched, on="entity_id", how="anti", maintain_order="left"),
+        entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(
+            previous_entities.columns
+        ),
+        ["entity_id"],
+    )
     stats = {
         **result.stats,
         "mode": "incremental",

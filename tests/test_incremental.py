@@ -17,6 +17,7 @@ from pipelines import flow
 from pipelines import night as night_files
 from pipelines.cli import main as credit
 from pipelines.publish import stages as publish_stages
+from pipelines.quality import stages as quality_stages
 from pipelines.sources import snapshot
 from pipelines.sources import stages as source_stages
 
@@ -104,6 +105,21 @@ def test_later_nights_link_only_what_changed(nightly: Path) -> None:
         assert untouched.height > 0  # (three days of data: most firms change every night)
         assert untouched.join(previous, on=untouched.columns, how="anti", nulls_equal=True).is_empty()
     assert incremental
+
+
+def test_each_nights_spelling_counts_are_those_of_its_whole_snapshot(nightly: Path) -> None:
+    """The registry keeps the spelling counts the next night updates with its own records only:
+    every night's equal the counts over all of its published firm records' names."""
+    from entity_resolution.internals.normalise import spelling_counts
+    from entity_resolution.pipeline import SPELLINGS_FILE
+
+    assert any(_resolution(nightly, day)["mode"] == "incremental" for day in DAYS[1:])
+    for day in DAYS:
+        links = _version_links(nightly, day).filter(pl.col("match_method") != "resident_id")
+        scratch = spelling_counts(links.group_by(pl.col("recorded_name").alias("name")).len())
+        kept = pl.read_parquet(nightly / "registry" / day / SPELLINGS_FILE)
+        assert kept.height > 0
+        assert kept.equals(scratch.select("value", pl.col("len").cast(pl.Int64)).sort("value")), day
 
 
 def _version_links(lake: Path, day: str) -> pl.DataFrame:
@@ -384,3 +400,46 @@ def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nigh
     everything = compute_changes(previous, frames)
     assert everything.height > 0 and "new_record" in set(everything["change"])
     assert compute_changes(previous, frames, changed).equals(everything)
+
+
+def test_an_incremental_night_validates_only_its_changes_and_quarantines_a_bad_one(
+    nightly: Path, tmp_path: Path
+) -> None:
+    """The suites run over the night's changed rows only (the snapshot's other rows passed them the
+    night they arrived), yet a bad changed row is caught: quarantined with its reason, and the
+    record keeps its last good version in the snapshot."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    day, source = DAYS[-1], "lending"
+    staged_path = lake / "staged" / day / f"{source}.parquet"
+    staged = pl.read_parquet(staged_path)
+    before = pl.read_parquet(lake / "accepted" / DAYS[-2] / f"{source}.parquet")
+    # a record the previous snapshot holds, changed tonight: its new version is broken
+    victim = staged.join(before.select("source_record_id"), on="source_record_id", how="semi")[
+        "source_record_id"
+    ][0]
+    staged.with_columns(
+        pl.when(pl.col("source_record_id") == victim)
+        .then(pl.lit("未分类"))
+        .otherwise("status")
+        .alias("status")
+    ).write_parquet(staged_path)
+    shutil.rmtree(lake / "reports" / day / "gx", ignore_errors=True)
+
+    result = quality_stages.validate_source(source, str(lake), day)
+    quarantine = pl.read_parquet(lake / "quarantine" / source / f"{day}.parquet")
+    assert victim in quarantine.filter(pl.col("stage") == "validate")["source_record_id"].to_list()
+    snapshot = pl.read_parquet(lake / "accepted" / day / f"{source}.parquet")
+    kept = snapshot.filter(pl.col("source_record_id") == victim)
+    assert kept.equals(before.filter(pl.col("source_record_id") == victim))
+    # GX saw the night's rows, not the snapshot's
+    results = [
+        json.loads(p.read_text("utf-8"))
+        for p in (lake / "reports" / day / "gx").rglob("*.json")
+        if json.loads(p.read_text("utf-8"))["suite_name"] == f"{source}.standardised"
+    ]
+    # (a conditional expectation counts the rows its condition selects)
+    counts = {r["result"].get("element_count") for result in results for r in result["results"]} - {None}
+    assert max(counts) == staged.height < result["snapshot_records"]

@@ -185,3 +185,35 @@ def test_evaluate_counts_pairs() -> None:
     scores = evaluate(split, truth)
     assert scores.pairwise_precision == 1.0 and scores.pairwise_recall == 0.5
     assert scores.firms_with_exactly_one_profile == 0.5
+
+
+def test_an_incremental_nights_rows_are_merged_into_the_previous_order() -> None:
+    """An incremental night merges its few links into the previous version's (sorted) rather than
+    sorting all of them again: the same rows in the same order as replacing and sorting, and a
+    previous table out of order is sorted."""
+    import random
+
+    from entity_resolution.pipeline import _upserted
+
+    rng = random.Random(5)
+    keys = ["source", "source_record_id"]
+    ids = [f"{rng.randrange(10**6):07d}" for _ in range(3000)]
+    previous = (
+        pl.DataFrame({"source": [rng.choice("abcd") for _ in ids], "source_record_id": ids})
+        .unique(keys)
+        .with_columns(entity_id=pl.lit("old"))
+        .sort(keys)
+    )
+    changed = previous.sample(200, seed=3).with_columns(entity_id=pl.lit("new"))
+    added = pl.DataFrame({"source": ["e", "a", "b"], "source_record_id": ["1", "0000000", "9999999"]})
+    new = pl.concat([changed, added.with_columns(entity_id=pl.lit("new"))]).sample(
+        fraction=1.0, shuffle=True, seed=1
+    )
+    expected = pl.concat([previous.join(new.select(keys), on=keys, how="anti"), new]).sort(keys)
+    assert _upserted(previous, new, keys).equals(expected)
+    assert _upserted(previous.reverse(), new, keys).equals(expected)
+    by_id = previous.unique("source_record_id").sort("source_record_id")
+    one = new.unique("source_record_id")
+    assert _upserted(by_id, one, ["source_record_id"]).equals(
+        pl.concat([by_id.join(one, on="source_record_id", how="anti"), one]).sort("source_record_id")
+    )

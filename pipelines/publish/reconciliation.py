@@ -28,6 +28,12 @@ RECONCILED_TOTALS: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
 def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
     """What the accepted records add up to, per reconciled profile column: counts, and money summed
     exactly as the profiles sum it (``pipelines.profiles.build.money``: each record to the fen)."""
+    return accepted_figures(lake)[0]
+
+
+def accepted_figures(lake: Lake) -> tuple[dict[str, Decimal | int], dict[str, Any]]:
+    """(``accepted_totals``, each source's newest ``updated_at``) in one pass over the snapshots:
+    publish needs both, and the snapshots are the night's largest input."""
     wanted = []
     for column, (types, value) in RECONCILED_TOTALS.items():
         if types is None:
@@ -36,15 +42,28 @@ def accepted_totals(lake: Lake) -> dict[str, Decimal | int]:
         rows = pl.col("record_type").is_in(list(types))
         total = money(pl.col(value).fill_null(0)).filter(rows).sum() if value else rows.sum()
         wanted.append(total.alias(column))
-    totals = accepted_records(lake).select(wanted).collect().row(0, named=True)
-    return {k: v if v is not None else 0 for k, v in totals.items()}
+    per_source = (
+        accepted_records(lake)
+        .group_by("source")
+        .agg(*wanted, pl.col("updated_at").max())
+        .sort("source")
+        .collect()
+    )
+    totals = per_source.select(pl.col(c).sum() for c in RECONCILED_TOTALS).row(0, named=True)
+    newest = dict(per_source.select("source", "updated_at").iter_rows())
+    return {k: v if v is not None else 0 for k, v in totals.items()}, newest
 
 
 def reconcile(
-    lake: Lake, profiles: pl.DataFrame, links: pl.DataFrame, validation: dict[str, dict[str, Any]]
+    lake: Lake,
+    profiles: pl.DataFrame,
+    links: pl.DataFrame,
+    validation: dict[str, dict[str, Any]],
+    expected: dict[str, Decimal | int] | None = None,
 ) -> dict[str, Any]:
     """The books: per source extracted = accepted + quarantined, one link per snapshot record, and
-    the profiles' totals equal to the accepted records' (money exactly, as decimals; counts exactly)."""
+    the profiles' totals equal to the accepted records' (money exactly, as decimals; counts exactly;
+    ``expected``: ``accepted_totals``, when the caller has them)."""
     problems = []
     for name, counts in validation.items():
         if counts["extracted"] != counts["accepted"] + counts["quarantined"]:
@@ -55,7 +74,7 @@ def reconcile(
     snapshot_records = sum(v["snapshot_records"] for v in validation.values())
     if links.height != snapshot_records:
         problems.append(f"{snapshot_records} accepted records but {links.height} links")
-    expected = accepted_totals(lake)
+    expected = accepted_totals(lake) if expected is None else expected
     totals: dict[str, Any] = {}
     for column in RECONCILED_TOTALS:
         published = profiles[column].fill_null(0).sum()

@@ -13,7 +13,7 @@ import polars as pl
 from foundation.errors import DataQualityError, PublishError
 from foundation.lake import write_json
 from pipelines.night import BUILT_PROFILES, night_lake, report_path
-from pipelines.publish.reconciliation import accepted_totals, reconcile
+from pipelines.publish.reconciliation import accepted_figures, accepted_totals, reconcile
 from pipelines.publish.report import build_run_report
 from pipelines.publish.versions import publish_version
 from pipelines.quality import suites as quality
@@ -21,7 +21,6 @@ from pipelines.quality.data_docs import build_site
 from pipelines.quality.suites import stage_runner
 from pipelines.resolution.registry import commit_registry
 from pipelines.sources.registry import load_sources
-from pipelines.sources.snapshot import accepted_records
 from pipelines.sources.watermarks import record
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         "links": pl.read_parquet(lake.work / "links.parquet"),
         "entities": pl.read_parquet(lake.work / "entities.parquet"),
     }
-    books = reconcile(lake, frames["profiles"], frames["links"], validation)
+    expected, newest = accepted_figures(lake)
+    books = reconcile(lake, frames["profiles"], frames["links"], validation, expected)
     if not books["balanced"]:
         write_json(
             {
@@ -87,8 +87,6 @@ def publish(lake_dir: str, business_date: str, run_id: str) -> dict[str, Any]:
         )
         log.error("run report: %s", build_run_report(lake.root, business_date).resolve().as_uri())
         raise PublishError("books do not balance: " + "; ".join(books["problems"]) + "; nothing published")
-    as_of = accepted_records(lake).group_by("source").agg(pl.col("updated_at").max()).collect()
-    newest = dict(as_of.iter_rows())
     sources = {
         name: {**{k: v for k, v in counts.items() if k != "snapshot"}, "as_of": str(newest.get(name))}
         for name, counts in validation.items()

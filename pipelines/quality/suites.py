@@ -4,16 +4,17 @@ The suites are the single source of truth for what a good row is. Row-level fail
 to quarantine with a readable reason (the expectation's ``meta.reason`` plus the offending value);
 failures GX cannot pin on rows (a missing column, say) fail the whole batch with DataQualityError.
 Polars does the data work; pandas appears only at the GX boundary, with just the needed columns.
+
+A night validates only the rows its extract pulled (new and changed records since the last
+published night): every other row of the accepted snapshot passed the same suites the night it
+arrived, and the upsert that builds tonight's snapshot does not validate it again.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,9 +23,10 @@ from typing import Any
 import polars as pl
 
 from foundation.errors import DataQualityError
-from foundation.lake import Lake, write_parquet
+from foundation.lake import Lake, atomic_path, write_parquet
 from foundation.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA, NUMBER_TEXT, number_ranges
 from foundation.settings import EXPECTATIONS_DIR, expectation_dirs
+from pipelines.quality.data_docs import RESULTS_DIR
 from pipelines.sources.registry import SourceConfig, load_sources
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -49,31 +51,11 @@ class SuiteOutcome:
 @dataclass(frozen=True)
 class DataDocs:
     """Where a run keeps its validation results for the offline Data Docs site
-    (``pipelines.quality.data_docs``): a file-backed GX project under ``root`` (``LAKE/reports/<date>/gx``),
-    each result under ``run_name`` (the business date)."""
+    (``pipelines.quality.data_docs``): under ``root`` (``LAKE/reports/<date>/gx``), in the layout of a
+    file-backed GX project's validations store, each result under ``run_name`` (the business date)."""
 
     root: Path
     run_name: str
-
-
-@contextmanager
-def _project_lock(root: Path | None) -> Iterator[None]:
-    """Serialise what touches the shared files of a file-backed GX project.
-
-    The DAG validates sources side by side, each task in its own process, against one project per
-    run. GX rewrites ``great_expectations.yml`` in place when a data source is registered and reads
-    every stored suite and result when it builds the Data Docs index, so a reader can meet a
-    half-written file. Those steps take this lock; the validation itself runs outside it."""
-    if root is None:
-        yield
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".gx.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: expectations that read only the table's column names, not its values
@@ -89,10 +71,15 @@ SCHEMA_EXPECTATIONS = frozenset(
 
 
 class SuiteRunner:
-    """Validates frames with the suites through one GX Data Context of its own: in memory, or with
-    ``docs`` file-backed, keeping every result for the Data Docs site. A stage makes one and passes
-    it to what it validates (the context is built on first use, each suite loaded once); nothing is
-    shared between runners, so two runs in one process cannot see each other's project."""
+    """Validates frames with the suites through one in-memory GX Data Context of its own, keeping
+    every result for the Data Docs site when given ``docs``. A stage makes one and passes it to what
+    it validates (the context is built on first use, each suite loaded once); nothing is shared
+    between runners, so two runs in one process cannot see each other's results.
+
+    No file-backed GX project: it re-reads its YAML on every access to its settings and rewrites it
+    when a data source is registered, so the side-by-side validate tasks of a night had to take
+    turns on it. A result is written as GX's store writes it (the same JSON, the same place) by the
+    task that made it, each to a file of its own."""
 
     def __init__(self, docs: DataDocs | None = None) -> None:
         self.docs = docs
@@ -101,23 +88,14 @@ class SuiteRunner:
         self._suites: dict[str, Any] = {}
 
     @property
-    def _root(self) -> Path | None:
-        return self.docs.root if self.docs else None
-
-    @property
     def context(self) -> Any:
-        """The GX Data Context (file-backed under ``docs.root``, else ephemeral)."""
+        """The GX Data Context (ephemeral: nothing of it outlives the task but the stored results)."""
         if self._context is None:
             import great_expectations as gx
 
-            with _project_lock(self._root):
-                context = (
-                    gx.get_context(mode="file", project_root_dir=str(self._root))
-                    if self._root
-                    else gx.get_context(mode="ephemeral")
-                )
-                # GX draws a progress bar per validation; nightly logs should not fill up with them
-                context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+            context = gx.get_context(mode="ephemeral")
+            # GX draws a progress bar per validation; nightly logs should not fill up with them
+            context.variables.progress_bars = {"globally": False, "metric_calculations": False}
             self._context = context
         return self._context
 
@@ -125,11 +103,9 @@ class SuiteRunner:
     def batch_definition(self) -> Any:
         """A whole-dataframe batch definition: each validation passes its frame as a batch parameter."""
         if self._batch_definition is None:
-            context = self.context
-            with _project_lock(self._root):
-                source = context.data_sources.add_or_update_pandas("credit")
-                asset = source.add_dataframe_asset("frame")
-                self._batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+            source = self.context.data_sources.add_or_update_pandas("credit")
+            asset = source.add_dataframe_asset("frame")
+            self._batch_definition = asset.add_batch_definition_whole_dataframe("whole")
         return self._batch_definition
 
     def suite(self, name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> Any:
@@ -139,14 +115,9 @@ class SuiteRunner:
 
             spec = read_suite(name, expectations_dir)
             expectations = [*spec["expectations"], *range_expectations(spec["name"])]
-            suite = gx.ExpectationSuite(name=spec["name"], expectations=expectations, meta=spec.get("meta"))
-            if self._root is not None:
-                # kept in the project beside its results; the JSON file is the truth, an earlier copy
-                # is replaced (the context is built first: building it takes the lock too)
-                context = self.context
-                with _project_lock(self._root):
-                    suite = context.suites.add_or_update(suite)
-            self._suites[name] = suite
+            self._suites[name] = gx.ExpectationSuite(
+                name=spec["name"], expectations=expectations, meta=spec.get("meta")
+            )
         return self._suites[name]
 
     def validate(
@@ -209,30 +180,25 @@ class SuiteRunner:
         return result
 
     def _store(self, result: Any) -> None:
-        """Keep ``result`` in the project under the run's name (under the project lock: the run's
-        other tasks share the project)."""
+        """Keep ``result`` under the run's name where a file-backed project's validations store keeps
+        it (``<suite as folders>/<run name>/<run time>/<batch id>.json``), written atomically."""
         from great_expectations.core.run_identifier import RunIdentifier
-        from great_expectations.data_context.types.resource_identifiers import (
-            ExpectationSuiteIdentifier,
-            ValidationResultIdentifier,
-        )
 
         assert self.docs is not None
         run_id = RunIdentifier(run_name=self.docs.run_name, run_time=datetime.now(UTC))
         result.meta.update(
             run_id=run_id, validation_time=run_id.run_time, batch_parameters={"dataframe": "<dataframe>"}
         )
-        suite_id = ExpectationSuiteIdentifier(name=result.suite_name)
-        result_id = ValidationResultIdentifier(
-            expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id
+        target = (
+            self.docs.root
+            / RESULTS_DIR
+            / Path(*result.suite_name.split("."))
+            / self.docs.run_name
+            / run_id.run_time.strftime("%Y%m%dT%H%M%S.%fZ")
+            / f"{result.batch_id}.json"
         )
-        context = self.context  # built before the lock: building it takes the lock too
-        with _project_lock(self._root):
-            context.validation_results_store.store_validation_results(
-                suite_validation_result=result,
-                suite_validation_result_identifier=result_id,
-                expectation_suite_identifier=suite_id,
-            )
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(result.to_json_dict(), indent=2), "utf-8")
 
     def run(
         self,

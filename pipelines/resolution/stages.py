@@ -29,6 +29,7 @@ from pipelines.night import (
     registry_base,
     report_path,
 )
+from pipelines.resolution.registry import link_or_copy
 from pipelines.sources.registry import load_sources
 from pipelines.sources.snapshot import accepted_records
 
@@ -67,7 +68,10 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     if base:
         # (tonight's profiles write their own valid-until and basis: not the base night's)
         shutil.copytree(
-            base[0], staged_registry, ignore=shutil.ignore_patterns(PROFILE_VALID_UNTIL, PROFILE_BASIS)
+            base[0],
+            staged_registry,
+            ignore=shutil.ignore_patterns(PROFILE_VALID_UNTIL, PROFILE_BASIS),
+            copy_function=link_or_copy,  # hard links: the registry's files are replaced, not rewritten
         )
         (staged_registry / REGISTRY_VERSION_FILE).unlink()
     weekly = date.fromisoformat(business_date).isoweekday() in settings.get("full_relink_weekdays", [])
