@@ -102,3 +102,23 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     assert ran >= 3
     assert (tmp_path / "data" / "lake" / "published" / "current" / "profiles").is_dir()
     assert (tmp_path / "dishonest.csv").exists() and (tmp_path / "grade-d-ningbo.xlsx").exists()
+
+
+def test_the_deployment_table_says_what_deploy_celery_env_sets() -> None:
+    """README's table of deployment settings shows deploy/celery.env, which is the definition: every
+    setting it names is set there, and where it shows a plain value (a number, the executor) that is
+    the file's value, so the two cannot drift apart."""
+    settings = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy" / "celery.env").read_text("utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    rows = re.findall(r"^\| (`AIRFLOW__[^|]*) \| ([^|]*) \|", README.read_text("utf-8"), re.MULTILINE)
+    assert len(rows) >= 8
+    for names, shown in rows:
+        named = re.findall(r"`([^`]+)`", names)
+        full = [n for n in named if n.startswith("AIRFLOW__")]
+        assert full and all(n in settings for n in full), names
+        plain = re.fullmatch(r"`?([\w.]+)`?(?: s)?", shown.strip())
+        if plain:
+            assert any(settings[n] == plain.group(1) for n in full), (names, shown)
