@@ -27,10 +27,12 @@ run: venv
 	$(BIN)/python -m credit_synthetic.demo --sources $(SOURCES) --lake $(LAKE) --entities $(DEMO_ENTITIES) --seed $(DEMO_SEED)
 
 # The suite runs on TEST_WORKERS pytest-xdist workers, each module on one worker (--dist loadfile:
-# its module fixtures built once), slow modules first; the lakes of tests/conftest.py's
-# published_lakes are built once and shared by both workers. test-quick leaves out the tests
-# marked slow (real DAG runs, servers, browsers, the wheel, many pipeline runs): the inner loop.
-TEST_WORKERS ?= 2
+# its module fixtures built once), modules that mostly wait (servers, heartbeat timeouts) first, then
+# the slow ones; three workers on two cores, so that a waiting module does not hold a core idle.
+# The lakes of tests/conftest.py's published_lakes are built once and shared by the workers.
+# test-quick leaves out the tests marked slow (real DAG runs, servers, browsers, the wheel, many
+# pipeline runs): the inner loop.
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]: the layers).

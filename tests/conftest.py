@@ -38,13 +38,19 @@ if XDIST_WORKER:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs `--dist loadfile`: a module's tests on one worker, so
-    that its module-scoped fixtures are built once) the modules with tests marked slow are handed
-    out first, so that the workers finish about together rather than one waiting on the other's
-    last slow module. A plain `pytest` keeps the usual order."""
+    that its module-scoped fixtures are built once) the modules marked `waits` are handed out first
+    (their wait then overlaps the other workers' CPU work), then those with tests marked slow, so
+    that the workers finish about together rather than one waiting on the other's last slow module.
+    A plain `pytest` keeps the usual order."""
     if not XDIST_WORKER:
         return
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow)  # stable: modules stay together
+
+    def modules(marker: str) -> set[str]:
+        return {item.module.__name__ for item in items if item.get_closest_marker(marker)}
+
+    waits, slow = modules("waits"), modules("slow")
+    # stable: modules stay together
+    items.sort(key=lambda item: (item.module.__name__ not in waits, item.module.__name__ not in slow))
 
 
 @pytest.fixture(scope="session")

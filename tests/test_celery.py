@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import END_DATE, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.waits]
 SETTINGS_FILE = REPO / "deploy" / "celery.env"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DATABASE = "airflow_celery_test"
