@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,18 +40,21 @@ if XDIST_WORKER:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs `--dist loadfile`: a module's tests on one worker, so
     that its module-scoped fixtures are built once) the modules marked `waits` are handed out first
-    (their wait then overlaps the other workers' CPU work), then those with tests marked slow, so
-    that the workers finish about together rather than one waiting on the other's last slow module.
-    A plain `pytest` keeps the usual order."""
+    (their wait then overlaps the other workers' CPU work), then the modules by how many of their
+    tests are marked slow, most first, so that the workers finish about together rather than one
+    running a long module alone at the end. A plain `pytest` keeps the usual order."""
     if not XDIST_WORKER:
         return
-
-    def modules(marker: str) -> set[str]:
-        return {item.module.__name__ for item in items if item.get_closest_marker(marker)}
-
-    waits, slow = modules("waits"), modules("slow")
-    # stable: modules stay together
-    items.sort(key=lambda item: (item.module.__name__ not in waits, item.module.__name__ not in slow))
+    waits = {item.module.__name__ for item in items if item.get_closest_marker("waits")}
+    slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    # stable: a module's tests stay together and in their order
+    items.sort(
+        key=lambda item: (
+            item.module.__name__ not in waits,
+            -slow[item.module.__name__],
+            item.module.__name__,
+        )
+    )
 
 
 @pytest.fixture(scope="session")
