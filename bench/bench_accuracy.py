@@ -99,6 +99,7 @@ def indistinguishable(records: pl.DataFrame, truth: pl.DataFrame, firms: pl.Data
     at all, and its region (from the name or the authority), legal representative and unit figures
     absent or the other firm's."""
     from entity_resolution.engine import normalise
+    from entity_resolution.internals.normalise import one_character_masked
     from entity_resolution.names import normalise_names
 
     rid = spec.id_column
@@ -121,17 +122,7 @@ def indistinguishable(records: pl.DataFrame, truth: pl.DataFrame, firms: pl.Data
     ).unique()
 
     def masked(table: pl.DataFrame) -> pl.DataFrame:
-        return (
-            table.with_columns(pl.int_ranges(0, pl.col("key").str.len_chars()).alias("at"))
-            .explode("at")
-            .with_columns(
-                (
-                    pl.col("key").str.slice(0, pl.col("at"))
-                    + "\x00"
-                    + pl.col("key").str.slice(pl.col("at") + 1)
-                ).alias("m")
-            )
-        )
+        return one_character_masked(table, "key", "m")  # the engine's own typo neighbours
 
     bare = frame.filter(~code).select(rid, "entity_key", "key", "region", "legal_rep", "figures")
     exact = bare.join(keys.rename({"entity_key": "fit"}), on="key")

@@ -13,15 +13,6 @@ from typing import Any
 
 import polars as pl
 
-SOURCES: tuple[str, ...] = (
-    "lending",
-    "tax",
-    "contract",
-    "product_quality",
-    "social_insurance",
-    "violations",
-)
-
 #: record_type -> (source, what the fact slots mean)
 RECORD_TYPES: dict[str, tuple[str, str]] = {
     "loan": (

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from foundation.errors import DataQualityError
-from foundation.schema import NUMBER_RANGES, SOURCES, conform
+from foundation.schema import NUMBER_RANGES, conform
 from pipelines.profiles.build import MONEY
 from pipelines.quality.suites import (
     load_suite,
@@ -18,6 +18,7 @@ from pipelines.quality.suites import (
     validate_profiles,
     validate_source,
 )
+from pipelines.sources.registry import source_names
 
 REPO = Path(__file__).resolve().parent.parent
 USCC = "91330203MA2A1B2C3X"
@@ -42,7 +43,7 @@ def loans(rows: list[dict]) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize(
-    "name", [f"{s}.{layer}" for s in SOURCES for layer in ("raw", "standardised")] + ["profiles"]
+    "name", [f"{s}.{layer}" for s in source_names() for layer in ("raw", "standardised")] + ["profiles"]
 )
 def test_every_suite_loads_from_json(name: str) -> None:
     suite = load_suite(name)

@@ -15,6 +15,7 @@ from entity_resolution.spec import load_spec
 from foundation import settings
 from foundation.grading import profile_columns
 from pipelines import flow
+from pipelines.sources.registry import source_names
 from serving.app import audit_settings, load_config
 from serving.audit import verify_audit
 from serving.disclosure import mask_text
@@ -185,14 +186,7 @@ def test_runs_report_their_quality(deployment: dict) -> None:
     runs = get(deployment, "/api/v1/runs").json()["runs"]
     assert [r["business_date"] for r in runs] == list(reversed(DAYS))
     assert all(r["published"] and r["books_balanced"] for r in runs)
-    assert set(runs[0]["sources"]) == {
-        "lending",
-        "tax",
-        "contract",
-        "product_quality",
-        "social_insurance",
-        "violations",
-    }
+    assert set(runs[0]["sources"]) == set(source_names())  # the registry, config/sources.toml
 
 
 def test_public_sees_the_masked_view(deployment: dict, profiles: pl.DataFrame) -> None:

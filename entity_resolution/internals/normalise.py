@@ -55,6 +55,24 @@ def _tokens(values: pl.Series) -> pl.Series:
     return tokens.gather(place).alias(values.name)
 
 
+def one_character_masked(frame: pl.DataFrame, column: str = "value", out: str = "masked") -> pl.DataFrame:
+    """One row per character of ``column`` with that character masked (``out``): two strings one
+    substitution apart share a masked form, so an equi-join on it finds them without comparing
+    every pair."""
+    return (
+        frame.with_columns(pl.int_ranges(0, pl.col(column).str.len_chars()).alias("at"))
+        .explode("at")
+        .drop_nulls("at")
+        .with_columns(
+            (
+                pl.col(column).str.slice(0, pl.col("at"))
+                + "\x00"
+                + pl.col(column).str.slice(pl.col("at") + 1)
+            ).alias(out)
+        )
+    )
+
+
 def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -> dict[str, str]:
     """Spellings on one record only that are one character (a substitution) away from exactly one
     spelling that recurs on other records: each mapped to that spelling.
@@ -69,23 +87,12 @@ def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -
         counts = present.group_by("value").len()
     counts = counts.select("value", pl.col("len").cast(pl.Int64))
 
-    def masked(frame: pl.DataFrame) -> pl.DataFrame:
-        return (
-            frame.with_columns(pl.int_ranges(0, pl.col("value").str.len_chars()).alias("at"))
-            .explode("at")
-            .drop_nulls("at")
-            .with_columns(
-                (
-                    pl.col("value").str.slice(0, pl.col("at"))
-                    + "\x00"
-                    + pl.col("value").str.slice(pl.col("at") + 1)
-                ).alias("masked")
-            )
-        )
-
-    # a spelling of these values that no other record of the whole input carries
-    once = masked(counts.filter(pl.col("len") == 1).join(present.unique(), on="value", how="semi"))
-    recurring = masked(counts.filter(pl.col("len") > 1)).select(pl.col("value").alias("to"), "masked")
+    once = one_character_masked(
+        counts.filter(pl.col("len") == 1).join(present.unique(), on="value", how="semi")
+    )
+    recurring = one_character_masked(counts.filter(pl.col("len") > 1)).select(
+        pl.col("value").alias("to"), "masked"
+    )
     neighbours = (
         once.select("value", "masked")
         .join(recurring, on="masked")
