@@ -11,6 +11,8 @@ is tuned in config/nightly.toml.
 from __future__ import annotations
 
 import inspect
+import resource
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -156,7 +158,32 @@ def run_stage(stage: Stage, run: Mapping[str, Any], source: str | None = None) -
         raise TypeError(
             f"stage {stage.name} ({stage.function}) needs {missing}; the run gives {sorted(values)}"
         )
-    return function(**{name: values[name] for name in parameters if name in values})
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    result = function(**{name: values[name] for name in parameters if name in values})
+    if not isinstance(result, dict):
+        return result
+    return {
+        **result,
+        "resources": {
+            "seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(_cpu_seconds() - cpu_started, 2),
+            "peak_mb": _peak_mb(),
+        },
+    }
+
+
+# What a stage cost (its result's ``resources``): wall and CPU seconds of its call, and the largest
+# resident memory of its process or of a process it waited for, so that a run's costs can be read
+# from its task results (bench/bench_workers.py). In ``credit run`` every stage shares one process:
+# the peak is the largest so far.
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _peak_mb() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1)
 
 
 def run_all(
