@@ -243,7 +243,13 @@ def _extract_sql(
         else:
             schema = {col.name: _polars_type(col.type) for col in table.columns}
             selected = list(table.columns)
-        query = sa.select(*selected).where(condition).order_by(ident)
+        # rows sharing an id (or lacking one) in the order of their other columns: the same order
+        # whatever the shards and the query plan (free where the id is unique: the index orders it)
+        query = (
+            sa.select(*selected)
+            .where(condition)
+            .order_by(ident, *(c for c in table.columns if c is not ident))
+        )
         rows = 0
         arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, arrow_schema, compression="zstd") as writer:

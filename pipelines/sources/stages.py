@@ -68,6 +68,8 @@ def plan_extract(source: str, sources_dir: str, lake_dir: str, business_date: st
     plan["source"] = source
     _clear_raw(lake, source, plan["shards"])
     target = _shard_reports(lake, source) / "plan.json"
+    for earlier in target.parent.glob("part-*.json"):  # an earlier plan's shards: check waits for this one's
+        earlier.unlink()
     write_json(plan, target)
     log.info("extract %s in %d shard(s) (%s changed rows)", source, plan["shards"], plan.get("changed_rows"))
     return {
