@@ -140,7 +140,9 @@ def _source_table(source: SourceConfig, sources_dir: Path) -> Iterator[tuple[sa.
         engine.dispose()
 
 
-def _windows(source: SourceConfig, table: sa.Table, cutoff: datetime, since: datetime | None) -> tuple:
+def _windows(
+    source: SourceConfig, table: sa.Table, cutoff: datetime, since: datetime | None
+) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
     """(before the cutoff, changed since the watermark) as SQL conditions; a row without a
     readable watermark is in both, every time (validation quarantines it)."""
     mark = table.c[source.watermark]
