@@ -7,19 +7,19 @@ version's content hash, which must be the same whatever the number of workers.
     nice -n 10 .venv/bin/python bench/bench_workers.py --generate 20000 --workers 1 2
     nice -n 10 .venv/bin/python bench/bench_workers.py --sources /work/data/src-10m --workers 1 2
 
-For each worker count: a fresh metadata database (PostgreSQL on 127.0.0.1:5432), a fresh lake and
-Redis database, deploy/run-celery.sh N started with only the addresses retargeted (the database,
-the Redis database, a free API port; everything else is the settings file's), `credit_nightly`
-triggered with the run's folders and date, waited for, and everything stopped. Nothing here names a
-task: the critical path follows the DAG's own dependencies (the serialised DAG), so a mapped DAG
-(more tasks, ``task[map_index]``) is read the same way.
+For each worker count: a fresh metadata database (on the PostgreSQL server deploy/celery.env
+names), a fresh lake and Redis database, and deploy/run-celery.sh N started with only the addresses
+retargeted (the database, the Redis database, a free API port; every other setting is the file's);
+`credit_nightly` is triggered with the run's folders and date, waited for, and everything stopped.
+Nothing here names a task: the critical path follows the DAG's own dependencies (the serialised
+DAG), so a mapped DAG (more tasks, ``task[map_index]``) is read the same way.
 
 Scheduling overhead, per task: along the run's critical path (walked back from the task that ended
 last, each time to the upstream task instance that ended last), everything that is not the stage's
 own work: the gap between the upstream's end and the task's start (the scheduler, the queue, a free
 slot, the worker starting the task) plus the task's time outside its stage function (the task
-process, imports, XCom), divided by the tasks on the path. The brief's simpler figure, (wall - the
-DAG's longest path of task durations) / tasks, is reported beside it.
+process, imports, XCom), divided by the tasks on the path. The simpler figure, (wall - the DAG's
+longest path of task durations) / task instances, is reported beside it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ SETTINGS_FILE = ROOT / "deploy" / "celery.env"
 RUN_CELERY = ROOT / "deploy" / "run-celery.sh"
 BIN = Path(sys.executable).parent
 DAG_ID = "credit_nightly"
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 #: a Redis database of the bench's own (tests/test_celery.py uses 11, the deployment 0)
 REDIS_DB = 13
 #: how a Celery worker's log names a task it received: the id is the task instance's external_executor_id
@@ -94,34 +93,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def fresh_database(name: str, admin_url: str = ADMIN_URL) -> None:
-    """Drop and create the metadata database ``name`` (a night's tables start empty)."""
+def _on_server(url: str, *statements: str) -> None:
+    """Run ``statements`` on the server of the database ``url`` names, from its `postgres` database
+    (where deploy/run-celery.sh creates the metadata database too)."""
     import sqlalchemy as sa
 
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as con:
-            con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            con.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            for statement in statements:
+                con.execute(sa.text(statement))
     finally:
         admin.dispose()
 
 
-def drop_database(name: str, admin_url: str = ADMIN_URL) -> None:
+def fresh_database(url: str) -> None:
+    """Drop and create the metadata database ``url`` names: the night's tables start empty."""
     import sqlalchemy as sa
 
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as con:
-            con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    name = sa.make_url(url).database
+    _on_server(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
 
 
-def flush_redis(broker_url: str) -> None:
-    import redis
+def drop_database(url: str) -> None:
+    import sqlalchemy as sa
 
-    redis.Redis.from_url(broker_url).flushdb()
+    _on_server(url, f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
+
+
+def flush_broker(broker_url: str) -> None:
+    """Empty the bench's Redis database: no message of an earlier run is delivered to this one's
+    workers (another broker, e.g. RabbitMQ, is left as it is)."""
+    if broker_url.startswith("redis://"):
+        import redis
+
+        redis.Redis.from_url(broker_url).flushdb()
 
 
 class Deployment:
@@ -233,7 +239,9 @@ def deployment(
 ) -> Iterator[Deployment]:
     """A running deployment of ``workers`` Celery workers on a fresh metadata database ``database``
     and an emptied Redis database, stopped whatever happens."""
-    settings = celery_settings()
+    moved = retargeted(celery_settings(), database, redis_db, free_port())
+    if clash := sorted(set(extra or {}) & set(moved)):  # the fresh database is dropped and created
+        raise ValueError(f"the bench sets {clash} itself (a database, broker and port of its own)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env |= {
         "AIRFLOW_HOME": str(ROOT),
@@ -246,11 +254,11 @@ def deployment(
         # task logs beside the results, not in the checkout's logs/
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(out / "airflow-logs"),
         "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(out / "dag-processor-logs"),
-        **retargeted(settings, database, redis_db, free_port()),
+        **moved,
         **(extra or {}),
     }
-    fresh_database(database)
-    flush_redis(env["AIRFLOW__CELERY__BROKER_URL"])
+    fresh_database(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    flush_broker(env["AIRFLOW__CELERY__BROKER_URL"])
     running = Deployment(workers, env, out)
     try:
         running.start(timeout)
@@ -541,7 +549,7 @@ def bench_night(
     }
     if not keep and state == "success":  # a failed night's lake and database are kept to look at
         shutil.rmtree(lake, ignore_errors=True)
-        drop_database(database)
+        drop_database(night["settings"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     return night
 
 

@@ -138,6 +138,7 @@ def test_each_task_is_credited_to_the_worker_that_received_it(tmp_path: Path) ->
     assert worker_of_tasks(tmp_path) == {"0a1b-2c": "worker1", "3d4e-5f": "worker2"}
 
 
+@pytest.mark.slow  # publishes a night (shared with tests/test_celery.py): left out by make test-quick
 def test_nights_that_published_different_content_are_refused(published_lakes: Any) -> None:
     _, one = published_lakes.lake(300, 5)
     _, other = published_lakes.lake(300, 5)
