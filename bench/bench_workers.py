@@ -327,6 +327,7 @@ def read_run(running: Deployment, run_id: str) -> dict[str, Any]:
                 "state": row.state,
                 "try_number": row.try_number,
                 "worker": workers.get(row.external_executor_id or "", row.hostname or None),
+                "hostname": row.hostname or None,
                 "queued": row.queued_dttm,
                 "start": row.start_date,
                 "end": row.end_date,
@@ -380,6 +381,7 @@ def summarise(run: Mapping[str, Any]) -> dict[str, Any]:
                 "task_id": ti["task_id"],
                 "state": ti["state"],
                 "worker": ti["worker"],
+                "hostname": ti.get("hostname"),
                 "queued_to_start": round(_seconds(ti["queued"], ti["start"]), 2) if ti["queued"] else None,
                 "duration": round(duration, 2),
                 "stage_seconds": resources.get("seconds"),
@@ -399,8 +401,10 @@ def summarise(run: Mapping[str, Any]) -> dict[str, Any]:
     delays = [t["queued_to_start"] for t in tasks if t["queued_to_start"] is not None]
     in_task = [t["in_task_overhead"] for t in tasks if t["in_task_overhead"] is not None]
     per_worker: dict[str, int] = {}
+    per_host: dict[str, int] = {}
     for t in ran:
         per_worker[t["worker"] or "?"] = per_worker.get(t["worker"] or "?", 0) + 1
+        per_host[t["hostname"] or "?"] = per_host.get(t["hostname"] or "?", 0) + 1
     measured = [t for t in tasks if t["peak_mb"] is not None]
     largest = max(measured, key=lambda t: t["peak_mb"]) if measured else None
     states: dict[str, int] = {}
@@ -426,6 +430,8 @@ def summarise(run: Mapping[str, Any]) -> dict[str, Any]:
         "stage_seconds_total": round(sum(t["stage_seconds"] or 0.0 for t in tasks), 1),
         "cpu_seconds_total": round(sum(t["cpu_seconds"] or 0.0 for t in tasks), 1),
         "tasks_per_worker": dict(sorted(per_worker.items())),
+        # what task_instance records: one name for every worker of one machine
+        "tasks_per_hostname": dict(sorted(per_host.items())),
         "largest_peak_mb": largest["peak_mb"] if largest else None,
         "largest_peak_task": largest["task"] if largest else None,
         "tasks": [{k: v for k, v in t.items() if k not in ("start", "end")} for t in tasks],

@@ -63,6 +63,7 @@ def instance(
         "state": "success",
         "try_number": 1,
         "worker": worker,
+        "hostname": "vm",
         "queued": at(start - 1),
         "start": at(start),
         "end": at(end),
@@ -109,6 +110,7 @@ def test_the_figures_of_a_run() -> None:
     assert figures["wall_minus_longest_path_per_task"] == pytest.approx(11 / 5)
     assert figures["queued_to_start_mean"] == 1 and figures["queued_to_start_max"] == 1
     assert figures["tasks_per_worker"] == {"worker1": 4, "worker2": 1}
+    assert figures["tasks_per_hostname"] == {"vm": 5}
     assert (figures["largest_peak_mb"], figures["largest_peak_task"]) == (2500, "extract[1]")
     by_task = {t["task"]: t for t in figures["tasks"]}
     assert by_task["extract[1]"]["in_task_overhead"] == 2  # 18 s of task, 16 s of stage
