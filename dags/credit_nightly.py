@@ -161,6 +161,9 @@ def notify_failure(context: Any) -> None:
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
+    map_index = getattr(ti, "map_index", -1)
+    if task_id is not None and map_index is not None and map_index >= 0:
+        task_id = f"{task_id}_{map_index}"  # a mapped task, named as Airflow's task states name it
     if task_id is not None:
         from pipelines.publish.report import record_failure
 
