@@ -12,7 +12,7 @@ names), a fresh lake and Redis database, and deploy/run-celery.sh N started with
 retargeted (the database, the Redis database, a free API port; every other setting is the file's);
 `credit_nightly` is triggered with the run's folders and date, waited for, and everything stopped.
 Nothing here names a task: the critical path follows the DAG's own dependencies (the serialised
-DAG), so a mapped DAG (more tasks, ``task[map_index]``) is read the same way.
+DAG), so a mapped DAG (more tasks, ``task[item]``) is read the same way.
 
 Scheduling overhead, per task: along the run's critical path (walked back from the task that ended
 last, each time to the upstream task instance that ended last), everything that is not the stage's
@@ -302,28 +302,32 @@ def read_run(running: Deployment, run_id: str) -> dict[str, Any]:
         d=DAG_ID,
         r=run_id,
     )
+    # a stage's result is its return value, except a planning stage's: that returns the items it
+    # lists (Airflow expands only a return value) and keeps its result under the key "result"
     results = {
         (task, index): value
         for task, index, value in running.rows(
-            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = :d AND run_id = :r AND key = 'return_value'",
+            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = :d AND run_id = :r "
+            "AND key IN ('return_value', 'result')",
             d=DAG_ID,
             r=run_id,
         )
+        if isinstance(value, dict) and "resources" in value
     }
     workers = worker_of_tasks(running.logs)
     instances = []
     for row in running.rows(
-        "SELECT task_id, map_index, state, try_number, hostname, external_executor_id, queued_dttm, "
-        "start_date, end_date FROM task_instance WHERE dag_id = :d AND run_id = :r",
+        "SELECT task_id, map_index, rendered_map_index, state, try_number, hostname, external_executor_id, "
+        "queued_dttm, start_date, end_date FROM task_instance WHERE dag_id = :d AND run_id = :r",
         d=DAG_ID,
         r=run_id,
     ):
         result = results.get((row.task_id, row.map_index))
-        resources = result.get("resources") if isinstance(result, dict) else None
         instances.append(
             {
                 "task_id": row.task_id,
                 "map_index": row.map_index,
+                "item": row.rendered_map_index,
                 "state": row.state,
                 "try_number": row.try_number,
                 "worker": workers.get(row.external_executor_id or "", row.hostname or None),
@@ -331,7 +335,7 @@ def read_run(running: Deployment, run_id: str) -> dict[str, Any]:
                 "queued": row.queued_dttm,
                 "start": row.start_date,
                 "end": row.end_date,
-                "resources": resources,
+                "resources": result["resources"] if result else None,
             }
         )
     earlier_tries = running.rows(
@@ -358,9 +362,12 @@ def _seconds(start: datetime | None, end: datetime | None) -> float:
 
 
 def label(instance: Mapping[str, Any]) -> str:
-    """A task instance's name: the task id, with ``[map_index]`` for a mapped task's item."""
+    """A task instance's name: the task id, with ``[item]`` for a mapped task's item (its name in
+    the grid, "shard 3", or its map index)."""
     index = instance["map_index"]
-    return instance["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
+    if index is None or index < 0:
+        return instance["task_id"]
+    return f"{instance['task_id']}[{instance.get('item') or index}]"
 
 
 def summarise(run: Mapping[str, Any]) -> dict[str, Any]:

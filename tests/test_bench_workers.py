@@ -17,6 +17,7 @@ from bench.bench_workers import (
     celery_settings,
     content_hash,
     critical_path,
+    label,
     published,
     retargeted,
     same_content,
@@ -125,6 +126,14 @@ def test_the_critical_path_follows_the_dag_not_the_clock() -> None:
     figures = summarise(run)
     assert figures["critical_path"] == ["plan", "extract[1]", "publish", "report"]
     assert critical_path([], {}) == []
+
+
+def test_a_mapped_item_is_named_as_the_grid_names_it() -> None:
+    assert label({"task_id": "lending.extract", "map_index": -1, "item": None}) == "lending.extract"
+    assert label({"task_id": "build_profiles", "map_index": 2, "item": None}) == "build_profiles[2]"
+    assert (
+        label({"task_id": "build_profiles", "map_index": 2, "item": "shard 2"}) == "build_profiles[shard 2]"
+    )
 
 
 def test_each_task_is_credited_to_the_worker_that_received_it(tmp_path: Path) -> None:
