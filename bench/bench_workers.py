@@ -181,6 +181,7 @@ class Deployment:
             named = (self.out / "run-celery.log").read_text("utf-8", "replace")
             return all(
                 f"run-celery: {n} (pid" in named
+                and (self.logs / f"{n}.log").exists()
                 and "ready." in (self.logs / f"{n}.log").read_text("utf-8", "replace")
                 for n in names
             )
