@@ -410,9 +410,11 @@ def summarise(run: Mapping[str, Any]) -> dict[str, Any]:
     in_task = [t["in_task_overhead"] for t in tasks if t["in_task_overhead"] is not None]
     per_worker: dict[str, int] = {}
     per_host: dict[str, int] = {}
-    for t in ran:
-        per_worker[t["worker"] or "?"] = per_worker.get(t["worker"] or "?", 0) + 1
-        per_host[t["hostname"] or "?"] = per_host.get(t["hostname"] or "?", 0) + 1
+    for t in ran:  # a task no worker ran (upstream failed, skipped by the scheduler) is nobody's
+        if t["worker"]:
+            per_worker[t["worker"]] = per_worker.get(t["worker"], 0) + 1
+        if t["hostname"]:
+            per_host[t["hostname"]] = per_host.get(t["hostname"], 0) + 1
     measured = [t for t in tasks if t["peak_mb"] is not None]
     largest = max(measured, key=lambda t: t["peak_mb"]) if measured else None
     states: dict[str, int] = {}
