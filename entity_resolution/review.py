@@ -20,7 +20,7 @@ DECISIONS = ("match", "no_match")
 
 def write_review(review: pl.DataFrame, folder: Path, run: str) -> Path:
     target = folder / f"pairs-{run}.parquet"
-    write_parquet(review.sort("probability", descending=True), target)
+    write_parquet(review.sort("probability", descending=True, maintain_order=True), target)  # (ties: as given)
     return target
 
 
