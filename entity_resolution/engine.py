@@ -32,6 +32,11 @@ blocking, comparisons and the model hold it in memory without those ids), the pa
 partition its signatures, pairs, decisions and result (``partitions/part-N/``). Clustering holds
 only integer arrays per signature and one partition's frames.
 
+``link`` runs three steps a scheduler may also run as tasks of their own (the nightly DAG does):
+``prepare_link`` (1-6, up to the partition directories; what the rest needs is saved beside them
+as Parquet, .npy and JSON), ``resolve_link_partition`` per partition (7-8, any order, any
+process), ``finish_link`` (entity names, links, the review queue). The result is the same.
+
 The evidence per link, from the engine's own comparisons (``links`` columns):
 
 - ``match_grade``: one letter per ``[[compare]]``, in the spec's order, comparing the record's

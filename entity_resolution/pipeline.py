@@ -280,26 +280,15 @@ PREVIOUS_VERSION = "#previous"
 def _engine(
     inputs: pl.DataFrame,
     spec: Spec,
-    registry: Registry | None,
     decisions: Path | None,
-    representatives: pl.DataFrame | None = None,
-    spellings: dict[str, pl.DataFrame] | None = None,
+    representatives: pl.DataFrame,
+    spellings: dict[str, pl.DataFrame],
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
-    """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
+    """Run the engine for an incremental night: known entities (``representatives``) are fixed and
     only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of
-    ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
+    ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is
+    renamed when a new record brings it a USCC. (A full snapshot: ``prepare_canonical``.)"""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
-    if representatives is None:
-        result = link(
-            inputs,
-            spec,
-            must,
-            cannot,
-            anchors=registry.anchors() if registry else None,
-            keep_pairs=False,
-            spellings=spellings,
-        )
-        return result.links, {}, result
     changed = pl.col("record_id").is_in(inputs["record_id"].implode())
     reps = representatives.with_columns(
         pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
@@ -634,7 +623,7 @@ def resolve_changes(
         inputs = firms.select(*enterprise_inputs())
         input_keys = blocking_keys(inputs, spec)
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), input_keys, spec)
-        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps, spellings)
+        engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
             break
