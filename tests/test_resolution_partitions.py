@@ -7,16 +7,18 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from entity_resolution.engine import finish_link
+from entity_resolution.engine import Scale, finish_link, link, prepare_link, resolve_link_partition
 from entity_resolution.pipeline import (
     ENGINE_DIR,
     IDENTITY_COLUMNS,
     KEYS,
+    enterprise_inputs,
     resolve_canonical,
     resolve_changes,
 )
@@ -196,3 +198,29 @@ def test_an_incremental_night_is_resolved_whole(lake: Path, tmp_path: Path, part
     assert pl.read_parquet(night.work / "links.parquet").equals(expected.links)
     assert pl.read_parquet(night.work / "entities.parquet").equals(expected.entities)
     assert result["changed_records"] == expected.stats["changed_records"]
+
+
+def test_the_engine_steps_give_what_link_gives(lake: Path, tmp_path: Path) -> None:
+    """The engine alone, with what the pipeline does not use (every scored pair, recorded columns)."""
+    firms = accepted_records(night_lake(lake, NIGHT)).select(IDENTITY_COLUMNS).collect()
+    inputs = firms.filter(pl.col("code_status") != "resident_id").select(*enterprise_inputs())
+    spec = load_spec("enterprise")
+    scale = replace(Scale.of(spec), partition_signatures=150, partition_workers=1)
+    must = list(zip(inputs["record_id"][:3], inputs["record_id"][3:6], strict=True))
+    anchors = dict(zip(inputs["record_id"][::50], inputs["record_id"][::50], strict=True))
+    options = {"recorded_columns": ["name"], "keep_pairs": True, "scale": scale, "anchors": anchors}
+    whole = link(inputs, spec, must, **options)
+    partitions = prepare_link(inputs, spec, must, work_dir=tmp_path / "work", **options)
+    assert partitions == whole.stats["partitions"] >= 5
+    for number in reversed(range(partitions)):
+        resolve_link_partition(tmp_path / "work", spec, number)
+    steps = finish_link(tmp_path / "work", spec)
+    assert steps.links.equals(whole.links) and "name" in steps.links.columns
+    assert steps.pairs.equals(whole.pairs) and steps.review.equals(whole.review)
+    assert steps.model == whole.model
+    # (the record map is written by a streaming query: its rows in no fixed order)
+    assert steps.assignments.collect().sort("record_id").equals(whole.assignments.collect().sort("record_id"))
+    varying = ("seconds", "cpu_seconds", "peak_mb")
+    assert {k: v for k, v in steps.stats.items() if k not in varying} == {
+        k: v for k, v in whole.stats.items() if k not in varying
+    }
