@@ -7,6 +7,11 @@ from what this adapter already holds: the name and code as recorded (the records
 the match grade (the engine's own comparisons; one letter per comparison of the spec). No second
 pass over the snapshot.
 
+``resolve_canonical`` is ``prepare_canonical`` (up to the engine's partitions, saved in a work
+directory), ``resolve_canonical_partition`` per partition (any order, any process) and
+``finish_canonical`` (the engine's links, registry, review queue, links and entities): the nightly
+DAG runs the three as tasks of their own, with the same result.
+
 The adapter adds what is about canonical records rather than about matching: a natural person's
 resident ID number is the person (never offered to the engine), the entities table (name, codes,
 former names), and ``match_method``, the kind of evidence that attached each record.
