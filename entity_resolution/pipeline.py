@@ -505,11 +505,6 @@ def prepare_canonical(
     return partitions
 
 
-def canonical_partitions(work_dir: Path) -> int:
-    """How many partitions ``prepare_canonical`` made in ``work_dir``."""
-    return json.loads((Path(work_dir) / CANONICAL_STATE).read_text("utf-8"))["partitions"]
-
-
 def resolve_canonical_partition(work_dir: Path, number: int) -> dict[str, int]:
     """Resolve partition ``number`` of a prepared ``work_dir`` (``engine.resolve_link_partition``:
     writes the same file when run again); its counts."""
