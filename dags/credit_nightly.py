@@ -33,14 +33,24 @@ from airflow.sdk import (
     RetryAction,
     RetryRule,
     TaskGroup,
-    chain,
     dag,
+    get_current_context,
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from foundation.settings import airflow_lake, airflow_sources
-from pipelines.flow import NEVER_RETRIED, PER_SOURCE, RETRIED, WHOLE_NIGHT, Stage, nightly_settings, run_stage
+from pipelines.flow import (
+    GATHERS,
+    NEVER_RETRIED,
+    PER_SOURCE,
+    PLANS,
+    RETRIED,
+    WHOLE_NIGHT,
+    Stage,
+    nightly_settings,
+    run_stage,
+)
 from pipelines.sources.registry import source_names  # the registry: a small TOML read, standard library only
 
 TIMEZONE = "Asia/Shanghai"
@@ -151,6 +161,9 @@ def notify_failure(context: Any) -> None:
 
     ti = context.get("task_instance") or context.get("ti")
     task_id, error = getattr(ti, "task_id", None), context.get("exception")
+    map_index = getattr(ti, "map_index", -1)
+    if task_id is not None and map_index is not None and map_index >= 0:
+        task_id = f"{task_id}_{map_index}"  # a mapped task, named as Airflow's task states name it
     if task_id is not None:
         from pipelines.publish.report import record_failure
 
@@ -190,8 +203,12 @@ def stage_settings(stage: Stage) -> dict[str, Any]:
             "retry_exponential_backoff": NIGHTLY.retry_backoff,
             "max_retry_delay": NIGHTLY.max_retry_delay,
         }
-    if stage.after_held_back:  # a held-back source's `check` ends skipped; this still runs
+    if stage.after_held_back or stage.name in GATHERS:
+        # a held-back source's `check` ends skipped, and a mapped stage with no items is skipped:
+        # what comes after still runs
         settings["trigger_rule"] = "none_failed"
+    if stage.mapped_over:  # the grid names each mapped task by its item ("shard 3")
+        settings["map_index_template"] = "{{ map_index_label }}"
     if stage.name in OUTLETS:
         settings["outlets"] = [OUTLETS[stage.name]]
     return settings
@@ -201,8 +218,12 @@ def stage_task(stage: Stage) -> Any:
     """The task that runs one stage of the table: its plain function over the run's folders."""
 
     @task(**stage_settings(stage))
-    def execute(run: dict[str, str], source: str | None = None, **context: Any) -> dict[str, Any]:
-        result = run_stage(stage, {**run, "run_id": context["run_id"]}, source)
+    def execute(
+        run: dict[str, str], source: str | None = None, item: int | None = None, **context: Any
+    ) -> dict[str, Any]:
+        if stage.mapped_over:  # the grid's name of this mapped task
+            get_current_context()["map_index_label"] = f"{stage.item} {item}"
+        result = run_stage(stage, {**run, "run_id": context["run_id"]}, source, item)
         if stage.judges_batch and not result["ok"]:
             raise AirflowSkipException(
                 f"source '{source}' held back ({'; '.join(result['problems'])}): its last good snapshot "
@@ -216,9 +237,31 @@ def stage_task(stage: Stage) -> Any:
                 "path": result["path"],
                 "report": result["report"],
             }
+        if stage.name in PLANS:
+            # Airflow expands only a task's return value: a planning stage returns the items for the
+            # mapped stage after it, and keeps its whole result as the XCom "result"
+            context["ti"].xcom_push(key="result", value=result)
+            return result[PLANS[stage.name].mapped_over]
         return result
 
     return execute
+
+
+def chained(stages: tuple[Stage, ...], run: Any, source: str | None = None, after: Any = None) -> Any:
+    """The stages' tasks one after the other (the first after ``after``); a mapped stage expands
+    over the list the stage before it returned. Returns the last task."""
+    previous = None
+    for stage in stages:
+        if stage.mapped_over:
+            step = stage_task(stage).partial(run=run, source=source).expand(item=previous)
+        else:
+            step = stage_task(stage)(run, source)
+        if previous is not None:
+            previous >> step
+        elif after is not None:
+            after >> step
+        previous = step
+    return previous
 
 
 @dag(
@@ -293,18 +336,12 @@ def credit_nightly() -> None:
     for source in source_names():
         stages = ", ".join(stage.name for stage in PER_SOURCE)
         with TaskGroup(group_id=source, tooltip=f"{stages} {source}"):
-            tasks = [stage_task(stage)(run, source) for stage in PER_SOURCE]
-            chain(*tasks)
-            last_per_source.append(tasks[-1])
-    upstream: Any = last_per_source
-    for stage in WHOLE_NIGHT:
-        step = stage_task(stage)(run)
-        upstream >> step
-        upstream = step
+            last_per_source.append(chained(PER_SOURCE, run, source))
+    last = chained(WHOLE_NIGHT, run, after=last_per_source)
     reported = report(run)
     for planned_or_reported in (run, reported):
         planned_or_reported.operator.operator_extra_links = [RunReportLink()]
-    [*last_per_source, upstream] >> reported.as_teardown()
+    [*last_per_source, last] >> reported.as_teardown()
 
 
 credit_nightly()

@@ -11,6 +11,7 @@ is tuned in config/nightly.toml.
 from __future__ import annotations
 
 import inspect
+import itertools
 import resource
 import time
 import tomllib
@@ -45,10 +46,19 @@ class Stage:
     judges_batch: bool = False
     #: runs for a held-back source too, to carry its last good snapshot forward
     after_held_back: bool = False
+    #: a mapped stage runs once for every item of the list the stage before it returns under this
+    #: key (Airflow's dynamic task mapping; in order, in-process, in ``credit run``), with the item
+    #: given to its function as the parameter ``item``; the stage after it gathers what the items
+    #: wrote (and runs when the list was empty)
+    mapped_over: str | None = None
+    #: the mapped stage's parameter that takes one item ("shard", "partition")
+    item: str | None = None
 
-    def label(self, source: str | None = None) -> str:
-        """The stage's name for people: "extract lending", "resolve entities"."""
-        return " ".join(filter(None, (self.name.replace("_", " "), source)))
+    def label(self, source: str | None = None, item: int | None = None) -> str:
+        """The stage's name for people: "extract lending", "resolve entities", "build profiles
+        shard 2"."""
+        mapped = None if item is None else f"{self.item} {item}"
+        return " ".join(filter(None, (self.name.replace("_", " "), source, mapped)))
 
 
 STAGES: tuple[Stage, ...] = (
@@ -130,11 +140,33 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
     first_whole_night = kinds.index(False) if False in kinds else 0
     if not first_whole_night or any(kinds[first_whole_night:]):
         raise ValueError(f"pipelines.flow.STAGES: per-source stages first, then whole-night ones: {names}")
+    for before, stage, after in zip((None, *stages[:-1]), stages, (*stages[1:], None), strict=True):
+        if stage.mapped_over is None:
+            continue
+        # the items come from the stage before (of the same kind, not mapped itself) and a stage of
+        # the same kind after gathers what they wrote
+        if (
+            not stage.item
+            or before is None
+            or after is None
+            or before.per_source != stage.per_source
+            or after.per_source != stage.per_source
+            or before.mapped_over
+            or after.mapped_over
+        ):
+            raise ValueError(
+                f"pipelines.flow.STAGES: mapped stage {stage.name} needs an item parameter, a stage of its "
+                f"kind before it that lists the items and one after it that gathers them: {names}"
+            )
 
 
 _check_order(STAGES)
 PER_SOURCE = tuple(stage for stage in STAGES if stage.per_source)
 WHOLE_NIGHT = tuple(stage for stage in STAGES if not stage.per_source)
+#: stages whose result lists the items of the mapped stage after them: the mapped stage, by their name
+PLANS = {before.name: stage for before, stage in itertools.pairwise(STAGES) if stage.mapped_over}
+#: stages that gather what the mapped stage before them wrote
+GATHERS = frozenset(stage.name for before, stage in itertools.pairwise(STAGES) if before.mapped_over)
 
 
 def stage_function(stage: Stage) -> Callable[..., dict[str, Any]]:
@@ -143,11 +175,17 @@ def stage_function(stage: Stage) -> Callable[..., dict[str, Any]]:
     return getattr(import_module(module), name)
 
 
-def run_stage(stage: Stage, run: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+def run_stage(
+    stage: Stage, run: Mapping[str, Any], source: str | None = None, item: int | None = None
+) -> dict[str, Any]:
     """Call the stage's function with what it asks of ``run`` (its parameters, by name) and, for a
-    per-source stage, the source."""
+    per-source stage, the source; for a mapped stage, its item."""
     function = stage_function(stage)
     values = {**run, "source": source} if stage.per_source else dict(run)
+    if stage.mapped_over:
+        if item is None:
+            raise TypeError(f"stage {stage.name} is mapped over {stage.mapped_over}: it needs an item")
+        values[stage.item] = item  # type: ignore[index]
     parameters = inspect.signature(function).parameters
     missing = [
         name
@@ -213,11 +251,16 @@ def run_all(
     steps = [(stage, source) for stage in PER_SOURCE for source in sources]
     steps += [(stage, None) for stage in WHOLE_NIGHT]
     results: dict[str, Any] = {}
+    before: dict[str | None, dict[str, Any]] = {}  # per source (None: the whole night), the last result
     bar = tqdm(steps, desc="credit run", unit="step", disable=not progress)
     for stage, source in bar:
         label = stage.label(source)
         bar.set_postfix_str(label)
-        results[label] = run_stage(stage, run, source)
+        if stage.mapped_over:  # every item in order; the result is the list of the items' results
+            items = before[source][stage.mapped_over]
+            results[label] = [run_stage(stage, run, source, item) for item in items]
+            continue
+        results[label] = before[source] = run_stage(stage, run, source)
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
 from pathlib import Path
 
@@ -91,3 +92,57 @@ def test_nightly_settings_missing_a_setting_name_the_file_and_the_setting(
     monkeypatch.setenv("CREDIT_NIGHTLY_CONFIG", str(own))
     with pytest.raises(KeyError, match=rf"{own}: no setting 'retry'"):
         nightly_settings()
+
+
+def _stage(name: str, per_source: bool = False, **mapping: str) -> Stage:
+    return Stage(name, "pipelines.night.cutoff_for", per_source=per_source, doc=name, **mapping)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        # the first stage of its kind: nothing before it lists the items
+        (
+            _stage("extract", True, mapped_over="shards", item="shard"),
+            _stage("check", True),
+            _stage("publish"),
+        ),
+        # the last stage: nothing after it gathers
+        (_stage("extract", True), _stage("publish"), _stage("shard", mapped_over="shards", item="shard")),
+        # no parameter to take the item
+        (_stage("extract", True), _stage("plan"), _stage("build", mapped_over="shards"), _stage("publish")),
+        # planned by a per-source stage, gathered by a whole-night one
+        (_stage("plan", True), _stage("build", True, mapped_over="shards", item="shard"), _stage("publish")),
+        # two mapped stages in a row
+        (
+            _stage("extract", True),
+            _stage("plan"),
+            _stage("a", mapped_over="shards", item="shard"),
+            _stage("b", mapped_over="shards", item="shard"),
+            _stage("publish"),
+        ),
+    ],
+)
+def test_a_mapped_stage_needs_a_stage_that_lists_its_items_and_one_that_gathers(
+    order: tuple[Stage, ...],
+) -> None:
+    with pytest.raises(ValueError, match="pipelines.flow.STAGES"):
+        flow._check_order(order)
+
+
+def test_a_mapped_stage_is_planned_by_the_stage_before_and_gathered_by_the_one_after() -> None:
+    for before, stage, after in zip(STAGES, STAGES[1:], STAGES[2:], strict=False):
+        if stage.mapped_over:
+            assert flow.PLANS[before.name] is stage and after.name in flow.GATHERS
+            assert stage.item in inspect.signature(flow.stage_function(stage)).parameters
+    assert len(flow.PLANS) == len(flow.GATHERS) == sum(1 for stage in STAGES if stage.mapped_over)
+
+
+def test_a_mapped_stage_called_without_its_item_says_so() -> None:
+    mapped = next((stage for stage in STAGES if stage.mapped_over), None)
+    if mapped is None:
+        pytest.skip("no mapped stage in the table")
+    with pytest.raises(TypeError, match=f"stage {mapped.name} is mapped over {mapped.mapped_over}"):
+        run_stage(
+            mapped, {"lake_dir": "x", "business_date": "2026-11-23"}, "lending" if mapped.per_source else None
+        )
