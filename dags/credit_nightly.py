@@ -194,6 +194,9 @@ def stage_settings(stage: Stage) -> dict[str, Any]:
         "task_id": stage.name,
         "doc_md": stage.doc,
         "execution_timeout": NIGHTLY.task_timeout(stage.name),
+        # one XCom, the result: the `-> dict` annotation of the task function would otherwise push
+        # each key as an XCom of its own (and refuse a planning stage's list of items)
+        "multiple_outputs": False,
     }
     if stage.retryable:
         settings |= {
@@ -220,7 +223,7 @@ def stage_task(stage: Stage) -> Any:
     @task(**stage_settings(stage))
     def execute(
         run: dict[str, str], source: str | None = None, item: int | None = None, **context: Any
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | list[int]:
         if stage.mapped_over:  # the grid's name of this mapped task
             get_current_context()["map_index_label"] = f"{stage.item} {item}"
         result = run_stage(stage, {**run, "run_id": context["run_id"]}, source, item)

@@ -32,6 +32,11 @@ blocking, comparisons and the model hold it in memory without those ids), the pa
 partition its signatures, pairs, decisions and result (``partitions/part-N/``). Clustering holds
 only integer arrays per signature and one partition's frames.
 
+``link`` runs three steps a scheduler may also run as tasks of their own (the nightly DAG does):
+``prepare_link`` (1-6, up to the partition directories; what the rest needs is saved beside them
+as Parquet, .npy and JSON), ``resolve_link_partition`` per partition (7-8, any order, any
+process), ``finish_link`` (entity names, links, the review queue). The result is the same.
+
 The evidence per link, from the engine's own comparisons (``links`` columns):
 
 - ``match_grade``: one letter per ``[[compare]]``, in the spec's order, comparing the record's
@@ -54,6 +59,7 @@ The evidence per link, from the engine's own comparisons (``links`` columns):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import resource
 import shutil
@@ -78,10 +84,28 @@ from entity_resolution.internals.compare import (
 )
 from entity_resolution.internals.model import estimate, probability, tf_adjustment, weights
 from entity_resolution.internals.normalise import normalise
-from entity_resolution.internals.partition import MATCH_RULES, Scale, pack, resolve_partition_files
+from entity_resolution.internals.partition import (
+    COUNTS_FILE,
+    MATCH_RULES,
+    Scale,
+    pack,
+    resolve_partition_files,
+)
 from entity_resolution.spec import Spec
+from foundation.lake import write_json, write_parquet
 
-__all__ = ["MATCH_RULES", "Linkage", "Scale", "link", "normalise"]
+__all__ = [
+    "MATCH_RULES",
+    "Linkage",
+    "Scale",
+    "finish_link",
+    "link",
+    "normalise",
+    "partition_dir",
+    "prepare_link",
+    "resolve_link_partition",
+    "resolve_link_partitions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +162,33 @@ def _decode(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- the engine
+#: in the work directory: what ``finish_link`` needs of ``prepare_link`` besides the partitions
+STATE_FILE = "state.json"
+
+
+class _Clock:
+    """Cumulative wall seconds, CPU seconds and peak MB per step (``stats``); saved with the state
+    so that a finish in another process carries on from where the preparation stopped."""
+
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        saved = saved or {"seconds": {}, "cpu_seconds": {}, "peak_mb": {}}
+        self.timings: dict[str, float] = dict(saved["seconds"])
+        self.cpu: dict[str, float] = dict(
+            saved["cpu_seconds"]
+        )  # all threads: wall time says little on a loaded machine
+        self.peaks: dict[str, float] = dict(saved["peak_mb"])
+        self.started = time.perf_counter() - max(self.timings.values(), default=0.0)
+        self.cpu_started = _cpu_seconds() - max(self.cpu.values(), default=0.0)
+
+    def step(self, name: str) -> None:
+        self.timings[name] = time.perf_counter() - self.started
+        self.cpu[name] = round(_cpu_seconds() - self.cpu_started, 2)
+        self.peaks[name] = round(_peak_mb())
+
+    def saved(self) -> dict[str, Any]:
+        return {"seconds": self.timings, "cpu_seconds": self.cpu, "peak_mb": self.peaks}
+
+
 def link(
     records: pl.DataFrame | pl.LazyFrame,
     spec: Spec,
@@ -171,39 +222,22 @@ def link(
     likewise: per company-name input column, how many records of the whole input carry each
     spelling (``internals.normalise.spelling_counts``), by which ``correct_one_offs`` tells a
     one-off spelling; by default counted over ``records``.
+
+    The same as ``prepare_link``, then ``resolve_link_partition`` for every partition (here
+    ``[scale] partition_workers`` at once), then ``finish_link``: the steps a scheduler may run as
+    tasks of their own.
     """
-    started, cpu_started = time.perf_counter(), _cpu_seconds()
-    timings: dict[str, float] = {}
-    peaks: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # CPU seconds of all threads: on a loaded machine, wall time says little
-
-    def step(name: str) -> None:
-        timings[name] = time.perf_counter() - started
-        cpu[name] = round(_cpu_seconds() - cpu_started, 2)
-        peaks[name] = round(_peak_mb())
-
-    rid = spec.id_column
-    records = records.lazy()
-    duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
-    if duplicated.height:
-        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
-    if spec.link_only and spec.source_column not in records.collect_schema().names():
-        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
-    missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
-    if missing:
-        raise ValueError(f"recorded_columns {missing} are not columns of the records")
     scale = scale or Scale.of(spec)
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="link-"))
-    shutil.rmtree(work / "shards", ignore_errors=True)
-    shutil.rmtree(work / "partitions", ignore_errors=True)
-    (work / "shards").mkdir(parents=True)
-    (work / "partitions").mkdir(parents=True)
     try:
-        linkage = _link(
+        clock = _Clock()
+        partitions = _prepare(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, step, started, timings, peaks, frequencies, spellings,
+            keep_pairs, work, scale, clock, frequencies, spellings,
         )  # fmt: skip
-        linkage.stats["cpu_seconds"] = cpu
+        directories = [partition_dir(work, number) for number in range(partitions)]
+        _resolve_partitions(directories, spec, scale.partition_workers)
+        linkage = _finish(work, spec, clock)
         if work_dir is None:  # the work files go: what the assignments scan is read now
             linkage.assignments = linkage.assignments.collect().lazy()
         return linkage
@@ -212,8 +246,64 @@ def link(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _link(
-    records: pl.LazyFrame,
+def prepare_link(
+    records: pl.DataFrame | pl.LazyFrame,
+    spec: Spec,
+    must_link: list[tuple[str, str]] | None = None,
+    cannot_link: list[tuple[str, str]] | None = None,
+    anchors: dict[str, str] | None = None,
+    seed: int = 7,
+    fixed_anchors: bool = False,
+    *,
+    work_dir: Path,
+    recorded_columns: Sequence[str] = (),
+    keep_pairs: bool = True,
+    scale: Scale | None = None,
+    frequencies: dict[str, pl.DataFrame] | None = None,
+    spellings: dict[str, pl.DataFrame] | None = None,
+) -> int:
+    """``link`` up to the partitions: signatures, blocking, comparisons, the model, and the partition
+    directories under ``work_dir`` (``partition_dir``), with what ``finish_link`` needs saved beside
+    them (Parquet, .npy and JSON). Returns how many partitions there are: resolve each with
+    ``resolve_link_partition``, in any order and any process, then call ``finish_link``."""
+    clock = _Clock()
+    return _prepare(
+        records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
+        keep_pairs, Path(work_dir), scale or Scale.of(spec), clock, frequencies, spellings,
+    )  # fmt: skip
+
+
+def partition_dir(work_dir: Path, number: int) -> Path:
+    """Partition ``number``'s directory (its inputs and ``links.parquet``) under ``work_dir``."""
+    return Path(work_dir) / "partitions" / f"part-{number:05d}"
+
+
+def resolve_link_partition(work_dir: Path, spec: Spec, number: int) -> dict[str, int]:
+    """Resolve partition ``number`` of a prepared work directory: its ``links.parquet`` (atomic and
+    deterministic, so a re-run writes the same file). Returns its counts (signatures, scored pairs,
+    linked pairs, pairs refused by the constraints)."""
+    state = json.loads((Path(work_dir) / STATE_FILE).read_text("utf-8"))
+    if not 0 <= number < state["partitions"]:
+        raise ValueError(f"{work_dir}: partition {number} of {state['partitions']} does not exist")
+    directory = partition_dir(work_dir, number)
+    counts = resolve_partition_files(directory, spec)
+    return {
+        "signatures": pl.scan_parquet(directory / "signatures.parquet").select(pl.len()).collect().item(),
+        "scored_pairs": pl.scan_parquet(directory / "scored.parquet").select(pl.len()).collect().item(),
+        **counts,
+    }
+
+
+def finish_link(work_dir: Path, spec: Spec) -> Linkage:
+    """``link`` after the partitions: names the entities and builds the links, the review pairs and
+    the stats from ``prepare_link``'s saved state and every partition's ``links.parquet`` (a
+    partition not resolved yet is an error). Reads only; the same Linkage however the partitions ran."""
+    work = Path(work_dir)
+    return _finish(work, spec, _Clock(json.loads((work / STATE_FILE).read_text("utf-8"))["clock"]))
+
+
+def _prepare(
+    records: pl.DataFrame | pl.LazyFrame,
     spec: Spec,
     must_link: list[tuple[str, str]] | None,
     cannot_link: list[tuple[str, str]] | None,
@@ -224,14 +314,27 @@ def _link(
     keep_pairs: bool,
     work: Path,
     scale: Scale,
-    step: Any,
-    started: float,
-    timings: dict[str, float],
-    peaks: dict[str, float],
+    clock: _Clock,
     frequencies: dict[str, pl.DataFrame] | None,
     spellings: dict[str, pl.DataFrame] | None,
-) -> Linkage:
+) -> int:
+    """Steps 1-6 into ``work`` (emptied first); returns the number of partitions."""
+    step = clock.step
     rid = spec.id_column
+    records = records.lazy()
+    duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
+    if duplicated.height:
+        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
+    if spec.link_only and spec.source_column not in records.collect_schema().names():
+        raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
+    missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
+    if missing:
+        raise ValueError(f"recorded_columns {missing} are not columns of the records")
+    (work / STATE_FILE).unlink(missing_ok=True)  # no finish from a half-written preparation
+    shutil.rmtree(work / "shards", ignore_errors=True)
+    shutil.rmtree(work / "partitions", ignore_errors=True)
+    (work / "shards").mkdir(parents=True)
+    (work / "partitions").mkdir(parents=True)
     # 1. signatures: identical values on everything that matters are compared once
     # each phase reads the columns it needs from the work files: the record -> signature map (which
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
@@ -300,7 +403,6 @@ def _link(
         )
     )
     linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
-    review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
     step("model")
 
     # decisions: steward must-link / cannot-link and the registry's fixed entities, on signatures
@@ -379,7 +481,6 @@ def _link(
     ]  # fmt: skip
     shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
     del sig  # from here on a partition's signatures are read from the work files
-    step("partition")
 
     # each partition's signatures and the scored pairs inside its components (average linkage
     # needs them all), written by streaming queries into one folder per partition
@@ -413,11 +514,9 @@ def _link(
     decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
     largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
     del part_of, component, partition
-    counts = {"linked_pairs": 0, "refused_by_constraints": 0}
-    directories: list[Path] = []
     empty_decisions = decisions.clear()
     for number in range(partitions):
-        directory = work / "partitions" / f"part-{number:05d}"
+        directory = partition_dir(work, number)
         directory.mkdir(parents=True)
         _read_part(work / "partitions" / "signatures", number).sort("sig").write_parquet(
             directory / "signatures.parquet"
@@ -426,9 +525,64 @@ def _link(
             directory / "scored.parquet"
         )
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
-        directories.append(directory)
-    for partition_counts in _resolve_partitions(directories, spec, scale.partition_workers):
-        for key, value in partition_counts.items():
+    for staged in ("signatures", "scored"):  # (each partition's share is in its directory now)
+        shutil.rmtree(work / "partitions" / staged, ignore_errors=True)
+
+    # what the finish needs, saved beside the partitions (no pickles: plain files of known formats)
+    write_parquet(above_review, work / "above_review.parquet")
+    np.save(work / "nodes.npy", node)
+    if anchor_frame is not None:
+        write_parquet(anchor_frame, work / "anchors.parquet")
+    if recorded_columns:
+        write_parquet(records.select(rid, *recorded_columns), work / "recorded.parquet")
+    step("partition")
+    state = {
+        "signatures": n,
+        "candidate_pairs": candidates,
+        "pair_shards": len(shard_paths),
+        "partitions": partitions,
+        "largest_partition": int(sizes.max()) if partitions else 0,
+        "largest_component": largest_component,
+        "lambda": prior,
+        "m": [values.tolist() for values in m],
+        "u": [values.tolist() for values in u],
+        "shown": shown,
+        "recorded_columns": list(recorded_columns),
+        "keep_pairs": keep_pairs,
+        "anchors": anchor_frame is not None,
+        "signature_file": signature_file.name,
+        "record_file": record_file.name,
+        "clock": clock.saved(),
+    }
+    write_json(state, work / STATE_FILE)  # last: its presence says the preparation is whole
+    return partitions
+
+
+def _finish(work: Path, spec: Spec, clock: _Clock) -> Linkage:
+    """Steps 7-9 from ``_prepare``'s state and the partitions' results: entity names and links."""
+    step = clock.step
+    rid = spec.id_column
+    state = json.loads((work / STATE_FILE).read_text("utf-8"))
+    n, partitions, shown = state["signatures"], state["partitions"], state["shown"]
+    radix = _pattern_radix(spec)
+    prior = state["lambda"]
+    m = [np.array(values) for values in state["m"]]
+    u = [np.array(values) for values in state["u"]]
+    signature_file = work / state["signature_file"]
+    sig_of = pl.scan_parquet(work / state["record_file"])
+    node = np.load(work / "nodes.npy")
+    above_review = pl.read_parquet(work / "above_review.parquet")
+    linked = above_review.filter(pl.col("probability") >= spec.link_threshold)
+    review = above_review.filter(pl.col("probability") < spec.link_threshold).sort("l", "r")
+    anchor_frame = pl.read_parquet(work / "anchors.parquet") if state["anchors"] else None
+    shard_paths = [work / "shards" / f"shard-{number:05d}.parquet" for number in range(state["pair_shards"])]
+    directories = [partition_dir(work, number) for number in range(partitions)]
+    unresolved = [d.name for d in directories if not (d / "links.parquet").exists()]
+    if unresolved:
+        raise FileNotFoundError(f"{work}: partitions not resolved yet: {unresolved[:5]} ({len(unresolved)})")
+    counts = {"linked_pairs": 0, "refused_by_constraints": 0}
+    for directory in directories:
+        for key, value in json.loads((directory / COUNTS_FILE).read_text("utf-8")).items():
             counts[key] += value
     results = [directory / "links.parquet" for directory in directories]
     # each partition's result stays in its links.parquet: the entities are named from the files
@@ -504,12 +658,12 @@ def _link(
         .collect(engine="streaming")
     )
     del names
-    if recorded_columns:
-        recorded = records.select(rid, *recorded_columns).collect(engine="streaming")
+    if state["recorded_columns"]:
+        recorded = pl.read_parquet(work / "recorded.parquet")
         links = links.join(recorded, on=rid, how="left", maintain_order="left")
     step("entities")
 
-    if keep_pairs:
+    if state["keep_pairs"]:
         scored = (
             pl.concat([pl.read_parquet(path).drop("pattern") for path in shard_paths]).sort("l", "r")
             if shard_paths
@@ -521,7 +675,7 @@ def _link(
     stats = {
         "records": links.height,
         "signatures": n,
-        "candidate_pairs": candidates,
+        "candidate_pairs": state["candidate_pairs"],
         "linked_pairs": counts["linked_pairs"],
         "refused_by_constraints": counts["refused_by_constraints"],
         "review_pairs": review.height,
@@ -529,11 +683,12 @@ def _link(
         "lambda": prior,
         "pair_shards": len(shard_paths),
         "partitions": partitions,
-        "largest_partition": int(sizes.max()) if partitions else 0,
-        "largest_component": largest_component,
+        "largest_partition": state["largest_partition"],
+        "largest_component": state["largest_component"],
         "match_rules": dict(links.group_by("match_rule").len().sort("match_rule").iter_rows()),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-        "peak_mb": peaks,
+        "seconds": {k: round(v, 2) for k, v in clock.timings.items()},
+        "peak_mb": clock.peaks,
+        "cpu_seconds": clock.cpu,
     }
     model = {
         c.name: {
@@ -554,6 +709,14 @@ def _link(
         stats=stats,
         assignments=assignments,
     )
+
+
+def resolve_link_partitions(work_dir: Path, spec: Spec, workers: int | None = None) -> None:
+    """Every partition of a prepared work directory, ``workers`` at once (default: the spec's
+    ``[scale] partition_workers``): what ``link`` does between ``prepare_link`` and ``finish_link``."""
+    state = json.loads((Path(work_dir) / STATE_FILE).read_text("utf-8"))
+    directories = [partition_dir(work_dir, number) for number in range(state["partitions"])]
+    _resolve_partitions(directories, spec, Scale.of(spec).partition_workers if workers is None else workers)
 
 
 def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> list[dict[str, int]]:

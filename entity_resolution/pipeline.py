@@ -7,6 +7,11 @@ from what this adapter already holds: the name and code as recorded (the records
 the match grade (the engine's own comparisons; one letter per comparison of the spec). No second
 pass over the snapshot.
 
+``resolve_canonical`` is ``prepare_canonical`` (up to the engine's partitions, saved in a work
+directory), ``resolve_canonical_partition`` per partition (any order, any process) and
+``finish_canonical`` (the engine's links, registry, review queue, links and entities): the nightly
+DAG runs the three as tasks of their own, with the same result.
+
 The adapter adds what is about canonical records rather than about matching: a natural person's
 resident ID number is the person (never offered to the engine), the entities table (name, codes,
 former names), and ``match_method``, the kind of evidence that attached each record.
@@ -15,14 +20,25 @@ former names), and ``match_method``, the kind of evidence that attached each rec
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from entity_resolution.engine import link, normalise
+from entity_resolution.engine import (
+    Scale,
+    finish_link,
+    link,
+    normalise,
+    prepare_link,
+    resolve_link_partition,
+    resolve_link_partitions,
+)
 from entity_resolution.internals.blocking import key_expr, spellings_of
 from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.names import normalise_names
@@ -30,7 +46,7 @@ from entity_resolution.registry import BLOCK_KEYS, Registry
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from foundation.identifiers import compact_code_expr
-from foundation.lake import write_parquet
+from foundation.lake import write_json, write_parquet
 
 #: the canonical columns resolution reads
 IDENTITY_COLUMNS = (
@@ -269,26 +285,15 @@ PREVIOUS_VERSION = "#previous"
 def _engine(
     inputs: pl.DataFrame,
     spec: Spec,
-    registry: Registry | None,
     decisions: Path | None,
-    representatives: pl.DataFrame | None = None,
-    spellings: dict[str, pl.DataFrame] | None = None,
+    representatives: pl.DataFrame,
+    spellings: dict[str, pl.DataFrame],
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
-    """Run the engine; with ``representatives`` (an incremental night) known entities are fixed and
+    """Run the engine for an incremental night: known entities (``representatives``) are fixed and
     only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of
-    ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is renamed when a new record brings it a USCC."""
+    ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is
+    renamed when a new record brings it a USCC. (A full snapshot: ``prepare_canonical``.)"""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
-    if representatives is None:
-        result = link(
-            inputs,
-            spec,
-            must,
-            cannot,
-            anchors=registry.anchors() if registry else None,
-            keep_pairs=False,
-            spellings=spellings,
-        )
-        return result.links, {}, result
     changed = pl.col("record_id").is_in(inputs["record_id"].implode())
     reps = representatives.with_columns(
         pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
@@ -436,21 +441,100 @@ def resolve_canonical(
     review_dir: Path | None = None,
     decisions: Path | None = None,
     run: str = "run",
+    partition_signatures: int | None = None,
 ) -> Resolution:
-    """Link a whole snapshot of canonical records (IDENTITY_COLUMNS)."""
+    """Link a whole snapshot of canonical records (IDENTITY_COLUMNS): ``prepare_canonical``, every
+    partition (the spec's ``partition_workers`` at once), ``finish_canonical``, in a temporary
+    work directory. ``partition_signatures`` overrides the spec's ``[scale]`` value (never the result)."""
+    with tempfile.TemporaryDirectory(prefix="resolve-") as work_dir:
+        work = Path(work_dir)
+        prepare_canonical(records, spec_name, registry_dir, decisions, work, partition_signatures)
+        resolve_link_partitions(work / ENGINE_DIR, load_spec(spec_name))
+        return finish_canonical(work, registry_dir, review_dir, run)
+
+
+#: in a resolution work directory: the engine's work files, and what the finish needs of the rest
+ENGINE_DIR = "engine"
+CANONICAL_STATE = "canonical.json"
+
+
+def prepare_canonical(
+    records: pl.DataFrame,
+    spec_name: str,
+    registry_dir: Path | None,
+    decisions: Path | None,
+    work_dir: Path,
+    partition_signatures: int | None = None,
+) -> int:
+    """A full snapshot's linkage up to the engine's partitions (``engine.prepare_link``): persons
+    split off, spellings counted, the registry's anchors and the steward's decisions read; all that
+    ``finish_canonical`` needs is saved in ``work_dir`` (Parquet, JSON). Returns the number of
+    partitions: resolve each with ``resolve_canonical_partition``, in any order or process."""
+    work = Path(work_dir)
+    (work / CANONICAL_STATE).unlink(missing_ok=True)  # no finish from a half-written preparation
     firms, persons = _split_persons(records)
-    records = pl.concat([firms, persons])
     spec = load_spec(spec_name)
     inputs = firms.select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
     # counted here rather than inside the engine (the same counts) to be kept for the next night
     spellings = spellings_of(inputs.lazy(), spec) if registry else None
-    engine_links, _, result = _engine(inputs, spec, registry, decisions, spellings=spellings)
+    must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
+    scale = Scale.of(spec)
+    if partition_signatures is not None:
+        scale = replace(scale, partition_signatures=int(partition_signatures))
+    partitions = prepare_link(
+        inputs,
+        spec,
+        must,
+        cannot,
+        anchors=registry.anchors() if registry else None,
+        keep_pairs=False,
+        spellings=spellings,
+        work_dir=work / ENGINE_DIR,
+        scale=scale,
+    )
+    shutil.rmtree(work / ENGINE_DIR / "shards", ignore_errors=True)  # (without keep_pairs, unread)
+    write_parquet(firms, work / "firms.parquet")
+    write_parquet(persons, work / "persons.parquet")
+    kept_spellings = bool(spellings and "name" in spellings)
+    if kept_spellings:
+        write_parquet(spellings["name"], work / SPELLINGS_FILE)
+    write_json(
+        {"spec": spec_name, "partitions": partitions, "spellings": kept_spellings}, work / CANONICAL_STATE
+    )
+    return partitions
+
+
+def resolve_canonical_partition(work_dir: Path, number: int) -> dict[str, int]:
+    """Resolve partition ``number`` of a prepared ``work_dir`` (``engine.resolve_link_partition``:
+    writes the same file when run again); its counts."""
+    state = json.loads((Path(work_dir) / CANONICAL_STATE).read_text("utf-8"))
+    return resolve_link_partition(Path(work_dir) / ENGINE_DIR, load_spec(state["spec"]), number)
+
+
+def finish_canonical(
+    work_dir: Path,
+    registry_dir: Path | None = None,
+    review_dir: Path | None = None,
+    run: str = "run",
+) -> Resolution:
+    """A prepared full linkage once every partition is resolved: the engine's links, the registry
+    updated (``registry_dir``: the one ``prepare_canonical`` read its anchors from, as it was then),
+    the review queue, the firms' and persons' links and the entities table."""
+    work = Path(work_dir)
+    state = json.loads((work / CANONICAL_STATE).read_text("utf-8"))
+    spec = load_spec(state["spec"])
+    firms, persons = pl.read_parquet(work / "firms.parquet"), pl.read_parquet(work / "persons.parquet")
+    records = pl.concat([firms, persons])
+    inputs = firms.select(*enterprise_inputs())
+    result = finish_link(work / ENGINE_DIR, spec)
+    engine_links = result.links
+    registry = Registry(registry_dir) if registry_dir else None
     changes = registry.update(engine_links, inputs, run) if registry else None
     if registry:
         registry.key_representatives(lambda reps: blocking_keys(reps, spec))
-        if spellings and "name" in spellings:
-            _write_spellings(registry.folder, spellings["name"])
+        if state["spellings"]:
+            _write_spellings(registry.folder, pl.read_parquet(work / SPELLINGS_FILE))
     if review_dir is not None:
         write_review(result.review, review_dir, run)
     links = pl.concat([_firm_links(firms, engine_links), _person_links(persons)]).sort(KEYS)
@@ -539,7 +623,7 @@ def resolve_changes(
         inputs = firms.select(*enterprise_inputs())
         input_keys = blocking_keys(inputs, spec)
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), input_keys, spec)
-        engine_links, renamed, result = _engine(inputs, spec, registry, decisions, reps, spellings)
+        engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
             break

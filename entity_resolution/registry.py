@@ -138,7 +138,9 @@ class Registry:
         if moved.height:
             flows = moved.group_by("entity_id", "entity_id_new").len()
             still = set(now["entity_id"].unique().to_list())
-            for old, new, _ in flows.sort("len", descending=True).iter_rows():
+            # largest flows first, ties by ids: the group order of a group_by is not fixed
+            ordered = flows.sort(["len", "entity_id", "entity_id_new"], descending=[True, False, False])
+            for old, new, _ in ordered.iter_rows():
                 if old in still:
                     kind = "split"  # the old id lives on elsewhere: these records left it
                 elif not old.startswith("X") or new.startswith("X"):

@@ -20,7 +20,8 @@ DECISIONS = ("match", "no_match")
 
 def write_review(review: pl.DataFrame, folder: Path, run: str) -> Path:
     target = folder / f"pairs-{run}.parquet"
-    write_parquet(review.sort("probability", descending=True), target)
+    # (ties in the order given: the same file every run)
+    write_parquet(review.sort("probability", descending=True, maintain_order=True), target)
     return target
 
 

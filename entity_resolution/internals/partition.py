@@ -12,7 +12,8 @@ own). Each partition is a directory of plain files, resolved by ``resolve_partit
 - ``scored.parquet``: every scored candidate pair inside it (``l``, ``r``, ``probability``);
 - ``decisions.parquet``: steward and registry decisions inside it (``kind``, ``l``, ``r``, ``order``);
 - output ``links.parquet``: per signature its ``cluster`` (the smallest signature of its entity),
-  ``cluster_value``, ``cluster_first_record``, ``match_confidence``, ``match_grade``, ``match_rule``.
+  ``cluster_value``, ``cluster_first_record``, ``match_confidence``, ``match_grade``, ``match_rule``;
+  and ``counts.json``: its linked pairs and pairs refused by the constraints.
 
 The result never depends on how components are packed: a component is resolved the same way in any
 partition, and every order inside one is global (pairs by probability, then signature numbers).
@@ -33,6 +34,8 @@ from entity_resolution.spec import Spec
 
 # how each record came to its entity (links' ``match_rule``)
 MATCH_RULES = ("exact_key", "probabilistic", "decision", "identical", "undecided")
+#: beside a partition's ``links.parquet``: its linked and refused pair counts
+COUNTS_FILE = "counts.json"
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def resolve_partition(
 def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
     """``resolve_partition`` over a partition directory: reads its three inputs and writes
     ``links.parquet`` beside them (atomically); a plain function of paths, as a worker runs it."""
-    from foundation.lake import write_parquet
+    from foundation.lake import write_json, write_parquet
 
     directory = Path(directory)
     out, counts = resolve_partition(
@@ -257,5 +260,6 @@ def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
         pl.read_parquet(directory / "decisions.parquet"),
         spec,
     )
+    write_json(counts, directory / COUNTS_FILE)  # before the links: their presence says both are there
     write_parquet(out, directory / "links.parquet")
     return counts
