@@ -83,5 +83,38 @@ PROFILE_VALID_UNTIL = "profile_valid_until.parquet"
 PROFILE_BASIS = "profile_basis.json"
 
 
-#: the profiles an incremental night built (the others are the previous version's rows)
-BUILT_PROFILES = "profiles_built.parquet"
+#: the profiles an incremental night built (the others are the previous version's rows): a folder
+#: of one part per shard, as PROFILES_DIR
+BUILT_PROFILES = "profiles_built"
+
+
+#: the night's profiles, one part per shard of entities (``part_path``); publish gathers them
+PROFILES_DIR = "profiles"
+
+
+#: each shard's profiles' valid-until (publish gathers them into PROFILE_VALID_UNTIL)
+PROFILE_VALID_UNTIL_DIR = "profile_valid_until"
+
+
+#: the profiles' shards (entity-id ranges), the build mode and the previous version it carries from
+PROFILE_PLAN = "profiles_plan.json"
+
+
+def read_profile_plan(lake: Lake) -> dict[str, Any]:
+    """Tonight's profile plan (``pipelines.profiles.stages.plan_profiles``): the shards read it,
+    and so does the gather (publish)."""
+    path = lake.work / PROFILE_PLAN
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no profile plan for {lake.business_date} at {path}; run plan_profiles first"
+        )
+    return json.loads(path.read_text("utf-8"))
+
+
+#: the entity ids whose profiles an incremental night must build (the rest are carried)
+PROFILES_TO_REBUILD = "profiles_to_rebuild.parquet"
+
+
+def part_path(folder: Path, shard: int) -> Path:
+    """A shard's file in a folder of parts: sorted by name is sorted by shard."""
+    return folder / f"part-{shard:05d}.parquet"

@@ -367,14 +367,14 @@ def test_an_incremental_nights_profiles_are_still_validated(
     day = DAYS[-1]
     assert publish_stages.validate_profiles(str(lake), day)["mode"] == "incremental"
     if tamper == "built_profile":
-        path = lake / "work" / day / night_files.BUILT_PROFILES
+        path = night_files.part_path(lake / "work" / day / night_files.BUILT_PROFILES, 0)
         built = pl.read_parquet(path)
         built.with_columns(
             pl.when(pl.int_range(pl.len()) == 0).then(-5).otherwise("score").alias("score")
         ).write_parquet(path)
         expected = "profiles failed validation"
     else:
-        path = lake / "work" / day / "profiles.parquet"
+        path = night_files.part_path(lake / "work" / day / night_files.PROFILES_DIR, 0)
         profiles = pl.read_parquet(path)
         pl.concat([profiles, profiles.head(1)]).write_parquet(path)
         expected = "more than one profile"
@@ -394,7 +394,9 @@ def test_changes_compared_over_the_changed_entities_equal_a_full_comparison(nigh
     changed = pl.concat(
         [
             pl.read_parquet(nightly / "work" / day / "touched_entities.parquet"),
-            pl.read_parquet(nightly / "work" / day / night_files.BUILT_PROFILES).select("entity_id"),
+            pl.read_parquet(nightly / "work" / day / night_files.BUILT_PROFILES / "*.parquet").select(
+                "entity_id"
+            ),
         ]
     ).unique()
     everything = compute_changes(previous, frames)

@@ -542,3 +542,8 @@ def build_profiles_valid_until(
         [profile.select(profile_columns(grading)).sort("entity_id"), valid_until(recs, as_of, grading)]
     )
     return narrow_money(profiles), expiry.join(profiles.select("entity_id"), on="entity_id", how="semi")
+
+
+def grade_counts(profiles: pl.DataFrame) -> dict[str, int]:
+    """Profiles per grade, by grade (what the command line shows of a night)."""
+    return dict(profiles.group_by("grade").len().sort("grade").iter_rows())

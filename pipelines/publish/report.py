@@ -26,6 +26,7 @@ import polars as pl
 
 from foundation.dictionary import load_columns
 from foundation.lake import Lake, atomic_path, write_json
+from pipelines.night import PROFILES_DIR
 from pipelines.quality.data_docs import build_site, site_index
 from pipelines.sources.registry import load_sources
 
@@ -313,9 +314,9 @@ def build_run_report(lake_dir: str | Path, business_date: str) -> Path:
                 colour=_COLOURS[1],
             )
         )
-    profiles = lake.work / "profiles.parquet"
-    if profiles.exists():
-        grades = pl.scan_parquet(profiles).group_by("grade").len().sort("grade").collect()
+    profiles = lake.work / PROFILES_DIR  # the night's profile shards
+    if any(profiles.glob("*.parquet")):
+        grades = pl.scan_parquet(profiles / "*.parquet").group_by("grade").len().sort("grade").collect()
         sections.append(
             _bars("Grade distribution", [(g, float(n)) for g, n in grades.iter_rows()], colour=_COLOURS[3])
         )
