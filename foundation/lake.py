@@ -19,6 +19,9 @@ from foundation.settings import DEFAULT_LAKE, DEFAULT_SOURCES, REPO_ROOT  # noqa
 #: the Data Docs site's folder under ``LAKE/reports`` (beside the per-night folders): built by
 #: pipelines.quality.data_docs, served by serving.run_reports
 SITE_DIR = "data-docs"
+#: a source's raw layer is a folder of parts, one per extract shard
+RAW_PART = "part-{shard:05d}.parquet"
+RAW_PARTS = "part-*.parquet"
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,17 @@ class Lake:
     business_date: str
 
     def raw(self, source: str) -> Path:
+        """The folder of the source's raw parts, one per extract shard (``raw_part``)."""
         return self.root / "raw" / self.business_date / f"{source}.parquet"
+
+    def raw_part(self, source: str, shard: int) -> Path:
+        """What extract shard ``shard`` of the source wrote (zero-padded: name order is shard order)."""
+        return self.raw(source) / RAW_PART.format(shard=shard)
+
+    def raw_parts(self, source: str) -> Path:
+        """Every raw part of the source as one glob, which Polars reads in shard order (a temporary
+        file an interrupted write left behind does not match it)."""
+        return self.raw(source) / RAW_PARTS
 
     def staged(self, source: str) -> Path:
         return self.root / "staged" / self.business_date / f"{source}.parquet"

@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         full_relink=args.full_relink,
     )
     published = results["publish"]
-    grades = results["build profiles"]["grades"]
+    grades = results["publish"]["grades"]
     summary = {
         "business_date": business_date,
         **published,

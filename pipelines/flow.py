@@ -63,21 +63,35 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage(
+        "plan_extract",
+        "pipelines.sources.stages.plan_extract",
+        per_source=True,
+        retryable=True,
+        doc="Count the source's records changed since the last published run and cut them into "
+        "shards of `extract_shard_rows` (config/sources.toml; a file source is one shard), ranges "
+        "of its id column, each read by an `extract` task of its own (retried while the source is "
+        "unavailable).",
+    ),
+    Stage(
         "extract",
         "pipelines.sources.stages.extract_source",
         per_source=True,
         retryable=True,
-        doc="Copy the source's records changed since the last published run into `LAKE/raw` (retried "
-        "while the source is unavailable; unreadable deliveries are judged by `check`).",
+        mapped_over="shards",
+        item="shard",
+        doc="Copy one shard of the source's records changed since the last published run into "
+        "`LAKE/raw` (retried while the source is unavailable; unreadable deliveries are judged by "
+        "`check`).",
     ),
     Stage(
         "check",
         "pipelines.sources.stages.check_source",
         per_source=True,
         judges_batch=True,
-        doc="Batch checks (readable, every mapped column there, volume against the last run, "
-        "staleness). A failing batch is held back: a critical source fails here, any other falls back "
-        "to its last good snapshot and this task ends skipped, so the grid shows it at a glance.",
+        doc="Gather the shards, then batch checks (readable, every mapped column there, volume "
+        "against the last run, staleness). A failing batch is held back: a critical source fails "
+        "here, any other falls back to its last good snapshot and this task ends skipped, so the grid "
+        "shows it at a glance.",
     ),
     Stage(
         "standardise",
@@ -96,28 +110,56 @@ STAGES: tuple[Stage, ...] = (
         "`LAKE/quarantine`; a batch-level failure fails the task without retries.",
     ),
     Stage(
+        "prepare_resolution",
+        "pipelines.resolution.stages.prepare_resolution",
+        per_source=False,
+        doc="Compare the accepted records of all sources and cut the candidate graph into partitions "
+        "of about `partition_signatures` (the engine spec's `[scale]`, config/resolution.toml); "
+        "an incremental night is linked here whole and has no partitions.",
+    ),
+    Stage(
+        "resolve_partition",
+        "pipelines.resolution.stages.resolve_partition",
+        per_source=False,
+        mapped_over="partitions",
+        item="partition",
+        doc="Cluster and grade one partition of the candidate graph (`LAKE/work/<date>/resolution`).",
+    ),
+    Stage(
         "resolve_entities",
         "pipelines.resolution.stages.resolve_entities",
         per_source=False,
-        doc="Link the accepted records of all sources to firms (`LAKE/work/<date>/links, entities`).",
+        doc="Gather the partitions into links and entities (`LAKE/work/<date>/links, entities`), "
+        "update the registry aside and write the review queue.",
+    ),
+    Stage(
+        "plan_profiles",
+        "pipelines.profiles.stages.plan_profiles",
+        per_source=False,
+        doc="Cut the entities into shards of `profile_shard_entities` (config/nightly.toml "
+        "`[mapping]`), ranges of their ids, and work out what tonight must rebuild.",
     ),
     Stage(
         "build_profiles",
         "pipelines.profiles.stages.build_profiles",
         per_source=False,
-        doc="One credit profile per firm (`LAKE/work/<date>/profiles`).",
+        mapped_over="shards",
+        item="shard",
+        doc="The credit profiles of one shard of entities (`LAKE/work/<date>/profiles/`).",
     ),
     Stage(
         "validate_profiles",
         "pipelines.publish.stages.validate_profiles",
         per_source=False,
-        doc="Checks on the profile table; a failure stops the run before publishing, without retries.",
+        doc="Checks on the profile table, over all shards; a failure stops the run before "
+        "publishing, without retries.",
     ),
     Stage(
         "publish",
         "pipelines.publish.stages.publish",
         per_source=False,
-        doc="Switch `current` to the new version and tell downstream DAGs which version it is.",
+        doc="Gather the shards into one version, switch `current` to it and tell downstream DAGs "
+        "which version it is.",
     ),
 )
 

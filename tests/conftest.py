@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,3 +255,33 @@ def published_lakes(tmp_path_factory: pytest.TempPathFactory) -> PublishedLakes:
     cache = _shared_root(tmp_path_factory) / "published-lakes"
     cache.mkdir(exist_ok=True)
     return PublishedLakes(cache, tmp_path_factory)
+
+
+def mapping_settings(
+    folder: Path, *, extract_shard_rows: int, partition_signatures: int, profile_shard_entities: int
+) -> dict[str, str]:
+    """Copies of config/sources.toml, resolution.toml and nightly.toml that cut the night into
+    this many rows per extract shard, signatures per resolution partition and entities per profile
+    shard; the environment that points the pipeline at them. What is published must not change."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = (REPO / "config" / "sources.toml").read_text("utf-8")
+    sources, replaced = re.subn(
+        r"^extract_shard_rows = .*$", f"extract_shard_rows = {extract_shard_rows}", sources, flags=re.M
+    )
+    nightly = (REPO / "config" / "nightly.toml").read_text("utf-8")
+    nightly, replaced_too = re.subn(
+        r"^profile_shard_entities = .*$",
+        f"profile_shard_entities = {profile_shard_entities}",
+        nightly,
+        flags=re.M,
+    )
+    assert replaced == replaced_too == 1, "the mapping settings moved: update tests/conftest.py"
+    # a top-level key: first, before any table
+    resolution = f"partition_signatures = {partition_signatures}\n" + (
+        REPO / "config" / "resolution.toml"
+    ).read_text("utf-8")
+    env = {}
+    for name, text in (("sources", sources), ("nightly", nightly), ("resolution", resolution)):
+        (folder / f"{name}.toml").write_text(text, "utf-8")
+        env[f"CREDIT_{name.upper()}_CONFIG"] = str(folder / f"{name}.toml")
+    return env

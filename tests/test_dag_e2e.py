@@ -160,6 +160,46 @@ def test_nightly_run_publishes_profiles_that_match_the_truth(
     assert "Skipping registering" not in output  # GX's import noise is kept out of the task logs
 
 
+def test_a_night_cut_into_shards_and_partitions_publishes_what_credit_run_publishes(
+    airflow_db: Path, published_lakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dynamic task mapping: with small shards every large stage runs as several mapped tasks
+    (extract per shard of a source, resolution per partition, profiles per shard), and the night
+    publishes the same bytes as `credit run` with one task per stage (the default settings)."""
+    import json
+
+    from tests.conftest import mapping_settings
+
+    sources, reference = published_lakes.lake(300, 5)  # `credit run`, one shard and partition each
+    for name, value in mapping_settings(
+        tmp_path / "config", extract_shard_rows=250, partition_signatures=400, profile_shard_entities=60
+    ).items():
+        monkeypatch.setenv(name, value)
+    lake = tmp_path / "lake"
+    run = load_dag().test(
+        logical_date=RUN_AT,
+        run_conf={"sources_dir": str(sources), "lake_dir": str(lake), "business_date": BUSINESS_DATE},
+    )
+    assert state(run) == "success", states(run)
+    mapped: dict[str, set[int]] = {}
+    for ti in run.get_task_instances():
+        assert state(ti) == "success", ti.task_id
+        if ti.map_index >= 0:
+            mapped.setdefault(ti.task_id.rpartition(".")[2], set()).add(ti.map_index)
+            assert ti.rendered_map_index.startswith(("shard ", "partition ")), ti.rendered_map_index
+    assert {name: len(items) > 1 for name, items in mapped.items()} == {
+        "extract": True,
+        "resolve_partition": True,
+        "build_profiles": True,
+    }, mapped
+
+    def published(root: Path) -> dict:
+        current = root / "published" / "current"
+        return json.loads((current / "manifest.json").read_text("utf-8"))["files"]
+
+    assert published(lake) == published(reference)  # every published file: its rows and SHA-256
+
+
 def test_missing_source_fails_its_task_and_publishes_nothing(
     airflow_db: Path,
     sources: Path,

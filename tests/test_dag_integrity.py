@@ -93,10 +93,14 @@ def test_tasks_present_and_ordered(dag) -> None:
         assert f"{source}.check" in dag.get_task(f"{source}.extract").downstream_task_ids
         assert f"{source}.standardise" in dag.get_task(f"{source}.check").downstream_task_ids
         assert f"{source}.validate" in dag.get_task(f"{source}.standardise").downstream_task_ids
-        assert "resolve_entities" in dag.get_task(f"{source}.validate").downstream_task_ids
+        assert f"{source}.extract" in dag.get_task(f"{source}.plan_extract").downstream_task_ids
+        assert "prepare_resolution" in dag.get_task(f"{source}.validate").downstream_task_ids
         # a source's failure stops its own chain only: no other source's tasks wait on it
         assert not {t for t in downstream(f"{source}.extract") if "." in t and not t.startswith(f"{source}.")}
-    assert "build_profiles" in dag.get_task("resolve_entities").downstream_task_ids
+    assert "resolve_partition" in dag.get_task("prepare_resolution").downstream_task_ids
+    assert "resolve_entities" in dag.get_task("resolve_partition").downstream_task_ids
+    assert "plan_profiles" in dag.get_task("resolve_entities").downstream_task_ids
+    assert "build_profiles" in dag.get_task("plan_profiles").downstream_task_ids
     assert "explain_links" not in dag.task_ids  # the evidence comes out of resolution itself
     assert "validate_profiles" in dag.get_task("build_profiles").downstream_task_ids
     assert dag.get_task("publish").upstream_task_ids == {"plan", "validate_profiles"}
@@ -113,6 +117,29 @@ def test_tasks_present_and_ordered(dag) -> None:
     # a held-back source skips its check; what follows still runs to carry its snapshot forward
     for source in SOURCES:
         assert dag.get_task(f"{source}.standardise").trigger_rule == "none_failed"
+
+
+def test_mapped_stages_expand_over_what_the_stage_before_lists(dag) -> None:
+    """Dynamic task mapping: extract per shard of each source, resolution per partition, profiles
+    per shard; the stage after gathers, and runs when there was nothing to map (an incremental
+    night has no partitions: Airflow skips a mapped task with no items)."""
+    from pipelines.flow import GATHERS, PLANS, STAGES
+
+    mapped = {stage.name: stage for stage in STAGES if stage.mapped_over}
+    for task in dag.tasks:
+        name = task.task_id.rpartition(".")[2]
+        if name in mapped:
+            assert task.is_mapped and task.map_index_template == "{{ map_index_label }}", task.task_id
+            (planner,) = task.upstream_task_ids - {"plan"}
+            assert PLANS[planner.rpartition(".")[2]] is mapped[name]
+            (gatherer,) = task.downstream_task_ids
+            assert gatherer.rpartition(".")[2] in GATHERS
+            assert dag.get_task(gatherer).trigger_rule == "none_failed"
+        else:
+            assert not getattr(task, "is_mapped", False), task.task_id
+    assert {
+        task.task_id.rpartition(".")[2] for task in dag.tasks if getattr(task, "is_mapped", False)
+    } == set(mapped)
 
 
 def test_the_tasks_are_the_stage_table(dag) -> None:

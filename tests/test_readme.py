@@ -122,3 +122,18 @@ def test_the_deployment_table_says_what_deploy_celery_env_sets() -> None:
         plain = re.fullmatch(r"`?([\w.]+)`?(?: s)?", shown.strip())
         if plain:
             assert any(settings[n] == plain.group(1) for n in full), (names, shown)
+
+
+def test_the_pipeline_table_is_the_stage_table() -> None:
+    """README's table of stages lists pipelines/flow.py's STAGES (the definition) in order, each by
+    its label and function, saying which stages run per source and which per shard or partition."""
+    from pipelines.flow import STAGES
+
+    rows = re.findall(r"^\| ([^|]+) \| `(pipelines\.[\w.]+)` \|", README.read_text("utf-8"), re.MULTILINE)
+    rows = [(label.strip(), function) for label, function in rows if "DAG only" not in label]
+    assert [function for _, function in rows] == [stage.function for stage in STAGES]
+    for (label, _), stage in zip(rows, STAGES, strict=True):
+        name, _, kinds = label.partition(" (")
+        assert name == stage.label(), label
+        assert ("per source" in kinds) == stage.per_source, label
+        assert (f"per {stage.item}" in kinds) == bool(stage.mapped_over), label

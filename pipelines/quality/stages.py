@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from foundation.errors import DataQualityError
-from foundation.lake import write_json, write_parquet
+from foundation.lake import RAW_PARTS, write_json, write_parquet
 from pipelines.night import night_lake, read_report, rejects_path, report_path, suite_parameters
 from pipelines.quality import suites as quality
 from pipelines.quality.suites import raw_suite_problems, stage_runner
@@ -32,7 +32,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     batch = read_report(lake, "batch", source)
     if batch["ok"]:  # the raw suite, here because this task imports Great Expectations anyway
         config = load_sources()[source]
-        batch = judge_batch(lake, config, raw_suite_problems(config, lake.raw(source), runner))
+        batch = judge_batch(lake, config, raw_suite_problems(config, lake.raw_parts(source), runner))
     base = previous(lake.root, source, business_date)
     rejects = pl.read_parquet(rejects_path(lake, source))
     if batch["ok"]:
@@ -43,7 +43,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
             lake.staged(source),
             delta_path,
             lake.quarantine(source),
-            raw_path=lake.raw(source),
+            raw_path=lake.raw_parts(source),
             rejects=rejects,
             parameters=suite_parameters(business_date),
             runner=runner,
@@ -59,7 +59,9 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
                 f"snapshot exists to fall back on; nothing can be published"
             )
         reason = "batch held back: " + "; ".join(batch["problems"])
-        held = pl.read_parquet(lake.raw(source)) if lake.raw(source).exists() else pl.DataFrame()
+        # every extract shard's part, even one that could not read its rows (no columns)
+        parts = [pl.read_parquet(part) for part in sorted(lake.raw(source).glob(RAW_PARTS))]
+        held = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
         quarantined = pl.concat(
             [
                 quality.rejects_to_quarantine(source, rejects, stage="extract"),

@@ -21,16 +21,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from foundation.errors import SourceFormatError, SourceUnavailableError
@@ -71,6 +76,17 @@ class Extracted:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One range of a SQL source's ``id_column`` that one extract task reads, with the source's
+    totals the plan counted once (None: count them here)."""
+
+    lower: Any = None  # the first id of the range (None: from the first row)
+    upper: Any = None  # the first id of the next range (None: to the last row)
+    source_rows: int | None = None
+    newest: str | None = None
+
+
 def extract(
     source: SourceConfig,
     sources_dir: Path,
@@ -78,12 +94,14 @@ def extract(
     cutoff: datetime,
     since: datetime | None = None,
     rejects_target: Path | None = None,
+    shard: Shard | None = None,
 ) -> Extracted:
     """Copy the rows changed in ``[since, cutoff)`` to ``target`` (all rows before ``cutoff`` when
-    ``since`` is None); unreadable lines go to ``rejects_target``."""
+    ``since`` is None; a SQL source's ``shard`` of them, else all); unreadable lines go to
+    ``rejects_target``."""
     rejects_target = rejects_target or target.with_name(f"{target.stem}.rejects.parquet")
     if source.kind == "sql":
-        result = _extract_sql(source, sources_dir, target, cutoff, since)
+        result = _extract_sql(source, sources_dir, target, cutoff, since, shard or Shard())
         write_parquet(pl.DataFrame(schema=REJECT_SCHEMA), rejects_target)
         return result
     return _extract_file(source, sources_dir, target, cutoff, since, rejects_target)
@@ -97,9 +115,10 @@ def _polars_type(column_type: sa.types.TypeEngine) -> pl.DataType:
     return pl.String()
 
 
-def _extract_sql(
-    source: SourceConfig, sources_dir: Path, target: Path, cutoff: datetime, since: datetime | None
-) -> Extracted:
+@contextmanager
+def _source_table(source: SourceConfig, sources_dir: Path) -> Iterator[tuple[sa.Engine, sa.Table]]:
+    """The source's table, reflected (an unreachable database or a missing table is
+    SourceUnavailableError, a table without the id or watermark column SourceFormatError)."""
     url = make_url(source.resolved_url(sources_dir))
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         raise SourceUnavailableError(source.name, f"database file {url.database} does not exist")
@@ -113,20 +132,112 @@ def _extract_sql(
             ) from exc
         except sa.exc.OperationalError as exc:
             raise SourceUnavailableError(source.name, f"cannot connect: {exc.orig}") from exc
-        columns = [col.name for col in table.columns]
         for needed in (source.id_column, source.watermark):
             if needed not in table.c:
                 raise SourceFormatError(source.name, f"table '{source.table}' lacks the column '{needed}'")
+        yield engine, table
+    finally:
+        engine.dispose()
+
+
+def _windows(
+    source: SourceConfig, table: sa.Table, cutoff: datetime, since: datetime | None
+) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """(before the cutoff, changed since the watermark) as SQL conditions; a row without a
+    readable watermark is in both, every time (validation quarantines it)."""
+    mark = table.c[source.watermark]
+    before_cutoff = sa.or_(mark < cutoff.strftime(_STAMP), mark.is_(None))
+    changed = sa.or_(mark >= since.strftime(_STAMP), mark.is_(None)) if since else sa.true()
+    return before_cutoff, changed
+
+
+def _nulls_first(engine: sa.Engine) -> bool:
+    """Does the backend sort a NULL before every value (SQLite, MySQL, SQL Server) rather than
+    after (PostgreSQL, Oracle)? Rows without an id belong to the shard where ORDER BY puts them."""
+    return engine.dialect.name not in ("postgresql", "oracle")
+
+
+def plan_sql(
+    source: SourceConfig, sources_dir: Path, cutoff: datetime, since: datetime | None
+) -> dict[str, Any]:
+    """How to read a SQL source's changed rows in shards of ``source.extract_shard_rows``: the
+    source's totals (for the batch checks) and the changed rows are counted in one query; with
+    n > 1 shards, n - 1 queries find the id that starts each shard, each walking the id order
+    ``size`` changed rows on from the one before (one pass over the index in all, where a window
+    function numbering every row took five times longer on SQLite). Shard k reads the ids from
+    boundaries[k-1] (inclusive) to boundaries[k] (exclusive)."""
+    with _source_table(source, sources_dir) as (engine, table):
+        before_cutoff, changed = _windows(source, table, cutoff, since)
         mark = table.c[source.watermark]
-        # a row without a readable watermark is copied every time: validation quarantines it
-        before_cutoff = sa.or_(mark < cutoff.strftime(_STAMP), mark.is_(None))
         with engine.connect() as connection:
-            total, newest = connection.execute(
-                sa.select(sa.func.count(), sa.func.max(mark)).where(before_cutoff)
-            ).one()
-        changed = sa.or_(mark >= since.strftime(_STAMP), mark.is_(None)) if since else None
-        condition = before_cutoff if changed is None else sa.and_(before_cutoff, changed)
-        if url.get_backend_name() == "sqlite":
+            try:
+                total, newest, changed_rows = connection.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.max(mark),
+                        sa.func.sum(sa.case((changed, 1), else_=0)),
+                    ).where(before_cutoff)
+                ).one()
+            except sa.exc.OperationalError as exc:
+                raise SourceUnavailableError(source.name, f"cannot count the rows: {exc.orig}") from exc
+            size = source.extract_shard_rows
+            shards = max(1, math.ceil((changed_rows or 0) / size)) if size else 1
+            ident = table.c[source.id_column]
+            boundaries: list[Any] = []
+            while len(boundaries) < shards - 1:
+                # from the last boundary along the id index, ``size`` rows on: one pass in all
+                step = sa.select(ident).where(before_cutoff, changed)
+                if boundaries:
+                    step = step.where(ident >= boundaries[-1])
+                start = connection.execute(step.order_by(ident).limit(1).offset(size)).scalar()
+                if start is None or (boundaries and start == boundaries[-1]):
+                    break  # fewer rows than counted (or one id repeated past a whole shard)
+                boundaries.append(start)
+    return {
+        "shards": len(boundaries) + 1,
+        "boundaries": boundaries,
+        "changed_rows": int(changed_rows or 0),
+        "source_rows": int(total),
+        "newest": None if newest is None else str(newest)[:19],
+        "extract_shard_rows": size,
+    }
+
+
+def _in_shard(ident: sa.ColumnElement, shard: Shard, nulls_first: bool) -> sa.ColumnElement[bool]:
+    """The shard's range of ids; rows without an id go with the first shard or the last, where the
+    backend sorts NULL (one shard: every row)."""
+    bounds = []
+    if shard.lower is not None:
+        bounds.append(ident >= shard.lower)
+    if shard.upper is not None:
+        bounds.append(ident < shard.upper)
+    if not bounds:
+        return sa.true()
+    keeps_nulls = shard.lower is None if nulls_first else shard.upper is None
+    return sa.or_(sa.and_(*bounds), ident.is_(None)) if keeps_nulls else sa.and_(*bounds)
+
+
+def _extract_sql(
+    source: SourceConfig,
+    sources_dir: Path,
+    target: Path,
+    cutoff: datetime,
+    since: datetime | None,
+    shard: Shard,
+) -> Extracted:
+    with _source_table(source, sources_dir) as (engine, table):
+        columns = [col.name for col in table.columns]
+        before_cutoff, changed = _windows(source, table, cutoff, since)
+        total, newest = shard.source_rows, shard.newest
+        if total is None:
+            with engine.connect() as connection:
+                total, newest = connection.execute(
+                    sa.select(sa.func.count(), sa.func.max(table.c[source.watermark])).where(before_cutoff)
+                ).one()
+            newest = None if newest is None else str(newest)[:19]
+        ident = table.c[source.id_column]
+        condition = sa.and_(before_cutoff, changed, _in_shard(ident, shard, _nulls_first(engine)))
+        if engine.dialect.name == "sqlite":
             # SQLite does not enforce column types: a text value in a REAL column must reach
             # validation (and quarantine) as the text it is, so everything is read as text.
             schema = {col.name: pl.String() for col in table.columns}
@@ -134,25 +245,99 @@ def _extract_sql(
         else:
             schema = {col.name: _polars_type(col.type) for col in table.columns}
             selected = list(table.columns)
-        query = sa.select(*selected).where(condition).order_by(table.c[source.id_column])
+        # rows sharing an id (or lacking one) in the order of their other columns: the same order
+        # whatever the shards and the query plan (free where the id is unique: the index orders it)
+        query = (
+            sa.select(*selected)
+            .where(condition)
+            .order_by(ident, *(c for c in table.columns if c is not ident))
+        )
         rows = 0
         arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, arrow_schema, compression="zstd") as writer:
-            batches = pl.read_database(
-                query, connection=engine, iter_batches=True, batch_size=BATCH_ROWS, schema_overrides=schema
-            )
-            for batch in batches:
-                writer.write_table(batch.select(list(schema)).cast(schema).to_arrow().cast(arrow_schema))
-                rows += batch.height
+            for batch in _read_rows(source, engine, table, query, schema, arrow_schema):
+                writer.write(batch)
+                rows += batch.num_rows
         return Extracted(
             rows=rows,
             source_rows=int(total),
-            newest=None if newest is None else str(newest)[:19],
+            newest=newest,
             columns=columns,
             since=None if since is None else since.strftime(_STAMP),
         )
-    finally:
-        engine.dispose()
+
+
+#: the most rows ADBC's SQLite driver puts in one batch: the whole result (see ``_read_adbc``)
+ADBC_SQLITE_BATCH_ROWS = 2**31 - 2
+#: column types whose values ADBC's PostgreSQL driver (binary COPY) delivers exactly as psycopg2
+#: does through SQLAlchemy; REAL, NUMERIC, dates and the rest keep the SQLAlchemy reader
+_ADBC_POSTGRES_TYPES = (sa.Integer, sa.Double, sa.String)
+
+
+def _adbc_target(source: SourceConfig, engine: sa.Engine, table: sa.Table) -> tuple[str, str] | None:
+    """(ADBC driver, what to connect to) when ADBC reads this source's rows as SQLAlchemy would:
+    a SQLite file (read as text either way), a PostgreSQL table of whole numbers, double precision
+    and text; None keeps SQLAlchemy (other backends and types, or the source's ``reader``)."""
+    if source.options.get("reader", "adbc") != "adbc":
+        return None
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and not url.query:
+        return "sqlite", url.database
+    if url.get_backend_name() == "postgresql" and all(
+        isinstance(col.type, _ADBC_POSTGRES_TYPES) and not isinstance(col.type, sa.Enum)
+        for col in table.columns
+    ):
+        return "postgresql", url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return None
+
+
+def _read_rows(
+    source: SourceConfig,
+    engine: sa.Engine,
+    table: sa.Table,
+    query: sa.Select,
+    schema: dict[str, pl.DataType],
+    arrow_schema: pa.Schema,
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    """The query's rows in batches of ``arrow_schema``: through ADBC where it fits
+    (``_adbc_target``), else SQLAlchemy."""
+    target = _adbc_target(source, engine, table)
+    if target is None:
+        for batch in pl.read_database(
+            query, connection=engine, iter_batches=True, batch_size=BATCH_ROWS, schema_overrides=schema
+        ):
+            yield batch.select(list(schema)).cast(schema).to_arrow().cast(arrow_schema)
+        return
+    for batch in _read_adbc(source, *target, query):
+        # a SQLite column empty throughout arrives typed int64: its nulls cast to anything
+        yield batch.select(arrow_schema.names).cast(arrow_schema)
+
+
+def _read_adbc(source: SourceConfig, driver: str, uri: str, query: sa.Select) -> Iterator[pa.RecordBatch]:
+    """Rows as Arrow batches straight from the driver (no Python object per value). SQLite's
+    driver infers each column's Arrow type from the first batch, so one batch holds the whole
+    result (a shard bounds it): a column empty in the first rows and text later cannot fail."""
+    import adbc_driver_manager
+
+    if driver == "sqlite":
+        import adbc_driver_sqlite.dbapi as adbc
+
+        dialect: sa.Dialect = sqlite.dialect(paramstyle="qmark")
+        options = {"adbc.sqlite.query.batch_rows": str(ADBC_SQLITE_BATCH_ROWS)}
+    else:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        dialect = postgresql.dialect(paramstyle="numeric_dollar")
+        options = {}
+    compiled = query.compile(dialect=dialect)
+    parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    try:
+        with adbc.connect(uri) as connection, connection.cursor() as cursor:
+            cursor.adbc_statement.set_options(**options)
+            cursor.execute(str(compiled), parameters or None)
+            yield from cursor.fetch_record_batch()
+    except (adbc_driver_manager.Error, OSError) as exc:
+        raise SourceUnavailableError(source.name, f"cannot read the rows: {exc}") from exc
 
 
 def _read_text(source: SourceConfig, path: Path) -> tuple[bytes, bool]:

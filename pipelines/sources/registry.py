@@ -35,6 +35,9 @@ class SourceConfig:
     raw_suite: str | None = None
     max_age_days: int = 7
     max_volume_drop: float = 0.5
+    #: a SQL source's changed rows per extract shard (None: one shard); the registry's global
+    #: ``extract_shard_rows`` unless the source sets its own
+    extract_shard_rows: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved_url(self, sources_dir: Path) -> str:
@@ -91,6 +94,13 @@ def _read_registry(config_path: Path) -> dict[str, SourceConfig]:
     sources: dict[str, SourceConfig] = {}
     for name, spec in raw.get("sources", {}).items():
         spec = dict(spec)
+        spec.setdefault("extract_shard_rows", raw.get("extract_shard_rows"))
+        shard_rows = spec["extract_shard_rows"]
+        if shard_rows is not None and (not isinstance(shard_rows, int) or shard_rows < 1):
+            raise ValueError(
+                f"source '{name}' in {config_path}: extract_shard_rows must be a positive whole number, "
+                f"not {shard_rows!r}"
+            )
         kind = spec.pop("kind")
         if kind not in ("sql", "file"):
             raise ValueError(f"source '{name}' in {config_path}: kind must be 'sql' or 'file', not {kind!r}")
