@@ -726,11 +726,9 @@ def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> li
     same however many run at once."""
     if workers <= 1 or len(directories) <= 1:
         return [resolve_partition_files(directory, spec) for directory in directories]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from entity_resolution.internals.pool import process_pool
 
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(directories)), mp_context=context) as pool:
+    with process_pool(min(workers, len(directories))) as pool:
         return list(pool.map(resolve_partition_files, directories, [spec] * len(directories)))
 
 

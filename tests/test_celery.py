@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import END_DATE, skip_or_fail
+from tests.conftest import END_DATE, mapping_settings, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.waits]
@@ -264,6 +264,10 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
         # only the triggered run: no scheduled night (unpausing would start the latest one)
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # small shards and partitions: the large stages run as several mapped tasks each
+        **mapping_settings(
+            logs / "config", extract_shard_rows=250, partition_signatures=400, profile_shard_entities=60
+        ),
     }
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
 
@@ -337,11 +341,15 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
 
 
-def task_rows(deployment: Deployment) -> list[Any]:
-    """Every task of the run: its last try's number, state and host."""
-    return deployment.rows(
-        "SELECT task_id, try_number, state, hostname FROM task_instance WHERE run_id = :r", r=RUN_ID
-    )
+def task_rows(deployment: Deployment, table: str = "task_instance") -> list[Any]:
+    """Every task instance of the run (a mapped task's items apart: "extract[2]"): its last try's
+    number, state and host; from task_instance_history, the tries before the last."""
+    return [
+        (task_id if index < 0 else f"{task_id}[{index}]", number, state, host)
+        for task_id, index, number, state, host in deployment.rows(
+            f"SELECT task_id, map_index, try_number, state, hostname FROM {table} WHERE run_id = :r", r=RUN_ID
+        )
+    ]
 
 
 def manifest_files(lake: Path) -> dict[str, Any]:
@@ -390,21 +398,18 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
         return states[0][0] if states and states[0][0] in ("success", "failed") else None
 
     assert wait_for("the run to finish", finished, 420, deployment.logs) == "success", task_rows(deployment)
-    current = {
-        task_id: (state, host, number)
-        for task_id, number, state, host in deployment.rows(
-            "SELECT task_id, try_number, state, hostname FROM task_instance WHERE run_id = :r", r=RUN_ID
-        )
-    }
-    earlier = deployment.rows(
-        "SELECT task_id, try_number, state, hostname FROM task_instance_history WHERE run_id = :r", r=RUN_ID
-    )
+    current = {task_id: (state, host, number) for task_id, number, state, host in task_rows(deployment)}
+    earlier = task_rows(deployment, "task_instance_history")
     print(f"tries before the last: {earlier}")
     assert [run_id for (run_id,) in deployment.rows("SELECT run_id FROM dag_run")] == [RUN_ID]
     # every task ended in success, the report included
     assert {state for state, _, _ in current.values()} == {"success"}, current
-    # both hosts ran per-source tasks to success
+    # both hosts ran per-source tasks to success, and mapped tasks (an item of a stage cut into
+    # shards or partitions); every large stage ran as several items
     assert {host for task_id, (_, host, _) in current.items() if "." in task_id} == set(WORKERS), current
+    assert {host for task_id, (_, host, _) in current.items() if "[" in task_id} == set(WORKERS), current
+    for stage in ("extract", "resolve_partition", "build_profiles"):
+        assert any(f"{stage}[1]" in task_id for task_id in current), (stage, sorted(current))
     # what the lost host was running was lost with it and ran again, on the other host; nothing else
     # was tried twice
     lost = {task_id for task_id, _, _, host in earlier}

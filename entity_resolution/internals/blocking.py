@@ -165,12 +165,9 @@ def signatures(
     height = records.select(pl.len()).collect().item()
     offsets = list(range(0, max(height, 1), chunk_records))
     if workers > 1 and len(offsets) > 1:
-        # spawned: forking a process that holds Polars' thread pool is unsafe
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from entity_resolution.internals.pool import process_pool
 
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=context) as pool:
+        with process_pool(min(workers, len(offsets))) as pool:
             if spellings is None:
                 spellings = spellings_of(records, spec, pool, min(workers, len(offsets)))
             _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool)
