@@ -185,13 +185,13 @@ def build_profiles(lake_dir: str, business_date: str, shard: int) -> dict[str, A
         links = links.join(rebuild.lazy(), on="entity_id", how="semi")
         entities = entities.join(rebuild.lazy(), on="entity_id", how="semi")
     links = links.collect(engine="streaming")
-    # the records of those links, filtered as the snapshots stream past (a semi-join on both keys
-    # peaks at 2.5x the memory at 1M firms): an id another source also uses may come along, and the
-    # build's inner join with the links drops it
+    # the records of those links: a filter on their ids, pushed into the snapshots' scan with the
+    # columns the build reads (at 1M firms a fifth peaks at 2.5 GB, against 4.4 GB with a semi-join
+    # on both keys); an id another source also uses may come along, the build's join drops it
     ids = links["source_record_id"].implode()
-    records = accepted_records(lake).filter(pl.col("source_record_id").is_in(ids)).collect(engine="streaming")
+    records = accepted_records(lake).filter(pl.col("source_record_id").is_in(ids))
     profiles, valid_until = build_profiles_valid_until(
-        records.lazy(), links.lazy(), entities, as_of=as_of, stale_sources=frozenset(plan["stale_sources"])
+        records, links.lazy(), entities, as_of=as_of, stale_sources=frozenset(plan["stale_sources"])
     )
     built = profiles.height
     if rebuild is not None:
