@@ -61,7 +61,7 @@ def serving(lake: Path, config: Path | None = None, log: Path | None = None):
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded CI machine starts it slowly
         while True:
             try:
                 if httpx.get(base + "/healthz", timeout=2).json().get("ok"):
@@ -69,6 +69,9 @@ def serving(lake: Path, config: Path | None = None, log: Path | None = None):
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:  # too slow: stopped, so that what it said can be read to the end
+                    process.kill()
+                    process.wait(10)
                 said = log.read_text() if log else process.stderr.read()
                 raise RuntimeError(f"credit serve did not start: {said[-3000:]}")
             time.sleep(0.2)

@@ -771,5 +771,5 @@ def test_a_night_reads_representatives_stored_before_an_input_column_existed(gen
         base.head(300).drop("authority", "figures").with_columns(entity_id=pl.lit("E:") + pl.col("record_id"))
     )
     inputs = base.slice(300)
-    links, _, _ = _engine(inputs, ENTERPRISE, None, None, representatives=old)
+    links, _, _ = _engine(inputs, ENTERPRISE, None, representatives=old, spellings=None)
     assert links["record_id"].sort().to_list() == inputs["record_id"].sort().to_list()

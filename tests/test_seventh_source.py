@@ -130,4 +130,7 @@ def test_seventh_source_gets_its_own_task_group(deployment) -> None:
         "dag = bag.dags['credit_nightly']; print(sorted(t for t in dag.task_ids if t.startswith('utilities.')))",
         deployment["env"],
     )
-    assert "['utilities.check', 'utilities.extract', 'utilities.standardise', 'utilities.validate']" in out
+    assert (
+        "['utilities.check', 'utilities.extract', 'utilities.plan_extract', 'utilities.standardise', "
+        "'utilities.validate']" in out
+    )

@@ -113,9 +113,11 @@ def _now() -> str:
 
 
 def split_task_id(task_id: str) -> tuple[str, str | None]:
-    """'contract.extract' -> ('extract', 'contract'); 'publish' -> ('publish', None)."""
+    """'contract.extract' -> ('extract', 'contract'); 'publish' -> ('publish', None); a mapped
+    task's item as Airflow's task states name it: 'contract.extract_2' -> ('extract', 'contract')."""
     group, _, stage = task_id.rpartition(".")
-    return stage, group or None
+    name, _, index = stage.rpartition("_")
+    return (name if name and index.isdigit() else stage), group or None
 
 
 def start_run(lake_dir: str | Path, business_date: str, run_id: str) -> Path:
