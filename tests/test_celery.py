@@ -371,10 +371,10 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     per_source = "task_id LIKE '%.%'"
 
     def mid_run_on_the_doomed_host() -> list[Any]:
-        """A per-source task done by the doomed host and one it is running now."""
+        """A mapped per-source task (an extract shard) done by the doomed host and one it is running now."""
         done_there = deployment.rows(
             f"SELECT 1 FROM task_instance WHERE run_id = :r AND {per_source} AND hostname = :h "
-            "AND state = 'success'",
+            "AND map_index >= 0 AND state = 'success'",
             r=RUN_ID,
             h=doomed,
         )
