@@ -231,12 +231,11 @@ def link(
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="link-"))
     try:
         clock = _Clock()
-        partitions = _prepare(
+        _prepare(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
             keep_pairs, work, scale, clock, frequencies, spellings,
         )  # fmt: skip
-        directories = [partition_dir(work, number) for number in range(partitions)]
-        _resolve_partitions(directories, spec, scale.partition_workers)
+        resolve_link_partitions(work, spec, scale.partition_workers)
         linkage = _finish(work, spec, clock)
         if work_dir is None:  # the work files go: what the assignments scan is read now
             linkage.assignments = linkage.assignments.collect().lazy()
@@ -721,8 +720,8 @@ def resolve_link_partitions(work_dir: Path, spec: Spec, workers: int | None = No
 
 def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> list[dict[str, int]]:
     """Each partition directory resolved by the plain function a worker runs; with ``workers`` > 1
-    several at once, each in a fresh process (spawned: forking a process that holds Polars' thread
-    pool is unsafe). Partitions are independent and each writes its own file, so the result is the
+    several at once (``internals.pool.process_pool``: spawned processes, threads inside a daemonic
+    process such as an Airflow task under Celery). Partitions are independent and each writes its own file, so the result is the
     same however many run at once."""
     if workers <= 1 or len(directories) <= 1:
         return [resolve_partition_files(directory, spec) for directory in directories]
