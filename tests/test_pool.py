@@ -1,30 +1,47 @@
 """The engine's workers run where an Airflow task runs under the CeleryExecutor: in a daemonic
-process, which multiprocessing forbids to start processes of its own."""
+process of Celery's billiard pool, which multiprocessing would forbid to start processes."""
 
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+import billiard
+import pytest
 
 
 def _pool_in_a_daemon(queue: Any) -> None:
     from entity_resolution.internals.pool import process_pool
 
+    before = (multiprocessing.current_process().daemon, bytes(multiprocessing.current_process().authkey))
     try:
         with process_pool(2) as pool:
-            queue.put((type(pool).__name__, sorted(pool.map(abs, [-3, 1, -2]))))
+            pids = set(pool.map(_worker_pid, range(8)))
+            queue.put((type(pool).__name__, os.getpid() not in pids, sorted(pool.map(abs, [-3, 1, -2]))))
     except Exception as error:  # noqa: BLE001 - reported to the test
         queue.put((type(error).__name__, str(error)))
+    after = (multiprocessing.current_process().daemon, bytes(multiprocessing.current_process().authkey))
+    queue.put(before == after)
 
 
-def test_a_daemonic_process_runs_the_steps_in_threads() -> None:
-    context = multiprocessing.get_context("spawn")
+def _worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+@pytest.mark.parametrize("start", ["multiprocessing", "billiard"])
+def test_a_daemonic_process_runs_the_steps_in_processes(start: str) -> None:
+    """From a daemonic process (the standard library's or billiard's, as a Celery worker's pool
+    starts it) the steps still run in processes of their own, and the process's settings are as
+    they were afterwards."""
+    context = multiprocessing.get_context("spawn") if start == "multiprocessing" else billiard
     queue = context.Queue()
     process = context.Process(target=_pool_in_a_daemon, args=(queue,), daemon=True)
     process.start()
     try:
-        assert queue.get(timeout=60) == (ThreadPoolExecutor.__name__, [1, 2, 3])
+        assert queue.get(timeout=120) == (ProcessPoolExecutor.__name__, True, [1, 2, 3])
+        assert queue.get(timeout=60) is True
     finally:
         process.join(60)
     assert process.exitcode == 0
