@@ -198,7 +198,7 @@ def signatures(
     record_file = work / "records.parquet"
     (
         pl.scan_parquet(parts / "records-*.parquet")
-        .join(numbered.lazy().select("_h", "sig"), on="_h")
+        .join(numbered.lazy().select("_h", "sig"), on="_h", maintain_order="left")  # (deterministic)
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
@@ -215,7 +215,10 @@ def signatures(
         .join(numbered.select("_h", "sig"), on="_h")
         .sort("sig")["row"]
     )
-    sig = found.drop("_h")[order]
+    found = found.drop("_h")
+    # put in ``sig`` order a column at a time, each taken out of ``found`` first (two whole
+    # signature tables never exist at once)
+    sig = pl.DataFrame([found.drop_in_place(column).gather(order) for column in list(found.columns)])
     del found, order
     sig.insert_column(0, numbered["sig"])
     signature_file = work / "signatures.parquet"
