@@ -510,15 +510,21 @@ def prepare_canonical(
     return partitions
 
 
+#: distinct names counted per piece by a worker, at most (a name costs a worker about 2 KB)
+SPELLING_PIECE_NAMES = 200_000
+
+
 def _spellings(inputs: pl.LazyFrame, spec: Spec, workers: int) -> dict[str, pl.DataFrame]:
-    """``spellings_of`` the inputs, the distinct names cut in ``workers`` pieces counted at once,
-    each in a process of its own (the engine's ``[scale] normalise_workers``)."""
+    """``spellings_of`` the inputs, the distinct names cut in pieces of at most
+    ``SPELLING_PIECE_NAMES``, ``workers`` counted at once, each in a process of its own (the
+    engine's ``[scale] normalise_workers``): a worker's memory is a piece's, not the city's."""
     if workers <= 1:
         return spellings_of(inputs, spec)
     from entity_resolution.internals.pool import process_pool
 
+    names = inputs.select(pl.col("name").n_unique()).collect(engine="streaming").item()
     with process_pool(workers) as pool:
-        return spellings_of(inputs, spec, pool, workers)
+        return spellings_of(inputs, spec, pool, max(workers, -(-names // SPELLING_PIECE_NAMES)))
 
 
 def _write_split(records: pl.LazyFrame, work: Path) -> None:

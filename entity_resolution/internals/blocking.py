@@ -195,10 +195,15 @@ def signatures(
         .with_row_index("sig")
         .collect(engine="streaming")
     )
+    # the first record ids wait on disk while the signatures are put in order: a hash and a number
+    # per signature stay in memory, not a string
+    first_records = parts / "first_records.parquet"
+    numbered.select("first_record").write_parquet(first_records)
+    numbered = numbered.select("_h", "sig")
     record_file = work / "records.parquet"
     (
         pl.scan_parquet(parts / "records-*.parquet")
-        .join(numbered.lazy().select("_h", "sig"), on="_h", maintain_order="left")  # (deterministic)
+        .join(numbered.lazy(), on="_h", maintain_order="left")  # (deterministic)
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
@@ -209,21 +214,16 @@ def signatures(
         ]
     )
     del first_seen
-    order = (
-        found.select("_h")
-        .with_row_index("row")
-        .join(numbered.select("_h", "sig"), on="_h")
-        .sort("sig")["row"]
-    )
+    order = found.select("_h").with_row_index("row").join(numbered, on="_h").sort("sig")["row"]
     found = found.drop("_h")
     # put in ``sig`` order a column at a time, each taken out of ``found`` first (two whole
     # signature tables never exist at once)
     sig = pl.DataFrame([found.drop_in_place(column).gather(order) for column in list(found.columns)])
     del found, order
     sig.insert_column(0, numbered["sig"])
-    signature_file = work / "signatures.parquet"
-    sig.with_columns(numbered["first_record"]).write_parquet(signature_file)
     del numbered
+    signature_file = work / "signatures.parquet"
+    sig.with_columns(pl.read_parquet(first_records)["first_record"]).write_parquet(signature_file)
     shutil.rmtree(parts, ignore_errors=True)
     return sig, signature_file, record_file
 
