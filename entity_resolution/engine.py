@@ -577,7 +577,8 @@ def _prepare(
         shutil.rmtree(work / "partitions" / staged, ignore_errors=True)
 
     # what the finish needs, saved beside the partitions (no pickles: plain files of known formats)
-    write_parquet(above_review, work / "above_review.parquet")
+    # (in pair order: the same file however the pairs were cut into shards)
+    write_parquet(above_review.sort("l", "r"), work / "above_review.parquet")
     np.save(work / "nodes.npy", node)
     if anchor_frame is not None:
         write_parquet(anchor_frame, work / "anchors.parquet")
