@@ -207,25 +207,35 @@ def signatures(
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
-    found = pl.concat(  # one row per signature, in no set order
-        [
-            pl.read_parquet(parts / f"unique-{number:05d}.parquet").filter(new)
-            for number, new in enumerate(first_seen)
-        ]
+    # the signatures' fields, read a column at a time from the chunks' files (each signature from
+    # the first chunk holding it) and put in ``sig`` order: the table is never held twice
+    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(len(offsets))]
+    order = (
+        _first_found(uniques, first_seen, "_h")
+        .to_frame()
+        .with_row_index("row")
+        .join(numbered, on="_h")
+        .sort("sig")["row"]
     )
-    del first_seen
-    order = found.select("_h").with_row_index("row").join(numbered, on="_h").sort("sig")["row"]
-    found = found.drop("_h")
-    # put in ``sig`` order a column at a time, each taken out of ``found`` first (two whole
-    # signature tables never exist at once)
-    sig = pl.DataFrame([found.drop_in_place(column).gather(order) for column in list(found.columns)])
-    del found, order
+    fields = [c for c in pl.scan_parquet(uniques[0]).collect_schema().names() if c != "_h"]
+    sig = pl.DataFrame([_first_found(uniques, first_seen, column).gather(order) for column in fields])
+    del first_seen, order
     sig.insert_column(0, numbered["sig"])
     del numbered
     signature_file = work / "signatures.parquet"
     sig.with_columns(pl.read_parquet(first_records)["first_record"]).write_parquet(signature_file)
     shutil.rmtree(parts, ignore_errors=True)
     return sig, signature_file, record_file
+
+
+def _first_found(uniques: list[Path], first_seen: list[pl.Series], column: str) -> pl.Series:
+    """One column of the chunks' signature files, each signature from the first chunk holding it."""
+    return pl.concat(
+        [
+            pl.read_parquet(path, columns=[column])[column].filter(new)
+            for path, new in zip(uniques, first_seen, strict=True)
+        ]
+    )
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
