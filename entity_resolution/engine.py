@@ -141,6 +141,57 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def _duplicated_id(records: pl.LazyFrame, rid: str) -> str | None:
+    """A record id the input holds twice, else None. The ids are grouped by a 64-bit hash (a
+    number per record, not a string: the input may be a city's records streamed from a file) and
+    only the records of a hash held twice are compared as strings."""
+    hashed = records.select(pl.col(rid).hash(seed=0).alias("_h"))
+    twice = hashed.group_by("_h").len().filter(pl.col("len") > 1).select("_h").collect(engine="streaming")
+    if twice.height == 0:
+        return None
+    ids = (
+        records.select(rid)
+        .filter(pl.col(rid).hash(seed=0).is_in(twice["_h"].implode()))
+        .group_by(rid)
+        .len()
+        .filter(pl.col("len") > 1)
+        .sort(rid)
+        .collect()
+    )
+    return ids[rid][0] if ids.height else None
+
+
+def _anchor_frame(anchors: dict[str, str] | pl.DataFrame | None, rid: str) -> pl.DataFrame | None:
+    """The anchors as a frame (``rid``, ``anchor``, ``_order``: their order), None when there are
+    none. A frame is taken as it is (a registry's members: no Python string per record)."""
+    if anchors is None or len(anchors) == 0:
+        return None
+    if isinstance(anchors, pl.DataFrame):
+        frame = anchors.select(pl.col(rid).cast(pl.String), pl.col("anchor").cast(pl.String))
+    else:
+        frame = pl.DataFrame(
+            {rid: list(anchors), "anchor": list(anchors.values())},
+            schema={rid: pl.String, "anchor": pl.String},
+        )
+    return frame.with_row_index("_order")
+
+
+def _kept_columns(spec: Spec, columns: list[str]) -> set[str]:
+    """The signature table's columns ``_prepare`` reads after the comparer has coded the compared
+    ones: numbers and nodes, exact keys, blocking keys, constraints, term-frequency columns."""
+    wanted = {
+        "sig",
+        "node",
+        *spec.exact_keys,
+        *(k.column for rule in spec.blocking for k in rule),
+        *([spec.cannot_link_on] if spec.cannot_link_on else []),
+        *spec.cannot_link_unless_equal,
+        *(c.column for c in spec.comparisons if c.tf_adjust),
+        *([spec.source_column] if spec.link_only else []),
+    }
+    return wanted & set(columns)
+
+
 def _pattern_radix(spec: Spec) -> np.ndarray:
     sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
     if float(np.prod(sizes.astype(float))) >= 2**62:
@@ -194,7 +245,7 @@ def link(
     spec: Spec,
     must_link: list[tuple[str, str]] | None = None,
     cannot_link: list[tuple[str, str]] | None = None,
-    anchors: dict[str, str] | None = None,
+    anchors: dict[str, str] | pl.DataFrame | None = None,
     seed: int = 7,
     fixed_anchors: bool = False,
     *,
@@ -209,7 +260,8 @@ def link(
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
 
     ``must_link`` / ``cannot_link`` are record-id pairs (steward decisions); ``anchors`` maps record
-    ids to entity ids they already hold (the registry), so known entities keep their ids. With
+    ids to entity ids they already hold (the registry), so known entities keep their ids (a dict, or
+    a frame of the id column and ``anchor``, in the same order: a city's registry as a frame). With
     ``fixed_anchors`` (an incremental run) the anchored entities are taken as they are: their
     records stay together and two of them never merge; only the other records are placed.
 
@@ -250,7 +302,7 @@ def prepare_link(
     spec: Spec,
     must_link: list[tuple[str, str]] | None = None,
     cannot_link: list[tuple[str, str]] | None = None,
-    anchors: dict[str, str] | None = None,
+    anchors: dict[str, str] | pl.DataFrame | None = None,
     seed: int = 7,
     fixed_anchors: bool = False,
     *,
@@ -306,7 +358,7 @@ def _prepare(
     spec: Spec,
     must_link: list[tuple[str, str]] | None,
     cannot_link: list[tuple[str, str]] | None,
-    anchors: dict[str, str] | None,
+    anchors: dict[str, str] | pl.DataFrame | None,
     seed: int,
     fixed_anchors: bool,
     recorded_columns: Sequence[str],
@@ -321,9 +373,9 @@ def _prepare(
     step = clock.step
     rid = spec.id_column
     records = records.lazy()
-    duplicated = records.group_by(rid).len().filter(pl.col("len") > 1).head(1).collect(engine="streaming")
-    if duplicated.height:
-        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated[rid][0]!r} is not)")
+    duplicated = _duplicated_id(records, rid)
+    if duplicated is not None:
+        raise ValueError(f"record ids in '{rid}' must be unique ({duplicated!r} is not)")
     if spec.link_only and spec.source_column not in records.collect_schema().names():
         raise ValueError(f"link_only spec {spec.name!r}: the records need a '{spec.source_column}' column")
     missing = [c for c in recorded_columns if c not in records.collect_schema().names()]
@@ -354,6 +406,19 @@ def _prepare(
     pattern_parts: list[pl.DataFrame] = []
     candidates = 0
     comparer = PairComparer(sig, spec)  # the compared columns coded once, for every shard
+    # what the partitions take from the signature file (read before the columns below are dropped)
+    columns = [
+        "sig", "node", "first_record",
+        *dict.fromkeys(
+            c
+            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal]
+            if c and c in sig.columns
+        ),
+    ]  # fmt: skip
+    shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
+    # a column only compared is the comparer's now (each distinct value once): the signature table
+    # keeps what blocking, the constraints, the model and the term frequencies read
+    sig = sig.select(c for c in sig.columns if c in _kept_columns(spec, sig.columns))
     for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
         if spec.link_only:  # accuracy hook: only pairs across the two inputs
             pairs = cross_input_pairs(sig, pairs, spec.source_column)
@@ -421,14 +486,7 @@ def _prepare(
                 .select(pl.lit(kind).alias("kind"), "l", "r", "order")
                 .collect()
             )
-    anchor_frame = (
-        pl.DataFrame(
-            {rid: list(anchors), "anchor": list(anchors.values())},
-            schema={rid: pl.String, "anchor": pl.String},
-        ).with_row_index("_order")
-        if anchors
-        else None
-    )
+    anchor_frame = _anchor_frame(anchors, rid)
     anchor_of = None
     if fixed_anchors and anchor_frame is not None:
         # each signature takes the first anchor of its records (in the anchors' order); the
@@ -470,15 +528,6 @@ def _prepare(
     )
     partitions = int(partition.max()) + 1 if n else 0
     sizes = np.bincount(partition, minlength=partitions)
-    columns = [
-        "sig", "node", "first_record",
-        *dict.fromkeys(
-            c
-            for c in [*compared_columns(spec), spec.cannot_link_on, *spec.cannot_link_unless_equal]
-            if c and c in sig.columns
-        ),
-    ]  # fmt: skip
-    shown = [c for c in compared_columns(spec) if sig.schema.get(c) != pl.List(pl.String)]
     del sig  # from here on a partition's signatures are read from the work files
 
     # each partition's signatures and the scored pairs inside its components (average linkage
@@ -528,7 +577,8 @@ def _prepare(
         shutil.rmtree(work / "partitions" / staged, ignore_errors=True)
 
     # what the finish needs, saved beside the partitions (no pickles: plain files of known formats)
-    write_parquet(above_review, work / "above_review.parquet")
+    # (in pair order: the same file however the pairs were cut into shards)
+    write_parquet(above_review.sort("l", "r"), work / "above_review.parquet")
     np.save(work / "nodes.npy", node)
     if anchor_frame is not None:
         write_parquet(anchor_frame, work / "anchors.parquet")

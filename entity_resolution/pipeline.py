@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -49,6 +49,8 @@ from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from foundation.identifiers import compact_code_expr
 from foundation.lake import write_json, write_parquet
+
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 #: the canonical columns resolution reads
 IDENTITY_COLUMNS = (
@@ -272,8 +274,9 @@ class Resolution:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _split_persons(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(firms' records, natural persons' records): a resident ID number is never matched with a firm."""
+def _split_persons(records: Frame) -> tuple[Frame, Frame]:
+    """(firms' records, natural persons' records): a resident ID number is never matched with a firm.
+    Lazy for a lazy input (a full snapshot streams to the work directory)."""
     records = records.with_columns(pl.col(c).cast(pl.String) for c in IDENTITY_COLUMNS if c != "updated_at")
     person = pl.col("code_status") == "resident_id"
     return records.filter(~person.fill_null(False)), records.filter(person.fill_null(False))
@@ -467,7 +470,7 @@ CANONICAL_STATE = "canonical.json"
 
 
 def prepare_canonical(
-    records: pl.DataFrame,
+    records: pl.DataFrame | pl.LazyFrame,
     spec_name: str,
     registry_dir: Path | None,
     decisions: Path | None,
@@ -477,40 +480,75 @@ def prepare_canonical(
     """A full snapshot's linkage up to the engine's partitions (``engine.prepare_link``): persons
     split off, spellings counted, the registry's anchors and the steward's decisions read; all that
     ``finish_canonical`` needs is saved in ``work_dir`` (Parquet, JSON). Returns the number of
-    partitions: resolve each with ``resolve_canonical_partition``, in any order or process."""
+    partitions: resolve each with ``resolve_canonical_partition``, in any order or process.
+
+    ``records`` may be lazy (a scan of the snapshot): they are streamed into the firms' and
+    persons' files first, and the engine reads the firms' file, each normalising worker its own
+    rows of it, so no process holds a row per record of the snapshot."""
     work = Path(work_dir)
     (work / CANONICAL_STATE).unlink(missing_ok=True)  # no finish from a half-written preparation
-    firms, persons = _split_persons(records)
+    _write_split(records.lazy(), work)
     spec = load_spec(spec_name)
-    inputs = firms.select(*enterprise_inputs())
+    inputs = pl.scan_parquet(work / "firms.parquet").select(*enterprise_inputs())
     registry = Registry(registry_dir) if registry_dir else None
-    # counted here rather than inside the engine (the same counts) to be kept for the next night
-    spellings = spellings_of(inputs.lazy(), spec) if registry else None
-    must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     scale = Scale.of(spec)
     if partition_signatures is not None:
         scale = replace(scale, partition_signatures=int(partition_signatures))
+    # counted here rather than inside the engine (the same counts) to be kept for the next night
+    spellings = _spellings(inputs, spec, scale.normalise_workers) if registry else None
+    must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     partitions = prepare_link(
         inputs,
         spec,
         must,
         cannot,
-        anchors=registry.anchors() if registry else None,
+        anchors=_registry_anchors(registry, spec) if registry else None,
         keep_pairs=False,
         spellings=spellings,
         work_dir=work / ENGINE_DIR,
         scale=scale,
     )
     shutil.rmtree(work / ENGINE_DIR / "shards", ignore_errors=True)  # (without keep_pairs, unread)
-    write_parquet(firms, work / "firms.parquet")
-    write_parquet(persons, work / "persons.parquet")
     kept_spellings = bool(spellings and "name" in spellings)
-    if kept_spellings:
-        write_parquet(spellings["name"], work / SPELLINGS_FILE)
+    if kept_spellings:  # (in a fixed order: the counts' group order is not)
+        write_parquet(spellings["name"].sort("value"), work / SPELLINGS_FILE)
     write_json(
         {"spec": spec_name, "partitions": partitions, "spellings": kept_spellings}, work / CANONICAL_STATE
     )
     return partitions
+
+
+#: distinct names counted per piece by a worker, at most (a name costs a worker about 2 KB)
+SPELLING_PIECE_NAMES = 200_000
+
+
+def _spellings(inputs: pl.LazyFrame, spec: Spec, workers: int) -> dict[str, pl.DataFrame]:
+    """``spellings_of`` the inputs, the distinct names cut in pieces of at most
+    ``SPELLING_PIECE_NAMES``, ``workers`` counted at once, each in a process of its own (the
+    engine's ``[scale] normalise_workers``): a worker's memory is a piece's, not the city's."""
+    if workers <= 1:
+        return spellings_of(inputs, spec)
+    from entity_resolution.internals.pool import process_pool
+
+    names = inputs.select(pl.col("name").n_unique()).collect(engine="streaming").item()
+    with process_pool(workers) as pool:
+        return spellings_of(inputs, spec, pool, max(workers, -(-names // SPELLING_PIECE_NAMES)))
+
+
+def _write_split(records: pl.LazyFrame, work: Path) -> None:
+    """``firms.parquet`` and ``persons.parquet`` (``_split_persons``) in ``work``, each streamed
+    from ``records`` in their order."""
+    firms, persons = _split_persons(records)
+    write_parquet(firms, work / "firms.parquet")
+    write_parquet(persons, work / "persons.parquet")
+
+
+def _registry_anchors(registry: Registry, spec: Spec) -> pl.DataFrame:
+    """The registry's anchors (``Registry.anchors``: record id -> the entity id it held) as the
+    engine's frame, in the same order: a column per record rather than a Python string."""
+    return registry.members().select(
+        pl.col("record_id").alias(spec.id_column), pl.col("entity_id").alias("anchor")
+    )
 
 
 def resolve_canonical_partition(work_dir: Path, number: int) -> dict[str, int]:

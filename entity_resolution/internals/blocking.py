@@ -195,34 +195,47 @@ def signatures(
         .with_row_index("sig")
         .collect(engine="streaming")
     )
+    # the first record ids wait on disk while the signatures are put in order: a hash and a number
+    # per signature stay in memory, not a string
+    first_records = parts / "first_records.parquet"
+    numbered.select("first_record").write_parquet(first_records)
+    numbered = numbered.select("_h", "sig")
     record_file = work / "records.parquet"
     (
         pl.scan_parquet(parts / "records-*.parquet")
-        .join(numbered.lazy().select("_h", "sig"), on="_h")
+        .join(numbered.lazy(), on="_h", maintain_order="left")  # (deterministic)
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
-    found = pl.concat(  # one row per signature, in no set order
-        [
-            pl.read_parquet(parts / f"unique-{number:05d}.parquet").filter(new)
-            for number, new in enumerate(first_seen)
-        ]
-    )
-    del first_seen
+    # the signatures' fields, read a column at a time from the chunks' files (each signature from
+    # the first chunk holding it) and put in ``sig`` order: the table is never held twice
+    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(len(offsets))]
     order = (
-        found.select("_h")
+        _first_found(uniques, first_seen, "_h")
+        .to_frame()
         .with_row_index("row")
-        .join(numbered.select("_h", "sig"), on="_h")
+        .join(numbered, on="_h")
         .sort("sig")["row"]
     )
-    sig = found.drop("_h")[order]
-    del found, order
+    fields = [c for c in pl.scan_parquet(uniques[0]).collect_schema().names() if c != "_h"]
+    sig = pl.DataFrame([_first_found(uniques, first_seen, column).gather(order) for column in fields])
+    del first_seen, order
     sig.insert_column(0, numbered["sig"])
-    signature_file = work / "signatures.parquet"
-    sig.with_columns(numbered["first_record"]).write_parquet(signature_file)
     del numbered
+    signature_file = work / "signatures.parquet"
+    sig.with_columns(pl.read_parquet(first_records)["first_record"]).write_parquet(signature_file)
     shutil.rmtree(parts, ignore_errors=True)
     return sig, signature_file, record_file
+
+
+def _first_found(uniques: list[Path], first_seen: list[pl.Series], column: str) -> pl.Series:
+    """One column of the chunks' signature files, each signature from the first chunk holding it."""
+    return pl.concat(
+        [
+            pl.read_parquet(path, columns=[column])[column].filter(new)
+            for path, new in zip(uniques, first_seen, strict=True)
+        ]
+    )
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import polars as pl
 from rapidfuzz import distance
 from rapidfuzz.process import cpdist
 
-from entity_resolution.internals.distinct import first_rows
+from entity_resolution.internals.distinct import distinct_rows, first_rows
 from entity_resolution.spec import PREFIX_SCORES, Comparison, Spec
 
 NULL_LEVEL = -1
@@ -86,8 +86,8 @@ def levels_of(comparison: Comparison, left: pl.Series, right: pl.Series) -> np.n
 class PairComparer:
     """The spec's comparisons over one signature table, for any number of pair batches.
 
-    Each compared column is coded once (a row's code is the first row holding the same value; -1
-    when missing), so a batch needs no strings per pair: a pair with a missing side is NULL_LEVEL
+    Each compared column is coded once (a row's code is its value's place among the column's
+    distinct values, which the comparer keeps; -1 when missing), so a batch needs no strings per pair: a pair with a missing side is NULL_LEVEL
     without being looked at, and a comparison is computed once per distinct (left value, right
     value) among the rest. Candidate pairs repeat value pairs a lot (signatures sharing a trade
     name differ in another field), and ``levels_of`` is a function of the two values alone, so the
@@ -95,9 +95,15 @@ class PairComparer:
     """
 
     def __init__(self, sig: pl.DataFrame, spec: Spec) -> None:
-        self.sig = sig
         self.spec = spec
-        self.codes = {column: _value_codes(sig[column]) for column in compared_columns(spec)}
+        # per compared column its distinct values and each row's place among them: the comparer
+        # holds no reference to ``sig``, whose columns its caller may drop
+        self.values: dict[str, pl.Series] = {}
+        self.codes: dict[str, np.ndarray] = {}
+        for column in compared_columns(spec):
+            rows, place = distinct_rows(sig[column])
+            self.values[column] = sig[column].gather(rows)
+            self.codes[column] = place.fill_null(-1).cast(pl.Int32).to_numpy()  # -1: missing
         self.empty = {  # a token comparison reads an empty token list as missing too
             c.column: (sig[c.column].list.len().fill_null(0) == 0).to_numpy()
             for c in spec.comparisons
@@ -123,23 +129,17 @@ class PairComparer:
         if len(at) == 0:
             return level
         # one representative pair per distinct (left code, right code), in order of first occurrence
-        key = code_l[at].astype(np.int64) * len(codes) + code_r[at]
+        key = code_l[at].astype(np.int64) * len(self.values[comparison.column]) + code_r[at]
         first = first_rows(pl.Series(key))
         is_first = first == np.arange(len(at))
         representative = at[is_first]
         slot = np.cumsum(is_first) - 1  # a representative's place among the representatives
-        column = self.sig[comparison.column]
+        values = self.values[comparison.column]
         distinct = levels_of(
-            comparison, column.gather(left[representative]), column.gather(right[representative])
+            comparison, values.gather(code_l[representative]), values.gather(code_r[representative])
         )
         level[at] = distinct[slot[first]]
         return level
-
-
-def _value_codes(values: pl.Series) -> np.ndarray:
-    """Per row a code of its value (the first row holding it: equal values, equal codes); -1 when
-    missing. 32 bits: the codes of every compared column stay in memory while the pairs are compared."""
-    return np.where(values.is_null().to_numpy(), -1, first_rows(values)).astype(np.int32)
 
 
 def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndarray:

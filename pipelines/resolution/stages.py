@@ -167,7 +167,7 @@ def prepare_resolution(lake_dir: str, business_date: str, full_relink: bool = Fa
             write_json({"mode": "incremental", "reason": None, "stats": resolution.stats}, work / NIGHT_STATE)
             return {"mode": "incremental", "full_relink_reason": None, "partitions": []}
     partitions = prepare_canonical(
-        accepted_records(lake).select(IDENTITY_COLUMNS).collect(),
+        accepted_records(lake).select(IDENTITY_COLUMNS),  # streamed: never whole in this process
         spec,
         staged_registry,
         review["decisions"],
