@@ -12,6 +12,18 @@ from foundation.lake import Lake, write_parquet
 from pipelines.sources.registry import load_sources
 
 
+def merge_parts(parts: list[Path]) -> pl.LazyFrame:
+    """Accepted changes kept in parts (one per shard), each sorted by record id and holding ids no
+    other holds, as one frame sorted by record id: merged, not sorted again, lazily."""
+    if not parts:
+        raise ValueError("no parts to merge")
+    frames = [pl.scan_parquet(part) for part in parts]
+    merged = frames[0]
+    for frame in frames[1:]:
+        merged = merged.merge_sorted(frame, key="source_record_id")
+    return merged
+
+
 def merge_snapshot(base: Path, delta: Path, target: Path) -> int:
     """The source's full accepted state: the last snapshot with this run's accepted rows upserted
     (a record's newest accepted version wins; a record whose new version was quarantined keeps its
