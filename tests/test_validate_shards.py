@@ -155,3 +155,27 @@ def test_a_shard_is_missing_or_an_id_in_two_shards_fails_the_batch(
     pl.concat([pl.read_parquet(last), pl.read_parquet(first).head(1)]).write_parquet(last)
     with pytest.raises(DataQualityError, match="record ids in more than one shard"):
         quality_stages.validate_source(source, lake_dir, night)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [["a", "c", "e"], ["b", "d"]],  # interleaved ranges: merged
+        [["a", "b"], [], ["c", "d", "e"]],  # ranges one after the other (an empty part between)
+        [["c", "d"], ["a", "b"]],  # one after the other, but not in shard order
+    ],
+)
+def test_the_shards_accepted_changes_come_out_sorted_by_record_id(
+    tmp_path: Path, parts: list[list[str]]
+) -> None:
+    from pipelines.sources.snapshot import merge_parts
+
+    paths = []
+    for shard, ids in enumerate(parts):
+        paths.append(tmp_path / f"part-{shard}.parquet")
+        pl.DataFrame(
+            {"source_record_id": ids, "shard": [shard] * len(ids)},
+            schema_overrides={"source_record_id": pl.String},
+        ).write_parquet(paths[-1])
+    merged = merge_parts(paths).collect()
+    assert merged["source_record_id"].to_list() == sorted(i for ids in parts for i in ids)

@@ -34,7 +34,7 @@ from pipelines.quality import suites as quality
 from pipelines.quality.suites import raw_suite_problems, stage_runner
 from pipelines.sources.check import judge_batch
 from pipelines.sources.registry import load_sources
-from pipelines.sources.snapshot import merge_parts, merge_snapshot
+from pipelines.sources.snapshot import ROW_GROUP_ROWS, merge_parts, merge_snapshot
 from pipelines.sources.standardise import standardise
 from pipelines.sources.watermarks import previous
 
@@ -173,6 +173,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
         accepted = write_parquet(
             merge_parts([part_path(shard_folder(lake, source, "accepted"), r["shard"]) for r in reports]),
             delta_path,
+            row_group_size=ROW_GROUP_ROWS,
         )
         quarantined = write_parquet(
             pl.concat(
@@ -185,6 +186,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
                 ]
             ),
             lake.quarantine(source),
+            row_group_size=ROW_GROUP_ROWS,
         )
         snapshot = merge_snapshot(base.snapshot, delta_path, lake.accepted(source)) if base else accepted
         result = {
@@ -221,8 +223,11 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
                 ]
             ),
             lake.quarantine(source),
+            row_group_size=ROW_GROUP_ROWS,
         )
-        snapshot = write_parquet(pl.scan_parquet(base.snapshot), lake.accepted(source))
+        snapshot = write_parquet(
+            pl.scan_parquet(base.snapshot), lake.accepted(source), row_group_size=ROW_GROUP_ROWS
+        )
         # every row extracted is quarantined: the unreadable lines and the held rows
         result = {"source": source, "extracted": quarantined, "accepted": 0, "quarantined": quarantined}
         state = {"newest": base.newest, "source_rows": base.source_rows, "stale": True}
