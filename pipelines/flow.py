@@ -101,8 +101,8 @@ STAGES: tuple[Stage, ...] = (
         item="shard",
         doc="Map one extract shard's raw records to the canonical schema (`LAKE/staged`) and check each "
         "row with the source's standardised Great Expectations suite: accepted changes and quarantined "
-        "rows, with reasons, for `validate`; the first shard also runs the raw suite on the batch's "
-        "sample.",
+        "rows, with reasons, for `validate`, once the raw suite passed on the batch's sample (every "
+        "shard judges the same rows; where it fails the batch will be held back, its rows unchecked).",
     ),
     Stage(
         "validate",

@@ -2,12 +2,13 @@
 
 ``standardise_source`` runs once per extract shard (Airflow maps it over the shards ``check``
 lists): it maps the shard's raw part onto the canonical schema and checks each row with the
-standardised suite, writing the shard's staged, accepted and quarantined rows; the first shard also
-runs the raw suite on the batch's sample. Great Expectations runs only there. ``validate_source``
-gathers the shards and decides what needs the whole batch: the raw suite's verdict (which may hold
-the batch back), the batch-level expectations (a suite failure no row carries, record ids unique
-across shards, every raw row accounted for), then the quarantine and the upsert of the accepted
-changes into the source's snapshot, streamed, or the last good snapshot carried forward.
+standardised suite, writing the shard's staged, accepted and quarantined rows, unless the raw suite
+fails on the batch's sample (which every shard judges alike). Great Expectations runs only there.
+``validate_source`` gathers the shards and decides what needs the whole batch: the raw suite's
+verdict (which may hold the batch back), the batch-level expectations (a suite failure no row
+carries, record ids unique across shards, every raw row accounted for), then the quarantine and the
+upsert of the accepted changes into the source's snapshot, streamed, or the last good snapshot
+carried forward.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pipelines.sources.watermarks import previous
 
 log = logging.getLogger(__name__)
 
-#: the shard whose task runs the raw suite on the batch's sample (the batch's first rows)
+#: the shard whose raw-suite results on the batch's sample are kept (for Data Docs) and judged
 SAMPLING_SHARD = 0
 
 
@@ -51,35 +52,37 @@ def _shard_report(lake: Lake, source: str, shard: int) -> Path:
 def standardise_source(source: str, lake_dir: str, business_date: str, shard: int = 0) -> dict[str, Any]:
     """One extract shard of the batch: its raw part onto the canonical schema (a staged part), each
     row checked with the standardised suite (accepted changes and quarantined rows, with reasons and
-    the row as delivered, for validate to gather). The sampling shard also runs the raw suite on
-    the batch's first ``RAW_SAMPLE_ROWS`` rows, across all parts, as one task over the whole batch
-    would. A batch-level failure is recorded, not raised: validate judges it after the raw suite."""
+    the row as delivered, for validate to gather). Every shard first runs the raw suite on the
+    batch's sample (its first ``RAW_SAMPLE_ROWS`` rows, across the parts, as one task over the whole
+    batch would): where it fails, the batch will be held back and its rows are not checked (a
+    drifted column fails every row, the costliest validation there is). The sampling shard's
+    results go to Data Docs, the others' are the same. A batch-level failure is recorded, not
+    raised: validate judges it after the raw suite."""
     lake = night_lake(lake_dir, business_date)
     config = load_sources()[source]
     if not read_report(lake, "batch", source)["ok"]:  # check listed no shards: nothing to do
-        return {"source": source, "shard": shard, "rows": 0, "skipped": "batch held back"}
+        return {"source": source, "shard": shard, "staged": 0, "skipped": "batch held back"}
     runner = stage_runner(lake)
     raw = lake.raw_part(source, shard)
     staged = part_path(lake.staged(source), shard)
     rows = standardise(config, raw, staged)
-    raw_problems = (
-        raw_suite_problems(config, lake.raw_parts(source), runner) if shard == SAMPLING_SHARD else None
-    )
-    accepted = part_path(shard_folder(lake, source, "accepted"), shard)
-    quarantine = part_path(shard_folder(lake, source, "quarantine"), shard)
-    try:
-        result = quality.validate_source(
-            source,
-            staged,
-            accepted,
-            quarantine,
-            raw_path=raw,
-            parameters=suite_parameters(business_date),
-            runner=runner,
-        )
-        counts, failures = {k: result[k] for k in ("accepted", "quarantined")}, []
-    except DataQualityError as exc:  # no row carries it: the whole batch fails, unless held back
-        counts, failures = {"accepted": 0, "quarantined": 0}, [str(exc)]
+    sample_runner = runner if shard == SAMPLING_SHARD else quality.SuiteRunner()
+    raw_problems = raw_suite_problems(config, lake.raw_parts(source), sample_runner)
+    counts, failures = {"accepted": 0, "quarantined": 0}, []
+    if not raw_problems:
+        try:
+            result = quality.validate_source(
+                source,
+                staged,
+                part_path(shard_folder(lake, source, "accepted"), shard),
+                part_path(shard_folder(lake, source, "quarantine"), shard),
+                raw_path=raw,
+                parameters=suite_parameters(business_date),
+                runner=runner,
+            )
+            counts = {k: result[k] for k in ("accepted", "quarantined")}
+        except DataQualityError as exc:  # no row carries it: the whole batch fails
+            failures = [str(exc)]
     report = {
         "source": source,
         "shard": shard,
@@ -159,7 +162,7 @@ def validate_source(source: str, lake_dir: str, business_date: str) -> dict[str,
     batch = read_report(lake, "batch", source)
     reports = _gather_shards(lake, source, int(extracted["shards"])) if batch["ok"] else []
     if reports:
-        batch = judge_batch(lake, config, reports[SAMPLING_SHARD]["raw_suite_problems"] or [])
+        batch = judge_batch(lake, config, reports[SAMPLING_SHARD]["raw_suite_problems"])
     base = previous(lake.root, source, business_date)
     rejects = pl.read_parquet(rejects_path(lake, source))
     if batch["ok"]:

@@ -4,7 +4,7 @@ Row-level problems quarantine rows; these checks judge the batch as a whole. Bef
 standardised (``check_batch``, no Great Expectations import): the file could be read at all, every
 mapped column is there, the volume did not drop by more than the source's ``max_volume_drop``
 against the last published run, and the newest record is not older than ``max_age_days``. Then the
-raw suite (``expectations/<source>.raw.json``: schema and types, on a sample) runs in the first
+raw suite (``expectations/<source>.raw.json``: schema and types, on a sample) runs in every
 standardise shard, which imports Great Expectations anyway (~3 s a process), and validate judges
 the batch by it before anything is promoted (``pipelines.quality.suites.raw_suite_problems``). A
 batch that fails either is held back: a critical source fails the run, any other falls back to its
