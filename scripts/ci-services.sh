@@ -2,7 +2,8 @@
 # Make sure the servers the full test suite talks to are installed and listening on 127.0.0.1:
 # PostgreSQL (SQL sources through SQLAlchemy; Airflow's metadata in tests/test_celery.py), Redis (the
 # Celery broker of tests/test_celery.py), the network tools that test's two worker hosts need
-# (iproute2's `ip netns`, socat, util-linux's unshare) and Chromium (web page tests, via
+# (iproute2's `ip netns`, socat, util-linux's unshare; openssh-server and sshfs, the file server
+# and client through which the hosts reach the lake) and Chromium (web page tests, via
 # install-chromium.sh).
 # Idempotent: on a machine where they already run, this only checks.
 set -euo pipefail
@@ -36,6 +37,8 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v sshfs >/dev/null 2>&1 || missing+=(sshfs)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci-services: installing ${missing[*]} from Debian packages"
@@ -48,7 +51,8 @@ if ! redis_up; then
   for _ in $(seq 30); do redis_up && break; sleep 1; done
 fi
 redis_up
-echo "ci-services: Redis ready on 127.0.0.1:6379; ip, socat and unshare installed"
+# (tests/test_celery.py starts its own SSH server, listening only on its hosts' links)
+echo "ci-services: Redis ready on 127.0.0.1:6379; ip, socat, unshare, sshd and sshfs installed"
 
 if [ -x scripts/install-chromium.sh ]; then
   bash scripts/install-chromium.sh

@@ -2,8 +2,10 @@
 the CeleryExecutor on Redis, and two Celery workers as two hosts. Each worker runs in a network
 namespace of its own with its own address and hostname, and reaches the broker, the metadata
 database and the API server over a veth link (socat on the host side forwards to the machine's
-servers, which listen on 127.0.0.1 only); the lake is a folder both see, as a shared filesystem.
-One run of the real DAG: both hosts run per-source tasks, one worker is killed in the middle (every
+servers, which listen on 127.0.0.1 only). The lake and the sources reach them over that link too:
+each host mounts them with sshfs from an SSH file server (SFTP) on this machine, in a mount namespace
+of its own, so a worker reads and writes the night's files only through the network, as it would on
+a shared filesystem. One run of the real DAG: both hosts run per-source tasks, one worker is killed in the middle (every
 process of its host), its tasks are retried on the other, and the run publishes exactly what
 `credit run` publishes from the same data."""
 
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import END_DATE, mapping_settings, skip_or_fail
+from tests.conftest import END_DATE, _shared_root, mapping_settings, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.waits]
@@ -38,6 +41,7 @@ SUBNET = "10.213"  # 10.213.1.0/24 for worker-a, 10.213.2.0/24 for worker-b
 WORKERS = ("worker-a", "worker-b")
 #: the test's tighter recovery: a lost task is failed after this many seconds without a heartbeat
 HEARTBEAT_TIMEOUT = 30
+SSHD = "/usr/sbin/sshd"  # the file server (Debian's openssh-server; sshfs is the hosts' client)
 DAG_ID = "credit_nightly"
 RUN_ID = "celery-two-hosts"
 
@@ -89,7 +93,7 @@ def servers() -> str:
         skip_or_fail(f"no Redis server on 127.0.0.1:6379 ({exc})")
     if os.geteuid() != 0:
         skip_or_fail("the two worker hosts are network namespaces: root is needed")
-    for tool in ("ip", "socat", "unshare"):
+    for tool in ("ip", "socat", "unshare", "sshfs", SSHD):
         if not shutil.which(tool):
             skip_or_fail(f"{tool} is not installed (scripts/ci-services.sh installs it)")
     admin = sa.create_engine(
@@ -130,6 +134,11 @@ class Host:
         """This machine's end of the link: where the host finds the servers."""
         return f"{SUBNET}.{self.index}.1"
 
+    @property
+    def own_address(self) -> str:
+        """The host's end of the link."""
+        return f"{SUBNET}.{self.index}.2"
+
 
 def connect_host(host: Host, ports: tuple[int, ...]) -> None:
     """Namespace, veth pair (10.213.N.1 here, .2 there) and one socat per port forwarding the
@@ -141,7 +150,7 @@ def connect_host(host: Host, ports: tuple[int, ...]) -> None:
     run("ip", "addr", "add", f"{host.address}/24", "dev", outside)
     run("ip", "link", "set", outside, "up")
     inns = ("ip", "netns", "exec", host.namespace)
-    run(*inns, "ip", "addr", "add", f"{SUBNET}.{host.index}.2/24", "dev", inside)
+    run(*inns, "ip", "addr", "add", f"{host.own_address}/24", "dev", inside)
     run(*inns, "ip", "link", "set", inside, "up")
     run(*inns, "ip", "link", "set", "lo", "up")
     for port in ports:
@@ -151,6 +160,81 @@ def connect_host(host: Host, ports: tuple[int, ...]) -> None:
                 start_new_session=True,
             )
         )
+
+
+@dataclass
+class FileServer:
+    """An SSH server on this machine, listening only on the hosts' links, that serves ``shared`` (the
+    sources, the lake and the logs) over SFTP to every host, with keys made for this test alone."""
+
+    shared: Path
+    folder: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    def start(self, hosts: list[Host]) -> None:
+        keys = self.folder
+        keys.mkdir(parents=True, exist_ok=True)
+        for key in ("host", "client"):
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key))
+        (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+        host_key = (keys / "host.pub").read_text().split()[:2]
+        (keys / "known_hosts").write_text(
+            "".join(f"[{host.address}]:{self.port} {' '.join(host_key)}\n" for host in hosts)
+        )
+        config = [
+            f"Port {self.port}",
+            *(f"ListenAddress {host.address}" for host in hosts),
+            f"HostKey {keys / 'host'}",
+            f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "StrictModes no",
+            "UsePAM no",
+            "PidFile none",
+            "LogLevel VERBOSE",
+            "Subsystem sftp internal-sftp",
+        ]
+        (keys / "sshd_config").write_text("\n".join(config) + "\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        with open(keys / "sshd.log", "w") as log:
+            self.process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(keys / "sshd_config")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def mount_command(self, host: Host) -> str:
+        """The shell command a host runs to see ``shared`` at the same path, through the network
+        only; no caching of names or attributes, as the other host writes there too."""
+        options = ",".join(
+            (
+                f"port={self.port}",
+                f"IdentityFile={self.folder / 'client'}",
+                f"UserKnownHostsFile={self.folder / 'known_hosts'}",
+                "StrictHostKeyChecking=yes",
+                "dir_cache=no",
+                "attr_timeout=0",
+                "entry_timeout=0",
+                "negative_timeout=0",
+            )
+        )
+        return f"sshfs -o {options} root@{host.address}:{self.shared} {self.shared}"
+
+    def log(self) -> str:
+        return (self.folder / "sshd.log").read_text("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+
+
+def mounted_over_the_network(pid: int, path: Path) -> bool:
+    """Does process ``pid`` see ``path`` as an sshfs mount (its own mount namespace)?"""
+    mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return any(line.split()[4] == str(path) and " - fuse.sshfs " in line for line in mounts)
 
 
 def kill_host_processes(host: Host) -> None:
@@ -189,6 +273,7 @@ class Deployment:
 
     env: Callable[[str], dict[str, str]]  # the environment of a component on a host reaching `address`
     logs: Path
+    files: FileServer
     database: Any  # a SQLAlchemy engine on the metadata database
     hosts: dict[str, Host]
     workers: dict[str, subprocess.Popen]
@@ -277,6 +362,11 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     started: list[subprocess.Popen] = []
     hosts: dict[str, Host] = {}
     database = sa.create_engine(servers)
+    # the sources, the lake and the logs all live under the pytest run's shared folder; the keys
+    # outside it (the client reads its key while that folder is being mounted)
+    files = FileServer(
+        _shared_root(tmp_path_factory), Path(tempfile.mkdtemp(prefix="credit-celery-ssh-")), free_port()
+    )
 
     def start(name: str, command: list[str], address: str = "127.0.0.1") -> subprocess.Popen:
         with open(logs / f"{name}.log", "w") as log:
@@ -299,16 +389,21 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         start("scheduler", [AIRFLOW, "scheduler"])
         start("dag-processor", [AIRFLOW, "dag-processor"])
         start("api-server", [AIRFLOW, "api-server"])
-        workers = {}
         for index, name in enumerate(WORKERS, start=1):
             host = hosts[name] = Host(name, index)  # registered first: removed whatever fails next
             connect_host(host, (5432, 6379, port))
-            # a host of its own: its own UTS namespace and hostname, which task instances record
+        files.start(list(hosts.values()))
+        workers = {}
+        for name, host in hosts.items():
+            # a host of its own: its own UTS namespace and hostname (which task instances record),
+            # and its own mount namespace, where the shared folder is the file server's, mounted
+            # over the same path
             workers[name] = start(
                 name,
                 [
-                    "ip", "netns", "exec", host.namespace, "unshare", "--uts", "sh", "-c",
-                    f'hostname {name} && exec "$@"', "sh",
+                    "ip", "netns", "exec", host.namespace, "unshare", "--uts", "--mount",
+                    "--propagation", "private", "sh", "-c",
+                    f'hostname {name} && {files.mount_command(host)} && exec "$@"', "sh",
                     AIRFLOW, "celery", "worker", "--celery-hostname", f"{name}@{name}",
                 ],
                 address=host.address,
@@ -320,7 +415,8 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 180,
                 logs,
             )
-        deployment = Deployment(env, logs, database, hosts, workers)
+            assert mounted_over_the_network(workers[name].pid, files.shared), f"{name}: no sshfs mount"
+        deployment = Deployment(env, logs, files, database, hosts, workers)
         wait_for(
             "the DAG processor to serialise credit_nightly",
             lambda: deployment.rows("SELECT 1 FROM serialized_dag WHERE dag_id = :d", d=DAG_ID),
@@ -335,6 +431,8 @@ def deployment(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             stop_group(process)
         for host in hosts.values():
             remove_host(host)
+        files.stop()
+        shutil.rmtree(files.folder, ignore_errors=True)
         database.dispose()
         import redis
 
@@ -416,5 +514,8 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     assert lost and {host for _, _, _, host in earlier} == {doomed}, earlier
     for task_id in lost:
         assert current[task_id][1] == survivor and current[task_id][2] >= 2, (task_id, current[task_id])
+    # each host reached the sources and the lake through its link to the file server
+    for host in deployment.hosts.values():
+        assert f"Accepted publickey for root from {host.own_address} " in deployment.files.log(), host
     # the night published exactly what an undisturbed `credit run` publishes from the same data
     assert manifest_files(lake) == manifest_files(reference)

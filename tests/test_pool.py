@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import billiard
@@ -53,3 +56,31 @@ def test_elsewhere_the_steps_run_in_processes_of_their_own() -> None:
     with process_pool(2) as pool:
         assert isinstance(pool, ProcessPoolExecutor)
         assert sorted(pool.map(abs, [-3, 1, -2])) == [1, 2, 3]
+
+
+MAIN_SCRIPT = """
+import sys
+if __name__ != "__main__":  # as the airflow script, which cannot be run again in a task's child
+    raise SystemExit("the main script ran again in a worker")
+from entity_resolution.internals.pool import process_pool
+with process_pool(2) as pool:
+    print(sorted(pool.map(abs, [-3, 1, -2])))
+print(getattr(sys.modules["__main__"].__spec__, "name", None))
+"""
+
+
+def test_the_workers_do_not_run_the_main_script_again(tmp_path: Path) -> None:
+    """The workers start without the parent's main script (under Airflow: the ``airflow`` command,
+    whose set-up fails in a task's children), and the script's own module is as it was after."""
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT, "utf-8")
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[1, 2, 3]", "None"]

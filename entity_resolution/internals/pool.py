@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.process
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
 
 
 @contextmanager
@@ -18,9 +20,30 @@ def process_pool(workers: int) -> Iterator[Executor]:
     Python parts and leave the second core idle."""
     with (
         _allowed_children(),
+        _main_not_rerun(),
         ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
     ):
         yield pool
+
+
+@contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Spawned workers without a second run of this process's main script.
+
+    A spawned process runs the parent's ``__main__`` file again unless the module names itself
+    ``__main__``; the workers need only the engine's modules. In an Airflow task the main script
+    is ``airflow``, whose import sets Airflow up against a metadata database that a task process
+    may not reach: every worker died at start."""
+    main = sys.modules["__main__"]
+    saved = main.__dict__.get("__spec__")
+    if getattr(saved, "name", None) is not None:  # run as a module (python -m ...): never re-run
+        yield
+        return
+    main.__spec__ = ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = saved
 
 
 @contextmanager
