@@ -18,7 +18,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.flow import Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_RUNNER = """
@@ -35,7 +40,7 @@ if name == "generate":
 else:  # a stage of pipelines.flow.STAGES, called as the DAG's task and credit run call it
     from pipelines import flow
     stage = next(stage for stage in flow.STAGES if stage.name == name)
-    result = flow.run_stage(stage, args[0], args[1])
+    result = flow.run_stage(stage, *args)  # (the night, the source or None, a mapped stage's item)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "cpu_seconds": usage.ru_utime + usage.ru_stime,
@@ -46,8 +51,8 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 def run_stage(name: str, *args: object) -> dict:
     """``generate`` (out dir, entities, seed, end date, days) or a stage of the stage table (the
-    night's values, the source or None) in a process of its own: seconds, CPU seconds, peak MB and
-    the stage's result."""
+    night's values, the source or None, and for a mapped stage its item) in a process of its own:
+    seconds, CPU seconds, peak MB and the stage's result."""
     out = subprocess.run(
         [sys.executable, "-c", STAGE_RUNNER, name, json.dumps(args)], cwd=ROOT, capture_output=True, text=True
     )
@@ -58,7 +63,7 @@ def run_stage(name: str, *args: object) -> dict:
 
 Row = tuple[str, float, int, float, float]
 #: the count a stage's result reports, in this order of preference
-COUNTED = ("changed_records", "profiles", "rows", "extracted")
+COUNTED = ("changed_records", "profiles", "rows", "staged", "extracted")
 
 
 def run_night(sources: Path, lake: Path, day: str, full_relink: bool = False) -> list[Row]:
@@ -75,17 +80,40 @@ def run_night(sources: Path, lake: Path, day: str, full_relink: bool = False) ->
         "run_id": f"bench-{day}",
         "full_relink": full_relink,
     }
-    steps = [(stage, source) for stage in PER_SOURCE for source in source_names()]
-    steps += [(stage, None) for stage in WHOLE_NIGHT]
     rows: list[Row] = []
-    for stage, source in steps:
-        res = run_stage(stage.name, night, source)
-        result = res["result"]
-        if stage.name == "check":  # a batch check reports problems, the rows are extract's
-            n = json.loads((lake / "reports" / day / "extract" / f"{source}.json").read_text())["rows"]
+    for source in source_names():
+        rows += run_stages(PER_SOURCE, night, source)
+    return rows + run_stages(WHOLE_NIGHT, night, None)
+
+
+def run_stages(stages: Sequence[Stage], night: dict[str, Any], source: str | None) -> list[Row]:
+    """``stages`` in order for ``source`` (None: the whole night), each in a process of its own, a
+    mapped stage once per item its planning stage listed (as the DAG maps it): one row per stage,
+    its items' seconds, records and CPU seconds summed and their largest peak."""
+    rows: list[Row] = []
+    before: dict[str, Any] = {}
+    for stage in stages:
+        if stage.mapped_over:
+            runs = [run_stage(stage.name, night, source, item) for item in before[stage.mapped_over]]
         else:
-            n = next((result[key] for key in COUNTED if result.get(key)), 0)
-        rows.append((stage.label(source), res["seconds"], int(n), res["peak_mb"], res["cpu_seconds"]))
+            runs = [run_stage(stage.name, night, source)]
+            before = runs[0]["result"]
+        if stage.name == "check":  # a batch check reports problems, the rows are extract's
+            report = (
+                Path(night["lake_dir"]) / "reports" / night["business_date"] / "extract" / f"{source}.json"
+            )
+            n = json.loads(report.read_text())["rows"]
+        else:
+            n = sum(next((r["result"][key] for key in COUNTED if r["result"].get(key)), 0) for r in runs)
+        rows.append(
+            (
+                stage.label(source),
+                sum(r["seconds"] for r in runs),
+                int(n),
+                max((r["peak_mb"] for r in runs), default=0.0),
+                sum(r["cpu_seconds"] for r in runs),
+            )
+        )
     return rows
 
 
@@ -215,14 +243,18 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
 
 
 def validate_in_parallel(sources: list[str], lake: Path, day: str, workers: int = 2) -> float:
-    """Wall time of check + validate for every source, ``workers`` sources at a time (each in its own
-    process, as Airflow's LocalExecutor runs the task groups)."""
+    """Wall time of the per-source stages from check on (check, standardise, validate) for every
+    source, ``workers`` sources at a time (each stage in its own process, as Airflow's
+    LocalExecutor runs the task groups)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.flow import PER_SOURCE
+
+    from_check = [stage.name for stage in PER_SOURCE].index("check")
 
     def one(source: str) -> None:
         night = {"lake_dir": str(lake), "business_date": day}
-        run_stage("check", night, source)
-        run_stage("validate", night, source)
+        run_stages(PER_SOURCE[from_check:], night, source)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

@@ -13,7 +13,8 @@ whatever failed and does not decide the run's state) writes the final report and
 Airflow fails the run before `report` could run (the run timed out, or `plan` failed), the DAG's
 failure callback writes the report instead. The "Run report" button of `plan` and `report` opens
 the report over http in the Airflow API server (plugins/credit_run_reports.py). A source held back
-and carried forward from its last good snapshot shows its `check` task as skipped. Owner, timeouts
+and carried forward from its last good snapshot shows its `check` task as skipped (and its
+`standardise` shards, none to run), its `validate` carrying the snapshot forward. Owner, timeouts
 and how often a retryable stage retries come from config/nightly.toml.
 """
 

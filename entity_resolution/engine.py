@@ -770,8 +770,8 @@ def resolve_link_partitions(work_dir: Path, spec: Spec, workers: int | None = No
 
 def _resolve_partitions(directories: list[Path], spec: Spec, workers: int) -> list[dict[str, int]]:
     """Each partition directory resolved by the plain function a worker runs; with ``workers`` > 1
-    several at once (``internals.pool.process_pool``: spawned processes, threads inside a daemonic
-    process such as an Airflow task under Celery). Partitions are independent and each writes its own file, so the result is the
+    several at once (``internals.pool.process_pool``: spawned processes, also inside an Airflow task
+    under Celery). Partitions are independent and each writes its own file, so the result is the
     same however many run at once."""
     if workers <= 1 or len(directories) <= 1:
         return [resolve_partition_files(directory, spec) for directory in directories]

@@ -89,25 +89,31 @@ STAGES: tuple[Stage, ...] = (
         per_source=True,
         judges_batch=True,
         doc="Gather the shards, then batch checks (readable, every mapped column there, volume "
-        "against the last run, staleness). A failing batch is held back: a critical source fails "
-        "here, any other falls back to its last good snapshot and this task ends skipped, so the grid "
-        "shows it at a glance.",
+        "against the last run, staleness), and list the shards to standardise. A failing batch is "
+        "held back: a critical source fails here, any other falls back to its last good snapshot and "
+        "this task ends skipped (its standardise shards too), so the grid shows it at a glance.",
     ),
     Stage(
         "standardise",
-        "pipelines.sources.stages.standardise_source",
+        "pipelines.quality.stages.standardise_source",
         per_source=True,
-        after_held_back=True,
-        doc="Map the raw records to the canonical schema (`LAKE/staged`); runs after a held-back "
-        "batch too, which is carried forward rather than left out.",
+        mapped_over="shards",
+        item="shard",
+        doc="Map one extract shard's raw records to the canonical schema (`LAKE/staged`) and check each "
+        "row with the source's standardised Great Expectations suite: accepted changes and quarantined "
+        "rows, with reasons, for `validate`, once the raw suite passed on the batch's sample (every "
+        "shard judges the same rows; where it fails the batch will be held back, its rows unchecked).",
     ),
     Stage(
         "validate",
         "pipelines.quality.stages.validate_source",
         per_source=True,
-        doc="Great Expectations checks: the raw suite on a sample (a failure holds the batch back, as "
-        "`check` does), then the standardised suite: good rows to `LAKE/accepted`, bad rows to "
-        "`LAKE/quarantine`; a batch-level failure fails the task without retries.",
+        after_held_back=True,
+        doc="Gather the shards: the raw suite's verdict (a failure holds the batch back, as `check` "
+        "does), batch-level checks (a failure no row carries, record ids unique across shards: they "
+        "fail the task without retries), then quarantine (`LAKE/quarantine`) and the accepted changes "
+        "upserted into the source's snapshot (`LAKE/accepted`); a held-back batch is quarantined whole "
+        "and its last good snapshot carried forward.",
     ),
     Stage(
         "prepare_resolution",

@@ -118,3 +118,18 @@ PROFILES_TO_REBUILD = "profiles_to_rebuild.parquet"
 def part_path(folder: Path, shard: int) -> Path:
     """A shard's file in a folder of parts: sorted by name is sorted by shard."""
     return folder / f"part-{shard:05d}.parquet"
+
+
+#: what each shard of a source's batch hands the validate task (``LAKE/work/<date>/shards/<source>/``):
+#: a folder per kind (SHARD_KINDS), one part per shard (``part_path``); the staged parts themselves
+#: are ``LAKE/staged/<date>/<source>.parquet/part-N.parquet``, as the raw layer's
+SHARDS_DIR = "shards"
+#: accepted changes and quarantined rows (Parquet), and the shard's report (JSON, ``.json`` suffix)
+SHARD_KINDS = ("accepted", "quarantine", "report")
+
+
+def shard_folder(lake: Lake, source: str, kind: str) -> Path:
+    """Where the standardise shards of ``source`` keep their ``kind`` (one of SHARD_KINDS)."""
+    if kind not in SHARD_KINDS:
+        raise ValueError(f"no shard folder '{kind}': one of {SHARD_KINDS}")
+    return lake.work / SHARDS_DIR / source / kind

@@ -578,8 +578,8 @@ BATCH_KINDS = [
 
 def _source_stages(src: Path, lake: Path, source: str) -> dict:
     source_stages.extract_source(source, str(src), str(lake), DAY)
-    source_stages.check_source(source, str(lake), DAY)
-    source_stages.standardise_source(source, str(lake), DAY)
+    for shard in source_stages.check_source(source, str(lake), DAY)["shards"]:
+        quality_stages.standardise_source(source, str(lake), DAY, shard=shard)
     return quality_stages.validate_source(source, str(lake), DAY)
 
 
@@ -652,14 +652,15 @@ def test_a_critical_source_with_a_bad_batch_stops_the_run(
 def test_a_critical_source_failing_its_raw_suite_stops_the_run(
     next_day: tuple[Path, Path],
 ) -> None:
-    """Type drift is judged by the raw suite in the validate task: the batch is held back there,
-    its report says why, and a critical source stops the run instead of falling back."""
+    """Type drift is judged by the raw suite (run by the first standardise shard): validate holds
+    the batch back, its report says why, and a critical source stops the run instead of falling back."""
     src, lake = next_day
     with sqlite3.connect(src / "lending" / "lending.db") as con:
         con.execute("UPDATE loans SET amount = 'n/a'")
     source_stages.extract_source("lending", str(src), str(lake), DAY)
-    assert source_stages.check_source("lending", str(lake), DAY)["ok"]  # columns, volume and age are fine
-    source_stages.standardise_source("lending", str(lake), DAY)
+    checked = source_stages.check_source("lending", str(lake), DAY)
+    assert checked["ok"] and checked["shards"] == [0]  # columns, volume and age are fine
+    assert quality_stages.standardise_source("lending", str(lake), DAY)["raw_suite_problems"]
     with pytest.raises(DataQualityError, match=r"source 'lending' batch held back: .*type drift.*critical"):
         quality_stages.validate_source("lending", str(lake), DAY)
     batch = json.loads((lake / "reports" / DAY / "batch" / "lending.json").read_text("utf-8"))

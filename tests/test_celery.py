@@ -506,7 +506,7 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     # shards or partitions); every large stage ran as several items
     assert {host for task_id, (_, host, _) in current.items() if "." in task_id} == set(WORKERS), current
     assert {host for task_id, (_, host, _) in current.items() if "[" in task_id} == set(WORKERS), current
-    for stage in ("extract", "resolve_partition", "build_profiles"):
+    for stage in ("extract", "standardise", "resolve_partition", "build_profiles"):
         assert any(f"{stage}[1]" in task_id for task_id in current), (stage, sorted(current))
     # what the lost host was running was lost with it and ran again, on the other host; nothing else
     # was tried twice

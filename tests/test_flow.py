@@ -34,9 +34,12 @@ def test_the_table_runs_every_source_through_its_stages_before_the_whole_night()
     # what is cut into shards or partitions, each a task of its own
     assert {stage.name: stage.mapped_over for stage in STAGES if stage.mapped_over} == {
         "extract": "shards",
+        "standardise": "shards",
         "resolve_partition": "partitions",
         "build_profiles": "shards",
     }
+    # check gathers the extract shards and lists the shards to standardise; validate gathers those
+    assert flow.PLANS["check"].name == "standardise" and {"check", "validate"} <= flow.GATHERS
 
 
 @pytest.mark.parametrize(

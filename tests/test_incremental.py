@@ -422,14 +422,16 @@ def test_an_incremental_night_validates_only_its_changes_and_quarantines_a_bad_o
     victim = staged.join(before.select("source_record_id"), on="source_record_id", how="semi")[
         "source_record_id"
     ][0]
-    staged.with_columns(
-        pl.when(pl.col("source_record_id") == victim)
+    raw_path = lake / "raw" / day / f"{source}.parquet" / "part-00000.parquet"  # one shard
+    pl.read_parquet(raw_path).with_columns(
+        pl.when(pl.col("loan_id").cast(pl.String) == victim)
         .then(pl.lit("未分类"))
-        .otherwise("status")
-        .alias("status")
-    ).write_parquet(staged_path)
+        .otherwise("five_class")
+        .alias("five_class")
+    ).write_parquet(raw_path)
     shutil.rmtree(lake / "reports" / day / "gx", ignore_errors=True)
 
+    quality_stages.standardise_source(source, str(lake), day)  # the shard's rows are checked here
     result = quality_stages.validate_source(source, str(lake), day)
     quarantine = pl.read_parquet(lake / "quarantine" / source / f"{day}.parquet")
     assert victim in quarantine.filter(pl.col("stage") == "validate")["source_record_id"].to_list()

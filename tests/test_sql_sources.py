@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from credit_synthetic.generate import write_sql_table
 from pipelines.night import cutoff_for
+from pipelines.quality import stages as quality_stages
 from pipelines.sources import stages as source_stages
 from pipelines.sources.extract import extract
 from pipelines.sources.registry import load_sources
@@ -46,7 +47,7 @@ def test_postgresql_source_extracts_like_sqlite(
         # raw keeps each backend's own types (SQLite's are text); the canonical rows are identical
         for lake in ("a", "b"):
             source_stages.check_source("lending", str(tmp_path / lake), BUSINESS_DATE)
-            source_stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
+            quality_stages.standardise_source("lending", str(tmp_path / lake), BUSINESS_DATE)
         staged = [
             pl.read_parquet(tmp_path / lake / "staged" / BUSINESS_DATE / "lending.parquet")
             for lake in ("a", "b")

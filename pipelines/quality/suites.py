@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -384,6 +384,7 @@ def run_suite(
     )
 
 
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 #: quarantine = the canonical columns (null where the row never got that far) plus where and why
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     **{name: dtype for name, dtype in CANONICAL_SCHEMA.items()},
@@ -395,20 +396,31 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def conform_quarantine(frame: pl.DataFrame) -> pl.DataFrame:
+def conform_quarantine(frame: Frame) -> Frame:
+    """``frame`` in the quarantine layout (eager or lazy, as given)."""
+    columns = frame.collect_schema().names()
     return frame.select(
-        [
-            (pl.col(n) if n in frame.columns else pl.lit(None)).cast(t).alias(n)
-            for n, t in QUARANTINE_SCHEMA.items()
-        ]
+        [(pl.col(n) if n in columns else pl.lit(None)).cast(t).alias(n) for n, t in QUARANTINE_SCHEMA.items()]
     )
+
+
+#: a raw row as one JSON object, exactly as the source delivered it
+ORIGINAL = pl.struct(pl.all()).struct.json_encode().alias("original")
 
 
 def original_values(raw: pl.DataFrame) -> pl.Series:
     """Each raw row as one JSON object, exactly as the source delivered it."""
     if not raw.width:
         return pl.Series("original", [None] * raw.height, dtype=pl.String)
-    return raw.select(pl.struct(pl.all()).struct.json_encode().alias("original")).to_series()
+    return raw.select(ORIGINAL).to_series()
+
+
+def original_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """``original_values`` of a lazy frame, as its column "original" (a frame without columns, a
+    delivery that could not be read, holds no rows)."""
+    if not raw.collect_schema().len():
+        return pl.LazyFrame(schema={"original": pl.String})
+    return raw.select(ORIGINAL)
 
 
 def rejects_to_quarantine(source: str, rejects: pl.DataFrame, stage: str = "extract") -> pl.DataFrame:
@@ -575,7 +587,9 @@ def raw_suite_problems(source: SourceConfig, raw_path: Path, runner: SuiteRunner
     outcome = run_suite(sample.with_row_index(ROW_ID), suite, runner=runner)
     problems = list(outcome.batch_failures)
     if outcome.row_failures.height:  # "mostly" expectations report rows only when they fail as a whole
-        by_reason = outcome.row_failures.group_by("reason").len().sort("len", descending=True)
+        by_reason = (  # most frequent first, then by reason: the same sentence every time
+            outcome.row_failures.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+        )
         problems += [f"{r} ({n} of {sample.height} sampled rows)" for r, n in by_reason.iter_rows()]
     return problems
 

@@ -3,12 +3,12 @@
 Row-level problems quarantine rows; these checks judge the batch as a whole. Before anything is
 standardised (``check_batch``, no Great Expectations import): the file could be read at all, every
 mapped column is there, the volume did not drop by more than the source's ``max_volume_drop``
-against the last published run, and the newest record is not older than ``max_age_days``. Then, in
-the validate task, which imports Great Expectations anyway (~5 s a process), the raw suite
-(``expectations/<source>.raw.json``: schema and types, on a sample) must pass before the
-standardised suite runs (``pipelines.quality.suites.raw_suite_problems``). A batch that fails either is held back: a
-critical source fails the run, any other falls back to its last good snapshot and the profiles it
-feeds are marked stale.
+against the last published run, and the newest record is not older than ``max_age_days``. Then the
+raw suite (``expectations/<source>.raw.json``: schema and types, on a sample) runs in every
+standardise shard, which imports Great Expectations anyway (~3 s a process), and validate judges
+the batch by it before anything is promoted (``pipelines.quality.suites.raw_suite_problems``). A
+batch that fails either is held back: a critical source fails the run, any other falls back to its
+last good snapshot and the profiles it feeds are marked stale.
 """
 
 from __future__ import annotations

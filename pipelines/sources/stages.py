@@ -1,5 +1,6 @@
-"""The per-source stages: plan the extract, extract (per shard), check, standardise (validate is
-quality's, pipelines/quality/stages.py).
+"""The per-source stages: plan the extract, extract (per shard), check (standardise, per shard,
+and validate are quality's, pipelines/quality/stages.py: a shard's rows are checked as they are
+standardised).
 
 Airflow tasks (dags/credit_nightly.py) and ``credit run`` call these functions through the stage
 table (``pipelines.flow.STAGES``); each takes paths and settings, writes Parquet and returns a small
@@ -18,11 +19,10 @@ import polars as pl
 
 from foundation.errors import SourceFormatError
 from foundation.lake import RAW_PARTS, Lake, write_json, write_parquet
-from pipelines.night import cutoff_for, night_lake, read_report, rejects_path, report_path
+from pipelines.night import SHARD_KINDS, cutoff_for, night_lake, rejects_path, report_path, shard_folder
 from pipelines.sources.check import check_batch, judge_batch
 from pipelines.sources.extract import REJECT_SCHEMA, Shard, extract, plan_sql
 from pipelines.sources.registry import load_sources
-from pipelines.sources.standardise import standardise
 from pipelines.sources.watermarks import previous
 
 log = logging.getLogger(__name__)
@@ -189,19 +189,24 @@ def gather_extract(lake: Lake, source: str) -> dict[str, Any]:
     return report
 
 
+def _clear_shards(lake: Lake, source: str) -> None:
+    """Drop what an earlier run's standardise shards left for the source (its staged parts, the
+    parts and reports kept for validate), so validate gathers this run's shards only."""
+    staged = lake.staged(source)
+    if staged.is_file():  # the one-file layout of before
+        staged.unlink()
+    for folder in (staged, *(shard_folder(lake, source, kind) for kind in SHARD_KINDS)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def check_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
     """Gather the extract shards' reports, then the batch checks (readable, columns, volume,
-    staleness; the raw suite runs in the validate task). A critical source's failure stops the run."""
+    staleness; the raw suite runs in the first standardise shard). A critical source's failure
+    stops the run. Lists the shards to standardise: the extract's, none for a held-back batch."""
     lake = night_lake(lake_dir, business_date)
     config = load_sources()[source]
     extracted = gather_extract(lake, source)
+    _clear_shards(lake, source)
     problems = check_batch(config, extracted, previous(lake.root, source, business_date), business_date)
-    return judge_batch(lake, config, problems)
-
-
-def standardise_source(source: str, lake_dir: str, business_date: str) -> dict[str, Any]:
-    lake = night_lake(lake_dir, business_date)
-    if not read_report(lake, "batch", source)["ok"]:
-        return {"source": source, "rows": 0, "skipped": "batch held back", "path": None}
-    rows = standardise(load_sources()[source], lake.raw_parts(source), lake.staged(source))
-    return {"source": source, "rows": rows, "path": str(lake.staged(source))}
+    verdict = judge_batch(lake, config, problems)
+    return {**verdict, "shards": list(range(extracted["shards"])) if verdict["ok"] else []}
