@@ -10,7 +10,9 @@ pass over the snapshot.
 ``resolve_canonical`` is ``prepare_canonical`` (up to the engine's partitions, saved in a work
 directory), ``resolve_canonical_partition`` per partition (any order, any process) and
 ``finish_canonical`` (the engine's links, registry, review queue, links and entities): the nightly
-DAG runs the three as tasks of their own, with the same result.
+DAG runs the three as tasks of their own, with the same result. The finish (``gather_canonical``,
+which writes the links and entities as files) holds only the engine's links whole: the rest is
+built a bucket of entities at a time.
 
 The adapter adds what is about canonical records rather than about matching: a natural person's
 resident ID number is the person (never offered to the engine), the entities table (name, codes,
@@ -42,7 +44,7 @@ from entity_resolution.engine import (
 from entity_resolution.internals.blocking import key_expr, spellings_of
 from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.names import normalise_names
-from entity_resolution.registry import BLOCK_KEYS, Registry
+from entity_resolution.registry import BLOCK_KEYS, Registry, representatives_of, with_block_keys
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from foundation.identifiers import compact_code_expr
@@ -186,13 +188,16 @@ def unit_figures() -> pl.Expr:
     )
 
 
-def blocking_keys(inputs: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+def blocking_keys(
+    inputs: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
     """(record id, ``BLOCK_KEYS``): every value through which the engine can bring a record
     together with another, normalised as the engine normalises: its exact keys and each blocking
     rule's key (rule number and values). A new record can only meet a known entity's
-    representatives that share one of these."""
+    representatives that share one of these. ``spellings``: as ``normalise``'s (``inputs`` one
+    part of a whole)."""
     rid = spec.id_column
-    frame = normalise(inputs, spec)
+    frame = normalise(inputs, spec, spellings)
     parts = [
         frame.select(rid, (pl.lit(f"{key}=") + pl.col(key).cast(pl.String)).alias("key"))
         for key in spec.exact_keys
@@ -374,11 +379,14 @@ def _person_links(persons: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def entities_table(records: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
+def entities_table(
+    records: pl.DataFrame, links: pl.DataFrame, names: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per entity: its codes, its most used full name (a name seen with a valid code and a
     legal form preferred, then the latest), up to three former names (another trade name, seen at
-    least twice), the record and source counts, whether it is a natural person."""
-    names = normalise_names(records["subject_name"])
+    least twice), the record and source counts, whether it is a natural person. ``names``: the
+    records' ``normalise_names``, when the caller has them."""
+    names = normalise_names(records["subject_name"]) if names is None else names
     linked = records.with_columns(names["core"].alias("core"), names["legal_form"].alias("legal_form")).join(
         links.select(*KEYS, "entity_id", "match_confidence"), on=KEYS
     )
@@ -550,39 +558,220 @@ def resolve_canonical_partition(work_dir: Path, number: int) -> dict[str, int]:
     return resolve_link_partition(Path(work_dir) / ENGINE_DIR, load_spec(state["spec"]), number)
 
 
+#: the gather builds the links, the entities and the registry's representatives a bucket of
+#: entities at a time (a range of entity ids holding about this many records): what bounds its
+#: memory, never the result
+GATHER_BUCKET_RECORDS = 250_000
+#: what a full linkage's gather writes (the names the nightly's stages read)
+LINKS_FILE, ENTITIES_FILE, TOUCHED_FILE = "links.parquet", "entities.parquet", "touched_entities.parquet"
+#: in a resolution work directory: the gather's buckets and parts
+GATHER_DIR = "gather"
+#: the engine's link columns the adapter uses
+ENGINE_COLUMNS = ("record_id", "entity_id", "match_confidence", "match_grade")
+
+
 def finish_canonical(
     work_dir: Path,
     registry_dir: Path | None = None,
     review_dir: Path | None = None,
     run: str = "run",
+    bucket_records: int = GATHER_BUCKET_RECORDS,
 ) -> Resolution:
+    """A prepared full linkage once every partition is resolved (``gather_canonical``, into the
+    work directory), as frames."""
+    out = Path(work_dir) / "finished"
+    stats = gather_canonical(work_dir, out, registry_dir, review_dir, run, bucket_records)
+    links, entities, touched = (
+        pl.read_parquet(out / name) for name in (LINKS_FILE, ENTITIES_FILE, TOUCHED_FILE)
+    )
+    return Resolution(links, entities, touched, stats)
+
+
+def gather_canonical(
+    work_dir: Path,
+    out_dir: Path,
+    registry_dir: Path | None = None,
+    review_dir: Path | None = None,
+    run: str = "run",
+    bucket_records: int = GATHER_BUCKET_RECORDS,
+) -> dict[str, Any]:
     """A prepared full linkage once every partition is resolved: the engine's links, the registry
     updated (``registry_dir``: the one ``prepare_canonical`` read its anchors from, as it was then),
-    the review queue, the firms' and persons' links and the entities table."""
-    work = Path(work_dir)
+    the review queue, and the firms' and persons' links, the entities table and the touched
+    entities written in ``out_dir`` (LINKS_FILE, ENTITIES_FILE, TOUCHED_FILE). Returns the stats.
+
+    Only the engine's links (four columns) are held whole. The records are cut into buckets of
+    entities (``_entity_buckets``): an entity's evidence, row and representatives need only its
+    own records, so each bucket is built alone and its entities and representatives, ranges of
+    entity ids, follow one another in order; its links go to ranges of record keys (``_key_ranges``),
+    each sorted alone. The same files however many buckets."""
+    work, out = Path(work_dir), Path(out_dir)
     state = json.loads((work / CANONICAL_STATE).read_text("utf-8"))
     spec = load_spec(state["spec"])
-    firms, persons = pl.read_parquet(work / "firms.parquet"), pl.read_parquet(work / "persons.parquet")
-    records = pl.concat([firms, persons])
-    inputs = firms.select(*enterprise_inputs())
     result = finish_link(work / ENGINE_DIR, spec)
-    engine_links = result.links
-    registry = Registry(registry_dir) if registry_dir else None
-    changes = registry.update(engine_links, inputs, run) if registry else None
-    if registry:
-        registry.key_representatives(lambda reps: blocking_keys(reps, spec))
-        if state["spellings"]:
-            _write_spellings(registry.folder, pl.read_parquet(work / SPELLINGS_FILE))
+    stats = {**result.stats, "mode": "full"}
     if review_dir is not None:
         write_review(result.review, review_dir, run)
-    links = pl.concat([_firm_links(firms, engine_links), _person_links(persons)]).sort(KEYS)
-    entities = entities_table(records, links)
-    stats = {
-        **result.stats,
-        "mode": "full",
-        "registry_changes": 0 if changes is None else changes.height,
-    }
-    return Resolution(links, entities, entities.select("entity_id"), stats)
+    engine_links = result.links.select(ENGINE_COLUMNS)
+    del result
+    registry = Registry(registry_dir) if registry_dir else None
+    changes = registry.record_members(engine_links, run) if registry else None
+    stats["registry_changes"] = 0 if changes is None else changes.height
+
+    stage = work / GATHER_DIR
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    persons = pl.scan_parquet(work / "persons.parquet").with_columns(person_entity_id().alias("entity_id"))
+    persons.sink_parquet(stage / "persons.parquet")
+    persons = pl.scan_parquet(stage / "persons.parquet")
+    bucket_of = _entity_buckets(
+        pl.concat([engine_links["entity_id"], persons.select("entity_id").collect()["entity_id"]]),
+        bucket_records,
+    )
+    buckets = int(bucket_of["bucket"].max()) + 1 if bucket_of.height else 1
+    firms = pl.scan_parquet(work / "firms.parquet")
+    engine_links = engine_links.join(bucket_of, on="entity_id", maintain_order="left")  # (one copy held)
+    _shuffle_firms(firms, engine_links, stage, bucket_records)
+    for (bucket,), part in (
+        persons.collect()
+        .join(bucket_of, on="entity_id", maintain_order="left")
+        .partition_by("bucket", as_dict=True, include_key=False)
+        .items()
+    ):
+        _stage_write(part, stage / "persons" / f"bucket-{bucket:05d}" / "part-00000.arrow")
+    del engine_links, bucket_of
+    key_range = _key_ranges(pl.concat([firms.select(KEYS), persons.select(KEYS)]), buckets)
+    empty_firms = (
+        firms.with_columns(
+            record_id().alias("record_id"),
+            pl.lit(None, pl.String).alias("entity_id"),
+            pl.lit(None, pl.Float64).alias("match_confidence"),
+            pl.lit(None, pl.String).alias("match_grade"),
+        )
+        .clear()
+        .collect()
+    )
+    empty_persons = persons.clear().collect()
+    links_schema: dict[str, pl.DataType] = {}
+    spellings: list[pl.DataFrame] = []  # per bucket: its representatives' spelling counts
+    for bucket in range(buckets):
+        bucket_firms = _bucket(stage / "firms", bucket, empty_firms)
+        bucket_persons = _bucket(stage / "persons", bucket, empty_persons).select(IDENTITY_COLUMNS)
+        links = pl.concat(
+            [
+                _firm_links(bucket_firms.select(IDENTITY_COLUMNS), bucket_firms.select(ENGINE_COLUMNS)),
+                _person_links(bucket_persons),
+            ]
+        )
+        links_schema = dict(links.schema)
+        records = pl.concat([bucket_firms.select(IDENTITY_COLUMNS), bucket_persons])
+        names = normalise_names(records["subject_name"])
+        entities = entities_table(records, links, names)
+        _stage_write(entities, stage / "entities" / f"part-{bucket:05d}.arrow")
+        for (number,), part in (
+            links.with_columns(key_range(links))
+            .partition_by("range", as_dict=True, include_key=False)
+            .items()
+        ):
+            _stage_write(part, stage / "links" / f"range-{number:05d}" / f"part-{bucket:05d}.arrow")
+        if registry:
+            representatives = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
+            _stage_write(representatives, stage / "representatives" / f"part-{bucket:05d}.arrow")
+            # (their spellings, for their keys: the cores of their names, normalised already)
+            cores = pl.DataFrame({"name": records["subject_name"], "value": names["core"]}).unique("name")
+            spellings.append(
+                representatives.group_by("name")
+                .len()
+                .join(cores, on="name")
+                .drop_nulls("value")
+                .group_by("value")
+                .agg(pl.col("len").sum().cast(pl.Int64))
+            )
+        del bucket_firms, bucket_persons, links, entities
+    for number in range(buckets):  # each range of record keys sorted alone
+        folder = stage / "links" / f"range-{number:05d}"
+        parts = sorted(folder.glob("part-*.arrow"))
+        part = pl.concat([pl.read_ipc(p) for p in parts]) if parts else pl.DataFrame(schema=links_schema)
+        _stage_write(part.sort(KEYS), stage / "links" / f"sorted-{number:05d}.arrow")
+    in_order = lambda kind, name: pl.scan_ipc(  # noqa: E731
+        [stage / kind / f"{name}-{number:05d}.arrow" for number in range(buckets)]
+    )
+    write_parquet(in_order("links", "sorted"), out / LINKS_FILE)
+    write_parquet(in_order("entities", "part"), out / ENTITIES_FILE)
+    write_parquet(pl.scan_parquet(out / ENTITIES_FILE).select("entity_id"), out / TOUCHED_FILE)
+    if registry:
+        _key_representative_parts(
+            [stage / "representatives" / f"part-{number:05d}.arrow" for number in range(buckets)],
+            spec,
+            {"name": pl.concat(spellings).group_by("value").agg(pl.col("len").sum())},
+        )
+        registry.store_representatives(in_order("representatives", "keyed"))
+        if state["spellings"]:
+            _write_spellings(registry.folder, pl.read_parquet(work / SPELLINGS_FILE))
+    shutil.rmtree(stage, ignore_errors=True)
+    return stats
+
+
+def _key_representative_parts(parts: list[Path], spec: Spec, spellings: dict[str, pl.DataFrame]) -> None:
+    """Each part of the representatives (``part-N``) with its ``BLOCK_KEYS`` (``keyed-N``), as
+    ``Registry.key_representatives`` keys them all at once: a name's one-off spellings are judged
+    by the ``spellings`` of all the representatives."""
+    for part in parts:
+        keyed = with_block_keys(pl.read_ipc(part), lambda reps: blocking_keys(reps, spec, spellings))
+        _stage_write(keyed, part.with_name(part.name.replace("part-", "keyed-")))
+
+
+def _entity_buckets(entity_ids: pl.Series, bucket_records: int) -> pl.DataFrame:
+    """(entity_id, bucket): consecutive ranges of the entity ids (one per record) holding about
+    ``bucket_records`` records each (an entity is never cut)."""
+    counts = entity_ids.value_counts(name="n").sort("entity_id")
+    return counts.select(
+        "entity_id",
+        ((pl.col("n").cum_sum() - pl.col("n")) // max(1, bucket_records)).cast(pl.UInt32).alias("bucket"),
+    ).with_columns(pl.col("bucket").rank("dense").cast(pl.UInt32) - 1)
+
+
+def _key_ranges(keys: pl.LazyFrame, ranges: int) -> Callable[[pl.DataFrame], pl.Series]:
+    """Per row of a frame with KEYS, the number of its range of KEYS: ``ranges`` ranges of about as
+    many records (cut at a sample of the keys), so that links sorted per range follow one another
+    in KEYS order. (Found by binary search on the keys joined by a NUL, which sort as the KEYS do.)"""
+    joined = pl.concat_str(*KEYS, separator="\x00")
+    total = keys.select(pl.len()).collect().item()
+    sample = (
+        keys.gather_every(max(1, total // max(1, ranges * 64))).select(joined).collect().to_series().sort()
+    )
+    cuts = sample.gather([sample.len() * i // ranges for i in range(1, ranges)]).unique().sort()
+    return lambda frame: cuts.search_sorted(frame.select(joined).to_series(), side="right").alias("range")
+
+
+def _bucket(folder: Path, bucket: int, empty: pl.DataFrame) -> pl.DataFrame:
+    """Bucket ``bucket``'s rows (``_stage_write`` parts, in order; ``empty`` when none)."""
+    parts = sorted((folder / f"bucket-{bucket:05d}").glob("part-*.arrow"))
+    return pl.concat([pl.read_ipc(part) for part in parts]) if parts else empty
+
+
+def _stage_write(frame: pl.DataFrame, path: Path) -> None:
+    """A work file of the gather's own, read back once by it: Arrow IPC, uncompressed (a third of
+    the time Parquet takes to write and read; not atomic, nobody else reads it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_ipc(path, compression="uncompressed")
+
+
+def _shuffle_firms(firms: pl.LazyFrame, engine: pl.DataFrame, stage: Path, chunk: int) -> None:
+    """The firms' records with their engine links (``engine``, in record id order, with each
+    entity's bucket) into one folder per bucket, ``chunk`` records at a time, in their order. A
+    record's link is found by binary search: no hash table of every record id."""
+    ids = engine["record_id"]
+    total = firms.select(pl.len()).collect().item()
+    for number, start in enumerate(range(0, total, chunk)):
+        part = firms.slice(start, chunk).collect().with_columns(record_id().alias("record_id"))
+        at = ids.search_sorted(part["record_id"])
+        found = engine[at.clip(0, max(0, engine.height - 1))]
+        if not (found["record_id"] == part["record_id"]).all():
+            raise ValueError("a firm's record has no link from the engine")
+        part = pl.concat([part, found.drop("record_id")], how="horizontal")
+        for (bucket,), piece in part.partition_by("bucket", as_dict=True, include_key=False).items():
+            _stage_write(piece, stage / "firms" / f"bucket-{bucket:05d}" / f"part-{number:05d}.arrow")
 
 
 def _sorted_by(frame: pl.DataFrame, keys: list[str]) -> bool:

@@ -129,41 +129,12 @@ class Registry:
         input rows, for the representatives. ``partial``: the links cover only some records (an
         incremental run); the others keep their entities.
         """
-        previous = self.members()
         now = links.select(pl.col(id_column).alias("record_id"), "entity_id")
-        moved = previous.join(now, on="record_id", suffix="_new").filter(
-            pl.col("entity_id") != pl.col("entity_id_new")
-        )
-        changes = []
-        if moved.height:
-            flows = moved.group_by("entity_id", "entity_id_new").len()
-            still = set(now["entity_id"].unique().to_list())
-            # largest flows first, ties by ids: the group order of a group_by is not fixed
-            ordered = flows.sort(["len", "entity_id", "entity_id_new"], descending=[True, False, False])
-            for old, new, _ in ordered.iter_rows():
-                if old in still:
-                    kind = "split"  # the old id lives on elsewhere: these records left it
-                elif not old.startswith("X") or new.startswith("X"):
-                    kind = "merged"
-                else:
-                    kind = "renumbered"  # a code-less entity found its USCC
-                changes.append((run, old, new, kind))
-        change_frame = pl.DataFrame(changes, schema=HISTORY_SCHEMA, orient="row").unique(
-            ["old_id", "new_id"], keep="first", maintain_order=True
-        )
-        merged = now.join(
-            previous.select("record_id", "first_seen"), on="record_id", how="left"
-        ).with_columns(pl.col("first_seen").fill_null(run), pl.lit(run).alias("last_seen"))
-        if partial:
-            merged = pl.concat(
-                [previous.join(now, on="record_id", how="anti"), merged.select(list(MEMBER_SCHEMA))]
-            )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_parquet(merged.select(list(MEMBER_SCHEMA)).sort("record_id"), self.members_path)
-        write_parquet(pl.concat([self.history(), change_frame]), self.history_path)
+        previous = self.members() if partial else None  # (as it was before this run)
+        change_frame = self.record_members(now, run, partial)
         reps = records.rename({id_column: "record_id"}).join(now, on="record_id")
         old_reps = self.representatives()
-        if partial and old_reps is not None:
+        if previous is not None and old_reps is not None:
             # the known representatives stay unless their record changed (it is among ``records``)
             # (and a kept one follows its record when this run moved it, e.g. its entity was renumbered)
             kept = (
@@ -186,25 +157,91 @@ class Registry:
             )
         else:
             reps = representatives_of(reps)
-        write_parquet(reps, self.representatives_path)
+        self.store_representatives(reps)
         return change_frame
+
+    def record_members(self, now: pl.DataFrame, run: str, partial: bool = False) -> pl.DataFrame:
+        """The members and history part of ``update`` (``now``: record_id, entity_id); the changes.
+        A full run's members are written by a streaming query from ``now`` in record id order (as
+        a full run's links come): no second copy of them is sorted."""
+        previous = self.members()
+        moved = previous.join(now, on="record_id", suffix="_new").filter(
+            pl.col("entity_id") != pl.col("entity_id_new")
+        )
+        changes = []
+        if moved.height:
+            flows = moved.group_by("entity_id", "entity_id_new").len()
+            still = set(now["entity_id"].unique().to_list())
+            # largest flows first, ties by ids: the group order of a group_by is not fixed
+            ordered = flows.sort(["len", "entity_id", "entity_id_new"], descending=[True, False, False])
+            for old, new, _ in ordered.iter_rows():
+                if old in still:
+                    kind = "split"  # the old id lives on elsewhere: these records left it
+                elif not old.startswith("X") or new.startswith("X"):
+                    kind = "merged"
+                else:
+                    kind = "renumbered"  # a code-less entity found its USCC
+                changes.append((run, old, new, kind))
+        change_frame = pl.DataFrame(changes, schema=HISTORY_SCHEMA, orient="row").unique(
+            ["old_id", "new_id"], keep="first", maintain_order=True
+        )
+        del moved
+        merged = (
+            now.lazy()
+            .join(
+                previous.lazy().select("record_id", "first_seen"),
+                on="record_id",
+                how="left",
+                maintain_order="left",
+            )
+            .with_columns(pl.col("first_seen").fill_null(run), pl.lit(run).alias("last_seen"))
+            .select(list(MEMBER_SCHEMA))
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if partial or not now["record_id"].is_sorted():
+            if partial:
+                merged = pl.concat([previous.lazy().join(now.lazy(), on="record_id", how="anti"), merged])
+            write_parquet(merged.collect().sort("record_id"), self.members_path)
+        else:  # a full run's links come in record id order: streamed so, not sorted again
+            write_parquet(merged, self.members_path)
+        write_parquet(pl.concat([self.history(), change_frame]), self.history_path)
+        return change_frame
+
+    def store_representatives(self, reps: pl.DataFrame | pl.LazyFrame) -> None:
+        """Write the representatives (in entity_id, record_id order: a lazy frame of parts in that
+        order streams into the file)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(reps, self.representatives_path)
 
     def key_representatives(self, keys_of: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         """Store each representative's ``BLOCK_KEYS`` (``keys_of``: input rows -> record_id,
-        BLOCK_KEYS), computed only for the representatives that lack them."""
-        reps = self.representatives()
-        if reps is None:
+        BLOCK_KEYS), computed only for the representatives that lack them (none: not read)."""
+        if not self.representatives_path.exists():
             return
-        if BLOCK_KEYS not in reps.columns:
-            reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
-        missing = reps.filter(pl.col(BLOCK_KEYS).is_null())
-        if missing.is_empty():
-            return
-        keys = keys_of(missing.select(_input_columns(missing)).drop("entity_id"))
-        keyed = (
-            missing.drop(BLOCK_KEYS)
-            .join(keys, on="record_id", how="left")
-            .with_columns(pl.col(BLOCK_KEYS).fill_null(pl.lit([], pl.List(pl.String))))
+        stored = pl.scan_parquet(self.representatives_path)
+        lacking = (
+            pl.col(BLOCK_KEYS).is_null().sum() if BLOCK_KEYS in stored.collect_schema().names() else pl.len()
         )
-        reps = pl.concat([reps.filter(pl.col(BLOCK_KEYS).is_not_null()), keyed.select(reps.columns)])
-        write_parquet(reps.sort("entity_id", "record_id"), self.representatives_path)
+        if stored.select(lacking).collect().item():
+            write_parquet(
+                with_block_keys(pl.read_parquet(self.representatives_path), keys_of),
+                self.representatives_path,
+            )
+
+
+def with_block_keys(reps: pl.DataFrame, keys_of: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+    """Representatives (in entity_id, record_id order) with their ``BLOCK_KEYS``, computed
+    (``keys_of``) for those that lack them."""
+    if BLOCK_KEYS not in reps.columns:
+        reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
+    missing = reps.filter(pl.col(BLOCK_KEYS).is_null())
+    if missing.is_empty():
+        return reps
+    keys = keys_of(missing.select(_input_columns(missing)).drop("entity_id"))
+    keyed = (
+        missing.drop(BLOCK_KEYS)
+        .join(keys, on="record_id", how="left")
+        .with_columns(pl.col(BLOCK_KEYS).fill_null(pl.lit([], pl.List(pl.String))))
+    )
+    reps = pl.concat([reps.filter(pl.col(BLOCK_KEYS).is_not_null()), keyed.select(reps.columns)])
+    return reps.sort("entity_id", "record_id")

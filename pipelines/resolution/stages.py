@@ -17,11 +17,14 @@ from typing import Any
 import polars as pl
 
 from entity_resolution.pipeline import (
+    ENTITIES_FILE,
     IDENTITY_COLUMNS,
     KEYS,
+    LINKS_FILE,
+    TOUCHED_FILE,
     KnownEntitiesConflict,
     Resolution,
-    finish_canonical,
+    gather_canonical,
     prepare_canonical,
     resolve_canonical_partition,
     resolve_changes,
@@ -202,38 +205,33 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
     night = json.loads((work / NIGHT_STATE).read_text("utf-8"))
     if night["mode"] == "incremental":
         stats = night["stats"]
-        links = pl.read_parquet(lake.work / "links.parquet")
-        entities = pl.read_parquet(lake.work / "entities.parquet", columns=["entity_id"])
-        touched = pl.read_parquet(lake.work / "touched_entities.parquet", columns=["entity_id"])
     else:
         staged_registry, _ = _stage_registry(lake)
         review = _review_places(lake, staged_registry)
-        resolution = finish_canonical(work, staged_registry, review["review_dir"], review["run"])
-        _write_resolution(lake, resolution)
-        stats, links, entities, touched = (
-            resolution.stats,
-            resolution.links,
-            resolution.entities,
-            resolution.touched,
-        )
+        stats = gather_canonical(work, lake.work, staged_registry, review["review_dir"], review["run"])
     log.info("resolution: %s", stats)
-    methods = dict(links.group_by("match_method").len().sort("match_method").iter_rows())
+    # the counts from the written files (streaming queries: the links are not read whole)
+    links = pl.scan_parquet(lake.work / LINKS_FILE)
+    methods = dict(links.group_by("match_method").len().sort("match_method").collect().iter_rows())
     grades = (
         links.drop_nulls("match_grade")
         .group_by(pl.col("match_grade").str.slice(0, 1).alias("code"))
         .len()
         .sort("code")
+        .collect()
     )
+    count = lambda name: pl.scan_parquet(lake.work / name).select(pl.len()).collect().item()  # noqa: E731
+    records = count(LINKS_FILE)
     result = {
         "mode": stats["mode"],
         "full_relink_reason": night["reason"],
-        "records": links.height,
-        "changed_records": stats.get("changed_records", links.height),
-        "entities": entities.height,
-        "touched_entities": touched.height,
+        "records": records,
+        "changed_records": stats.get("changed_records", records),
+        "entities": count(ENTITIES_FILE),
+        "touched_entities": count(TOUCHED_FILE),
         "methods": methods,
         "code_grades": dict(grades.iter_rows()),
-        "links_path": str(lake.work / "links.parquet"),
+        "links_path": str(lake.work / LINKS_FILE),
     }
     write_json({**result, "stats": stats}, report_path(lake, "resolution", "entities"))
     # gathered: a later call without a new preparation (a re-run of an older stage table, or of
@@ -244,6 +242,6 @@ def resolve_entities(lake_dir: str, business_date: str, full_relink: bool = Fals
 
 def _write_resolution(lake: Lake, resolution: Resolution) -> None:
     """The files build_profiles and publish read: links, entities, touched entities."""
-    write_parquet(resolution.links, lake.work / "links.parquet")
-    write_parquet(resolution.entities, lake.work / "entities.parquet")
-    write_parquet(resolution.touched, lake.work / "touched_entities.parquet")
+    write_parquet(resolution.links, lake.work / LINKS_FILE)
+    write_parquet(resolution.entities, lake.work / ENTITIES_FILE)
+    write_parquet(resolution.touched, lake.work / TOUCHED_FILE)
