@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from foundation.lake import Lake
+from foundation.lake import RAW_PART, Lake
 
 
 def night_lake(lake_dir: str | Path, business_date: str) -> Lake:
@@ -116,8 +116,25 @@ PROFILES_TO_REBUILD = "profiles_to_rebuild.parquet"
 
 
 def part_path(folder: Path, shard: int) -> Path:
-    """A shard's file in a folder of parts: sorted by name is sorted by shard."""
-    return folder / f"part-{shard:05d}.parquet"
+    """A shard's file in a folder of parts, named as the raw layer's (``foundation.lake.RAW_PART``):
+    sorted by name is sorted by shard."""
+    return folder / RAW_PART.format(shard=shard)
+
+
+def read_shard_reports(folder: Path, shards: int, what: str, lake: Lake) -> list[dict[str, Any]]:
+    """The JSON reports the ``shards`` items of a mapped stage wrote in ``folder`` (``part_path``
+    with ``.json``), in shard order, for its gather; a missing one is an error naming it (``what``:
+    e.g. "source 'tax': extract")."""
+    reports = []
+    for shard in range(shards):
+        path = part_path(folder, shard).with_suffix(".json")
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{what} shard {shard} of {shards} has no report for {lake.business_date} at {path}; "
+                "run it first"
+            )
+        reports.append(json.loads(path.read_text("utf-8")))
+    return reports
 
 
 #: what each shard of a source's batch hands the validate task (``LAKE/work/<date>/shards/<source>/``):

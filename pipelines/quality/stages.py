@@ -13,7 +13,6 @@ carried forward.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from pipelines.night import (
     night_lake,
     part_path,
     read_report,
+    read_shard_reports,
     rejects_path,
     report_path,
     shard_folder,
@@ -46,6 +46,7 @@ SAMPLING_SHARD = 0
 
 
 def _shard_report(lake: Lake, source: str, shard: int) -> Path:
+    """Where a standardise shard writes its report (``read_shard_reports`` reads them in order)."""
     return part_path(shard_folder(lake, source, "report"), shard).with_suffix(".json")
 
 
@@ -97,16 +98,9 @@ def standardise_source(source: str, lake_dir: str, business_date: str, shard: in
 
 def _gather_shards(lake: Lake, source: str, shards: int) -> list[dict[str, Any]]:
     """The reports of the batch's standardise shards, in shard order; a missing one is an error."""
-    reports = []
-    for shard in range(shards):
-        path = _shard_report(lake, source, shard)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"source '{source}': standardise shard {shard} of {shards} has no report for "
-                f"{lake.business_date} at {path}; run it first"
-            )
-        reports.append(json.loads(path.read_text("utf-8")))
-    return reports
+    return read_shard_reports(
+        shard_folder(lake, source, "report"), shards, f"source '{source}': standardise", lake
+    )
 
 
 def _batch_failures(

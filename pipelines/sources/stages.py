@@ -19,7 +19,16 @@ import polars as pl
 
 from foundation.errors import SourceFormatError
 from foundation.lake import RAW_PARTS, Lake, write_json, write_parquet
-from pipelines.night import SHARD_KINDS, cutoff_for, night_lake, rejects_path, report_path, shard_folder
+from pipelines.night import (
+    SHARD_KINDS,
+    cutoff_for,
+    night_lake,
+    part_path,
+    read_shard_reports,
+    rejects_path,
+    report_path,
+    shard_folder,
+)
 from pipelines.sources.check import check_batch, judge_batch
 from pipelines.sources.extract import REJECT_SCHEMA, Shard, extract, plan_sql
 from pipelines.sources.registry import load_sources
@@ -142,7 +151,7 @@ def extract_source(
         base_date=base.business_date if base else None,
         mode="incremental" if base else "full",
     )
-    write_json(result, _shard_reports(lake, source) / f"part-{shard:05d}.json")
+    write_json(result, part_path(_shard_reports(lake, source), shard).with_suffix(".json"))
     log.info(
         "extracted %s rows from %s shard %d of %d (%s since %s; source holds %s)",
         result["rows"],
@@ -161,16 +170,9 @@ def gather_extract(lake: Lake, source: str) -> dict[str, Any]:
     rows and rejects summed, the source's totals and columns as the shards saw them, the first
     problem any shard met."""
     plan = _read_plan(lake, source) or {"shards": 1}
-    folder = _shard_reports(lake, source)
-    parts = []
-    for shard in range(plan["shards"]):
-        path = folder / f"part-{shard:05d}.json"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"source '{source}': extract shard {shard} of {plan['shards']} has no report for "
-                f"{lake.business_date} at {path}; run it first"
-            )
-        parts.append(json.loads(path.read_text("utf-8")))
+    parts = read_shard_reports(
+        _shard_reports(lake, source), plan["shards"], f"source '{source}': extract", lake
+    )
     problems = [p["problem"] for p in parts if p.get("problem")]
     first = parts[0]
     report = {
