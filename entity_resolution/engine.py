@@ -67,7 +67,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -86,7 +86,7 @@ from entity_resolution.internals.compare import (
     signature_frequencies,
     term_frequencies,
 )
-from entity_resolution.internals.model import estimate, weights
+from entity_resolution.internals.model import estimate, sampled, weights
 from entity_resolution.internals.normalise import normalise
 from entity_resolution.internals.partition import (
     COUNTS_FILE,
@@ -339,12 +339,14 @@ def finish_link(work_dir: Path, spec: Spec) -> Linkage:
     return _finish(work, spec, _Clock(json.loads((work / STATE_FILE).read_text("utf-8"))["clock"]))
 
 
-def _in_order(pool: Executor | None, function: Callable[..., T], items: list[Any], *same: Any) -> Iterator[T]:
+def _in_order(
+    pool: Executor | None, function: Callable[..., T], items: Iterable[Any], *same: Any
+) -> Iterator[T]:
     """``function(item, *same)`` for each of ``items``, the results in their order: run by the
     ``pool``'s workers (several at once), else here, one after the other."""
     if pool is None:
         return (function(item, *same) for item in items)
-    return pool.map(function, items, *(itertools.repeat(value, len(items)) for value in same))
+    return pool.map(function, items, *(itertools.repeat(value) for value in same))
 
 
 def _prepare(
@@ -413,22 +415,38 @@ def _prepare(
     sig = sig.select(c for c in sig.columns if c in _kept_columns(spec, sig.columns))
     staged = work / "compare"  # the shards' tasks and what their workers read (removed after scoring)
     shutil.rmtree(staged, ignore_errors=True)
-    tasks = list(plan_shards(sig, node, spec, scale.shard_pairs, staged))
+    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged)
+    first = list(itertools.islice(tasks, 2))  # (a pool for two shards at least)
     with ExitStack() as stack:
         pool = None
-        if scale.compare_workers > 1 and len(tasks) > 1:
+        if scale.compare_workers > 1 and len(first) > 1:
             from entity_resolution.internals.pool import process_pool
 
-            pool = stack.enter_context(process_pool(min(scale.compare_workers, len(tasks))))
+            pool = stack.enter_context(process_pool(scale.compare_workers))
             comparer.save(staged / "comparer")  # a worker maps it once, no copy pickled per task
+        # the shards keep the tasks' order, numbered without those left empty: the same files
+        # however many workers compared them; the pool's workers start on the first shards while
+        # this process plans the rest, then samples the model's m and u and looks up each
+        # signature's term frequencies (what needs no candidate pair)
+        compared = _in_order(
+            pool,
+            compare_shard,
+            itertools.chain(first, tasks),
+            spec,
+            staged,
+            staged / "comparer" if pool else comparer,
+        )
+        start = sampled(sig, spec, seed, comparer)
+        if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
+            frequencies = term_frequencies(sig, spec, unit="node")
+        # per signature, looked up once for every shard, and read by the shards' workers from files
+        frequency_files = {}
+        for number, (column, values) in enumerate(signature_frequencies(sig, frequencies).items()):
+            frequency_files[column] = staged / f"frequencies-{number}.npy"
+            np.save(frequency_files[column], values)
         shard_paths: list[Path] = []
         pattern_parts: list[pl.DataFrame] = []
         candidates = 0
-        # the shards keep the tasks' order, numbered without those left empty: the same files
-        # however many workers compared them
-        compared = _in_order(
-            pool, compare_shard, tasks, spec, staged, staged / "comparer" if pool else comparer
-        )
         for written, height, counts in filter(None, compared):
             shard_paths.append(work / "shards" / f"shard-{len(shard_paths):05d}.parquet")
             written.rename(shard_paths[-1])
@@ -439,25 +457,17 @@ def _prepare(
             if pattern_parts
             else pl.DataFrame(schema={"pattern": pl.Int64, "len": pl.UInt32})
         )
-        del tasks, pattern_parts
+        del tasks, first, pattern_parts
         step("compare")
 
         # 5. the model, then every pair's probability from its pattern
         pattern_codes = patterns["pattern"].to_numpy()
         pattern_levels = decode_patterns(pattern_codes, radix, spec)
         m, u, prior = estimate(
-            sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), comparer=comparer
+            sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), start=start
         )
         pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
         del comparer  # its coded columns are a row per signature
-
-        if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
-            frequencies = term_frequencies(sig, spec, unit="node")
-        # per signature, looked up once for every shard, and read by the shards' workers from files
-        frequency_files = {}
-        for number, (column, values) in enumerate(signature_frequencies(sig, frequencies).items()):
-            frequency_files[column] = staged / f"frequencies-{number}.npy"
-            np.save(frequency_files[column], values)
         scoring = ShardScoring(pattern_codes, pattern_levels, pattern_weights, u, prior, frequency_files)
         # every pair's probability, written back beside its pattern; the pairs at or above the
         # review threshold kept
