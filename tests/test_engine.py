@@ -92,8 +92,9 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
     linked,  # noqa: ANN001
     fixed_anchors: bool,
 ) -> None:
-    """One partition or many, one pair shard or many, one normalising chunk or many: same links,
-    pairs, review queue and model, steward decisions and registry anchors included."""
+    """One partition or many, one pair shard or many, one normalising chunk or many, each one at a
+    time or two at once: same links, pairs, review queue and model, steward decisions and registry
+    anchors included."""
     from polars.testing import assert_frame_equal
 
     data = generated["records"]
@@ -116,6 +117,7 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
             partition_signatures=40,
             partition_workers=2,
             normalise_workers=2,
+            compare_workers=2,
         ),
     )
     # whole: one partition, one shard per blocking rule at most
