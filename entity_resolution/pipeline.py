@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import polars as pl
 
@@ -676,13 +676,18 @@ def gather_canonical(
         built = list(
             pool.map(partial(_gather_bucket, stage, cuts, empty, registry is not None), range(buckets))
         )
-        ranges = [pool.submit(_sort_range, stage, built[-1][0], number) for number in range(buckets)]
+        ranges = [
+            pool.submit(_sort_range, stage, built[-1].links_schema, number) for number in range(buckets)
+        ]
         if registry:
             # the representatives' parts keyed as ``Registry.key_representatives`` keys them all at
             # once: a name's one-off spellings judged by the spellings of all the representatives
-            spellings = pl.concat([counts for _, counts in built]).group_by("value").agg(pl.col("len").sum())
+            spellings = pl.concat([b.spellings for b in built]).group_by("value").agg(pl.col("len").sum())
             _stage_write(spellings, stage / REPRESENTATIVES_SPELLINGS)
-            keyed = [pool.submit(_key_representatives_part, stage, spec, number) for number in range(buckets)]
+            keyed = [
+                pool.submit(_key_representative_parts, stage, spec, numbers)
+                for numbers in _consecutive([b.representatives for b in built], bucket_records)
+            ]
         # (written here while the workers sort and key)
         write_parquet(in_order("entities", "part"), out / ENTITIES_FILE)
         write_parquet(pl.scan_parquet(out / ENTITIES_FILE).select("entity_id"), out / TOUCHED_FILE)
@@ -703,6 +708,14 @@ def gather_canonical(
 #: in the gather's stage folder: the spelling counts of all the representatives' names
 REPRESENTATIVES_SPELLINGS = "representatives-spellings.arrow"
 _Result = TypeVar("_Result")
+
+
+class _Built(NamedTuple):
+    """What the gather needs of a bucket built (``_gather_bucket``)."""
+
+    links_schema: dict[str, pl.DataType]
+    representatives: int  # how many
+    spellings: pl.DataFrame | None  # the spelling counts of the representatives' names
 
 
 class _Here(Executor):
@@ -732,11 +745,11 @@ def _gather_bucket(
     empty: tuple[pl.DataFrame, pl.DataFrame],
     representatives: bool,
     bucket: int,
-) -> tuple[dict[str, pl.DataType], pl.DataFrame | None]:
+) -> _Built:
     """Build bucket ``bucket`` from its stage files (``empty``: the firms' and persons' frames when
     it has none): its links, cut into the ranges of record keys ``cuts`` (``_range_of``), its
     entities and, with ``representatives``, its registry representatives, each written to a stage
-    file. Returns the links' schema and the spelling counts of the representatives' names."""
+    file. Returns what the gather needs of it (``_Built``)."""
     bucket_firms = _bucket(stage / "firms", bucket, empty[0])
     bucket_persons = _bucket(stage / "persons", bucket, empty[1]).select(IDENTITY_COLUMNS)
     links = pl.concat([_firm_evidence(bucket_firms), _person_links(bucket_persons)])
@@ -750,7 +763,7 @@ def _gather_bucket(
     ):
         _stage_write(part, stage / "links" / f"range-{number:05d}" / f"part-{bucket:05d}.arrow")
     if not representatives:
-        return dict(links.schema), None
+        return _Built(dict(links.schema), 0, None)
     reps = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
     _stage_write(reps, stage / "representatives" / f"part-{bucket:05d}.arrow")
     # (their spellings, for their keys: the cores of their names, normalised already)
@@ -763,7 +776,7 @@ def _gather_bucket(
         .group_by("value")
         .agg(pl.col("len").sum().cast(pl.Int64))
     )
-    return dict(links.schema), counts
+    return _Built(dict(links.schema), reps.height, counts)
 
 
 def _sort_range(stage: Path, schema: dict[str, pl.DataType], number: int) -> None:
@@ -773,13 +786,33 @@ def _sort_range(stage: Path, schema: dict[str, pl.DataType], number: int) -> Non
     _stage_write(part.sort(KEYS), stage / "links" / f"sorted-{number:05d}.arrow")
 
 
-def _key_representatives_part(stage: Path, spec: Spec, number: int) -> None:
-    """Part ``number`` of the representatives (``part-N``) with its ``BLOCK_KEYS`` (``keyed-N``),
-    the names' spellings judged by all the representatives' (``REPRESENTATIVES_SPELLINGS``)."""
-    part = stage / "representatives" / f"part-{number:05d}.arrow"
+def _key_representative_parts(stage: Path, spec: Spec, numbers: list[int]) -> None:
+    """Parts ``numbers`` of the representatives (``part-N``, consecutive) with their ``BLOCK_KEYS``
+    (``keyed-N``, each part's rows as they were), the names' spellings judged by all the
+    representatives' (``REPRESENTATIVES_SPELLINGS``). Keyed together: normalising costs a pass over
+    all the spellings however few the representatives."""
+    parts = [pl.read_ipc(stage / "representatives" / f"part-{number:05d}.arrow") for number in numbers]
     spellings = {"name": pl.read_ipc(stage / REPRESENTATIVES_SPELLINGS)}
-    keyed = with_block_keys(pl.read_ipc(part), lambda reps: blocking_keys(reps, spec, spellings))
-    _stage_write(keyed, part.with_name(f"keyed-{number:05d}.arrow"))
+    # (the parts are consecutive ranges of entity ids: in order together as each is alone)
+    keyed = with_block_keys(pl.concat(parts), lambda reps: blocking_keys(reps, spec, spellings))
+    start = 0
+    for number, part in zip(numbers, parts, strict=True):
+        _stage_write(keyed.slice(start, part.height), stage / "representatives" / f"keyed-{number:05d}.arrow")
+        start += part.height
+
+
+def _consecutive(sizes: list[int], limit: int) -> list[list[int]]:
+    """The numbers of ``sizes`` cut into runs of consecutive numbers holding at most ``limit`` in
+    all (a larger one alone)."""
+    runs: list[list[int]] = []
+    held = 0
+    for number, size in enumerate(sizes):
+        if not runs or held + size > limit:
+            runs.append([])
+            held = 0
+        runs[-1].append(number)
+        held += size
+    return runs
 
 
 def _entity_buckets(entity_ids: pl.Series, bucket_records: int) -> pl.DataFrame:
