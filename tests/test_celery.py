@@ -64,6 +64,47 @@ def test_the_settings_file_sets_airflow_only_through_the_environment() -> None:
     assert not any("SECRET" in key or "FERNET" in key for key in settings)  # secrets come from elsewhere
 
 
+PRELOAD_PROBE = """
+import json, sys
+import polars as pl
+import deploy.worker_preload
+from deploy.celery_config import CELERY_CONFIG
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+from pipelines.flow import STAGES
+from pipelines.quality.suites import ROW_ID, run_suite
+before = set(sys.modules)
+run_suite(pl.DataFrame({"record_id": ["1"]}).with_row_index(ROW_ID), "contract.raw")
+print(json.dumps({
+    "stage_modules": [s.function.rpartition(".")[0] in before for s in STAGES],
+    "imported_by_a_validation": sorted(m for m in set(sys.modules) - before if m.startswith("great_expectations")),
+    "defaults_kept": all(CELERY_CONFIG[k] == v for k, v in DEFAULT_CELERY_CONFIG.items()),
+    "imports": list(CELERY_CONFIG["imports"]),
+}))
+"""
+
+
+def test_a_worker_imports_the_stages_once_before_it_forks_their_task_processes() -> None:
+    """deploy/celery.env points Celery at deploy/celery_config.py: Airflow's own Celery settings, plus
+    deploy/worker_preload.py imported by each worker at start, so that the task processes it forks
+    find every stage module and Great Expectations imported (a validation then imports none of GX's
+    modules, about 5 CPU s a task) and the broker and result settings are still Airflow's."""
+    assert settings_file()["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "deploy.celery_config.CELERY_CONFIG"
+    probe = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(REPO)},
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert all(found["stage_modules"]), found
+    assert found["imported_by_a_validation"] == [], found
+    assert found["defaults_kept"] and found["imports"] == ["deploy.worker_preload"], found
+    assert "credit worker: preloaded" in probe.stderr
+
+
 def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=check)
 
@@ -514,6 +555,11 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     assert lost and {host for _, _, _, host in earlier} == {doomed}, earlier
     for task_id in lost:
         assert current[task_id][1] == survivor and current[task_id][2] >= 2, (task_id, current[task_id])
+    # each worker imported the stages once at start (deploy/worker_preload.py), before forking tasks
+    for name in WORKERS:
+        assert "credit worker: preloaded" in (deployment.logs / f"{name}.log").read_text(
+            "utf-8", "replace"
+        ), name
     # each host reached the sources and the lake through its link to the file server
     for host in deployment.hosts.values():
         assert f"Accepted publickey for root from {host.own_address} " in deployment.files.log(), host

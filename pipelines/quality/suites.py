@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # GX logs an INFO line per public-API function it registers on import ("Skipping registering ..."),
 # most of a validate task's log; our logs keep GX's warnings and errors only.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
+#: what validating imports on first use, not when this module is imported (Great Expectations'
+#: import alone costs about 5 CPU s): a process that forks many task processes imports it once
+#: beforehand (``pipelines.flow.preload``, in a Celery worker)
+SLOW_IMPORTS = ("great_expectations",)
 ROW_ID = "_row"
 #: suite parameters every suite may use: the number grammar the raw suites check type drift with
 #: is the one standardisation reads numbers with

@@ -29,6 +29,8 @@ _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y/%m/%d %H:%M:%
 _TRUE = ("true", "1", "yes", "y", "是", "t")
 _FALSE = ("false", "0", "no", "n", "否", "f")
 IDENTITY_EXTRAS = ("reg_no_extra",)
+#: the prefix of a target's computed value beside the raw columns (no source column starts so)
+_COMPUTED = "\x00computed:"
 
 
 def _source_expr(spec: Any, columns: pl.Schema, source: str, target: str) -> pl.Expr:
@@ -130,8 +132,8 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
         "updated_at": source.watermark,
         **source.mapping,
     }
-    values: dict[str, pl.Expr] = {}
-    errors: list[pl.Expr] = []
+    values: dict[str, pl.Expr] = {}  # each target's value, computed once (in a first projection)
+    errors: list[pl.Expr] = []  # over the computed values: recomputing them cost as much again
     for target, spec in mapping.items():
         if target in IDENTITY_EXTRAS:
             values[target] = _source_expr(spec, raw_schema, source.name, target).cast(pl.String)
@@ -141,8 +143,8 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
         given = _source_expr(spec, raw_schema, source.name, target)
         dtype = CANONICAL_SCHEMA[target]
         source_dtype = raw_schema.get(spec) if isinstance(spec, str) else None
-        value = _to_canonical(given, dtype, source_dtype)
-        values[target] = value
+        values[target] = _to_canonical(given, dtype, source_dtype)
+        value = pl.col(_COMPUTED + target)
         if dtype != pl.String():
             # the value as delivered: a scaled number that cannot be read is null after scaling
             delivered = pl.col(spec["column"]) if isinstance(spec, dict) and "scale" in spec else given
@@ -152,7 +154,10 @@ def standardise_frame(raw: pl.LazyFrame, source: SourceConfig) -> pl.LazyFrame:
                 .then(pl.lit(f"{target}=") + shown.str.slice(0, 40))
                 .otherwise(None)
             )
-    frame = raw.select(**values, _errors=pl.concat_str(errors, separator="; ", ignore_nulls=True))
+    frame = raw.with_columns(**{_COMPUTED + target: value for target, value in values.items()}).select(
+        **{target: pl.col(_COMPUTED + target) for target in values},
+        _errors=pl.concat_str(errors, separator="; ", ignore_nulls=True),
+    )
     frame = classify_codes(frame.drop("uscc", "org_code", "reg_no", "code_status", strict=False), "code_raw")
     frame = frame.with_columns(
         pl.lit(source.name).alias("source"),
