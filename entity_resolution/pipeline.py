@@ -25,10 +25,13 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import polars as pl
 
@@ -333,10 +336,17 @@ def _engine(
 def _firm_links(records: pl.DataFrame, engine_links: pl.DataFrame) -> pl.DataFrame:
     """The engine's links with the evidence columns and match_method (vectorised over the records;
     ``records`` must hold all records of the entities they belong to, the method looks at them)."""
-    org_in_uscc = pl.col("entity_id").str.slice(8, 9)
-    frame = records.with_columns(record_id().alias("record_id")).join(
-        engine_links, on="record_id", how="left", maintain_order="left"
+    return _firm_evidence(
+        records.with_columns(record_id().alias("record_id")).join(
+            engine_links, on="record_id", how="left", maintain_order="left"
+        )
     )
+
+
+def _firm_evidence(frame: pl.DataFrame) -> pl.DataFrame:
+    """``_firm_links`` of records that carry their engine link's columns already (the gather's
+    buckets: no second join on the record ids)."""
+    org_in_uscc = pl.col("entity_id").str.slice(8, 9)
     # a code shared with another record of the entity, or the organization code inside its USCC
     shared = lambda code: pl.col(code).is_not_null() & (pl.len().over("entity_id", code) > 1)  # noqa: E731
     method = (
@@ -576,11 +586,12 @@ def finish_canonical(
     review_dir: Path | None = None,
     run: str = "run",
     bucket_records: int = GATHER_BUCKET_RECORDS,
+    workers: int | None = None,
 ) -> Resolution:
     """A prepared full linkage once every partition is resolved (``gather_canonical``, into the
     work directory), as frames."""
     out = Path(work_dir) / "finished"
-    stats = gather_canonical(work_dir, out, registry_dir, review_dir, run, bucket_records)
+    stats = gather_canonical(work_dir, out, registry_dir, review_dir, run, bucket_records, workers)
     links, entities, touched = (
         pl.read_parquet(out / name) for name in (LINKS_FILE, ENTITIES_FILE, TOUCHED_FILE)
     )
@@ -594,6 +605,7 @@ def gather_canonical(
     review_dir: Path | None = None,
     run: str = "run",
     bucket_records: int = GATHER_BUCKET_RECORDS,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """A prepared full linkage once every partition is resolved: the engine's links, the registry
     updated (``registry_dir``: the one ``prepare_canonical`` read its anchors from, as it was then),
@@ -602,9 +614,13 @@ def gather_canonical(
 
     Only the engine's links (four columns) are held whole. The records are cut into buckets of
     entities (``_entity_buckets``): an entity's evidence, row and representatives need only its
-    own records, so each bucket is built alone and its entities and representatives, ranges of
-    entity ids, follow one another in order; its links go to ranges of record keys (``_key_ranges``),
-    each sorted alone. The same files however many buckets."""
+    own records, so each bucket is built alone (``_gather_bucket``) and its entities and
+    representatives, ranges of entity ids, follow one another in order; its links go to ranges of
+    record keys (``_key_cuts``), each sorted alone (``_sort_range``). Buckets, ranges and
+    representatives' parts are worked ``workers`` at once (default: the spec's ``[scale]
+    normalise_workers``), each in a process of its own that reads and writes the gather's stage
+    files: only small results (a bucket's spelling counts) come back, gathered in bucket order.
+    The same files however many buckets or workers."""
     work, out = Path(work_dir), Path(out_dir)
     state = json.loads((work / CANONICAL_STATE).read_text("utf-8"))
     spec = load_spec(state["spec"])
@@ -621,26 +637,21 @@ def gather_canonical(
     stage = work / GATHER_DIR
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    persons = pl.scan_parquet(work / "persons.parquet").with_columns(person_entity_id().alias("entity_id"))
-    persons.sink_parquet(stage / "persons.parquet")
-    persons = pl.scan_parquet(stage / "persons.parquet")
-    bucket_of = _entity_buckets(
-        pl.concat([engine_links["entity_id"], persons.select("entity_id").collect()["entity_id"]]),
-        bucket_records,
+    persons = (
+        pl.scan_parquet(work / "persons.parquet")
+        .with_columns(person_entity_id().alias("entity_id"))
+        .collect()
     )
+    bucket_of = _entity_buckets(pl.concat([engine_links["entity_id"], persons["entity_id"]]), bucket_records)
     buckets = int(bucket_of["bucket"].max()) + 1 if bucket_of.height else 1
-    firms = pl.scan_parquet(work / "firms.parquet")
-    engine_links = engine_links.join(bucket_of, on="entity_id", maintain_order="left")  # (one copy held)
-    _shuffle_firms(firms, engine_links, stage, bucket_records)
     for (bucket,), part in (
-        persons.collect()
-        .join(bucket_of, on="entity_id", maintain_order="left")
+        persons.join(bucket_of, on="entity_id", maintain_order="left")
         .partition_by("bucket", as_dict=True, include_key=False)
         .items()
     ):
         _stage_write(part, stage / "persons" / f"bucket-{bucket:05d}" / "part-00000.arrow")
-    del engine_links, bucket_of
-    key_range = _key_ranges(pl.concat([firms.select(KEYS), persons.select(KEYS)]), buckets)
+    firms = pl.scan_parquet(work / "firms.parquet")
+    cuts = _key_cuts(pl.concat([firms.select(KEYS), persons.lazy().select(KEYS)]), buckets)
     empty_firms = (
         firms.with_columns(
             record_id().alias("record_id"),
@@ -651,60 +662,42 @@ def gather_canonical(
         .clear()
         .collect()
     )
-    empty_persons = persons.clear().collect()
-    links_schema: dict[str, pl.DataType] = {}
-    spellings: list[pl.DataFrame] = []  # per bucket: its representatives' spelling counts
-    for bucket in range(buckets):
-        bucket_firms = _bucket(stage / "firms", bucket, empty_firms)
-        bucket_persons = _bucket(stage / "persons", bucket, empty_persons).select(IDENTITY_COLUMNS)
-        links = pl.concat(
-            [
-                _firm_links(bucket_firms.select(IDENTITY_COLUMNS), bucket_firms.select(ENGINE_COLUMNS)),
-                _person_links(bucket_persons),
-            ]
-        )
-        links_schema = dict(links.schema)
-        records = pl.concat([bucket_firms.select(IDENTITY_COLUMNS), bucket_persons])
-        names = normalise_names(records["subject_name"])
-        entities = entities_table(records, links, names)
-        _stage_write(entities, stage / "entities" / f"part-{bucket:05d}.arrow")
-        for (number,), part in (
-            links.with_columns(key_range(links))
-            .partition_by("range", as_dict=True, include_key=False)
-            .items()
-        ):
-            _stage_write(part, stage / "links" / f"range-{number:05d}" / f"part-{bucket:05d}.arrow")
-        if registry:
-            representatives = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
-            _stage_write(representatives, stage / "representatives" / f"part-{bucket:05d}.arrow")
-            # (their spellings, for their keys: the cores of their names, normalised already)
-            cores = pl.DataFrame({"name": records["subject_name"], "value": names["core"]}).unique("name")
-            spellings.append(
-                representatives.group_by("name")
-                .len()
-                .join(cores, on="name")
-                .drop_nulls("value")
-                .group_by("value")
-                .agg(pl.col("len").sum().cast(pl.Int64))
-            )
-        del bucket_firms, bucket_persons, links, entities
-    for number in range(buckets):  # each range of record keys sorted alone
-        folder = stage / "links" / f"range-{number:05d}"
-        parts = sorted(folder.glob("part-*.arrow"))
-        part = pl.concat([pl.read_ipc(p) for p in parts]) if parts else pl.DataFrame(schema=links_schema)
-        _stage_write(part.sort(KEYS), stage / "links" / f"sorted-{number:05d}.arrow")
+    empty = (empty_firms, persons.clear())
+    del persons  # (their buckets written: not held through the firms' shuffle)
+    engine_links = engine_links.join(bucket_of, on="entity_id", maintain_order="left")  # (one copy held)
+    del bucket_of
+    _shuffle_firms(firms, engine_links, stage, bucket_records)
+    del engine_links
     in_order = lambda kind, name: pl.scan_ipc(  # noqa: E731
         [stage / kind / f"{name}-{number:05d}.arrow" for number in range(buckets)]
     )
-    write_parquet(in_order("links", "sorted"), out / LINKS_FILE)
-    write_parquet(in_order("entities", "part"), out / ENTITIES_FILE)
-    write_parquet(pl.scan_parquet(out / ENTITIES_FILE).select("entity_id"), out / TOUCHED_FILE)
-    if registry:
-        _key_representative_parts(
-            [stage / "representatives" / f"part-{number:05d}.arrow" for number in range(buckets)],
-            spec,
-            {"name": pl.concat(spellings).group_by("value").agg(pl.col("len").sum())},
+    workers = Scale.of(spec).normalise_workers if workers is None else workers
+    with _executor(min(workers, buckets)) as pool:
+        built = list(
+            pool.map(partial(_gather_bucket, stage, cuts, empty, registry is not None), range(buckets))
         )
+        ranges = [
+            pool.submit(_sort_range, stage, built[-1].links_schema, number) for number in range(buckets)
+        ]
+        if registry:
+            # the representatives' parts keyed as ``Registry.key_representatives`` keys them all at
+            # once: a name's one-off spellings judged by the spellings of all the representatives
+            spellings = pl.concat([b.spellings for b in built]).group_by("value").agg(pl.col("len").sum())
+            _stage_write(spellings, stage / REPRESENTATIVES_SPELLINGS)
+            keyed = [
+                pool.submit(_key_representative_parts, stage, spec, numbers)
+                for numbers in _consecutive([b.representatives for b in built], bucket_records)
+            ]
+        # (written here while the workers sort and key)
+        write_parquet(in_order("entities", "part"), out / ENTITIES_FILE)
+        write_parquet(pl.scan_parquet(out / ENTITIES_FILE).select("entity_id"), out / TOUCHED_FILE)
+        for done in ranges:
+            done.result()
+        write_parquet(in_order("links", "sorted"), out / LINKS_FILE)
+        if registry:
+            for done in keyed:
+                done.result()
+    if registry:
         registry.store_representatives(in_order("representatives", "keyed"))
         if state["spellings"]:
             _write_spellings(registry.folder, pl.read_parquet(work / SPELLINGS_FILE))
@@ -712,13 +705,114 @@ def gather_canonical(
     return stats
 
 
-def _key_representative_parts(parts: list[Path], spec: Spec, spellings: dict[str, pl.DataFrame]) -> None:
-    """Each part of the representatives (``part-N``) with its ``BLOCK_KEYS`` (``keyed-N``), as
-    ``Registry.key_representatives`` keys them all at once: a name's one-off spellings are judged
-    by the ``spellings`` of all the representatives."""
-    for part in parts:
-        keyed = with_block_keys(pl.read_ipc(part), lambda reps: blocking_keys(reps, spec, spellings))
-        _stage_write(keyed, part.with_name(part.name.replace("part-", "keyed-")))
+#: in the gather's stage folder: the spelling counts of all the representatives' names
+REPRESENTATIVES_SPELLINGS = "representatives-spellings.arrow"
+_Result = TypeVar("_Result")
+
+
+class _Built(NamedTuple):
+    """What the gather needs of a bucket built (``_gather_bucket``)."""
+
+    links_schema: dict[str, pl.DataType]
+    representatives: int  # how many
+    spellings: pl.DataFrame | None  # the spelling counts of the representatives' names
+
+
+class _Here(Executor):
+    """An executor that runs each call at once, in this process (one worker: no pool)."""
+
+    def submit(self, fn: Callable[..., _Result], /, *args: Any, **kwargs: Any) -> Future[_Result]:
+        done: Future[_Result] = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
+
+
+@contextmanager
+def _executor(workers: int) -> Iterator[Executor]:
+    """``workers`` processes of their own (``internals.pool.process_pool``), or this process alone."""
+    if workers <= 1:
+        yield _Here()
+        return
+    from entity_resolution.internals.pool import process_pool
+
+    with process_pool(workers) as pool:
+        yield pool
+
+
+def _gather_bucket(
+    stage: Path,
+    cuts: pl.Series,
+    empty: tuple[pl.DataFrame, pl.DataFrame],
+    representatives: bool,
+    bucket: int,
+) -> _Built:
+    """Build bucket ``bucket`` from its stage files (``empty``: the firms' and persons' frames when
+    it has none): its links, cut into the ranges of record keys ``cuts`` (``_range_of``), its
+    entities and, with ``representatives``, its registry representatives, each written to a stage
+    file. Returns what the gather needs of it (``_Built``)."""
+    bucket_firms = _bucket(stage / "firms", bucket, empty[0])
+    bucket_persons = _bucket(stage / "persons", bucket, empty[1]).select(IDENTITY_COLUMNS)
+    links = pl.concat([_firm_evidence(bucket_firms), _person_links(bucket_persons)])
+    records = pl.concat([bucket_firms.select(IDENTITY_COLUMNS), bucket_persons])
+    names = normalise_names(records["subject_name"])
+    _stage_write(entities_table(records, links, names), stage / "entities" / f"part-{bucket:05d}.arrow")
+    for (number,), part in (
+        links.with_columns(_range_of(cuts, links))
+        .partition_by("range", as_dict=True, include_key=False)
+        .items()
+    ):
+        _stage_write(part, stage / "links" / f"range-{number:05d}" / f"part-{bucket:05d}.arrow")
+    if not representatives:
+        return _Built(dict(links.schema), 0, None)
+    reps = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
+    _stage_write(reps, stage / "representatives" / f"part-{bucket:05d}.arrow")
+    # (their spellings, for their keys: the cores of their names, normalised already)
+    cores = pl.DataFrame({"name": records["subject_name"], "value": names["core"]}).unique("name")
+    counts = (
+        reps.group_by("name")
+        .len()
+        .join(cores, on="name")
+        .drop_nulls("value")
+        .group_by("value")
+        .agg(pl.col("len").sum().cast(pl.Int64))
+    )
+    return _Built(dict(links.schema), reps.height, counts)
+
+
+def _sort_range(stage: Path, schema: dict[str, pl.DataType], number: int) -> None:
+    """Range ``number`` of the links (every bucket's part of it) sorted by KEYS (``sorted-N``)."""
+    parts = sorted((stage / "links" / f"range-{number:05d}").glob("part-*.arrow"))
+    part = pl.concat([pl.read_ipc(p) for p in parts]) if parts else pl.DataFrame(schema=schema)
+    _stage_write(part.sort(KEYS), stage / "links" / f"sorted-{number:05d}.arrow")
+
+
+def _key_representative_parts(stage: Path, spec: Spec, numbers: list[int]) -> None:
+    """Parts ``numbers`` of the representatives (``part-N``, consecutive) with their ``BLOCK_KEYS``
+    (``keyed-N``, each part's rows as they were), the names' spellings judged by all the
+    representatives' (``REPRESENTATIVES_SPELLINGS``). Keyed together: normalising costs a pass over
+    all the spellings however few the representatives."""
+    parts = [pl.read_ipc(stage / "representatives" / f"part-{number:05d}.arrow") for number in numbers]
+    spellings = {"name": pl.read_ipc(stage / REPRESENTATIVES_SPELLINGS)}
+    # (the parts are consecutive ranges of entity ids: in order together as each is alone)
+    keyed = with_block_keys(pl.concat(parts), lambda reps: blocking_keys(reps, spec, spellings))
+    start = 0
+    for number, part in zip(numbers, parts, strict=True):
+        _stage_write(keyed.slice(start, part.height), stage / "representatives" / f"keyed-{number:05d}.arrow")
+        start += part.height
+
+
+def _consecutive(sizes: list[int], limit: int) -> list[list[int]]:
+    """The numbers of ``sizes`` cut into runs of consecutive numbers holding at most ``limit`` in
+    all (a larger one alone)."""
+    runs: list[list[int]] = []
+    held = 0
+    for number, size in enumerate(sizes):
+        if not runs or held + size > limit:
+            runs.append([])
+            held = 0
+        runs[-1].append(number)
+        held += size
+    return runs
 
 
 def _entity_buckets(entity_ids: pl.Series, bucket_records: int) -> pl.DataFrame:
@@ -731,17 +825,28 @@ def _entity_buckets(entity_ids: pl.Series, bucket_records: int) -> pl.DataFrame:
     ).with_columns(pl.col("bucket").rank("dense").cast(pl.UInt32) - 1)
 
 
-def _key_ranges(keys: pl.LazyFrame, ranges: int) -> Callable[[pl.DataFrame], pl.Series]:
-    """Per row of a frame with KEYS, the number of its range of KEYS: ``ranges`` ranges of about as
-    many records (cut at a sample of the keys), so that links sorted per range follow one another
-    in KEYS order. (Found by binary search on the keys joined by a NUL, which sort as the KEYS do.)"""
-    joined = pl.concat_str(*KEYS, separator="\x00")
+def _key_cuts(keys: pl.LazyFrame, ranges: int) -> pl.Series:
+    """Where ``ranges`` ranges of KEYS of about as many records each begin (cut at a sample of the
+    keys), so that links sorted per range follow one another in KEYS order: the keys joined by a
+    NUL (``_joined_keys``), which sort as the KEYS do."""
     total = keys.select(pl.len()).collect().item()
     sample = (
-        keys.gather_every(max(1, total // max(1, ranges * 64))).select(joined).collect().to_series().sort()
+        keys.gather_every(max(1, total // max(1, ranges * 64)))
+        .select(_joined_keys())
+        .collect()
+        .to_series()
+        .sort()
     )
-    cuts = sample.gather([sample.len() * i // ranges for i in range(1, ranges)]).unique().sort()
-    return lambda frame: cuts.search_sorted(frame.select(joined).to_series(), side="right").alias("range")
+    return sample.gather([sample.len() * i // ranges for i in range(1, ranges)]).unique().sort()
+
+
+def _joined_keys() -> pl.Expr:
+    return pl.concat_str(*KEYS, separator="\x00")
+
+
+def _range_of(cuts: pl.Series, frame: pl.DataFrame) -> pl.Series:
+    """Per row of a frame with KEYS, the number of its range of KEYS (``_key_cuts``), by binary search."""
+    return cuts.search_sorted(frame.select(_joined_keys()).to_series(), side="right").alias("range")
 
 
 def _bucket(folder: Path, bucket: int, empty: pl.DataFrame) -> pl.DataFrame:

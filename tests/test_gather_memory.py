@@ -1,15 +1,20 @@
 """The gather of a full re-link (``finish_canonical`` / ``gather_canonical``) works a bucket of
 entities at a time, yet gives exactly what building the links, entities and registry from the whole
-snapshot at once gave (the reference below is that whole-snapshot code), whatever the bucket size."""
+snapshot at once gave (the reference below is that whole-snapshot code), whatever the bucket size
+and however many processes build the buckets: the same bytes in every file with one or two."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+import entity_resolution.internals.pool as pool
 import entity_resolution.pipeline as pipeline
 from entity_resolution.engine import finish_link, resolve_link_partitions
 from entity_resolution.pipeline import (
@@ -87,23 +92,42 @@ def reference(prepared: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     }
 
 
-@pytest.mark.parametrize("bucket_records", [1, 97, 10**9], ids=["entity-per-bucket", "buckets", "one-bucket"])
+BUCKETS = pytest.mark.parametrize(
+    "bucket_records", [1, 97, 10**9], ids=["entity-per-bucket", "buckets", "one-bucket"]
+)
+
+
+@BUCKETS
+@pytest.mark.parametrize("workers", [1, 2], ids=["here", "pooled"])
 def test_the_gather_per_bucket_equals_the_whole(
     prepared: tuple[Path, Path],
     reference: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     bucket_records: int,
+    workers: int,
 ) -> None:
-    built = []  # the records each entities table was built from
+    built = []  # the records each entities table was built from in this process
     table = pipeline.entities_table
     monkeypatch.setattr(
         pipeline,
         "entities_table",
         lambda records, *rest: built.append(records.height) or table(records, *rest),
     )
+    pools = []  # the process pools the gather started (their workers)
+    started = pool.process_pool
+
+    @contextmanager
+    def counted(size: int) -> Iterator:
+        pools.append(size)
+        with started(size) as executor:
+            yield executor
+
+    monkeypatch.setattr(pool, "process_pool", counted)
     work, registry = _copy(prepared, tmp_path)
-    resolution = finish_canonical(work, registry, tmp_path / "review", NIGHT, bucket_records=bucket_records)
+    resolution = finish_canonical(
+        work, registry, tmp_path / "review", NIGHT, bucket_records=bucket_records, workers=workers
+    )
     assert resolution.links.equals(reference["links"])
     assert resolution.entities.equals(reference["entities"])
     assert resolution.touched.equals(reference["touched"])
@@ -116,11 +140,45 @@ def test_the_gather_per_bucket_equals_the_whole(
     assert {n: f.equals(reference["review"][n]) for n, f in _folder(tmp_path / "review").items()} == {
         n: True for n in reference["review"]
     }
-    # the work was done a bucket at a time: no bucket larger than asked, unless one entity is
     records = reference["links"].height
+    if workers > 1 and bucket_records < records:
+        # the buckets were built by a pool's processes, none here
+        assert pools == [workers] and built == []
+        return
+    assert pools == []
+    # the work was done a bucket at a time: no bucket larger than asked, unless one entity is
     largest = reference["entities"]["record_count"].max()
     assert sum(built) == records
     if bucket_records < records:
         assert len(built) > 1 and max(built) <= bucket_records + largest
     else:
         assert built == [records]
+
+
+def _digests(*folders: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folders`` (by its path inside them)."""
+    return {
+        f"{folder.name}/{path.relative_to(folder)}": hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@BUCKETS
+def test_the_files_are_the_same_bytes_however_many_workers(
+    prepared: tuple[Path, Path], tmp_path: Path, bucket_records: int
+) -> None:
+    """The links, entities, touched entities, registry (members, history, representatives,
+    spellings) and review queue: byte for byte the same built here or by two processes."""
+    digests = []
+    for workers in (1, 2):
+        work, registry = _copy(prepared, tmp_path / f"workers-{workers}")
+        finish_canonical(work, registry, work.parent / "review", NIGHT, bucket_records, workers)
+        digests.append(_digests(work / "finished", registry, work.parent / "review"))
+    assert {
+        "finished/links.parquet",
+        "registry/representatives.parquet",
+        "registry/spellings.parquet",
+    } <= set(digests[0])
+    assert digests[0] == digests[1]
