@@ -24,9 +24,10 @@ numpy for the model, scipy for connected components):
    returned for the review queue.
 
 Spec ``[scale]`` (``normalise_records``, ``shard_pairs``, ``partition_signatures``, and how many
-normalising chunks and partitions run at once, ``normalise_workers`` and ``partition_workers``,
-each in a process of its own) sets how the work is cut, which bounds memory and never changes the result. What grows with the input stays in
-the work directory between phases (Parquet, read by streaming queries): the record -> signature
+normalising chunks, pair shards and partitions run at once, ``normalise_workers``,
+``compare_workers`` and ``partition_workers``, each in a process of its own) sets how the work is
+cut, which bounds memory and never changes the result. What grows with the input stays in the work
+directory between phases (Parquet, read by streaming queries): the record -> signature
 map (``records.parquet``), the signature table with its first record ids (``signatures.parquet``;
 blocking, comparisons and the model hold it in memory without those ids), the pair shards, and per
 partition its signatures, pairs, decisions and result (``partitions/part-N/``). Clustering holds
@@ -59,30 +60,33 @@ The evidence per link, from the engine's own comparisons (``links`` columns):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import _components, candidate_shards, exact_nodes, signatures
-from entity_resolution.internals.cluster import cross_input_pairs
+from entity_resolution.internals.blocking import _components, exact_nodes, plan_shards, signatures
 from entity_resolution.internals.compare import (
     PairComparer,
     compared_columns,
+    decode_patterns,
+    pattern_radix,
     signature_frequencies,
     term_frequencies,
-    value_frequencies,
 )
-from entity_resolution.internals.model import estimate, probability, tf_adjustment, weights
+from entity_resolution.internals.model import estimate, sampled, weights
 from entity_resolution.internals.normalise import normalise
 from entity_resolution.internals.partition import (
     COUNTS_FILE,
@@ -91,6 +95,7 @@ from entity_resolution.internals.partition import (
     pack,
     resolve_partition_files,
 )
+from entity_resolution.internals.shards import ShardScoring, compare_shard, score_shard
 from entity_resolution.spec import Spec
 from foundation.lake import write_json, write_parquet
 
@@ -108,6 +113,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -190,26 +196,6 @@ def _kept_columns(spec: Spec, columns: list[str]) -> set[str]:
         *([spec.source_column] if spec.link_only else []),
     }
     return wanted & set(columns)
-
-
-def _pattern_radix(spec: Spec) -> np.ndarray:
-    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
-    if float(np.prod(sizes.astype(float))) >= 2**62:
-        raise ValueError(f"spec {spec.source}: too many comparison levels to count their patterns")
-    return np.concatenate([[1], np.cumprod(sizes)[:-1]])
-
-
-def _encode(levels: np.ndarray, radix: np.ndarray) -> np.ndarray:
-    """Each pair's levels as one integer (its pattern)."""
-    code = np.zeros(len(levels), dtype=np.int64)
-    for j, place in enumerate(radix.tolist()):  # (an integer matrix product has no fast kernel)
-        code += (levels[:, j].astype(np.int64) + 1) * place
-    return code
-
-
-def _decode(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:
-    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
-    return ((patterns[:, None] // radix[None, :]) % sizes[None, :] - 1).astype(np.int8)
 
 
 # ---------------------------------------------------------------------------------- the engine
@@ -353,6 +339,16 @@ def finish_link(work_dir: Path, spec: Spec) -> Linkage:
     return _finish(work, spec, _Clock(json.loads((work / STATE_FILE).read_text("utf-8"))["clock"]))
 
 
+def _in_order(
+    pool: Executor | None, function: Callable[..., T], items: Iterable[Any], *same: Any
+) -> Iterator[T]:
+    """``function(item, *same)`` for each of ``items``, the results in their order: run by the
+    ``pool``'s workers (several at once), else here, one after the other."""
+    if pool is None:
+        return (function(item, *same) for item in items)
+    return pool.map(function, items, *(itertools.repeat(value) for value in same))
+
+
 def _prepare(
     records: pl.DataFrame | pl.LazyFrame,
     spec: Spec,
@@ -400,11 +396,9 @@ def _prepare(
     sig = sig.with_columns(pl.Series("node", node))
     step("exact")
 
-    # 3-4. blocking and comparisons, a shard at a time; EM needs only the level patterns' counts
-    radix = _pattern_radix(spec)
-    shard_paths: list[Path] = []
-    pattern_parts: list[pl.DataFrame] = []
-    candidates = 0
+    # 3-4. blocking and comparisons, a shard at a time, ``[scale] compare_workers`` at once (each in a
+    # process of its own); EM needs only the level patterns' counts
+    radix = pattern_radix(spec)
     comparer = PairComparer(sig, spec)  # the compared columns coded once, for every shard
     # what the partitions take from the signature file (read before the columns below are dropped)
     columns = [
@@ -419,46 +413,66 @@ def _prepare(
     # a column only compared is the comparer's now (each distinct value once): the signature table
     # keeps what blocking, the constraints, the model and the term frequencies read
     sig = sig.select(c for c in sig.columns if c in _kept_columns(spec, sig.columns))
-    for number, pairs in enumerate(candidate_shards(sig, node, spec, scale.shard_pairs)):
-        if spec.link_only:  # accuracy hook: only pairs across the two inputs
-            pairs = cross_input_pairs(sig, pairs, spec.source_column)
-        code = _encode(comparer.levels(pairs), radix)
-        path = work / "shards" / f"shard-{number:05d}.parquet"
-        pairs.with_columns(pl.Series("pattern", code)).write_parquet(path, compression="lz4")
-        shard_paths.append(path)
-        pattern_parts.append(pl.DataFrame({"pattern": code}).group_by("pattern").len())
-        candidates += pairs.height
-    patterns = (
-        pl.concat(pattern_parts).group_by("pattern").agg(pl.col("len").sum()).sort("pattern")
-        if pattern_parts
-        else pl.DataFrame(schema={"pattern": pl.Int64, "len": pl.UInt32})
-    )
-    step("compare")
+    staged = work / "compare"  # the shards' tasks and what their workers read (removed after scoring)
+    shutil.rmtree(staged, ignore_errors=True)
+    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged)
+    first = list(itertools.islice(tasks, 2))  # (a pool for two shards at least)
+    with ExitStack() as stack:
+        pool = None
+        if scale.compare_workers > 1 and len(first) > 1:
+            from entity_resolution.internals.pool import process_pool
 
-    # 5. the model, then every pair's probability from its pattern
-    pattern_codes = patterns["pattern"].to_numpy()
-    pattern_levels = _decode(pattern_codes, radix, spec)
-    m, u, prior = estimate(
-        sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), comparer=comparer
-    )
-    pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
-    del comparer  # its coded columns are a row per signature
+            pool = stack.enter_context(process_pool(scale.compare_workers))
+            comparer.save(staged / "comparer")  # a worker maps it once, no copy pickled per task
+        # the shards keep the tasks' order, numbered without those left empty: the same files
+        # however many workers compared them; the pool's workers start on the first shards while
+        # this process plans the rest, then samples the model's m and u and looks up each
+        # signature's term frequencies (what needs no candidate pair)
+        compared = _in_order(
+            pool,
+            compare_shard,
+            itertools.chain(first, tasks),
+            spec,
+            staged,
+            staged / "comparer" if pool else comparer,
+        )
+        start = sampled(sig, spec, seed, comparer)
+        if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
+            frequencies = term_frequencies(sig, spec, unit="node")
+        # per signature, looked up once for every shard, and read by the shards' workers from files
+        frequency_files = {}
+        for number, (column, values) in enumerate(signature_frequencies(sig, frequencies).items()):
+            frequency_files[column] = staged / f"frequencies-{number}.npy"
+            np.save(frequency_files[column], values)
+        shard_paths: list[Path] = []
+        pattern_parts: list[pl.DataFrame] = []
+        candidates = 0
+        for written, height, counts in filter(None, compared):
+            shard_paths.append(work / "shards" / f"shard-{len(shard_paths):05d}.parquet")
+            written.rename(shard_paths[-1])
+            pattern_parts.append(counts)
+            candidates += height
+        patterns = (
+            pl.concat(pattern_parts).group_by("pattern").agg(pl.col("len").sum()).sort("pattern")
+            if pattern_parts
+            else pl.DataFrame(schema={"pattern": pl.Int64, "len": pl.UInt32})
+        )
+        del tasks, first, pattern_parts
+        step("compare")
 
-    if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
-        frequencies = term_frequencies(sig, spec, unit="node")
-    sig_frequencies = signature_frequencies(sig, frequencies)  # per signature, once for every shard
-
-    kept = []  # pairs at or above the review threshold
-    for path in shard_paths:  # every pair's probability, written back beside its pattern
-        shard = pl.read_parquet(path)
-        index = np.searchsorted(pattern_codes, shard["pattern"].to_numpy())
-        levels = pattern_levels[index]
-        adjustment = tf_adjustment(levels, u, spec, value_frequencies(sig_frequencies, shard))
-        p = probability(pattern_weights[index] + adjustment, prior) if len(index) else np.zeros(0)
-        shard = shard.with_columns(pl.Series("probability", p))
-        shard.write_parquet(path, compression="lz4")
-        kept.append(shard.filter(pl.col("probability") >= spec.review_threshold))
-    del sig_frequencies
+        # 5. the model, then every pair's probability from its pattern
+        pattern_codes = patterns["pattern"].to_numpy()
+        pattern_levels = decode_patterns(pattern_codes, radix, spec)
+        m, u, prior = estimate(
+            sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), start=start
+        )
+        pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
+        del comparer  # its coded columns are a row per signature
+        scoring = ShardScoring(pattern_codes, pattern_levels, pattern_weights, u, prior, frequency_files)
+        # every pair's probability, written back beside its pattern; the pairs at or above the
+        # review threshold kept
+        kept = list(_in_order(pool, score_shard, shard_paths, scoring, spec))
+    shutil.rmtree(staged, ignore_errors=True)
     above_review = (
         pl.concat(kept)
         if kept
@@ -613,7 +627,7 @@ def _finish(work: Path, spec: Spec, clock: _Clock) -> Linkage:
     rid = spec.id_column
     state = json.loads((work / STATE_FILE).read_text("utf-8"))
     n, partitions, shown = state["signatures"], state["partitions"], state["shown"]
-    radix = _pattern_radix(spec)
+    radix = pattern_radix(spec)
     prior = state["lambda"]
     m = [np.array(values) for values in state["m"]]
     u = [np.array(values) for values in state["u"]]
@@ -661,7 +675,7 @@ def _finish(work: Path, spec: Spec, clock: _Clock) -> Linkage:
     ).sort("l", "r")
     review_pairs = _review_pairs(
         review.select("l", "r", "probability"),
-        _decode(review["pattern"].to_numpy(), radix, spec),
+        decode_patterns(review["pattern"].to_numpy(), radix, spec),
         pl.scan_parquet(signature_file)
         .select("sig", "first_record", *shown)
         .join(pl.concat([review["l"], review["r"]]).unique().to_frame("sig").lazy(), on="sig", how="semi")

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from entity_resolution.engine import MATCH_RULES, Scale, link
+from entity_resolution.engine import MATCH_RULES, Scale, link, prepare_link
 from entity_resolution.evaluate import entities_with_two_codes, evaluate, pairwise_involving
 from entity_resolution.pipeline import MATCH_METHODS, enterprise_inputs, record_id
 from entity_resolution.registry import Registry
@@ -92,8 +92,9 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
     linked,  # noqa: ANN001
     fixed_anchors: bool,
 ) -> None:
-    """One partition or many, one pair shard or many, one normalising chunk or many: same links,
-    pairs, review queue and model, steward decisions and registry anchors included."""
+    """One partition or many, one pair shard or many, one normalising chunk or many, each one at a
+    time or two at once: same links, pairs, review queue and model, steward decisions and registry
+    anchors included."""
     from polars.testing import assert_frame_equal
 
     data = generated["records"]
@@ -116,6 +117,7 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
             partition_signatures=40,
             partition_workers=2,
             normalise_workers=2,
+            compare_workers=2,
         ),
     )
     # whole: one partition, one shard per blocking rule at most
@@ -127,6 +129,43 @@ def test_the_result_does_not_depend_on_how_the_work_is_cut(
     assert_frame_equal(whole.review, cut.review)
     assert whole.model == cut.model
     assert whole.stats["linked_pairs"] == cut.stats["linked_pairs"] > 0
+
+
+def test_shards_compared_by_a_pool_are_the_files_one_process_writes(
+    generated: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pair shards compared and scored by two worker processes (``[scale] compare_workers``) or by
+    the preparing process alone: the same shards (numbered in the same order), partitions and state,
+    byte for byte."""
+    from entity_resolution.internals import pool
+
+    pools: list[int] = []
+    process_pool = pool.process_pool
+
+    def counted(workers: int):  # noqa: ANN202
+        pools.append(workers)
+        return process_pool(workers)
+
+    monkeypatch.setattr(pool, "process_pool", counted)
+    works = {}
+    for workers in (1, 2):
+        works[workers] = tmp_path / f"workers-{workers}"
+        scale = Scale(shard_pairs=2_000, partition_signatures=400, compare_workers=workers)
+        prepare_link(generated["records"], ENTERPRISE, work_dir=works[workers], scale=scale)
+    assert pools == [2]  # the second preparation only, its shards compared and scored by two workers
+    files = {
+        w: sorted(p.relative_to(work) for p in work.rglob("*") if p.is_file()) for w, work in works.items()
+    }
+    assert files[1] == files[2]
+    assert sum(p.parts[0] == "shards" for p in files[1]) > 3 * len(ENTERPRISE.blocking)
+    assert sum(p.name == "scored.parquet" for p in files[1]) > 5
+    for path in files[1]:
+        one, two = (works[w] / path for w in (1, 2))
+        if path.name == "state.json":  # (its clock differs)
+            one, two = (json.loads(p.read_text()) for p in (one, two))
+            assert {**one, "clock": None} == {**two, "clock": None}
+        else:
+            assert one.read_bytes() == two.read_bytes(), path
 
 
 def test_no_phase_holds_a_row_per_record_or_signature_only_its_chunk_or_partition(

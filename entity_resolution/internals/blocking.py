@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -305,23 +306,42 @@ def _codes(values: pl.Series) -> np.ndarray:
     return values.rank("dense").fill_null(0).cast(pl.Int64).to_numpy() - 1
 
 
-def candidate_shards(
-    sig: pl.DataFrame, node: np.ndarray, spec: Spec, shard_pairs: int
-) -> Iterator[pl.DataFrame]:
-    """Candidate pairs (l < r) of signatures in different nodes sharing every key of some blocking
-    rule, without pairs the constraints rule out anyway, in shards of about ``shard_pairs`` pairs.
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of candidate pairs to make (``shard_pairs``), as files: the members of its blocks
+    and, in ``folder``, the per-signature arrays that rule pairs out (a worker maps them, so no task
+    carries an array per signature)."""
+
+    number: int  # in the fixed order of the shards (shards left empty are skipped later)
+    rows: Path  # the members of the shard's blocks: sig, b (block), node
+    folder: Path  # blocks-K.npy per rule, value.npy, branch-I.npy, source.npy (link-only)
+    earlier: int  # rules before this one: a pair one of their blocks holds is theirs
+    branches: int
+
+
+def plan_shards(
+    sig: pl.DataFrame, node: np.ndarray, spec: Spec, shard_pairs: int, folder: Path
+) -> Iterator[ShardTask]:
+    """The shards of candidate pairs (l < r) of signatures in different nodes sharing every key of
+    some blocking rule, about ``shard_pairs`` pairs each, as tasks for ``shard_pairs_of`` (files
+    under ``folder``).
 
     A pair comes from the first rule that pairs it (later rules drop pairs an earlier rule's block
     holds), so the shards are disjoint without ever uniting all pairs; blocks are cut into shards in
     a fixed order, so the set of pairs never depends on ``shard_pairs``."""
-    blocks: list[np.ndarray] = []  # per rule, each signature's block number (-1: in no block)
+    folder.mkdir(parents=True, exist_ok=True)
     bad = spec.cannot_link_on
-    value = _codes(sig[bad]) if bad and bad in sig.columns else None
-    branches = [
-        sig[c].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
-        for c in spec.cannot_link_unless_equal
-        if c in sig.columns
-    ]
+    if bad and bad in sig.columns:
+        np.save(folder / "value.npy", _codes(sig[bad]))
+    branches = [c for c in spec.cannot_link_unless_equal if c in sig.columns]
+    for number, column in enumerate(branches):
+        np.save(
+            folder / f"branch-{number}.npy", sig[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+        )
+    if spec.link_only:  # the input of each signature, for ``cross_input_pairs`` (a code per input)
+        np.save(folder / "source.npy", _codes(sig[spec.source_column]))
+    rules = 0  # rules whose blocks are written (blocks-K.npy: each signature's block, -1: in none)
+    tasks = 0
     for rule in spec.blocking:
         if not all(k.column in sig.columns for k in rule):
             continue
@@ -337,8 +357,9 @@ def candidate_shards(
         )
         this = np.full(sig.height, -1, dtype=np.int64)
         this[member["sig"].to_numpy()] = member["b"].to_numpy()
-        earlier = list(blocks)
-        blocks.append(this)
+        np.save(folder / f"blocks-{rules}.npy", this)
+        earlier, rules = rules, rules + 1
+        del this
         if member.height == 0:
             continue
         # blocks in a fixed order (by number), cut into shards of about shard_pairs pairs
@@ -360,19 +381,35 @@ def candidate_shards(
             .sort("shard", "sig")
         )
         for rows in member.partition_by("shard", maintain_order=True, include_key=False):
-            pairs = (
-                rows.join(rows, on="b", suffix="_r")
-                .filter((pl.col("sig") < pl.col("sig_r")) & (pl.col("node") != pl.col("node_r")))
-                .select(pl.col("sig").alias("l"), pl.col("sig_r").alias("r"))
-            )
-            left, right = pairs["l"].to_numpy(), pairs["r"].to_numpy()
-            keep = np.ones(len(left), dtype=bool)
-            for other in earlier:  # an earlier rule already pairs them
-                keep &= ~((other[left] >= 0) & (other[left] == other[right]))
-            if value is not None:  # two different USCCs are never candidates
-                keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
-            for branch in branches:
-                keep &= branch[left] == branch[right]
-            pairs = pairs.filter(pl.Series(keep)).sort("l", "r")
-            if pairs.height:
-                yield pairs
+            path = folder / f"rows-{tasks:05d}.parquet"
+            rows.select("sig", "b", "node").write_parquet(path, compression="lz4")
+            yield ShardTask(tasks, path, folder, earlier, len(branches))
+            tasks += 1
+
+
+def shard_pairs_of(task: ShardTask) -> pl.DataFrame:
+    """The candidate pairs (l, r) of one shard, in order, without the pairs an earlier rule holds
+    or the constraints rule out anyway: the plain function a worker runs (arrays memory-mapped)."""
+    rows = pl.read_parquet(task.rows)
+    pairs = (
+        rows.join(rows, on="b", suffix="_r")
+        .filter((pl.col("sig") < pl.col("sig_r")) & (pl.col("node") != pl.col("node_r")))
+        .select(pl.col("sig").alias("l"), pl.col("sig_r").alias("r"))
+    )
+    del rows
+    left, right = pairs["l"].to_numpy(), pairs["r"].to_numpy()
+
+    def array(name: str) -> np.ndarray:
+        return np.load(task.folder / f"{name}.npy", mmap_mode="r")
+
+    keep = np.ones(len(left), dtype=bool)
+    for rule in range(task.earlier):  # an earlier rule already pairs them
+        other = array(f"blocks-{rule}")
+        keep &= ~((other[left] >= 0) & (other[left] == other[right]))
+    if (task.folder / "value.npy").exists():  # two different USCCs are never candidates
+        value = array("value")
+        keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
+    for number in range(task.branches):
+        branch = array(f"branch-{number}")
+        keep &= branch[left] == branch[right]
+    return pairs.filter(pl.Series(keep)).sort("l", "r")

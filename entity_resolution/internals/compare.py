@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -110,6 +111,34 @@ class PairComparer:
             if c.method == "token_jaccard"
         }
 
+    def save(self, folder: Path) -> None:
+        """The coded columns as files in ``folder`` (numpy arrays, uncompressed Arrow IPC) that a
+        pool's worker reads once with ``load``: the codes (a row per signature) are mapped into
+        memory, one copy in the page cache for every worker, and nothing the size of the signature
+        table is pickled per task."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for number, column in enumerate(compared_columns(self.spec)):
+            np.save(folder / f"codes-{number}.npy", self.codes[column])
+            self.values[column].to_frame().write_ipc(
+                folder / f"values-{number}.arrow", compression="uncompressed"
+            )
+            if column in self.empty:
+                np.save(folder / f"empty-{number}.npy", self.empty[column])
+
+    @classmethod
+    def load(cls, folder: Path, spec: Spec) -> PairComparer:
+        """The comparer ``save`` wrote to ``folder``: its codes memory-mapped (read only), its
+        distinct values read."""
+        comparer = cls.__new__(cls)
+        comparer.spec = spec
+        comparer.values, comparer.codes, comparer.empty = {}, {}, {}
+        for number, column in enumerate(compared_columns(spec)):
+            comparer.codes[column] = np.load(folder / f"codes-{number}.npy", mmap_mode="r")
+            comparer.values[column] = pl.read_ipc(folder / f"values-{number}.arrow").to_series()
+            if (folder / f"empty-{number}.npy").exists():
+                comparer.empty[column] = np.load(folder / f"empty-{number}.npy", mmap_mode="r")
+        return comparer
+
     def levels(self, pairs: pl.DataFrame) -> np.ndarray:
         """Levels, one column per comparison, for pairs (l, r) of signature rows."""
         if not len(pairs):
@@ -146,6 +175,28 @@ def compare_pairs(sig: pl.DataFrame, pairs: pl.DataFrame, spec: Spec) -> np.ndar
     """Levels, one column per comparison, for pairs (l, r) of signature rows (one batch: a caller
     with many batches over one table keeps a ``PairComparer``)."""
     return PairComparer(sig, spec).levels(pairs)
+
+
+def pattern_radix(spec: Spec) -> np.ndarray:
+    """Per comparison its place value in a pair's pattern (``encode_patterns``)."""
+    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
+    if float(np.prod(sizes.astype(float))) >= 2**62:
+        raise ValueError(f"spec {spec.source}: too many comparison levels to count their patterns")
+    return np.concatenate([[1], np.cumprod(sizes)[:-1]])
+
+
+def encode_patterns(levels: np.ndarray, radix: np.ndarray) -> np.ndarray:
+    """Each pair's levels as one integer (its pattern)."""
+    code = np.zeros(len(levels), dtype=np.int64)
+    for j, place in enumerate(radix.tolist()):  # (an integer matrix product has no fast kernel)
+        code += (levels[:, j].astype(np.int64) + 1) * place
+    return code
+
+
+def decode_patterns(patterns: np.ndarray, radix: np.ndarray, spec: Spec) -> np.ndarray:
+    """The levels of each pattern (``encode_patterns`` undone)."""
+    sizes = np.array([c.levels + 1 for c in spec.comparisons], dtype=np.int64)
+    return ((patterns[:, None] // radix[None, :]) % sizes[None, :] - 1).astype(np.int8)
 
 
 def term_frequencies(frame: pl.DataFrame, spec: Spec, unit: str | None = None) -> dict[str, pl.DataFrame]:

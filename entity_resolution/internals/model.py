@@ -56,23 +56,12 @@ def probability(weights: np.ndarray, prior: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp2(-np.clip(odds, -60, 60)))
 
 
-def estimate(
-    sig: pl.DataFrame,
-    levels: np.ndarray,
-    spec: Spec,
-    seed: int,
-    counts: np.ndarray | None = None,
-    comparer: PairComparer | None = None,
-) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-    """(m, u, lambda): u from random signature pairs, m from known matches (two signatures of one
-    node) for ``m_from_known_matches``, EM over the candidates' ``levels`` for the rest; lambda is
-    the prior of a match among all pairs.
-
-    ``counts``: ``levels`` are distinct level patterns of the candidates and ``counts`` how many
-    candidates have each (EM needs no row per candidate pair). ``comparer``: the one the candidates
-    were compared with (its columns are coded already), else one is made for ``sig``."""
-    comparer = comparer or PairComparer(sig, spec)
-    counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
+def sampled(
+    sig: pl.DataFrame, spec: Spec, seed: int, comparer: PairComparer
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(m before EM, u): u from random signature pairs, m from known matches (two signatures of one
+    node) for ``m_from_known_matches`` and a guess for the rest. Needs no candidate pair, so the
+    engine computes it while the shards are compared."""
     n = sig.height
     rng = np.random.default_rng(seed)
     random_pairs = pl.DataFrame(
@@ -96,6 +85,29 @@ def estimate(
         if comparison.name not in spec.m_from_known_matches:
             guess = np.linspace(0.05, 1.0, comparison.levels) ** 3
             m[j] = np.concatenate([[m[j][0]], guess / guess.sum() * (1 - m[j][0])])
+    return m, u
+
+
+def estimate(
+    sig: pl.DataFrame,
+    levels: np.ndarray,
+    spec: Spec,
+    seed: int,
+    counts: np.ndarray | None = None,
+    comparer: PairComparer | None = None,
+    start: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """(m, u, lambda): ``sampled``'s m and u, then EM over the candidates' ``levels`` for the m
+    not learnt from known matches; lambda is the prior of a match among all pairs.
+
+    ``counts``: ``levels`` are distinct level patterns of the candidates and ``counts`` how many
+    candidates have each (EM needs no row per candidate pair). ``comparer``: the one the candidates
+    were compared with (its columns are coded already), else one is made for ``sig``. ``start``:
+    ``sampled``'s result, when computed already."""
+    m, u = start or sampled(sig, spec, seed, comparer or PairComparer(sig, spec))
+    m = list(m)  # (EM replaces the m it learns, never changes start's arrays)
+    counts = np.ones(len(levels)) if counts is None else np.asarray(counts, dtype=float)
+    n = sig.height
     # EM over the candidates: a match class (m, fixed where known matches taught it) and a non-match
     # class of its own (blocked non-matches agree on their blocking keys far more often than random
     # pairs do); lambda is the share of matches among the candidates

@@ -47,6 +47,7 @@ class Scale:
     partition_signatures: int = 1_000_000  # signatures clustered and graded at a time
     partition_workers: int = 1  # partitions resolved at once, each in a process of its own
     normalise_workers: int = 1  # chunks of records normalised at once, each in a process of its own
+    compare_workers: int = 1  # pair shards compared (and scored) at once, each in a process of its own
 
     @classmethod
     def of(cls, spec: Spec) -> Scale:
