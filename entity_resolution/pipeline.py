@@ -25,9 +25,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -46,6 +44,7 @@ from entity_resolution.engine import (
 )
 from entity_resolution.internals.blocking import key_expr, spellings_of
 from entity_resolution.internals.normalise import spelling_counts
+from entity_resolution.internals.pool import pool_or_here
 from entity_resolution.names import normalise_names
 from entity_resolution.registry import BLOCK_KEYS, Registry, representatives_of, with_block_keys
 from entity_resolution.review import read_decisions, write_review
@@ -672,7 +671,7 @@ def gather_canonical(
         [stage / kind / f"{name}-{number:05d}.arrow" for number in range(buckets)]
     )
     workers = Scale.of(spec).normalise_workers if workers is None else workers
-    with _executor(min(workers, buckets)) as pool:
+    with pool_or_here(min(workers, buckets)) as pool:
         built = list(
             pool.map(partial(_gather_bucket, stage, cuts, empty, registry is not None), range(buckets))
         )
@@ -707,7 +706,6 @@ def gather_canonical(
 
 #: in the gather's stage folder: the spelling counts of all the representatives' names
 REPRESENTATIVES_SPELLINGS = "representatives-spellings.arrow"
-_Result = TypeVar("_Result")
 
 
 class _Built(NamedTuple):
@@ -716,27 +714,6 @@ class _Built(NamedTuple):
     links_schema: dict[str, pl.DataType]
     representatives: int  # how many
     spellings: pl.DataFrame | None  # the spelling counts of the representatives' names
-
-
-class _Here(Executor):
-    """An executor that runs each call at once, in this process (one worker: no pool)."""
-
-    def submit(self, fn: Callable[..., _Result], /, *args: Any, **kwargs: Any) -> Future[_Result]:
-        done: Future[_Result] = Future()
-        done.set_result(fn(*args, **kwargs))
-        return done
-
-
-@contextmanager
-def _executor(workers: int) -> Iterator[Executor]:
-    """``workers`` processes of their own (``internals.pool.process_pool``), or this process alone."""
-    if workers <= 1:
-        yield _Here()
-        return
-    from entity_resolution.internals.pool import process_pool
-
-    with process_pool(workers) as pool:
-        yield pool
 
 
 def _gather_bucket(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.process
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
+from typing import Any, TypeVar
+
+_Result = TypeVar("_Result")
 
 
 @contextmanager
@@ -23,6 +26,25 @@ def process_pool(workers: int) -> Iterator[Executor]:
         _main_not_rerun(),
         ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
     ):
+        yield pool
+
+
+class InProcess(Executor):
+    """An executor that runs each call at once, in this process (one worker: no pool to start)."""
+
+    def submit(self, fn: Callable[..., _Result], /, *args: Any, **kwargs: Any) -> Future[_Result]:
+        done: Future[_Result] = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
+
+
+@contextmanager
+def pool_or_here(workers: int) -> Iterator[Executor]:
+    """``process_pool(workers)``, or this process alone (``InProcess``) for one worker."""
+    if workers <= 1:
+        yield InProcess()
+        return
+    with process_pool(workers) as pool:
         yield pool
 
 
