@@ -278,12 +278,22 @@ def mounted_over_the_network(pid: int, path: Path) -> bool:
     return any(line.split()[4] == str(path) and " - fuse.sshfs " in line for line in mounts)
 
 
+def signal_host_processes(host: Host, sig: signal.Signals) -> None:
+    """Send `sig` to every process in the host's namespace: the worker, its pool, every task it runs.
+    Listed again until no new one appears, so a process forked meanwhile is not missed."""
+    signalled: set[int] = set()
+    while (
+        pids := {int(pid) for pid in run("ip", "netns", "pids", host.namespace, check=False).stdout.split()}
+        - signalled
+    ):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        signalled |= pids
+
+
 def kill_host_processes(host: Host) -> None:
-    """SIGKILL every process in the host's namespace: the worker, its pool, every task it runs."""
-    pids = run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
+    signal_host_processes(host, signal.SIGKILL)
 
 
 def remove_host(host: Host) -> None:
@@ -517,17 +527,27 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
             r=RUN_ID,
             h=doomed,
         )
-        running = deployment.rows(
-            "SELECT task_id, try_number FROM task_instance WHERE run_id = :r AND hostname = :h "
-            "AND state = 'running'",
-            r=RUN_ID,
-            h=doomed,
-        )
+        running = [
+            (task_id, number)
+            for task_id, number, state, host in task_rows(deployment)
+            if host == doomed and state == "running"
+        ]
         return running if done_there else []
 
-    running = wait_for(
-        f"{doomed} to be in the middle of the run", mid_run_on_the_doomed_host, 300, deployment.logs
-    )
+    def frozen_mid_run() -> list[Any]:
+        """The doomed host stopped (SIGSTOP) while it runs tasks: a task it runs can no longer finish
+        or report, so the tasks read as running after the freeze are the ones its death loses (a
+        small task read as running and killed a moment later had sometimes finished in between)."""
+        if not mid_run_on_the_doomed_host():
+            return []
+        signal_host_processes(deployment.hosts[doomed], signal.SIGSTOP)
+        time.sleep(1)  # a state report already on its way lands
+        if running := mid_run_on_the_doomed_host():
+            return running
+        signal_host_processes(deployment.hosts[doomed], signal.SIGCONT)
+        return []
+
+    running = wait_for(f"{doomed} to be in the middle of the run", frozen_mid_run, 300, deployment.logs)
     kill_host_processes(deployment.hosts[doomed])  # the host is gone: worker, pool and tasks at once
     deployment.workers[doomed].wait(30)
     print(f"killed {doomed} while it ran {sorted(running)}")
@@ -553,6 +573,7 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     # was tried twice
     lost = {task_id for task_id, _, _, host in earlier}
     assert lost and {host for _, _, _, host in earlier} == {doomed}, earlier
+    assert {task_id for task_id, _ in running} <= lost, (running, earlier)
     for task_id in lost:
         assert current[task_id][1] == survivor and current[task_id][2] >= 2, (task_id, current[task_id])
     # each worker imported the stages once at start (deploy/worker_preload.py), before forking tasks
