@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -172,3 +174,37 @@ def test_old_versions_are_pruned_but_never_current(tmp_path: Path) -> None:
     assert (tmp_path / mid["version"]).is_dir() and not (tmp_path / old["version"]).exists()
     assert prune_versions(tmp_path, "2027-06-01", keep_days=1) == [mid["version"]]
     assert current_version(tmp_path) == new["version"] and (tmp_path / new["version"]).is_dir()
+
+
+STREAMED_WRITE = """
+import sys
+from pathlib import Path
+import polars as pl
+from foundation.lake import write_parquet
+folder = Path(sys.argv[1])
+joined = pl.scan_parquet(folder / "now.parquet").join(
+    pl.scan_parquet(folder / "before.parquet"), on="record_id", how="left", maintain_order="left"
+)
+write_parquet(joined, Path(sys.argv[2]))
+"""
+
+
+def test_a_streamed_write_gives_the_same_bytes_whatever_the_threads(tmp_path: Path) -> None:
+    """The registry's members are streamed from a join; with the engine's morsels as row groups
+    their bytes changed from run to run (the content did not)."""
+    ids = pl.int_range(600_000, eager=True).cast(pl.String).str.zfill(7)
+    pl.DataFrame({"record_id": ids, "entity_id": ids.str.slice(0, 5)}).write_parquet(tmp_path / "now.parquet")
+    before = pl.DataFrame({"record_id": ids[::3], "first_seen": ["2026-11-01"] * len(ids[::3])})
+    before.write_parquet(tmp_path / "before.parquet")
+    written = []
+    for threads in (1, 2, 4):
+        target = tmp_path / f"members-{threads}.parquet"
+        subprocess.run(
+            [sys.executable, "-c", STREAMED_WRITE, str(tmp_path), str(target)],
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "POLARS_MAX_THREADS": str(threads)},
+        )
+        written.append(target.read_bytes())
+    assert pl.read_parquet(tmp_path / "members-1.parquet").height == 600_000
+    assert written[0] == written[1] == written[2]
