@@ -368,6 +368,7 @@ def _prepare(
     """Steps 1-6 into ``work`` (emptied first); returns the number of partitions."""
     step = clock.step
     rid = spec.id_column
+    in_memory = isinstance(records, pl.DataFrame)  # (its plan would carry the data to a worker)
     records = records.lazy()
     duplicated = _duplicated_id(records, rid)
     if duplicated is not None:
@@ -386,10 +387,22 @@ def _prepare(
     # each phase reads the columns it needs from the work files: the record -> signature map (which
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
     sig, signature_file, record_file = signatures(
-        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers
+        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers, in_memory
     )
     n = sig.height
     step("signatures")
+    anchor_frame = _anchor_frame(anchors, rid)
+    fresh = None  # with fixed anchors, the signatures holding a record that is not an anchor
+    if fixed_anchors and anchor_frame is not None:
+        unanchored = (
+            pl.scan_parquet(record_file)
+            .join(anchor_frame.lazy().select(rid), on=rid, how="anti")
+            .select("sig")
+            .unique()
+            .collect()
+        )
+        fresh = np.zeros(n, dtype=bool)
+        fresh[unanchored["sig"].to_numpy()] = True
 
     # 2. nodes: signatures sharing an exact key (a valid code) are one node
     node = exact_nodes(sig, spec)
@@ -415,7 +428,7 @@ def _prepare(
     sig = sig.select(c for c in sig.columns if c in _kept_columns(spec, sig.columns))
     staged = work / "compare"  # the shards' tasks and what their workers read (removed after scoring)
     shutil.rmtree(staged, ignore_errors=True)
-    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged)
+    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged, fresh)
     first = list(itertools.islice(tasks, 2))  # (a pool for two shards at least)
     with ExitStack() as stack:
         pool = None
@@ -500,7 +513,6 @@ def _prepare(
                 .select(pl.lit(kind).alias("kind"), "l", "r", "order")
                 .collect()
             )
-    anchor_frame = _anchor_frame(anchors, rid)
     anchor_of = None
     if fixed_anchors and anchor_frame is not None:
         # each signature takes the first anchor of its records (in the anchors' order); the
