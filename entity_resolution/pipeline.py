@@ -942,6 +942,8 @@ def resolve_changes(
             f"tonight's records tie known firms to other firms' USCCs (e.g. {freed[:3]}) through "
             f"{RELINK_ROUNDS} rounds of re-linking them: only a full re-link can take them apart"
         )
+    compared, known = reps.height, representatives.height
+    del reps, representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
     previous_links = previous_links.with_columns(rename)
@@ -999,8 +1001,8 @@ def resolve_changes(
         "mode": "incremental",
         "changed_records": changed.height,
         "freed_entities": len(freed),
-        "representatives_compared": reps.height,
-        "representatives": representatives.height,
+        "representatives_compared": compared,
+        "representatives": known,
         "touched_entities": touched.height,
         "registry_changes": changes.height,
     }
