@@ -249,7 +249,8 @@ def link(
     ids to entity ids they already hold (the registry), so known entities keep their ids (a dict, or
     a frame of the id column and ``anchor``, in the same order: a city's registry as a frame). With
     ``fixed_anchors`` (an incremental run) the anchored entities are taken as they are: their
-    records stay together and two of them never merge; only the other records are placed.
+    records stay together and two of them never merge; only the other records are placed, and
+    only pairs with one of them are made (the model learns from those).
 
     ``recorded_columns``: input columns copied into ``links`` as recorded (evidence). ``keep_pairs``
     False leaves ``pairs`` holding only the pairs at or above the review threshold (all candidate
