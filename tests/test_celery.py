@@ -246,6 +246,14 @@ class FileServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # listening on every host's link before a host mounts (a loaded machine once had a host's
+        # sshfs reach the port first: "read: Connection reset by peer", and that worker never started)
+        wait_for(
+            "the file server to listen on every host's link",
+            lambda: self.log().count("Server listening on") >= len(hosts),
+            60,
+            keys,
+        )
 
     def mount_command(self, host: Host) -> str:
         """The shell command a host runs to see ``shared`` at the same path, through the network
