@@ -829,7 +829,7 @@ def _all_pairs(tasks: Iterator[ShardTask]) -> pl.DataFrame:
 
 def test_with_fixed_entities_only_pairs_with_a_new_record_are_made(generated: dict, tmp_path: Path) -> None:
     """An incremental night's known firms are fixed: two of them never join, so a pair of two of
-    their signatures is not made (at 10M records it was 19 of the night's 23M pairs); the pairs
+    their signatures is not made (at 10M records 19M of the night's 23M pairs); the pairs
     made are exactly those of the full set with a fresh side."""
     sig, _, _ = signatures(generated["records"].lazy(), ENTERPRISE, 10**6, tmp_path / "work")
     node = exact_nodes(sig, ENTERPRISE)
