@@ -101,6 +101,7 @@ from foundation.lake import write_json, write_parquet
 
 __all__ = [
     "MATCH_RULES",
+    "FittedModel",
     "Linkage",
     "Scale",
     "finish_link",
@@ -116,6 +117,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class FittedModel:
+    """A model as ``link`` fitted it, to score another input with: m and u per comparison level,
+    the prior of a match among all pairs and the term-frequency tables. An incremental night links
+    a few records again with the model its first pass fitted on many (a handful of records is too
+    few to fit one on)."""
+
+    m: list[np.ndarray]
+    u: list[np.ndarray]
+    prior: float
+    frequencies: dict[str, pl.DataFrame]
+
+
 @dataclass
 class Linkage:
     links: pl.DataFrame  # record_id, entity_id, match_confidence, match_grade, match_rule (+ recorded)
@@ -126,6 +140,7 @@ class Linkage:
     # record id -> signature, node (blocking diagnostics): a scan of ``work_dir``'s record map, so
     # the 10M rows of a city are read only when asked for
     assignments: pl.LazyFrame | None = None
+    fitted: FittedModel | None = None  # (``link`` only: the model unrounded, to pass to another run)
 
 
 def _stable_id(first_record: str) -> str:
@@ -241,6 +256,7 @@ def link(
     scale: Scale | None = None,
     frequencies: dict[str, pl.DataFrame] | None = None,
     spellings: dict[str, pl.DataFrame] | None = None,
+    model: FittedModel | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
@@ -260,7 +276,8 @@ def link(
     ``records`` is one part of it; by default they are computed from ``records``. ``spellings``
     likewise: per company-name input column, how many records of the whole input carry each
     spelling (``internals.normalise.spelling_counts``), by which ``correct_one_offs`` tells a
-    one-off spelling; by default counted over ``records``.
+    one-off spelling; by default counted over ``records``. ``model``: score with this fitted model
+    (another run's ``Linkage.fitted``, its term frequencies included) rather than fit one here.
 
     The same as ``prepare_link``, then ``resolve_link_partition`` for every partition (here
     ``[scale] partition_workers`` at once), then ``finish_link``: the steps a scheduler may run as
@@ -270,12 +287,13 @@ def link(
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="link-"))
     try:
         clock = _Clock()
-        _prepare(
+        _, fitted = _prepare(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, clock, frequencies, spellings,
+            keep_pairs, work, scale, clock, frequencies, spellings, model,
         )  # fmt: skip
         resolve_link_partitions(work, spec, scale.partition_workers)
         linkage = _finish(work, spec, clock)
+        linkage.fitted = fitted
         if work_dir is None:  # the work files go: what the assignments scan is read now
             linkage.assignments = linkage.assignments.collect().lazy()
         return linkage
@@ -305,10 +323,11 @@ def prepare_link(
     them (Parquet, .npy and JSON). Returns how many partitions there are: resolve each with
     ``resolve_link_partition``, in any order and any process, then call ``finish_link``."""
     clock = _Clock()
-    return _prepare(
+    partitions, _ = _prepare(
         records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-        keep_pairs, Path(work_dir), scale or Scale.of(spec), clock, frequencies, spellings,
+        keep_pairs, Path(work_dir), scale or Scale.of(spec), clock, frequencies, spellings, None,
     )  # fmt: skip
+    return partitions
 
 
 def partition_dir(work_dir: Path, number: int) -> Path:
@@ -365,8 +384,10 @@ def _prepare(
     clock: _Clock,
     frequencies: dict[str, pl.DataFrame] | None,
     spellings: dict[str, pl.DataFrame] | None,
-) -> int:
-    """Steps 1-6 into ``work`` (emptied first); returns the number of partitions."""
+    model: FittedModel | None,
+) -> tuple[int, FittedModel]:
+    """Steps 1-6 into ``work`` (emptied first); returns the number of partitions and the model
+    (``model`` when given: then nothing is fitted)."""
     step = clock.step
     rid = spec.id_column
     in_memory = isinstance(records, pl.DataFrame)  # (its plan would carry the data to a worker)
@@ -450,7 +471,9 @@ def _prepare(
             staged,
             staged / "comparer" if pool else comparer,
         )
-        start = sampled(sig, spec, seed, comparer)
+        start = None if model else sampled(sig, spec, seed, comparer)
+        if frequencies is None and model:
+            frequencies = model.frequencies
         if frequencies is None:  # accuracy hook: term frequencies (per exact-key node)
             frequencies = term_frequencies(sig, spec, unit="node")
         # per signature, looked up once for every shard, and read by the shards' workers from files
@@ -477,9 +500,12 @@ def _prepare(
         # 5. the model, then every pair's probability from its pattern
         pattern_codes = patterns["pattern"].to_numpy()
         pattern_levels = decode_patterns(pattern_codes, radix, spec)
-        m, u, prior = estimate(
-            sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), start=start
-        )
+        if model:
+            m, u, prior = model.m, model.u, model.prior
+        else:
+            m, u, prior = estimate(
+                sig, pattern_levels, spec, seed, counts=patterns["len"].to_numpy(), start=start
+            )
         pattern_weights = weights(pattern_levels, m, u) if len(pattern_codes) else np.zeros(0)
         del comparer  # its coded columns are a row per signature
         scoring = ShardScoring(pattern_codes, pattern_levels, pattern_weights, u, prior, frequency_files)
@@ -631,7 +657,7 @@ def _prepare(
         "clock": clock.saved(),
     }
     write_json(state, work / STATE_FILE)  # last: its presence says the preparation is whole
-    return partitions
+    return partitions, FittedModel(m, u, prior, frequencies)
 
 
 def _finish(work: Path, spec: Spec, clock: _Clock) -> Linkage:

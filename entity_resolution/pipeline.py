@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, TypeVar
 import polars as pl
 
 from entity_resolution.engine import (
+    FittedModel,
     Scale,
     finish_link,
     link,
@@ -298,11 +299,13 @@ def _engine(
     decisions: Path | None,
     representatives: pl.DataFrame,
     spellings: dict[str, pl.DataFrame],
+    model: FittedModel | None = None,
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine for an incremental night: known entities (``representatives``) are fixed and
     only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of
     ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is
-    renamed when a new record brings it a USCC. (A full snapshot: ``prepare_canonical``.)"""
+    renamed when a new record brings it a USCC. ``model``: score with it (another round's) rather
+    than fit one. (A full snapshot: ``prepare_canonical``.)"""
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     changed = pl.col("record_id").is_in(inputs["record_id"].implode())
     reps = representatives.with_columns(
@@ -321,6 +324,7 @@ def _engine(
         fixed_anchors=True,
         spellings=spellings,
         keep_pairs=False,
+        model=model,
     )
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))
@@ -920,30 +924,78 @@ def resolve_changes(
     # a spelling is one-off only among the whole snapshot's records (the published names, with
     # tonight's in place of the versions they replace), as in a full re-link
     spellings = {"name": _snapshot_spellings(registry_dir, previous_links, changed)}
+    firms, persons = _split_persons(changed)
+    inputs = firms.select(*enterprise_inputs())
+    input_keys = blocking_keys(inputs, spec)
+    reps = _within_reach(representatives, input_keys, spec)
+    engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
+    compared = reps.height
+    del reps
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
-    # records are placed afresh with tonight's (no longer fixed), so the engine can take it apart.
+    # records are placed afresh (no longer fixed), so the engine can take it apart. Only they and
+    # the night's records placed with them are linked again (with the model fitted above), against
+    # the representatives they reach; the night's other records keep their places.
     freed: list[str] = []
-    for _ in range(RELINK_ROUNDS):
-        if freed:
-            ids = members.filter(pl.col("entity_id").is_in(freed))["record_id"]
-            keys = ids.str.splitn(":", 2).struct.rename_fields(KEYS).struct.unnest()
-            changed = pl.concat([changed, members_of(keys.join(changed.select(KEYS), on=KEYS, how="anti"))])
-        firms, persons = _split_persons(changed)
-        inputs = firms.select(*enterprise_inputs())
-        input_keys = blocking_keys(inputs, spec)
-        reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), input_keys, spec)
-        engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
+    again = pl.Series("record_id", [], dtype=pl.String)  # the records linked again
+    reviews = [result.review]
+    for relink in range(RELINK_ROUNDS):
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
             break
         freed += conflicts
-    else:
-        raise KnownEntitiesConflict(
-            f"tonight's records tie known firms to other firms' USCCs (e.g. {freed[:3]}) through "
-            f"{RELINK_ROUNDS} rounds of re-linking them: only a full re-link can take them apart"
+        if relink == RELINK_ROUNDS - 1:
+            raise KnownEntitiesConflict(
+                f"tonight's records tie known firms to other firms' USCCs (e.g. {freed[:3]}) through "
+                f"{RELINK_ROUNDS} rounds of re-linking them: only a full re-link can take them apart"
+            )
+        freed_ids = members.filter(pl.col("entity_id").is_in(freed))["record_id"]
+        keys = freed_ids.str.splitn(":", 2).struct.rename_fields(KEYS).struct.unnest()
+        changed = pl.concat([changed, members_of(keys.join(changed.select(KEYS), on=KEYS, how="anti"))])
+        firms, persons = _split_persons(changed)
+        inputs = firms.select(*enterprise_inputs())
+        # with whole clusters of the night's records: a cluster that loses one is decided again
+        seeds = pl.concat(
+            [
+                again,
+                freed_ids,
+                engine_links.filter(pl.col("entity_id").is_in([renamed[old] for old in conflicts]))[
+                    "record_id"
+                ],
+            ]
         )
-    compared, known = reps.height, representatives.height
-    del reps, representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
+        clusters = engine_links.filter(pl.col("record_id").is_in(seeds.implode()))["entity_id"].unique()
+        again = (
+            pl.concat(
+                [seeds, engine_links.filter(pl.col("entity_id").is_in(clusters.implode()))["record_id"]]
+            )
+            .unique()
+            .sort()
+        )
+        relinked = inputs.filter(pl.col("record_id").is_in(again.implode()))
+        relinked_keys = blocking_keys(relinked, spec)
+        input_keys = pl.concat([input_keys, relinked_keys.join(input_keys, on="record_id", how="anti")])
+        reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), relinked_keys, spec)
+        links_again, renamed_again, result_again = _engine(
+            relinked, spec, decisions, reps, spellings, result.fitted
+        )
+        del reps
+        engine_links = pl.concat(
+            [engine_links.join(links_again.select("record_id"), on="record_id", how="anti"), links_again]
+        )
+        decided_again = set(clusters.to_list()) | set(freed)
+        renamed = {old: new for old, new in renamed.items() if not {old, new} & decided_again} | renamed_again
+        again_ids = again.implode()
+        reviews = [
+            *(
+                review.filter(
+                    ~pl.col("record_id_l").is_in(again_ids) & ~pl.col("record_id_r").is_in(again_ids)
+                )
+                for review in reviews
+            ),
+            result_again.review,
+        ]
+    known = representatives.height
+    del representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
     previous_links = previous_links.with_columns(rename)
@@ -958,7 +1010,7 @@ def resolve_changes(
     registry.key_representatives(_keys_from(input_keys, spec))
     _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
-        write_review(result.review, review_dir, run)
+        write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)
     changed_keys = changed.select(KEYS)
     now = pl.concat(
         [
@@ -1001,6 +1053,7 @@ def resolve_changes(
         "mode": "incremental",
         "changed_records": changed.height,
         "freed_entities": len(freed),
+        "relinked_records": again.len(),
         "representatives_compared": compared,
         "representatives": known,
         "touched_entities": touched.height,

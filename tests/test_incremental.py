@@ -83,7 +83,7 @@ def test_later_nights_pull_only_what_changed(nightly: Path) -> None:
 
 def test_later_nights_link_only_what_changed(nightly: Path) -> None:
     assert _resolution(nightly, DAYS[0])["mode"] == "full"
-    incremental = 0
+    incremental = nights_freeing = 0
     for before, day in zip(DAYS, DAYS[1:], strict=False):
         report = _resolution(nightly, day)
         # the registry and the review queue are always on, the registry committed per published night
@@ -97,6 +97,13 @@ def test_later_nights_link_only_what_changed(nightly: Path) -> None:
         assert report["mode"] == "incremental" and report["full_relink_reason"] is None, report
         assert 0 < report["changed_records"] < report["records"]
         assert 0 < report["touched_entities"] < report["entities"]
+        stats = report["stats"]
+        if stats["freed_entities"]:
+            # a freed firm is linked again with the night's records placed with it, not the whole night
+            nights_freeing += 1
+            assert 0 < stats["relinked_records"] < report["changed_records"] / 10, stats
+        else:
+            assert stats["relinked_records"] == 0, stats
         # every link outside the touched entities is the previous version's, as it was
         links = pl.read_parquet(nightly / "work" / day / "links.parquet")
         touched = pl.read_parquet(nightly / "work" / day / "touched_entities.parquet")
@@ -105,6 +112,7 @@ def test_later_nights_link_only_what_changed(nightly: Path) -> None:
         assert untouched.height > 0  # (three days of data: most firms change every night)
         assert untouched.join(previous, on=untouched.columns, how="anti", nulls_equal=True).is_empty()
     assert incremental
+    assert nights_freeing  # (these sources free a firm on each incremental night)
 
 
 def test_each_nights_spelling_counts_are_those_of_its_whole_snapshot(nightly: Path) -> None:
