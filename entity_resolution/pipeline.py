@@ -1006,8 +1006,11 @@ def resolve_changes(
         inputs,
         run,
         partial=True,
+        members=members,
+        keys_of=_keys_from(input_keys, spec),
     )
-    registry.key_representatives(_keys_from(input_keys, spec))
+    del members
+    registry.key_representatives(_keys_from(input_keys, spec))  # (a registry an older version wrote)
     _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
         write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)

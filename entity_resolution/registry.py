@@ -122,17 +122,23 @@ class Registry:
         run: str,
         id_column: str = "record_id",
         partial: bool = False,
+        members: pl.DataFrame | None = None,
+        keys_of: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> pl.DataFrame:
         """Record this run's links; return the changes (old id -> new id) it made.
 
         ``links``: record_id, entity_id (ids already chosen with ``anchors()``); ``records``: the
         input rows, for the representatives. ``partial``: the links cover only some records (an
-        incremental run); the others keep their entities.
+        incremental run); the others keep their entities. ``members``: the members as the caller
+        read them already (``members()``, before this run). ``keys_of``: as ``key_representatives``'s,
+        to store this run's representatives with their keys in the same write.
         """
         now = links.select(pl.col(id_column).alias("record_id"), "entity_id")
-        previous = self.members() if partial else None  # (as it was before this run)
+        previous = (members if members is not None else self.members()) if partial else None
         change_frame = self.record_members(now, run, partial, previous)
         reps = records.rename({id_column: "record_id"}).join(now, on="record_id")
+        if keys_of is not None:
+            reps = with_block_keys(reps, keys_of)
         old_reps = self.representatives()
         if previous is not None and old_reps is not None:
             # the known representatives stay unless their record changed (it is among ``records``)
@@ -143,7 +149,8 @@ class Registry:
                 .with_columns(pl.coalesce("entity_id_now", "entity_id").alias("entity_id"))
                 .drop("entity_id_now")
             )
-            if BLOCK_KEYS in kept.columns:  # tonight's are keyed after (key_representatives)
+            if BLOCK_KEYS in kept.columns and BLOCK_KEYS not in reps.columns:
+                # (keyed after, by key_representatives)
                 reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
             reps = pl.concat([kept, reps.select(kept.columns)], how="vertical_relaxed")
             # only the entities that gained, lost or changed records choose their representatives

@@ -41,3 +41,48 @@ def test_a_partial_registry_update_merges_the_night_s_members_in_record_id_order
     assert seen["lending:00006"] == ("n1", "n1")
     moved = dict(zip(members["record_id"], members["entity_id"], strict=True))
     assert moved["lending:00000"] == "E3" and moved["lending:00006"] == "E2"
+
+
+def test_a_night_s_representatives_are_stored_with_their_keys_in_one_write(tmp_path: Path) -> None:
+    """``update(..., keys_of=...)`` keys tonight's representatives before it writes them: the same
+    file as an update followed by ``key_representatives`` (a second read and write of them all)."""
+    from entity_resolution.pipeline import blocking_keys
+    from entity_resolution.spec import load_spec
+
+    spec = load_spec("enterprise")
+    keys_of = lambda reps: blocking_keys(reps, spec)  # noqa: E731
+    names = ["宁波华兴电子科技有限公司", "杭州明远贸易有限公司", "温州东升鞋业有限公司"]
+
+    def records(ids: range, night: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "record_id": [f"tax:{n:04d}" for n in ids],
+                "name": [names[n % 3] + ("" if night == "n1" else "分公司" * (n % 2)) for n in ids],
+                "uscc": [None] * len(ids),
+                "legal_rep": [f"张{n % 5}" for n in ids],
+            }
+        )
+
+    first, second = records(range(30), "n1"), records(range(20, 40), "n2")
+
+    def links(frame: pl.DataFrame, prefix: str) -> pl.DataFrame:
+        entity = pl.lit(prefix) + (pl.int_range(pl.len()) % 4).cast(pl.String)
+        return frame.select("record_id", entity.alias("entity_id"))
+
+    folders = {}
+    for way in ("one write", "keyed after"):
+        registry = Registry(tmp_path / way)
+        registry.update(links(first, "E"), first, "n1")
+        registry.key_representatives(keys_of)
+        members = registry.members()
+        if way == "one write":
+            registry.update(links(second, "N"), second, "n2", partial=True, members=members, keys_of=keys_of)
+        else:
+            registry.update(links(second, "N"), second, "n2", partial=True)
+            registry.key_representatives(keys_of)
+        folders[way] = registry
+    one, after = (pl.read_parquet(r.representatives_path) for r in folders.values())
+    assert one["block_keys"].null_count() == 0 and one.height > 0
+    assert one.equals(after)
+    assert one.filter(pl.col("entity_id").str.starts_with("N")).height > 0  # (tonight's firms')
+    assert folders["one write"].members().equals(folders["keyed after"].members())
