@@ -90,20 +90,21 @@ def _counted(names: pl.DataFrame) -> pl.DataFrame:
 
 
 def _snapshot_spellings(
-    registry_dir: Path, previous_links: pl.DataFrame, changed: pl.DataFrame
+    registry_dir: Path, previous_links: pl.DataFrame | pl.LazyFrame, changed: pl.DataFrame
 ) -> pl.DataFrame:
     """The spelling counts of tonight's snapshot (the published firm records' names, with tonight's
     in place of the versions they replace): the last night's stored counts, less the replaced
     versions' names, plus tonight's; counted over all published names when none are stored (a
     registry an older version wrote). The same counts either way."""
-    replaced = previous_links.join(changed.select(KEYS), on=KEYS, how="semi")
+    previous_links, keys = previous_links.lazy(), changed.lazy().select(KEYS)
     firm = pl.col("match_method") != "resident_id"
     tonight = _split_persons(changed)[0].select(pl.col("subject_name").alias("name"))
     stored = registry_dir / SPELLINGS_FILE
     if not stored.exists():
-        kept = previous_links.join(changed.select(KEYS), on=KEYS, how="anti").filter(firm)
-        return _counted(pl.concat([kept.select(pl.col("recorded_name").alias("name")), tonight]))
-    gone = _counted(replaced.filter(firm).select(pl.col("recorded_name").alias("name")))
+        kept = previous_links.join(keys, on=KEYS, how="anti").filter(firm)
+        return _counted(pl.concat([kept.select(pl.col("recorded_name").alias("name")).collect(), tonight]))
+    replaced = previous_links.join(keys, on=KEYS, how="semi").filter(firm)
+    gone = _counted(replaced.select(pl.col("recorded_name").alias("name")).collect())
     return (
         pl.concat(
             [
@@ -900,7 +901,7 @@ def _upserted(previous: pl.DataFrame, new: pl.DataFrame, keys: list[str]) -> pl.
 
 def resolve_changes(
     changed: pl.DataFrame,
-    previous_links: pl.DataFrame,
+    previous_links: pl.DataFrame | pl.LazyFrame,
     previous_entities: pl.DataFrame,
     members_of: Callable[[pl.DataFrame], pl.DataFrame],
     spec_name: str,
@@ -914,7 +915,8 @@ def resolve_changes(
     record keeps its published link. ``members_of(keys)`` returns the canonical records (all of the
     snapshot's, IDENTITY_COLUMNS) with the given KEYS, to rebuild the touched entities' rows.
     Known firms the night's records contradict are re-linked with them (``freed_entities``);
-    KnownEntitiesConflict when that does not settle it."""
+    KnownEntitiesConflict when that does not settle it. ``previous_links`` may be a scan (in
+    ``KEYS`` order, as published): it is read whole only once the engine and the registry are done."""
     registry = Registry(registry_dir)
     representatives = registry.representatives()
     if representatives is None:
@@ -929,7 +931,7 @@ def resolve_changes(
     input_keys = blocking_keys(inputs, spec)
     reps = _within_reach(representatives, input_keys, spec)
     engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
-    compared = reps.height
+    compared, engine_stats, fitted = reps.height, result.stats, result.fitted
     del reps
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
     # records are placed afresh (no longer fixed), so the engine can take it apart. Only they and
@@ -938,6 +940,7 @@ def resolve_changes(
     freed: list[str] = []
     again = pl.Series("record_id", [], dtype=pl.String)  # the records linked again
     reviews = [result.review]
+    del result  # (its links and record map are a row per record compared: 3.6M on a city's night)
     for relink in range(RELINK_ROUNDS):
         conflicts = [old for old in renamed if not old.startswith("X")]
         if not conflicts:
@@ -975,9 +978,7 @@ def resolve_changes(
         relinked_keys = blocking_keys(relinked, spec)
         input_keys = pl.concat([input_keys, relinked_keys.join(input_keys, on="record_id", how="anti")])
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), relinked_keys, spec)
-        links_again, renamed_again, result_again = _engine(
-            relinked, spec, decisions, reps, spellings, result.fitted
-        )
+        links_again, renamed_again, result_again = _engine(relinked, spec, decisions, reps, spellings, fitted)
         del reps
         engine_links = pl.concat(
             [engine_links.join(links_again.select("record_id"), on="record_id", how="anti"), links_again]
@@ -994,11 +995,11 @@ def resolve_changes(
             ),
             result_again.review,
         ]
+        del result_again
     known = representatives.height
     del representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
-    previous_links = previous_links.with_columns(rename)
     moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)
     moved = moved.join(engine_links.select("record_id"), on="record_id", how="anti")
     changes = registry.update(
@@ -1014,6 +1015,7 @@ def resolve_changes(
     _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
         write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)
+    previous_links = previous_links.lazy().with_columns(rename).collect()
     changed_keys = changed.select(KEYS)
     now = pl.concat(
         [
@@ -1052,7 +1054,7 @@ def resolve_changes(
         ["entity_id"],
     )
     stats = {
-        **result.stats,
+        **engine_stats,
         "mode": "incremental",
         "changed_records": changed.height,
         "freed_entities": len(freed),

@@ -148,7 +148,7 @@ def prepare_resolution(lake_dir: str, business_date: str, full_relink: bool = Fa
         try:
             resolution = resolve_changes(
                 changed.select(IDENTITY_COLUMNS).collect(),
-                pl.read_parquet(version / "links" / "*.parquet"),
+                pl.scan_parquet(version / "links" / "*.parquet"),  # (read whole after the engine)
                 pl.read_parquet(version / "entities" / "*.parquet"),
                 lambda keys: (
                     accepted_records(lake)
