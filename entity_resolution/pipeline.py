@@ -1046,6 +1046,12 @@ def resolve_changes(
         ]
     ).select(previous_links.columns)
     links = _upserted(previous_links, rebuilt, KEYS)
+    del (
+        previous_links,
+        kept,
+        kept_records,
+        kept_engine,
+    )  # (a row per published record: gone before the entities)
     entities = _upserted(
         previous_entities.join(touched, on="entity_id", how="anti", maintain_order="left"),
         entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(

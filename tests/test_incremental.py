@@ -192,6 +192,27 @@ def test_a_full_relink_is_forced_by_flag_or_weekday(
         settings.resolution_settings()
 
 
+def test_a_night_whose_freed_firms_do_not_settle_relinks_the_whole_snapshot(
+    nightly: Path, sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When linking the freed firms again does not settle tonight's conflicts (here: no round
+    allowed after the first), the night re-links the whole snapshot and still publishes."""
+    import shutil
+
+    from entity_resolution import pipeline as resolution
+
+    assert _resolution(nightly, DAYS[-1])["stats"]["freed_entities"]  # (this night frees a firm)
+    lake = tmp_path / "lake"
+    shutil.copytree(nightly, lake, symlinks=True)
+    monkeypatch.setattr(resolution, "RELINK_ROUNDS", 1)
+    flow.run_all(str(sources), str(lake), DAYS[-1], run_id="conflicted")
+    report = _resolution(lake, DAYS[-1])
+    assert report["mode"] == "full" and "known firms" in report["full_relink_reason"], report
+    kept = _published(nightly, "links").join(_published(lake, "links"), on=["source", "source_record_id"])
+    assert kept.height == _published(nightly, "links").height
+    assert (kept["entity_id"] == kept["entity_id_right"]).mean() >= 0.999
+
+
 def test_rerunning_a_night_changes_nothing_and_duplicates_nothing(nightly: Path, sources: Path) -> None:
     before = {name: _published(nightly, name) for name in ("profiles", "links", "entities")}
     members = pl.read_parquet(nightly / "registry" / DAYS[-1] / "members.parquet")
