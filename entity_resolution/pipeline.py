@@ -998,6 +998,7 @@ def resolve_changes(
         del result_again
     known = representatives.height
     del representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
+    keys_of = _keys_from(input_keys, spec)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
     moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)
@@ -1008,10 +1009,10 @@ def resolve_changes(
         run,
         partial=True,
         members=members,
-        keys_of=_keys_from(input_keys, spec),
+        keys_of=keys_of,
     )
     del members
-    registry.key_representatives(_keys_from(input_keys, spec))  # (a registry an older version wrote)
+    registry.key_representatives(keys_of)  # (the representatives of a registry an older version wrote)
     _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
         write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)

@@ -839,3 +839,18 @@ def test_with_fixed_entities_only_pairs_with_a_new_record_are_made(generated: di
     with_a_fresh_side = every.filter(pl.Series(fresh[every["l"].to_numpy()] | fresh[every["r"].to_numpy()]))
     assert 0 < made.height < every.height
     assert made.equals(with_a_fresh_side)
+
+
+def test_a_fitted_model_scores_another_input_as_given(linked, generated: dict) -> None:  # noqa: ANN001
+    """``link(..., model=linkage.fitted)`` scores with that model (m, u, prior, term frequencies)
+    rather than fitting one on its own few records, as an incremental night's second round does."""
+    fitted = linked.fitted
+    assert fitted is not None and fitted.frequencies
+    few = generated["records"].head(300)
+    own = link(few, ENTERPRISE)
+    given = link(few, ENTERPRISE, model=fitted)
+    assert own.stats["lambda"] != fitted.prior  # (300 records fit a model of their own)
+    assert given.stats["lambda"] == fitted.prior and given.fitted is not None
+    for mine, theirs in zip(given.fitted.m + given.fitted.u, fitted.m + fitted.u, strict=True):
+        assert np.array_equal(mine, theirs)
+    assert given.links["record_id"].sort().equals(few["record_id"].sort())
