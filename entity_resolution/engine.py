@@ -583,51 +583,45 @@ def _prepare(
     sizes = np.bincount(partition, minlength=partitions)
     del sig  # from here on a partition's signatures are read from the work files
 
-    # each partition's signatures and the scored pairs inside its components (average linkage
-    # needs them all), written by streaming queries into one folder per partition
-    part_of = pl.DataFrame(
-        {
-            "sig": pl.Series(np.arange(n), dtype=pl.UInt32),
-            "node": pl.Series(node, dtype=pl.Int64),
-            "component": component,
-            "part": partition,
-        }
-    )
-    signatures_of_parts = (
-        pl.scan_parquet(signature_file).join(part_of.lazy(), on="sig").select(*columns, "part")
+    # each partition's signatures: the table read once, in signature order, and cut by partition
+    # (no join: node and partition are arrays by signature number; no sort: the order is kept)
+    table = (
+        pl.read_parquet(signature_file, columns=[c for c in columns if c != "node"])
+        .with_columns(pl.Series("node", node, dtype=pl.Int64), pl.Series("part", partition))
+        .select(*columns, "part")
     )
     if anchor_of is not None:
-        signatures_of_parts = signatures_of_parts.join(anchor_of.lazy(), on="sig", how="left")
-    signatures_of_parts.sink_parquet(_by_part(work / "partitions" / "signatures"), mkdir=True)
-    pairs_of_parts = (
-        pl.scan_parquet(shard_paths)
-        .select("l", "r", "probability")
-        .join(part_of.lazy().select(pl.col("sig").alias("l"), "component", "part"), on="l")
-        .join(
-            part_of.lazy().select(pl.col("sig").alias("r"), pl.col("component").alias("component_r")), on="r"
+        table = table.join(anchor_of, on="sig", how="left", maintain_order="left")
+    for number in range(partitions):
+        partition_dir(work, number).mkdir(parents=True)
+        table.filter(pl.col("part") == number).drop("part").write_parquet(
+            partition_dir(work, number) / "signatures.parquet", compression="lz4"
         )
-        .filter(pl.col("component") == pl.col("component_r"))
-        .select("l", "r", "probability", "part")
-    )
-    if shard_paths:
-        pairs_of_parts.sink_parquet(_by_part(work / "partitions" / "scored"), mkdir=True)
+    del table
+    # the scored pairs inside a component, routed a shard at a time (arrays looked up by signature
+    # number: no join) to their partition's folder
+    for number, path in enumerate(shard_paths):
+        shard = pl.read_parquet(path, columns=["l", "r", "probability"])
+        left, right = shard["l"].to_numpy(), shard["r"].to_numpy()
+        inside = component[left] == component[right]
+        shard = shard.filter(pl.Series(inside)).with_columns(pl.Series("part", partition[left[inside]]))
+        for (part,), rows in shard.partition_by("part", as_dict=True, include_key=False).items():
+            folder = work / "partitions" / "scored" / f"part={part}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows.write_parquet(folder / f"{number:05d}.parquet", compression="lz4")
+        del shard, left, right, inside
     decision_part = decisions.with_columns(pl.Series("part", partition[decisions["l"].to_numpy()]))
     decision_parts = decision_part.partition_by("part", as_dict=True, include_key=False)
     largest_component = int(np.unique(component, return_counts=True)[1].max()) if n else 0
-    del part_of, component, partition
+    del component, partition
     empty_decisions = decisions.clear()
     for number in range(partitions):
         directory = partition_dir(work, number)
-        directory.mkdir(parents=True)
-        _read_part(work / "partitions" / "signatures", number).sort("sig").write_parquet(
-            directory / "signatures.parquet"
-        )
         _read_part(work / "partitions" / "scored", number, _SCORED_SCHEMA).sort("l", "r").write_parquet(
-            directory / "scored.parquet"
+            directory / "scored.parquet", compression="lz4"
         )
         decision_parts.pop((number,), empty_decisions).write_parquet(directory / "decisions.parquet")
-    for staged in ("signatures", "scored"):  # (each partition's share is in its directory now)
-        shutil.rmtree(work / "partitions" / staged, ignore_errors=True)
+    shutil.rmtree(work / "partitions" / "scored", ignore_errors=True)  # (each share is in its directory)
 
     # what the finish needs, saved beside the partitions (no pickles: plain files of known formats)
     # (in pair order: the same file however the pairs were cut into shards)
@@ -869,13 +863,8 @@ def _entity_names(clusters: pl.DataFrame, anchor_ids: dict[int, str]) -> pl.Data
 _SCORED_SCHEMA = {"l": pl.UInt32, "r": pl.UInt32, "probability": pl.Float64}
 
 
-def _by_part(base: Path) -> pl.PartitionBy:
-    """A sink writing one folder of Parquet files per value of ``part`` (``base/part=N/``)."""
-    return pl.PartitionBy(base, key="part", include_key=False)
-
-
 def _read_part(base: Path, number: int, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
-    """Partition ``number``'s rows of a ``_by_part`` sink (none when it wrote no folder for it)."""
+    """Partition ``number``'s rows routed to ``base/part=N/`` (none when nothing was routed to it)."""
     folder = base / f"part={number}"
     if not folder.exists():
         return pl.DataFrame(schema=schema)

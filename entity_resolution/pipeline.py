@@ -43,7 +43,7 @@ from entity_resolution.engine import (
     resolve_link_partition,
     resolve_link_partitions,
 )
-from entity_resolution.internals.blocking import key_expr, spellings_of
+from entity_resolution.internals.blocking import key_expr, read_spellings
 from entity_resolution.internals.normalise import spelling_counts
 from entity_resolution.internals.pool import pool_or_here
 from entity_resolution.names import normalise_names
@@ -508,8 +508,6 @@ def prepare_canonical(
     scale = Scale.of(spec)
     if partition_signatures is not None:
         scale = replace(scale, partition_signatures=int(partition_signatures))
-    # counted here rather than inside the engine (the same counts) to be kept for the next night
-    spellings = _spellings(inputs, spec, scale.normalise_workers) if registry else None
     must, cannot = read_decisions(decisions) if decisions and decisions.exists() else ([], [])
     partitions = prepare_link(
         inputs,
@@ -518,11 +516,12 @@ def prepare_canonical(
         cannot,
         anchors=_registry_anchors(registry, spec) if registry else None,
         keep_pairs=False,
-        spellings=spellings,
         work_dir=work / ENGINE_DIR,
         scale=scale,
     )
     shutil.rmtree(work / ENGINE_DIR / "shards", ignore_errors=True)  # (without keep_pairs, unread)
+    # the spelling counts the engine counted as it normalised, kept for the next night
+    spellings = read_spellings(work / ENGINE_DIR, spec) if registry else None
     kept_spellings = bool(spellings and "name" in spellings)
     if kept_spellings:  # (in a fixed order: the counts' group order is not)
         write_parquet(spellings["name"].sort("value"), work / SPELLINGS_FILE)
@@ -530,23 +529,6 @@ def prepare_canonical(
         {"spec": spec_name, "partitions": partitions, "spellings": kept_spellings}, work / CANONICAL_STATE
     )
     return partitions
-
-
-#: distinct names counted per piece by a worker, at most (a name costs a worker about 2 KB)
-SPELLING_PIECE_NAMES = 200_000
-
-
-def _spellings(inputs: pl.LazyFrame, spec: Spec, workers: int) -> dict[str, pl.DataFrame]:
-    """``spellings_of`` the inputs, the distinct names cut in pieces of at most
-    ``SPELLING_PIECE_NAMES``, ``workers`` counted at once, each in a process of its own (the
-    engine's ``[scale] normalise_workers``): a worker's memory is a piece's, not the city's."""
-    if workers <= 1:
-        return spellings_of(inputs, spec)
-    from entity_resolution.internals.pool import process_pool
-
-    names = inputs.select(pl.col("name").n_unique()).collect(engine="streaming").item()
-    with process_pool(workers) as pool:
-        return spellings_of(inputs, spec, pool, max(workers, -(-names // SPELLING_PIECE_NAMES)))
 
 
 def _write_split(records: pl.LazyFrame, work: Path) -> None:

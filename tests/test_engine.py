@@ -201,10 +201,10 @@ def test_no_phase_holds_a_row_per_record_or_signature_only_its_chunk_or_partitio
 
     normalise, resolve = blocking.normalise, partition.resolve_partition
 
-    def normalising(frame: pl.DataFrame, spec, spellings=None):  # noqa: ANN001, ANN202
-        # the whole input's spelling counts (a row per distinct name) are needed by every chunk
+    def normalising(frame: pl.DataFrame, spec, spellings=None, **options):  # noqa: ANN001, ANN003, ANN202
+        # (a chunk's one-off spellings are corrected after all chunks' cores are counted)
         count("normalise", tuple((spellings or {}).values()))
-        return normalise(frame, spec, spellings)
+        return normalise(frame, spec, spellings, **options)
 
     def resolving(*frames, **options):  # noqa: ANN002, ANN003, ANN202
         count("cluster")
@@ -780,14 +780,15 @@ def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
 def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> None:
     """A part of the input (an incremental night, a chunk) judges a spelling by the whole input's
     counts: the same records are corrected alike however the input is cut."""
-    from entity_resolution.internals.blocking import signatures, spellings_of
+    from entity_resolution.internals.blocking import read_spellings, signatures
     from entity_resolution.internals.normalise import normalise, spelling_counts
 
     names = ["宁波华兴电子科技有限公司"] * 3 + ["宁波华兴电器科技有限公司", "华兴电子科技"]
     records = pl.DataFrame({"record_id": [f"r{i}" for i in range(5)], "name": names})
     night = records[3:4]  # the typo alone: here its neighbour does not recur
     assert normalise(night, ENTERPRISE)["name_core"][0] == "华兴电器科技"
-    whole = spellings_of(records.lazy(), ENTERPRISE)
+    whole_at_once, _, _ = signatures(records.lazy(), ENTERPRISE, 5, tmp_path / "whole")
+    whole = read_spellings(tmp_path / "whole", ENTERPRISE)  # counted as the records were normalised
     assert whole["name"].sort("value").rows() == [("华兴电器科技", 1), ("华兴电子科技", 4)]
     assert whole["name"].sort("value").equals(spelling_counts(records.group_by("name").len()).sort("value"))
     assert normalise(night, ENTERPRISE, whole)["name_core"][0] == "华兴电子科技"
@@ -799,6 +800,13 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     per_record = pl.read_parquet(record_file)
     cores = per_record.join(one_by_one, on="sig").sort("record_id")["name_core"].to_list()
     assert cores == ["华兴电子科技"] * 5
+    # the typo's record is corrected after its chunk was signed: it takes the signature its
+    # neighbour's records hold (the same fields), and the spelling as written is no signature
+    sig_of = dict(per_record.iter_rows())
+    assert sig_of["r3"] == sig_of["r0"] == sig_of["r1"] == sig_of["r2"] != sig_of["r4"]
+    assert one_by_one.height == 2 and "华兴电器科技" not in one_by_one["name_core"].to_list()
+    assert whole_at_once.equals(one_by_one)
+    assert read_spellings(tmp_path, ENTERPRISE)["name"].equals(whole["name"])
     # and in two worker processes, from a file scan (a chunk goes as its sliced plan): the same
     records.write_parquet(tmp_path / "input.parquet")
     in_workers, _, worker_file = signatures(

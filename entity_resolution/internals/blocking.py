@@ -22,7 +22,13 @@ from scipy.sparse.csgraph import connected_components
 
 from entity_resolution.internals.cluster import Clusters
 from entity_resolution.internals.compare import compared_columns
-from entity_resolution.internals.normalise import normalise, spelling_counts
+from entity_resolution.internals.normalise import (
+    core_counts,
+    correct_spellings,
+    corrected_names,
+    correction_table,
+    normalise,
+)
 from entity_resolution.spec import BlockKey, Spec
 
 
@@ -50,61 +56,59 @@ def signature_fields(spec: Spec, columns: list[str]) -> list[str]:
     return [f for f in fields if f in columns]
 
 
-def spellings_of(
-    records: pl.LazyFrame, spec: Spec, pool: Executor | None = None, pieces: int = 1
-) -> dict[str, pl.DataFrame]:
-    """Per company-name column whose normaliser corrects one-off spellings, how many records carry
-    each spelling (``spelling_counts``): a spelling is one-off only among all the records. With a
-    ``pool``, the distinct names are cut in ``pieces`` counted at once (counts of a core add up)."""
-    columns = records.collect_schema().names()
-    counts = {}
-    for step in spec.normalise:
-        if not (
-            step.get("kind") == "company_name" and step.get("correct_one_offs") and step["column"] in columns
-        ):
-            continue
-        names = records.group_by(pl.col(step["column"]).alias("name")).len().collect(engine="streaming")
-        if pool is None or pieces <= 1 or names.height < pieces:
-            counts[step["column"]] = spelling_counts(names)
-            continue
-        size = -(-names.height // pieces)
-        slices = [names.slice(start, size) for start in range(0, names.height, size)]
-        del names
-        counts[step["column"]] = (
-            pl.concat(list(pool.map(spelling_counts, slices))).group_by("value").agg(pl.col("len").sum())
-        )
-    return counts
-
-
 # a lazy input whose plan serialises smaller than this (a file scan) goes to a normalising worker
 # as its sliced plan; a larger one (it holds its data) as a Parquet file of its chunk
 _PLAN_BYTES = 1 << 20
 
 
-def _normalise_chunk(
-    chunk: pl.LazyFrame | Path,
-    spec: Spec,
-    spellings: dict[str, pl.DataFrame] | dict[str, Path] | None,
-    parts: Path,
-    number: int,
-) -> None:
-    """Normalise one chunk of records (a lazy slice, or a Parquet file of it) and write its
-    record -> hash map (``records-N``) and its signatures, each once (``unique-N``), under
-    ``parts``: the plain function a normalising worker runs (spellings may be Parquet files)."""
+def _normalise_chunk(chunk: pl.LazyFrame | Path, spec: Spec, parts: Path, number: int) -> None:
+    """Normalise one chunk of records (a lazy slice, or a Parquet file of it), one-off spellings as
+    written, and write under ``parts`` its record -> hash map (``records-N``), its signatures, each
+    once (``unique-N``), and how many of its records carry each core (``cores-K-N`` per corrected
+    name column K): the plain function a normalising worker runs."""
     rid = spec.id_column
     frame = chunk.collect() if isinstance(chunk, pl.LazyFrame) else pl.read_parquet(chunk)
-    if spellings:
-        spellings = {
-            c: s if isinstance(s, pl.DataFrame) else pl.read_parquet(s) for c, s in spellings.items()
-        }
-    frame = normalise(frame, spec, spellings)
+    frame = normalise(frame, spec, correct=False)
+    for index, (_, counts) in enumerate(core_counts(frame, spec).items()):
+        counts.write_parquet(parts / f"cores-{index}-{number:05d}.parquet")
     fields = signature_fields(spec, frame.columns)
-    part = frame.select(rid, *fields).with_columns(pl.struct(fields).hash(seed=0).alias("_h"))
+    part = frame.select(rid, *fields).with_columns(_signature_hash(fields))
     del frame
     part.select(rid, "_h").write_parquet(parts / f"records-{number:05d}.parquet")
     part.drop(rid).unique("_h", keep="first", maintain_order=True).write_parquet(
         parts / f"unique-{number:05d}.parquet"
     )
+
+
+def _signature_hash(fields: list[str]) -> pl.Expr:
+    """A signature's hash (``_h``): it stands for the values of its fields."""
+    return pl.struct(fields).hash(seed=0).alias("_h")
+
+
+def _corrected_signatures(
+    uniques: list[Path], spec: Spec, corrections: dict[str, pl.DataFrame], out: Path
+) -> pl.DataFrame:
+    """The signatures holding a one-off spelling (``corrections``), read as their neighbour: written
+    to ``out`` as one more chunk's signatures; returns each old hash with its new one (``_h``,
+    ``_new``). A one-off spelling is on one record of the whole input, so only a few signatures
+    change, and the chunks' files are not written again."""
+    cores = {column: f"{name}_core" for column, name in corrected_names(spec)}
+    wrong = [
+        pl.col(cores[column]).is_in(table["value"].implode())
+        for column, table in corrections.items()
+        if table.height
+    ]
+    fields = [c for c in pl.scan_parquet(uniques[0]).collect_schema().names() if c != "_h"]
+    old = (
+        pl.concat([pl.scan_parquet(path).filter(pl.any_horizontal(wrong)) for path in uniques])
+        .unique("_h", keep="first", maintain_order=True)
+        .collect()
+        if wrong
+        else pl.DataFrame(schema=pl.scan_parquet(uniques[0]).collect_schema())
+    )
+    new = correct_spellings(old.drop("_h"), spec, corrections).with_columns(_signature_hash(fields))
+    new.unique("_h", keep="first", maintain_order=True).select(*fields, "_h").write_parquet(out)
+    return pl.DataFrame({"_h": old["_h"], "_new": new["_h"]})
 
 
 def _plan_bytes(records: pl.LazyFrame) -> int:
@@ -120,19 +124,16 @@ def _normalise_in_workers(
     offsets: list[int],
     chunk_records: int,
     parts: Path,
-    spellings: dict[str, pl.DataFrame] | None,
     pool: Executor,
     in_memory: bool = False,
 ) -> None:
     """``_normalise_chunk`` over the chunks, run by the ``pool``'s workers. A file scan's chunks go
     as sliced plans; any other input is written aside a chunk at a time (``in_memory``: known to
-    hold its data, not serialised to find out: 15 s for 3.6M records); the spelling counts once,
-    as files."""
-    plan_bytes = _PLAN_BYTES if in_memory else _plan_bytes(records)
-    spelling_files: dict[str, Path] = {}
-    for number, (column, counts) in enumerate((spellings or {}).items()):
-        spelling_files[column] = parts / f"spellings-{number}.parquet"
-        counts.write_parquet(spelling_files[column])
+    hold its data, not serialised to find out: 15 s for 3.6M records)."""
+    from entity_resolution.internals.pool import InProcess
+
+    here = isinstance(pool, InProcess)  # (a chunk read in this process needs no file)
+    plan_bytes = 0 if here else _PLAN_BYTES if in_memory else _plan_bytes(records)
     futures = []
     for number, offset in enumerate(offsets):
         chunk: pl.LazyFrame | Path = records.slice(offset, chunk_records)
@@ -140,9 +141,27 @@ def _normalise_in_workers(
             path = parts / f"input-{number:05d}.parquet"
             chunk.sink_parquet(path)
             chunk = path
-        futures.append(pool.submit(_normalise_chunk, chunk, spec, spelling_files, parts, number))
+        futures.append(pool.submit(_normalise_chunk, chunk, spec, parts, number))
     for future in futures:
         future.result()  # a worker's error surfaces here
+
+
+def _spelling_corrections(
+    spec: Spec, parts: Path, spellings: dict[str, pl.DataFrame] | None
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+    """(per corrected name column the spelling counts judged by: ``spellings`` when given, the whole
+    input's counts when ``records`` is a part of it, else the chunks' cores added up; and the
+    ``correction_table`` of the input's cores by them)."""
+    counted: dict[str, pl.DataFrame] = {}
+    corrections: dict[str, pl.DataFrame] = {}
+    for index, (column, _) in enumerate(corrected_names(spec)):
+        files = sorted(parts.glob(f"cores-{index}-*.parquet"))
+        if not files:
+            continue
+        cores = pl.concat([pl.read_parquet(f) for f in files]).group_by("value").agg(pl.col("len").sum())
+        counted[column] = (spellings or {}).get(column, cores)
+        corrections[column] = correction_table(cores["value"], counted[column])
+    return counted, corrections
 
 
 def signatures(
@@ -156,7 +175,8 @@ def signatures(
 ) -> tuple[pl.DataFrame, Path, Path]:
     """(the signatures, a row per ``sig`` number in order, without their first record ids; the
     Parquet file of the same with ``first_record``, the smallest record id holding each; the
-    Parquet file of the record id -> ``sig`` map), the files under ``work``.
+    Parquet file of the record id -> ``sig`` map), the files under ``work``; the spelling counts
+    the one-off spellings were judged by go beside them (``read_spellings``).
 
     Records are normalised ``chunk_records`` at a time, ``workers`` chunks at once (each in a
     process of its own), and only the signature fields are kept; each chunk's record -> hash map
@@ -164,40 +184,43 @@ def signatures(
     input, and the per-record map (which grows with the input, not with the signatures) is built
     and kept on disk by streaming queries. A signature is kept from the first chunk holding it (its
     fields are equal in every chunk), so the result never depends on ``chunk_records`` or
-    ``workers``. ``spellings``: the whole input's spelling counts (``spellings_of``) when
-    ``records`` is a part of it."""
+    ``workers``. ``spellings``: the whole input's spelling counts (``read_spellings`` of its signatures) when
+    ``records`` is a part of it; by default the records' own, counted as they are normalised."""
     rid = spec.id_column
     parts = work / "signatures"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     height = records.select(pl.len()).collect().item()
     offsets = list(range(0, max(height, 1), chunk_records))
-    if workers > 1 and len(offsets) > 1:
-        from entity_resolution.internals.pool import process_pool
+    from entity_resolution.internals.pool import pool_or_here
 
-        with process_pool(min(workers, len(offsets))) as pool:
-            if spellings is None:
-                spellings = spellings_of(records, spec, pool, min(workers, len(offsets)))
-            _normalise_in_workers(records, spec, offsets, chunk_records, parts, spellings, pool, in_memory)
-    else:
-        if spellings is None and height > chunk_records:  # (one chunk counts its own spellings)
-            spellings = spellings_of(records, spec)
-        for number, offset in enumerate(offsets):
-            _normalise_chunk(records.slice(offset, chunk_records), spec, spellings, parts, number)
+    with pool_or_here(min(workers, len(offsets))) as pool:
+        _normalise_in_workers(records, spec, offsets, chunk_records, parts, pool, in_memory)
+    # one-off spellings, judged among all the chunks' records, are corrected in the few signatures
+    # holding one: they go as one chunk more, and their records take the new hashes
+    counted, corrections = _spelling_corrections(spec, parts, spellings)
+    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(len(offsets))]
+    renamed = _corrected_signatures(uniques, spec, corrections, parts / "unique-corrected.parquet")
+    uniques.append(parts / "unique-corrected.parquet")
+    hashes = pl.scan_parquet(parts / "records-*.parquet").with_columns(
+        pl.col("_h").replace(renamed["_h"], renamed["_new"])
+    )
+    for column, path in _spelling_files(work, spec).items():
+        if column in counted:
+            counted[column].select("value", pl.col("len").cast(pl.Int64)).sort("value").write_parquet(path)
     # per chunk, which of its signatures no earlier chunk holds (a hash stands for its fields)
     seen = pl.Series("_h", [], dtype=pl.UInt64)
     first_seen: list[pl.Series] = []
-    for number in range(len(offsets)):
-        hashes = pl.read_parquet(parts / f"unique-{number:05d}.parquet", columns=["_h"])["_h"]
-        new = ~hashes.is_in(seen)
+    for path in uniques:
+        found = pl.read_parquet(path, columns=["_h"])["_h"]
+        new = ~found.is_in(seen.implode())
         first_seen.append(new)
-        seen = pl.concat([seen, hashes.filter(new)])
+        seen = pl.concat([seen, found.filter(new)])
     del seen
     # each signature is numbered by its smallest record id, whatever the input order or chunking
     # (the u sample draws signature numbers); a hash stands for its fields' values
     numbered = (
-        pl.scan_parquet(parts / "records-*.parquet")
-        .group_by("_h")
+        hashes.group_by("_h")
         .agg(pl.col(rid).min().alias("first_record"))
         .sort("first_record")
         .with_row_index("sig")
@@ -210,14 +233,12 @@ def signatures(
     numbered = numbered.select("_h", "sig")
     record_file = work / "records.parquet"
     (
-        pl.scan_parquet(parts / "records-*.parquet")
-        .join(numbered.lazy(), on="_h", maintain_order="left")  # (deterministic)
+        hashes.join(numbered.lazy(), on="_h", maintain_order="left")  # (deterministic)
         .select(rid, "sig")
         .sink_parquet(record_file)
     )
     # the signatures' fields, read a column at a time from the chunks' files (each signature from
     # the first chunk holding it) and put in ``sig`` order: the table is never held twice
-    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(len(offsets))]
     order = (
         _first_found(uniques, first_seen, "_h")
         .to_frame()
@@ -231,9 +252,27 @@ def signatures(
     sig.insert_column(0, numbered["sig"])
     del numbered
     signature_file = work / "signatures.parquet"
-    sig.with_columns(pl.read_parquet(first_records)["first_record"]).write_parquet(signature_file)
+    sig.with_columns(pl.read_parquet(first_records)["first_record"]).write_parquet(
+        signature_file, compression="lz4"
+    )
     shutil.rmtree(parts, ignore_errors=True)
     return sig, signature_file, record_file
+
+
+def _spelling_files(work: Path, spec: Spec) -> dict[str, Path]:
+    return {
+        column: work / f"spellings-{index}.parquet" for index, (column, _) in enumerate(corrected_names(spec))
+    }
+
+
+def read_spellings(work: Path, spec: Spec) -> dict[str, pl.DataFrame]:
+    """The spelling counts ``signatures`` judged one-off spellings by in ``work`` (per corrected
+    company-name column: ``value``, ``len``, sorted by value): the input's own, counted as its
+    chunks were normalised, or those it was given. A caller keeping them for a later part of the
+    input (an incremental night) needs no pass of its own over the names."""
+    return {
+        column: pl.read_parquet(path) for column, path in _spelling_files(work, spec).items() if path.exists()
+    }
 
 
 def _first_found(uniques: list[Path], first_seen: list[pl.Series], column: str) -> pl.Series:

@@ -65,6 +65,14 @@ class Clusters:
         self.parent[rb] = ra
         self.component_value[ra] = va or vb
 
+    def join_nodes(self, heads: np.ndarray) -> None:
+        """Each member joined to its node's head (``heads``: per member, its node's smallest member),
+        as ``join_exact`` one by one would, at once: a node holds at most one ``cannot_link_on``
+        value (``blocking.exact_nodes`` keeps two apart), so no join among its members is refused."""
+        self.parent = heads.tolist()
+        for member, value in list(self.component_value.items()):
+            self.component_value[self.parent[member]] = value
+
     def start_linking(self, forbidden: set[frozenset[int]], anchor_of: dict[int, str]) -> None:
         """After the exact keys: the branch of each component, steward cannot-links and anchors."""
         if self.branch_of:  # (a component's branch: its last member's, in member order)

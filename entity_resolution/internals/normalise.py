@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import opencc
 import polars as pl
 
@@ -82,6 +83,12 @@ def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -
     is. Neighbours are found by joining on the spelling with each character position masked.
     ``counts`` (``value``, ``len``): how many records carry each spelling in the whole input when
     ``values`` are one part of it (an incremental night, a chunk); by default ``values``' own."""
+    table = correction_table(values, counts)
+    return dict(zip(table["value"].to_list(), table["to"].to_list(), strict=True))
+
+
+def correction_table(values: pl.Series, counts: pl.DataFrame | None = None) -> pl.DataFrame:
+    """``one_off_corrections`` as a frame (``value``, ``to``), sorted by ``value``."""
     present = pl.DataFrame({"value": values}).drop_nulls()
     if counts is None:
         counts = present.group_by("value").len()
@@ -93,15 +100,61 @@ def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -
     recurring = one_character_masked(counts.filter(pl.col("len") > 1)).select(
         pl.col("value").alias("to"), "masked"
     )
-    neighbours = (
+    return (
         once.select("value", "masked")
         .join(recurring, on="masked")
         .group_by("value")
         .agg(pl.col("to").unique().alias("to"))
         .filter(pl.col("to").list.len() == 1)
+        .select("value", pl.col("to").list.first())
         .sort("value")
     )
-    return dict(zip(neighbours["value"].to_list(), neighbours["to"].list.first().to_list(), strict=True))
+
+
+def corrected_names(spec: Spec) -> list[tuple[str, str]]:
+    """(input column, output prefix) of each company-name normaliser that corrects one-off spellings."""
+    return [
+        (step["column"], step.get("out", step["column"]))
+        for step in spec.normalise
+        if step["kind"] == "company_name" and step.get("correct_one_offs")
+    ]
+
+
+def core_counts(frame: pl.DataFrame, spec: Spec) -> dict[str, pl.DataFrame]:
+    """Per corrected company-name column, how many of ``frame``'s records carry each core as
+    written (``value``, ``len``): a part's counts, which add up to the whole input's
+    (``spelling_counts`` of all its names)."""
+    return {
+        column: frame.group_by(pl.col(f"{out}_core").alias("value")).len().drop_nulls("value")
+        for column, out in corrected_names(spec)
+        if f"{out}_core" in frame.columns
+    }
+
+
+def correct_spellings(frame: pl.DataFrame, spec: Spec, corrections: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Each corrected company-name column's one-off spellings (``corrections``: per input column a
+    ``correction_table``) read as their neighbour: the core, the key (core and branch) and the
+    words of the records carrying one; nothing else changes (the region is not read from the core)."""
+    for column, out in corrected_names(spec):
+        table = corrections.get(column)
+        if table is None or table.height == 0 or f"{out}_core" not in frame.columns:
+            continue
+        core = frame[f"{out}_core"]
+        fixed = core.replace(table["value"], table["to"])
+        rows = np.flatnonzero((fixed != core).fill_null(False).to_numpy())
+        if len(rows) == 0:
+            continue
+        key = frame[f"{out}_key"]
+        words = pl.DataFrame({"row": pl.Series(rows, dtype=pl.UInt32), "w": _tokens(fixed.gather(rows))})
+        frame = frame.with_columns(
+            fixed.alias(f"{out}_core"),
+            (fixed + key.str.slice(core.str.len_chars())).alias(f"{out}_key"),
+            frame.select(pl.col(f"{out}_tokens").alias("w"))
+            .with_row_index("row")
+            .update(words, on="row")["w"]
+            .alias(f"{out}_tokens"),
+        )
+    return frame
 
 
 def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
@@ -119,12 +172,19 @@ def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
 
 
 def normalise(
-    frame: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+    frame: pl.DataFrame,
+    spec: Spec,
+    spellings: dict[str, pl.DataFrame] | None = None,
+    *,
+    correct: bool = True,
 ) -> pl.DataFrame:
     """The spec's normalisers applied to the input (new columns added, inputs kept); a normaliser's
     modules are imported only when a spec uses it (a person spec loads no name or code tables).
     ``spellings``: per company-name input column, the whole input's spelling counts
-    (``spelling_counts``) when ``frame`` is one part of it; ``correct_one_offs`` judges by them."""
+    (``spelling_counts``) when ``frame`` is one part of it; ``correct_one_offs`` judges by them.
+    ``correct`` False leaves one-off spellings as written: a caller cutting the input in parts
+    counts the parts' cores (``core_counts``) and applies one ``correction_table`` to every part
+    (``correct_spellings``), the same as correcting here with the whole input's counts."""
     for step in spec.normalise:
         kind = step["kind"]
         if kind == "company_name":
@@ -132,13 +192,6 @@ def normalise(
 
             column, out = step["column"], step.get("out", step["column"])
             names = normalise_names(frame[column].cast(pl.String))
-            if step.get("correct_one_offs"):  # a one-off spelling reads as the one recurring neighbour
-                corrections = one_off_corrections(names["core"], (spellings or {}).get(column))
-                core = names["core"].replace(corrections)
-                names = names.with_columns(
-                    core.alias("core"),
-                    (core + names["name_key"].str.slice(names["core"].str.len_chars())).alias("name_key"),
-                )
             region = names["region_codes"].list.first().str.slice(0, 4)
             frame = frame.with_columns(
                 names["core"].alias(f"{out}_core"),
@@ -216,4 +269,14 @@ def normalise(
         elif kind == "coalesce":
             present = [pl.col(c) for c in step["columns"] if c in frame.columns]
             frame = frame.with_columns(pl.coalesce(present).alias(step["out"]))
+    if correct and corrected_names(spec):  # a one-off spelling reads as the one recurring neighbour
+        frame = correct_spellings(
+            frame,
+            spec,
+            {
+                column: correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
+                for column, out in corrected_names(spec)
+                if f"{out}_core" in frame.columns
+            },
+        )
     return frame

@@ -135,10 +135,7 @@ def resolve_partition(
         if column in sig.columns:
             branch_of = dict(enumerate(active_sig[column].to_list()))
     clusters = Clusters(len(active), value_of, branch_of)
-    heads, members = row_of[node[active]], np.arange(len(active))
-    joining = heads != members  # (a node's head joins nothing)
-    for head, member in zip(heads[joining].tolist(), members[joining].tolist(), strict=True):
-        clusters.join_exact(head, member)
+    clusters.join_nodes(row_of[node[active]])
     forced = list(
         zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
     )
