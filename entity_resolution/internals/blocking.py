@@ -149,9 +149,9 @@ def _normalise_in_workers(
 def _spelling_corrections(
     spec: Spec, parts: Path, spellings: dict[str, pl.DataFrame] | None
 ) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
-    """(per corrected name column the spelling counts judged by: ``spellings`` when given, the whole
-    input's counts when ``records`` is a part of it, else the chunks' cores added up; and the
-    ``correction_table`` of the input's cores by them)."""
+    """(per corrected name column the spelling counts to judge by: ``spellings`` when given (the
+    whole input's, when the records are a part of it), else the chunks' cores added up; and the
+    ``correction_table`` of the records' cores by those counts)."""
     counted: dict[str, pl.DataFrame] = {}
     corrections: dict[str, pl.DataFrame] = {}
     for index, (column, _) in enumerate(corrected_names(spec)):
