@@ -657,6 +657,32 @@ def test_a_chain_through_one_weak_link_is_not_collapsed() -> None:
     assert roots[3] != roots[5]
 
 
+def test_a_node_s_members_joined_at_once_are_joined_as_one_by_one() -> None:
+    """``Clusters.join_nodes`` (a partition's exact-key nodes at once) leaves the roots and the
+    components' USCCs that ``join_exact`` member by member leaves."""
+    import random
+
+    from entity_resolution.internals.cluster import Clusters
+
+    rng = random.Random(5)
+    n = 2_000
+    node = np.array([rng.randrange(400) for _ in range(n)])  # 2,000 members of up to 400 nodes
+    smallest = np.full(400, n)
+    np.minimum.at(smallest, node, np.arange(n))
+    heads = smallest[node]  # per member its node's smallest member
+    # a node holds at most one USCC (blocking.exact_nodes): some of its members carry it
+    value_of = {i: f"U{node[i]}" for i in range(n) if rng.random() < 0.3}
+    one_by_one, at_once = Clusters(n, value_of), Clusters(n, value_of)
+    for member in range(n):
+        if heads[member] != member:
+            one_by_one.join_exact(int(heads[member]), member)
+    at_once.join_nodes(heads)
+    assert np.array_equal(one_by_one.roots(), at_once.roots())
+    roots = set(at_once.roots().tolist())
+    values = lambda c: {r: c.component_value.get(r) for r in roots}  # noqa: E731
+    assert values(at_once) == values(one_by_one) and any(values(at_once).values())
+
+
 def synthetic_people(n: int, seed: int) -> list[dict]:
     """``n`` different people with FEBRL's columns (so the model has non-matches to learn from)."""
     import random
@@ -753,12 +779,12 @@ def test_levels_for_siblings_regions_and_spec_errors(tmp_path: Path) -> None:
 
 
 def test_a_one_off_spelling_reads_as_its_one_recurring_neighbour() -> None:
-    from entity_resolution.internals.normalise import normalise, one_off_corrections
+    from entity_resolution.internals.normalise import correction_table, normalise
 
     # 华兴 recurs (a firm) and 华星 (its sibling) too: both stay; 华兴电器 is on one record, one
     # character from 华兴 only (a typo); 华新 is one character from both 华兴 and 华星: ambiguous, kept
     cores = pl.Series(["华兴电子科技"] * 3 + ["华星电子科技"] * 2 + ["华兴电器科技", "华新电子科技"])
-    assert one_off_corrections(cores) == {"华兴电器科技": "华兴电子科技"}
+    assert dict(correction_table(cores).iter_rows()) == {"华兴电器科技": "华兴电子科技"}
     records = pl.DataFrame(
         {
             "record_id": [f"r{i}" for i in range(6)],

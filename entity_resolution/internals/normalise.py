@@ -74,21 +74,16 @@ def one_character_masked(frame: pl.DataFrame, column: str = "value", out: str = 
     )
 
 
-def one_off_corrections(values: pl.Series, counts: pl.DataFrame | None = None) -> dict[str, str]:
+def correction_table(values: pl.Series, counts: pl.DataFrame | None = None) -> pl.DataFrame:
     """Spellings on one record only that are one character (a substitution) away from exactly one
-    spelling that recurs on other records: each mapped to that spelling.
+    spelling that recurs on other records, each with that spelling (``value``, ``to``, sorted by
+    ``value``).
 
     A typo is one-off (each record is mistyped its own way), while a sibling firm's own name recurs
     on its records; a one-off with two recurring neighbours (a firm and its sibling) is left as it
     is. Neighbours are found by joining on the spelling with each character position masked.
     ``counts`` (``value``, ``len``): how many records carry each spelling in the whole input when
     ``values`` are one part of it (an incremental night, a chunk); by default ``values``' own."""
-    table = correction_table(values, counts)
-    return dict(zip(table["value"].to_list(), table["to"].to_list(), strict=True))
-
-
-def correction_table(values: pl.Series, counts: pl.DataFrame | None = None) -> pl.DataFrame:
-    """``one_off_corrections`` as a frame (``value``, ``to``), sorted by ``value``."""
     present = pl.DataFrame({"value": values}).drop_nulls()
     if counts is None:
         counts = present.group_by("value").len()
@@ -159,7 +154,7 @@ def correct_spellings(frame: pl.DataFrame, spec: Spec, corrections: dict[str, pl
 
 def spelling_counts(names: pl.DataFrame) -> pl.DataFrame:
     """Company names as written with how many records carry each (``name``, ``len``) as the
-    spellings of their cores (``value``, ``len``): what ``one_off_corrections`` counts."""
+    spellings of their cores (``value``, ``len``): what ``correction_table`` counts."""
     from entity_resolution.names import normalise_names
 
     cores = normalise_names(names["name"].cast(pl.String))["core"]
