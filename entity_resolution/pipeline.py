@@ -226,24 +226,27 @@ def blocking_keys(
     )
 
 
-def _within_reach(representatives: pl.DataFrame, input_keys: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec: Spec) -> pl.DataFrame:
     """The representatives of every known entity one of whose representatives shares a key with
     the inputs (``input_keys``, from ``blocking_keys``): all of such an entity's, so its codes still
     constrain the engine. A blocking key more than ``max_block_size`` representatives hold is
     passed over: its block has at least as many signatures in the snapshot, so a full run drops it
     too (exact keys always count). Every representative when the registry does not hold their keys
-    (written by an older version)."""
-    if BLOCK_KEYS not in representatives.columns or representatives[BLOCK_KEYS].null_count():
-        return representatives
+    (written by an older version). ``representatives`` is a scan of the registry's: only the
+    representatives reached are read whole (a city's registry holds 4M, each with its keys)."""
+    stored = representatives.collect_schema().names()
+    if BLOCK_KEYS not in stored or representatives.select(pl.col(BLOCK_KEYS).null_count()).collect().item():
+        return representatives.collect()
     wanted = input_keys.select(pl.col(BLOCK_KEYS).alias("key")).explode("key").unique()
     held = (
         representatives.select("entity_id", pl.col(BLOCK_KEYS).alias("key"))
         .explode("key")
-        .join(wanted, on="key", how="semi")
+        .join(wanted.lazy(), on="key", how="semi")
+        .collect(engine="streaming")
     )
     blocking = pl.col("key").str.slice(0, 1).str.contains("[0-9]")
     hit = held.filter(~blocking | (pl.len().over("key") <= spec.max_block_size)).select("entity_id").unique()
-    return representatives.join(hit, on="entity_id", how="semi")
+    return representatives.join(hit.lazy(), on="entity_id", how="semi", maintain_order="left").collect()
 
 
 def _keys_from(known: pl.DataFrame, spec: Spec) -> Callable[[pl.DataFrame], pl.DataFrame]:
@@ -270,9 +273,9 @@ class KnownEntitiesConflict(Exception):
 
 @dataclass
 class Resolution:
-    links: (
-        pl.DataFrame
-    )  # KEYS, entity_id, match_confidence, match_method, recorded_name, recorded_code, match_grade
+    # KEYS, entity_id, match_confidence, match_method, recorded_name, recorded_code, match_grade; an
+    # incremental night's is a plan over the previous version's files, to stream into a file
+    links: pl.DataFrame | pl.LazyFrame
     entities: pl.DataFrame
     touched: pl.DataFrame  # entity_id of every entity whose records changed (all of them in a full run)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -312,7 +315,7 @@ def _engine(
     reps = representatives.with_columns(
         pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
     )
-    anchors = dict(zip(reps["record_id"].to_list(), reps["entity_id"].to_list(), strict=True))
+    anchors = reps.select("record_id", pl.col("entity_id").alias("anchor"))  # (a frame: no dict of 3M)
     # (a registry written before an input column existed holds none of it)
     missing = [pl.lit(None, pl.String).alias(c) for c in inputs.columns if c not in reps.columns]
     combined = pl.concat([inputs, reps.with_columns(missing).select(inputs.columns)], how="vertical_relaxed")
@@ -881,6 +884,37 @@ def _upserted(previous: pl.DataFrame, new: pl.DataFrame, keys: list[str]) -> pl.
     return pl.concat([part(kept, values).merge_sorted(part(new, values), key=last) for values in groups])
 
 
+def _upserted_stream(previous: pl.LazyFrame, new: pl.DataFrame, keys: list[str]) -> pl.LazyFrame:
+    """``_upserted`` as a plan to stream into a file: ``previous`` (a scan of a version's table, in
+    ``keys`` order as written) without ``new``'s keys, with ``new``'s rows merged in per value of
+    the leading keys. A table found out of order is read and sorted whole."""
+    *leading, last = keys
+    kept = previous.join(new.lazy().select(keys), on=keys, how="anti", maintain_order="left")
+    earlier, ties = pl.lit(False), pl.lit(True)
+    for key in keys:
+        before = pl.col(key).shift(1)
+        earlier, ties = earlier | (ties & (pl.col(key) < before)), ties & (pl.col(key) == before)
+    if not leading or previous.select(earlier.any()).collect(engine="streaming").item():
+        return _upserted(previous.collect(engine="streaming"), new, keys).lazy()
+    new = new.sort(keys)
+    groups = (
+        pl.concat([previous.select(leading).unique().collect(engine="streaming"), new.select(leading)])
+        .unique()
+        .sort(leading)
+        .rows()
+    )
+
+    def equal(values: tuple[Any, ...]) -> pl.Expr:
+        return pl.all_horizontal(pl.col(k) == v for k, v in zip(leading, values, strict=True))
+
+    return pl.concat(
+        [
+            kept.filter(equal(values)).merge_sorted(new.filter(equal(values)).lazy(), key=last)
+            for values in groups
+        ]
+    )
+
+
 def resolve_changes(
     changed: pl.DataFrame,
     previous_links: pl.DataFrame | pl.LazyFrame,
@@ -898,9 +932,10 @@ def resolve_changes(
     snapshot's, IDENTITY_COLUMNS) with the given KEYS, to rebuild the touched entities' rows.
     Known firms the night's records contradict are re-linked with them (``freed_entities``);
     KnownEntitiesConflict when that does not settle it. ``previous_links`` may be a scan (in
-    ``KEYS`` order, as published): it is read whole only once the engine and the registry are done."""
+    ``KEYS`` order, as published): it is never read whole, and the ``links`` returned are a plan
+    over it that streams into a file (``foundation.lake.write_parquet``)."""
     registry = Registry(registry_dir)
-    representatives = registry.representatives()
+    representatives = registry.scan_representatives()
     if representatives is None:
         raise ValueError(f"registry {registry_dir} has no representatives: run a full re-link first")
     spec = load_spec(spec_name)
@@ -978,8 +1013,8 @@ def resolve_changes(
             result_again.review,
         ]
         del result_again
-    known = representatives.height
-    del representatives  # (the registry reads its own; a registry of 10M records holds 4M of them)
+    known = representatives.select(pl.len()).collect().item()
+    del representatives
     keys_of = _keys_from(input_keys, spec)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
@@ -998,7 +1033,8 @@ def resolve_changes(
     _write_spellings(registry_dir, spellings["name"])
     if review_dir is not None:
         write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)
-    previous_links = previous_links.lazy().with_columns(rename).collect()
+    # the previous version's links stream: only the changed and touched entities' rows are read
+    previous = previous_links.lazy().with_columns(rename)
     changed_keys = changed.select(KEYS)
     now = pl.concat(
         [
@@ -1007,10 +1043,18 @@ def resolve_changes(
             pl.Series(list(renamed), dtype=pl.String),
         ]
     )
-    before = previous_links.join(changed_keys, on=KEYS, how="semi")["entity_id"]
+    before = (
+        previous.join(changed_keys.lazy(), on=KEYS, how="semi")
+        .select("entity_id")
+        .collect(engine="streaming")["entity_id"]
+    )
     touched = pl.concat([before, now]).unique().sort().to_frame("entity_id")
     # the touched entities' other records, with the links they had (their method is looked at again)
-    kept = previous_links.join(touched, on="entity_id", how="semi").join(changed_keys, on=KEYS, how="anti")
+    kept = (
+        previous.join(touched.lazy(), on="entity_id", how="semi", maintain_order="left")
+        .join(changed_keys.lazy(), on=KEYS, how="anti", maintain_order="left")
+        .collect(engine="streaming")
+    )
     kept_records = members_of(kept.select(KEYS))
     if kept_records.height != kept.height:
         raise ValueError(
@@ -1027,14 +1071,9 @@ def resolve_changes(
             ),
             _person_links(pl.concat([kept_persons, persons])),
         ]
-    ).select(previous_links.columns)
-    links = _upserted(previous_links, rebuilt, KEYS)
-    del (
-        previous_links,
-        kept,
-        kept_records,
-        kept_engine,
-    )  # (a row per published record: gone before the entities)
+    ).select(previous.collect_schema().names())
+    links = _upserted_stream(previous, rebuilt, KEYS)
+    del kept, kept_records, kept_engine
     entities = _upserted(
         previous_entities.join(touched, on="entity_id", how="anti", maintain_order="left"),
         entities_table(pl.concat([kept_firms, kept_persons, firms, persons]), rebuilt).select(

@@ -97,6 +97,10 @@ class Registry:
     def representatives(self) -> pl.DataFrame | None:
         return pl.read_parquet(self.representatives_path) if self.representatives_path.exists() else None
 
+    def scan_representatives(self) -> pl.LazyFrame | None:
+        """The representatives as a scan (None when there are none): read only as far as asked."""
+        return pl.scan_parquet(self.representatives_path) if self.representatives_path.exists() else None
+
     def anchors(self) -> dict[str, str]:
         """record id -> the entity id it held (to name the clusters of the next run)."""
         members = self.members()
@@ -139,33 +143,45 @@ class Registry:
         reps = records.rename({id_column: "record_id"}).join(now, on="record_id")
         if keys_of is not None:
             reps = with_block_keys(reps, keys_of)
-        old_reps = self.representatives()
-        if previous is not None and old_reps is not None:
-            # the known representatives stay unless their record changed (it is among ``records``)
-            # (and a kept one follows its record when this run moved it, e.g. its entity was renumbered)
-            kept = (
-                old_reps.join(reps.select("record_id"), on="record_id", how="anti")
-                .join(now, on="record_id", how="left", suffix="_now")
-                .with_columns(pl.coalesce("entity_id_now", "entity_id").alias("entity_id"))
-                .drop("entity_id_now")
-            )
-            if BLOCK_KEYS in kept.columns and BLOCK_KEYS not in reps.columns:
-                # (keyed after, by key_representatives)
-                reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
-            reps = pl.concat([kept, reps.select(kept.columns)], how="vertical_relaxed")
-            # only the entities that gained, lost or changed records choose their representatives
-            # again (representatives_of is per entity and keeps its own choice)
-            affected = pl.concat(
-                [now["entity_id"], previous.join(now, on="record_id", how="semi")["entity_id"]]
-            )
-            again = pl.col("entity_id").is_in(affected.unique().implode())
-            reps = pl.concat([reps.filter(~again), representatives_of(reps.filter(again))]).sort(
-                "entity_id", "record_id"
-            )
+        if previous is not None and self.representatives_path.exists():
+            self._update_representatives(reps, now, previous)
         else:
-            reps = representatives_of(reps)
-        self.store_representatives(reps)
+            self.store_representatives(representatives_of(reps))
         return change_frame
+
+    def _update_representatives(self, reps: pl.DataFrame, now: pl.DataFrame, previous: pl.DataFrame) -> None:
+        """An incremental run's representatives: the stored ones stay unless their record changed
+        (it is among ``reps``, tonight's), and a kept one follows its record when this run moved it
+        (e.g. its entity was renumbered); only the entities that gained, lost or changed records
+        choose theirs again (``representatives_of`` is per entity and keeps its own choice). The
+        stored file streams through: the others keep their place (in entity_id, record_id order)
+        and the few chosen again are merged in, so the 4M representatives of a city are never read
+        whole."""
+        stored = pl.scan_parquet(self.representatives_path)
+        kept = (
+            stored.join(reps.lazy().select("record_id"), on="record_id", how="anti", maintain_order="left")
+            .join(now.lazy(), on="record_id", how="left", suffix="_now", maintain_order="left")
+            .with_columns(pl.coalesce("entity_id_now", "entity_id").alias("entity_id"))
+            .drop("entity_id_now")
+        )
+        schema = kept.collect_schema()
+        if BLOCK_KEYS in schema and BLOCK_KEYS not in reps.columns:  # (keyed after, by key_representatives)
+            reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
+        reps = reps.select(schema.names()).cast(dict(schema), strict=False)
+        affected = pl.concat([now["entity_id"], previous.join(now, on="record_id", how="semi")["entity_id"]])
+        again = pl.col("entity_id").is_in(affected.unique().implode())
+        chosen = representatives_of(
+            pl.concat([kept.filter(again).collect(engine="streaming"), reps.filter(again)])
+        )
+        # (tonight's records all belong to affected entities: none of them is among the rest)
+        rest = pl.concat([kept.filter(~again), reps.filter(~again).lazy()])
+        in_order = (pl.col("entity_id") >= pl.col("entity_id").shift(1)).all()
+        if reps.filter(~again).height or not stored.select(in_order).collect(engine="streaming").item():
+            self.store_representatives(
+                pl.concat([rest.collect(engine="streaming"), chosen]).sort("entity_id", "record_id")
+            )
+        else:  # an entity is either chosen again or kept whole: merging on its id keeps record order
+            self.store_representatives(rest.merge_sorted(chosen.lazy(), key="entity_id"))
 
     def record_members(
         self, now: pl.DataFrame, run: str, partial: bool = False, previous: pl.DataFrame | None = None
@@ -211,12 +227,15 @@ class Registry:
         if partial:
             # the night's few members merged into the kept ones (in record id order as written),
             # not the whole table sorted again
-            kept = previous.join(now.select("record_id"), on="record_id", how="anti", maintain_order="left")
+            # (streamed into the file: the 10M members of a city are not copied twice in memory)
+            kept = previous.lazy().join(
+                now.lazy().select("record_id"), on="record_id", how="anti", maintain_order="left"
+            )
             tonight = merged.collect().sort("record_id")
             members = (
-                kept.merge_sorted(tonight, key="record_id")
-                if kept["record_id"].is_sorted()
-                else pl.concat([kept, tonight]).sort("record_id")
+                kept.merge_sorted(tonight.lazy(), key="record_id")
+                if previous["record_id"].is_sorted()
+                else pl.concat([kept.collect(), tonight]).sort("record_id")
             )
             write_parquet(members, self.members_path)
         elif not now["record_id"].is_sorted():

@@ -217,3 +217,40 @@ def test_an_incremental_nights_rows_are_merged_into_the_previous_order() -> None
     assert _upserted(by_id, one, ["source_record_id"]).equals(
         pl.concat([by_id.join(one, on="source_record_id", how="anti"), one]).sort("source_record_id")
     )
+
+
+def test_an_incremental_night_s_links_stream_from_the_previous_version(tmp_path) -> None:
+    """The night's links are a plan over the previous version's file (many row groups), streamed
+    into the new one: the same rows in the same order as ``_upserted`` in memory; a previous file
+    out of order is read and sorted."""
+    import random
+
+    from entity_resolution.pipeline import _upserted, _upserted_stream
+
+    rng = random.Random(9)
+    keys = ["source", "source_record_id"]
+    ids = [f"{rng.randrange(10**6):07d}" for _ in range(5000)]
+    previous = (
+        pl.DataFrame({"source": [rng.choice("abcd") for _ in ids], "source_record_id": ids})
+        .unique(keys)
+        .with_columns(entity_id=pl.lit("old"))
+        .sort(keys)
+    )
+    new = pl.concat(
+        [
+            previous.sample(300, seed=4).with_columns(entity_id=pl.lit("new")),
+            pl.DataFrame(
+                {"source": ["e", "a"], "source_record_id": ["1", "0000000"], "entity_id": ["new"] * 2}
+            ),
+        ]
+    ).sample(fraction=1.0, shuffle=True, seed=2)
+    expected = _upserted(previous, new, keys)
+    for name, table in (
+        ("sorted", previous),
+        ("shuffled", previous.sample(fraction=1.0, shuffle=True, seed=1)),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        table.write_parquet(path, row_group_size=64)
+        out = tmp_path / f"{name}-out.parquet"
+        _upserted_stream(pl.scan_parquet(path), new, keys).sink_parquet(out)
+        assert pl.read_parquet(out).equals(expected), name
