@@ -30,7 +30,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     import polars as pl
 
     from entity_resolution.engine import link
-    from entity_resolution.registry import Registry
+    from entity_resolution.registry import KEYED_COLUMNS, Registry
     from entity_resolution.review import read_decisions, write_review
     from entity_resolution.spec import load_spec
     from foundation.lake import write_parquet
@@ -52,7 +52,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         if reps is not None:
             known = set(anchors or {})
             fresh = records.filter(~pl.col(spec.id_column).is_in(list(known)))
-            reps = reps.rename({"record_id": spec.id_column}).drop("entity_id")
+            reps = reps.rename({"record_id": spec.id_column}).drop("entity_id", *KEYED_COLUMNS, strict=False)
             to_link = pl.concat(
                 [fresh, reps.filter(~pl.col(spec.id_column).is_in(fresh[spec.id_column].implode()))],
                 how="diagonal_relaxed",

@@ -257,6 +257,7 @@ def link(
     frequencies: dict[str, pl.DataFrame] | None = None,
     spellings: dict[str, pl.DataFrame] | None = None,
     model: FittedModel | None = None,
+    normalised: pl.DataFrame | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
@@ -278,6 +279,9 @@ def link(
     spelling (``internals.normalise.spelling_counts``), by which ``correct_one_offs`` tells a
     one-off spelling; by default counted over ``records``. ``model``: score with this fitted model
     (another run's ``Linkage.fitted``, its term frequencies included) rather than fit one here.
+    ``normalised``: more records to link, normalised already (the id column and the signature
+    fields as ``normalise(..., correct=False)`` makes them: a registry's representatives, stored
+    so), which are not normalised again; the same result as giving them as records.
 
     The same as ``prepare_link``, then ``resolve_link_partition`` for every partition (here
     ``[scale] partition_workers`` at once), then ``finish_link``: the steps a scheduler may run as
@@ -289,7 +293,7 @@ def link(
         clock = _Clock()
         _, fitted = _prepare(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, clock, frequencies, spellings, model,
+            keep_pairs, work, scale, clock, frequencies, spellings, model, normalised,
         )  # fmt: skip
         resolve_link_partitions(work, spec, scale.partition_workers)
         linkage = _finish(work, spec, clock)
@@ -325,7 +329,7 @@ def prepare_link(
     clock = _Clock()
     partitions, _ = _prepare(
         records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-        keep_pairs, Path(work_dir), scale or Scale.of(spec), clock, frequencies, spellings, None,
+        keep_pairs, Path(work_dir), scale or Scale.of(spec), clock, frequencies, spellings, None, None,
     )  # fmt: skip
     return partitions
 
@@ -385,6 +389,7 @@ def _prepare(
     frequencies: dict[str, pl.DataFrame] | None,
     spellings: dict[str, pl.DataFrame] | None,
     model: FittedModel | None,
+    normalised: pl.DataFrame | None = None,
 ) -> tuple[int, FittedModel]:
     """Steps 1-6 into ``work`` (emptied first); returns the number of partitions and the model
     (``model`` when given: then nothing is fitted)."""
@@ -392,7 +397,12 @@ def _prepare(
     rid = spec.id_column
     in_memory = isinstance(records, pl.DataFrame)  # (its plan would carry the data to a worker)
     records = records.lazy()
-    duplicated = _duplicated_id(records, rid)
+    if normalised is not None and recorded_columns:
+        raise ValueError("recorded_columns need every record as recorded: none may come normalised")
+    every_id = records.select(rid)
+    if normalised is not None:
+        every_id = pl.concat([every_id, normalised.lazy().select(pl.col(rid).cast(pl.String))])
+    duplicated = _duplicated_id(every_id, rid)
     if duplicated is not None:
         raise ValueError(f"record ids in '{rid}' must be unique ({duplicated!r} is not)")
     if spec.link_only and spec.source_column not in records.collect_schema().names():
@@ -408,9 +418,11 @@ def _prepare(
     # 1. signatures: identical values on everything that matters are compared once
     # each phase reads the columns it needs from the work files: the record -> signature map (which
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
+    given_normalised = normalised.height if normalised is not None else 0
     sig, signature_file, record_file = signatures(
-        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers, in_memory
-    )
+        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers, in_memory, normalised
+    )  # fmt: skip
+    del normalised
     n = sig.height
     step("signatures")
     anchor_frame = _anchor_frame(anchors, rid)
@@ -633,6 +645,7 @@ def _prepare(
         write_parquet(records.select(rid, *recorded_columns), work / "recorded.parquet")
     step("partition")
     state = {
+        "given_normalised": given_normalised,
         "signatures": n,
         "candidate_pairs": candidates,
         "pair_shards": len(shard_paths),
@@ -771,6 +784,7 @@ def _finish(work: Path, spec: Spec, clock: _Clock) -> Linkage:
     stats = {
         "records": links.height,
         "signatures": n,
+        "given_normalised": state["given_normalised"],  # (records taken as normalised, not normalised here)
         "candidate_pairs": state["candidate_pairs"],
         "linked_pairs": counts["linked_pairs"],
         "refused_by_constraints": counts["refused_by_constraints"],

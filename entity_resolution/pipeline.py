@@ -43,11 +43,19 @@ from entity_resolution.engine import (
     resolve_link_partition,
     resolve_link_partitions,
 )
-from entity_resolution.internals.blocking import key_expr, read_spellings
-from entity_resolution.internals.normalise import spelling_counts
+from entity_resolution.internals.blocking import key_expr, read_spellings, signature_fields
+from entity_resolution.internals.normalise import corrected, normaliser_fingerprint, spelling_counts
 from entity_resolution.internals.pool import pool_or_here
 from entity_resolution.names import normalise_names
-from entity_resolution.registry import BLOCK_KEYS, Registry, representatives_of, with_block_keys
+from entity_resolution.registry import (
+    BLOCK_KEYS,
+    KEYED_COLUMNS,
+    NORMALISED,
+    NORMALISED_BY,
+    Registry,
+    representatives_of,
+    with_block_keys,
+)
 from entity_resolution.review import read_decisions, write_review
 from entity_resolution.spec import Spec, load_spec
 from foundation.identifiers import compact_code_expr
@@ -195,13 +203,23 @@ def unit_figures() -> pl.Expr:
 def blocking_keys(
     inputs: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
 ) -> pl.DataFrame:
-    """(record id, ``BLOCK_KEYS``): every value through which the engine can bring a record
-    together with another, normalised as the engine normalises: its exact keys and each blocking
-    rule's key (rule number and values). A new record can only meet a known entity's
-    representatives that share one of these. ``spellings``: as ``normalise``'s (``inputs`` one
-    part of a whole)."""
+    """(record id, ``BLOCK_KEYS``, ``NORMALISED``, ``NORMALISED_BY``): every value through which
+    the engine can bring a record together with another, normalised as the engine normalises: its
+    exact keys and each blocking rule's key (rule number and values). A new record can only meet a
+    known entity's representatives that share one of these. ``spellings``: as ``normalise``'s
+    (``inputs`` one part of a whole). And the record's signature fields as the engine normalises
+    them before it corrects spellings (a struct, with the normaliser's fingerprint): what the
+    engine takes as it is from a representative (``link(..., normalised=...)``)."""
     rid = spec.id_column
-    frame = normalise(inputs, spec, spellings)
+    written = normalise(inputs, spec, correct=False)
+    fields = signature_fields(spec, written.columns)
+    normalised = written.select(
+        pl.col(rid).alias("record_id"),
+        pl.struct(fields).alias(NORMALISED),
+        pl.lit(normaliser_fingerprint(spec, fields)).alias(NORMALISED_BY),
+    )
+    frame = corrected(written, spec, spellings)
+    del written
     parts = [
         frame.select(rid, (pl.lit(f"{key}=") + pl.col(key).cast(pl.String)).alias("key"))
         for key in spec.exact_keys
@@ -218,12 +236,10 @@ def blocking_keys(
             )
         )
     keys = pl.concat(parts) if parts else pl.DataFrame(schema={rid: pl.String, "key": pl.String})
-    return (
-        keys.drop_nulls("key")
-        .group_by(rid)
-        .agg(pl.col("key").unique().sort().alias(BLOCK_KEYS))
-        .rename({rid: "record_id"})
-    )
+    grouped = keys.drop_nulls("key").group_by(rid).agg(pl.col("key").unique().sort().alias(BLOCK_KEYS))
+    return normalised.join(
+        grouped.rename({rid: "record_id"}), on="record_id", how="left", maintain_order="left"
+    ).select("record_id", *KEYED_COLUMNS)
 
 
 def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec: Spec) -> pl.DataFrame:
@@ -316,9 +332,25 @@ def _engine(
         pl.when(changed).then(pl.col("record_id") + PREVIOUS_VERSION).otherwise(pl.col("record_id"))
     )
     anchors = reps.select("record_id", pl.col("entity_id").alias("anchor"))  # (a frame: no dict of 3M)
+    # the representatives stored normalised by tonight's normaliser go to the engine as they are;
+    # the others (a registry an older version wrote) are normalised again
+    fields = signature_fields(spec, normalise(inputs.clear(), spec, correct=False).columns)
+    stored = NORMALISED in reps.columns and [f.name for f in reps.schema[NORMALISED].fields] == fields
+    ready = (
+        (pl.col(NORMALISED_BY) == normaliser_fingerprint(spec, fields)).fill_null(False)
+        if stored
+        else pl.lit(False)
+    )
+    normalised = (
+        reps.filter(ready).select("record_id", pl.col(NORMALISED).struct.unnest()) if stored else None
+    )
+    reps_raw = reps.filter(~ready)
     # (a registry written before an input column existed holds none of it)
     missing = [pl.lit(None, pl.String).alias(c) for c in inputs.columns if c not in reps.columns]
-    combined = pl.concat([inputs, reps.with_columns(missing).select(inputs.columns)], how="vertical_relaxed")
+    combined = pl.concat(
+        [inputs, reps_raw.with_columns(missing).select(inputs.columns)], how="vertical_relaxed"
+    )
+    del reps_raw
     result = link(
         combined,
         spec,
@@ -329,6 +361,7 @@ def _engine(
         spellings=spellings,
         keep_pairs=False,
         model=model,
+        normalised=normalised,
     )
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))

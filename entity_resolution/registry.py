@@ -11,7 +11,9 @@ Files in the registry folder (Parquet, each written atomically):
 - ``history.parquet``: run, old_id, new_id, kind (merged | split | renumbered)
 - ``representatives.parquet``: per entity a record for each of its codes and up to three of its
   names (the spec's input columns), against which an incremental run links new records without
-  re-linking everything
+  re-linking everything; with each its keys (``BLOCK_KEYS``) and its fields as the engine
+  normalises them (``NORMALISED``, with the normaliser's fingerprint ``NORMALISED_BY``), so a
+  night neither normalises nor keys the known entities again
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ CODE_COLUMNS = ("uscc", "org_code", "reg_no")
 #: a representative's blocking and exact keys as the engine normalises them (a list of strings),
 #: so an incremental run compares new records only with the representatives they can meet
 BLOCK_KEYS = "block_keys"
+#: a representative's fields as the engine normalises them (one-off spellings as written; a
+#: struct) and the fingerprint of the normaliser that made them, stored beside its keys so an
+#: incremental night links the representatives it reaches without normalising them again
+NORMALISED, NORMALISED_BY = "normalised", "normalised_by"
+#: rows per row group of the representatives' file: a night streams it through, and its rows are
+#: wide (each carries its normalised fields), so a streaming read holds fewer of them at once
+REPRESENTATIVE_ROW_GROUP = 65_536
+#: the columns ``keys_of`` gives a representative (besides its record_id)
+KEYED_COLUMNS = (BLOCK_KEYS, NORMALISED, NORMALISED_BY)
 
 
 def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
@@ -61,7 +72,7 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
 
 
 def _input_columns(frame: pl.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c != BLOCK_KEYS]
+    return [c for c in frame.columns if c not in KEYED_COLUMNS]
 
 
 @dataclass
@@ -165,8 +176,10 @@ class Registry:
             .drop("entity_id_now")
         )
         schema = kept.collect_schema()
-        if BLOCK_KEYS in schema and BLOCK_KEYS not in reps.columns:  # (keyed after, by key_representatives)
-            reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
+        # (unkeyed tonight: keyed after, by key_representatives)
+        reps = reps.with_columns(
+            pl.lit(None, schema[c]).alias(c) for c in KEYED_COLUMNS if c in schema and c not in reps.columns
+        )
         reps = reps.select(schema.names()).cast(dict(schema), strict=False)
         affected = pl.concat([now["entity_id"], previous.join(now, on="record_id", how="semi")["entity_id"]])
         again = pl.col("entity_id").is_in(affected.unique().implode())
@@ -249,7 +262,7 @@ class Registry:
         """Write the representatives (in entity_id, record_id order: a lazy frame of parts in that
         order streams into the file)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_parquet(reps, self.representatives_path)
+        write_parquet(reps, self.representatives_path, row_group_size=REPRESENTATIVE_ROW_GROUP)
 
     def key_representatives(self, keys_of: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         """Store each representative's ``BLOCK_KEYS`` (``keys_of``: input rows -> record_id,
@@ -268,18 +281,22 @@ class Registry:
 
 
 def with_block_keys(reps: pl.DataFrame, keys_of: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
-    """Representatives (in entity_id, record_id order) with their ``BLOCK_KEYS``, computed
-    (``keys_of``) for those that lack them."""
+    """Representatives (in entity_id, record_id order) with their ``BLOCK_KEYS`` and whatever else
+    ``keys_of`` gives (``KEYED_COLUMNS``), computed for those that lack keys."""
     if BLOCK_KEYS not in reps.columns:
         reps = reps.with_columns(pl.lit(None, pl.List(pl.String)).alias(BLOCK_KEYS))
     missing = reps.filter(pl.col(BLOCK_KEYS).is_null())
     if missing.is_empty():
         return reps
     keys = keys_of(missing.select(_input_columns(missing)).drop("entity_id"))
+    given = [c for c in keys.columns if c != "record_id"]
+    columns = [*reps.columns, *(c for c in given if c not in reps.columns)]
     keyed = (
-        missing.drop(BLOCK_KEYS)
+        missing.drop(given, strict=False)
         .join(keys, on="record_id", how="left")
         .with_columns(pl.col(BLOCK_KEYS).fill_null(pl.lit([], pl.List(pl.String))))
     )
-    reps = pl.concat([reps.filter(pl.col(BLOCK_KEYS).is_not_null()), keyed.select(reps.columns)])
+    have = reps.filter(pl.col(BLOCK_KEYS).is_not_null())
+    have = have.with_columns(pl.lit(None, keys.schema[c]).alias(c) for c in given if c not in have.columns)
+    reps = pl.concat([have.select(columns), keyed.select(columns)], how="vertical_relaxed")
     return reps.sort("entity_id", "record_id")

@@ -22,6 +22,7 @@ from entity_resolution.internals.blocking import (
     exact_nodes,
     plan_shards,
     shard_pairs_of,
+    signature_fields,
     signatures,
 )
 from entity_resolution.pipeline import MATCH_METHODS, enterprise_inputs, record_id
@@ -93,6 +94,43 @@ def test_every_link_is_explained(linked) -> None:  # noqa: ANN001
     assert 0 < model["lambda"] < 1
     name_m, name_u = model["name"]["m"], model["name"]["u"]
     assert name_m[-1] > name_u[-1] * 10  # exact name agreement is far likelier among matches
+
+
+def test_records_given_normalised_link_as_if_given_as_recorded(generated: dict, linked) -> None:  # noqa: ANN001
+    """A registry's representatives come to the engine normalised already (``normalised``): the
+    same links, pairs, review queue and model as when every record is given as recorded and
+    normalised here, also in chunks, with fixed anchors; none of them is normalised again."""
+    from polars.testing import assert_frame_equal
+
+    from entity_resolution.internals.normalise import normalise
+
+    data = generated["records"].sort("record_id")
+    known = data.gather_every(3)  # (anchored: the registry's)
+    tonight = data.join(known, on="record_id", how="anti")
+    written = normalise(known, ENTERPRISE, correct=False)
+    normalised = written.select("record_id", *signature_fields(ENTERPRISE, written.columns))
+    anchors = {
+        "anchors": linked.links.join(known.select("record_id"), on="record_id").select(
+            "record_id", pl.col("entity_id").alias("anchor")
+        ),
+        "fixed_anchors": True,
+    }
+    recorded = link(pl.concat([tonight, known]), ENTERPRISE, **anchors)
+    given = link(
+        tonight, ENTERPRISE, **anchors, normalised=normalised.sample(fraction=1.0, shuffle=True, seed=3)
+    )
+    cut = link(tonight, ENTERPRISE, **anchors, normalised=normalised, scale=Scale(normalise_records=997))
+    for other in (given, cut):
+        assert_frame_equal(recorded.links, other.links)
+        assert_frame_equal(recorded.pairs, other.pairs)
+        assert_frame_equal(recorded.review, other.review)
+        assert recorded.model == other.model
+        assert other.stats["given_normalised"] == known.height > 0
+    assert recorded.stats["given_normalised"] == 0
+    with pytest.raises(ValueError, match="must be unique"):
+        link(data, ENTERPRISE, normalised=normalised)
+    with pytest.raises(ValueError, match="recorded_columns"):
+        link(tonight, ENTERPRISE, normalised=normalised, recorded_columns=["name"])
 
 
 @pytest.mark.parametrize("fixed_anchors", [False, True])

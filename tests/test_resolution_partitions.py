@@ -22,6 +22,7 @@ from entity_resolution.pipeline import (
     resolve_canonical,
     resolve_changes,
 )
+from entity_resolution.registry import NORMALISED, NORMALISED_BY
 from entity_resolution.spec import load_spec
 from foundation.lake import write_parquet
 from pipelines.night import night_lake, registry_base
@@ -224,3 +225,53 @@ def test_the_engine_steps_give_what_link_gives(lake: Path, tmp_path: Path) -> No
     assert {k: v for k, v in steps.stats.items() if k not in varying} == {
         k: v for k, v in whole.stats.items() if k not in varying
     }
+
+
+def test_an_incremental_night_takes_the_representatives_as_stored_normalised(
+    lake: Path, tmp_path: Path
+) -> None:
+    """The registry keeps each representative's normalised fields with the normaliser's
+    fingerprint: an incremental night normalises only its own records, with the same resolution as
+    from a registry an older version wrote (none stored) or another normaliser (another
+    fingerprint), whose representatives it normalises again."""
+    night = night_lake(lake, NIGHT)
+    registry, version = registry_base(night)
+    stored = pl.read_parquet(registry / "representatives.parquet")
+    assert stored[NORMALISED_BY].null_count() == 0 and stored[NORMALISED_BY].n_unique() == 1
+    changed = stages._changed_records(night, registry.name).select(IDENTITY_COLUMNS).collect()
+    ways = {
+        "stored": stored,
+        "older": stored.drop(NORMALISED, NORMALISED_BY),
+        "another normaliser": stored.with_columns(pl.lit("0" * 16).alias(NORMALISED_BY)),
+    }
+    results = {}
+    for way, representatives in ways.items():
+        staged = tmp_path / way
+        shutil.copytree(registry, staged)
+        (staged / "published_version.json").unlink()
+        representatives.write_parquet(staged / "representatives.parquet")
+        results[way] = resolve_changes(
+            changed,
+            pl.scan_parquet(version / "links" / "*.parquet"),
+            pl.read_parquet(version / "entities" / "*.parquet"),
+            lambda keys: (
+                accepted_records(night)
+                .join(keys.lazy(), on=KEYS, how="semi")
+                .select(IDENTITY_COLUMNS)
+                .collect()
+            ),
+            "enterprise",
+            staged,
+            run=NIGHT,
+        )
+    stats = results["stored"].stats
+    assert stats["given_normalised"] == stats["representatives_compared"] > 0
+    links = results["stored"].links.lazy().collect()
+    for way in ("older", "another normaliser"):
+        assert results[way].stats["given_normalised"] == 0
+        assert results[way].links.lazy().collect().equals(links)
+        assert results[way].entities.equals(results["stored"].entities)
+    # tonight's representatives are stored normalised too, by tonight's normaliser
+    after = pl.read_parquet(tmp_path / "stored" / "representatives.parquet")
+    assert after[NORMALISED_BY].null_count() == 0 and after[NORMALISED_BY].n_unique() == 1
+    assert after.height > 0 and not after.join(stored, on="record_id", how="anti").is_empty()

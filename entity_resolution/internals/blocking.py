@@ -66,9 +66,13 @@ def _normalise_chunk(chunk: pl.LazyFrame | Path, spec: Spec, parts: Path, number
     written, and write under ``parts`` its record -> hash map (``records-N``), its signatures, each
     once (``unique-N``), and how many of its records carry each core (``cores-K-N`` per corrected
     name column K): the plain function a normalising worker runs."""
-    rid = spec.id_column
     frame = chunk.collect() if isinstance(chunk, pl.LazyFrame) else pl.read_parquet(chunk)
-    frame = normalise(frame, spec, correct=False)
+    _signature_chunk(normalise(frame, spec, correct=False), spec, parts, number)
+
+
+def _signature_chunk(frame: pl.DataFrame, spec: Spec, parts: Path, number: int) -> None:
+    """``_normalise_chunk``'s files of a chunk normalised already (one-off spellings as written)."""
+    rid = spec.id_column
     for index, (_, counts) in enumerate(core_counts(frame, spec).items()):
         counts.write_parquet(parts / f"cores-{index}-{number:05d}.parquet")
     fields = signature_fields(spec, frame.columns)
@@ -172,6 +176,7 @@ def signatures(
     spellings: dict[str, pl.DataFrame] | None = None,
     workers: int = 1,
     in_memory: bool = False,
+    normalised: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, Path, Path]:
     """(the signatures, a row per ``sig`` number in order, without their first record ids; the
     Parquet file of the same with ``first_record``, the smallest record id holding each; the
@@ -185,7 +190,9 @@ def signatures(
     and kept on disk by streaming queries. A signature is kept from the first chunk holding it (its
     fields are equal in every chunk), so the result never depends on ``chunk_records`` or
     ``workers``. ``spellings``: the whole input's spelling counts (``read_spellings`` of its signatures) when
-    ``records`` is a part of it; by default the records' own, counted as they are normalised."""
+    ``records`` is a part of it; by default the records' own, counted as they are normalised.
+    ``normalised``: more records, normalised already as ``normalise(..., correct=False)`` makes them
+    (the id column and the signature fields): signed as they are, in chunks after the records'."""
     rid = spec.id_column
     parts = work / "signatures"
     shutil.rmtree(parts, ignore_errors=True)
@@ -196,10 +203,18 @@ def signatures(
 
     with pool_or_here(min(workers, len(offsets))) as pool:
         _normalise_in_workers(records, spec, offsets, chunk_records, parts, pool, in_memory)
+    chunks = len(offsets)
+    if normalised is not None and normalised.height:
+        # (the dtypes the records' chunks have, whatever the stored ones became)
+        schema = normalise(records.head(0).collect(), spec, correct=False).schema
+        normalised = normalised.cast({c: schema[c] for c in normalised.columns if c in schema}, strict=False)
+        for offset in range(0, normalised.height, chunk_records):
+            _signature_chunk(normalised.slice(offset, chunk_records), spec, parts, chunks)
+            chunks += 1
     # one-off spellings, judged among all the chunks' records, are corrected in the few signatures
     # holding one: they go as one chunk more, and their records take the new hashes
     counted, corrections = _spelling_corrections(spec, parts, spellings)
-    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(len(offsets))]
+    uniques = [parts / f"unique-{number:05d}.parquet" for number in range(chunks)]
     renamed = _corrected_signatures(uniques, spec, corrections, parts / "unique-corrected.parquet")
     uniques.append(parts / "unique-corrected.parquet")
     hashes = pl.scan_parquet(parts / "records-*.parquet").with_columns(

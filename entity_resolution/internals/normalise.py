@@ -264,14 +264,47 @@ def normalise(
         elif kind == "coalesce":
             present = [pl.col(c) for c in step["columns"] if c in frame.columns]
             frame = frame.with_columns(pl.coalesce(present).alias(step["out"]))
-    if correct and corrected_names(spec):  # a one-off spelling reads as the one recurring neighbour
-        frame = correct_spellings(
-            frame,
-            spec,
-            {
-                column: correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
-                for column, out in corrected_names(spec)
-                if f"{out}_core" in frame.columns
-            },
-        )
+    if correct:  # a one-off spelling reads as the one recurring neighbour
+        frame = corrected(frame, spec, spellings)
     return frame
+
+
+def corrected(
+    frame: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
+    """``normalise(..., correct=False)``'s frame with its one-off spellings corrected, judged by
+    ``spellings`` (by default its own): what ``normalise`` returns."""
+    if not corrected_names(spec):
+        return frame
+    return correct_spellings(
+        frame,
+        spec,
+        {
+            column: correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
+            for column, out in corrected_names(spec)
+            if f"{out}_core" in frame.columns
+        },
+    )
+
+
+def normaliser_fingerprint(spec: Spec, fields: list[str]) -> str:
+    """Stands for what ``normalise`` makes of a record's ``fields`` with this spec: the spec's
+    normalisers, the code that runs them (this module, the name and code parsers and their tables)
+    and the versions of the libraries they call. A record stored normalised (the registry's
+    representatives) is used as it is only while its fingerprint is the current one."""
+    import hashlib
+    import importlib.metadata
+    import json
+    import sys
+    from pathlib import Path
+
+    from entity_resolution import names
+    from entity_resolution.internals import distinct
+    from foundation import divisions, identifiers
+
+    digest = hashlib.sha1(json.dumps([spec.normalise, fields], sort_keys=True, default=str).encode())
+    for module in (sys.modules[__name__], names, distinct, divisions, identifiers):
+        digest.update(Path(module.__file__).read_bytes())
+    for package in ("polars", "OpenCC", "python-stdnum"):
+        digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+    return digest.hexdigest()[:16]
