@@ -18,13 +18,14 @@ from entity_resolution.pipeline import (
     ENGINE_DIR,
     IDENTITY_COLUMNS,
     KEYS,
+    Resolution,
     enterprise_inputs,
     resolve_canonical,
     resolve_changes,
 )
 from entity_resolution.registry import NORMALISED, NORMALISED_BY
 from entity_resolution.spec import load_spec
-from foundation.lake import write_parquet
+from foundation.lake import Lake, write_parquet
 from pipelines.night import night_lake, registry_base
 from pipelines.resolution import stages
 from pipelines.sources.snapshot import accepted_records
@@ -171,6 +172,21 @@ def test_the_finish_wants_every_partition(lake: Path, partition_signatures) -> N
         finish_link(engine, load_spec("enterprise"))
 
 
+def _resolve_changes(night: Lake, changed: pl.DataFrame, version: Path, registry: Path) -> Resolution:
+    """``resolve_changes`` as prepare_resolution calls it, on ``registry`` (a copy of the base)."""
+    return resolve_changes(
+        changed,
+        pl.scan_parquet(version / "links" / "*.parquet"),
+        pl.read_parquet(version / "entities" / "*.parquet"),
+        lambda keys: (
+            accepted_records(night).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
+        ),
+        "enterprise",
+        registry,
+        run=NIGHT,
+    )
+
+
 def test_an_incremental_night_is_resolved_whole(lake: Path, tmp_path: Path, partition_signatures) -> None:  # noqa: ANN001
     partition_signatures(150)  # (not used: an incremental night has no partitions)
     plan = stages.prepare_resolution(str(lake), NIGHT)
@@ -185,17 +201,7 @@ def test_an_incremental_night_is_resolved_whole(lake: Path, tmp_path: Path, part
     (staged / "published_version.json").unlink()
     changed = stages._changed_records(night, registry.name)
     assert changed is not None, "every source should have been upserted onto the first night"
-    expected = resolve_changes(
-        changed.select(IDENTITY_COLUMNS).collect(),
-        pl.read_parquet(version / "links" / "*.parquet"),
-        pl.read_parquet(version / "entities" / "*.parquet"),
-        lambda keys: (
-            accepted_records(night).join(keys.lazy(), on=KEYS, how="semi").select(IDENTITY_COLUMNS).collect()
-        ),
-        "enterprise",
-        staged,
-        run=NIGHT,
-    )
+    expected = _resolve_changes(night, changed.select(IDENTITY_COLUMNS).collect(), version, staged)
     assert pl.read_parquet(night.work / "links.parquet").equals(expected.links.lazy().collect())
     assert pl.read_parquet(night.work / "entities.parquet").equals(expected.entities)
     assert result["changed_records"] == expected.stats["changed_records"]
@@ -250,20 +256,7 @@ def test_an_incremental_night_takes_the_representatives_as_stored_normalised(
         shutil.copytree(registry, staged)
         (staged / "published_version.json").unlink()
         representatives.write_parquet(staged / "representatives.parquet")
-        results[way] = resolve_changes(
-            changed,
-            pl.scan_parquet(version / "links" / "*.parquet"),
-            pl.read_parquet(version / "entities" / "*.parquet"),
-            lambda keys: (
-                accepted_records(night)
-                .join(keys.lazy(), on=KEYS, how="semi")
-                .select(IDENTITY_COLUMNS)
-                .collect()
-            ),
-            "enterprise",
-            staged,
-            run=NIGHT,
-        )
+        results[way] = _resolve_changes(night, changed, version, staged)
     stats = results["stored"].stats
     assert stats["given_normalised"] == stats["representatives_compared"] > 0
     links = results["stored"].links.lazy().collect()

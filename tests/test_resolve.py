@@ -187,28 +187,38 @@ def test_evaluate_counts_pairs() -> None:
     assert scores.firms_with_exactly_one_profile == 0.5
 
 
-def test_an_incremental_nights_rows_are_merged_into_the_previous_order() -> None:
-    """An incremental night merges its few links into the previous version's (sorted) rather than
-    sorting all of them again: the same rows in the same order as replacing and sorting, and a
-    previous table out of order is sorted."""
+def _previous_and_new(seed: int, records: int, changed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A previous version's links in KEYS order, and a night's rows in no order: some of them
+    replacing previous rows, some new (one of a source the previous version lacks)."""
     import random
 
-    from entity_resolution.pipeline import _upserted
-
-    rng = random.Random(5)
+    rng = random.Random(seed)
     keys = ["source", "source_record_id"]
-    ids = [f"{rng.randrange(10**6):07d}" for _ in range(3000)]
+    ids = [f"{rng.randrange(10**6):07d}" for _ in range(records)]
     previous = (
         pl.DataFrame({"source": [rng.choice("abcd") for _ in ids], "source_record_id": ids})
         .unique(keys)
         .with_columns(entity_id=pl.lit("old"))
         .sort(keys)
     )
-    changed = previous.sample(200, seed=3).with_columns(entity_id=pl.lit("new"))
     added = pl.DataFrame({"source": ["e", "a", "b"], "source_record_id": ["1", "0000000", "9999999"]})
-    new = pl.concat([changed, added.with_columns(entity_id=pl.lit("new"))]).sample(
-        fraction=1.0, shuffle=True, seed=1
-    )
+    new = pl.concat(
+        [
+            previous.sample(changed, seed=3).with_columns(entity_id=pl.lit("new")),
+            added.with_columns(entity_id=pl.lit("new")),
+        ]
+    ).sample(fraction=1.0, shuffle=True, seed=1)
+    return previous, new
+
+
+def test_an_incremental_nights_rows_are_merged_into_the_previous_order() -> None:
+    """An incremental night merges its few links into the previous version's (sorted) rather than
+    sorting all of them again: the same rows in the same order as replacing and sorting, and a
+    previous table out of order is sorted."""
+    from entity_resolution.pipeline import _upserted
+
+    keys = ["source", "source_record_id"]
+    previous, new = _previous_and_new(5, 3000, 200)
     expected = pl.concat([previous.join(new.select(keys), on=keys, how="anti"), new]).sort(keys)
     assert _upserted(previous, new, keys).equals(expected)
     assert _upserted(previous.reverse(), new, keys).equals(expected)
@@ -219,31 +229,14 @@ def test_an_incremental_nights_rows_are_merged_into_the_previous_order() -> None
     )
 
 
-def test_an_incremental_night_s_links_stream_from_the_previous_version(tmp_path) -> None:
+def test_an_incremental_night_s_links_stream_from_the_previous_version(tmp_path) -> None:  # noqa: ANN001
     """The night's links are a plan over the previous version's file (many row groups), streamed
     into the new one: the same rows in the same order as ``_upserted`` in memory; a previous file
     out of order is read and sorted."""
-    import random
-
     from entity_resolution.pipeline import _upserted, _upserted_stream
 
-    rng = random.Random(9)
     keys = ["source", "source_record_id"]
-    ids = [f"{rng.randrange(10**6):07d}" for _ in range(5000)]
-    previous = (
-        pl.DataFrame({"source": [rng.choice("abcd") for _ in ids], "source_record_id": ids})
-        .unique(keys)
-        .with_columns(entity_id=pl.lit("old"))
-        .sort(keys)
-    )
-    new = pl.concat(
-        [
-            previous.sample(300, seed=4).with_columns(entity_id=pl.lit("new")),
-            pl.DataFrame(
-                {"source": ["e", "a"], "source_record_id": ["1", "0000000"], "entity_id": ["new"] * 2}
-            ),
-        ]
-    ).sample(fraction=1.0, shuffle=True, seed=2)
+    previous, new = _previous_and_new(9, 5000, 300)
     expected = _upserted(previous, new, keys)
     for name, table in (
         ("sorted", previous),
