@@ -262,7 +262,12 @@ def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec:
     )
     blocking = pl.col("key").str.slice(0, 1).str.contains("[0-9]")
     hit = held.filter(~blocking | (pl.len().over("key") <= spec.max_block_size)).select("entity_id").unique()
-    return representatives.join(hit.lazy(), on="entity_id", how="semi", maintain_order="left").collect()
+    # (without their keys: the engine does not read them)
+    return (
+        representatives.join(hit.lazy(), on="entity_id", how="semi", maintain_order="left")
+        .drop(BLOCK_KEYS)
+        .collect()
+    )
 
 
 def _keys_from(known: pl.DataFrame, spec: Spec) -> Callable[[pl.DataFrame], pl.DataFrame]:
@@ -341,8 +346,11 @@ def _engine(
         if stored
         else pl.lit(False)
     )
-    normalised = (
-        reps.filter(ready).select("record_id", pl.col(NORMALISED).struct.unnest()) if stored else None
+    ready = reps.select(ready.alias("ready"))["ready"]
+    normalised = (  # (all of them, as on every night after a full one: no copy)
+        (reps if ready.all() else reps.filter(ready)).select("record_id", pl.col(NORMALISED).struct.unnest())
+        if stored
+        else None
     )
     reps_raw = reps.filter(~ready)
     # (a registry written before an input column existed holds none of it)
