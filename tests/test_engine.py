@@ -133,54 +133,6 @@ def test_records_given_normalised_link_as_if_given_as_recorded(generated: dict, 
         link(tonight, ENTERPRISE, normalised=normalised, recorded_columns=["name"])
 
 
-def test_settled_components_skip_the_union_find_and_end_as_it_would_end_them(
-    generated: dict,
-    linked,  # noqa: ANN001
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """On an incremental run most known entities meet no new record: their components (exact keys
-    and the registry's must-links, one anchor, one USCC, no linked pair) are settled without the
-    union-find, with the same result as through it; a component a linked pair touches is not."""
-    from entity_resolution.internals import partition
-
-    data = generated["records"].sort("record_id")
-    known = data.gather_every(2)
-    anchors = linked.links.join(known.select("record_id"), on="record_id").select(
-        "record_id", pl.col("entity_id").alias("anchor")
-    )
-    work = tmp_path / "work"
-    count = prepare_link(data, ENTERPRISE, anchors=anchors, fixed_anchors=True, work_dir=work)
-    settled_rows = 0
-    for number in range(count):
-        folder = work / "partitions" / f"part-{number:05d}"
-        frames = [
-            pl.read_parquet(folder / f"{name}.parquet") for name in ("signatures", "scored", "decisions")
-        ]
-        sig = frames[0].sort("sig")
-        ids = sig["sig"].to_numpy()
-        local = lambda values, ids=ids: np.searchsorted(ids, values.to_numpy())  # noqa: E731
-        must = frames[2].filter(pl.col("kind") == "must")
-        linked_pairs = frames[1].filter(pl.col("probability") >= ENTERPRISE.link_threshold)
-        settled = partition._settled(
-            sig,
-            local(sig["node"]),
-            local(must["l"]),
-            local(must["r"]),
-            local(linked_pairs["l"]),
-            local(linked_pairs["r"]),
-            ENTERPRISE,
-        )
-        settled_rows += int((settled >= 0).sum())
-        assert (settled[local(linked_pairs["l"])] < 0).all() and (settled[local(linked_pairs["r"])] < 0).all()
-        shortcut = partition.resolve_partition(*frames, ENTERPRISE)
-        with monkeypatch.context() as patched:
-            patched.setattr(partition, "_settled", lambda sig, *_: np.full(sig.height, -1, dtype=np.int64))
-            through = partition.resolve_partition(*frames, ENTERPRISE)
-        assert shortcut[0].equals(through[0]) and shortcut[1] == through[1]
-    assert settled_rows > known.height / 4  # (most known entities meet no new record)
-
-
 @pytest.mark.parametrize("fixed_anchors", [False, True])
 def test_the_result_does_not_depend_on_how_the_work_is_cut(
     generated: dict,

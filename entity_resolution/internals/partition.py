@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import _components
 from entity_resolution.internals.cluster import Clusters, cluster, undecided_units
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
@@ -92,44 +91,6 @@ def grades(frame: pl.DataFrame, cluster_row: np.ndarray, spec: Spec) -> pl.Serie
     return levels.select(pl.concat_str(letters).alias("match_grade")).to_series()
 
 
-def _settled(
-    sig: pl.DataFrame,
-    node: np.ndarray,
-    forced_l: np.ndarray,
-    forced_r: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
-    spec: Spec,
-) -> np.ndarray:
-    """Per row, the smallest row of its component when that component is settled, else -1.
-
-    A component of exact keys and must-links (the steward's, the registry's fixed entities') that no
-    linked pair touches, holding at most one ``cannot_link_on`` value and one anchor, ends as one
-    entity whatever the order of its joins: a forced join is refused only for two values or two
-    anchors. On an incremental night those are the known entities the night's records do not join
-    (most of the representatives it compares): they need no union-find."""
-    n = sig.height
-    if n == 0 or not len(forced_l):
-        return np.full(n, -1, dtype=np.int64)
-    component = _components(n, np.concatenate([node, forced_l]), np.concatenate([np.arange(n), forced_r]))
-    linked = np.zeros(n, dtype=bool)
-    linked[component[left]] = True
-    linked[component[right]] = True
-
-    def at_most_one(column: str | None) -> np.ndarray:
-        if not column or column not in sig.columns:
-            return np.ones(n, dtype=bool)
-        code = sig[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()  # 0: none
-        lowest, highest = np.full(n, np.iinfo(np.int64).max), np.zeros(n, dtype=np.int64)
-        np.minimum.at(lowest, component, np.where(code > 0, code, np.iinfo(np.int64).max))
-        np.maximum.at(highest, component, code)
-        return (highest == 0) | (highest == lowest)
-
-    settled = ~linked & at_most_one(spec.cannot_link_on) & at_most_one("anchor")
-    # (a component of one node and no must-link is its node already: nothing to settle)
-    return np.where(settled[component], component, -1)
-
-
 def resolve_partition(
     sig: pl.DataFrame, scored: pl.DataFrame, decisions: pl.DataFrame, spec: Spec
 ) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -152,13 +113,10 @@ def resolve_partition(
         ["probability", "l", "r"], descending=[True, False, False]
     )
     left, right = linked["l"].to_numpy(), linked["r"].to_numpy()
-    forced_l, forced_r = local(forced_rows["l"]), local(forced_rows["r"])
-    settled = _settled(sig, node, forced_l, forced_r, left, right, spec)
     # only nodes a linked pair or a must-link touches can join others: the union-find (a Python
-    # object per signature) runs over their signatures alone (not the settled ones), the rest stay
-    # their node
-    touched = np.unique(node[np.concatenate([left, right, forced_l, forced_r])])
-    active = np.flatnonzero(np.isin(node, touched) & (settled < 0))
+    # object per signature) runs over their signatures alone, the rest stay their node
+    touched = np.unique(node[np.concatenate([left, right, local(forced_rows["l"]), local(forced_rows["r"])])])
+    active = np.flatnonzero(np.isin(node, touched))
     row_of = np.full(n, -1, dtype=np.int64)
     row_of[active] = np.arange(len(active))
 
@@ -178,13 +136,8 @@ def resolve_partition(
             branch_of = dict(enumerate(active_sig[column].to_list()))
     clusters = Clusters(len(active), value_of, branch_of)
     clusters.join_nodes(row_of[node[active]])
-    unsettled = settled[forced_l] < 0  # (both ends of a must-link are in one component)
     forced = list(
-        zip(
-            row_of[forced_l[unsettled]].tolist(),
-            row_of[forced_r[unsettled]].tolist(),
-            strict=True,
-        )
+        zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
     )
     forbidden_l, forbidden_r = active_rows(forbidden_rows["l"]), active_rows(forbidden_rows["r"])
     forbidden = {
@@ -214,7 +167,6 @@ def resolve_partition(
         smallest = np.full(len(active), n, dtype=np.int64)
         np.minimum.at(smallest, roots, active)
         cluster_row[active] = smallest[roots]
-    cluster_row = np.where(settled >= 0, settled, cluster_row)
     # a unit that matches another entity about as well as its own is left on its own (undecided)
     fixed = np.zeros(n, dtype=bool)
     if bad and bad in sig.columns:
