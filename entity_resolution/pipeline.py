@@ -887,15 +887,20 @@ def _shuffle_firms(firms: pl.LazyFrame, engine: pl.DataFrame, stage: Path, chunk
             _stage_write(piece, stage / "firms" / f"bucket-{bucket:05d}" / f"part-{number:05d}.arrow")
 
 
-def _sorted_by(frame: pl.DataFrame, keys: list[str]) -> bool:
-    """Are ``frame``'s rows in ``keys`` order (one vectorised pass, no sort)?"""
+def _out_of_order(keys: list[str]) -> pl.Expr:
+    """True when some row comes before the row above it in ``keys`` order (no sort)."""
     earlier = pl.lit(False)
     ties = pl.lit(True)
     for key in keys:
         before = pl.col(key).shift(1)
         earlier = earlier | (ties & (pl.col(key) < before))
         ties = ties & (pl.col(key) == before)
-    return not frame.select(earlier.any()).item()
+    return earlier.any()
+
+
+def _sorted_by(frame: pl.DataFrame, keys: list[str]) -> bool:
+    """Are ``frame``'s rows in ``keys`` order (one vectorised pass, no sort)?"""
+    return not frame.select(_out_of_order(keys)).item()
 
 
 def _upserted(previous: pl.DataFrame, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -931,11 +936,7 @@ def _upserted_stream(previous: pl.LazyFrame, new: pl.DataFrame, keys: list[str])
     the leading keys. A table found out of order is read and sorted whole."""
     *leading, last = keys
     kept = previous.join(new.lazy().select(keys), on=keys, how="anti", maintain_order="left")
-    earlier, ties = pl.lit(False), pl.lit(True)
-    for key in keys:
-        before = pl.col(key).shift(1)
-        earlier, ties = earlier | (ties & (pl.col(key) < before)), ties & (pl.col(key) == before)
-    if not leading or previous.select(earlier.any()).collect(engine="streaming").item():
+    if not leading or previous.select(_out_of_order(keys)).collect(engine="streaming").item():
         return _upserted(previous.collect(engine="streaming"), new, keys).lazy()
     new = new.sort(keys)
     groups = (
