@@ -143,6 +143,21 @@ class Linkage:
     fitted: FittedModel | None = None  # (``link`` only: the model unrounded, to pass to another run)
 
 
+def _owners(anchor_of: pl.DataFrame, node: np.ndarray) -> np.ndarray:
+    """Per signature, a number for the one fixed entity (anchor) its exact-key node holds, -1 when
+    it holds none or several: a new record in such a node is that entity's whatever its pairs (a
+    known firm's USCC), so its pairs with another fixed entity can only be refused (``plan_shards``)."""
+    n = len(node)
+    code = np.full(n, -1, dtype=np.int64)
+    code[anchor_of["sig"].to_numpy()] = anchor_of["anchor"].rank("dense").cast(pl.Int64).to_numpy()
+    big = np.iinfo(np.int64).max
+    lowest, highest = np.full(n, big, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    np.minimum.at(lowest, node, np.where(code >= 0, code, big))
+    np.maximum.at(highest, node, code)
+    one = (highest >= 0) & (lowest == highest)
+    return np.where(one[node], highest[node], -1)
+
+
 def _stable_id(first_record: str) -> str:
     return "X" + hashlib.sha1(first_record.encode()).hexdigest()[:16]
 
@@ -427,6 +442,7 @@ def _prepare(
     step("signatures")
     anchor_frame = _anchor_frame(anchors, rid)
     fresh = None  # with fixed anchors, the signatures holding a record that is not an anchor
+    anchor_of = None  # and each anchored signature's anchor
     if fixed_anchors and anchor_frame is not None:
         unanchored = (
             pl.scan_parquet(record_file)
@@ -437,10 +453,21 @@ def _prepare(
         )
         fresh = np.zeros(n, dtype=bool)
         fresh[unanchored["sig"].to_numpy()] = True
+        # each signature takes the first anchor of its records (in the anchors' order)
+        anchor_of = (
+            anchor_frame.lazy()
+            .join(pl.scan_parquet(record_file), on=rid)
+            .sort("_order")
+            .group_by("sig", maintain_order=True)
+            .agg(pl.col("anchor").first())
+            .sort("sig")
+            .collect()
+        )
 
     # 2. nodes: signatures sharing an exact key (a valid code) are one node
     node = exact_nodes(sig, spec)
     sig = sig.with_columns(pl.Series("node", node))
+    owner = None if anchor_of is None else _owners(anchor_of, node)
     step("exact")
 
     # 3-4. blocking and comparisons, a shard at a time, ``[scale] compare_workers`` at once (each in a
@@ -462,7 +489,7 @@ def _prepare(
     sig = sig.select(c for c in sig.columns if c in _kept_columns(spec, sig.columns))
     staged = work / "compare"  # the shards' tasks and what their workers read (removed after scoring)
     shutil.rmtree(staged, ignore_errors=True)
-    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged, fresh)
+    tasks = plan_shards(sig, node, spec, scale.shard_pairs, staged, fresh, owner)
     first = list(itertools.islice(tasks, 2))  # (a pool for two shards at least)
     with ExitStack() as stack:
         pool = None
@@ -552,19 +579,8 @@ def _prepare(
                 .select(pl.lit(kind).alias("kind"), "l", "r", "order")
                 .collect()
             )
-    anchor_of = None
-    if fixed_anchors and anchor_frame is not None:
-        # each signature takes the first anchor of its records (in the anchors' order); the
-        # signatures of one anchored entity are joined (forced) to its smallest one
-        anchor_of = (
-            anchor_frame.lazy()
-            .join(sig_of, on=rid)
-            .sort("_order")
-            .group_by("sig", maintain_order=True)
-            .agg(pl.col("anchor").first())
-            .sort("sig")
-            .collect()
-        )
+    if anchor_of is not None:
+        # the signatures of one anchored entity are joined (forced) to its smallest one
         firsts = anchor_of.with_columns(pl.col("sig").min().over("anchor").alias("first"))
         must_count = len(must_link or [])  # the steward's must-links come first
         forced = (

@@ -247,21 +247,32 @@ def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec:
     the inputs (``input_keys``, from ``blocking_keys``): all of such an entity's, so its codes still
     constrain the engine. A blocking key more than ``max_block_size`` representatives hold is
     passed over: its block has at least as many signatures in the snapshot, so a full run drops it
-    too (exact keys always count). Every representative when the registry does not hold their keys
-    (written by an older version). ``representatives`` is a scan of the registry's: only the
+    too (exact keys always count). A record holding the USCC of a known entity reaches through its
+    exact keys alone: it is that entity's, and the engine pairs it with no other known entity
+    (``engine._owners``). Every representative when the registry does not hold their keys (written
+    by an older version). ``representatives`` is a scan of the registry's: only the
     representatives reached are read whole (a city's registry holds 4M, each with its keys)."""
     stored = representatives.collect_schema().names()
     if BLOCK_KEYS not in stored or representatives.select(pl.col(BLOCK_KEYS).null_count()).collect().item():
         return representatives.collect()
-    wanted = input_keys.select(pl.col(BLOCK_KEYS).alias("key")).explode("key").unique()
+    keyed = input_keys.select("record_id", pl.col(BLOCK_KEYS).alias("key")).explode("key").drop_nulls()
     held = (
         representatives.select("entity_id", pl.col(BLOCK_KEYS).alias("key"))
         .explode("key")
-        .join(wanted.lazy(), on="key", how="semi")
+        .join(keyed.select("key").unique().lazy(), on="key", how="semi")
         .collect(engine="streaming")
     )
     blocking = pl.col("key").str.slice(0, 1).str.contains("[0-9]")
-    hit = held.filter(~blocking | (pl.len().over("key") <= spec.max_block_size)).select("entity_id").unique()
+    held = held.filter(~blocking | (pl.len().over("key") <= spec.max_block_size))
+    # a record with the USCC of a known entity is that entity's, paired with no other known firm
+    # (``engine._owners``): its exact keys reach its firm, its blocking keys nothing the engine uses
+    code = spec.cannot_link_on
+    if code and code in spec.exact_keys:
+        known_codes = held.filter(pl.col("key").str.starts_with(f"{code}=")).select("key").unique()
+        placed = keyed.join(known_codes, on="key", how="semi").select("record_id").unique()
+        floating = keyed.join(placed, on="record_id", how="anti").filter(blocking).select("key").unique()
+        held = held.filter(~blocking | pl.col("key").is_in(floating["key"].implode()))
+    hit = held.select("entity_id").unique()
     # (without their keys: the engine does not read them)
     return (
         representatives.join(hit.lazy(), on="entity_id", how="semi", maintain_order="left")
@@ -270,13 +281,16 @@ def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec:
     )
 
 
-def _keys_from(known: pl.DataFrame, spec: Spec) -> Callable[[pl.DataFrame], pl.DataFrame]:
-    """``blocking_keys`` that takes the keys of records already in ``known`` from there."""
+def _keys_from(
+    known: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """``blocking_keys`` (with ``spellings``) that takes the keys of records already in ``known``
+    from there."""
 
     def keys_of(reps: pl.DataFrame) -> pl.DataFrame:
         have = known.join(reps.select("record_id"), on="record_id", how="semi")
         rest = reps.join(have.select("record_id"), on="record_id", how="anti")
-        return pl.concat([have, blocking_keys(rest, spec)]) if rest.height else have
+        return pl.concat([have, blocking_keys(rest, spec, spellings)]) if rest.height else have
 
     return keys_of
 
@@ -987,7 +1001,8 @@ def resolve_changes(
     spellings = {"name": _snapshot_spellings(registry_dir, previous_links, changed)}
     firms, persons = _split_persons(changed)
     inputs = firms.select(*enterprise_inputs())
-    input_keys = blocking_keys(inputs, spec)
+    # (keyed as the engine reads them: a spelling is one-off only among the whole snapshot's records)
+    input_keys = blocking_keys(inputs, spec, spellings)
     reps = _within_reach(representatives, input_keys, spec)
     engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
     compared, engine_stats, fitted = reps.height, result.stats, result.fitted
@@ -1034,7 +1049,7 @@ def resolve_changes(
             .sort()
         )
         relinked = inputs.filter(pl.col("record_id").is_in(again.implode()))
-        relinked_keys = blocking_keys(relinked, spec)
+        relinked_keys = blocking_keys(relinked, spec, spellings)
         input_keys = pl.concat([input_keys, relinked_keys.join(input_keys, on="record_id", how="anti")])
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), relinked_keys, spec)
         links_again, renamed_again, result_again = _engine(relinked, spec, decisions, reps, spellings, fitted)
@@ -1057,7 +1072,7 @@ def resolve_changes(
         del result_again
     known = representatives.select(pl.len()).collect().item()
     del representatives
-    keys_of = _keys_from(input_keys, spec)
+    keys_of = _keys_from(input_keys, spec, spellings)
     # a known entity that a new record gave its USCC takes that id with all its records
     rename = pl.col("entity_id").replace(renamed)
     moved = members.filter(pl.col("entity_id").is_in(list(renamed))).with_columns(rename)

@@ -133,6 +133,58 @@ def test_records_given_normalised_link_as_if_given_as_recorded(generated: dict, 
         link(tonight, ENTERPRISE, normalised=normalised, recorded_columns=["name"])
 
 
+def test_a_new_record_with_a_known_firm_s_code_is_paired_with_no_other_known_firm(
+    generated: dict,
+    linked,  # noqa: ANN001
+) -> None:
+    """With fixed anchors, a new record whose exact keys put it with one known firm's records is
+    that firm's, whatever its pairs: it is compared with that firm's records and with the other
+    new records, not with another known firm's (such a join could only be refused), and a new
+    record no known firm's code holds is compared with every known firm it shares a block with."""
+    data = generated["records"].sort("record_id")
+    known = data.gather_every(3)
+    anchors = linked.links.join(known.select("record_id"), on="record_id").select(
+        "record_id", pl.col("entity_id").alias("anchor")
+    )
+    result = link(data, ENTERPRISE, anchors=anchors, fixed_anchors=True, keep_pairs=True)
+    assignments = result.assignments.collect()
+    anchored = assignments.join(anchors, on="record_id")
+    owners = anchored.group_by("node").agg(pl.col("anchor").unique())
+    owner = (
+        assignments.select("sig", "node")
+        .unique()
+        .join(owners.filter(pl.col("anchor").list.len() == 1), on="node", how="left")
+        .select("sig", pl.col("anchor").list.first().alias("owner"))
+    )
+    fresh = assignments.join(anchors, on="record_id", how="anti").select("sig").unique()
+    pairs = (
+        result.pairs.select("l", "r")
+        .join(owner.rename({"sig": "l", "owner": "owner_l"}), on="l")
+        .join(owner.rename({"sig": "r", "owner": "owner_r"}), on="r")
+        .with_columns(
+            pl.col("l").is_in(fresh["sig"].implode()).alias("fresh_l"),
+            pl.col("r").is_in(fresh["sig"].implode()).alias("fresh_r"),
+        )
+    )
+    assert pairs.filter(pl.col("fresh_l") | pl.col("fresh_r")).height == pairs.height > 0
+    across = pairs.filter(pl.col("owner_l") != pl.col("owner_r"))
+    assert across.is_empty(), across.head()
+    # the new records no known firm holds are compared with known firms' records (and joined)
+    floating = pairs.filter(
+        (pl.col("fresh_l") & pl.col("owner_l").is_null() & pl.col("owner_r").is_not_null())
+        | (pl.col("fresh_r") & pl.col("owner_r").is_null() & pl.col("owner_l").is_not_null())
+    )
+    assert floating.height > 100
+    # and every new record that shares a known firm's code ends in that firm
+    placed = (
+        assignments.join(anchors, on="record_id", how="anti")
+        .join(owner, on="sig")
+        .drop_nulls("owner")
+        .join(result.links.select("record_id", "entity_id"), on="record_id")
+    )
+    assert placed.height > 1000 and (placed["entity_id"] == placed["owner"]).all()
+
+
 @pytest.mark.parametrize("fixed_anchors", [False, True])
 def test_the_result_does_not_depend_on_how_the_work_is_cut(
     generated: dict,

@@ -13,7 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from entity_resolution.engine import Scale, finish_link, link, prepare_link, resolve_link_partition
+from entity_resolution import pipeline
+from entity_resolution.engine import Scale, finish_link, link, normalise, prepare_link, resolve_link_partition
 from entity_resolution.pipeline import (
     ENGINE_DIR,
     IDENTITY_COLUMNS,
@@ -268,3 +269,84 @@ def test_an_incremental_night_takes_the_representatives_as_stored_normalised(
     after = pl.read_parquet(tmp_path / "stored" / "representatives.parquet")
     assert after[NORMALISED_BY].null_count() == 0 and after[NORMALISED_BY].n_unique() == 1
     assert after.height > 0 and not after.join(stored, on="record_id", how="anti").is_empty()
+
+
+def test_a_spelling_one_off_tonight_but_not_in_the_snapshot_reaches_its_firm(
+    lake: Path, tmp_path: Path
+) -> None:
+    """Tonight's records are keyed as the engine reads them, by the whole snapshot's spellings: a
+    firm's trade name that only one of tonight's records carries, one character from a new firm's
+    that two of tonight's records carry, is not read as the new firm's (it recurs in the snapshot),
+    so the night reaches the firm's representatives and the record joins it, as a full re-link
+    would join it."""
+    night = night_lake(lake, NIGHT)
+    registry, version = registry_base(night)
+    spec = load_spec("enterprise")
+    records = accepted_records(night).select(IDENTITY_COLUMNS).collect()
+    links = pl.read_parquet(version / "links" / "*.parquet")
+    # a firm with a USCC and code-less records naming it: one of them, recorded again tonight
+    codeless = records.filter(
+        pl.col("uscc").is_null() & pl.col("org_code").is_null() & pl.col("reg_no").is_null()
+    )
+    linked = codeless.join(links.select(*KEYS, "entity_id"), on=KEYS).filter(
+        pl.col("entity_id").str.len_chars() == 18
+    )
+    cores = normalise(linked.select(*enterprise_inputs()), spec)["name_core"]
+    linked = linked.with_columns(cores.alias("core")).filter(pl.col("core").str.len_chars() >= 4)
+    firm = (
+        linked.group_by("entity_id", "core")
+        .len()
+        .filter(pl.col("len") >= 2)
+        .sort("entity_id")
+        .row(0, named=True)
+    )
+    record = linked.filter(pl.col("entity_id") == firm["entity_id"], pl.col("core") == firm["core"]).head(1)
+    core = firm["core"]
+    sibling = ("鑫" if core[0] != "鑫" else "淼") + core[1:]  # a new firm one character away
+    # tonight's changes (the model needs them), none of which names the firm, and three records more
+    tonight = stages._changed_records(night, registry.name).select(IDENTITY_COLUMNS).collect()
+    tonight = tonight.filter(~pl.col("subject_name").str.contains(core, literal=True).fill_null(False))
+    changed = pl.concat(
+        [
+            tonight,
+            record.drop("core", "entity_id").with_columns(pl.lit("TONIGHT-1").alias("source_record_id")),
+            *(
+                record.drop("core", "entity_id").with_columns(
+                    pl.lit(f"TONIGHT-{n}").alias("source_record_id"),
+                    pl.col("subject_name").str.replace(core, sibling, literal=True),
+                )
+                for n in (2, 3)
+            ),
+        ],
+        how="vertical_relaxed",
+    )
+    staged = tmp_path / "registry"
+    shutil.copytree(registry, staged)
+    (staged / "published_version.json").unlink()
+    result = _resolve_changes(night, changed, version, staged)
+    tonight = result.links.lazy().filter(pl.col("source_record_id").str.starts_with("TONIGHT-")).collect()
+    entity = dict(zip(tonight["source_record_id"], tonight["entity_id"], strict=True))
+    assert entity["TONIGHT-1"] == firm["entity_id"]
+    assert entity["TONIGHT-2"] == entity["TONIGHT-3"] != firm["entity_id"]
+
+
+def test_an_incremental_night_reaches_the_representatives_its_links_need(lake: Path) -> None:
+    """The night gives the engine only the known firms its records can join: those sharing a
+    blocking key with a record that no known firm's USCC places, and those sharing an exact key
+    with any. With the model held fixed, its records' links are those it gets from every
+    representative of the registry."""
+    night = night_lake(lake, NIGHT)
+    registry, version = registry_base(night)
+    spec = load_spec("enterprise")
+    changed = stages._changed_records(night, registry.name).select(IDENTITY_COLUMNS).collect()
+    previous = pl.scan_parquet(version / "links" / "*.parquet")
+    spellings = {"name": pipeline._snapshot_spellings(registry, previous, changed)}
+    inputs = pipeline._split_persons(changed)[0].select(*enterprise_inputs())
+    keys = pipeline.blocking_keys(inputs, spec, spellings)
+    stored = pl.scan_parquet(registry / "representatives.parquet")
+    reached = pipeline._within_reach(stored, keys, spec)
+    every = stored.drop(pipeline.BLOCK_KEYS).collect()
+    assert 0 < reached.height < every.height
+    links, renamed, whole = pipeline._engine(inputs, spec, None, every, spellings)
+    again, renamed_again, _ = pipeline._engine(inputs, spec, None, reached, spellings, whole.fitted)
+    assert again.equals(links) and renamed_again == renamed

@@ -387,6 +387,7 @@ def plan_shards(
     shard_pairs: int,
     folder: Path,
     fresh: np.ndarray | None = None,
+    owner: np.ndarray | None = None,
 ) -> Iterator[ShardTask]:
     """The shards of candidate pairs (l < r) of signatures in different nodes sharing every key of
     some blocking rule, about ``shard_pairs`` pairs each, as tasks for ``shard_pairs_of`` (files
@@ -410,6 +411,8 @@ def plan_shards(
         np.save(folder / "source.npy", _codes(sig[spec.source_column]))
     if fresh is not None:
         np.save(folder / "fresh.npy", fresh)
+    if owner is not None:
+        np.save(folder / "owner.npy", owner)
     rules = 0  # rules whose blocks are written (blocks-K.npy: each signature's block, -1: in none)
     tasks = 0
     for rule in spec.blocking:
@@ -491,6 +494,9 @@ def shard_pairs_of(task: ShardTask) -> pl.DataFrame:
     for rule in range(task.earlier):  # an earlier rule already pairs them
         other = array(f"blocks-{rule}")
         keep &= ~((other[left] >= 0) & (other[left] == other[right]))
+    if (task.folder / "owner.npy").exists():  # two fixed entities' signatures (``plan_shards``)
+        owner = array("owner")
+        keep &= (owner[left] < 0) | (owner[right] < 0) | (owner[left] == owner[right])
     if (task.folder / "value.npy").exists():  # two different USCCs are never candidates
         value = array("value")
         keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
