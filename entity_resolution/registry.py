@@ -55,9 +55,14 @@ KEYED_COLUMNS = (BLOCK_KEYS, NORMALISED, NORMALISED_BY)
 
 def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
     """Per entity: one record for each distinct code it holds and its first REPRESENTATIVES distinct
-    names (first by record id, so the choice is deterministic)."""
-    ordered = records.sort("entity_id", "record_id")
+    names (first by record id, so the choice is deterministic). Chosen on those columns alone, then
+    gathered: a night's registry rows carry their keys and normalised fields, costly to sort."""
     codes = [c for c in CODE_COLUMNS if c in records.columns]
+    ordered = (
+        records.select("entity_id", "record_id", "name", *codes)
+        .with_row_index("_row")
+        .sort("entity_id", "record_id")
+    )
     by_code = [
         ordered.filter(pl.col(c).is_not_null()).unique(["entity_id", c], keep="first", maintain_order=True)
         for c in codes
@@ -68,7 +73,8 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
         .head(REPRESENTATIVES)
         .select(ordered.columns)
     )
-    return pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")
+    chosen = pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")
+    return records[chosen["_row"]]
 
 
 def _input_columns(frame: pl.DataFrame) -> list[str]:
