@@ -282,7 +282,8 @@ def link(
     a frame of the id column and ``anchor``, in the same order: a city's registry as a frame). With
     ``fixed_anchors`` (an incremental run) the anchored entities are taken as they are: their
     records stay together and two of them never merge; only the other records are placed, and
-    only pairs with one of them are made (the model learns from those).
+    only pairs with one of them are made (the model learns from those), none between a record whose
+    exact keys put it with one anchored entity and another anchored entity's records.
 
     ``recorded_columns``: input columns copied into ``links`` as recorded (evidence). ``keep_pairs``
     False leaves ``pairs`` holding only the pairs at or above the review threshold (all candidate
