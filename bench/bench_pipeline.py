@@ -45,6 +45,7 @@ usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "cpu_seconds": usage.ru_utime + usage.ru_stime,
                   "peak_mb": usage.ru_maxrss / 1024,
+                  "great_expectations": "great_expectations" in sys.modules,
                   "result": result}, default=str))
 """
 
@@ -52,7 +53,7 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 def run_stage(name: str, *args: object) -> dict:
     """``generate`` (out dir, entities, seed, end date, days) or a stage of the stage table (the
     night's values, the source or None, and for a mapped stage its item) in a process of its own:
-    seconds, CPU seconds, peak MB and the stage's result."""
+    seconds, CPU seconds, peak MB, whether it imported Great Expectations and the stage's result."""
     out = subprocess.run(
         [sys.executable, "-c", STAGE_RUNNER, name, json.dumps(args)], cwd=ROOT, capture_output=True, text=True
     )
@@ -61,7 +62,8 @@ def run_stage(name: str, *args: object) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-Row = tuple[str, float, int, float, float]
+#: (stage, seconds, records, peak MB, CPU seconds, processes, processes that imported Great Expectations)
+Row = tuple[str, float, int, float, float, int, int]
 #: the count a stage's result reports, in this order of preference
 COUNTED = ("changed_records", "profiles", "rows", "staged", "extracted")
 
@@ -112,6 +114,8 @@ def run_stages(stages: Sequence[Stage], night: dict[str, Any], source: str | Non
                 int(n),
                 max((r["peak_mb"] for r in runs), default=0.0),
                 sum(r["cpu_seconds"] for r in runs),
+                len(runs),
+                sum(bool(r["great_expectations"]) for r in runs),
             )
         )
     return rows
@@ -141,7 +145,7 @@ def agreement(a: Path, b: Path) -> dict[str, float]:
 def print_rows(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
     print(f"{'stage':<28}{'seconds':>9}{'records':>12}{'records/s':>12}{'peak MB':>10}{'CPU s':>9}")
-    for name, seconds, n, peak, cpu in rows:
+    for name, seconds, n, peak, cpu, *_ in rows:
         rate = n / seconds if seconds and n else 0
         print(f"{name:<28}{seconds:>9.1f}{n:>12,}{rate:>12,.0f}{peak:>10,.0f}{cpu:>9.1f}")
     print(f"{'all stages':<28}{sum(r[1] for r in rows):>9.1f}{'':>34}{sum(r[4] for r in rows):>9.1f}")
@@ -216,10 +220,12 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
             f"{sum(r[4] for r in mine):>7.1f} s vs {sum(r[4] for r in theirs):>7.1f} s"
         )
     floor = start_up_reference()
-    gx_tasks = sum(1 for r in last if r[0].startswith("validate"))
-    fixed = len(last) * floor["bare"] + gx_tasks * (floor["gx"] - floor["bare"])
+    # (the processes that imported Great Expectations, as each reported: the standardise shards and
+    # the profiles' check, not the validate tasks)
+    processes, gx_tasks = sum(r[5] for r in last), sum(r[6] for r in last)
+    fixed = processes * floor["bare"] + gx_tasks * (floor["gx"] - floor["bare"])
     print(
-        f"fixed floor of the incremental night: {len(last)} stage processes x {floor['bare']:.2f} CPU s "
+        f"fixed floor of the incremental night: {processes} stage processes x {floor['bare']:.2f} CPU s "
         f"start-up + {gx_tasks} Great Expectations imports x {floor['gx'] - floor['bare']:.2f} CPU s = "
         f"{fixed:.1f} CPU s ({fixed / full_cpu:.1%} of the full rebuild's CPU seconds); the rest, "
         f"{incremental_cpu - fixed:.1f} CPU s, is work ({(incremental_cpu - fixed) / full_cpu:.1%})"
@@ -275,7 +281,7 @@ def machine_reference() -> float:
 def start_up_reference() -> dict[str, float]:
     """CPU seconds (best of two) of a stage process that does nothing: the interpreter with the stage
     table and Polars imported (``bare``), and with Great Expectations too (``gx``, what every
-    validate task pays). An incremental night's fixed floor, however few records changed."""
+    process that runs a suite pays: the standardise shards, the profiles' check). An incremental night's fixed floor, however few records changed."""
     import resource
 
     programs = {
@@ -295,8 +301,9 @@ def start_up_reference() -> dict[str, float]:
 
 
 def import_reference() -> float:
-    """Seconds to import Great Expectations in a fresh process (best of two): every check and
-    validate task pays it, so it is the fixed part of the validation figures."""
+    """Seconds to import Great Expectations in a fresh process (best of two): every task that runs
+    a suite (the standardise shards, the profiles' check) pays it, so it is the fixed part of the
+    validation figures."""
     timings = []
     for _ in range(2):
         start = time.perf_counter()
@@ -394,7 +401,7 @@ def main() -> int:
         f"{machine_reference():.2f} s after; Great Expectations import {import_reference():.1f} s\n"
     )
     print(f"{'stage':<28}{'seconds':>9}{'records':>12}{'records/s':>12}{'peak MB':>10}")
-    for name, seconds, n, peak, _ in rows:
+    for name, seconds, n, peak, *_ in rows:
         rate = n / seconds if seconds and n else 0
         print(f"{name:<28}{seconds:>9.1f}{n:>12,}{rate:>12,.0f}{peak:>10,.0f}")
     validated = sum(r[2] for r in rows if r[0].startswith("validate "))
