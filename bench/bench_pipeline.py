@@ -281,7 +281,8 @@ def machine_reference() -> float:
 def start_up_reference() -> dict[str, float]:
     """CPU seconds (best of two) of a stage process that does nothing: the interpreter with the stage
     table and Polars imported (``bare``), and with Great Expectations too (``gx``, what every
-    process that runs a suite pays: the standardise shards, the profiles' check). An incremental night's fixed floor, however few records changed."""
+    process that runs a suite pays: the standardise shards, the profiles' check). An incremental
+    night's fixed floor, however few records changed."""
     import resource
 
     programs = {

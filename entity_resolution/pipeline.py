@@ -200,6 +200,12 @@ def unit_figures() -> pl.Expr:
     )
 
 
+def _exact_key(column: str) -> str:
+    """How a ``BLOCK_KEYS`` entry of an exact key begins (``uscc=...``); a blocking rule's begins
+    with its number."""
+    return f"{column}="
+
+
 def blocking_keys(
     inputs: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
 ) -> pl.DataFrame:
@@ -221,7 +227,7 @@ def blocking_keys(
     frame = corrected(written, spec, spellings)
     del written
     parts = [
-        frame.select(rid, (pl.lit(f"{key}=") + pl.col(key).cast(pl.String)).alias("key"))
+        frame.select(rid, (pl.lit(_exact_key(key)) + pl.col(key).cast(pl.String)).alias("key"))
         for key in spec.exact_keys
         if key in frame.columns
     ]
@@ -268,7 +274,7 @@ def _within_reach(representatives: pl.LazyFrame, input_keys: pl.DataFrame, spec:
     # (``engine._owners``): its exact keys reach its firm, its blocking keys nothing the engine uses
     code = spec.cannot_link_on
     if code and code in spec.exact_keys:
-        known_codes = held.filter(pl.col("key").str.starts_with(f"{code}=")).select("key").unique()
+        known_codes = held.filter(pl.col("key").str.starts_with(_exact_key(code))).select("key").unique()
         placed = keyed.join(known_codes, on="key", how="semi").select("record_id").unique()
         floating = keyed.join(placed, on="record_id", how="anti").filter(blocking).select("key").unique()
         held = held.filter(~blocking | pl.col("key").is_in(floating["key"].implode()))
