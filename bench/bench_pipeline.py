@@ -1,6 +1,11 @@
 """Benchmark: generate N firms, then run every pipeline stage in its own process (as Airflow does),
 printing wall time, records per second and peak memory (RSS) per stage.
 
+Each stage process is forked from one worker process that imported the stages and Great
+Expectations once, as the repository's executors run tasks (airflow.cfg's PreloadingLocalExecutor,
+pipelines/executor.py; the Celery workers, deploy/worker_preload.py); ``--fresh-processes`` starts a
+new interpreter per stage instead, as a plain LocalExecutor would (each pays its imports).
+
     .venv/bin/python bench/bench_pipeline.py --entities 100000
     .venv/bin/python bench/bench_pipeline.py --entities 100000 --incremental-nights 3
 
@@ -30,6 +35,7 @@ STAGE_RUNNER = """
 import json, resource, sys, time
 name, args = sys.argv[1], json.loads(sys.argv[2])
 start = time.perf_counter()
+gx_before = "great_expectations" in sys.modules
 if name == "generate":
     from pathlib import Path
     from datetime import date
@@ -45,15 +51,83 @@ usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "cpu_seconds": usage.ru_utime + usage.ru_stime,
                   "peak_mb": usage.ru_maxrss / 1024,
-                  "great_expectations": "great_expectations" in sys.modules,
+                  "great_expectations": not gx_before and "great_expectations" in sys.modules,
                   "result": result}, default=str))
 """
 
 
+#: the worker the stage processes fork from (started by the first stage): it imports the stages and
+#: Great Expectations (``pipelines.flow.preload``), then, per line of JSON on its input (the stage,
+#: its arguments, a file for its output), forks a process that runs STAGE_RUNNER with its output and
+#: errors in that file and ``.err`` beside it, and answers with the process's exit code
+STAGE_WORKER = """
+import json, os, sys, traceback
+from pipelines.flow import preload
+preload()
+runner = compile(sys.argv[1], "<stage>", "exec")
+print("ready", flush=True)
+for line in sys.stdin:
+    name, args, out = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+            os.dup2(os.open(out + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            sys.argv = ["stage", name, json.dumps(args)]
+            exec(runner, {"__name__": "__stage__"})
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+"""
+
+
+class StageWorker:
+    """The forking worker (STAGE_WORKER) in a process of its own, started once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", STAGE_WORKER, STAGE_RUNNER],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise SystemExit("the stage worker did not start")
+
+    def run(self, name: str, args: tuple[object, ...]) -> subprocess.CompletedProcess[str]:
+        out = self.folder / "stage.out"
+        self.process.stdin.write(json.dumps([name, args, str(out)], default=str) + "\n")
+        self.process.stdin.flush()
+        code = int(json.loads(self.process.stdout.readline()))
+        return subprocess.CompletedProcess(
+            name, code, out.read_text("utf-8"), out.with_name("stage.out.err").read_text("utf-8")
+        )
+
+
+#: the worker the stages fork from; empty: each stage in a fresh interpreter (``--fresh-processes``)
+WORKER: list[StageWorker] = []
+
+
 def run_stage(name: str, *args: object) -> dict:
     """``generate`` (out dir, entities, seed, end date, days) or a stage of the stage table (the
-    night's values, the source or None, and for a mapped stage its item) in a process of its own:
-    seconds, CPU seconds, peak MB, whether it imported Great Expectations and the stage's result."""
+    night's values, the source or None, and for a mapped stage its item) in a process of its own,
+    forked from the stage worker (``--fresh-processes``: a new interpreter): seconds, CPU seconds,
+    peak MB, whether it imported Great Expectations itself and the stage's result."""
+    if WORKER:
+        out = WORKER[0].run(name, args)
+        if out.returncode != 0:
+            raise SystemExit(f"stage {name} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
     out = subprocess.run(
         [sys.executable, "-c", STAGE_RUNNER, name, json.dumps(args)], cwd=ROOT, capture_output=True, text=True
     )
@@ -219,17 +293,23 @@ def incremental(args: argparse.Namespace, sources: Path, lake: Path, rows: list,
             f"{sum(r[1] for r in mine):>7.1f} s vs {sum(r[1] for r in theirs):>7.1f} s; CPU "
             f"{sum(r[4] for r in mine):>7.1f} s vs {sum(r[4] for r in theirs):>7.1f} s"
         )
-    floor = start_up_reference()
     # (the processes that imported Great Expectations, as each reported: the standardise shards and
-    # the profiles' check, not the validate tasks)
+    # the profiles' check, not the validate tasks; none when they fork from the stage worker)
     processes, gx_tasks = sum(r[5] for r in last), sum(r[6] for r in last)
-    fixed = processes * floor["bare"] + gx_tasks * (floor["gx"] - floor["bare"])
-    print(
-        f"fixed floor of the incremental night: {processes} stage processes x {floor['bare']:.2f} CPU s "
-        f"start-up + {gx_tasks} Great Expectations imports x {floor['gx'] - floor['bare']:.2f} CPU s = "
-        f"{fixed:.1f} CPU s ({fixed / full_cpu:.1%} of the full rebuild's CPU seconds); the rest, "
-        f"{incremental_cpu - fixed:.1f} CPU s, is work ({(incremental_cpu - fixed) / full_cpu:.1%})"
-    )
+    if WORKER:
+        print(
+            f"stage processes: {processes}, each forked from one worker that imported the stages and "
+            f"Great Expectations once; {gx_tasks} imported Great Expectations again"
+        )
+    else:
+        floor = start_up_reference()
+        fixed = processes * floor["bare"] + gx_tasks * (floor["gx"] - floor["bare"])
+        print(
+            f"fixed floor of the incremental night: {processes} stage processes x {floor['bare']:.2f} CPU "
+            f"s start-up + {gx_tasks} Great Expectations imports x {floor['gx'] - floor['bare']:.2f} CPU s "
+            f"= {fixed:.1f} CPU s ({fixed / full_cpu:.1%} of the full rebuild's CPU seconds); the rest, "
+            f"{incremental_cpu - fixed:.1f} CPU s, is work ({(incremental_cpu - fixed) / full_cpu:.1%})"
+        )
     print(f"incremental chain vs full re-link, by record: {json.dumps(agreement(lake, full_lake))}")
     import polars as pl
 
@@ -348,7 +428,15 @@ def main() -> int:
         action="store_true",
         help="time only check + validate, two sources at a time, on the lake a --keep run left",
     )
+    parser.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="start each stage in a new interpreter (a plain LocalExecutor's tasks) instead of forking "
+        "it from a worker that imported the stages once (the repository's executors)",
+    )
     args = parser.parse_args()
+    if not args.fresh_processes:
+        WORKER.append(StageWorker(args.workdir / "stage-worker"))
 
     sources = args.workdir / f"sources-{args.entities}-{args.days}d"
     lake = args.workdir / f"lake-{args.entities}"

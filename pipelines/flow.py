@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import resource
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -261,6 +262,10 @@ def run_stage(
         raise TypeError(
             f"stage {stage.name} ({stage.function}) needs {missing}; the run gives {sorted(values)}"
         )
+    from pipelines.quality.suites import SLOW_IMPORTS
+
+    # (imported before the call: by this process's parent, a preloading worker or executor)
+    preloaded = all(name in sys.modules for name in SLOW_IMPORTS)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     result = function(**{name: values[name] for name in parameters if name in values})
     if not isinstance(result, dict):
@@ -271,6 +276,7 @@ def run_stage(
             "seconds": round(time.perf_counter() - started, 2),
             "cpu_seconds": round(_cpu_seconds() - cpu_started, 2),
             "peak_mb": _peak_mb(),
+            "preloaded": preloaded,
         },
     }
 
