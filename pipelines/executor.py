@@ -28,11 +28,18 @@ class PreloadingLocalExecutor(LocalExecutor):
     def start(self) -> None:
         if self.is_mp_using_fork:
             started = time.perf_counter()
-            modules = preload()
-            log.info(
-                "credit executor: preloaded %d modules for the task processes in %.1f s: %s",
-                len(modules),
-                time.perf_counter() - started,
-                ", ".join(modules),
-            )
+            try:
+                modules = preload()
+            except Exception:  # noqa: BLE001 - the scheduler runs on; each task meets the error itself
+                log.exception(
+                    "credit executor: the stages could not be preloaded; each task process imports "
+                    "them itself, and a task that needs what failed fails with this error"
+                )
+            else:
+                log.info(
+                    "credit executor: preloaded %d modules for the task processes in %.1f s: %s",
+                    len(modules),
+                    time.perf_counter() - started,
+                    ", ".join(modules),
+                )
         super().start()

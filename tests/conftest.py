@@ -80,6 +80,23 @@ def audit_secrets_outside_the_lake(tmp_path_factory: pytest.TempPathFactory) -> 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
+def run_probe(program: str) -> tuple[dict, str]:
+    """Run a Python ``program`` in a fresh interpreter at the repository root (as Airflow's
+    components run: AIRFLOW_HOME the repository); (the JSON its last output line holds, all it
+    wrote: Airflow logs to standard output, a worker's preload to standard error).
+    For what must start from a clean process: an executor forking its workers, a worker's imports."""
+    probe = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(REPO)},
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1]), probe.stdout + probe.stderr
+
+
 def skip_or_fail(reason: str) -> None:
     """Skip a test whose server is missing, with the reason; in CI (CREDIT_REQUIRE_SERVICES=1, set by
     .ci/run after installing the servers) a missing server is a failure instead."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import END_DATE, _shared_root, mapping_settings, skip_or_fail
+from tests.conftest import END_DATE, _shared_root, mapping_settings, run_probe, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.waits]
@@ -89,20 +89,11 @@ def test_a_worker_imports_the_stages_once_before_it_forks_their_task_processes()
     find every stage module and Great Expectations imported (a validation then imports none of GX's
     modules, about 5 CPU s a task) and the broker and result settings are still Airflow's."""
     assert settings_file()["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "deploy.celery_config.CELERY_CONFIG"
-    probe = subprocess.run(
-        [sys.executable, "-c", PRELOAD_PROBE],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(REPO)},
-        timeout=300,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    found, output = run_probe(PRELOAD_PROBE)
     assert all(found["stage_modules"]), found
     assert found["imported_by_a_validation"] == [], found
     assert found["defaults_kept"] and found["imports"] == ["deploy.worker_preload"], found
-    assert "credit worker: preloaded" in probe.stderr
+    assert "credit worker: preloaded" in output
 
 
 def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
