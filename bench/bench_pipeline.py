@@ -58,8 +58,8 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 #: the worker the stage processes fork from (started by the first stage): it imports the stages and
 #: Great Expectations (``pipelines.flow.preload``), then, per line of JSON on its input (the stage,
-#: its arguments, a file for its output), forks a process that runs STAGE_RUNNER with its output and
-#: errors in that file and ``.err`` beside it, and answers with the process's exit code
+#: its arguments, a file for its output and one for its errors), forks a process that runs
+#: STAGE_RUNNER writing to those files, and answers with the process's exit code
 STAGE_WORKER = """
 import json, os, sys, traceback
 from pipelines.flow import preload
@@ -67,13 +67,13 @@ preload()
 runner = compile(sys.argv[1], "<stage>", "exec")
 print("ready", flush=True)
 for line in sys.stdin:
-    name, args, out = json.loads(line)
+    name, args, out, err = json.loads(line)
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
-            os.dup2(os.open(out + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
             sys.argv = ["stage", name, json.dumps(args)]
             exec(runner, {"__name__": "__stage__"})
         except BaseException:
@@ -105,13 +105,11 @@ class StageWorker:
             raise SystemExit("the stage worker did not start")
 
     def run(self, name: str, args: tuple[object, ...]) -> subprocess.CompletedProcess[str]:
-        out = self.folder / "stage.out"
-        self.process.stdin.write(json.dumps([name, args, str(out)], default=str) + "\n")
+        out, err = self.folder / "stage.out", self.folder / "stage.err"
+        self.process.stdin.write(json.dumps([name, args, str(out), str(err)], default=str) + "\n")
         self.process.stdin.flush()
         code = int(json.loads(self.process.stdout.readline()))
-        return subprocess.CompletedProcess(
-            name, code, out.read_text("utf-8"), out.with_name("stage.out.err").read_text("utf-8")
-        )
+        return subprocess.CompletedProcess(name, code, out.read_text("utf-8"), err.read_text("utf-8"))
 
 
 #: the worker the stages fork from; empty: each stage in a fresh interpreter (``--fresh-processes``)

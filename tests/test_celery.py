@@ -585,10 +585,8 @@ def test_two_worker_hosts_run_the_night_and_a_killed_one_loses_nothing(
     for task_id, value in deployment.rows(
         "SELECT task_id, value FROM xcom WHERE run_id = :r AND key = 'return_value'", r=RUN_ID
     ):
-        if isinstance(value, str) and value[:1] in '{"':
+        while isinstance(value, str) and value[:1] in '{"':
             value = json.loads(value)  # (stored as JSON text, a dict's perhaps twice)
-        if isinstance(value, str) and value[:1] == "{":
-            value = json.loads(value)
         if isinstance(value, dict) and "resources" in value:
             preloaded[task_id] = value["resources"].get("preloaded")
     assert len(preloaded) >= 20 and all(preloaded.values()), preloaded
