@@ -897,7 +897,7 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     """A part of the input (an incremental night, a chunk) judges a spelling by the whole input's
     counts: the same records are corrected alike however the input is cut."""
     from entity_resolution.internals.blocking import read_spellings, signatures
-    from entity_resolution.internals.normalise import normalise, spelling_counts
+    from entity_resolution.internals.normalise import corrected, correction_tables, normalise, spelling_counts
 
     names = ["宁波华兴电子科技有限公司"] * 3 + ["宁波华兴电器科技有限公司", "华兴电子科技"]
     records = pl.DataFrame({"record_id": [f"r{i}" for i in range(5)], "name": names})
@@ -911,6 +911,13 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     # a spelling the whole input holds twice is no typo, even where the part holds it once
     twice = pl.DataFrame({"value": ["华兴电器科技", "华兴电子科技"], "len": [2, 4]})
     assert normalise(night, ENTERPRISE, {"name": twice})["name_core"][0] == "华兴电器科技"
+    # the corrections made once from the whole input's counts correct each part as its counts do
+    written = normalise(records, ENTERPRISE, correct=False)
+    for counts in (whole, {"name": twice}):
+        tables = correction_tables(ENTERPRISE, counts)
+        for part in (written[3:4], written[2:5], written):
+            assert corrected(part, ENTERPRISE, tables=tables).equals(corrected(part, ENTERPRISE, counts))
+    assert correction_tables(ENTERPRISE, whole)["name"].rows() == [("华兴电器科技", "华兴电子科技")]
     # normalised a record at a time, the records still count among all of them
     one_by_one, _, record_file = signatures(records.lazy(), ENTERPRISE, 1, tmp_path)
     per_record = pl.read_parquet(record_file)
@@ -978,3 +985,50 @@ def test_a_fitted_model_scores_another_input_as_given(linked, generated: dict) -
     for mine, theirs in zip(given.fitted.m + given.fitted.u, fitted.m + fitted.u, strict=True):
         assert np.array_equal(mine, theirs)
     assert given.links["record_id"].sort().equals(few["record_id"].sort())
+
+
+def test_each_record_s_block_keys_are_listed_sorted_and_distinct() -> None:
+    """``blocking_keys`` lists a record's keys in order without sorting them (each kind's prefix
+    sorts them): the same lists as sorting every record's keys, with a valid code's exact keys,
+    a name with a NUL in it (listed as it is) and a record with no key (null)."""
+    from entity_resolution.internals.blocking import key_expr
+    from entity_resolution.internals.normalise import normalise
+    from entity_resolution.pipeline import BLOCK_KEYS, _exact_key, blocking_keys
+    from foundation.identifiers import (
+        is_valid_uscc,
+        org_code_check_char,
+        org_code_from_uscc,
+        uscc_check_char,
+    )
+
+    uscc = "91330200MA2AXY71" + org_code_check_char("MA2AXY71")
+    uscc += uscc_check_char(uscc)
+    assert is_valid_uscc(uscc)
+    records = pl.DataFrame(
+        {
+            "record_id": ["code", "nul", "none", "plain"],
+            "name": [
+                "宁波华兴电子科技有限公司",
+                "宁波华兴\x00电子科技有限公司",
+                None,
+                "杭州华星电器有限公司",
+            ],
+            "uscc": [uscc, None, None, None],
+            "org_code": [org_code_from_uscc(uscc), None, None, None],
+            "legal_rep": ["张三", "李四", None, None],
+        }
+    )
+    keys = dict(blocking_keys(records, ENTERPRISE).select("record_id", BLOCK_KEYS).iter_rows())
+    # every key of a kind, as the engine keys it, each record's sorted
+    frame = normalise(records, ENTERPRISE)
+    kinds = [pl.lit(_exact_key(k)) + pl.col(k) for k in ENTERPRISE.exact_keys] + [
+        pl.concat_str([pl.lit(f"{number}="), *(key_expr(k) for k in rule)], separator="\x1f")
+        for number, rule in enumerate(ENTERPRISE.blocking)
+    ]
+    expected = {
+        row["record_id"]: sorted({key for key in row["keys"] if key is not None}) or None
+        for row in frame.select("record_id", pl.concat_list(kinds).alias("keys")).to_dicts()
+    }
+    assert keys == expected
+    assert keys["none"] is None and any("\x00" in key for key in keys["nul"])
+    assert any(key.startswith("uscc=") for key in keys["code"]) and keys["code"][0].startswith("0=")

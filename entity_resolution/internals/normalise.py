@@ -269,18 +269,37 @@ def normalise(
     return frame
 
 
+def correction_tables(spec: Spec, spellings: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Per corrected company-name column of ``spellings`` (the whole input's counts), the
+    ``correction_table`` of every one-off spelling among them: computed once for a caller that
+    corrects many parts by the same counts (``correct_spellings``), each part then corrected as
+    ``corrected`` corrects it, by a lookup rather than a join of every recurring spelling's
+    masked forms (about 1.3 s for a city's 1.2M spellings, each time)."""
+    return {
+        column: correction_table(spellings[column]["value"], spellings[column])
+        for column, _ in corrected_names(spec)
+        if column in spellings
+    }
+
+
 def corrected(
-    frame: pl.DataFrame, spec: Spec, spellings: dict[str, pl.DataFrame] | None = None
+    frame: pl.DataFrame,
+    spec: Spec,
+    spellings: dict[str, pl.DataFrame] | None = None,
+    tables: dict[str, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """``normalise(..., correct=False)``'s frame with its one-off spellings corrected, judged by
-    ``spellings`` (by default its own): what ``normalise`` returns."""
+    ``spellings`` (by default its own): what ``normalise`` returns. ``tables``: a column's
+    ``correction_tables`` made already (``spellings`` is not read for it)."""
     if not corrected_names(spec):
         return frame
     return correct_spellings(
         frame,
         spec,
         {
-            column: correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
+            column: (tables or {}).get(column)
+            if column in (tables or {})
+            else correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
             for column, out in corrected_names(spec)
             if f"{out}_core" in frame.columns
         },
