@@ -237,9 +237,10 @@ def blocking_keys(
     frame = corrected(written, spec, spellings, corrections)
     del written
     # a record has at most one key of each kind, and each kind's keys begin with a prefix of its
-    # own that ends at its only "=" (``_exact_key``, the rule's number): listed in the order of
-    # their prefixes, each record's keys are sorted and distinct without sorting them; joined by a
-    # NUL and split, not listed by Polars' list functions (ten times as fast in Polars 2.1)
+    # own that ends at its first "=" (``_exact_key``, the rule's number; no prefix begins another),
+    # so two keys of a record sort as their prefixes do: listed in that order, each record's keys
+    # are sorted and distinct without a sort or a group_by; joined by a NUL and split rather than
+    # listed by Polars' list functions (3.7 -> 0.6 s for a million representatives, Polars 2.1)
     keys = {
         _exact_key(key): pl.lit(_exact_key(key)) + pl.col(key).cast(pl.String)
         for key in spec.exact_keys
