@@ -293,12 +293,13 @@ def corrected(
     ``correction_tables`` made already (``spellings`` is not read for it)."""
     if not corrected_names(spec):
         return frame
+    tables = tables or {}
     return correct_spellings(
         frame,
         spec,
         {
-            column: (tables or {}).get(column)
-            if column in (tables or {})
+            column: tables[column]
+            if column in tables
             else correction_table(frame[f"{out}_core"], (spellings or {}).get(column))
             for column, out in corrected_names(spec)
             if f"{out}_core" in frame.columns
