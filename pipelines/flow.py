@@ -143,7 +143,7 @@ STAGES: tuple[Stage, ...] = (
         "plan_profiles",
         "pipelines.profiles.stages.plan_profiles",
         per_source=False,
-        doc="Cut the entities into shards of `profile_shard_entities` (config/nightly.toml "
+        doc="Cut the entities to build into shards of `profile_shard_entities` (config/nightly.toml "
         "`[mapping]`), ranges of their ids, and work out what tonight must rebuild.",
     ),
     Stage(

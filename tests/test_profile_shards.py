@@ -56,18 +56,45 @@ def _versions(lake: Path) -> dict[str, dict]:
 
 
 def test_the_shard_count_comes_from_the_setting_and_the_data(lakes: dict[int, Path]) -> None:
+    """A full night cuts all its entities into shards; an incremental one cuts the entities it
+    rebuilds (each shard reads the whole links file and snapshots: fewer shards, fewer passes)."""
+    full, incremental = NIGHTS
     for shards, lake in lakes.items():
-        for day in NIGHTS:
-            plan = _plan(lake, day)
-            assert len(plan["starts"]) == shards
-            parts = sorted((lake / "work" / day / night_files.PROFILES_DIR).glob("*.parquet"))
-            assert [p.name for p in parts] == [f"part-{s:05d}.parquet" for s in range(shards)]
-            sizes = [pl.scan_parquet(p).select(pl.len()).collect().item() for p in parts]
-            entities = pl.read_parquet(lake / "work" / day / "entities.parquet").height
-            assert sum(sizes) == entities and max(sizes) - min(sizes) <= 1
+        work = lake / "work" / full
+        entities = pl.read_parquet(work / "entities.parquet").height
+        assert len(_plan(lake, full)["starts"]) == shards
+        sizes = _part_sizes(work / night_files.PROFILES_DIR)
+        assert len(sizes) == shards and sum(sizes) == entities and max(sizes) - min(sizes) <= 1
+        work = lake / "work" / incremental
+        entities = pl.read_parquet(work / "entities.parquet").height
+        wanted = pl.read_parquet(work / night_files.PROFILES_TO_REBUILD)
+        assert 0 < wanted.height < entities
+        # cut where the entities to build fall, not where all do (the configured size is above the
+        # firms: one shard)
+        size = FIRMS // 5 if shards == 5 else 10**9
+        starts = _plan(lake, incremental)["starts"]
+        assert starts == profile_stages.shard_starts(wanted["entity_id"], size)
+        if shards > 1:
+            every = pl.read_parquet(work / "entities.parquet")["entity_id"]
+            assert starts != profile_stages.shard_starts(every, size)
+        count = len(starts)
+        assert count == -(-wanted.height // size)
+        sizes = _part_sizes(work / night_files.PROFILES_DIR)
+        assert len(sizes) == count and sum(sizes) == entities  # every profile, built or carried over
+        to_build = [
+            wanted.filter(profile_stages.in_shard(starts, shard)).height for shard in range(count)
+        ]
+        assert max(to_build) - min(to_build) <= 1
     assert (
         _plan(lakes[1], NIGHTS[0])["mode"] == "full" and _plan(lakes[1], NIGHTS[1])["mode"] == "incremental"
     )
+
+
+def _part_sizes(folder: Path) -> list[int]:
+    """Rows per part, the parts named in shard order (part-00000, part-00001, ...)."""
+    parts = sorted(folder.glob("*.parquet"))
+    assert [p.name for p in parts] == [f"part-{s:05d}.parquet" for s in range(len(parts))]
+    return [pl.scan_parquet(p).select(pl.len()).collect().item() for p in parts]
 
 
 def test_published_versions_are_the_same_bytes_whatever_the_shard_count(lakes: dict[int, Path]) -> None:
@@ -110,11 +137,8 @@ def test_an_incremental_night_builds_only_the_profiles_it_must_in_every_shard(la
         pl.scan_parquet(work[5] / night_files.PROFILES_DIR / "*.parquet").select(pl.len()).collect().item()
     )
     assert 0 < built[5].height < profiles
-    per_shard = [
-        pl.scan_parquet(p).select(pl.len()).collect().item()
-        for p in sorted((work[5] / night_files.BUILT_PROFILES).glob("*.parquet"))
-    ]
-    assert len(per_shard) == 5 and sum(per_shard) == built[5].height
+    per_shard = _part_sizes(work[5] / night_files.BUILT_PROFILES)
+    assert len(per_shard) == len(_plan(lakes[5], day)["starts"]) and sum(per_shard) == built[5].height
 
 
 def test_a_shard_re_run_writes_the_same_files(lakes: dict[int, Path], tmp_path: Path) -> None:

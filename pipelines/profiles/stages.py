@@ -129,17 +129,22 @@ def _stale_sources(lake: Lake) -> frozenset[str]:
 
 
 def plan_profiles(lake_dir: str, business_date: str) -> dict[str, Any]:
-    """Cut the night's entities into shards of about ``[mapping] profile_shard_entities`` (by
-    entity id), and work out once what every shard needs: whether tonight rebuilds every profile or
-    only some (which, saved beside the plan), the basis, the version the others are carried from.
-    Earlier parts are removed: the shards written after this plan are the night's."""
+    """Cut the night's entities into shards of about ``[mapping] profile_shard_entities`` entities
+    to build (by entity id), and work out once what every shard needs: whether tonight rebuilds
+    every profile or only some (which, saved beside the plan), the basis, the version the others
+    are carried from. Earlier parts are removed: the shards written after this plan are the night's.
+
+    On an incremental night the shards are cut by the entities to rebuild, not by all: each shard
+    scans the whole links file and the accepted snapshots to find its rows, so a night that
+    rebuilds a quarter of the profiles in as many shards as a full build would pay nearly a full
+    build's reading; the profiles it carries over are copied, a range of the previous version each."""
     lake = night_lake(lake_dir, business_date)
     stale = _stale_sources(lake)
     basis = _profile_basis(business_date, stale)
     rebuild = _profiles_to_rebuild(lake, basis)
     ids = pl.read_parquet(lake.work / "entities.parquet", columns=["entity_id"])["entity_id"]
     size = profile_shard_entities()
-    starts = shard_starts(ids, size)
+    starts = shard_starts(ids if rebuild is None else rebuild[1]["entity_id"], size)
     for folder in (PROFILES_DIR, PROFILE_VALID_UNTIL_DIR, BUILT_PROFILES):
         shutil.rmtree(lake.work / folder, ignore_errors=True)
     if rebuild is not None:
