@@ -81,9 +81,7 @@ def test_the_shard_count_comes_from_the_setting_and_the_data(lakes: dict[int, Pa
         assert count == -(-wanted.height // size)
         sizes = _part_sizes(work / night_files.PROFILES_DIR)
         assert len(sizes) == count and sum(sizes) == entities  # every profile, built or carried over
-        to_build = [
-            wanted.filter(profile_stages.in_shard(starts, shard)).height for shard in range(count)
-        ]
+        to_build = [wanted.filter(profile_stages.in_shard(starts, shard)).height for shard in range(count)]
         assert max(to_build) - min(to_build) <= 1
     assert (
         _plan(lakes[1], NIGHTS[0])["mode"] == "full" and _plan(lakes[1], NIGHTS[1])["mode"] == "incremental"
