@@ -273,6 +273,7 @@ def link(
     spellings: dict[str, pl.DataFrame] | None = None,
     model: FittedModel | None = None,
     normalised: pl.DataFrame | None = None,
+    corrections: dict[str, pl.DataFrame] | None = None,
 ) -> Linkage:
     """Link ``records`` (the spec's id column plus its input columns) into entities. A LazyFrame
     (e.g. ``pl.scan_parquet``) is read a chunk at a time, so the input never sits in memory whole.
@@ -298,6 +299,8 @@ def link(
     ``normalised``: more records to link, normalised already (the id column and the signature
     fields as ``normalise(..., correct=False)`` makes them: a registry's representatives, stored
     so), which are not normalised again; the same result as giving them as records.
+    ``corrections``: ``internals.normalise.correction_tables(spec, spellings)``, made already by a
+    caller that corrects other parts by the same ``spellings`` (not made again here).
 
     The same as ``prepare_link``, then ``resolve_link_partition`` for every partition (here
     ``[scale] partition_workers`` at once), then ``finish_link``: the steps a scheduler may run as
@@ -309,7 +312,7 @@ def link(
         clock = _Clock()
         _, fitted = _prepare(
             records, spec, must_link, cannot_link, anchors, seed, fixed_anchors, recorded_columns,
-            keep_pairs, work, scale, clock, frequencies, spellings, model, normalised,
+            keep_pairs, work, scale, clock, frequencies, spellings, model, normalised, corrections,
         )  # fmt: skip
         resolve_link_partitions(work, spec, scale.partition_workers)
         linkage = _finish(work, spec, clock)
@@ -406,6 +409,7 @@ def _prepare(
     spellings: dict[str, pl.DataFrame] | None,
     model: FittedModel | None,
     normalised: pl.DataFrame | None = None,
+    corrections: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[int, FittedModel]:
     """Steps 1-6 into ``work`` (emptied first); returns the number of partitions and the model
     (``model`` when given: then nothing is fitted)."""
@@ -415,6 +419,8 @@ def _prepare(
     records = records.lazy()
     if normalised is not None and recorded_columns:
         raise ValueError("recorded_columns need every record as recorded: none may come normalised")
+    if corrections is not None and spellings is None:
+        raise ValueError("corrections are made from the spellings they judge by: give both")
     every_id = records.select(rid)
     if normalised is not None:
         every_id = pl.concat([every_id, normalised.lazy().select(pl.col(rid).cast(pl.String))])
@@ -436,7 +442,8 @@ def _prepare(
     # grows with the input) never sits in memory whole, nor do the signatures' first record ids
     given_normalised = normalised.height if normalised is not None else 0
     sig, signature_file, record_file = signatures(
-        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers, in_memory, normalised
+        records, spec, scale.normalise_records, work, spellings, scale.normalise_workers, in_memory, normalised,
+        corrections,
     )  # fmt: skip
     del normalised
     n = sig.height

@@ -363,10 +363,12 @@ def _engine(
     decisions: Path | None,
     representatives: pl.DataFrame,
     spellings: dict[str, pl.DataFrame],
+    corrections: dict[str, pl.DataFrame] | None = None,
     model: FittedModel | None = None,
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine for an incremental night: known entities (``representatives``) are fixed and
-    only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot. Returns (links of
+    only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot (``corrections``:
+    their ``correction_tables``, made once for the night). Returns (links of
     ``inputs``, renamed known entities old id -> new id, the engine's Linkage). A known entity is
     renamed when a new record brings it a USCC. ``model``: score with it (another round's) rather
     than fit one. (A full snapshot: ``prepare_canonical``.)"""
@@ -409,6 +411,7 @@ def _engine(
         keep_pairs=False,
         model=model,
         normalised=normalised,
+        corrections=corrections,
     )
     moved = (
         reps.select("record_id", pl.col("entity_id").alias("anchor"))
@@ -1028,13 +1031,13 @@ def resolve_changes(
     # a spelling is one-off only among the whole snapshot's records (the published names, with
     # tonight's in place of the versions they replace), as in a full re-link
     spellings = {"name": _snapshot_spellings(registry_dir, previous_links, changed)}
-    corrections = correction_tables(spec, spellings)  # (made once: the night keys several parts)
+    corrections = correction_tables(spec, spellings)  # (made once: the night keys and links several parts)
     firms, persons = _split_persons(changed)
     inputs = firms.select(*enterprise_inputs())
     # (keyed as the engine reads them: a spelling is one-off only among the whole snapshot's records)
     input_keys = blocking_keys(inputs, spec, corrections=corrections)
     reps = _within_reach(representatives, input_keys, spec)
-    engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings)
+    engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings, corrections)
     compared, engine_stats, fitted = reps.height, result.stats, result.fitted
     del reps
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
@@ -1082,7 +1085,9 @@ def resolve_changes(
         relinked_keys = blocking_keys(relinked, spec, corrections=corrections)
         input_keys = pl.concat([input_keys, relinked_keys.join(input_keys, on="record_id", how="anti")])
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), relinked_keys, spec)
-        links_again, renamed_again, result_again = _engine(relinked, spec, decisions, reps, spellings, fitted)
+        links_again, renamed_again, result_again = _engine(
+            relinked, spec, decisions, reps, spellings, corrections, fitted
+        )
         del reps
         engine_links = pl.concat(
             [engine_links.join(links_again.select("record_id"), on="record_id", how="anti"), links_again]

@@ -938,6 +938,22 @@ def test_one_off_spellings_are_counted_over_the_whole_input(tmp_path: Path) -> N
     assert in_workers.equals(one_by_one)
     # (the record map's row order is not set: a streaming join writes it)
     assert pl.read_parquet(worker_file).sort("record_id").equals(per_record.sort("record_id"))
+    # given the tables made once (an incremental night's), the engine corrects by them and makes
+    # none of its own: the same signatures; an empty table given corrects nothing
+    for number, counts in enumerate((whole, {"name": twice})):
+        given, _, _ = signatures(
+            records.lazy(), ENTERPRISE, 1, tmp_path / f"given-{number}", counts,
+            corrections=correction_tables(ENTERPRISE, counts),
+        )  # fmt: skip
+        made, _, _ = signatures(records.lazy(), ENTERPRISE, 1, tmp_path / f"made-{number}", counts)
+        assert given.equals(made)
+    empty = {"name": correction_tables(ENTERPRISE, whole)["name"].clear()}
+    uncorrected, _, _ = signatures(
+        records.lazy(), ENTERPRISE, 1, tmp_path / "empty", whole, corrections=empty
+    )
+    assert uncorrected.height == 3 and "华兴电器科技" in uncorrected["name_core"].to_list()
+    with pytest.raises(ValueError, match="give both"):
+        link(records, ENTERPRISE, corrections=correction_tables(ENTERPRISE, whole))
 
 
 def test_a_night_reads_representatives_stored_before_an_input_column_existed(generated: dict) -> None:

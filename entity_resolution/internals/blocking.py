@@ -151,19 +151,28 @@ def _normalise_in_workers(
 
 
 def _spelling_corrections(
-    spec: Spec, parts: Path, spellings: dict[str, pl.DataFrame] | None
+    spec: Spec,
+    parts: Path,
+    spellings: dict[str, pl.DataFrame] | None,
+    made: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
     """(per corrected name column the spelling counts to judge by: ``spellings`` when given (the
     whole input's, when the records are a part of it), else the chunks' cores added up; and the
-    ``correction_table`` of the records' cores by those counts)."""
+    ``correction_table`` of the records' cores by those counts, or the column's table in ``made``
+    (``correction_tables`` of those ``spellings``: the same corrections for every core, and more
+    rows, which correct nothing here))."""
     counted: dict[str, pl.DataFrame] = {}
     corrections: dict[str, pl.DataFrame] = {}
     for index, (column, _) in enumerate(corrected_names(spec)):
         files = sorted(parts.glob(f"cores-{index}-*.parquet"))
         if not files:
             continue
+        given, table = (spellings or {}).get(column), (made or {}).get(column)
+        if given is not None and table is not None:
+            counted[column], corrections[column] = given, table
+            continue
         cores = pl.concat([pl.read_parquet(f) for f in files]).group_by("value").agg(pl.col("len").sum())
-        counted[column] = (spellings or {}).get(column, cores)
+        counted[column] = cores if given is None else given
         corrections[column] = correction_table(cores["value"], counted[column])
     return counted, corrections
 
@@ -177,6 +186,7 @@ def signatures(
     workers: int = 1,
     in_memory: bool = False,
     normalised: pl.DataFrame | None = None,
+    corrections: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, Path, Path]:
     """(the signatures, a row per ``sig`` number in order, without their first record ids; the
     Parquet file of the same with ``first_record``, the smallest record id holding each; the
@@ -192,7 +202,8 @@ def signatures(
     ``workers``. ``spellings``: the whole input's spelling counts (``read_spellings`` of its signatures) when
     ``records`` is a part of it; by default the records' own, counted as they are normalised.
     ``normalised``: more records, normalised already as ``normalise(..., correct=False)`` makes them
-    (the id column and the signature fields): signed as they are, in chunks after the records'."""
+    (the id column and the signature fields): signed as they are, in chunks after the records'.
+    ``corrections``: ``correction_tables(spec, spellings)``, made already (not made again)."""
     rid = spec.id_column
     parts = work / "signatures"
     shutil.rmtree(parts, ignore_errors=True)
@@ -213,7 +224,7 @@ def signatures(
             chunks += 1
     # one-off spellings, judged among all the chunks' records, are corrected in the few signatures
     # holding one: they go as one chunk more, and their records take the new hashes
-    counted, corrections = _spelling_corrections(spec, parts, spellings)
+    counted, corrections = _spelling_corrections(spec, parts, spellings, corrections)
     uniques = [parts / f"unique-{number:05d}.parquet" for number in range(chunks)]
     renamed = _corrected_signatures(uniques, spec, corrections, parts / "unique-corrected.parquet")
     uniques.append(parts / "unique-corrected.parquet")
