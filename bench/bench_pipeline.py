@@ -47,10 +47,12 @@ else:  # a stage of pipelines.flow.STAGES, called as the DAG's task and credit r
     from pipelines import flow
     stage = next(stage for stage in flow.STAGES if stage.name == name)
     result = flow.run_stage(stage, *args)  # (the night, the source or None, a mapped stage's item)
-usage = resource.getrusage(resource.RUSAGE_SELF)
+# with the processes the stage started and waited for (its pools' workers): their CPU seconds
+# add up; the peak is the largest single process's (ru_maxrss of the children is the largest one's)
+usage, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"seconds": time.perf_counter() - start,
-                  "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                  "peak_mb": usage.ru_maxrss / 1024,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
+                  "peak_mb": max(usage.ru_maxrss, children.ru_maxrss) / 1024,
                   "great_expectations": not gx_before and "great_expectations" in sys.modules,
                   "result": result}, default=str))
 """
@@ -119,8 +121,9 @@ WORKER: list[StageWorker] = []
 def run_stage(name: str, *args: object) -> dict:
     """``generate`` (out dir, entities, seed, end date, days) or a stage of the stage table (the
     night's values, the source or None, and for a mapped stage its item) in a process of its own,
-    forked from the stage worker (``--fresh-processes``: a new interpreter): seconds, CPU seconds,
-    peak MB, whether it imported Great Expectations itself and the stage's result."""
+    forked from the stage worker (``--fresh-processes``: a new interpreter): seconds, CPU seconds and
+    peak MB (with those of the workers it started), whether it imported Great Expectations itself and
+    the stage's result."""
     if WORKER:
         out = WORKER[0].run(name, args)
         if out.returncode != 0:
