@@ -363,8 +363,8 @@ def _engine(
     decisions: Path | None,
     representatives: pl.DataFrame,
     spellings: dict[str, pl.DataFrame],
-    corrections: dict[str, pl.DataFrame] | None = None,
     model: FittedModel | None = None,
+    corrections: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, str], Any]:
     """Run the engine for an incremental night: known entities (``representatives``) are fixed and
     only ``inputs`` are placed, with ``spellings`` counted over the whole snapshot (``corrections``:
@@ -1037,7 +1037,7 @@ def resolve_changes(
     # (keyed as the engine reads them: a spelling is one-off only among the whole snapshot's records)
     input_keys = blocking_keys(inputs, spec, corrections=corrections)
     reps = _within_reach(representatives, input_keys, spec)
-    engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings, corrections)
+    engine_links, renamed, result = _engine(inputs, spec, decisions, reps, spellings, corrections=corrections)
     compared, engine_stats, fitted = reps.height, result.stats, result.fitted
     del reps
     # A known firm with a USCC that tonight's records tie to another USCC was a false merge: its
@@ -1086,7 +1086,7 @@ def resolve_changes(
         input_keys = pl.concat([input_keys, relinked_keys.join(input_keys, on="record_id", how="anti")])
         reps = _within_reach(representatives.filter(~pl.col("entity_id").is_in(freed)), relinked_keys, spec)
         links_again, renamed_again, result_again = _engine(
-            relinked, spec, decisions, reps, spellings, corrections, fitted
+            relinked, spec, decisions, reps, spellings, fitted, corrections=corrections
         )
         del reps
         engine_links = pl.concat(
