@@ -55,6 +55,7 @@ from entity_resolution.names import normalise_names
 from entity_resolution.registry import (
     BLOCK_KEYS,
     KEYED_COLUMNS,
+    NAME_COLUMN,
     NORMALISED,
     NORMALISED_BY,
     Registry,
@@ -98,8 +99,8 @@ def _write_spellings(registry_dir: Path, counts: pl.DataFrame) -> None:
 
 
 def _counted(names: pl.DataFrame) -> pl.DataFrame:
-    """``spelling_counts`` of a column ``name`` (one row per record)."""
-    return spelling_counts(names.group_by("name").len())
+    """``spelling_counts`` of a column NAME_COLUMN (one row per record)."""
+    return spelling_counts(names.group_by(NAME_COLUMN).len().rename({NAME_COLUMN: "name"}))
 
 
 def _snapshot_spellings(
@@ -111,13 +112,15 @@ def _snapshot_spellings(
     registry an older version wrote). The same counts either way."""
     previous_links, keys = previous_links.lazy(), changed.lazy().select(KEYS)
     firm = pl.col("match_method") != "resident_id"
-    tonight = _split_persons(changed)[0].select(pl.col("subject_name").alias("name"))
+    tonight = _split_persons(changed)[0].select(pl.col("subject_name").alias(NAME_COLUMN))
     stored = registry_dir / SPELLINGS_FILE
     if not stored.exists():
         kept = previous_links.join(keys, on=KEYS, how="anti").filter(firm)
-        return _counted(pl.concat([kept.select(pl.col("recorded_name").alias("name")).collect(), tonight]))
+        return _counted(
+            pl.concat([kept.select(pl.col("recorded_name").alias(NAME_COLUMN)).collect(), tonight])
+        )
     replaced = previous_links.join(keys, on=KEYS, how="semi").filter(firm)
-    gone = _counted(replaced.select(pl.col("recorded_name").alias("name")).collect())
+    gone = _counted(replaced.select(pl.col("recorded_name").alias(NAME_COLUMN)).collect())
     return (
         pl.concat(
             [
@@ -179,7 +182,7 @@ def enterprise_inputs() -> list[pl.Expr]:
     in any column; ``reg_no`` carries the tax bureau's old registration numbers)."""
     return [
         record_id().alias("record_id"),
-        pl.col("subject_name").alias("name"),
+        pl.col("subject_name").alias(NAME_COLUMN),
         pl.col("code_raw").alias("uscc"),
         pl.lit(None, pl.String).alias("org_code"),
         "reg_no",
@@ -608,9 +611,9 @@ def prepare_canonical(
     shutil.rmtree(work / ENGINE_DIR / "shards", ignore_errors=True)  # (without keep_pairs, unread)
     # the spelling counts the engine counted as it normalised, kept for the next night
     spellings = read_spellings(work / ENGINE_DIR, spec) if registry else None
-    kept_spellings = bool(spellings and "name" in spellings)
+    kept_spellings = bool(spellings and NAME_COLUMN in spellings)
     if kept_spellings:  # (in a fixed order: the counts' group order is not)
-        write_parquet(spellings["name"].sort("value"), work / SPELLINGS_FILE)
+        write_parquet(spellings[NAME_COLUMN].sort("value"), work / SPELLINGS_FILE)
     write_json(
         {"spec": spec_name, "partitions": partitions, "spellings": kept_spellings}, work / CANONICAL_STATE
     )
@@ -756,7 +759,7 @@ def gather_canonical(
             # once: a name's one-off spellings judged by the spellings of all the representatives
             spellings = pl.concat([b.spellings for b in built]).group_by("value").agg(pl.col("len").sum())
             # (their one-off spellings' corrections made once here, each part corrected by lookup)
-            corrections = correction_tables(spec, {"name": spellings}).get("name")
+            corrections = correction_tables(spec, {NAME_COLUMN: spellings}).get(NAME_COLUMN)
             if corrections is not None:
                 _stage_write(corrections, stage / REPRESENTATIVES_CORRECTIONS)
             keyed = [
@@ -821,11 +824,11 @@ def _gather_bucket(
     reps = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
     _stage_write(reps, stage / "representatives" / f"part-{bucket:05d}.arrow")
     # (their spellings, for their keys: the cores of their names, normalised already)
-    cores = pl.DataFrame({"name": records["subject_name"], "value": names["core"]}).unique("name")
+    cores = pl.DataFrame({NAME_COLUMN: records["subject_name"], "value": names["core"]}).unique(NAME_COLUMN)
     counts = (
-        reps.group_by("name")
+        reps.group_by(NAME_COLUMN)
         .len()
-        .join(cores, on="name")
+        .join(cores, on=NAME_COLUMN)
         .drop_nulls("value")
         .group_by("value")
         .agg(pl.col("len").sum().cast(pl.Int64))
@@ -846,7 +849,7 @@ def _key_representative_parts(stage: Path, spec: Spec, numbers: list[int]) -> No
     by all the representatives' spellings (``REPRESENTATIVES_CORRECTIONS``, made once)."""
     parts = [pl.read_ipc(stage / "representatives" / f"part-{number:05d}.arrow") for number in numbers]
     made = stage / REPRESENTATIVES_CORRECTIONS
-    corrections = {"name": pl.read_ipc(made)} if made.exists() else {}
+    corrections = {NAME_COLUMN: pl.read_ipc(made)} if made.exists() else {}
     # (the parts are consecutive ranges of entity ids: in order together as each is alone)
     keyed = with_block_keys(pl.concat(parts), lambda reps: blocking_keys(reps, spec, corrections=corrections))
     start = 0
@@ -1030,7 +1033,7 @@ def resolve_changes(
     members = registry.members()
     # a spelling is one-off only among the whole snapshot's records (the published names, with
     # tonight's in place of the versions they replace), as in a full re-link
-    spellings = {"name": _snapshot_spellings(registry_dir, previous_links, changed)}
+    spellings = {NAME_COLUMN: _snapshot_spellings(registry_dir, previous_links, changed)}
     corrections = correction_tables(spec, spellings)  # (made once: the night keys and links several parts)
     firms, persons = _split_persons(changed)
     inputs = firms.select(*enterprise_inputs())
@@ -1122,7 +1125,7 @@ def resolve_changes(
     )
     del members
     registry.key_representatives(keys_of)  # (the representatives of a registry an older version wrote)
-    _write_spellings(registry_dir, spellings["name"])
+    _write_spellings(registry_dir, spellings[NAME_COLUMN])
     if review_dir is not None:
         write_review(pl.concat(reviews, how="vertical_relaxed"), review_dir, run)
     # the previous version's links stream: only the changed and touched entities' rows are read

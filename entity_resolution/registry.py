@@ -39,6 +39,9 @@ REPRESENTATIVES = 3
 #: representative, so a new record with an old registration number still meets the record that
 #: cross-walks it to the USCC
 CODE_COLUMNS = ("uscc", "org_code", "reg_no")
+#: the column of the company name as written (the enterprise spec's company-name input): the
+#: representatives' distinct names are chosen on it, and the one-off spellings are counted on it
+NAME_COLUMN = "name"
 #: a representative's blocking and exact keys as the engine normalises them (a list of strings),
 #: so an incremental run compares new records only with the representatives they can meet
 BLOCK_KEYS = "block_keys"
@@ -59,7 +62,7 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
     gathered: a night's registry rows carry their keys and normalised fields, costly to sort."""
     codes = [c for c in CODE_COLUMNS if c in records.columns]
     ordered = (
-        records.select("entity_id", "record_id", "name", *codes)
+        records.select("entity_id", "record_id", NAME_COLUMN, *codes)
         .with_row_index("_row")
         .sort("entity_id", "record_id")
     )
@@ -68,7 +71,7 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
         for c in codes
     ]
     by_name = (
-        ordered.unique(["entity_id", "name"], keep="first", maintain_order=True)
+        ordered.unique(["entity_id", NAME_COLUMN], keep="first", maintain_order=True)
         .group_by("entity_id", maintain_order=True)
         .head(REPRESENTATIVES)
         .select(ordered.columns)
