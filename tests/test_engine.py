@@ -1048,3 +1048,59 @@ def test_each_record_s_block_keys_are_listed_sorted_and_distinct() -> None:
     assert keys == expected
     assert keys["none"] is None and any("\x00" in key for key in keys["nul"])
     assert any(key.startswith("uscc=") for key in keys["code"]) and keys["code"][0].startswith("0=")
+
+
+def test_known_firms_no_linked_pair_reaches_are_settled_as_the_union_find_settles_them(
+    generated: dict,
+    linked,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A night's known firms (fixed anchors) that no linked pair reaches are one entity each without
+    the union-find (``partition._settled_groups``): the same links as joining each one's signatures
+    pair by pair, a steward's must-link between two known firms still refused."""
+    from polars.testing import assert_frame_equal
+
+    from entity_resolution.internals import partition
+
+    # two known firms nothing else resembles, which a steward's must-link ties together
+    two_firms = ["t:known-1", "t:known-2"]
+    lone = (
+        generated["records"]
+        .head(2)
+        .with_columns(
+            pl.Series("record_id", two_firms),
+            pl.Series("name", ["青龙白虎光学仪器有限公司", "朱雀玄武冷链物流有限公司"]),
+            pl.Series("legal_rep", ["欧阳青", "司马白"]),
+            *(pl.lit(None, pl.String).alias(c) for c in ("uscc", "reg_no", "authority", "figures")),
+        )
+    )
+    data = pl.concat([generated["records"], lone])
+    ids = data["record_id"].sort().to_list()
+    known = linked.links.select("record_id", "entity_id").filter(pl.col("record_id").hash(7) % 10 != 0)
+    known = pl.concat([known, pl.DataFrame({"record_id": two_firms, "entity_id": ["XKNOWN1", "XKNOWN2"]})])
+    decisions = {
+        "must_link": [(ids[0], ids[len(ids) // 2]), (two_firms[0], two_firms[1])],
+        "cannot_link": [(ids[1], ids[2])],
+        "anchors": dict(known.iter_rows()),
+        "fixed_anchors": True,
+    }
+    original = partition._settled_groups
+    settled: list[int] = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        group, done = original(*args, **kwargs)
+        settled.append(int(done[args[3]].sum()))  # forced links settled with their group
+        return group, done
+
+    monkeypatch.setattr(partition, "_settled_groups", counted)
+    settling = link(data, ENTERPRISE, **decisions, scale=Scale(partition_signatures=500))
+    # every group through the union-find, as before groups were settled at once
+    monkeypatch.setattr(
+        partition, "_settled_groups", lambda *a, **k: (original(*a, **k)[0], np.zeros(len(a[1]), dtype=bool))
+    )
+    walking = link(data, ENTERPRISE, **decisions, scale=Scale(partition_signatures=500))
+    assert sum(settled) > 1_000, settled  # known firms' forced links settled at once
+    assert_frame_equal(settling.links, walking.links)
+    assert_frame_equal(settling.review, walking.review)
+    entity = dict(settling.links.select("record_id", "entity_id").iter_rows())
+    assert entity[two_firms[0]] != entity[two_firms[1]]  # two known firms are not made one

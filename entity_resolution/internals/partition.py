@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from entity_resolution.internals.blocking import _components
 from entity_resolution.internals.cluster import Clusters, cluster, undecided_units
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
@@ -113,10 +114,14 @@ def resolve_partition(
         ["probability", "l", "r"], descending=[True, False, False]
     )
     left, right = linked["l"].to_numpy(), linked["r"].to_numpy()
-    # only nodes a linked pair or a must-link touches can join others: the union-find (a Python
-    # object per signature) runs over their signatures alone, the rest stay their node
-    touched = np.unique(node[np.concatenate([left, right, local(forced_rows["l"]), local(forced_rows["r"])])])
-    active = np.flatnonzero(np.isin(node, touched))
+    forced_l, forced_r = local(forced_rows["l"]), local(forced_rows["r"])
+    # only signatures a linked pair reaches through exact keys and forced links can end in an
+    # entity other than their forced group: the union-find (a Python object per signature) runs
+    # over them alone; every other group is settled at once (``_settled_groups``)
+    group, settled = _settled_groups(
+        sig, node, np.unique(node[np.concatenate([left, right])]), forced_l, forced_r, spec
+    )
+    active = np.flatnonzero(~settled)
     row_of = np.full(n, -1, dtype=np.int64)
     row_of[active] = np.arange(len(active))
 
@@ -136,9 +141,12 @@ def resolve_partition(
             branch_of = dict(enumerate(active_sig[column].to_list()))
     clusters = Clusters(len(active), value_of, branch_of)
     clusters.join_nodes(row_of[node[active]])
-    forced = list(
-        zip(active_rows(forced_rows["l"]).tolist(), active_rows(forced_rows["r"]).tolist(), strict=True)
-    )
+    # (a forced link inside a settled group is settled with it)
+    forced = [
+        (a, b)
+        for a, b in zip(row_of[forced_l].tolist(), row_of[forced_r].tolist(), strict=True)
+        if a >= 0 and b >= 0
+    ]
     forbidden_l, forbidden_r = active_rows(forbidden_rows["l"]), active_rows(forbidden_rows["r"])
     forbidden = {
         frozenset(pair)
@@ -155,13 +163,18 @@ def resolve_partition(
         clusters.join(a, b, force=True)
 
     def on_rows(pairs: pl.DataFrame) -> pl.DataFrame:
+        """The pairs between active signatures, on their rows (a pair inside a settled group joins
+        nothing: both its signatures are in one entity already)."""
         return pairs.with_columns(
             pl.Series("l", row_of[pairs["l"].to_numpy()]), pl.Series("r", row_of[pairs["r"].to_numpy()])
-        )
+        ).filter((pl.col("l") >= 0) & (pl.col("r") >= 0))
 
     # accuracy hook: average linkage (or one-to-one) over the partition's active signatures
     joined = np.array(cluster(clusters, on_rows(scored), on_rows(linked), spec), dtype=bool)
-    cluster_row = node.copy()  # the smallest row (signature) of each cluster; untouched: its node
+    # the smallest row (signature) of each cluster; a settled group's: the smallest of the group
+    smallest_in_group = np.full(n, n, dtype=np.int64)
+    np.minimum.at(smallest_in_group, group, np.arange(n))
+    cluster_row = smallest_in_group[group]
     if len(active):
         roots = clusters.roots()
         smallest = np.full(len(active), n, dtype=np.int64)
@@ -244,6 +257,40 @@ def resolve_partition(
         pl.col("_first").min().over("cluster").alias("cluster_first_record"),
     ).drop("_value", "_first")
     return out, {"linked_pairs": int(accepted.sum()), "refused_by_constraints": int((~joined).sum())}
+
+
+def _settled_groups(
+    sig: pl.DataFrame,
+    node: np.ndarray,
+    touched: np.ndarray,
+    forced_l: np.ndarray,
+    forced_r: np.ndarray,
+    spec: Spec,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(per signature its forced group, labelled by its smallest row; whether that group is
+    settled). A group is the signatures that exact keys and forced links (a steward's must-links,
+    one anchored entity's signatures on an incremental night) join. It is settled, one entity
+    whatever the union-find would do, when no linked pair reaches it (``touched``: the nodes a
+    linked pair touches) and it holds at most one ``cannot_link_on`` value and one anchor: every
+    forced join in it then succeeds, in any order, and nothing else can join it. On a night that
+    is most of the known firms' representatives, which each anchor's forced links used to walk
+    through one Python object per signature."""
+    n = len(node)
+    group = _components(n, np.concatenate([node, forced_l]), np.concatenate([np.arange(n), forced_r]))
+    unsettled = np.zeros(n, dtype=bool)  # per group label
+    unsettled[group[np.isin(node, touched)]] = True
+    for column in (spec.cannot_link_on, "anchor"):
+        if column and column in sig.columns:
+            distinct = (
+                pl.DataFrame({"group": group, "value": sig[column]})
+                .drop_nulls("value")
+                .group_by("group")
+                .agg(pl.col("value").n_unique().alias("values"))
+                .filter(pl.col("values") > 1)["group"]
+                .to_numpy()
+            )
+            unsettled[distinct] = True
+    return group, ~unsettled[group]
 
 
 def resolve_partition_files(directory: Path, spec: Spec) -> dict[str, int]:
