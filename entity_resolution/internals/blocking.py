@@ -311,6 +311,19 @@ def _first_found(uniques: list[Path], first_seen: list[pl.Series], column: str) 
     )
 
 
+def labels_with_several_values(labels: np.ndarray, values: pl.Series) -> np.ndarray:
+    """The labels (one per row of ``values``) under which ``values`` holds more than one distinct
+    non-null value: a node or group with two USCCs, two anchors."""
+    return (
+        pl.DataFrame({"label": labels, "value": values})
+        .drop_nulls("value")
+        .group_by("label")
+        .agg(pl.col("value").n_unique().alias("values"))
+        .filter(pl.col("values") > 1)["label"]
+        .to_numpy()
+    )
+
+
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected components of the graph on ``n`` vertices with edges (a, b), each labelled by its
     smallest vertex (so the labels do not depend on how the edges were found)."""
@@ -348,14 +361,7 @@ def exact_nodes(sig: pl.DataFrame, spec: Spec) -> np.ndarray:
     bad = spec.cannot_link_on
     if not bad or bad not in sig.columns:
         return node
-    conflicted = (
-        pl.DataFrame({"node": node, "v": sig[bad]})
-        .drop_nulls("v")
-        .group_by("node")
-        .agg(pl.col("v").n_unique().alias("values"))
-        .filter(pl.col("values") > 1)["node"]
-        .to_numpy()
-    )
+    conflicted = labels_with_several_values(node, sig[bad])
     if len(conflicted) == 0:
         return node
     members = np.flatnonzero(np.isin(node, conflicted))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import _components
+from entity_resolution.internals.blocking import _components, labels_with_several_values
 from entity_resolution.internals.cluster import Clusters, cluster, undecided_units
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
@@ -281,15 +281,7 @@ def _settled_groups(
     unsettled[group[np.isin(node, touched)]] = True
     for column in (spec.cannot_link_on, "anchor"):
         if column and column in sig.columns:
-            distinct = (
-                pl.DataFrame({"group": group, "value": sig[column]})
-                .drop_nulls("value")
-                .group_by("group")
-                .agg(pl.col("value").n_unique().alias("values"))
-                .filter(pl.col("values") > 1)["group"]
-                .to_numpy()
-            )
-            unsettled[distinct] = True
+            unsettled[labels_with_several_values(group, sig[column])] = True
     return group, ~unsettled[group]
 
 
