@@ -276,6 +276,8 @@ def _settled_groups(
     is most of the known firms' representatives, which each anchor's forced links used to walk
     through one Python object per signature."""
     n = len(node)
+    if len(forced_l) == 0:  # (a full run, mostly) each group is a node: joined whatever it holds
+        return node, ~np.isin(node, touched)
     group = _components(n, np.concatenate([node, forced_l]), np.concatenate([np.arange(n), forced_r]))
     unsettled = np.zeros(n, dtype=bool)  # per group label
     unsettled[group[np.isin(node, touched)]] = True
