@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipelines.flow import Stage
@@ -116,6 +116,22 @@ class StageWorker:
 
 #: the worker the stages fork from; empty: each stage in a fresh interpreter (``--fresh-processes``)
 WORKER: list[StageWorker] = []
+
+
+def hold_workdir(workdir: Path) -> IO[str]:
+    """Lock ``workdir`` for this run (kept until the process ends, however it ends): a second
+    benchmark on the same directory would share its stage worker's files and its lakes, and both
+    would fail or measure each other. Refused with the directory named."""
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = (workdir / ".benchmark.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(f"another benchmark is running in {workdir}: wait for it or pass another --workdir")
+    return handle
 
 
 def run_stage(name: str, *args: object) -> dict:
@@ -436,6 +452,7 @@ def main() -> int:
         "it from a worker that imported the stages once (the repository's executors)",
     )
     args = parser.parse_args()
+    lock = hold_workdir(args.workdir)  # noqa: F841 (held while this process lives)
     if not args.fresh_processes:
         WORKER.append(StageWorker(args.workdir / "stage-worker"))
 
