@@ -988,6 +988,54 @@ def test_with_fixed_entities_only_pairs_with_a_new_record_are_made(generated: di
     assert made.equals(with_a_fresh_side)
 
 
+def _pairs_by_definition(folder: Path, node: np.ndarray, fresh: np.ndarray | None = None) -> pl.DataFrame:
+    """The candidate pairs as ``plan_shards`` defines them, from its per-signature files by one
+    join of the whole input per rule: signatures sharing a block of the rule (l < r), in different
+    nodes, in no block of an earlier rule together, not two different codes, on the same branch,
+    with a fresh side when ``fresh`` is given."""
+    arrays = {path.stem: np.load(path) for path in folder.glob("*.npy")}
+    sig = np.arange(len(node))
+    found = []
+    for rule in range(sum(name.startswith("blocks-") for name in arrays)):
+        block = arrays[f"blocks-{rule}"]
+        members = pl.DataFrame({"sig": sig, "b": block}).filter(pl.col("b") >= 0)
+        pairs = members.join(members, on="b", suffix="_r").filter(pl.col("sig") < pl.col("sig_r"))
+        left, right = pairs["sig"].to_numpy(), pairs["sig_r"].to_numpy()
+        keep = node[left] != node[right]
+        for earlier in range(rule):
+            other = arrays[f"blocks-{earlier}"]
+            keep &= ~((other[left] >= 0) & (other[left] == other[right]))
+        value = arrays["value"]
+        keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
+        for name in (n for n in arrays if n.startswith("branch-")):
+            keep &= arrays[name][left] == arrays[name][right]
+        if fresh is not None:
+            keep &= fresh[left] | fresh[right]
+        found.append(pl.DataFrame({"l": left[keep], "r": right[keep]}))
+    return pl.concat(found).sort("l", "r")
+
+
+def test_a_shard_s_pairs_are_the_candidate_pairs_as_defined(generated: dict, tmp_path: Path) -> None:
+    """``shard_pairs_of`` makes a shard's pairs from its rows by index arithmetic and looks its
+    constraints up per row: together the shards make exactly the pairs the definition gives, each
+    once, in (l, r) order within a shard, however many shards the blocks are cut into, with and
+    without fresh signatures (an incremental night's)."""
+    sig, _, _ = signatures(generated["records"].lazy(), ENTERPRISE, 10**6, tmp_path / "work")
+    node = exact_nodes(sig, ENTERPRISE)
+    fresh = np.random.default_rng(5).random(sig.height) < 0.2
+    for shard_pairs in (500, 10**6):
+        for name, flags in (("all", None), ("fresh", fresh)):
+            folder = tmp_path / f"{name}-{shard_pairs}"
+            tasks = list(plan_shards(sig, node, ENTERPRISE, shard_pairs, folder, flags))
+            shards = [shard_pairs_of(task) for task in tasks]
+            assert all(shard.equals(shard.sort("l", "r")) for shard in shards)
+            made = pl.concat(shards)
+            assert made.height == made.unique().height
+            assert made.sort("l", "r").equals(_pairs_by_definition(folder, node, flags))
+            assert made.height > 1000
+        assert len(tasks) > 1 if shard_pairs == 500 else True
+
+
 def test_a_fitted_model_scores_another_input_as_given(linked, generated: dict) -> None:  # noqa: ANN001
     """``link(..., model=linkage.fitted)`` scores with that model (m, u, prior, term frequencies)
     rather than fitting one on its own few records, as an incremental night's second round does."""

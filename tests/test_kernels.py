@@ -18,6 +18,9 @@ ENTERPRISE = load_spec("enterprise")
 NUMERIC = (
     Comparison("amount", "amount", "numeric", (0.0, 10.0)),
     Comparison("born", "born", "date_days", (0.0, 30.0)),
+    # exact on a date (its codes decide) and on a float with NaN among them (its values do)
+    Comparison("born_same", "born", "exact", ()),
+    Comparison("amount_same", "amount", "exact", ()),
 )
 
 
@@ -45,7 +48,7 @@ def _signatures(rows: int, seed: int) -> pl.DataFrame:
             "address_tokens": pick(token_lists, 0.5),
             "phone": pick(["057487654321", "057487654320"], 0.5),
             "figures": pick(["12|4200", "12|4300", "85|6100"], 0.7),
-            "amount": pick([1.0, 5.0, 25.0, 100.0]),
+            "amount": pick([1.0, 5.0, 25.0, 100.0, float("nan")]),
             "born": pick([0, 10, 45, 400]),
         },
         schema_overrides={"born": pl.Date},

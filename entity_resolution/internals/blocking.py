@@ -477,47 +477,67 @@ def plan_shards(
             tasks += 1
 
 
+def _block_pairs(block: np.ndarray, sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of rows sharing a block, as row positions (i, j) with ``sig[i] < sig[j]``: per
+    block its members in ``sig`` order, each paired with those after it. Made by index arithmetic
+    over the rows sorted once, not by joining the rows with themselves (a hash join of a shard's
+    members, then a sort of its pairs: a third of comparing them, at a city's 52M pairs)."""
+    order = np.lexsort((sig, block))
+    sorted_blocks = block[order]
+    n = len(order)
+    starts = (
+        np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]]) if n else np.zeros(0, np.int64)
+    )
+    sizes = np.diff(np.r_[starts, n])
+    after = np.repeat(starts + sizes, sizes) - np.arange(n) - 1  # members after each in its block
+    first = np.repeat(np.arange(n), after)
+    # (each pair's distance from its first member: 1, 2, ... within that member's run of pairs)
+    step = np.arange(len(first)) - np.repeat(np.cumsum(after) - after, after) + 1
+    return order[first], order[first + step]
+
+
 def shard_pairs_of(task: ShardTask) -> pl.DataFrame:
     """The candidate pairs (l, r) of one shard, in order, without the pairs an earlier rule holds
-    or the constraints rule out anyway: the plain function a worker runs (arrays memory-mapped)."""
+    or the constraints rule out anyway: the plain function a worker runs (arrays memory-mapped).
+
+    Pairs are found as positions among the shard's rows, and each per-signature array is read
+    once per row (a shard's members), then compared per pair among those: a pair's two lookups
+    land in a shard-sized array rather than in a city's (5M signatures, memory-mapped)."""
     rows = pl.read_parquet(task.rows)
+    sig = rows["sig"].to_numpy()
+    node = rows["node"].to_numpy()
     if (task.folder / "fresh.npy").exists():  # only pairs with a fresh side (``plan_shards``)
-        fresh = np.load(task.folder / "fresh.npy", mmap_mode="r")
-        rows = rows.with_columns(pl.Series("fresh", fresh[rows["sig"].to_numpy()]))
-        pairs = (
-            rows.filter("fresh")
-            .join(rows, on="b", suffix="_r")
+        fresh = np.load(task.folder / "fresh.npy", mmap_mode="r")[sig]
+        positions = rows.select("b", pl.Series("fresh", fresh)).with_row_index("i")
+        found = (
+            positions.filter("fresh")
+            .join(positions, on="b", suffix="_r")
             .filter(
-                (pl.col("node") != pl.col("node_r"))
-                & ((pl.col("sig") < pl.col("sig_r")) | ~pl.col("fresh_r"))  # two fresh ones once
-            )
-            .select(
-                pl.min_horizontal("sig", "sig_r").alias("l"), pl.max_horizontal("sig", "sig_r").alias("r")
+                (pl.col("i") != pl.col("i_r"))
+                & (~pl.col("fresh_r") | (pl.col("i") < pl.col("i_r")))  # two fresh ones once
             )
         )
+        a, b = found["i"].to_numpy().astype(np.int64), found["i_r"].to_numpy().astype(np.int64)
+        swap = sig[a] > sig[b]
+        i, j = np.where(swap, b, a), np.where(swap, a, b)
     else:
-        pairs = (
-            rows.join(rows, on="b", suffix="_r")
-            .filter((pl.col("sig") < pl.col("sig_r")) & (pl.col("node") != pl.col("node_r")))
-            .select(pl.col("sig").alias("l"), pl.col("sig_r").alias("r"))
-        )
+        i, j = _block_pairs(rows["b"].to_numpy(), sig)
     del rows
-    left, right = pairs["l"].to_numpy(), pairs["r"].to_numpy()
 
-    def array(name: str) -> np.ndarray:
-        return np.load(task.folder / f"{name}.npy", mmap_mode="r")
+    def per_row(name: str) -> np.ndarray:
+        return np.load(task.folder / f"{name}.npy", mmap_mode="r")[sig]
 
-    keep = np.ones(len(left), dtype=bool)
+    keep = node[i] != node[j]
     for rule in range(task.earlier):  # an earlier rule already pairs them
-        other = array(f"blocks-{rule}")
-        keep &= ~((other[left] >= 0) & (other[left] == other[right]))
+        other = per_row(f"blocks-{rule}")
+        keep &= ~((other[i] >= 0) & (other[i] == other[j]))
     if (task.folder / "owner.npy").exists():  # two fixed entities' signatures (``plan_shards``)
-        owner = array("owner")
-        keep &= (owner[left] < 0) | (owner[right] < 0) | (owner[left] == owner[right])
+        owner = per_row("owner")
+        keep &= (owner[i] < 0) | (owner[j] < 0) | (owner[i] == owner[j])
     if (task.folder / "value.npy").exists():  # two different USCCs are never candidates
-        value = array("value")
-        keep &= (value[left] < 0) | (value[right] < 0) | (value[left] == value[right])
+        value = per_row("value")
+        keep &= (value[i] < 0) | (value[j] < 0) | (value[i] == value[j])
     for number in range(task.branches):
-        branch = array(f"branch-{number}")
-        keep &= branch[left] == branch[right]
-    return pairs.filter(pl.Series(keep)).sort("l", "r")
+        branch = per_row(f"branch-{number}")
+        keep &= branch[i] == branch[j]
+    return pl.DataFrame({"l": sig[i[keep]], "r": sig[j[keep]]}).sort("l", "r")

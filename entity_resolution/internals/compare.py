@@ -146,6 +146,18 @@ class PairComparer:
         left, right = pairs["l"].to_numpy().astype(np.int64), pairs["r"].to_numpy().astype(np.int64)
         return np.column_stack([self._levels(c, left, right) for c in self.spec.comparisons])
 
+    def _codes_decide(self, comparison: Comparison) -> bool:
+        """An exact comparison (without a one-character level) of values whose equality is identity
+        (text, integers, dates, booleans): two rows hold equal values exactly when they hold the
+        same code, so the codes alone give the level. Floats are left to their values (whether
+        0.0 equals -0.0, or NaN itself, is a rule of comparison, not of grouping)."""
+        dtype = self.values[comparison.column].dtype
+        return (
+            comparison.method == "exact"
+            and not comparison.one_char_level
+            and (dtype == pl.String or dtype.is_integer() or dtype.is_temporal() or dtype == pl.Boolean)
+        )
+
     def _levels(self, comparison: Comparison, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         codes = self.codes[comparison.column]
         code_l, code_r = codes[left], codes[right]
@@ -156,6 +168,10 @@ class PairComparer:
         level = np.full(len(left), NULL_LEVEL, dtype=np.int8)
         at = np.flatnonzero(present)
         if len(at) == 0:
+            return level
+        if self._codes_decide(comparison):  # equal values are equal codes: no value is looked at
+            same = code_l[at] == code_r[at]
+            level[at] = np.where(same, comparison.levels - 1, 0)
             return level
         # one representative pair per distinct (left code, right code), in order of first occurrence
         key = code_l[at].astype(np.int64) * len(self.values[comparison.column]) + code_r[at]
