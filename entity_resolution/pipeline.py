@@ -59,7 +59,7 @@ from entity_resolution.registry import (
     NORMALISED,
     NORMALISED_BY,
     Registry,
-    representatives_of,
+    representative_rows,
     with_block_keys,
 )
 from entity_resolution.review import read_decisions, write_review
@@ -821,19 +821,20 @@ def _gather_bucket(
         _stage_write(part, stage / "links" / f"range-{number:05d}" / f"part-{bucket:05d}.arrow")
     if not representatives:
         return _Built(dict(links.schema), 0, None)
-    reps = representatives_of(bucket_firms.select(*enterprise_inputs(), "entity_id"))
-    _stage_write(reps, stage / "representatives" / f"part-{bucket:05d}.arrow")
-    # (their spellings, for their keys: the cores of their names, normalised already)
-    cores = pl.DataFrame({NAME_COLUMN: records["subject_name"], "value": names["core"]}).unique(NAME_COLUMN)
+    firm_inputs = bucket_firms.select(*enterprise_inputs(), "entity_id")
+    rows = representative_rows(firm_inputs)
+    _stage_write(firm_inputs[rows], stage / "representatives" / f"part-{bucket:05d}.arrow")
+    # their spellings, for their keys: the cores of their names, normalised already (``names`` has
+    # a row per record, the firms' first), taken by row rather than looked up by name
     counts = (
-        reps.group_by(NAME_COLUMN)
-        .len()
-        .join(cores, on=NAME_COLUMN)
-        .drop_nulls("value")
-        .group_by("value")
-        .agg(pl.col("len").sum().cast(pl.Int64))
+        names["core"]
+        .gather(rows)
+        .drop_nulls()
+        .rename("value")
+        .value_counts(name="len")
+        .with_columns(pl.col("len").cast(pl.Int64))
     )
-    return _Built(dict(links.schema), reps.height, counts)
+    return _Built(dict(links.schema), rows.len(), counts)
 
 
 def _sort_range(stage: Path, schema: dict[str, pl.DataType], number: int) -> None:

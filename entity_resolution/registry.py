@@ -56,10 +56,12 @@ REPRESENTATIVE_ROW_GROUP = 65_536
 KEYED_COLUMNS = (BLOCK_KEYS, NORMALISED, NORMALISED_BY)
 
 
-def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
-    """Per entity: one record for each distinct code it holds and its first REPRESENTATIVES distinct
-    names (first by record id, so the choice is deterministic). Chosen on those columns alone, then
-    gathered: a night's registry rows carry their keys and normalised fields, costly to sort."""
+def representative_rows(records: pl.DataFrame) -> pl.Series:
+    """The rows of ``records`` (entity_id, record_id, NAME_COLUMN and the codes) that are their
+    entities' representatives, in (entity_id, record_id) order: per entity one record for each
+    distinct code it holds and its first REPRESENTATIVES distinct names (first by record id, so the
+    choice is deterministic). Chosen on those columns alone: a caller gathers whatever it holds
+    per row (a night's registry rows carry their keys and normalised fields, costly to sort)."""
     codes = [c for c in CODE_COLUMNS if c in records.columns]
     ordered = (
         records.select("entity_id", "record_id", NAME_COLUMN, *codes)
@@ -76,8 +78,12 @@ def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
         .head(REPRESENTATIVES)
         .select(ordered.columns)
     )
-    chosen = pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")
-    return records[chosen["_row"]]
+    return pl.concat([*by_code, by_name]).unique("record_id").sort("entity_id", "record_id")["_row"]
+
+
+def representatives_of(records: pl.DataFrame) -> pl.DataFrame:
+    """Per entity its representatives (``representative_rows``), whole rows."""
+    return records[representative_rows(records)]
 
 
 def _input_columns(frame: pl.DataFrame) -> list[str]:
