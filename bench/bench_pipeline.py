@@ -130,7 +130,9 @@ def hold_workdir(workdir: Path) -> IO[str]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise SystemExit(f"another benchmark is running in {workdir}: wait for it or pass another --workdir")
+        raise SystemExit(
+            f"another benchmark is running in {workdir}: wait for it or pass another --workdir"
+        ) from None
     return handle
 
 
