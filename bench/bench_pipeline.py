@@ -116,6 +116,8 @@ class StageWorker:
 
 #: the worker the stages fork from; empty: each stage in a fresh interpreter (``--fresh-processes``)
 WORKER: list[StageWorker] = []
+#: the file in the work directory a running benchmark holds locked (``hold_workdir``)
+LOCK_FILE = ".benchmark.lock"
 
 
 def hold_workdir(workdir: Path) -> IO[str]:
@@ -125,7 +127,7 @@ def hold_workdir(workdir: Path) -> IO[str]:
     import fcntl
 
     workdir.mkdir(parents=True, exist_ok=True)
-    handle = (workdir / ".benchmark.lock").open("a+", encoding="utf-8")
+    handle = (workdir / LOCK_FILE).open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

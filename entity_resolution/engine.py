@@ -77,7 +77,7 @@ from typing import Any, TypeVar
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import _components, exact_nodes, plan_shards, signatures
+from entity_resolution.internals.blocking import components_by_smallest, exact_nodes, plan_shards, signatures
 from entity_resolution.internals.compare import (
     PairComparer,
     compared_columns,
@@ -607,7 +607,7 @@ def _prepare(
     must = decisions.filter(pl.col("kind") == "must")
     edge_a = np.concatenate([node, linked["l"].to_numpy(), must["l"].to_numpy()]).astype(np.int64)
     edge_b = np.concatenate([np.arange(n), linked["r"].to_numpy(), must["r"].to_numpy()]).astype(np.int64)
-    component = _components(n, edge_a, edge_b) if n else np.zeros(0, dtype=np.int64)
+    component = components_by_smallest(n, edge_a, edge_b) if n else np.zeros(0, dtype=np.int64)
     partition = pack(component, scale.partition_signatures)
     # a cannot-link across components can never be tested: it stays out of the partitions
     decisions = decisions.filter(

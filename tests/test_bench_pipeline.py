@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_pipeline import ROOT, hold_workdir
+from bench.bench_pipeline import LOCK_FILE, ROOT, hold_workdir
 
 
 def test_a_second_benchmark_on_one_work_directory_is_refused(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_a_second_benchmark_on_one_work_directory_is_refused(tmp_path: Path) -> 
         )
         assert second.returncode != 0
         assert "another benchmark is running in" in second.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".benchmark.lock"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
     finally:
         held.close()
     # the first run gone (its process ended, however), the directory is free again

@@ -324,7 +324,7 @@ def labels_with_several_values(labels: np.ndarray, values: pl.Series) -> np.ndar
     )
 
 
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def components_by_smallest(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected components of the graph on ``n`` vertices with edges (a, b), each labelled by its
     smallest vertex (so the labels do not depend on how the edges were found)."""
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
@@ -357,7 +357,7 @@ def exact_nodes(sig: pl.DataFrame, spec: Spec) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     edge_frame = pl.concat(edges).sort("key", "a", "b")
     a, b = edge_frame["a"].to_numpy(), edge_frame["b"].to_numpy()
-    node = _components(n, a, b)
+    node = components_by_smallest(n, a, b)
     bad = spec.cannot_link_on
     if not bad or bad not in sig.columns:
         return node
@@ -485,9 +485,7 @@ def _block_pairs(block: np.ndarray, sig: np.ndarray) -> tuple[np.ndarray, np.nda
     order = np.lexsort((sig, block))
     sorted_blocks = block[order]
     n = len(order)
-    starts = (
-        np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]]) if n else np.zeros(0, np.int64)
-    )
+    starts = np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]])  # (no rows: [0], empty)
     sizes = np.diff(np.r_[starts, n])
     after = np.repeat(starts + sizes, sizes) - np.arange(n) - 1  # members after each in its block
     first = np.repeat(np.arange(n), after)

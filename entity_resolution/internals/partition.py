@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from entity_resolution.internals.blocking import _components, labels_with_several_values
+from entity_resolution.internals.blocking import components_by_smallest, labels_with_several_values
 from entity_resolution.internals.cluster import Clusters, cluster, undecided_units
 from entity_resolution.internals.compare import NULL_LEVEL, compare_pairs
 from entity_resolution.spec import Spec
@@ -278,7 +278,9 @@ def _settled_groups(
     n = len(node)
     if len(forced_l) == 0:  # (a full run, mostly) each group is a node: joined whatever it holds
         return node, ~np.isin(node, touched)
-    group = _components(n, np.concatenate([node, forced_l]), np.concatenate([np.arange(n), forced_r]))
+    group = components_by_smallest(
+        n, np.concatenate([node, forced_l]), np.concatenate([np.arange(n), forced_r])
+    )
     unsettled = np.zeros(n, dtype=bool)  # per group label
     unsettled[group[np.isin(node, touched)]] = True
     for column in (spec.cannot_link_on, "anchor"):
